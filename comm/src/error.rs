@@ -1,0 +1,95 @@
+//! The one error type of this crate.
+
+use alloc::string::String;
+
+use crate::frame::FrameKind;
+
+/// Everything that can be wrong with a frame, a message or a handshake.
+///
+/// Every variant says what was received, so a log line is enough to tell a
+/// truncated stream from a hostile peer from a version skew.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The header announced a body of `len` bytes but the stream ended after
+    /// `got` bytes of the header and body together.
+    #[error("truncated frame: expected {expected} bytes, the stream ended after {got}")]
+    Truncated {
+        /// Bytes the frame should have had (header + announced body).
+        expected: usize,
+        /// Bytes actually received before the end of the stream.
+        got: usize,
+    },
+    /// The header announced a body larger than the receiver accepts. Nothing
+    /// was allocated for it.
+    #[error("frame too large: body of {len} bytes, maximum is {max}")]
+    TooLarge {
+        /// Announced (or, when encoding, actual) body length.
+        len: u64,
+        /// The configured maximum.
+        max: u32,
+    },
+    /// A frame kind that needs a body arrived with a zero-length body.
+    #[error("empty {kind} frame: this kind of frame needs a body")]
+    Empty {
+        /// The kind of the empty frame.
+        kind: FrameKind,
+    },
+    /// The first header byte is not a known frame kind.
+    #[error("unknown frame kind 0x{0:02x}")]
+    UnknownFrameKind(u8),
+    /// A well-formed frame arrived where another kind was expected.
+    #[error("unexpected {got} frame, expected {expected}")]
+    UnexpectedFrame {
+        /// What the receiver was waiting for.
+        expected: FrameKind,
+        /// What arrived.
+        got: FrameKind,
+    },
+    /// The body is not well-formed CBOR (or is cut short inside the body).
+    #[error("invalid CBOR at byte {offset} of the frame body")]
+    InvalidCbor {
+        /// Offset into the body where the decoder gave up.
+        offset: usize,
+    },
+    /// The body is well-formed CBOR naming a message variant this side does
+    /// not know (a newer peer, or garbage that happens to parse).
+    #[error("unknown message variant: {0}")]
+    UnknownVariant(String),
+    /// The body is well-formed CBOR but does not have the shape of the
+    /// expected message (wrong types, missing fields, nesting too deep).
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    /// The body holds one complete message followed by `extra` more bytes.
+    #[error("{extra} trailing bytes after the message in the frame body")]
+    TrailingBytes {
+        /// Number of bytes left over.
+        extra: usize,
+    },
+    /// The peer speaks another protocol over this port.
+    #[error("protocol mismatch: we speak {ours:?}, the peer speaks {theirs:?}")]
+    ProtocolMismatch {
+        /// Our protocol name.
+        ours: &'static str,
+        /// The peer's protocol name.
+        theirs: String,
+    },
+    /// The peer speaks another version of the protocol.
+    #[error("protocol version mismatch: we speak version {ours}, the peer speaks {theirs}")]
+    VersionMismatch {
+        /// Our version.
+        ours: u32,
+        /// The peer's version.
+        theirs: u32,
+    },
+    /// The peer reported a protocol-level error (an `ERROR` frame) and will
+    /// close the connection if the error is fatal.
+    #[error("peer reported a protocol error: {0}")]
+    Remote(crate::frame::ProtocolError),
+    /// A message could not be encoded (a `Serialize` impl failed).
+    #[error("could not encode message: {0}")]
+    Encode(String),
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T> = core::result::Result<T, Error>;

@@ -1,0 +1,462 @@
+//! Frames: how messages are delimited on a byte stream.
+//!
+//! ```text
+//! +--------+---------------------+---------------------------+
+//! | kind   | body length (u32 BE)| body: one CBOR data item  |
+//! | 1 byte | 4 bytes             | `length` bytes            |
+//! +--------+---------------------+---------------------------+
+//! ```
+//!
+//! The receiver reads the 5-byte header first, so it knows the size of the
+//! body before it allocates anything, refuses a body over its maximum with
+//! [`Error::TooLarge`], and tells a stream that ended early
+//! ([`Error::Truncated`]) from a complete frame. The full grammar and
+//! annotated examples are in `WIRE.md` at the root of this crate.
+
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::error::{Error, Result};
+
+/// Length of the frame header: one kind byte and a big-endian `u32` length.
+pub const HEADER_LEN: usize = 5;
+
+/// Default maximum body length a receiver accepts: 16 MiB plus room for the
+/// message envelope, so a 16 MiB payload fits.
+pub const DEFAULT_MAX_BODY: u32 = 16 * 1024 * 1024 + 64;
+
+/// Maximum body length of a [`FrameKind::Hello`] frame. It is fixed because
+/// it is read before the peer's own maximum is known.
+pub const HELLO_MAX_BODY: u32 = 256;
+
+/// Maximum body length of a [`FrameKind::Error`] frame.
+pub const ERROR_MAX_BODY: u32 = 1024;
+
+/// The kind of a frame: the first byte of its header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Sent by both sides first on every connection: protocol name, version,
+    /// maximum body length ([`crate::Hello`]).
+    Hello = 0x01,
+    /// A request, client to server.
+    Request = 0x02,
+    /// A response, server to client: exactly one per request, in order.
+    Response = 0x03,
+    /// A protocol-level error ([`ProtocolError`]): the frame before it could
+    /// not be processed at all. Distinct from a service's own error response.
+    Error = 0x04,
+    /// The client ends the connection. Body length is 0.
+    Goodbye = 0x05,
+}
+
+impl FrameKind {
+    /// The kind with header byte `b`.
+    pub fn from_u8(b: u8) -> Result<Self> {
+        Ok(match b {
+            0x01 => Self::Hello,
+            0x02 => Self::Request,
+            0x03 => Self::Response,
+            0x04 => Self::Error,
+            0x05 => Self::Goodbye,
+            other => return Err(Error::UnknownFrameKind(other)),
+        })
+    }
+
+    /// Whether frames of this kind carry a CBOR body.
+    pub fn has_body(self) -> bool {
+        !matches!(self, Self::Goodbye)
+    }
+
+    /// The largest body this kind may have, given the receiver's maximum for
+    /// requests and responses.
+    pub fn max_body(self, max: u32) -> u32 {
+        match self {
+            Self::Hello => HELLO_MAX_BODY,
+            Self::Error => ERROR_MAX_BODY,
+            Self::Goodbye => 0,
+            Self::Request | Self::Response => max,
+        }
+    }
+}
+
+impl fmt::Display for FrameKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Hello => "HELLO",
+            Self::Request => "REQUEST",
+            Self::Response => "RESPONSE",
+            Self::Error => "ERROR",
+            Self::Goodbye => "GOODBYE",
+        })
+    }
+}
+
+/// A parsed and validated frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The kind of the frame.
+    pub kind: FrameKind,
+    /// The length of the body that follows, already checked against the
+    /// receiver's maximum.
+    pub len: u32,
+}
+
+impl Header {
+    /// Parses a header and checks it before any body byte is read: a known
+    /// kind, a body no larger than `max` (or the fixed limit of the kind),
+    /// non-empty for kinds that carry a body.
+    ///
+    /// ```
+    /// use comm::frame::{FrameKind, Header};
+    /// let h = Header::parse([0x02, 0, 0, 0, 9], 1024).unwrap();
+    /// assert_eq!((h.kind, h.len), (FrameKind::Request, 9));
+    /// assert!(Header::parse([0x02, 0, 0, 4, 1], 1024).is_err()); // 1025 > 1024
+    /// ```
+    pub fn parse(bytes: [u8; HEADER_LEN], max: u32) -> Result<Self> {
+        let kind = FrameKind::from_u8(bytes[0])?;
+        let len = u32::from_be_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
+        let limit = kind.max_body(max);
+        if kind.has_body() && len == 0 {
+            return Err(Error::Empty { kind });
+        }
+        if len > limit {
+            if !kind.has_body() {
+                return Err(Error::TrailingBytes { extra: len as usize });
+            }
+            return Err(Error::TooLarge {
+                len: len.into(),
+                max: limit,
+            });
+        }
+        Ok(Self { kind, len })
+    }
+
+    /// The header's wire form.
+    pub fn to_bytes(self) -> [u8; HEADER_LEN] {
+        let l = self.len.to_be_bytes();
+        [self.kind as u8, l[0], l[1], l[2], l[3]]
+    }
+
+    /// Total frame length: header plus body.
+    pub fn frame_len(self) -> usize {
+        HEADER_LEN + self.len as usize
+    }
+}
+
+/// Counts bytes without storing them, to size a frame before writing it.
+struct Counter(usize);
+
+impl ciborium_io::Write for Counter {
+    type Error = core::convert::Infallible;
+    fn write_all(&mut self, data: &[u8]) -> core::result::Result<(), Self::Error> {
+        self.0 += data.len();
+        Ok(())
+    }
+    fn flush(&mut self) -> core::result::Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Appends to a `Vec` (ciborium's own `Vec` writer exists only without `std`).
+struct VecWriter<'a>(&'a mut Vec<u8>);
+
+impl ciborium_io::Write for VecWriter<'_> {
+    type Error = core::convert::Infallible;
+    fn write_all(&mut self, data: &[u8]) -> core::result::Result<(), Self::Error> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+    fn flush(&mut self) -> core::result::Result<(), Self::Error> {
+        Ok(())
+    }
+}
+
+/// Length in bytes of the CBOR encoding of `msg`.
+pub fn encoded_len<T: Serialize + ?Sized>(msg: &T) -> Result<usize> {
+    let mut c = Counter(0);
+    ciborium::into_writer(msg, &mut c).map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(c.0)
+}
+
+/// Appends one complete frame (header and CBOR body) of `kind` holding `msg`
+/// to `out`. Fails with [`Error::TooLarge`] if the body would exceed `max`,
+/// leaving `out` unchanged.
+pub fn encode_into<T: Serialize + ?Sized>(
+    kind: FrameKind,
+    msg: &T,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let limit = kind.max_body(max);
+    let len = encoded_len(msg)?;
+    if len as u64 > u64::from(limit) {
+        return Err(Error::TooLarge {
+            len: len as u64,
+            max: limit,
+        });
+    }
+    if len == 0 {
+        return Err(Error::Empty { kind });
+    }
+    out.reserve(HEADER_LEN + len);
+    let header = Header {
+        kind,
+        len: len as u32,
+    };
+    out.extend_from_slice(&header.to_bytes());
+    ciborium::into_writer(msg, VecWriter(out)).map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(())
+}
+
+/// One complete frame of `kind` holding `msg`, checked against `max`.
+///
+/// ```
+/// use comm::frame::{self, FrameKind, DEFAULT_MAX_BODY};
+/// use comm::service::Request;
+/// let f = frame::encode(FrameKind::Request, &Request::Info, DEFAULT_MAX_BODY).unwrap();
+/// assert_eq!(f, [0x02, 0, 0, 0, 5, 0x64, b'i', b'n', b'f', b'o']);
+/// let back: Request = frame::decode(&f, FrameKind::Request, DEFAULT_MAX_BODY).unwrap();
+/// assert_eq!(back, Request::Info);
+/// ```
+pub fn encode<T: Serialize + ?Sized>(kind: FrameKind, msg: &T, max: u32) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    encode_into(kind, msg, max, &mut out)?;
+    Ok(out)
+}
+
+/// The `GOODBYE` frame: a header with a zero length.
+pub fn goodbye() -> [u8; HEADER_LEN] {
+    Header {
+        kind: FrameKind::Goodbye,
+        len: 0,
+    }
+    .to_bytes()
+}
+
+/// Reads a body slice for ciborium and remembers how far it got.
+struct SliceReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+/// The body ended inside a CBOR item.
+#[derive(Debug)]
+struct EndOfBody;
+
+impl ciborium_io::Read for SliceReader<'_> {
+    type Error = EndOfBody;
+    fn read_exact(&mut self, data: &mut [u8]) -> core::result::Result<(), Self::Error> {
+        let end = self.pos.checked_add(data.len()).ok_or(EndOfBody)?;
+        let src = self.buf.get(self.pos..end).ok_or(EndOfBody)?;
+        data.copy_from_slice(src);
+        self.pos = end;
+        Ok(())
+    }
+}
+
+/// Decodes a frame body: exactly one CBOR data item of type `T`, nothing after it.
+pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
+    let mut reader = SliceReader { buf: body, pos: 0 };
+    let value = ciborium::from_reader(&mut reader).map_err(|e| classify(e, body.len()))?;
+    if reader.pos != body.len() {
+        return Err(Error::TrailingBytes {
+            extra: body.len() - reader.pos,
+        });
+    }
+    Ok(value)
+}
+
+fn classify(e: ciborium::de::Error<EndOfBody>, body_len: usize) -> Error {
+    use ciborium::de::Error as E;
+    match e {
+        E::Io(EndOfBody) => Error::InvalidCbor { offset: body_len },
+        E::Syntax(offset) => Error::InvalidCbor { offset },
+        E::Semantic(_, msg) if msg.starts_with("unknown variant") => Error::UnknownVariant(msg),
+        E::Semantic(_, msg) => Error::Malformed(msg),
+        E::RecursionLimitExceeded => Error::Malformed("nesting too deep".into()),
+    }
+}
+
+/// Decodes one complete frame held in `frame` (header and body, nothing
+/// else), expecting kind `expected`.
+///
+/// A frame of kind [`FrameKind::Error`] decodes to [`Error::Remote`].
+pub fn decode<T: DeserializeOwned>(frame: &[u8], expected: FrameKind, max: u32) -> Result<T> {
+    let Some(head) = frame.get(..HEADER_LEN) else {
+        if frame.is_empty() {
+            return Err(Error::Truncated {
+                expected: HEADER_LEN,
+                got: 0,
+            });
+        }
+        return Err(Error::Truncated {
+            expected: HEADER_LEN,
+            got: frame.len(),
+        });
+    };
+    let mut h = [0; HEADER_LEN];
+    h.copy_from_slice(head);
+    let header = Header::parse(h, max)?;
+    let body = &frame[HEADER_LEN..];
+    if body.len() < header.len as usize {
+        return Err(Error::Truncated {
+            expected: header.frame_len(),
+            got: frame.len(),
+        });
+    }
+    if body.len() > header.len as usize {
+        return Err(Error::TrailingBytes {
+            extra: body.len() - header.len as usize,
+        });
+    }
+    check_kind(header.kind, expected, body)?;
+    decode_body(body)
+}
+
+/// Checks that a frame of kind `got` is what the receiver `expected`; an
+/// `ERROR` frame becomes [`Error::Remote`] with its decoded body.
+pub fn check_kind(got: FrameKind, expected: FrameKind, body: &[u8]) -> Result<()> {
+    if got == expected {
+        return Ok(());
+    }
+    if got == FrameKind::Error {
+        return Err(match decode_body::<ProtocolError>(body) {
+            Ok(e) => Error::Remote(e),
+            Err(e) => e,
+        });
+    }
+    Err(Error::UnexpectedFrame { expected, got })
+}
+
+/// Why a peer could not process a frame at all. The body of an `ERROR` frame.
+///
+/// After an error with [`ProtocolError::fatal`] set, the sender closes the
+/// connection; otherwise the connection stays usable (the bad frame's
+/// boundaries were intact, only its content was wrong).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProtocolError {
+    /// What went wrong.
+    pub code: ProtocolErrorCode,
+    /// Whether the sender closes the connection after this frame.
+    pub fatal: bool,
+    /// A human-readable explanation (at most a few hundred bytes).
+    pub detail: String,
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.detail)?;
+        if self.fatal {
+            f.write_str(" (connection closed)")?;
+        }
+        Ok(())
+    }
+}
+
+impl ProtocolError {
+    /// The error frame a receiver sends back for a local decoding error, or
+    /// `None` if the error is not about a frame the peer sent.
+    pub fn from_error(e: &Error) -> Option<Self> {
+        let (code, fatal) = match e {
+            Error::TooLarge { .. } => (ProtocolErrorCode::TooLarge, true),
+            Error::Truncated { .. } | Error::UnknownFrameKind(_) => {
+                (ProtocolErrorCode::BadFrame, true)
+            }
+            Error::Empty { .. } | Error::InvalidCbor { .. } | Error::Malformed(_) => {
+                (ProtocolErrorCode::BadMessage, false)
+            }
+            Error::TrailingBytes { .. } => (ProtocolErrorCode::BadMessage, false),
+            Error::UnknownVariant(_) => (ProtocolErrorCode::UnknownVariant, false),
+            Error::UnexpectedFrame { .. } => (ProtocolErrorCode::UnexpectedFrame, false),
+            Error::ProtocolMismatch { .. } | Error::VersionMismatch { .. } => {
+                (ProtocolErrorCode::VersionMismatch, true)
+            }
+            Error::Remote(_) | Error::Encode(_) => return None,
+        };
+        let mut detail = e.to_string();
+        truncate_utf8(&mut detail, 512);
+        Some(Self {
+            code,
+            fatal,
+            detail,
+        })
+    }
+}
+
+fn truncate_utf8(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+    }
+}
+
+/// The reason code of a [`ProtocolError`]. Unknown codes from newer peers are
+/// kept as [`ProtocolErrorCode::Other`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "u32", into = "u32")]
+#[non_exhaustive]
+pub enum ProtocolErrorCode {
+    /// The frame header was invalid (unknown kind) or the frame was cut short.
+    BadFrame,
+    /// The frame body exceeded the receiver's maximum.
+    TooLarge,
+    /// The body was empty, not CBOR, malformed, or had trailing bytes.
+    BadMessage,
+    /// The body named a message variant the receiver does not know.
+    UnknownVariant,
+    /// A frame of the wrong kind for this point of the conversation.
+    UnexpectedFrame,
+    /// The protocol name or version in the peer's `HELLO` did not match.
+    VersionMismatch,
+    /// A code this version does not know.
+    Other(u32),
+}
+
+impl From<u32> for ProtocolErrorCode {
+    fn from(v: u32) -> Self {
+        match v {
+            1 => Self::BadFrame,
+            2 => Self::TooLarge,
+            3 => Self::BadMessage,
+            4 => Self::UnknownVariant,
+            5 => Self::UnexpectedFrame,
+            6 => Self::VersionMismatch,
+            other => Self::Other(other),
+        }
+    }
+}
+
+impl From<ProtocolErrorCode> for u32 {
+    fn from(c: ProtocolErrorCode) -> u32 {
+        match c {
+            ProtocolErrorCode::BadFrame => 1,
+            ProtocolErrorCode::TooLarge => 2,
+            ProtocolErrorCode::BadMessage => 3,
+            ProtocolErrorCode::UnknownVariant => 4,
+            ProtocolErrorCode::UnexpectedFrame => 5,
+            ProtocolErrorCode::VersionMismatch => 6,
+            ProtocolErrorCode::Other(v) => v,
+        }
+    }
+}
+
+impl fmt::Display for ProtocolErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::BadFrame => f.write_str("bad frame"),
+            Self::TooLarge => f.write_str("frame too large"),
+            Self::BadMessage => f.write_str("bad message"),
+            Self::UnknownVariant => f.write_str("unknown message variant"),
+            Self::UnexpectedFrame => f.write_str("unexpected frame"),
+            Self::VersionMismatch => f.write_str("protocol or version mismatch"),
+            Self::Other(v) => write!(f, "error code {v}"),
+        }
+    }
+}

@@ -1,0 +1,83 @@
+//! The version check at connection start, and the trait that names a protocol.
+
+use alloc::string::String;
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+
+use crate::error::{Error, Result};
+
+/// A request/response protocol carried by the frames of this crate.
+///
+/// The framing, the [`Hello`] check and the request/response loops of
+/// `vsock-transport` are generic over this trait; [`crate::service::ServiceVm`]
+/// is this project's instance. Another project defines its own:
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// #[derive(Serialize, Deserialize)]
+/// enum Ping { Ping(u32) }
+/// #[derive(Serialize, Deserialize)]
+/// enum Pong { Pong(u32) }
+/// struct PingService;
+/// impl comm::Protocol for PingService {
+///     const NAME: &'static str = "example.ping";
+///     const VERSION: u32 = 1;
+///     type Request = Ping;
+///     type Response = Pong;
+/// }
+/// let hello = comm::Hello::new::<PingService>(1024);
+/// assert!(hello.check::<PingService>().is_ok());
+/// ```
+pub trait Protocol {
+    /// A short unique name, sent in [`Hello`] so that two services on the same
+    /// port are never confused (at most 64 bytes).
+    const NAME: &'static str;
+    /// The version. Peers with different versions refuse each other.
+    const VERSION: u32;
+    /// Client-to-server messages.
+    type Request: Serialize + DeserializeOwned;
+    /// Server-to-client messages.
+    type Response: Serialize + DeserializeOwned;
+}
+
+/// The body of the `HELLO` frame each side sends first on a connection.
+///
+/// Its encoding never changes between versions, so any version can read any
+/// other's `HELLO` and report a mismatch instead of misparsing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`Protocol::NAME`] of the sender.
+    pub protocol: String,
+    /// [`Protocol::VERSION`] of the sender.
+    pub version: u32,
+    /// The largest `REQUEST`/`RESPONSE` body the sender accepts.
+    pub max_body: u32,
+}
+
+impl Hello {
+    /// Our `HELLO` for protocol `P`, accepting bodies up to `max_body` bytes.
+    pub fn new<P: Protocol>(max_body: u32) -> Self {
+        Self {
+            protocol: P::NAME.into(),
+            version: P::VERSION,
+            max_body,
+        }
+    }
+
+    /// Checks a peer's `HELLO` against protocol `P`.
+    pub fn check<P: Protocol>(&self) -> Result<()> {
+        if self.protocol != P::NAME {
+            return Err(Error::ProtocolMismatch {
+                ours: P::NAME,
+                theirs: self.protocol.clone(),
+            });
+        }
+        if self.version != P::VERSION {
+            return Err(Error::VersionMismatch {
+                ours: P::VERSION,
+                theirs: self.version,
+            });
+        }
+        Ok(())
+    }
+}
