@@ -125,7 +125,9 @@ impl Header {
         }
         if len > limit {
             if !kind.has_body() {
-                return Err(Error::TrailingBytes { extra: len as usize });
+                return Err(Error::TrailingBytes {
+                    extra: len as usize,
+                });
             }
             return Err(Error::TooLarge {
                 len: len.into(),
@@ -150,30 +152,125 @@ impl Header {
 /// Counts bytes without storing them, to size a frame before writing it.
 struct Counter(usize);
 
-impl ciborium_io::Write for Counter {
-    type Error = core::convert::Infallible;
-    fn write_all(&mut self, data: &[u8]) -> core::result::Result<(), Self::Error> {
-        self.0 += data.len();
-        Ok(())
-    }
-    fn flush(&mut self) -> core::result::Result<(), Self::Error> {
-        Ok(())
-    }
-}
-
-/// Appends to a `Vec` (ciborium's own `Vec` writer exists only without `std`).
+/// Appends to a `Vec`.
 struct VecWriter<'a>(&'a mut Vec<u8>);
 
-impl ciborium_io::Write for VecWriter<'_> {
-    type Error = core::convert::Infallible;
-    fn write_all(&mut self, data: &[u8]) -> core::result::Result<(), Self::Error> {
-        self.0.extend_from_slice(data);
-        Ok(())
-    }
-    fn flush(&mut self) -> core::result::Result<(), Self::Error> {
-        Ok(())
+/// Reads a body slice for ciborium and remembers how far it got.
+struct SliceReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Counter {
+    fn add(&mut self, data: &[u8]) {
+        self.0 += data.len();
     }
 }
+
+impl SliceReader<'_> {
+    fn take(&mut self, data: &mut [u8]) -> bool {
+        let Some(end) = self.pos.checked_add(data.len()) else {
+            return false;
+        };
+        let Some(src) = self.buf.get(self.pos..end) else {
+            return false;
+        };
+        data.copy_from_slice(src);
+        self.pos = end;
+        true
+    }
+}
+
+// ciborium reads and writes through `std::io` with `std` and through
+// `ciborium_io` without it; the bytes are the same either way.
+#[cfg(not(feature = "std"))]
+mod io_impls {
+    use super::*;
+    /// The body ended inside a CBOR item.
+    #[derive(Debug)]
+    pub(super) struct EndOfBody;
+    impl ciborium_io::Write for Counter {
+        type Error = core::convert::Infallible;
+        fn write_all(&mut self, data: &[u8]) -> core::result::Result<(), Self::Error> {
+            self.add(data);
+            Ok(())
+        }
+        fn flush(&mut self) -> core::result::Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    impl ciborium_io::Write for VecWriter<'_> {
+        type Error = core::convert::Infallible;
+        fn write_all(&mut self, data: &[u8]) -> core::result::Result<(), Self::Error> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+        fn flush(&mut self) -> core::result::Result<(), Self::Error> {
+            Ok(())
+        }
+    }
+    impl ciborium_io::Read for SliceReader<'_> {
+        type Error = EndOfBody;
+        fn read_exact(&mut self, data: &mut [u8]) -> core::result::Result<(), Self::Error> {
+            if self.take(data) {
+                Ok(())
+            } else {
+                Err(EndOfBody)
+            }
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+mod io_impls {
+    use super::*;
+    /// The body ended inside a CBOR item.
+    pub(super) type EndOfBody = std::io::Error;
+    impl std::io::Write for Counter {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.add(data);
+            Ok(data.len())
+        }
+        fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+            self.add(data);
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl std::io::Write for VecWriter<'_> {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
+            self.0.extend_from_slice(data);
+            Ok(())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    impl std::io::Read for SliceReader<'_> {
+        fn read(&mut self, data: &mut [u8]) -> std::io::Result<usize> {
+            let n = data.len().min(self.buf.len() - self.pos);
+            let pos = self.pos;
+            data[..n].copy_from_slice(&self.buf[pos..pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+        fn read_exact(&mut self, data: &mut [u8]) -> std::io::Result<()> {
+            if self.take(data) {
+                Ok(())
+            } else {
+                Err(std::io::ErrorKind::UnexpectedEof.into())
+            }
+        }
+    }
+}
+
+use io_impls::EndOfBody;
 
 /// Length in bytes of the CBOR encoding of `msg`.
 pub fn encoded_len<T: Serialize + ?Sized>(msg: &T) -> Result<usize> {
@@ -237,27 +334,6 @@ pub fn goodbye() -> [u8; HEADER_LEN] {
     .to_bytes()
 }
 
-/// Reads a body slice for ciborium and remembers how far it got.
-struct SliceReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-/// The body ended inside a CBOR item.
-#[derive(Debug)]
-struct EndOfBody;
-
-impl ciborium_io::Read for SliceReader<'_> {
-    type Error = EndOfBody;
-    fn read_exact(&mut self, data: &mut [u8]) -> core::result::Result<(), Self::Error> {
-        let end = self.pos.checked_add(data.len()).ok_or(EndOfBody)?;
-        let src = self.buf.get(self.pos..end).ok_or(EndOfBody)?;
-        data.copy_from_slice(src);
-        self.pos = end;
-        Ok(())
-    }
-}
-
 /// Decodes a frame body: exactly one CBOR data item of type `T`, nothing after it.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     let mut reader = SliceReader { buf: body, pos: 0 };
@@ -273,7 +349,7 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
 fn classify(e: ciborium::de::Error<EndOfBody>, body_len: usize) -> Error {
     use ciborium::de::Error as E;
     match e {
-        E::Io(EndOfBody) => Error::InvalidCbor { offset: body_len },
+        E::Io(_) => Error::InvalidCbor { offset: body_len },
         E::Syntax(offset) => Error::InvalidCbor { offset },
         E::Semantic(_, msg) if msg.starts_with("unknown variant") => Error::UnknownVariant(msg),
         E::Semantic(_, msg) => Error::Malformed(msg),

@@ -1,1 +1,82 @@
-//! placeholder
+//! Byte streams between a host and a service VM, and the typed
+//! request/response loop that runs over them on both sides.
+//!
+//! - [`Connection`]: the one trait the rest of the code uses: send bytes,
+//!   receive bytes, shut down. Backends, chosen by cargo features:
+//!   - `guest`: [`guest`], virtio-drivers' `VsockConnectionManager` over any
+//!     virtio transport (`no_std`).
+//!   - `host-vsock`: [`host_vsock`], AF_VSOCK through the `vsock` crate.
+//!   - `host-hybrid`: [`hybrid`], hybrid vsock over Unix sockets
+//!     (Firecracker, Cloud Hypervisor, vhost-device-vsock).
+//! - [`framed`]: reads and writes `comm` frames on a [`Connection`], with the
+//!   receiver's size limit checked before anything is allocated.
+//! - [`rpc`]: [`rpc::Client`] (hello, then request → response) and
+//!   [`rpc::serve`] (hello, then answer requests with a [`rpc::Handler`]),
+//!   generic over any [`comm::Protocol`]; written once for host and guest.
+#![cfg_attr(not(feature = "std"), no_std)]
+
+extern crate alloc;
+
+#[cfg(all(feature = "guest", feature = "std"))]
+compile_error!(
+    "feature `guest` is the bare-metal backend; it cannot be combined with `std` or the host backends"
+);
+
+mod error;
+pub mod framed;
+pub mod rpc;
+
+#[cfg(feature = "guest")]
+pub mod guest;
+#[cfg(feature = "host-vsock")]
+pub mod host_vsock;
+#[cfg(feature = "host-hybrid")]
+pub mod hybrid;
+#[cfg(feature = "test-utils")]
+pub mod mock;
+#[cfg(feature = "std")]
+pub mod timeouts;
+
+pub use error::{Error, Result, Step};
+#[cfg(feature = "std")]
+pub use timeouts::Timeouts;
+
+/// A connected, reliable, ordered byte stream to the peer.
+///
+/// Narrow on purpose: it is what [`framed`] and [`rpc`] need and nothing
+/// more. Connection set-up (listen, accept, connect) is backend specific.
+pub trait Connection {
+    /// Sends all of `buf`, or fails.
+    fn send(&mut self, buf: &[u8]) -> Result<()>;
+
+    /// Receives at least one and at most `buf.len()` bytes, blocking until
+    /// some arrive. `Ok(0)` means the peer closed its side of the stream.
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
+
+    /// Tells the peer that nothing more will be sent, and closes the stream.
+    fn shutdown(&mut self) -> Result<()>;
+
+    /// Called by [`framed`] before it starts reading (`Step::Read`) or
+    /// writing (`Step::Write`) a whole frame. A backend with timeouts starts
+    /// one deadline for the whole frame here, so a peer that trickles one
+    /// byte at a time cannot hold the reader forever. The default does
+    /// nothing.
+    fn begin(&mut self, step: Step) {
+        let _ = step;
+    }
+}
+
+impl<C: Connection + ?Sized> Connection for &mut C {
+    fn send(&mut self, buf: &[u8]) -> Result<()> {
+        (**self).send(buf)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        (**self).recv(buf)
+    }
+    fn shutdown(&mut self) -> Result<()> {
+        (**self).shutdown()
+    }
+    fn begin(&mut self, step: Step) {
+        (**self).begin(step)
+    }
+}

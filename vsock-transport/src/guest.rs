@@ -1,0 +1,1 @@
+//! Guest backend (placeholder, being written).

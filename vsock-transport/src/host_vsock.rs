@@ -1,0 +1,1 @@
+//! AF_VSOCK (placeholder, being written).

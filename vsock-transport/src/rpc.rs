@@ -1,0 +1,227 @@
+//! The request/response loop, written once for both sides and generic over
+//! any [`Protocol`].
+//!
+//! A connection runs like this (frames of `comm::frame`):
+//!
+//! 1. Both sides send `HELLO` at once, then read the peer's and check
+//!    protocol name and version ([`comm::Hello::check`]). On a mismatch the
+//!    server answers with a fatal `ERROR` frame and both sides close.
+//! 2. The client sends `REQUEST` frames; the server answers each with one
+//!    `RESPONSE` frame, in order. A request the server cannot decode (its
+//!    frame boundaries intact) is answered with a non-fatal `ERROR` frame
+//!    and the connection goes on; a frame the server cannot delimit (too
+//!    large, unknown kind) gets a fatal `ERROR` frame and the server closes.
+//! 3. The client ends with `GOODBYE` (or just closes).
+
+use alloc::vec::Vec;
+use core::marker::PhantomData;
+
+use comm::frame::{self, FrameKind, ProtocolError};
+use comm::{Hello, Protocol};
+
+use crate::framed::{recv_frame, recv_frame_as, send_frame};
+use crate::{Connection, Error, Result, Step};
+
+/// Sends our `HELLO`, reads the peer's, checks it; returns the peer's
+/// maximum body length.
+fn hello<P: Protocol, C: Connection + ?Sized>(
+    conn: &mut C,
+    max_body: u32,
+    buf: &mut Vec<u8>,
+) -> Result<u32> {
+    buf.clear();
+    frame::encode_into(FrameKind::Hello, &Hello::new::<P>(max_body), max_body, buf)?;
+    send_frame(conn, buf)?;
+    let header = recv_frame_as(conn, max_body, buf, Step::Hello)?;
+    frame::check_kind(header.kind, FrameKind::Hello, buf)?;
+    let peer: Hello = frame::decode_body(buf)?;
+    peer.check::<P>()?;
+    Ok(peer.max_body)
+}
+
+/// Client side of a connection: one request at a time.
+pub struct Client<C: Connection, P: Protocol> {
+    conn: C,
+    max_body: u32,
+    peer_max_body: u32,
+    buf: Vec<u8>,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<C: Connection, P: Protocol> Client<C, P> {
+    /// Exchanges `HELLO` frames on a fresh connection. `max_body` bounds the
+    /// responses we accept.
+    pub fn handshake(mut conn: C, max_body: u32) -> Result<Self> {
+        let mut buf = Vec::new();
+        let peer_max_body = hello::<P, C>(&mut conn, max_body, &mut buf)?;
+        Ok(Self {
+            conn,
+            max_body,
+            peer_max_body,
+            buf,
+            _protocol: PhantomData,
+        })
+    }
+
+    /// The largest request body the server accepts (from its `HELLO`).
+    pub fn peer_max_body(&self) -> u32 {
+        self.peer_max_body
+    }
+
+    /// Sends one request and waits for its response.
+    ///
+    /// A request whose encoding exceeds the server's maximum fails with
+    /// [`comm::Error::TooLarge`] before anything is sent, and the connection
+    /// stays usable. A server's `ERROR` frame is [`comm::Error::Remote`].
+    pub fn call(&mut self, request: &P::Request) -> Result<P::Response> {
+        self.buf.clear();
+        frame::encode_into(
+            FrameKind::Request,
+            request,
+            self.peer_max_body,
+            &mut self.buf,
+        )?;
+        send_frame(&mut self.conn, &self.buf)?;
+        let header = recv_frame(&mut self.conn, self.max_body, &mut self.buf)?;
+        frame::check_kind(header.kind, FrameKind::Response, &self.buf)?;
+        Ok(frame::decode_body(&self.buf)?)
+    }
+
+    /// Sends `GOODBYE` and shuts the connection down.
+    pub fn close(mut self) -> Result<()> {
+        let r = send_frame(&mut self.conn, &frame::goodbye());
+        let s = self.conn.shutdown();
+        r.and(s)
+    }
+
+    /// The connection, e.g. to send raw bytes in tests.
+    pub fn connection(&mut self) -> &mut C {
+        &mut self.conn
+    }
+
+    /// Gives the connection back without a `GOODBYE`.
+    pub fn into_inner(self) -> C {
+        self.conn
+    }
+}
+
+/// What the server does after sending a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    /// Read the next request.
+    Continue,
+    /// Stop serving and return [`Ended::Stopped`] (e.g. to power off).
+    Stop,
+}
+
+/// Processes requests on the server side.
+pub trait Handler<P: Protocol> {
+    /// Answers one request. Failures to process it are responses too.
+    fn handle(&mut self, request: P::Request) -> (P::Response, Then);
+}
+
+/// How a served connection ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// The client sent `GOODBYE`.
+    Goodbye,
+    /// The client closed the stream between frames.
+    Closed,
+    /// The handler returned [`Then::Stop`].
+    Stopped,
+}
+
+/// Server-side limits.
+#[derive(Debug, Clone, Copy)]
+pub struct ServeConfig {
+    /// Largest request body accepted (advertised in our `HELLO`).
+    pub max_body: u32,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        Self {
+            max_body: frame::DEFAULT_MAX_BODY,
+        }
+    }
+}
+
+/// Serves one connection: `HELLO`, then requests until `GOODBYE`, a close,
+/// a fatal protocol error or [`Then::Stop`]. The connection is shut down
+/// before returning, whatever happened.
+pub fn serve<P, C, H>(conn: &mut C, handler: &mut H, config: ServeConfig) -> Result<Ended>
+where
+    P: Protocol,
+    C: Connection + ?Sized,
+    H: Handler<P> + ?Sized,
+{
+    let mut buf = Vec::new();
+    let result = serve_inner::<P, C, H>(conn, handler, config, &mut buf);
+    // Free the frame buffer before the shutdown handshake.
+    drop(buf);
+    let _ = conn.shutdown();
+    result
+}
+
+fn send_error<C: Connection + ?Sized>(conn: &mut C, e: &Error) {
+    if let Error::Protocol(pe) = e
+        && let Some(report) = ProtocolError::from_error(pe)
+        && let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY)
+    {
+        let _ = send_frame(conn, &f);
+    }
+}
+
+fn serve_inner<P, C, H>(
+    conn: &mut C,
+    handler: &mut H,
+    config: ServeConfig,
+    buf: &mut Vec<u8>,
+) -> Result<Ended>
+where
+    P: Protocol,
+    C: Connection + ?Sized,
+    H: Handler<P> + ?Sized,
+{
+    let peer_max = match hello::<P, C>(conn, config.max_body, buf) {
+        Ok(m) => m,
+        Err(e) => {
+            send_error(conn, &e);
+            return Err(e);
+        }
+    };
+    loop {
+        let header = match recv_frame(conn, config.max_body, buf) {
+            Ok(h) => h,
+            Err(Error::Closed) => return Ok(Ended::Closed),
+            Err(e) => {
+                // Too large, unknown kind, truncated: the stream cannot be
+                // re-synchronised. Report it (best effort) and close.
+                send_error(conn, &e);
+                return Err(e);
+            }
+        };
+        if header.kind == FrameKind::Goodbye {
+            return Ok(Ended::Goodbye);
+        }
+        let request = frame::check_kind(header.kind, FrameKind::Request, buf)
+            .and_then(|()| frame::decode_body::<P::Request>(buf));
+        let request = match request {
+            Ok(r) => r,
+            Err(e) => {
+                // Boundaries intact: report and read the next frame.
+                send_error(conn, &Error::Protocol(e));
+                continue;
+            }
+        };
+        // Reuse the request's buffer for the response.
+        buf.clear();
+        let (response, then) = handler.handle(request);
+        frame::encode_into(FrameKind::Response, &response, peer_max, buf)?;
+        drop(response);
+        send_frame(conn, buf)?;
+        if then == Then::Stop {
+            return Ok(Ended::Stopped);
+        }
+    }
+}
