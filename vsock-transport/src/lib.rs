@@ -80,3 +80,18 @@ impl<C: Connection + ?Sized> Connection for &mut C {
         (**self).begin(step)
     }
 }
+
+impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
+    fn send(&mut self, buf: &[u8]) -> Result<()> {
+        (**self).send(buf)
+    }
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        (**self).recv(buf)
+    }
+    fn shutdown(&mut self) -> Result<()> {
+        (**self).shutdown()
+    }
+    fn begin(&mut self, step: Step) {
+        (**self).begin(step)
+    }
+}
