@@ -8,6 +8,9 @@
 //!   - `host-vsock`: [`host_vsock`], AF_VSOCK through the `vsock` crate.
 //!   - `host-hybrid`: [`hybrid`], hybrid vsock over Unix sockets
 //!     (Firecracker, Cloud Hypervisor, vhost-device-vsock).
+//!
+//!   Both host backends hand out the same connection type,
+//!   [`host_stream::HostStream`], which gives every frame one deadline.
 //! - [`framed`]: reads and writes `comm` frames on a [`Connection`], with the
 //!   receiver's size limit checked before anything is allocated.
 //! - [`rpc`]: [`rpc::Client`] (hello, then request → response) and
@@ -28,6 +31,8 @@ pub mod rpc;
 
 #[cfg(feature = "guest")]
 pub mod guest;
+#[cfg(feature = "std")]
+pub mod host_stream;
 #[cfg(feature = "host-vsock")]
 pub mod host_vsock;
 #[cfg(feature = "host-hybrid")]

@@ -1,0 +1,579 @@
+//! The one [`Connection`] that both host backends hand out: [`HostStream`],
+//! a connected socket with per-frame deadlines.
+//!
+//! # Deadlines
+//!
+//! [`Connection::begin`] starts one [`Deadline`] for a whole frame (or for
+//! the hybrid handshake): [`Timeouts::read`] for [`Step::Read`],
+//! [`Timeouts::write`] for [`Step::Write`], and so on. Before every `recv(2)`
+//! or `send(2)` the socket's `SO_RCVTIMEO` / `SO_SNDTIMEO` is checked
+//! against the time left, so a peer that trickles one byte per second runs
+//! into the deadline of the frame, not a fresh timeout per byte. To keep
+//! `setsockopt(2)` out of the hot path, the timeout last set is cached and
+//! only changed when it would overshoot the deadline by more than
+//! [`TIMEOUT_SLACK`] (or is less than half the time left, which would cost
+//! spurious wake-ups). A socket timeout that fires while time is left is
+//! simply re-armed, so an early wake-up never fails a frame.
+//!
+//! Until the first `begin`, each `send`/`recv` call gets a fresh
+//! [`Timeouts::write`]/[`Timeouts::read`] deadline of its own; after it, the
+//! deadline of the last `begin` holds for every call until the next one.
+//!
+//! # Errors
+//!
+//! | what happened                               | error                       |
+//! |---------------------------------------------|-----------------------------|
+//! | the deadline passed                         | [`Error::Timeout`]`(step)`  |
+//! | `ECONNRESET`                                | [`Error::Reset`]            |
+//! | `EPIPE` before any byte of a `send`         | [`Error::Closed`]           |
+//! | `EPIPE` after part of a `send` went out     | [`Error::Reset`]            |
+//! | used after [`Connection::shutdown`]         | [`Error::ShutDown`]         |
+//! | any other OS error                          | [`Error::Io`], with context |
+//!
+//! Writes go through `send(2)` with `MSG_NOSIGNAL`, so a closed peer is an
+//! error and never a `SIGPIPE`, even in programs that do not ignore it.
+//!
+//! The crate-private helpers at the end (socket creation, connect and accept
+//! with deadlines, `sockaddr` construction) are shared by the backends and
+//! hold all of the host side's `unsafe` code.
+
+use std::fmt;
+use std::io::{self, Read};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::timeouts::Deadline;
+use crate::{Connection, Error, Result, Step, Timeouts};
+
+/// How far a socket timeout may reach past the frame's deadline before it is
+/// re-armed with `setsockopt(2)`. This is how late a timeout can be reported
+/// (plus scheduling delay); in exchange a large frame costs a
+/// `setsockopt(2)` at most every 5 ms of transfer time instead of one per
+/// `recv(2)`.
+pub const TIMEOUT_SLACK: Duration = Duration::from_millis(5);
+
+/// A connected stream socket that [`HostStream`] can drive.
+///
+/// Reads go through [`Read`]; writes go through `send(2)` on
+/// [`AsRawFd::as_raw_fd`] with `MSG_NOSIGNAL`. Implemented for
+/// [`UnixStream`] and, with `host-vsock`, `vsock::VsockStream`.
+pub trait Socket: Read + AsRawFd {
+    /// Sets `SO_RCVTIMEO` (`None`: block forever).
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Sets `SO_SNDTIMEO` (`None`: block forever).
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()>;
+    /// Sets or clears `O_NONBLOCK`.
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()>;
+    /// `shutdown(2)`.
+    fn shutdown(&self, how: Shutdown) -> io::Result<()>;
+}
+
+impl Socket for UnixStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        UnixStream::set_write_timeout(self, timeout)
+    }
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        UnixStream::set_nonblocking(self, nonblocking)
+    }
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        UnixStream::shutdown(self, how)
+    }
+}
+
+#[cfg(feature = "host-vsock")]
+impl Socket for vsock::VsockStream {
+    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        vsock::VsockStream::set_read_timeout(self, timeout)
+    }
+    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        vsock::VsockStream::set_write_timeout(self, timeout)
+    }
+    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        vsock::VsockStream::set_nonblocking(self, nonblocking)
+    }
+    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        vsock::VsockStream::shutdown(self, how)
+    }
+}
+
+/// Who is on the other end of a [`HostStream`]; named in error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Peer {
+    /// A host-initiated hybrid vsock connection: we connected to the
+    /// device's `uds_path`, sent `CONNECT <port>` and got `OK <ok_port>`.
+    HybridConnected {
+        /// The device's Unix socket.
+        uds_path: PathBuf,
+        /// The guest port we asked for.
+        port: u32,
+        /// The number in the device's `OK` reply. Informational:
+        /// vhost-device-vsock sends the guest port, Firecracker the
+        /// host-side port it assigned.
+        ok_port: u32,
+    },
+    /// A guest-initiated hybrid vsock connection, accepted on the Unix
+    /// socket `<uds_path>_<port>`.
+    HybridAccepted {
+        /// The socket we listen on.
+        socket_path: PathBuf,
+        /// The host port the guest connected to.
+        port: u32,
+    },
+    /// An AF_VSOCK peer.
+    Vsock {
+        /// The peer's context id.
+        cid: u32,
+        /// The peer's port.
+        port: u32,
+    },
+    /// Anything else (a socket pair in a test, ...), in words.
+    Other(String),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HybridConnected {
+                uds_path,
+                port,
+                ok_port,
+            } => write!(
+                f,
+                "guest port {port} via hybrid vsock {} (OK {ok_port})",
+                uds_path.display()
+            ),
+            Self::HybridAccepted { socket_path, port } => write!(
+                f,
+                "guest connection to host port {port} on {}",
+                socket_path.display()
+            ),
+            Self::Vsock { cid, port } => write!(f, "vsock CID {cid} port {port}"),
+            Self::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// Which socket timeout an operation uses.
+#[derive(Clone, Copy)]
+enum Dir {
+    Read,
+    Write,
+}
+
+/// A connected host socket with per-frame deadlines: the [`Connection`] of
+/// both host backends (see the [module docs](self)).
+#[derive(Debug)]
+pub struct HostStream<S: Socket> {
+    socket: S,
+    peer: Peer,
+    timeouts: Timeouts,
+    /// The deadline of the last [`Connection::begin`], if any.
+    deadline: Option<Deadline>,
+    /// `SO_RCVTIMEO` as last set (`None`: unknown, `Some(None)`: forever).
+    read_timeout: Option<Option<Duration>>,
+    /// `SO_SNDTIMEO` as last set.
+    write_timeout: Option<Option<Duration>>,
+    shut_down: bool,
+}
+
+impl<S: Socket> HostStream<S> {
+    /// Wraps a connected, blocking socket. Its socket timeouts are
+    /// overwritten as needed.
+    pub fn new(socket: S, peer: Peer, timeouts: Timeouts) -> Self {
+        Self {
+            socket,
+            peer,
+            timeouts,
+            deadline: None,
+            read_timeout: None,
+            write_timeout: None,
+            shut_down: false,
+        }
+    }
+
+    /// Who is on the other end.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// The timeouts in force.
+    pub fn timeouts(&self) -> &Timeouts {
+        &self.timeouts
+    }
+
+    /// Changes the timeouts; applies from the next [`Connection::begin`].
+    pub fn set_timeouts(&mut self, timeouts: Timeouts) {
+        self.timeouts = timeouts;
+    }
+
+    /// The socket.
+    pub fn get_ref(&self) -> &S {
+        &self.socket
+    }
+
+    /// Gives the socket back.
+    pub fn into_inner(self) -> S {
+        self.socket
+    }
+
+    /// Checks the deadline and makes the socket timeout for `dir` end no
+    /// later than [`TIMEOUT_SLACK`] after it.
+    fn arm(&mut self, dir: Dir) -> Result<()> {
+        let deadline = match self.deadline {
+            Some(d) => d,
+            None => {
+                let step = match dir {
+                    Dir::Read => Step::Read,
+                    Dir::Write => Step::Write,
+                };
+                Deadline::start(&self.timeouts, step)
+            }
+        };
+        let left = deadline.remaining()?;
+        let current = match dir {
+            Dir::Read => &mut self.read_timeout,
+            Dir::Write => &mut self.write_timeout,
+        };
+        let keep = match (*current, left) {
+            (Some(None), None) => true,
+            (Some(Some(set)), Some(left)) => set <= left + TIMEOUT_SLACK && set >= left / 2,
+            _ => false,
+        };
+        if !keep {
+            let r = match dir {
+                Dir::Read => self.socket.set_read_timeout(left),
+                Dir::Write => self.socket.set_write_timeout(left),
+            };
+            if let Err(e) = r {
+                *current = None;
+                return Err(Error::io(
+                    format!("setting the socket timeout for {}", self.peer),
+                    e,
+                ));
+            }
+            *current = Some(left);
+        }
+        Ok(())
+    }
+
+    fn step(&self, dir: Dir) -> Step {
+        match (self.deadline, dir) {
+            (Some(d), _) => d.step(),
+            (None, Dir::Read) => Step::Read,
+            (None, Dir::Write) => Step::Write,
+        }
+    }
+}
+
+impl<S: Socket> Connection for HostStream<S> {
+    fn send(&mut self, buf: &[u8]) -> Result<()> {
+        if self.shut_down {
+            return Err(Error::ShutDown);
+        }
+        let fd = self.socket.as_raw_fd();
+        let mut sent = 0;
+        while sent < buf.len() {
+            self.arm(Dir::Write)?;
+            match send_nosignal(fd, &buf[sent..]) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => sent += n,
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted => {}
+                    // The socket timeout fired: `arm` tells whether the
+                    // deadline has passed or re-arms it.
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {}
+                    io::ErrorKind::ConnectionReset => return Err(Error::Reset),
+                    io::ErrorKind::BrokenPipe if sent == 0 => return Err(Error::Closed),
+                    io::ErrorKind::BrokenPipe => return Err(Error::Reset),
+                    _ => {
+                        let step = self.step(Dir::Write);
+                        return Err(Error::io(format!("{step}: sending to {}", self.peer), e));
+                    }
+                },
+            }
+        }
+        Ok(())
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+        if self.shut_down {
+            return Err(Error::ShutDown);
+        }
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            self.arm(Dir::Read)?;
+            match self.socket.read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) => match e.kind() {
+                    io::ErrorKind::Interrupted
+                    | io::ErrorKind::WouldBlock
+                    | io::ErrorKind::TimedOut => {}
+                    io::ErrorKind::ConnectionReset => return Err(Error::Reset),
+                    _ => {
+                        let step = self.step(Dir::Read);
+                        return Err(Error::io(
+                            format!("{step}: receiving from {}", self.peer),
+                            e,
+                        ));
+                    }
+                },
+            }
+        }
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        if self.shut_down {
+            return Ok(());
+        }
+        self.shut_down = true;
+        match self.socket.shutdown(Shutdown::Both) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+            Err(e) => Err(Error::io(format!("shutting down {}", self.peer), e)),
+        }
+    }
+
+    fn begin(&mut self, step: Step) {
+        self.deadline = Some(Deadline::start(&self.timeouts, step));
+    }
+}
+
+/// `send(2)` with `MSG_NOSIGNAL`: a closed peer is `EPIPE`, never `SIGPIPE`.
+fn send_nosignal(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration
+    // of the call, and the kernel does not keep the pointer. A bad `fd` is
+    // reported as `EBADF`, not undefined behaviour.
+    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Socket set-up helpers shared by the backends.
+
+/// A socket address in the form `connect(2)` and `bind(2)` take.
+pub(crate) enum SockAddr {
+    /// `AF_UNIX` with a path.
+    Unix(libc::sockaddr_un),
+    /// `AF_VSOCK`.
+    #[cfg(feature = "host-vsock")]
+    Vsock(libc::sockaddr_vm),
+}
+
+impl SockAddr {
+    /// The address of a filesystem Unix socket. Fails if the path does not
+    /// fit `sun_path` (107 bytes and a terminating NUL) or contains a NUL.
+    pub(crate) fn unix(path: &std::path::Path) -> io::Result<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = path.as_os_str().as_bytes();
+        let mut addr = libc::sockaddr_un {
+            sun_family: libc::AF_UNIX as libc::sa_family_t,
+            sun_path: [0; 108],
+        };
+        if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "Unix socket path must be shorter than {} bytes and contain no NUL: {}",
+                    addr.sun_path.len(),
+                    path.display()
+                ),
+            ));
+        }
+        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+            *dst = *src as libc::c_char;
+        }
+        Ok(Self::Unix(addr))
+    }
+
+    /// An AF_VSOCK address.
+    #[cfg(feature = "host-vsock")]
+    pub(crate) fn vsock(cid: u32, port: u32) -> Self {
+        Self::Vsock(libc::sockaddr_vm {
+            svm_family: libc::AF_VSOCK as libc::sa_family_t,
+            svm_reserved1: 0,
+            svm_port: port,
+            svm_cid: cid,
+            svm_zero: [0; 4],
+        })
+    }
+
+    fn family(&self) -> libc::c_int {
+        match self {
+            Self::Unix(_) => libc::AF_UNIX,
+            #[cfg(feature = "host-vsock")]
+            Self::Vsock(_) => libc::AF_VSOCK,
+        }
+    }
+
+    /// Pointer and length for the system calls; valid while `self` is.
+    fn raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        match self {
+            Self::Unix(a) => (
+                (a as *const libc::sockaddr_un).cast(),
+                size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            ),
+            #[cfg(feature = "host-vsock")]
+            Self::Vsock(a) => (
+                (a as *const libc::sockaddr_vm).cast(),
+                size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+            ),
+        }
+    }
+}
+
+/// A new close-on-exec stream socket for `addr`'s family.
+pub(crate) fn stream_socket(addr: &SockAddr, nonblocking: bool) -> io::Result<OwnedFd> {
+    let mut ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+    if nonblocking {
+        ty |= libc::SOCK_NONBLOCK;
+    }
+    // SAFETY: plain system call with integer arguments.
+    let fd = unsafe { libc::socket(addr.family(), ty, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `socket(2)` just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `bind(2)`.
+pub(crate) fn bind(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
+    let (ptr, len) = addr.raw();
+    // SAFETY: `ptr`/`len` describe a valid, initialised sockaddr that lives
+    // until `addr` is dropped, after the call.
+    let r = unsafe { libc::bind(fd.as_raw_fd(), ptr, len) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// `listen(2)` with the same backlog as the standard library (128).
+pub(crate) fn listen(fd: &OwnedFd) -> io::Result<()> {
+    // SAFETY: plain system call with integer arguments.
+    let r = unsafe { libc::listen(fd.as_raw_fd(), 128) };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Why [`connect`] failed.
+pub(crate) enum ConnectError {
+    /// The deadline passed.
+    Timeout,
+    /// The OS said no.
+    Os(io::Error),
+}
+
+/// Connects the non-blocking socket `fd` to `addr` by `deadline`.
+///
+/// Handles both ways a non-blocking connect can wait: `EINPROGRESS` (vsock;
+/// wait for writability, then read `SO_ERROR`) and `EAGAIN` (a Unix
+/// listener's backlog is full; retry every [`CONNECT_RETRY`]).
+pub(crate) fn connect(
+    fd: &OwnedFd,
+    addr: &SockAddr,
+    deadline: &Deadline,
+) -> std::result::Result<(), ConnectError> {
+    let (ptr, len) = addr.raw();
+    loop {
+        // SAFETY: `ptr`/`len` describe a valid, initialised sockaddr that
+        // outlives the call.
+        let r = unsafe { libc::connect(fd.as_raw_fd(), ptr, len) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EAGAIN) => {
+                let left = deadline.remaining().map_err(|_| ConnectError::Timeout)?;
+                std::thread::sleep(left.map_or(CONNECT_RETRY, |l| l.min(CONNECT_RETRY)));
+                deadline.remaining().map_err(|_| ConnectError::Timeout)?;
+            }
+            Some(libc::EINPROGRESS) => {
+                if !wait(fd.as_raw_fd(), libc::POLLOUT, deadline).map_err(ConnectError::Os)? {
+                    return Err(ConnectError::Timeout);
+                }
+                return match socket_error(fd).map_err(ConnectError::Os)? {
+                    0 => Ok(()),
+                    errno => Err(ConnectError::Os(io::Error::from_raw_os_error(errno))),
+                };
+            }
+            _ => return Err(ConnectError::Os(e)),
+        }
+    }
+}
+
+/// How often [`connect`] retries while a Unix listener's backlog is full.
+pub(crate) const CONNECT_RETRY: Duration = Duration::from_millis(5);
+
+/// `SO_ERROR`: the result of a non-blocking connect.
+fn socket_error(fd: &OwnedFd) -> io::Result<libc::c_int> {
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for writes and `len` holds the size
+    // of `err`, as `getsockopt(2)` requires.
+    let r = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&raw mut err).cast(),
+            &raw mut len,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(err)
+    }
+}
+
+/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`); `false` if
+/// `deadline` passed first. Hang-ups and errors count as ready, so the next
+/// system call reports them.
+pub(crate) fn wait(fd: RawFd, events: libc::c_short, deadline: &Deadline) -> io::Result<bool> {
+    loop {
+        let Ok(left) = deadline.remaining() else {
+            return Ok(false);
+        };
+        let ms = match left {
+            None => -1,
+            // Round up so that a wait never ends before the deadline.
+            Some(l) => l.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+        };
+        let mut pfd = libc::pollfd {
+            fd,
+            events,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid `pollfd`, and we pass a count of 1.
+        let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+        if r > 0 {
+            return Ok(true);
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}

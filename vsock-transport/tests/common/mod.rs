@@ -1,0 +1,114 @@
+//! Pieces shared by the host backend tests: the guest's side of the
+//! service protocol, played by a test thread.
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::time::{Duration, Instant};
+
+use comm::frame::{self, FrameKind, HELLO_MAX_BODY};
+use comm::service::{Request, Response, ServiceError, ServiceVm};
+use comm::{Hello, Protocol};
+use vsock_transport::framed::{recv_frame, recv_frame_as};
+use vsock_transport::rpc::{self, Client, Ended, Handler, ServeConfig, Then};
+use vsock_transport::{Connection, Result, Step, Timeouts};
+
+/// The guest's service: reverses bytes, stops on `PowerOff`.
+pub(crate) struct Reverse;
+
+impl Handler<ServiceVm> for Reverse {
+    fn handle(&mut self, request: Request) -> (Response, Then) {
+        match request {
+            Request::Reverse(mut bytes) => {
+                bytes.reverse();
+                (Response::Reverse(bytes), Then::Continue)
+            }
+            Request::PowerOff => (Response::PowerOff, Then::Stop),
+            _ => (Response::Err(ServiceError::Unsupported), Then::Continue),
+        }
+    }
+}
+
+/// The same protocol as [`ServiceVm`], one version later.
+pub(crate) struct ServiceVmNext;
+
+impl Protocol for ServiceVmNext {
+    const NAME: &'static str = ServiceVm::NAME;
+    const VERSION: u32 = ServiceVm::VERSION + 1;
+    type Request = Request;
+    type Response = Response;
+}
+
+/// Timeouts short enough that a hang fails the test quickly.
+pub(crate) fn timeouts() -> Timeouts {
+    Timeouts::uniform(Duration::from_secs(5))
+}
+
+/// Serves the reverse service on `conn` with the default limits.
+pub(crate) fn serve_reverse<C: Connection>(mut conn: C) -> Result<Ended> {
+    rpc::serve::<ServiceVm, _, _>(&mut conn, &mut Reverse, ServeConfig::default())
+}
+
+/// Serves the reverse service with a small request limit.
+pub(crate) fn serve_reverse_max(mut conn: impl Connection, max_body: u32) -> Result<Ended> {
+    rpc::serve::<ServiceVm, _, _>(&mut conn, &mut Reverse, ServeConfig { max_body })
+}
+
+/// The client side of the service.
+pub(crate) fn client<C: Connection>(conn: C) -> Client<C, ServiceVm> {
+    Client::handshake(conn, frame::DEFAULT_MAX_BODY).expect("HELLO exchange")
+}
+
+/// Reverses `payload` through `client` and checks the answer.
+pub(crate) fn check_reverse<C: Connection>(client: &mut Client<C, ServiceVm>, payload: &[u8]) {
+    let answer = client
+        .call(&Request::Reverse(payload.to_vec()))
+        .expect("reverse call");
+    let Response::Reverse(got) = answer else {
+        panic!("unexpected answer {answer:?}");
+    };
+    assert_eq!(got.len(), payload.len());
+    assert!(
+        got.iter().eq(payload.iter().rev()),
+        "reversed payload differs"
+    );
+}
+
+/// A payload that is not periodic in any small power of two.
+pub(crate) fn payload(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+}
+
+/// Plays a misbehaving server up to the first request: sends our `HELLO`,
+/// reads the peer's, reads one request frame. The caller then answers (or
+/// not) by hand.
+pub(crate) fn raw_server_until_request<C: Connection>(conn: &mut C) {
+    let hello = frame::encode(
+        FrameKind::Hello,
+        &Hello::new::<ServiceVm>(frame::DEFAULT_MAX_BODY),
+        HELLO_MAX_BODY,
+    )
+    .unwrap();
+    vsock_transport::framed::send_frame(conn, &hello).unwrap();
+    let mut buf = Vec::new();
+    let h = recv_frame_as(conn, frame::DEFAULT_MAX_BODY, &mut buf, Step::Hello).unwrap();
+    assert_eq!(h.kind, FrameKind::Hello);
+    let h = recv_frame(conn, frame::DEFAULT_MAX_BODY, &mut buf).unwrap();
+    assert_eq!(h.kind, FrameKind::Request);
+}
+
+/// A `RESPONSE` frame to a reverse request, as bytes.
+pub(crate) fn response_frame(payload: &[u8]) -> Vec<u8> {
+    frame::encode(
+        FrameKind::Response,
+        &Response::Reverse(payload.to_vec()),
+        frame::DEFAULT_MAX_BODY,
+    )
+    .unwrap()
+}
+
+/// Runs `f` and returns its result and how long it took.
+pub(crate) fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let start = Instant::now();
+    let r = f();
+    (r, start.elapsed())
+}
