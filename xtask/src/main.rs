@@ -1,1 +1,148 @@
-fn main() {}
+//! `cargo xtask <command>`: project automation (rust-analyzer style: plain
+//! std, one module per command).
+
+mod e2e;
+mod image;
+mod setup;
+mod util;
+
+use std::process::ExitCode;
+
+use host_cli::Arch;
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+Commands:
+  setup                        install what is missing: bare-metal Rust targets (rustup),
+                               QEMU (apt-get), vhost-device-vsock 0.3.0 (cargo install into .tools/)
+  build-image [--arch A]       build the release guest image and print its path (default x86_64)
+  run-e2e [--arch A|all] [FILTER]
+                               set up, build, and run the end-to-end suite against real QEMU
+  demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
+  test                         the whole test suite: host unit/integration tests, bare-metal
+                               builds, docs, and the end-to-end suite on every architecture
+  help                         this text
+
+Architectures: x86_64, aarch64 (all = both).";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("setup") => setup::setup(),
+        Some("build-image") => build_image(&args[1..]),
+        Some("run-e2e") => run_e2e(&args[1..]),
+        Some("demo") => demo(),
+        Some("test") => test(),
+        Some("help" | "--help" | "-h") | None => {
+            println!("{HELP}");
+            Ok(())
+        }
+        Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Splits `--arch A` out of `args`; `all` means every architecture.
+fn archs(args: &[String], default: &[Arch]) -> util::Result<(Vec<Arch>, Vec<String>)> {
+    let mut archs = default.to_vec();
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = if a == "--arch" {
+            Some(it.next().ok_or("--arch needs a value")?.clone())
+        } else {
+            a.strip_prefix("--arch=").map(str::to_string)
+        };
+        match value {
+            Some(v) if v == "all" => archs = Arch::ALL.to_vec(),
+            Some(v) => archs = vec![v.parse()?],
+            None => rest.push(a.clone()),
+        }
+    }
+    Ok((archs, rest))
+}
+
+fn build_image(args: &[String]) -> util::Result<()> {
+    let (archs, rest) = archs(args, &[Arch::X86_64])?;
+    if let Some(extra) = rest.first() {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
+    setup::setup()?;
+    for arch in archs {
+        let path = image::build(arch, &[])?;
+        println!("{}", path.display());
+    }
+    Ok(())
+}
+
+fn run_e2e(args: &[String]) -> util::Result<()> {
+    let (archs, rest) = archs(args, &[Arch::X86_64])?;
+    setup::setup()?;
+    for arch in archs {
+        e2e::run(arch, rest.first().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+fn demo() -> util::Result<()> {
+    setup::setup()?;
+    let image = image::build(Arch::X86_64, &[])?;
+    util::run(
+        util::cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "host-cli",
+                "--",
+                "--image",
+            ])
+            .arg(image)
+            .args(["reverse", "abc"]),
+    )
+}
+
+fn test() -> util::Result<()> {
+    setup::setup()?;
+    // Host crates: unit, integration and doc tests.
+    util::run(util::cargo().args(["test"]))?;
+    util::run(util::cargo().args([
+        "test",
+        "-p",
+        "vsock-transport",
+        "--features",
+        "host-hybrid,host-vsock,test-utils",
+    ]))?;
+    util::run(util::cargo().args(["test", "-p", "comm", "--features", "std"]))?;
+    // The no_std crates on the bare-metal targets.
+    for arch in Arch::ALL {
+        util::run(util::cargo().args(["build", "-p", "comm", "--target", arch.target_triple()]))?;
+        util::run(util::cargo().args([
+            "build",
+            "-p",
+            "vsock-transport",
+            "--features",
+            "guest",
+            "--target",
+            arch.target_triple(),
+        ]))?;
+    }
+    // Docs build clean.
+    util::run(
+        util::cargo()
+            .args(["doc", "--no-deps", "--quiet"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    for arch in e2e::SUPPORTED {
+        e2e::run(*arch, None)?;
+    }
+    Ok(())
+}

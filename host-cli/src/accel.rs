@@ -1,0 +1,168 @@
+//! Choosing the accelerator: KVM where it really works, TCG otherwise.
+//!
+//! `/dev/kvm` existing is not enough: some hosts expose a paravirtual KVM
+//! that cannot run ordinary guests (QEMU hangs or fails on MSR writes). So
+//! [`Accel::Auto`] boots the tiny exit-at-once firmware under KVM once, with
+//! a short timeout, and caches the verdict per QEMU binary and kernel.
+
+use std::fmt;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use crate::Arch;
+use crate::image::{TINY_EXIT_STATUS, tiny_x86_64_pvh_elf};
+
+/// How long the KVM probe may take before KVM is declared unusable.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A QEMU accelerator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// KVM if it works here, else TCG (`$SVMC_ACCEL` overrides).
+    Auto,
+    /// Hardware virtualisation.
+    Kvm,
+    /// Software emulation.
+    Tcg,
+}
+
+impl Accel {
+    /// The name QEMU's `-accel` takes.
+    pub fn qemu_name(self) -> &'static str {
+        match self {
+            Self::Kvm => "kvm",
+            Self::Tcg | Self::Auto => "tcg",
+        }
+    }
+}
+
+impl fmt::Display for Accel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Auto => "auto",
+            Self::Kvm => "kvm",
+            Self::Tcg => "tcg",
+        })
+    }
+}
+
+impl FromStr for Accel {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "kvm" => Ok(Self::Kvm),
+            "tcg" => Ok(Self::Tcg),
+            other => Err(format!("unknown accelerator {other:?} (auto, kvm, tcg)")),
+        }
+    }
+}
+
+/// Resolves [`Accel::Auto`] for `arch` with the QEMU binary `qemu`.
+pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
+    let requested = match (requested, std::env::var("SVMC_ACCEL").ok()) {
+        (Accel::Auto, Some(env)) => env.parse().unwrap_or(Accel::Auto),
+        (r, _) => r,
+    };
+    if requested != Accel::Auto {
+        return requested;
+    }
+    if arch != Arch::host() || arch != Arch::X86_64 {
+        // The probe image is x86_64; other hosts use TCG unless told.
+        return Accel::Tcg;
+    }
+    if fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        return Accel::Tcg;
+    }
+    let key = format!(
+        "{} {}",
+        qemu.display(),
+        fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+    );
+    let cache = cache_file();
+    if let Some(c) = &cache
+        && let Ok(s) = fs::read_to_string(c)
+        && let Some((k, v)) = s.trim_end().rsplit_once('=')
+        && k == key
+    {
+        return if v == "kvm" { Accel::Kvm } else { Accel::Tcg };
+    }
+    let verdict = if probe_kvm(qemu) {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    };
+    tracing::info!(%verdict, "KVM probe");
+    if let Some(c) = cache {
+        if let Some(parent) = c.parent() {
+            let _ = fs::create_dir_all(parent);
+        }
+        let _ = fs::write(c, format!("{key}={verdict}\n"));
+    }
+    verdict
+}
+
+fn cache_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("svmc").join("kvm-probe"))
+}
+
+/// Boots the tiny firmware under KVM; true if QEMU exits with its status in
+/// time.
+fn probe_kvm(qemu: &Path) -> bool {
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    let image = dir.path().join("tiny.elf");
+    if fs::write(&image, tiny_x86_64_pvh_elf()).is_err() {
+        return false;
+    }
+    let child = Command::new(qemu)
+        .args([
+            "-accel",
+            "kvm",
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args(["-no-reboot", "-monitor", "none", "-serial", "none"])
+        .args([
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+            "-kernel",
+        ])
+        .arg(&image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return status.code() == Some(TINY_EXIT_STATUS),
+            Ok(None) if start.elapsed() < PROBE_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return false;
+            }
+        }
+    }
+}

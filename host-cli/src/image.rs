@@ -1,0 +1,142 @@
+//! Guest images: checking that a file is a bootable ELF for the right
+//! architecture, and the tiny "exit at the first instruction" firmware used
+//! to probe KVM and as the boot-time floor in benchmarks.
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::{Arch, Error, Result};
+
+const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+/// `e_machine` of x86-64 (System V ABI).
+const EM_X86_64: u16 = 62;
+/// `e_machine` of AArch64.
+const EM_AARCH64: u16 = 183;
+
+/// Checks that `path` is a 64-bit little-endian ELF for `arch`.
+pub fn check_image(path: &Path, arch: Arch) -> Result<()> {
+    let mut f = std::fs::File::open(path).map_err(|e| Error::Image {
+        path: path.into(),
+        reason: format!("cannot open: {e} (build it with `cargo xtask build-image --arch {arch}`)"),
+    })?;
+    let mut head = [0u8; 20];
+    f.read_exact(&mut head).map_err(|_| Error::Image {
+        path: path.into(),
+        reason: "not an ELF file (shorter than an ELF header)".into(),
+    })?;
+    if head[..4] != ELF_MAGIC {
+        return Err(Error::Image {
+            path: path.into(),
+            reason: "not an ELF file (bad magic)".into(),
+        });
+    }
+    if head[4] != 2 || head[5] != 1 {
+        return Err(Error::Image {
+            path: path.into(),
+            reason: "not a 64-bit little-endian ELF".into(),
+        });
+    }
+    let machine = u16::from_le_bytes([head[18], head[19]]);
+    let expected = match arch {
+        Arch::X86_64 => EM_X86_64,
+        Arch::Aarch64 => EM_AARCH64,
+    };
+    if machine != expected {
+        return Err(Error::Image {
+            path: path.into(),
+            reason: format!("ELF machine {machine} is not {arch}"),
+        });
+    }
+    Ok(())
+}
+
+/// The value the tiny firmware writes to `isa-debug-exit`; QEMU then exits
+/// with status `(v << 1) | 1`.
+pub const TINY_EXIT_VALUE: u8 = 0x2a;
+
+/// QEMU's exit status when the tiny firmware ran.
+pub const TINY_EXIT_STATUS: i32 = ((TINY_EXIT_VALUE as i32) << 1) | 1;
+
+/// A 207-byte x86_64 PVH ELF whose entry point writes [`TINY_EXIT_VALUE`] to
+/// I/O port 0xf4 (`isa-debug-exit`) and halts: QEMU's boot cost with nothing
+/// of ours in it.
+pub fn tiny_x86_64_pvh_elf() -> Vec<u8> {
+    // 32-bit protected-mode code: mov al, 0x2a; out 0xf4, al; hlt; jmp $-3.
+    let code = [0xb0, TINY_EXIT_VALUE, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd];
+    const BASE: u64 = 0x10_0000;
+    const EHSIZE: u64 = 64;
+    const PHENTSIZE: u64 = 56;
+    const PHNUM: u64 = 2;
+    let off_note = EHSIZE + PHENTSIZE * PHNUM;
+    // PVH note: namesz 4 ("Xen\0"), descsz 8, type 18 (XEN_ELFNOTE_PHYS32_ENTRY).
+    let note_len = 12 + 4 + 8;
+    let off_code = off_note + note_len;
+    let entry = BASE + off_code;
+    let total = off_code + code.len() as u64;
+
+    let mut v = Vec::with_capacity(total as usize);
+    // ELF header: 64-bit, little-endian, version 1, System V.
+    v.extend_from_slice(&ELF_MAGIC);
+    v.extend_from_slice(&[2, 1, 1, 0]);
+    v.extend_from_slice(&[0; 8]);
+    v.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    v.extend_from_slice(&EM_X86_64.to_le_bytes());
+    v.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    v.extend_from_slice(&entry.to_le_bytes());
+    v.extend_from_slice(&EHSIZE.to_le_bytes()); // e_phoff
+    v.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    v.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for h in [EHSIZE as u16, PHENTSIZE as u16, PHNUM as u16, 64, 0, 0] {
+        v.extend_from_slice(&h.to_le_bytes());
+    }
+    // PT_LOAD, R+X, the whole file at BASE.
+    push_phdr(&mut v, 1, 5, 0, BASE, total, 0x1000);
+    // PT_NOTE.
+    push_phdr(&mut v, 4, 4, off_note, BASE + off_note, note_len, 4);
+    v.extend_from_slice(&4u32.to_le_bytes());
+    v.extend_from_slice(&8u32.to_le_bytes());
+    v.extend_from_slice(&18u32.to_le_bytes());
+    v.extend_from_slice(b"Xen\0");
+    v.extend_from_slice(&entry.to_le_bytes());
+    v.extend_from_slice(&code);
+    debug_assert_eq!(v.len() as u64, total);
+    v
+}
+
+fn push_phdr(v: &mut Vec<u8>, kind: u32, flags: u32, off: u64, addr: u64, len: u64, align: u64) {
+    v.extend_from_slice(&kind.to_le_bytes());
+    v.extend_from_slice(&flags.to_le_bytes());
+    for x in [off, addr, addr, len, len, align] {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiny_image_is_a_valid_x86_64_elf() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tiny.elf");
+        std::fs::write(&p, tiny_x86_64_pvh_elf()).unwrap();
+        check_image(&p, Arch::X86_64).unwrap();
+        assert!(check_image(&p, Arch::Aarch64).is_err());
+    }
+
+    #[test]
+    fn rejects_missing_and_non_elf() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = check_image(&missing, Arch::X86_64).unwrap_err().to_string();
+        assert!(e.contains("cannot open"), "{e}");
+        let text = dir.path().join("text");
+        std::fs::write(&text, "hello, this is not an ELF file").unwrap();
+        let e = check_image(&text, Arch::X86_64).unwrap_err().to_string();
+        assert!(e.contains("bad magic"), "{e}");
+        let short = dir.path().join("short");
+        std::fs::write(&short, b"\x7fEL").unwrap();
+        let e = check_image(&short, Arch::X86_64).unwrap_err().to_string();
+        assert!(e.contains("shorter"), "{e}");
+    }
+}

@@ -1,0 +1,197 @@
+//! A conversation with the service VM: launch it (or attach to a running
+//! one), check the protocol version, send requests, power it off.
+
+use std::path::PathBuf;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use comm::frame::DEFAULT_MAX_BODY;
+use comm::service::{GuestInfo, Request, Response, SERVICE_PORT, ServiceVm};
+use vsock_transport::rpc::Client;
+use vsock_transport::{Connection, Timeouts};
+
+use crate::launcher::{Vm, VmConfig};
+use crate::{Error, Result};
+
+/// Where the VM comes from.
+#[derive(Debug, Clone)]
+pub enum Attach {
+    /// Launch a new VM and talk over its boot connection.
+    Launch(Box<VmConfig>),
+    /// Attach to a running VM through its hybrid vsock socket.
+    Hybrid {
+        /// The VM's hybrid vsock Unix socket (`uds_path`).
+        uds_path: PathBuf,
+        /// The guest's service port.
+        port: u32,
+    },
+    /// Attach to a running VM through AF_VSOCK.
+    Vsock {
+        /// The guest's CID.
+        cid: u32,
+        /// The guest's service port.
+        port: u32,
+    },
+}
+
+/// How to open a [`Session`].
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Where the VM comes from.
+    pub attach: Attach,
+    /// Timeouts of each blocking step.
+    pub timeouts: Timeouts,
+    /// How long a launched guest may take to connect.
+    pub boot_timeout: Duration,
+    /// Largest response body accepted.
+    pub max_body: u32,
+}
+
+impl SessionConfig {
+    /// Defaults for `attach`.
+    pub fn new(attach: Attach) -> Self {
+        Self {
+            attach,
+            timeouts: Timeouts::default(),
+            boot_timeout: Duration::from_secs(30),
+            max_body: DEFAULT_MAX_BODY,
+        }
+    }
+
+    /// Attach through hybrid vsock to the default service port.
+    pub fn hybrid(uds_path: impl Into<PathBuf>) -> Self {
+        Self::new(Attach::Hybrid {
+            uds_path: uds_path.into(),
+            port: SERVICE_PORT,
+        })
+    }
+}
+
+/// The connection type sessions use, whichever the backend.
+pub type BoxConnection = Box<dyn Connection + Send>;
+
+/// An open, version-checked connection to the service VM, and the VM itself
+/// if this session launched it.
+pub struct Session {
+    // Field order matters: the client (and its socket) is dropped before the VM.
+    client: Option<Client<BoxConnection, ServiceVm>>,
+    vm: Option<Vm>,
+}
+
+impl Session {
+    /// Launches or attaches, then exchanges `HELLO` frames.
+    pub fn open(config: &SessionConfig) -> Result<Self> {
+        match &config.attach {
+            Attach::Launch(vm_config) => {
+                let mut vm = Vm::launch(vm_config)?;
+                let stream = vm.wait_for_guest(config.boot_timeout, config.timeouts)?;
+                let conn: BoxConnection = Box::new(stream);
+                let client =
+                    Client::handshake(conn, config.max_body).map_err(|e| Error::Guest {
+                        source: e,
+                        serial_log: vm.serial_log().to_path_buf(),
+                    })?;
+                Ok(Self {
+                    client: Some(client),
+                    vm: Some(vm),
+                })
+            }
+            Attach::Hybrid { uds_path, port } => {
+                let stream = vsock_transport::hybrid::connect(uds_path, *port, &config.timeouts)?;
+                Self::attached(Box::new(stream), config.max_body)
+            }
+            Attach::Vsock { cid, port } => {
+                let stream = vsock_transport::host_vsock::connect(*cid, *port, &config.timeouts)?;
+                Self::attached(Box::new(stream), config.max_body)
+            }
+        }
+    }
+
+    fn attached(conn: BoxConnection, max_body: u32) -> Result<Self> {
+        Ok(Self {
+            client: Some(Client::handshake(conn, max_body)?),
+            vm: None,
+        })
+    }
+
+    fn wrap(&self, e: vsock_transport::Error) -> Error {
+        match &self.vm {
+            Some(vm) => Error::Guest {
+                source: e,
+                serial_log: vm.serial_log().to_path_buf(),
+            },
+            None => Error::Transport(e),
+        }
+    }
+
+    /// Sends one request and returns the guest's response, including
+    /// [`Response::Err`] as a value.
+    pub fn call(&mut self, request: &Request) -> Result<Response> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or(vsock_transport::Error::ShutDown)?;
+        match client.call(request) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.wrap(e)),
+        }
+    }
+
+    /// Reverses `data` in the guest.
+    pub fn reverse(&mut self, data: Vec<u8>) -> Result<Vec<u8>> {
+        match self.call(&Request::Reverse(data))? {
+            Response::Reverse(r) => Ok(r),
+            Response::Err(e) => Err(Error::Service(e)),
+            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+    }
+
+    /// What the guest reports about itself.
+    pub fn info(&mut self) -> Result<GuestInfo> {
+        match self.call(&Request::Info)? {
+            Response::Info(i) => Ok(i),
+            Response::Err(e) => Err(Error::Service(e)),
+            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+    }
+
+    /// Asks the guest to power off. For a launched VM, waits up to `timeout`
+    /// for QEMU to exit and returns its status.
+    pub fn power_off(mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        match self.call(&Request::PowerOff)? {
+            Response::PowerOff => {}
+            Response::Err(e) => return Err(Error::Service(e)),
+            other => return Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+        self.client.take();
+        match self.vm.as_mut() {
+            Some(vm) => Ok(Some(vm.wait_exit(timeout)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Ends the conversation with `GOODBYE` (the VM, if launched, is killed
+    /// when the session is dropped; use [`Session::power_off`] to stop it
+    /// cleanly).
+    pub fn close(mut self) -> Result<()> {
+        if let Some(c) = self.client.take() {
+            c.close()?;
+        }
+        Ok(())
+    }
+
+    /// The largest request body the guest accepts.
+    pub fn peer_max_body(&self) -> u32 {
+        self.client.as_ref().map_or(0, |c| c.peer_max_body())
+    }
+
+    /// The VM, if this session launched it.
+    pub fn vm(&mut self) -> Option<&mut Vm> {
+        self.vm.as_mut()
+    }
+
+    /// The protocol client, e.g. to send raw bytes in tests.
+    pub fn client(&mut self) -> Option<&mut Client<BoxConnection, ServiceVm>> {
+        self.client.as_mut()
+    }
+}

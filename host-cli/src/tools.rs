@@ -1,0 +1,119 @@
+//! Finding QEMU, the vsock device daemon and the guest image.
+
+use std::env;
+use std::path::{Path, PathBuf};
+
+use crate::{Arch, Error, Result};
+
+/// Name of the vhost-user vsock device daemon binary.
+pub const DAEMON: &str = "vhost-device-vsock";
+
+/// Environment variable naming the project-local tool directory (its `bin/`
+/// is searched before `PATH`).
+pub const TOOLS_DIR_ENV: &str = "SVMC_TOOLS_DIR";
+
+/// The root of the source tree this binary was built from (where the
+/// workspace `Cargo.toml` is), if it still exists.
+pub fn workspace_root() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()?
+        .to_path_buf();
+    root.join("Cargo.toml").is_file().then_some(root)
+}
+
+/// The project-local tool directory: `$SVMC_TOOLS_DIR`, else `.tools` in
+/// the workspace.
+pub fn tools_dir() -> Option<PathBuf> {
+    if let Some(d) = env::var_os(TOOLS_DIR_ENV) {
+        return Some(PathBuf::from(d));
+    }
+    workspace_root().map(|r| r.join(".tools"))
+}
+
+/// The QEMU system emulator for `arch`.
+pub fn qemu_binary(arch: Arch) -> &'static str {
+    match arch {
+        Arch::X86_64 => "qemu-system-x86_64",
+        Arch::Aarch64 => "qemu-system-aarch64",
+    }
+}
+
+/// Looks for `name`: `$env_override` if set, then the tool directory's
+/// `bin/`, then `PATH`.
+pub fn find_tool(name: &str, env_override: &str) -> Result<PathBuf> {
+    if let Some(p) = env::var_os(env_override) {
+        let p = PathBuf::from(p);
+        if is_executable(&p) {
+            return Ok(p);
+        }
+        return Err(Error::ToolMissing {
+            tool: name.into(),
+            searched: format!("${env_override}={}", p.display()),
+        });
+    }
+    let mut searched = Vec::new();
+    if let Some(d) = tools_dir() {
+        let p = d.join("bin").join(name);
+        if is_executable(&p) {
+            return Ok(p);
+        }
+        searched.push(d.join("bin").display().to_string());
+    }
+    if let Some(path) = env::var_os("PATH") {
+        for dir in env::split_paths(&path) {
+            let p = dir.join(name);
+            if is_executable(&p) {
+                return Ok(p);
+            }
+        }
+    }
+    searched.push("PATH".into());
+    Err(Error::ToolMissing {
+        tool: name.into(),
+        searched: searched.join(", "),
+    })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// The programs a VM needs.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    /// `qemu-system-<arch>`.
+    pub qemu: PathBuf,
+    /// `vhost-device-vsock`.
+    pub daemon: PathBuf,
+}
+
+impl Tools {
+    /// Finds both tools for `arch` (overrides: `$SVMC_QEMU`,
+    /// `$SVMC_VHOST_DEVICE_VSOCK`).
+    pub fn find(arch: Arch) -> Result<Self> {
+        Ok(Self {
+            qemu: find_tool(qemu_binary(arch), "SVMC_QEMU")?,
+            daemon: find_tool(DAEMON, "SVMC_VHOST_DEVICE_VSOCK")?,
+        })
+    }
+}
+
+/// Where `cargo xtask build-image` puts the image for `arch`.
+pub fn default_image(arch: Arch) -> Option<PathBuf> {
+    if let Some(p) = env::var_os("SVMC_IMAGE") {
+        return Some(PathBuf::from(p));
+    }
+    let root = workspace_root()?;
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Some(
+        target_dir
+            .join(arch.target_triple())
+            .join("guest")
+            .join("guest"),
+    )
+}

@@ -1,0 +1,393 @@
+//! End-to-end suite: every case boots the real guest image under real QEMU
+//! with the real vhost-device-vsock daemon and talks to it over hybrid vsock.
+//! Run with `cargo xtask run-e2e [--arch A] [FILTER]`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use comm::frame::{self, FrameKind, Header};
+use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
+use tests::{Case, Ctx, ensure, run_cases};
+use vsock_transport::rpc::Client;
+use vsock_transport::{Connection, Error as TError};
+
+type R = Result<(), String>;
+
+fn pattern(len: usize) -> Vec<u8> {
+    // Not a palindrome and not periodic with a small period.
+    (0..len)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect()
+}
+
+fn check_reverse(ctx: &Ctx, payload: Vec<u8>) -> R {
+    let mut s = ctx.session()?;
+    let mut expected = payload.clone();
+    expected.reverse();
+    let got = s.reverse(payload).map_err(|e| e.to_string())?;
+    ensure(got.len() == expected.len(), || {
+        format!("length {} != {}", got.len(), expected.len())
+    })?;
+    ensure(got == expected, || "reversed bytes differ".into())?;
+    power_off(s)
+}
+
+fn power_off(s: host_cli::Session) -> R {
+    let status = s
+        .power_off(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?
+        .ok_or("no exit status")?;
+    ensure(status.success(), || {
+        format!("QEMU exit status {status} after power-off")
+    })
+}
+
+fn reverse_abc(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let got = s.reverse(b"abc".to_vec()).map_err(|e| e.to_string())?;
+    ensure(got == b"cba", || format!("got {got:?}"))?;
+    power_off(s)
+}
+
+fn reverse_empty(ctx: &Ctx) -> R {
+    check_reverse(ctx, Vec::new())
+}
+
+fn reverse_1mib(ctx: &Ctx) -> R {
+    check_reverse(ctx, pattern(1 << 20))
+}
+
+fn reverse_8mib(ctx: &Ctx) -> R {
+    check_reverse(ctx, pattern(8 << 20))
+}
+
+fn thousand_requests_one_connection(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    for i in 0..1000u32 {
+        let payload = format!("request {i} {}", "x".repeat((i % 97) as usize)).into_bytes();
+        let mut expected = payload.clone();
+        expected.reverse();
+        let got = s
+            .reverse(payload)
+            .map_err(|e| format!("request {i}: {e}"))?;
+        ensure(got == expected, || format!("request {i}: wrong answer"))?;
+    }
+    power_off(s)
+}
+
+fn info(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let info = s.info().map_err(|e| e.to_string())?;
+    ensure(info.arch == ctx.arch.name(), || {
+        format!("arch {}", info.arch)
+    })?;
+    ensure(
+        info.protocol_version == <ServiceVm as comm::Protocol>::VERSION,
+        || format!("protocol version {}", info.protocol_version),
+    )?;
+    ensure(
+        !info.firmware.is_empty() && !info.firmware_version.is_empty(),
+        || format!("{info:?}"),
+    )?;
+    ensure(info.max_body >= 8 << 20, || {
+        format!("max_body {}", info.max_body)
+    })?;
+    power_off(s)
+}
+
+fn host_initiated_connection(ctx: &Ctx) -> R {
+    // The session's connection is the guest-initiated boot connection.
+    let mut vm_session = ctx.session()?;
+    let got = vm_session
+        .reverse(b"boot".to_vec())
+        .map_err(|e| e.to_string())?;
+    ensure(got == b"toob", || format!("{got:?}"))?;
+    let uds = vm_session.vm().ok_or("no vm")?.uds_path().to_path_buf();
+    // A host-initiated connection while the boot connection is open: the
+    // guest accepts it at once and serves it when the boot connection ends.
+    let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &ctx.timeouts())
+        .map_err(|e| format!("connect: {e}"))?;
+    frame_goodbye(vm_session.client().ok_or("no client")?.connection())?;
+    let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
+        .map_err(|e| format!("handshake: {e}"))?;
+    let r = c
+        .call(&Request::Reverse(b"host".to_vec()))
+        .map_err(|e| e.to_string())?;
+    ensure(r == Response::Reverse(b"tsoh".to_vec()), || {
+        format!("{r:?}")
+    })?;
+    let r = c.call(&Request::PowerOff).map_err(|e| e.to_string())?;
+    ensure(r == Response::PowerOff, || format!("{r:?}"))?;
+    let vm = vm_session.vm().ok_or("no vm")?;
+    let status = vm
+        .wait_exit(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("exit status {status}"))
+}
+
+fn frame_goodbye<C: Connection + ?Sized>(c: &mut C) -> R {
+    c.send(&frame::goodbye()).map_err(|e| e.to_string())
+}
+
+fn several_connections_in_sequence(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let uds = s.vm().ok_or("no vm")?.uds_path().to_path_buf();
+    frame_goodbye(s.client().ok_or("no client")?.connection())?;
+    let timeouts = ctx.timeouts();
+    for round in 0..5u8 {
+        let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &timeouts)
+            .map_err(|e| format!("round {round}: connect: {e}"))?;
+        let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
+            .map_err(|e| format!("round {round}: handshake: {e}"))?;
+        for i in 0..10u8 {
+            let r = c
+                .call(&Request::Reverse(vec![round, i, 0xff]))
+                .map_err(|e| e.to_string())?;
+            ensure(r == Response::Reverse(vec![0xff, i, round]), || {
+                format!("{r:?}")
+            })?;
+        }
+        if round % 2 == 0 {
+            c.close().map_err(|e| e.to_string())?; // GOODBYE
+        } else {
+            drop(c); // plain close
+        }
+    }
+    let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &timeouts)
+        .map_err(|e| e.to_string())?;
+    let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
+        .map_err(|e| e.to_string())?;
+    ensure(
+        c.call(&Request::PowerOff).map_err(|e| e.to_string())? == Response::PowerOff,
+        || "power off".into(),
+    )?;
+    let status = s
+        .vm()
+        .ok_or("no vm")?
+        .wait_exit(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("exit status {status}"))
+}
+
+fn power_off_exit_status_zero(ctx: &Ctx) -> R {
+    let s = ctx.session()?;
+    power_off(s)
+}
+
+fn refused_port_fails_fast(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let uds = s.vm().ok_or("no vm")?.uds_path().to_path_buf();
+    let start = Instant::now();
+    let r = vsock_transport::hybrid::connect(&uds, 4444, &ctx.timeouts());
+    let took = start.elapsed();
+    match r {
+        Err(TError::Refused { port: 4444 }) => {}
+        Err(e) => return Err(format!("expected Refused, got {e}")),
+        Ok(_) => return Err("connected to a port nobody listens on".into()),
+    }
+    ensure(took < Duration::from_secs(5), || {
+        format!("refusal took {took:?}")
+    })?;
+    // The VM is still fine.
+    ensure(
+        s.reverse(b"ok".to_vec()).map_err(|e| e.to_string())? == b"ko",
+        || "after refusal".into(),
+    )?;
+    power_off(s)
+}
+
+fn payload_over_maximum(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let max = s.peer_max_body();
+    // 1. Refused locally before sending; the connection stays usable.
+    let too_big = vec![0u8; max as usize];
+    match s.reverse(too_big) {
+        Err(host_cli::Error::Guest {
+            source: TError::Protocol(comm::Error::TooLarge { .. }),
+            ..
+        }) => {}
+        other => return Err(format!("expected TooLarge, got {other:?}")),
+    }
+    ensure(
+        s.reverse(b"still".to_vec()).map_err(|e| e.to_string())? == b"llits",
+        || "after".into(),
+    )?;
+    // 2. A raw header announcing more than the maximum: the guest answers
+    //    with a fatal ERROR frame and closes; the VM serves new connections.
+    let uds = s.vm().ok_or("no vm")?.uds_path().to_path_buf();
+    frame_goodbye(s.client().ok_or("no client")?.connection())?;
+    let timeouts = ctx.timeouts();
+    let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &timeouts)
+        .map_err(|e| e.to_string())?;
+    let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
+        .map_err(|e| e.to_string())?;
+    let header = Header {
+        kind: FrameKind::Request,
+        len: max + 1,
+    };
+    c.connection()
+        .send(&header.to_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut body = Vec::new();
+    let h = vsock_transport::framed::recv_frame(c.connection(), frame::DEFAULT_MAX_BODY, &mut body)
+        .map_err(|e| format!("reading the guest's answer: {e}"))?;
+    ensure(h.kind == FrameKind::Error, || {
+        format!("expected ERROR, got {}", h.kind)
+    })?;
+    let pe: frame::ProtocolError = frame::decode_body(&body).map_err(|e| e.to_string())?;
+    ensure(
+        pe.code == frame::ProtocolErrorCode::TooLarge && pe.fatal,
+        || format!("{pe:?}"),
+    )?;
+    drop(c);
+    let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &timeouts)
+        .map_err(|e| e.to_string())?;
+    let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
+        .map_err(|e| e.to_string())?;
+    let r = c
+        .call(&Request::Reverse(b"next".to_vec()))
+        .map_err(|e| e.to_string())?;
+    ensure(r == Response::Reverse(b"txen".to_vec()), || {
+        format!("{r:?}")
+    })?;
+    ensure(
+        c.call(&Request::PowerOff).map_err(|e| e.to_string())? == Response::PowerOff,
+        || "off".into(),
+    )?;
+    let status = s
+        .vm()
+        .ok_or("no vm")?
+        .wait_exit(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("exit status {status}"))
+}
+
+fn host_cli(ctx: &Ctx, args: &[&str]) -> Result<std::process::Output, String> {
+    Command::new(&ctx.host_cli)
+        .arg("--arch")
+        .arg(ctx.arch.name())
+        .arg("--image")
+        .arg(&ctx.image)
+        .arg("--log-dir")
+        .arg(&ctx.log_dir)
+        .args(args)
+        .output()
+        .map_err(|e| format!("running host-cli: {e}"))
+}
+
+fn cli_reverse_abc(ctx: &Ctx) -> R {
+    let out = host_cli(ctx, &["reverse", "abc"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure(out.status.success(), || {
+        format!(
+            "status {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    ensure(stdout == "cba\n", || format!("stdout {stdout:?}"))
+}
+
+fn cli_info_json(ctx: &Ctx) -> R {
+    let out = host_cli(ctx, &["--json", "info"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    ensure(out.status.success(), || {
+        format!(
+            "status {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    ensure(
+        stdout.contains(&format!("\"arch\":\"{}\"", ctx.arch.name()))
+            && stdout.contains("\"protocol_version\":1"),
+        || format!("stdout {stdout:?}"),
+    )
+}
+
+fn cli_attach_to_running_vm(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let uds = s.vm().ok_or("no vm")?.uds_path().to_path_buf();
+    frame_goodbye(s.client().ok_or("no client")?.connection())?;
+    let uds = uds.to_string_lossy().into_owned();
+    let out = host_cli(ctx, &["--attach-uds", &uds, "reverse", "attached"])?;
+    ensure(out.status.success(), || {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    })?;
+    ensure(out.stdout == b"dehcatta\n", || {
+        format!("{:?}", String::from_utf8_lossy(&out.stdout))
+    })?;
+    let out = host_cli(ctx, &["--attach-uds", &uds, "power-off"])?;
+    ensure(out.status.success(), || {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    })?;
+    let status = s
+        .vm()
+        .ok_or("no vm")?
+        .wait_exit(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("exit status {status}"))
+}
+
+fn cli_missing_image_fails_cleanly(ctx: &Ctx) -> R {
+    let out = Command::new(&ctx.host_cli)
+        .args(["--image", "/nonexistent/guest.elf", "reverse", "abc"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure(!out.status.success(), || {
+        "succeeded without an image".into()
+    })?;
+    ensure(
+        stderr.trim_end().lines().count() == 1 && stderr.contains("/nonexistent/guest.elf"),
+        || format!("stderr {stderr:?}"),
+    )
+}
+
+const CASES: &[Case<Ctx>] = &[
+    ("reverse_abc", reverse_abc),
+    ("reverse_empty", reverse_empty),
+    ("reverse_1mib", reverse_1mib),
+    ("reverse_8mib", reverse_8mib),
+    (
+        "thousand_requests_one_connection",
+        thousand_requests_one_connection,
+    ),
+    ("info", info),
+    ("host_initiated_connection", host_initiated_connection),
+    (
+        "several_connections_in_sequence",
+        several_connections_in_sequence,
+    ),
+    ("power_off_exit_status_zero", power_off_exit_status_zero),
+    ("refused_port_fails_fast", refused_port_fails_fast),
+    ("payload_over_maximum", payload_over_maximum),
+    ("cli_reverse_abc", cli_reverse_abc),
+    ("cli_info_json", cli_info_json),
+    ("cli_attach_to_running_vm", cli_attach_to_running_vm),
+    (
+        "cli_missing_image_fails_cleanly",
+        cli_missing_image_fails_cleanly,
+    ),
+];
+
+fn main() {
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let logs = tempfile::Builder::new()
+        .prefix("svmc-e2e-logs-")
+        .tempdir()
+        .expect("log dir");
+    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("e2e: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("e2e on {} with {}", ctx.arch, ctx.image.display());
+    let ok = run_cases(&format!("e2e-{}", ctx.arch), &ctx, CASES, filter.as_deref());
+    if !ok {
+        println!("logs kept in {}", logs.keep().display());
+        std::process::exit(1);
+    }
+}

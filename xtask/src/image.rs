@@ -1,0 +1,47 @@
+//! `cargo xtask build-image`: builds the guest firmware for an architecture.
+
+use std::path::PathBuf;
+
+use host_cli::Arch;
+
+use crate::util::{Result, cargo, root, run};
+
+/// Cargo profile of the guest image (root `Cargo.toml`).
+pub const PROFILE: &str = "guest";
+
+/// Builds the guest for `arch` with extra cargo `features` and returns the
+/// ELF's path.
+pub fn build(arch: Arch, features: &[&str]) -> Result<PathBuf> {
+    let mut cmd = cargo();
+    cmd.args([
+        "build",
+        "-p",
+        "guest",
+        "--target",
+        arch.target_triple(),
+        "--profile",
+        PROFILE,
+    ]);
+    if !features.is_empty() {
+        cmd.arg("--features").arg(features.join(","));
+    }
+    run(&mut cmd)?;
+    let path = target_dir()
+        .join(arch.target_triple())
+        .join(PROFILE)
+        .join("guest");
+    if !path.is_file() {
+        return Err(format!(
+            "the build succeeded but {} is missing",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// The cargo target directory.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
