@@ -1,1 +1,194 @@
-fn main() {}
+//! Encode + decode cost of a `Request::Reverse` frame against one memcpy of
+//! the payload, and against the array-of-integers layout (`Vec<u8>` without
+//! `serde_bytes`, as AOSP rialto's messages have it).
+//!
+//! `cargo bench -p comm` prints criterion's figures, then a summary table:
+//!
+//! - `ours`: `frame::encode_into` into a reused buffer + `frame::decode`
+//!   into a fresh `Request` (the payload `Vec` is allocated by the decoder).
+//! - `to_vec`: `payload.to_vec()`, one allocation + one copy. This is the
+//!   **baseline** of the `ours/memcpy` ratio: decoding has to produce an
+//!   owned `Vec` too.
+//! - `copy`: `copy_from_slice` into a preallocated buffer, a pure copy.
+//! - `array`: the same frame code with `Reverse(Vec<u8>)` as an array of
+//!   integers.
+//! - `ciborium-stream`: our encoder + ciborium's own `from_reader`, which is
+//!   what `comm` decoded with before its slice deserializer (src/de.rs).
+//!
+//! Targets: 1 MiB `ours` within 2.5x `to_vec`; wire overhead at most 16
+//! bytes per message.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use comm::frame::{self, FrameKind, HEADER_LEN};
+use comm::service::Request;
+use criterion::{BenchmarkId, Criterion, Throughput};
+use serde::{Deserialize, Serialize};
+
+const SIZES: [(usize, &str); 3] = [(16, "16 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];
+const MAX: u32 = frame::DEFAULT_MAX_BODY * 8;
+
+/// rialto's layout: the payload as an array of integers.
+#[derive(Serialize, Deserialize)]
+enum ArrayRequest {
+    #[serde(rename = "rev")]
+    Reverse(Vec<u8>),
+}
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 31 + 7) as u8).collect()
+}
+
+fn ours(buf: &mut Vec<u8>, req: &Request) -> Request {
+    buf.clear();
+    frame::encode_into(FrameKind::Request, req, MAX, buf).unwrap();
+    frame::decode(buf, FrameKind::Request, MAX).unwrap()
+}
+
+fn array(buf: &mut Vec<u8>, req: &ArrayRequest) -> ArrayRequest {
+    buf.clear();
+    frame::encode_into(FrameKind::Request, req, MAX, buf).unwrap();
+    frame::decode(buf, FrameKind::Request, MAX).unwrap()
+}
+
+fn ciborium_stream(buf: &mut Vec<u8>, req: &Request) -> Request {
+    buf.clear();
+    frame::encode_into(FrameKind::Request, req, MAX, buf).unwrap();
+    ciborium::from_reader(&buf[HEADER_LEN..]).unwrap()
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    for (n, label) in SIZES {
+        let data = payload(n);
+        let req = Request::Reverse(data.clone());
+        let areq = ArrayRequest::Reverse(data.clone());
+        let mut buf = Vec::new();
+        let mut dst = vec![0u8; n];
+        let mut g = c.benchmark_group(format!("reverse {label}"));
+        g.throughput(Throughput::Bytes(n as u64));
+        if n >= 1 << 20 {
+            g.sample_size(10);
+        }
+        g.bench_function(BenchmarkId::new("ours", n), |b| {
+            b.iter(|| ours(&mut buf, black_box(&req)))
+        });
+        g.bench_function(BenchmarkId::new("to_vec", n), |b| {
+            b.iter(|| black_box(&data).to_vec())
+        });
+        g.bench_function(BenchmarkId::new("copy", n), |b| {
+            b.iter(|| dst.copy_from_slice(black_box(&data)))
+        });
+        g.bench_function(BenchmarkId::new("array", n), |b| {
+            b.iter(|| array(&mut buf, black_box(&areq)))
+        });
+        g.bench_function(BenchmarkId::new("ciborium-stream", n), |b| {
+            b.iter(|| ciborium_stream(&mut buf, black_box(&req)))
+        });
+        g.finish();
+    }
+}
+
+/// Best per-iteration time over a few batches of about `budget` in total.
+fn time(budget: Duration, mut f: impl FnMut()) -> Duration {
+    f();
+    let start = Instant::now();
+    f();
+    let one = start.elapsed().max(Duration::from_nanos(1));
+    let per_batch = (budget.as_nanos() / 8 / one.as_nanos()).clamp(1, 1 << 20) as u32;
+    let mut best = Duration::MAX;
+    for _ in 0..8 {
+        let t = Instant::now();
+        for _ in 0..per_batch {
+            f();
+        }
+        best = best.min(t.elapsed() / per_batch);
+    }
+    best
+}
+
+fn fmt(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    if ns < 1e3 {
+        format!("{ns:.0} ns")
+    } else if ns < 1e6 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{:.2} ms", ns / 1e6)
+    }
+}
+
+fn summary() {
+    let budget = Duration::from_millis(200);
+    println!();
+    println!("Summary (best of 8 batches; baseline memcpy = to_vec, a fresh Vec)");
+    println!(
+        "{:>6} | {:>10} {:>10} {:>10} {:>10} {:>10} | {:>11} {:>9} {:>10} | {:>8} {:>8}",
+        "size",
+        "ours",
+        "to_vec",
+        "copy",
+        "array",
+        "cib-stream",
+        "ours/to_vec",
+        "ours/copy",
+        "array/ours",
+        "overhead",
+        "array ovh"
+    );
+    for (n, label) in SIZES {
+        let data = payload(n);
+        let req = Request::Reverse(data.clone());
+        let areq = ArrayRequest::Reverse(data.clone());
+        let mut buf = Vec::new();
+        let mut dst = vec![0u8; n];
+        let t_ours = time(budget, || {
+            black_box(ours(&mut buf, black_box(&req)));
+        });
+        let t_vec = time(budget, || {
+            black_box(black_box(&data).to_vec());
+        });
+        let t_copy = time(budget, || {
+            dst.copy_from_slice(black_box(&data));
+            black_box(&dst);
+        });
+        let t_array = time(budget, || {
+            black_box(array(&mut buf, black_box(&areq)));
+        });
+        let t_stream = time(budget, || {
+            black_box(ciborium_stream(&mut buf, black_box(&req)));
+        });
+        let ovh = frame::encode(FrameKind::Request, &req, MAX).unwrap().len() - n;
+        let aovh = frame::encode(FrameKind::Request, &areq, MAX).unwrap().len() as i64 - n as i64;
+        let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
+        println!(
+            "{label:>6} | {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10.2}x {:>8.2}x {:>9.1}x | {:>6} B {:>6} B",
+            fmt(t_ours),
+            fmt(t_vec),
+            fmt(t_copy),
+            fmt(t_array),
+            fmt(t_stream),
+            r(t_ours, t_vec),
+            r(t_ours, t_copy),
+            r(t_array, t_ours),
+            ovh,
+            aovh,
+        );
+    }
+    println!(
+        "overhead = frame length - payload length (header 5 + map 1 + \"rev\" 4 + bstr head 1..9)"
+    );
+}
+
+fn main() {
+    let mut c = Criterion::default()
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1000))
+        .sample_size(20)
+        .configure_from_args();
+    criterion_benches(&mut c);
+    c.final_summary();
+    if std::env::args().any(|a| a == "--bench") {
+        summary();
+    }
+}

@@ -19,6 +19,7 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::de::{DeError, Deserializer};
 use crate::error::{Error, Result};
 
 /// Length of the frame header: one kind byte and a big-endian `u32` length.
@@ -31,6 +32,10 @@ pub const DEFAULT_MAX_BODY: u32 = 16 * 1024 * 1024 + 64;
 /// Maximum body length of a [`FrameKind::Hello`] frame. It is fixed because
 /// it is read before the peer's own maximum is known.
 pub const HELLO_MAX_BODY: u32 = 256;
+
+/// Deepest nesting of arrays, maps and enums a receiver accepts in a body;
+/// deeper bodies are [`Error::Malformed`]. Bounds stack use on the guest.
+pub const RECURSION_LIMIT: usize = crate::de::RECURSION_LIMIT;
 
 /// Maximum body length of a [`FrameKind::Error`] frame.
 pub const ERROR_MAX_BODY: u32 = 1024;
@@ -149,134 +154,12 @@ impl Header {
     }
 }
 
-/// Counts bytes without storing them, to size a frame before writing it.
-struct Counter(usize);
-
-/// Appends to a `Vec`.
-struct VecWriter<'a>(&'a mut Vec<u8>);
-
-/// Reads a body slice for ciborium and remembers how far it got.
-struct SliceReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Counter {
-    fn add(&mut self, data: &[u8]) {
-        self.0 += data.len();
-    }
-}
-
-impl SliceReader<'_> {
-    fn take(&mut self, data: &mut [u8]) -> bool {
-        let Some(end) = self.pos.checked_add(data.len()) else {
-            return false;
-        };
-        let Some(src) = self.buf.get(self.pos..end) else {
-            return false;
-        };
-        data.copy_from_slice(src);
-        self.pos = end;
-        true
-    }
-}
-
-// ciborium reads and writes through `std::io` with `std` and through
-// `ciborium_io` without it; the bytes are the same either way.
-#[cfg(not(feature = "std"))]
-mod io_impls {
-    use super::*;
-    /// The body ended inside a CBOR item.
-    #[derive(Debug)]
-    pub(super) struct EndOfBody;
-    impl ciborium_io::Write for Counter {
-        type Error = core::convert::Infallible;
-        fn write_all(&mut self, data: &[u8]) -> core::result::Result<(), Self::Error> {
-            self.add(data);
-            Ok(())
-        }
-        fn flush(&mut self) -> core::result::Result<(), Self::Error> {
-            Ok(())
-        }
-    }
-    impl ciborium_io::Write for VecWriter<'_> {
-        type Error = core::convert::Infallible;
-        fn write_all(&mut self, data: &[u8]) -> core::result::Result<(), Self::Error> {
-            self.0.extend_from_slice(data);
-            Ok(())
-        }
-        fn flush(&mut self) -> core::result::Result<(), Self::Error> {
-            Ok(())
-        }
-    }
-    impl ciborium_io::Read for SliceReader<'_> {
-        type Error = EndOfBody;
-        fn read_exact(&mut self, data: &mut [u8]) -> core::result::Result<(), Self::Error> {
-            if self.take(data) {
-                Ok(())
-            } else {
-                Err(EndOfBody)
-            }
-        }
-    }
-}
-
-#[cfg(feature = "std")]
-mod io_impls {
-    use super::*;
-    /// The body ended inside a CBOR item.
-    pub(super) type EndOfBody = std::io::Error;
-    impl std::io::Write for Counter {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            self.add(data);
-            Ok(data.len())
-        }
-        fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-            self.add(data);
-            Ok(())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl std::io::Write for VecWriter<'_> {
-        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-            self.0.extend_from_slice(data);
-            Ok(data.len())
-        }
-        fn write_all(&mut self, data: &[u8]) -> std::io::Result<()> {
-            self.0.extend_from_slice(data);
-            Ok(())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    impl std::io::Read for SliceReader<'_> {
-        fn read(&mut self, data: &mut [u8]) -> std::io::Result<usize> {
-            let n = data.len().min(self.buf.len() - self.pos);
-            let pos = self.pos;
-            data[..n].copy_from_slice(&self.buf[pos..pos + n]);
-            self.pos += n;
-            Ok(n)
-        }
-        fn read_exact(&mut self, data: &mut [u8]) -> std::io::Result<()> {
-            if self.take(data) {
-                Ok(())
-            } else {
-                Err(std::io::ErrorKind::UnexpectedEof.into())
-            }
-        }
-    }
-}
-
-use io_impls::EndOfBody;
-
-/// Length in bytes of the CBOR encoding of `msg`.
+/// Length in bytes of the CBOR encoding of `msg` (it is encoded into a
+/// scratch `Vec` to find out).
 pub fn encoded_len<T: Serialize + ?Sized>(msg: &T) -> Result<usize> {
-    let mut c = Counter(0);
-    ciborium::into_writer(msg, &mut c).map_err(|e| Error::Encode(e.to_string()))?;
-    Ok(c.0)
+    let mut v = Vec::new();
+    ciborium::into_writer(msg, &mut v).map_err(|e| Error::Encode(e.to_string()))?;
+    Ok(v.len())
 }
 
 /// Appends one complete frame (header and CBOR body) of `kind` holding `msg`
@@ -289,23 +172,32 @@ pub fn encode_into<T: Serialize + ?Sized>(
     out: &mut Vec<u8>,
 ) -> Result<()> {
     let limit = kind.max_body(max);
-    let len = encoded_len(msg)?;
+    let start = out.len();
+    // One pass: a placeholder header, the body straight after it, then the
+    // real length. (`&mut Vec<u8>` is a ciborium writer with or without
+    // `ciborium-io/std`, which another crate in the build may switch on.)
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    if let Err(e) = ciborium::into_writer(msg, &mut *out) {
+        out.truncate(start);
+        return Err(Error::Encode(e.to_string()));
+    }
+    let len = out.len() - start - HEADER_LEN;
     if len as u64 > u64::from(limit) {
+        out.truncate(start);
         return Err(Error::TooLarge {
             len: len as u64,
             max: limit,
         });
     }
     if len == 0 {
+        out.truncate(start);
         return Err(Error::Empty { kind });
     }
-    out.reserve(HEADER_LEN + len);
     let header = Header {
         kind,
         len: len as u32,
     };
-    out.extend_from_slice(&header.to_bytes());
-    ciborium::into_writer(msg, VecWriter(out)).map_err(|e| Error::Encode(e.to_string()))?;
+    out[start..start + HEADER_LEN].copy_from_slice(&header.to_bytes());
     Ok(())
 }
 
@@ -335,25 +227,42 @@ pub fn goodbye() -> [u8; HEADER_LEN] {
 }
 
 /// Decodes a frame body: exactly one CBOR data item of type `T`, nothing after it.
+///
+/// Byte and text strings are borrowed from `body` while decoding (see
+/// `WIRE.md`, "Decoder"), so a `serde_bytes` payload is copied once.
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
-    let mut reader = SliceReader { buf: body, pos: 0 };
-    let value = ciborium::from_reader(&mut reader).map_err(|e| classify(e, body.len()))?;
-    if reader.pos != body.len() {
+    decode_body_borrowed(body)
+}
+
+/// [`decode_body`] for a message that may borrow from the body, e.g. a
+/// `#[serde(borrow)] &[u8]` payload that is not copied at all.
+///
+/// ```
+/// #[derive(serde::Deserialize)]
+/// enum Req<'a> { #[serde(rename = "rev")] Reverse(#[serde(borrow)] &'a [u8]) }
+/// let body = [0xa1, 0x63, b'r', b'e', b'v', 0x43, b'a', b'b', b'c'];
+/// let Req::Reverse(bytes) = comm::frame::decode_body_borrowed(&body)?;
+/// assert_eq!(bytes, b"abc");
+/// # Ok::<(), comm::Error>(())
+/// ```
+pub fn decode_body_borrowed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
+    let mut de = Deserializer::new(body);
+    let value = T::deserialize(&mut de).map_err(|e| classify(e, body.len()))?;
+    if de.position() != body.len() {
         return Err(Error::TrailingBytes {
-            extra: body.len() - reader.pos,
+            extra: body.len() - de.position(),
         });
     }
     Ok(value)
 }
 
-fn classify(e: ciborium::de::Error<EndOfBody>, body_len: usize) -> Error {
-    use ciborium::de::Error as E;
+fn classify(e: DeError, body_len: usize) -> Error {
     match e {
-        E::Io(_) => Error::InvalidCbor { offset: body_len },
-        E::Syntax(offset) => Error::InvalidCbor { offset },
-        E::Semantic(_, msg) if msg.starts_with("unknown variant") => Error::UnknownVariant(msg),
-        E::Semantic(_, msg) => Error::Malformed(msg),
-        E::RecursionLimitExceeded => Error::Malformed("nesting too deep".into()),
+        DeError::Eof => Error::InvalidCbor { offset: body_len },
+        DeError::Syntax(offset) => Error::InvalidCbor { offset },
+        DeError::Custom(msg) if msg.starts_with("unknown variant") => Error::UnknownVariant(msg),
+        DeError::Custom(msg) => Error::Malformed(msg),
+        DeError::TooDeep => Error::Malformed("nesting too deep".into()),
     }
 }
 

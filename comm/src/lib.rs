@@ -33,6 +33,7 @@
 
 extern crate alloc;
 
+mod de;
 pub mod error;
 pub mod frame;
 pub mod handshake;

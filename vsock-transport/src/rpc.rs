@@ -217,7 +217,18 @@ where
         // Reuse the request's buffer for the response.
         buf.clear();
         let (response, then) = handler.handle(request);
-        frame::encode_into(FrameKind::Response, &response, peer_max, buf)?;
+        if let Err(e) = frame::encode_into(FrameKind::Response, &response, peer_max, buf) {
+            // E.g. a response larger than the client accepts: tell it, and
+            // keep serving.
+            drop(response);
+            if let Some(mut report) = ProtocolError::from_error(&e) {
+                report.fatal = false;
+                if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
+                    send_frame(conn, &f)?;
+                }
+            }
+            continue;
+        }
         drop(response);
         send_frame(conn, buf)?;
         if then == Then::Stop {
