@@ -33,14 +33,14 @@
 //! Writes go through `send(2)` with `MSG_NOSIGNAL`, so a closed peer is an
 //! error and never a `SIGPIPE`, even in programs that do not ignore it.
 //!
-//! The crate-private helpers at the end (socket creation, connect and accept
-//! with deadlines, `sockaddr` construction) are shared by the backends and
-//! hold all of the host side's `unsafe` code.
+//! The crate-private `sys` module at the end (socket creation, connect and
+//! accept with deadlines, `sockaddr` construction) is shared by the backends
+//! and holds, with `send_nosignal`, all of the host side's `unsafe` code.
 
 use std::fmt;
 use std::io::{self, Read};
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -360,219 +360,233 @@ fn send_nosignal(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     }
 }
 
-// ---------------------------------------------------------------------------
-// Socket set-up helpers shared by the backends.
+/// Socket set-up helpers shared by the backends: the only `unsafe` code of
+/// the host side besides [`send_nosignal`].
+#[cfg(any(feature = "host-hybrid", feature = "host-vsock"))]
+pub(crate) mod sys {
+    use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::time::Duration;
 
-/// A socket address in the form `connect(2)` and `bind(2)` take.
-pub(crate) enum SockAddr {
-    /// `AF_UNIX` with a path.
-    Unix(libc::sockaddr_un),
-    /// `AF_VSOCK`.
-    #[cfg(feature = "host-vsock")]
-    Vsock(libc::sockaddr_vm),
-}
+    use crate::timeouts::Deadline;
 
-impl SockAddr {
-    /// The address of a filesystem Unix socket. Fails if the path does not
-    /// fit `sun_path` (107 bytes and a terminating NUL) or contains a NUL.
-    pub(crate) fn unix(path: &std::path::Path) -> io::Result<Self> {
-        use std::os::unix::ffi::OsStrExt;
-        let bytes = path.as_os_str().as_bytes();
-        let mut addr = libc::sockaddr_un {
-            sun_family: libc::AF_UNIX as libc::sa_family_t,
-            sun_path: [0; 108],
-        };
-        if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "Unix socket path must be shorter than {} bytes and contain no NUL: {}",
-                    addr.sun_path.len(),
-                    path.display()
+    /// A socket address in the form `connect(2)` and `bind(2)` take.
+    pub(crate) enum SockAddr {
+        /// `AF_UNIX` with a path.
+        #[cfg(feature = "host-hybrid")]
+        Unix(libc::sockaddr_un),
+        /// `AF_VSOCK`.
+        #[cfg(feature = "host-vsock")]
+        Vsock(libc::sockaddr_vm),
+    }
+
+    impl SockAddr {
+        /// The address of a filesystem Unix socket. Fails if the path does not
+        /// fit `sun_path` (107 bytes and a terminating NUL) or contains a NUL.
+        #[cfg(feature = "host-hybrid")]
+        pub(crate) fn unix(path: &std::path::Path) -> io::Result<Self> {
+            use std::os::unix::ffi::OsStrExt;
+            let bytes = path.as_os_str().as_bytes();
+            let mut addr = libc::sockaddr_un {
+                sun_family: libc::AF_UNIX as libc::sa_family_t,
+                sun_path: [0; 108],
+            };
+            if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "Unix socket path must be shorter than {} bytes and contain no NUL: {}",
+                        addr.sun_path.len(),
+                        path.display()
+                    ),
+                ));
+            }
+            for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
+                *dst = *src as libc::c_char;
+            }
+            Ok(Self::Unix(addr))
+        }
+
+        /// An AF_VSOCK address.
+        #[cfg(feature = "host-vsock")]
+        pub(crate) fn vsock(cid: u32, port: u32) -> Self {
+            Self::Vsock(libc::sockaddr_vm {
+                svm_family: libc::AF_VSOCK as libc::sa_family_t,
+                svm_reserved1: 0,
+                svm_port: port,
+                svm_cid: cid,
+                svm_zero: [0; 4],
+            })
+        }
+
+        fn family(&self) -> libc::c_int {
+            match self {
+                #[cfg(feature = "host-hybrid")]
+                Self::Unix(_) => libc::AF_UNIX,
+                #[cfg(feature = "host-vsock")]
+                Self::Vsock(_) => libc::AF_VSOCK,
+            }
+        }
+
+        /// Pointer and length for the system calls; valid while `self` is.
+        fn raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+            match self {
+                #[cfg(feature = "host-hybrid")]
+                Self::Unix(a) => (
+                    (a as *const libc::sockaddr_un).cast(),
+                    size_of::<libc::sockaddr_un>() as libc::socklen_t,
                 ),
-            ));
-        }
-        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
-        Ok(Self::Unix(addr))
-    }
-
-    /// An AF_VSOCK address.
-    #[cfg(feature = "host-vsock")]
-    pub(crate) fn vsock(cid: u32, port: u32) -> Self {
-        Self::Vsock(libc::sockaddr_vm {
-            svm_family: libc::AF_VSOCK as libc::sa_family_t,
-            svm_reserved1: 0,
-            svm_port: port,
-            svm_cid: cid,
-            svm_zero: [0; 4],
-        })
-    }
-
-    fn family(&self) -> libc::c_int {
-        match self {
-            Self::Unix(_) => libc::AF_UNIX,
-            #[cfg(feature = "host-vsock")]
-            Self::Vsock(_) => libc::AF_VSOCK,
-        }
-    }
-
-    /// Pointer and length for the system calls; valid while `self` is.
-    fn raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
-        match self {
-            Self::Unix(a) => (
-                (a as *const libc::sockaddr_un).cast(),
-                size_of::<libc::sockaddr_un>() as libc::socklen_t,
-            ),
-            #[cfg(feature = "host-vsock")]
-            Self::Vsock(a) => (
-                (a as *const libc::sockaddr_vm).cast(),
-                size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-            ),
-        }
-    }
-}
-
-/// A new close-on-exec stream socket for `addr`'s family.
-pub(crate) fn stream_socket(addr: &SockAddr, nonblocking: bool) -> io::Result<OwnedFd> {
-    let mut ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
-    if nonblocking {
-        ty |= libc::SOCK_NONBLOCK;
-    }
-    // SAFETY: plain system call with integer arguments.
-    let fd = unsafe { libc::socket(addr.family(), ty, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `socket(2)` just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-/// `bind(2)`.
-pub(crate) fn bind(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
-    let (ptr, len) = addr.raw();
-    // SAFETY: `ptr`/`len` describe a valid, initialised sockaddr that lives
-    // until `addr` is dropped, after the call.
-    let r = unsafe { libc::bind(fd.as_raw_fd(), ptr, len) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// `listen(2)` with the same backlog as the standard library (128).
-pub(crate) fn listen(fd: &OwnedFd) -> io::Result<()> {
-    // SAFETY: plain system call with integer arguments.
-    let r = unsafe { libc::listen(fd.as_raw_fd(), 128) };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
-
-/// Why [`connect`] failed.
-pub(crate) enum ConnectError {
-    /// The deadline passed.
-    Timeout,
-    /// The OS said no.
-    Os(io::Error),
-}
-
-/// Connects the non-blocking socket `fd` to `addr` by `deadline`.
-///
-/// Handles both ways a non-blocking connect can wait: `EINPROGRESS` (vsock;
-/// wait for writability, then read `SO_ERROR`) and `EAGAIN` (a Unix
-/// listener's backlog is full; retry every [`CONNECT_RETRY`]).
-pub(crate) fn connect(
-    fd: &OwnedFd,
-    addr: &SockAddr,
-    deadline: &Deadline,
-) -> std::result::Result<(), ConnectError> {
-    let (ptr, len) = addr.raw();
-    loop {
-        // SAFETY: `ptr`/`len` describe a valid, initialised sockaddr that
-        // outlives the call.
-        let r = unsafe { libc::connect(fd.as_raw_fd(), ptr, len) };
-        if r == 0 {
-            return Ok(());
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => {}
-            Some(libc::EAGAIN) => {
-                let left = deadline.remaining().map_err(|_| ConnectError::Timeout)?;
-                std::thread::sleep(left.map_or(CONNECT_RETRY, |l| l.min(CONNECT_RETRY)));
-                deadline.remaining().map_err(|_| ConnectError::Timeout)?;
+                #[cfg(feature = "host-vsock")]
+                Self::Vsock(a) => (
+                    (a as *const libc::sockaddr_vm).cast(),
+                    size_of::<libc::sockaddr_vm>() as libc::socklen_t,
+                ),
             }
-            Some(libc::EINPROGRESS) => {
-                if !wait(fd.as_raw_fd(), libc::POLLOUT, deadline).map_err(ConnectError::Os)? {
-                    return Err(ConnectError::Timeout);
-                }
-                return match socket_error(fd).map_err(ConnectError::Os)? {
-                    0 => Ok(()),
-                    errno => Err(ConnectError::Os(io::Error::from_raw_os_error(errno))),
-                };
-            }
-            _ => return Err(ConnectError::Os(e)),
         }
     }
-}
 
-/// How often [`connect`] retries while a Unix listener's backlog is full.
-pub(crate) const CONNECT_RETRY: Duration = Duration::from_millis(5);
-
-/// `SO_ERROR`: the result of a non-blocking connect.
-fn socket_error(fd: &OwnedFd) -> io::Result<libc::c_int> {
-    let mut err: libc::c_int = 0;
-    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid for writes and `len` holds the size
-    // of `err`, as `getsockopt(2)` requires.
-    let r = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&raw mut err).cast(),
-            &raw mut len,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(err)
-    }
-}
-
-/// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`); `false` if
-/// `deadline` passed first. Hang-ups and errors count as ready, so the next
-/// system call reports them.
-pub(crate) fn wait(fd: RawFd, events: libc::c_short, deadline: &Deadline) -> io::Result<bool> {
-    loop {
-        let Ok(left) = deadline.remaining() else {
-            return Ok(false);
-        };
-        let ms = match left {
-            None => -1,
-            // Round up so that a wait never ends before the deadline.
-            Some(l) => l.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
-        };
-        let mut pfd = libc::pollfd {
-            fd,
-            events,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one valid `pollfd`, and we pass a count of 1.
-        let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-        if r > 0 {
-            return Ok(true);
+    /// A new close-on-exec stream socket for `addr`'s family.
+    pub(crate) fn stream_socket(addr: &SockAddr, nonblocking: bool) -> io::Result<OwnedFd> {
+        let mut ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+        if nonblocking {
+            ty |= libc::SOCK_NONBLOCK;
         }
+        // SAFETY: plain system call with integer arguments.
+        let fd = unsafe { libc::socket(addr.family(), ty, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `socket(2)` just returned this descriptor; nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// `bind(2)`.
+    #[cfg(feature = "host-hybrid")]
+    pub(crate) fn bind(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
+        let (ptr, len) = addr.raw();
+        // SAFETY: `ptr`/`len` describe a valid, initialised sockaddr that lives
+        // until `addr` is dropped, after the call.
+        let r = unsafe { libc::bind(fd.as_raw_fd(), ptr, len) };
         if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `listen(2)` with the same backlog as the standard library (128).
+    #[cfg(feature = "host-hybrid")]
+    pub(crate) fn listen(fd: &OwnedFd) -> io::Result<()> {
+        // SAFETY: plain system call with integer arguments.
+        let r = unsafe { libc::listen(fd.as_raw_fd(), 128) };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Why [`connect`] failed.
+    pub(crate) enum ConnectError {
+        /// The deadline passed.
+        Timeout,
+        /// The OS said no.
+        Os(io::Error),
+    }
+
+    /// Connects the non-blocking socket `fd` to `addr` by `deadline`.
+    ///
+    /// Handles both ways a non-blocking connect can wait: `EINPROGRESS` (vsock;
+    /// wait for writability, then read `SO_ERROR`) and `EAGAIN` (a Unix
+    /// listener's backlog is full; retry every [`CONNECT_RETRY`]).
+    pub(crate) fn connect(
+        fd: &OwnedFd,
+        addr: &SockAddr,
+        deadline: &Deadline,
+    ) -> std::result::Result<(), ConnectError> {
+        let (ptr, len) = addr.raw();
+        loop {
+            // SAFETY: `ptr`/`len` describe a valid, initialised sockaddr that
+            // outlives the call.
+            let r = unsafe { libc::connect(fd.as_raw_fd(), ptr, len) };
+            if r == 0 {
+                return Ok(());
+            }
             let e = io::Error::last_os_error();
-            if e.kind() != io::ErrorKind::Interrupted {
-                return Err(e);
+            match e.raw_os_error() {
+                Some(libc::EINTR) => {}
+                Some(libc::EAGAIN) => {
+                    let left = deadline.remaining().map_err(|_| ConnectError::Timeout)?;
+                    std::thread::sleep(left.map_or(CONNECT_RETRY, |l| l.min(CONNECT_RETRY)));
+                    deadline.remaining().map_err(|_| ConnectError::Timeout)?;
+                }
+                Some(libc::EINPROGRESS) => {
+                    if !wait(fd.as_raw_fd(), libc::POLLOUT, deadline).map_err(ConnectError::Os)? {
+                        return Err(ConnectError::Timeout);
+                    }
+                    return match socket_error(fd).map_err(ConnectError::Os)? {
+                        0 => Ok(()),
+                        errno => Err(ConnectError::Os(io::Error::from_raw_os_error(errno))),
+                    };
+                }
+                _ => return Err(ConnectError::Os(e)),
+            }
+        }
+    }
+
+    /// How often [`connect`] retries while a Unix listener's backlog is full.
+    pub(crate) const CONNECT_RETRY: Duration = Duration::from_millis(5);
+
+    /// `SO_ERROR`: the result of a non-blocking connect.
+    fn socket_error(fd: &OwnedFd) -> io::Result<libc::c_int> {
+        let mut err: libc::c_int = 0;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` and `len` are valid for writes and `len` holds the size
+        // of `err`, as `getsockopt(2)` requires.
+        let r = unsafe {
+            libc::getsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&raw mut err).cast(),
+                &raw mut len,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(err)
+        }
+    }
+
+    /// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`); `false` if
+    /// `deadline` passed first. Hang-ups and errors count as ready, so the next
+    /// system call reports them.
+    pub(crate) fn wait(fd: RawFd, events: libc::c_short, deadline: &Deadline) -> io::Result<bool> {
+        loop {
+            let Ok(left) = deadline.remaining() else {
+                return Ok(false);
+            };
+            let ms = match left {
+                None => -1,
+                // Round up so that a wait never ends before the deadline.
+                Some(l) => l.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
+            };
+            let mut pfd = libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            };
+            // SAFETY: `pfd` is one valid `pollfd`, and we pass a count of 1.
+            let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
+            if r > 0 {
+                return Ok(true);
+            }
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
             }
         }
     }

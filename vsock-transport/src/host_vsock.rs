@@ -23,7 +23,8 @@ use std::os::fd::AsRawFd;
 
 use vsock::{VsockAddr, VsockListener, VsockStream};
 
-use crate::host_stream::{self, ConnectError, HostStream, Peer, SockAddr};
+use crate::host_stream::sys::{self, ConnectError, SockAddr};
+use crate::host_stream::{HostStream, Peer};
 use crate::timeouts::Deadline;
 use crate::{Error, Result, Step, Timeouts};
 
@@ -131,7 +132,7 @@ impl Listener {
         let what = || format!("accepting on vsock CID {} port {}", self.cid, self.port);
         let deadline = Deadline::start(&self.timeouts, Step::Accept);
         loop {
-            if !host_stream::wait(self.listener.as_raw_fd(), libc::POLLIN, &deadline)
+            if !sys::wait(self.listener.as_raw_fd(), libc::POLLIN, &deadline)
                 .map_err(|e| io_error(what(), e))?
             {
                 return Err(Error::Timeout(Step::Accept));
@@ -179,9 +180,9 @@ impl Listener {
 pub fn connect(cid: u32, port: u32, timeouts: &Timeouts) -> Result<VsockHostStream> {
     let what = || format!("connecting to vsock CID {cid} port {port}");
     let addr = SockAddr::vsock(cid, port);
-    let fd = host_stream::stream_socket(&addr, true).map_err(|e| io_error(what(), e))?;
+    let fd = sys::stream_socket(&addr, true).map_err(|e| io_error(what(), e))?;
     let deadline = Deadline::start(timeouts, Step::Connect);
-    host_stream::connect(&fd, &addr, &deadline).map_err(|e| match e {
+    sys::connect(&fd, &addr, &deadline).map_err(|e| match e {
         ConnectError::Timeout => Error::Timeout(Step::Connect),
         ConnectError::Os(e) => map_connect_error(what(), port, e),
     })?;

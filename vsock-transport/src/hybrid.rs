@@ -47,7 +47,8 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use crate::host_stream::{self, ConnectError, HostStream, Peer, SockAddr};
+use crate::host_stream::sys::{self, ConnectError, SockAddr};
+use crate::host_stream::{HostStream, Peer};
 use crate::timeouts::Deadline;
 use crate::{Connection, Error, Result, Step, Timeouts};
 
@@ -102,9 +103,9 @@ pub fn connect(uds_path: &Path, port: u32, timeouts: &Timeouts) -> Result<Hybrid
         )
     };
     let addr = SockAddr::unix(uds_path).map_err(io_err)?;
-    let fd = host_stream::stream_socket(&addr, true).map_err(io_err)?;
+    let fd = sys::stream_socket(&addr, true).map_err(io_err)?;
     let deadline = Deadline::start(timeouts, Step::Connect);
-    host_stream::connect(&fd, &addr, &deadline).map_err(|e| match e {
+    sys::connect(&fd, &addr, &deadline).map_err(|e| match e {
         ConnectError::Timeout => Error::Timeout(Step::Connect),
         ConnectError::Os(e) => io_err(e),
     })?;
@@ -229,14 +230,14 @@ impl Listener {
         let io_err = |e| Error::io(format!("listening on {}", path.display()), e);
         remove_stale(&path).map_err(io_err)?;
         let addr = SockAddr::unix(&path).map_err(io_err)?;
-        let fd = host_stream::stream_socket(&addr, false).map_err(io_err)?;
-        host_stream::bind(&fd, &addr).map_err(io_err)?;
+        let fd = sys::stream_socket(&addr, false).map_err(io_err)?;
+        sys::bind(&fd, &addr).map_err(io_err)?;
         // From here on the file is ours: remove it again on failure.
         let setup = || -> io::Result<(u64, u64)> {
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(SOCKET_MODE))?;
             let meta = std::fs::symlink_metadata(&path)?;
             // Only now may anyone connect: the file is owner-only already.
-            host_stream::listen(&fd)?;
+            sys::listen(&fd)?;
             Ok((meta.dev(), meta.ino()))
         };
         let id = match setup() {
@@ -278,9 +279,7 @@ impl Listener {
         let io_err = |e| Error::io(format!("accepting on {}", self.path.display()), e);
         let deadline = Deadline::start(&self.timeouts, Step::Accept);
         loop {
-            if !host_stream::wait(self.listener.as_raw_fd(), libc::POLLIN, &deadline)
-                .map_err(io_err)?
-            {
+            if !sys::wait(self.listener.as_raw_fd(), libc::POLLIN, &deadline).map_err(io_err)? {
                 return Err(Error::Timeout(Step::Accept));
             }
             match self.listener.accept() {

@@ -206,7 +206,10 @@ fn loopback_refused() {
     // A port nobody listens on (bound and dropped again).
     let port = listener(None, timeouts()).port();
     let err = host_vsock::connect(CID_LOCAL, port, &timeouts()).unwrap_err();
-    assert!(matches!(err, Error::Refused { port: p } if p == port), "{err:?}");
+    assert!(
+        matches!(err, Error::Refused { port: p } if p == port),
+        "{err:?}"
+    );
 }
 
 #[test]
