@@ -460,6 +460,50 @@ pub(crate) mod sys {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
+    /// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (level `AF_VSOCK`), the kernel's own
+    /// limit on an AF_VSOCK connect (2 s by default). Its old, `timeval`
+    /// form: `SO_VM_SOCKETS_CONNECT_TIMEOUT_OLD` in
+    /// `include/uapi/linux/vm_sockets.h`; `libc` does not define it.
+    #[cfg(feature = "host-vsock")]
+    const SO_VM_SOCKETS_CONNECT_TIMEOUT: libc::c_int = 6;
+
+    /// The kernel connect timeout used when ours is `None` (wait forever):
+    /// one day.
+    #[cfg(feature = "host-vsock")]
+    const VSOCK_CONNECT_FOREVER: Duration = Duration::from_secs(24 * 60 * 60);
+
+    /// Raises (or lowers) the kernel's AF_VSOCK connect timeout to
+    /// `timeout`, so that [`Timeouts::connect`](crate::Timeouts::connect)
+    /// is what limits a connect, not the kernel's 2 s default.
+    #[cfg(feature = "host-vsock")]
+    pub(crate) fn set_vsock_connect_timeout(
+        fd: &OwnedFd,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        let t = timeout.unwrap_or(VSOCK_CONNECT_FOREVER);
+        let tv = libc::timeval {
+            tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
+            tv_usec: t.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: `tv` is a valid `timeval` for the duration of the call and
+        // the length passed is its size, which is what the kernel reads for
+        // this option.
+        let r = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::AF_VSOCK,
+                SO_VM_SOCKETS_CONNECT_TIMEOUT,
+                (&raw const tv).cast(),
+                size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        if r < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
     /// `bind(2)`.
     #[cfg(feature = "host-hybrid")]
     pub(crate) fn bind(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {

@@ -99,7 +99,10 @@ impl Listener {
         expected_cid: Option<u32>,
         timeouts: Timeouts,
     ) -> Result<Self> {
-        let what = || format!("listening on vsock CID {cid} port {port}");
+        let what = || match port {
+            PORT_ANY => format!("listening on vsock CID {cid}, any port"),
+            _ => format!("listening on vsock CID {cid} port {port}"),
+        };
         let listener =
             VsockListener::bind(&VsockAddr::new(cid, port)).map_err(|e| io_error(what(), e))?;
         let port = listener
@@ -174,13 +177,17 @@ impl Listener {
 
 /// Connects to `cid:port` within [`Timeouts::connect`].
 ///
-/// Nobody listening (`ECONNREFUSED`, `ECONNRESET`) is [`Error::Refused`];
-/// the kernel's own connect timeout (2 s by default, `ETIMEDOUT`) and ours
-/// are [`Error::Timeout`]`(`[`Step::Connect`]`)`.
+/// Nobody listening (`ECONNREFUSED`, `ECONNRESET`) is [`Error::Refused`].
+/// The kernel's own connect timeout is set to ours first
+/// (`SO_VM_SOCKETS_CONNECT_TIMEOUT`); either running out (our poll, or
+/// `ETIMEDOUT`) is [`Error::Timeout`]`(`[`Step::Connect`]`)`.
 pub fn connect(cid: u32, port: u32, timeouts: &Timeouts) -> Result<VsockHostStream> {
     let what = || format!("connecting to vsock CID {cid} port {port}");
     let addr = SockAddr::vsock(cid, port);
     let fd = sys::stream_socket(&addr, true).map_err(|e| io_error(what(), e))?;
+    // Best effort: without it the kernel gives up after 2 s, which is
+    // reported as a timeout too.
+    let _ = sys::set_vsock_connect_timeout(&fd, timeouts.connect);
     let deadline = Deadline::start(timeouts, Step::Connect);
     sys::connect(&fd, &addr, &deadline).map_err(|e| match e {
         ConnectError::Timeout => Error::Timeout(Step::Connect),
@@ -220,5 +227,14 @@ mod tests {
         assert!(is_unavailable(&e), "{e}");
         assert!(e.to_string().contains("AF_VSOCK is not available"), "{e}");
         assert!(!is_unavailable(&m(libc::EACCES)));
+    }
+
+    #[test]
+    fn kernel_connect_timeout_is_accepted() {
+        let Ok(fd) = sys::stream_socket(&SockAddr::vsock(CID_LOCAL, 1), true) else {
+            return; // No AF_VSOCK sockets at all.
+        };
+        sys::set_vsock_connect_timeout(&fd, Some(std::time::Duration::from_millis(1500))).unwrap();
+        sys::set_vsock_connect_timeout(&fd, None).unwrap();
     }
 }
