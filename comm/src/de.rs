@@ -715,3 +715,135 @@ impl<'de> de::VariantAccess<'de> for Enum<'_, 'de> {
         de::Deserializer::deserialize_map(&mut *self.de, visitor)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use serde::Deserialize;
+
+    use super::*;
+
+    fn de<'a, T: Deserialize<'a>>(b: &'a [u8]) -> Result<T> {
+        let mut d = Deserializer::new(b);
+        let v = T::deserialize(&mut d)?;
+        assert_eq!(d.position(), b.len(), "whole input consumed");
+        Ok(v)
+    }
+
+    #[test]
+    fn integers_of_every_width_and_bignums() {
+        assert_eq!(de::<u8>(&[0x18, 0xff]), Ok(255));
+        assert_eq!(de::<u64>(&[0x1b, 0, 0, 0, 0, 0, 0, 0, 1]), Ok(1));
+        assert_eq!(de::<i64>(&[0x20]), Ok(-1));
+        assert_eq!(
+            de::<i128>(&[0x3b, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]),
+            Ok(-(1 << 64))
+        );
+        // Tag 2 (positive bignum) over 9 bytes: 2^64.
+        assert_eq!(
+            de::<u128>(&[0xc2, 0x49, 1, 0, 0, 0, 0, 0, 0, 0, 0]),
+            Ok(1 << 64)
+        );
+        assert!(matches!(de::<u8>(&[0x19, 1, 0]), Err(DeError::Custom(_))));
+        assert!(matches!(de::<u32>(&[0x20]), Err(DeError::Custom(_))));
+    }
+
+    #[test]
+    fn strings_borrow_and_tags_are_skipped() {
+        assert_eq!(de::<&str>(b"\x63abc"), Ok("abc"));
+        assert_eq!(de::<&str>(b"\xd8\x20\x63abc"), Ok("abc"));
+        assert_eq!(
+            de::<serde_bytes_like::Bytes<'_>>(b"\x42ab").map(|b| b.0),
+            Ok(&b"ab"[..])
+        );
+        assert_eq!(de::<char>(b"\x62\xc3\xa9"), Ok('é'));
+        assert_eq!(de::<Option<u8>>(b"\xf6"), Ok(None));
+        assert_eq!(de::<Option<u8>>(b"\x01"), Ok(Some(1)));
+        assert_eq!(de::<f64>(b"\xf9\x3c\x00"), Ok(1.0));
+        assert_eq!(de::<bool>(b"\xf5"), Ok(true));
+    }
+
+    #[test]
+    fn indefinite_lengths() {
+        assert_eq!(de::<String>(b"\x7f\x61a\x61b\xff"), Ok("ab".into()));
+        assert_eq!(de::<Vec<u8>>(b"\x9f\x01\x02\xff"), Ok(vec![1, 2]));
+        // A chunk of the wrong type, or an indefinite chunk.
+        assert_eq!(de::<String>(b"\x7f\x41a\xff"), Err(DeError::Syntax(1)));
+        assert_eq!(de::<String>(b"\x7f\x7f\xff\xff"), Err(DeError::Syntax(1)));
+        // Never closed.
+        assert_eq!(de::<Vec<u8>>(b"\x9f\x01"), Err(DeError::Eof));
+    }
+
+    #[test]
+    fn arrays_must_be_consumed_entirely() {
+        assert_eq!(de::<(u8, u8)>(b"\x82\x01\x02"), Ok((1, 2)));
+        assert!(matches!(
+            de::<(u8, u8)>(b"\x83\x01\x02\x03"),
+            Err(DeError::Custom(_))
+        ));
+        assert!(matches!(
+            de::<(u8, u8)>(b"\x9f\x01\x02\x03\xff"),
+            Err(DeError::Custom(_))
+        ));
+    }
+
+    #[test]
+    fn huge_announced_lengths_allocate_nothing() {
+        // An array of 2^64 - 1 items, and a map of as many entries.
+        let mut a = vec![0x9b];
+        a.extend_from_slice(&[0xff; 8]);
+        assert_eq!(de::<Vec<u8>>(&a), Err(DeError::Eof));
+        a[0] = 0xbb;
+        assert_eq!(
+            de::<alloc::collections::BTreeMap<u8, u8>>(&a),
+            Err(DeError::Eof)
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let mut v = vec![0x81; RECURSION_LIMIT + 1];
+        v.push(0x80);
+        assert_eq!(
+            de::<serde::de::IgnoredAny>(&v).map(|_| ()),
+            Err(DeError::TooDeep)
+        );
+        let mut v = vec![0xc6; 10_000]; // tags
+        v.push(0x01);
+        assert_eq!(
+            de::<serde::de::IgnoredAny>(&v).map(|_| ()),
+            Err(DeError::TooDeep)
+        );
+    }
+
+    /// A minimal borrowed-bytes type (serde_bytes' `Bytes` without the dependency
+    /// on its `Deserialize` for references).
+    mod serde_bytes_like {
+        use core::fmt;
+
+        use serde::de::{Deserialize, Deserializer, Error, Visitor};
+
+        #[derive(Debug, PartialEq)]
+        pub(super) struct Bytes<'a>(pub(super) &'a [u8]);
+
+        impl<'de> Deserialize<'de> for Bytes<'de> {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V;
+                impl<'de> Visitor<'de> for V {
+                    type Value = Bytes<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("borrowed bytes")
+                    }
+                    fn visit_borrowed_bytes<E: Error>(
+                        self,
+                        v: &'de [u8],
+                    ) -> Result<Self::Value, E> {
+                        Ok(Bytes(v))
+                    }
+                }
+                d.deserialize_bytes(V)
+            }
+        }
+    }
+}
