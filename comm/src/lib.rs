@@ -30,6 +30,10 @@
 //! # Ok::<(), comm::Error>(())
 //! ```
 #![cfg_attr(not(feature = "std"), no_std)]
+// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 
 extern crate alloc;
 
