@@ -51,6 +51,15 @@
 //! events for other connections that arrive while one is served are never
 //! lost. A [`GuestConnection`] borrows the [`GuestVsock`] mutably: one
 //! connection is served at a time.
+//!
+//! # Bounded waits
+//!
+//! Two waits have no natural end: the answer to our `REQUEST` (a peer that
+//! neither accepts nor refuses: vhost-device-vsock 0.3.0 never sends the
+//! `RST` for a refused guest connection, its `enq_rst` is a TODO) and the
+//! peer's `RST` after our `SHUTDOWN`. Both are bounded by [`Limits`],
+//! measured with the clock given to [`GuestVsock::set_clock`]; without one,
+//! a microsecond is counted per poll of the device.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -64,7 +73,7 @@ use virtio_drivers::device::socket::{
 };
 use virtio_drivers::transport::Transport;
 
-use crate::{Connection, Error, Result};
+use crate::{Connection, Error, Result, Step};
 
 /// Size of each buffer in the device's RX virtqueue: the largest packet the
 /// device can deliver in one go. virtio-drivers' default of 512 bytes made a
@@ -78,9 +87,30 @@ pub const CONNECTION_BUFFER_SIZE: u32 = 256 * 1024;
 /// (64 KiB), which device back-ends also assume.
 pub const MAX_PACKET: usize = 64 * 1024;
 
-/// How many empty polls [`GuestConnection::shutdown`] waits for the peer's
-/// `RST` before it closes the connection itself.
-pub const DEFAULT_SHUTDOWN_POLLS: u32 = 1_000_000;
+/// Bounds on the waits that have no natural end, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// How long [`GuestVsock::connect`] waits for `RESPONSE` or `RST`
+    /// before it gives up with [`Error::Timeout`]`(`[`Step::Connect`]`)`.
+    pub connect_us: u64,
+    /// How long [`GuestConnection::shutdown`] waits for the peer's `RST`
+    /// before it resets the connection itself.
+    pub shutdown_us: u64,
+}
+
+impl Default for Limits {
+    /// 200 ms to connect (the host answers within a few milliseconds even
+    /// under emulation), 100 ms for the shutdown handshake.
+    fn default() -> Self {
+        Self {
+            connect_us: 200_000,
+            shutdown_us: 100_000,
+        }
+    }
+}
+
+/// A monotonic clock in microseconds (any origin).
+pub type Clock = fn() -> u64;
 
 /// The connection manager as configured here.
 pub type Manager<H, T> = VsockConnectionManager<H, T, RX_BUFFER_SIZE>;
@@ -156,7 +186,10 @@ pub struct GuestVsock<H: Hal, T: Transport> {
     conns: Vec<ConnState>,
     backlog: VecDeque<Key>,
     buffer_size: u32,
-    shutdown_polls: u32,
+    limits: Limits,
+    clock: Option<Clock>,
+    /// Polls so far: the time base when there is no clock.
+    polls: u64,
 }
 
 impl<H: Hal, T: Transport> GuestVsock<H, T> {
@@ -177,13 +210,25 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             conns: Vec::new(),
             backlog: VecDeque::new(),
             buffer_size,
-            shutdown_polls: DEFAULT_SHUTDOWN_POLLS,
+            limits: Limits::default(),
+            clock: None,
+            polls: 0,
         })
     }
 
-    /// Sets how many empty polls a shutdown waits for the peer's `RST`.
-    pub fn set_shutdown_polls(&mut self, polls: u32) {
-        self.shutdown_polls = polls;
+    /// Sets the bounds on connect and shutdown waits.
+    pub fn set_limits(&mut self, limits: Limits) {
+        self.limits = limits;
+    }
+
+    /// Measures [`Limits`] with `clock` instead of counting polls.
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = Some(clock);
+    }
+
+    /// Microseconds by the clock, or polls without one.
+    fn now(&self) -> u64 {
+        self.clock.map_or(self.polls, |clock| clock())
     }
 
     /// The CID the device was given.
@@ -203,7 +248,9 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     }
 
     /// Connects from our `local_port` to `peer` and waits for the answer.
-    /// A `RST` answer (nobody listens there) is [`Error::Refused`].
+    /// A `RST` answer (nobody listens there) is [`Error::Refused`]; no
+    /// answer within [`Limits::connect_us`] is
+    /// [`Error::Timeout`]`(`[`Step::Connect`]`)`, and the request is reset.
     pub fn connect(
         &mut self,
         peer: VsockAddr,
@@ -215,9 +262,16 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         }
         self.manager.connect(peer, local_port).map_err(virtio)?;
         self.conns.push(ConnState::new(key, Phase::Connecting));
+        let start = self.now();
         loop {
             match self.state(key).map(|s| s.phase) {
                 Some(Phase::Connected) => break,
+                Some(Phase::Connecting) if self.now() - start >= self.limits.connect_us => {
+                    let r = self.manager.force_close(peer, local_port);
+                    self.forget(key);
+                    r.map_err(virtio)?;
+                    return Err(Error::Timeout(Step::Connect));
+                }
                 Some(Phase::Connecting) => self.poll_or_spin()?,
                 Some(Phase::PeerClosed(_)) | None => {
                     self.forget(key);
@@ -257,6 +311,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// was none. Every blocking operation here polls through this, so no
     /// event is lost whichever connection it belongs to.
     pub fn poll(&mut self) -> Result<bool> {
+        self.polls += 1;
         match self.manager.poll().map_err(virtio)? {
             Some(event) => {
                 self.record(&event);
@@ -456,20 +511,16 @@ impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
             }
             // Wait, bounded, for the peer's RST (events for other
             // connections are recorded meanwhile).
-            let mut idle = 0;
+            let start = self.vsock.now();
             while self.phase() == Some(Phase::Connected) {
-                if self.vsock.poll()? {
-                    continue;
-                }
-                idle += 1;
-                if idle >= self.vsock.shutdown_polls {
+                if self.vsock.now() - start >= self.vsock.limits.shutdown_us {
                     warn!(
-                        "vsock: no RST from {}:{} after shutdown; closing",
+                        "vsock: no RST from {}:{} after shutdown; resetting",
                         peer.cid, peer.port
                     );
                     break;
                 }
-                spin_loop();
+                self.vsock.poll_or_spin()?;
             }
         }
         self.close_now()

@@ -1,0 +1,42 @@
+//! Leaving the VM: ACPI power-off (exit status 0) and QEMU's
+//! `isa-debug-exit` device (failure status).
+
+use x86_64::instructions::port::Port;
+
+/// PM1a control block on q35: the ICH9 LPC power-management base that
+/// SeaBIOS programs (0x600, QEMU's `ICH9_PMIO_BASE` default) + 4
+/// (`ICH9_PMIO_PM1_CNT`). Matches the FADT QEMU generates.
+const PM1A_CNT: u16 = 0x604;
+
+/// PM1 control value: SLP_EN (bit 13) with SLP_TYP 0, which QEMU's q35 DSDT
+/// gives for S5 (`_S5 = Package { 0, 0, 0, 0 }`): soft-off.
+const SLP_EN_S5: u16 = 1 << 13;
+
+/// `-device isa-debug-exit,iobase=0xf4,iosize=0x04`: writing v makes QEMU
+/// exit with status (v << 1) | 1.
+const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// Value written on failure: exit status 3.
+const FAILURE_VALUE: u32 = 1;
+
+/// Powers the VM off through ACPI; QEMU exits with status 0. If that does
+/// not work (not q35?), exits with a failure status instead.
+pub fn power_off() -> ! {
+    // SAFETY: PM1a_CNT is the chipset's ACPI PM1 control register; writing
+    // SLP_EN|S5 only requests the power-off.
+    unsafe { Port::<u16>::new(PM1A_CNT).write(SLP_EN_S5) };
+    log::error!("ACPI power-off at port {PM1A_CNT:#x} did not take effect");
+    exit_failure()
+}
+
+/// Makes QEMU exit with status 3 through `isa-debug-exit`. Without that
+/// device there is nothing else to report failure with: halts.
+pub fn exit_failure() -> ! {
+    // SAFETY: writing to the isa-debug-exit port only asks QEMU to exit;
+    // without the device the write is ignored.
+    unsafe { Port::<u32>::new(DEBUG_EXIT_PORT).write(FAILURE_VALUE) };
+    loop {
+        x86_64::instructions::interrupts::disable();
+        x86_64::instructions::hlt();
+    }
+}

@@ -1,0 +1,84 @@
+//! The kernel command line: `key=value` words separated by spaces.
+//!
+//! | key               | value                                   | default                      |
+//! |-------------------|-----------------------------------------|------------------------------|
+//! | `svmc.log`        | `off`, `error`, `warn`, `info`, `debug`, `trace` | `info`              |
+//! | `svmc.host_port`  | host vsock port to connect to at boot   | `comm::service::HOST_PORT`   |
+//! | `svmc.port`       | vsock port the guest listens on         | `comm::service::SERVICE_PORT`|
+//! | `svmc.connect_timeout_ms` | how long to wait for the host to answer the boot-time connection | 200 |
+//! | `svmc.test_panic` | `1`: panic right after start-up (tests the panic path) | off           |
+//!
+//! Anything else, and values that do not parse, are ignored and reported
+//! as warnings once the logger is up. Parsing does not allocate: it runs
+//! before the heap exists.
+
+use comm::service::{HOST_PORT, SERVICE_PORT};
+use log::LevelFilter;
+
+/// How many ignored words are remembered for the warnings.
+const MAX_IGNORED: usize = 8;
+
+/// Settings from the command line.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Most verbose log level printed.
+    pub log_level: LevelFilter,
+    /// Host port for the boot-time connection.
+    pub host_port: u32,
+    /// Port to listen on.
+    pub service_port: u32,
+    /// Bound on the boot-time connection's set-up, in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// Panic after start-up.
+    pub test_panic: bool,
+    ignored: [Option<&'static str>; MAX_IGNORED],
+    ignored_count: usize,
+}
+
+impl Config {
+    /// Parses `cmdline`; never fails.
+    pub fn parse(cmdline: &'static str) -> Self {
+        let mut config = Self {
+            log_level: LevelFilter::Info,
+            host_port: HOST_PORT,
+            service_port: SERVICE_PORT,
+            connect_timeout_ms: 200,
+            test_panic: false,
+            ignored: [None; MAX_IGNORED],
+            ignored_count: 0,
+        };
+        for word in cmdline.split_ascii_whitespace() {
+            if !config.apply(word) {
+                if let Some(slot) = config.ignored.get_mut(config.ignored_count) {
+                    *slot = Some(word);
+                }
+                config.ignored_count += 1;
+            }
+        }
+        config
+    }
+
+    /// Applies one word; `false` if it is unknown or its value is invalid.
+    fn apply(&mut self, word: &str) -> bool {
+        let Some((key, value)) = word.split_once('=') else {
+            return false;
+        };
+        match key {
+            "svmc.log" => value.parse().map(|l| self.log_level = l).is_ok(),
+            "svmc.host_port" => value.parse().map(|p| self.host_port = p).is_ok(),
+            "svmc.port" => value.parse().map(|p| self.service_port = p).is_ok(),
+            "svmc.connect_timeout_ms" => value.parse().map(|t| self.connect_timeout_ms = t).is_ok(),
+            "svmc.test_panic" => value
+                .parse::<u8>()
+                .map(|v| self.test_panic = v != 0)
+                .is_ok(),
+            _ => false,
+        }
+    }
+
+    /// The words that were ignored (the first few of them), and how many
+    /// there were in all.
+    pub fn ignored(&self) -> (impl Iterator<Item = &'static str> + '_, usize) {
+        (self.ignored.iter().flatten().copied(), self.ignored_count)
+    }
+}
