@@ -310,14 +310,29 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// Processes at most one event from the device; `Ok(false)` if there
     /// was none. Every blocking operation here polls through this, so no
     /// event is lost whichever connection it belongs to.
+    ///
+    /// A malformed packet (bad header or length, unknown operation) is
+    /// dropped with a warning: it concerns that packet only, and the driver
+    /// has recycled its buffer. Other device errors are returned.
     pub fn poll(&mut self) -> Result<bool> {
         self.polls += 1;
-        match self.manager.poll().map_err(virtio)? {
-            Some(event) => {
+        match self.manager.poll() {
+            Ok(Some(event)) => {
                 self.record(&event);
                 Ok(true)
             }
-            None => Ok(false),
+            Ok(None) => Ok(false),
+            Err(virtio_drivers::Error::SocketDeviceError(
+                e @ (SocketError::BufferTooShort
+                | SocketError::InvalidNumber
+                | SocketError::UnknownOperation(_)
+                | SocketError::InvalidOperation
+                | SocketError::UnexpectedDataInPacket),
+            )) => {
+                warn!("vsock: dropped a malformed packet: {e}");
+                Ok(true)
+            }
+            Err(e) => Err(virtio(e)),
         }
     }
 
@@ -432,13 +447,18 @@ impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
                 Phase::PeerClosed(DisconnectReason::Shutdown) => return Err(Error::Closed),
                 Phase::Connecting | Phase::Connected => {}
             }
-            // With no credit known, try a packet anyway: the driver then
-            // asks the peer for a credit update, which we will see.
-            let free = match state.peer_free() as usize {
-                0 => MAX_PACKET,
-                n => n,
+            // Every packet costs a round trip through the device, whatever
+            // its size, so send big ones: use the credit we know of when it
+            // covers the rest or half the peer's buffer; otherwise try a
+            // full packet, which the driver refuses while asking the peer
+            // for a credit update (we poll until it comes, below).
+            let want = rest.len().min(MAX_PACKET);
+            let free = state.peer_free() as usize;
+            let n = if free >= want || free >= (state.peer_buf_alloc as usize / 2).max(1) {
+                want.min(free)
+            } else {
+                want
             };
-            let n = rest.len().min(free).min(MAX_PACKET);
             match vsock.manager.send(peer, local_port, &rest[..n]) {
                 Ok(()) => {
                     state.tx_cnt = state.tx_cnt.wrapping_add(n as u32);

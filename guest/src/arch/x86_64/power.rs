@@ -16,6 +16,9 @@ const SLP_EN_S5: u16 = 1 << 13;
 /// exit with status (v << 1) | 1.
 const DEBUG_EXIT_PORT: u16 = 0xf4;
 
+/// How long to wait for the power-off to happen.
+const POWER_OFF_WAIT_US: u64 = 1_000_000;
+
 /// Value written on failure: exit status 3.
 const FAILURE_VALUE: u32 = 1;
 
@@ -25,6 +28,12 @@ pub fn power_off() -> ! {
     // SAFETY: PM1a_CNT is the chipset's ACPI PM1 control register; writing
     // SLP_EN|S5 only requests the power-off.
     unsafe { Port::<u16>::new(PM1A_CNT).write(SLP_EN_S5) };
+    // QEMU acts on the request from its main loop, not at once: give it
+    // time before calling it a failure (and exiting with another status).
+    let start = super::now_us();
+    while super::now_us() - start < POWER_OFF_WAIT_US {
+        core::hint::spin_loop();
+    }
     log::error!("ACPI power-off at port {PM1A_CNT:#x} did not take effect");
     exit_failure()
 }
