@@ -214,9 +214,14 @@ where
                 continue;
             }
         };
-        // Reuse the request's buffer for the response.
-        buf.clear();
+        // Free the request frame before the response exists, then size the
+        // response frame like the request (exact for echo-like services), so
+        // the peak is about twice the payload, not four times (no doubling
+        // of a too-small buffer).
+        let hint = buf.len() + frame::HEADER_LEN + 64;
+        *buf = Vec::new();
         let (response, then) = handler.handle(request);
+        buf.reserve_exact(hint);
         if let Err(e) = frame::encode_into(FrameKind::Response, &response, peer_max, buf) {
             // E.g. a response larger than the client accepts: tell it, and
             // keep serving.
