@@ -4,7 +4,10 @@
 //! Order of events in [`Vm::launch`]:
 //!
 //! 1. A runtime directory with mode 0700 is created (unique per VM, so two
-//!    launches never share a path).
+//!    launches never share a path): `$TMPDIR/svmc-<our pid>-<random>`.
+//!    Directories left by processes that were killed with `SIGKILL` (and so
+//!    could not clean up) are removed first
+//!    ([`remove_stale_runtime_dirs`]).
 //! 2. The host listener for the guest's boot connection (hybrid vsock,
 //!    `<uds-path>_<host port>`) is bound before anything starts, so the guest
 //!    can never connect too early.
@@ -135,6 +138,13 @@ fn register(id: u64, pid: u32, dir: &Path) {
     }
 }
 
+fn register_dir(id: u64, dir: &Path) {
+    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+    if !live.iter().any(|e| e.0 == id) {
+        live.push((id, Vec::new(), dir.to_path_buf()));
+    }
+}
+
 fn unregister(id: u64) {
     let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
     live.retain(|e| e.0 != id);
@@ -177,6 +187,43 @@ pub fn default_log_dir() -> PathBuf {
     state.join("svmc").join("logs")
 }
 
+/// Start of a runtime directory's name: `svmc-<pid of its owner>-<random>`.
+const RUNTIME_PREFIX: &str = "svmc-";
+
+/// Removes the runtime directories in `tmp` (`svmc-<pid>-*`) that belong
+/// to this user and whose owner process is gone: a process killed with
+/// `SIGKILL` cannot remove its own (its children die with it, but the
+/// directory with their sockets stays).
+pub fn remove_stale_runtime_dirs(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(RUNTIME_PREFIX))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != uid || pid == std::process::id() {
+            continue;
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::debug!(dir = %e.path().display(), pid, "removing a stale runtime directory");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 fn prune_logs(dir: &Path) {
     let Ok(entries) = fs::read_dir(dir) else {
         return;
@@ -199,21 +246,30 @@ fn prune_logs(dir: &Path) {
 /// group (so Ctrl-C reaches only us, and we stop it in order).
 fn child_command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
+    let parent = std::process::id() as libc::pid_t;
+    let in_child = move || {
+        // SAFETY: async-signal-safe system calls on this process only, no
+        // memory passed (here and in the blocks below).
+        unsafe { libc::setpgid(0, 0) };
+        // SAFETY: as above.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The parent may have died before prctl took effect (we would have
+        // been re-parented to init or a subreaper).
+        // SAFETY: as above.
+        if unsafe { libc::getppid() } != parent {
+            // SAFETY: as above.
+            let me = unsafe { libc::getpid() };
+            // SAFETY: as above.
+            unsafe { libc::kill(me, libc::SIGKILL) };
+        }
+        Ok(())
+    };
     // SAFETY: the closure runs in the child between fork and exec and only
-    // calls async-signal-safe functions (setpgid, prctl, getppid, kill).
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setpgid(0, 0);
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The parent may have died before prctl took effect.
-            if libc::getppid() == 1 {
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
-            Ok(())
-        });
-    }
+    // makes async-signal-safe system calls (setpgid, prctl, getppid, kill);
+    // it does not allocate.
+    unsafe { cmd.pre_exec(in_child) };
     cmd.stdin(Stdio::null());
     cmd
 }
@@ -229,8 +285,9 @@ impl Vm {
         };
         let accel = choose_accel(config.accel, config.arch, &tools.qemu);
 
+        remove_stale_runtime_dirs(&std::env::temp_dir());
         let runtime = tempfile::Builder::new()
-            .prefix("svmc-")
+            .prefix(&format!("{RUNTIME_PREFIX}{}-", std::process::id()))
             .permissions(fs::Permissions::from_mode(0o700))
             .tempdir()
             .map_err(|e| Error::io("creating the VM runtime directory", e))?;
@@ -268,6 +325,9 @@ impl Vm {
             id,
         };
         let dir = vm.runtime_dir().to_path_buf();
+        // Known to the signal handler before any child starts, so that a
+        // Ctrl-C during the launch removes it too.
+        register_dir(id, &dir);
 
         // Accept in short slices so that QEMU can be watched while waiting.
         let slice = Timeouts {
