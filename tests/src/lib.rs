@@ -108,3 +108,248 @@ pub fn run_cases<C>(label: &str, ctx: &C, cases: &[Case<C>], filter: Option<&str
 pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
     if cond { Ok(()) } else { Err(msg()) }
 }
+
+/// Reads a size from the environment variable `var`, or `default`.
+pub fn env_count(var: &str, default: u64) -> u64 {
+    match std::env::var(var) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("{var}={v:?} is not a number")),
+        Err(_) => default,
+    }
+}
+
+/// Checks that `msg` is one line that mentions each of `needles`.
+pub fn one_line_mentioning(msg: &str, needles: &[&str]) -> Result<(), String> {
+    let msg = msg.trim_end();
+    ensure(!msg.is_empty() && !msg.contains('\n'), || {
+        format!("not a one-line message: {msg:?}")
+    })?;
+    for n in needles {
+        ensure(msg.contains(n), || {
+            format!("message does not mention {n:?}: {msg:?}")
+        })?;
+    }
+    Ok(())
+}
+
+/// A valid x86_64 PVH ELF that never connects: it halts with interrupts
+/// off (no CPU burnt under TCG), like a guest hanging early in boot.
+pub fn hanging_x86_64_pvh_elf() -> Vec<u8> {
+    let mut v = host_cli::image::tiny_x86_64_pvh_elf();
+    // The code is the last 7 bytes: replace it with `cli; hlt; jmp $-3`
+    // (back to the `hlt`) and pad with `nop`.
+    let code = [0xfa, 0xf4, 0xeb, 0xfd, 0x90, 0x90, 0x90];
+    let n = v.len();
+    v[n - code.len()..].copy_from_slice(&code);
+    v
+}
+
+/// Looking at processes through `/proc`.
+pub mod procs {
+    use std::path::Path;
+    use std::time::{Duration, Instant};
+
+    /// `(state, ppid)` of `pid` from `/proc/<pid>/stat`, or `None` if it is gone.
+    pub fn stat(pid: u32) -> Option<(char, u32)> {
+        let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // The command name is in parentheses and may contain anything.
+        let rest = &s[s.rfind(')')? + 2..];
+        let mut it = rest.split(' ');
+        let state = it.next()?.chars().next()?;
+        let ppid = it.next()?.parse().ok()?;
+        Some((state, ppid))
+    }
+
+    /// Whether `pid` exists and is not a zombie.
+    pub fn alive(pid: u32) -> bool {
+        stat(pid).is_some_and(|(state, _)| state != 'Z' && state != 'X')
+    }
+
+    fn all_pids() -> Vec<u32> {
+        std::fs::read_dir("/proc")
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Live (non-zombie) children of `parent`.
+    pub fn children_of(parent: u32) -> Vec<u32> {
+        all_pids()
+            .into_iter()
+            .filter(|&p| stat(p).is_some_and(|(st, pp)| pp == parent && st != 'Z'))
+            .collect()
+    }
+
+    /// Live children of this process.
+    pub fn our_children() -> Vec<u32> {
+        children_of(std::process::id())
+    }
+
+    /// Live processes whose command line mentions `needle` (e.g. a runtime
+    /// directory), other than this process.
+    pub fn mentioning(needle: &str) -> Vec<u32> {
+        let me = std::process::id();
+        all_pids()
+            .into_iter()
+            .filter(|&p| p != me && alive(p))
+            .filter(|&p| {
+                std::fs::read(format!("/proc/{p}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+            })
+            .collect()
+    }
+
+    /// Live processes whose command line mentions `dir`.
+    pub fn mentioning_dir(dir: &Path) -> Vec<u32> {
+        mentioning(&dir.to_string_lossy())
+    }
+
+    /// Open file descriptors of this process.
+    pub fn fd_count() -> usize {
+        std::fs::read_dir("/proc/self/fd")
+            .map(|d| d.count().saturating_sub(1)) // the directory's own fd
+            .unwrap_or(0)
+    }
+
+    /// Waits up to `timeout` for all of `pids` to be gone (or zombies);
+    /// returns the ones still alive.
+    pub fn wait_gone(pids: &[u32], timeout: Duration) -> Vec<u32> {
+        let start = Instant::now();
+        loop {
+            let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+            if left.is_empty() || start.elapsed() > timeout {
+                return left;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Polls `f` every 5 ms until it returns `Some`, at most `timeout`.
+    pub fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+        let start = Instant::now();
+        loop {
+            if let Some(t) = f() {
+                return Some(t);
+            }
+            if start.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// A private temporary directory made the process's `TMPDIR`, so that every
+/// VM runtime directory (`$TMPDIR/svmc-*`) created by this process or by the
+/// `host-cli` processes it starts lands in it and leftovers can be counted
+/// without interference from other runs on the machine.
+pub struct PrivateTmp {
+    dir: tempfile::TempDir,
+}
+
+impl PrivateTmp {
+    /// Creates the directory and sets `TMPDIR` to it.
+    ///
+    /// # Safety
+    ///
+    /// Must be called before any other thread is started (it changes the
+    /// environment).
+    pub unsafe fn install(label: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("svmc-{label}-tmp-"))
+            .tempdir()
+            .expect("creating a private TMPDIR");
+        // SAFETY: the caller guarantees that no other thread runs yet, so
+        // nothing reads the environment concurrently.
+        unsafe { std::env::set_var("TMPDIR", dir.path()) };
+        Self { dir }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Entries in it now (runtime directories, stray sockets).
+    pub fn entries(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.dir.path())
+            .map(|d| {
+                d.filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Fails unless the directory is empty and no process mentions it on
+    /// its command line (QEMU and the daemon name their sockets there)
+    /// after up to `grace`.
+    pub fn check_clean(&self, grace: Duration) -> Result<(), String> {
+        let left = procs::poll(grace, || {
+            let p = procs::mentioning_dir(self.path());
+            p.is_empty().then_some(())
+        });
+        ensure(left.is_some(), || {
+            format!(
+                "processes still running with {} on their command line: {:?}",
+                self.path().display(),
+                procs::mentioning_dir(self.path())
+            )
+        })?;
+        let ok = procs::poll(grace, || self.entries().is_empty().then_some(()));
+        ensure(ok.is_some(), || {
+            format!(
+                "left behind in {}: {:?}",
+                self.path().display(),
+                self.entries()
+            )
+        })
+    }
+
+    /// Removes everything in the directory (after a case that is expected
+    /// to leave something behind, e.g. a `SIGKILL`ed `host-cli`).
+    pub fn clear(&self) {
+        for e in self.entries() {
+            let p = self.path().join(e);
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    }
+}
+
+/// What a test case must not leak: child processes of this process, and
+/// anything in the private `TMPDIR`.
+pub struct LeakCheck<'a> {
+    tmp: &'a PrivateTmp,
+    children: Vec<u32>,
+}
+
+impl<'a> LeakCheck<'a> {
+    /// Notes the children alive now.
+    pub fn start(tmp: &'a PrivateTmp) -> Self {
+        Self {
+            tmp,
+            children: procs::our_children(),
+        }
+    }
+
+    /// Fails if a child started since [`LeakCheck::start`] is still alive
+    /// after `grace`, or the private `TMPDIR` is not clean.
+    pub fn finish(self, grace: Duration) -> Result<(), String> {
+        let extra = || -> Vec<u32> {
+            procs::our_children()
+                .into_iter()
+                .filter(|p| !self.children.contains(p))
+                .collect()
+        };
+        let none = procs::poll(grace, || extra().is_empty().then_some(()));
+        ensure(none.is_some(), || {
+            format!("child processes left running: {:?}", extra())
+        })?;
+        self.tmp.check_clean(grace)
+    }
+}

@@ -1,0 +1,595 @@
+//! Fault suite: missing and failing tools, bad images, guests that hang or
+//! crash, QEMU or the daemon killed mid-request, `host-cli` killed or
+//! interrupted. Every case checks the error (typed, one line, naming the
+//! right log) and that nothing is left behind: no child processes, no
+//! runtime directories or sockets (`$TMPDIR/svmc-*`; `TMPDIR` is private to
+//! this run). Run with `cargo xtask run-e2e`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use host_cli::tools::Tools;
+use host_cli::{Accel, Attach, Error, Session, SessionConfig, Vm, VmConfig};
+use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
+
+type R = Result<(), String>;
+
+/// How long children may take to disappear after their parent died.
+const GRACE: Duration = Duration::from_secs(2);
+
+struct Faults {
+    ctx: Ctx,
+    tmp: PrivateTmp,
+    /// Scratch files (images, scripts): not in the private `TMPDIR`.
+    scratch: tempfile::TempDir,
+}
+
+impl Faults {
+    fn tools(&self) -> Result<Tools, String> {
+        Tools::find(self.ctx.arch).map_err(|e| e.to_string())
+    }
+
+    fn config(&self) -> VmConfig {
+        let mut c = self.ctx.vm_config();
+        c.accel = Accel::Tcg;
+        c
+    }
+
+    fn session_config(&self, vm: VmConfig, boot: Duration) -> SessionConfig {
+        let mut s = SessionConfig::new(Attach::Launch(Box::new(vm)));
+        s.timeouts = self.ctx.timeouts();
+        s.boot_timeout = boot;
+        s
+    }
+
+    fn write_image(&self, name: &str, bytes: &[u8]) -> Result<PathBuf, String> {
+        let p = self.scratch.path().join(name);
+        std::fs::write(&p, bytes).map_err(|e| e.to_string())?;
+        Ok(p)
+    }
+
+    /// `host-cli` with the suite's image and log directory.
+    fn host_cli(&self) -> Command {
+        let mut c = Command::new(&self.ctx.host_cli);
+        c.arg("--arch")
+            .arg(self.ctx.arch.name())
+            .arg("--image")
+            .arg(&self.ctx.image)
+            .arg("--log-dir")
+            .arg(&self.ctx.log_dir)
+            .arg("--accel")
+            .arg("tcg")
+            .arg("--timeout")
+            .arg("30");
+        c
+    }
+
+    /// Runs `f` and then checks for leftovers.
+    fn checked(&self, f: impl FnOnce() -> R) -> R {
+        let leaks = LeakCheck::start(&self.tmp);
+        let r = f();
+        let l = leaks.finish(GRACE);
+        r.and(l)
+    }
+}
+
+/// Expects `Session::open` to fail, returns the error.
+fn open_err(cfg: &SessionConfig) -> Result<Error, String> {
+    match Session::open(cfg) {
+        Ok(_) => Err("the session opened".into()),
+        Err(e) => Ok(e),
+    }
+}
+
+fn stderr_of(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+// ---- tools ------------------------------------------------------------------
+
+fn qemu_missing(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        let mut tools = f.tools()?;
+        tools.qemu = "/nonexistent/qemu-system-x86_64".into();
+        cfg.tools = Some(tools);
+        let e = Vm::launch(&cfg).err().ok_or("launched without QEMU")?;
+        ensure(matches!(e, Error::Spawn { .. }), || format!("{e:?}"))?;
+        one_line_mentioning(&e.to_string(), &["/nonexistent/qemu-system-x86_64"])?;
+        // Through the CLI and `$SVMC_QEMU`.
+        let out = f
+            .host_cli()
+            .env("SVMC_QEMU", "/nonexistent/qemu")
+            .args(["reverse", "abc"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.code() == Some(1), || format!("{}", out.status))?;
+        one_line_mentioning(
+            &stderr_of(&out),
+            &[
+                "qemu-system-x86_64 not found",
+                "SVMC_QEMU=/nonexistent/qemu",
+            ],
+        )
+    })
+}
+
+fn daemon_missing(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        let mut tools = f.tools()?;
+        tools.daemon = "/nonexistent/vhost-device-vsock".into();
+        cfg.tools = Some(tools);
+        let e = Vm::launch(&cfg)
+            .err()
+            .ok_or("launched without the daemon")?;
+        ensure(matches!(e, Error::Spawn { .. }), || format!("{e:?}"))?;
+        one_line_mentioning(&e.to_string(), &["/nonexistent/vhost-device-vsock"])?;
+        let out = f
+            .host_cli()
+            .env("SVMC_VHOST_DEVICE_VSOCK", "/nonexistent/daemon")
+            .args(["reverse", "abc"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.code() == Some(1), || format!("{}", out.status))?;
+        one_line_mentioning(&stderr_of(&out), &["vhost-device-vsock not found"])
+    })
+}
+
+fn daemon_fails_to_start(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        let mut tools = f.tools()?;
+        tools.daemon = "/bin/false".into();
+        cfg.tools = Some(tools);
+        let start = Instant::now();
+        let e = Vm::launch(&cfg).err().ok_or("launched with /bin/false")?;
+        let Error::DaemonFailed { log, .. } = &e else {
+            return Err(format!("expected DaemonFailed, got {e:?}"));
+        };
+        ensure(start.elapsed() < Duration::from_secs(5), || {
+            format!("took {:?}", start.elapsed())
+        })?;
+        ensure(log.exists(), || format!("{} missing", log.display()))?;
+        one_line_mentioning(&e.to_string(), &["exited", &log.display().to_string()])
+    })
+}
+
+fn daemon_never_creates_socket(f: &Faults) -> R {
+    f.checked(|| {
+        // A "daemon" that runs but never creates its socket.
+        let script = f.scratch.path().join("silent-daemon");
+        std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").map_err(|e| e.to_string())?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| e.to_string())?;
+        let mut cfg = f.config();
+        let mut tools = f.tools()?;
+        tools.daemon = script;
+        cfg.tools = Some(tools);
+        cfg.daemon_timeout = Duration::from_millis(500);
+        let start = Instant::now();
+        let e = Vm::launch(&cfg)
+            .err()
+            .ok_or("launched with a silent daemon")?;
+        ensure(start.elapsed() < Duration::from_secs(3), || {
+            format!("took {:?}", start.elapsed())
+        })?;
+        let Error::DaemonFailed { log, .. } = &e else {
+            return Err(format!("expected DaemonFailed, got {e:?}"));
+        };
+        one_line_mentioning(
+            &e.to_string(),
+            &["did not create", &log.display().to_string()],
+        )
+    })
+}
+
+fn qemu_fails_to_start(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        cfg.extra_qemu_args = vec!["-no-such-option".into()];
+        let start = Instant::now();
+        let e = open_err(&f.session_config(cfg, Duration::from_secs(20)))?;
+        let Error::QemuExited {
+            serial_log,
+            qemu_log,
+            ..
+        } = &e
+        else {
+            return Err(format!("expected QemuExited, got {e:?}"));
+        };
+        ensure(start.elapsed() < Duration::from_secs(5), || {
+            format!("took {:?}", start.elapsed())
+        })?;
+        let log = std::fs::read_to_string(qemu_log).unwrap_or_default();
+        ensure(log.contains("no-such-option"), || {
+            format!("QEMU log {}: {log:?}", qemu_log.display())
+        })?;
+        one_line_mentioning(
+            &e.to_string(),
+            &[
+                "QEMU exited",
+                &serial_log.display().to_string(),
+                &qemu_log.display().to_string(),
+            ],
+        )
+    })
+}
+
+// ---- images and guests that never answer -------------------------------------
+
+fn image_missing(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        cfg.image = f.scratch.path().join("no-such-image");
+        let e = Vm::launch(&cfg).err().ok_or("launched without an image")?;
+        ensure(matches!(e, Error::Image { .. }), || format!("{e:?}"))?;
+        one_line_mentioning(&e.to_string(), &["no-such-image", "cannot open"])
+    })
+}
+
+fn image_not_elf(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        cfg.image = f.write_image("not-elf", b"#!/bin/sh\necho this is not a guest\n")?;
+        let e = Vm::launch(&cfg).err().ok_or("launched a shell script")?;
+        ensure(matches!(e, Error::Image { .. }), || format!("{e:?}"))?;
+        one_line_mentioning(&e.to_string(), &["not-elf", "not an ELF"])?;
+        // An ELF for another machine.
+        let mut elf = host_cli::image::tiny_x86_64_pvh_elf();
+        elf[18] = 183; // EM_AARCH64
+        cfg.image = f.write_image("arm.elf", &elf)?;
+        let e = Vm::launch(&cfg).err().ok_or("launched an AArch64 ELF")?;
+        ensure(matches!(e, Error::Image { .. }), || format!("{e:?}"))?;
+        one_line_mentioning(&e.to_string(), &["arm.elf", "is not x86_64"])
+    })
+}
+
+fn guest_hangs_before_connecting(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        cfg.image = f.write_image("hang.elf", &tests::hanging_x86_64_pvh_elf())?;
+        let boot = Duration::from_secs(2);
+        let start = Instant::now();
+        let e = open_err(&f.session_config(cfg, boot))?;
+        let took = start.elapsed();
+        let Error::GuestTimeout { serial_log, .. } = &e else {
+            return Err(format!("expected GuestTimeout, got {e:?}"));
+        };
+        ensure(took >= boot && took < boot + Duration::from_secs(2), || {
+            format!("took {took:?} for a {boot:?} boot timeout")
+        })?;
+        one_line_mentioning(
+            &e.to_string(),
+            &["connect to the host", &serial_log.display().to_string()],
+        )
+    })
+}
+
+fn guest_crashes_before_connecting(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        cfg.image = f.write_image("exit.elf", &host_cli::image::tiny_x86_64_pvh_elf())?;
+        let start = Instant::now();
+        let e = open_err(&f.session_config(cfg, Duration::from_secs(20)))?;
+        let took = start.elapsed();
+        let Error::QemuExited {
+            status,
+            serial_log,
+            qemu_log,
+        } = &e
+        else {
+            return Err(format!("expected QemuExited, got {e:?}"));
+        };
+        ensure(took < Duration::from_secs(5), || format!("took {took:?}"))?;
+        ensure(
+            status.code() == Some(host_cli::image::TINY_EXIT_STATUS),
+            || format!("status {status}"),
+        )?;
+        one_line_mentioning(
+            &e.to_string(),
+            &[
+                &serial_log.display().to_string(),
+                &qemu_log.display().to_string(),
+            ],
+        )
+    })
+}
+
+// ---- processes killed mid-request ---------------------------------------------
+
+/// Opens a session, then sends 8 MiB requests in a loop while another
+/// thread kills the child chosen by `pick` (QEMU or the daemon) during the
+/// second request. The request in flight must fail with a typed error
+/// within a few seconds.
+fn killed_mid_request(f: &Faults, which: &str) -> R {
+    f.checked(|| {
+        let mut s = Session::open(&f.session_config(f.config(), Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let (qemu, daemon) = s.vm().ok_or("no vm")?.pids();
+        let victim = match which {
+            "qemu" => qemu,
+            _ => daemon,
+        }
+        .ok_or("no pid")?;
+        let payload = vec![0x5a; 8 << 20];
+        s.reverse(payload.clone())
+            .map_err(|e| format!("first request: {e}"))?;
+        let (tx, rx) = mpsc::channel::<()>();
+        let killer = std::thread::spawn(move || {
+            let _ = rx.recv();
+            std::thread::sleep(Duration::from_millis(5));
+            // SAFETY: kill(2) on a pid of a child we still own (not reaped,
+            // so the pid cannot have been reused); no memory is involved.
+            unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+            Instant::now()
+        });
+        let mut tx = Some(tx);
+        let mut result = Ok(());
+        for _ in 0..50 {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(());
+            }
+            match s.reverse(payload.clone()) {
+                Ok(_) => {}
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        let killed_at = killer.join().map_err(|_| "killer thread panicked")?;
+        let e = match result {
+            Ok(()) => return Err(format!("50 requests succeeded after killing {which}")),
+            Err(e) => e,
+        };
+        let took = killed_at.elapsed();
+        ensure(took < Duration::from_secs(3), || {
+            format!("the error came {took:?} after the kill: {e}")
+        })?;
+        println!("  {which} killed: {e} (after {took:?})");
+        ensure(
+            matches!(
+                e,
+                Error::Guest { .. } | Error::QemuExited { .. } | Error::DaemonFailed { .. }
+            ),
+            || format!("{e:?}"),
+        )?;
+        one_line_mentioning(&e.to_string(), &["serial log"])?;
+        // Further calls fail at once too.
+        let start = Instant::now();
+        ensure(s.reverse(b"x".to_vec()).is_err(), || {
+            "a request succeeded after the kill".into()
+        })?;
+        ensure(start.elapsed() < Duration::from_secs(3), || {
+            format!("second failure took {:?}", start.elapsed())
+        })?;
+        drop(s);
+        Ok(())
+    })
+}
+
+fn qemu_killed_mid_request(f: &Faults) -> R {
+    killed_mid_request(f, "qemu")
+}
+
+fn daemon_killed_mid_request(f: &Faults) -> R {
+    killed_mid_request(f, "daemon")
+}
+
+// ---- the host-cli process ------------------------------------------------------
+
+/// Waits until `child` has started QEMU (a process naming the private
+/// `TMPDIR` whose name is QEMU's) and returns the pids mentioning `TMPDIR`.
+fn wait_for_vm_of(f: &Faults, child: &mut Child) -> Result<Vec<u32>, String> {
+    let qemu = host_cli::tools::qemu_binary(f.ctx.arch);
+    let found = procs::poll(Duration::from_secs(20), || {
+        if let Ok(Some(_)) = child.try_wait() {
+            return Some(Vec::new());
+        }
+        let pids = procs::mentioning_dir(f.tmp.path());
+        let has_qemu = pids.iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/comm"))
+                .is_ok_and(|c| qemu.starts_with(c.trim()))
+        });
+        (has_qemu && pids.len() >= 2).then_some(pids)
+    })
+    .ok_or("QEMU did not start within 20 s")?;
+    ensure(!found.is_empty(), || {
+        "host-cli exited before QEMU started".into()
+    })?;
+    Ok(found)
+}
+
+fn signal(child: &Child, sig: libc::c_int) {
+    // SAFETY: kill(2) on our own unreaped child; no memory is involved.
+    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+}
+
+/// A long text argument, so that the request takes a little while.
+fn long_text() -> String {
+    "svmc".repeat(16 * 1024)
+}
+
+fn cli_sigkill_leaves_no_children(f: &Faults) -> R {
+    let leaks = LeakCheck::start(&f.tmp);
+    let mut child = f
+        .host_cli()
+        .args(["reverse", &long_text()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let pids = wait_for_vm_of(f, &mut child)?;
+    signal(&child, libc::SIGKILL);
+    let status = child.wait().map_err(|e| e.to_string())?;
+    let killed_at = Instant::now();
+    let left = procs::wait_gone(&pids, GRACE);
+    ensure(left.is_empty(), || {
+        format!(
+            "still running {:?} after host-cli was killed: {left:?}",
+            killed_at.elapsed()
+        )
+    })?;
+    println!(
+        "  host-cli {status}; its {} children gone after {:?}; left behind: {:?}",
+        pids.len(),
+        killed_at.elapsed(),
+        f.tmp.entries()
+    );
+    // A SIGKILLed process cannot remove its runtime directory; the next
+    // launch removes directories whose owner is gone.
+    let out = f
+        .host_cli()
+        .args(["reverse", "next"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    ensure(out.status.success(), || stderr_of(&out))?;
+    ensure(out.stdout == b"txen\n", || format!("{:?}", out.stdout))?;
+    leaks.finish(GRACE)
+}
+
+fn cli_normal_run_leaves_nothing(f: &Faults) -> R {
+    f.checked(|| {
+        let out = f
+            .host_cli()
+            .args(["reverse", "abc"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(out.status.success(), || stderr_of(&out))?;
+        ensure(out.stdout == b"cba\n", || format!("{:?}", out.stdout))
+    })
+}
+
+fn cli_ctrl_c(f: &Faults) -> R {
+    f.checked(|| {
+        let mut child = f
+            .host_cli()
+            .args(["reverse", &long_text()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let pids = wait_for_vm_of(f, &mut child)?;
+        signal(&child, libc::SIGINT);
+        let start = Instant::now();
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        ensure(start.elapsed() < Duration::from_secs(3), || {
+            format!("host-cli took {:?} to stop", start.elapsed())
+        })?;
+        let stderr = stderr_of(&out);
+        ensure(out.status.code() == Some(130), || {
+            format!("exit status {} (want 130): {stderr}", out.status)
+        })?;
+        ensure(stderr.contains("interrupted"), || format!("{stderr:?}"))?;
+        let left = procs::wait_gone(&pids, GRACE);
+        ensure(left.is_empty(), || format!("still running: {left:?}"))
+    })
+}
+
+fn cli_two_at_once(f: &Faults) -> R {
+    f.checked(|| {
+        let spawn = |text: &str| {
+            f.host_cli()
+                .args(["reverse", text])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| e.to_string())
+        };
+        let a = spawn("first-run")?;
+        let b = spawn("second-run")?;
+        let a = a.wait_with_output().map_err(|e| e.to_string())?;
+        let b = b.wait_with_output().map_err(|e| e.to_string())?;
+        ensure(a.status.success(), || format!("first: {}", stderr_of(&a)))?;
+        ensure(b.status.success(), || format!("second: {}", stderr_of(&b)))?;
+        ensure(a.stdout == b"nur-tsrif\n", || format!("{:?}", a.stdout))?;
+        ensure(b.stdout == b"nur-dnoces\n", || format!("{:?}", b.stdout))
+    })
+}
+
+fn cli_attach_to_nothing(f: &Faults) -> R {
+    f.checked(|| {
+        let sock = f.scratch.path().join("nobody.vsock");
+        let start = Instant::now();
+        let out = f
+            .host_cli()
+            .arg("--attach-uds")
+            .arg(&sock)
+            .arg("info")
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(start.elapsed() < Duration::from_secs(5), || {
+            format!("took {:?}", start.elapsed())
+        })?;
+        ensure(out.status.code() == Some(1), || format!("{}", out.status))?;
+        one_line_mentioning(&stderr_of(&out), &[&sock.display().to_string()])
+    })
+}
+
+const CASES: &[Case<Faults>] = &[
+    ("qemu_missing", qemu_missing),
+    ("daemon_missing", daemon_missing),
+    ("daemon_fails_to_start", daemon_fails_to_start),
+    ("daemon_never_creates_socket", daemon_never_creates_socket),
+    ("qemu_fails_to_start", qemu_fails_to_start),
+    ("image_missing", image_missing),
+    ("image_not_elf", image_not_elf),
+    (
+        "guest_hangs_before_connecting",
+        guest_hangs_before_connecting,
+    ),
+    (
+        "guest_crashes_before_connecting",
+        guest_crashes_before_connecting,
+    ),
+    ("qemu_killed_mid_request", qemu_killed_mid_request),
+    ("daemon_killed_mid_request", daemon_killed_mid_request),
+    (
+        "cli_normal_run_leaves_nothing",
+        cli_normal_run_leaves_nothing,
+    ),
+    (
+        "cli_sigkill_leaves_no_children",
+        cli_sigkill_leaves_no_children,
+    ),
+    ("cli_ctrl_c", cli_ctrl_c),
+    ("cli_two_at_once", cli_two_at_once),
+    ("cli_attach_to_nothing", cli_attach_to_nothing),
+];
+
+fn main() {
+    // SAFETY: no other thread has been started yet.
+    let tmp = unsafe { PrivateTmp::install("faults") };
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let logs = tempfile::Builder::new()
+        .prefix("svmc-faults-logs-")
+        .tempdir_in(std::env::temp_dir().parent().unwrap_or(Path::new("/tmp")))
+        .expect("log dir");
+    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("faults: {e}");
+            std::process::exit(2);
+        }
+    };
+    let scratch = tempfile::Builder::new()
+        .prefix("svmc-faults-scratch-")
+        .tempdir_in(logs.path())
+        .expect("scratch dir");
+    println!("faults on {} with {}", ctx.arch, ctx.image.display());
+    let f = Faults { ctx, tmp, scratch };
+    let ok = run_cases(
+        &format!("faults-{}", f.ctx.arch),
+        &f,
+        CASES,
+        filter.as_deref(),
+    );
+    if !ok {
+        println!("logs kept in {}", logs.keep().display());
+        std::process::exit(1);
+    }
+}

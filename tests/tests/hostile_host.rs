@@ -1,0 +1,697 @@
+//! Hostile-host suite: a host sends every class of bad input to the real
+//! guest over hybrid vsock, host-initiated to the service port, each on its
+//! own connection. After each, a well-formed request on a new connection
+//! must be served, QEMU must still run and the serial log must not mention
+//! a panic. The last case powers the VM off (exit status 0). Run with
+//! `cargo xtask run-e2e`.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use comm::frame::{self, FrameKind, Header, ProtocolError, ProtocolErrorCode};
+use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
+use comm::{Hello, Protocol};
+use host_cli::Session;
+use tests::{Case, Ctx, ensure, env_count, run_cases};
+use vsock_transport::hybrid::{self, HybridStream};
+use vsock_transport::rpc::Client;
+use vsock_transport::{Connection, Error as TError, Timeouts};
+
+type R = Result<(), String>;
+
+/// How long we wait for the guest's answer to a bad frame.
+const ANSWER: Duration = Duration::from_secs(10);
+
+struct Hostile {
+    ctx: Ctx,
+    session: Mutex<Option<Session>>,
+    uds: PathBuf,
+    serial_log: PathBuf,
+    served: AtomicU32,
+}
+
+impl Hostile {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts::uniform(ANSWER)
+    }
+
+    fn connect(&self) -> Result<HybridStream, String> {
+        hybrid::connect(&self.uds, SERVICE_PORT, &self.timeouts())
+            .map_err(|e| format!("connect: {e}"))
+    }
+
+    /// A new connection with our `HELLO` sent and the guest's read.
+    fn connect_hello(&self) -> Result<HybridStream, String> {
+        let mut c = self.connect()?;
+        send(
+            &mut c,
+            &hello_frame(
+                <ServiceVm as Protocol>::NAME,
+                <ServiceVm as Protocol>::VERSION,
+            ),
+        )?;
+        expect_hello(&mut c)?;
+        Ok(c)
+    }
+
+    /// The guest is alive, has not panicked, and serves a new connection.
+    fn check_serving(&self) -> R {
+        if let Some(s) = self
+            .session
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+        {
+            s.vm()
+                .ok_or("no vm")?
+                .check_running()
+                .map_err(|e| e.to_string())?;
+        }
+        let log = std::fs::read_to_string(&self.serial_log).unwrap_or_default();
+        ensure(!log.to_lowercase().contains("panic"), || {
+            format!("the guest panicked: {}", self.serial_log.display())
+        })?;
+        let n = self.served.fetch_add(1, Ordering::Relaxed);
+        let payload = format!("served after hostile input #{n}").into_bytes();
+        let mut c = Client::<_, ServiceVm>::handshake(self.connect()?, frame::DEFAULT_MAX_BODY)
+            .map_err(|e| format!("handshake on the next connection: {e}"))?;
+        let r = c
+            .call(&Request::Reverse(payload.clone()))
+            .map_err(|e| format!("request on the next connection: {e}"))?;
+        let mut want = payload;
+        want.reverse();
+        ensure(r == Response::Reverse(want), || format!("{r:?}"))?;
+        c.close().map_err(|e| e.to_string())
+    }
+}
+
+fn send<C: Connection>(c: &mut C, bytes: &[u8]) -> R {
+    c.send(bytes).map_err(|e| format!("send: {e}"))
+}
+
+fn hello_frame(name: &str, version: u32) -> Vec<u8> {
+    let h = Hello {
+        protocol: name.into(),
+        version,
+        max_body: frame::DEFAULT_MAX_BODY,
+    };
+    frame::encode(FrameKind::Hello, &h, frame::DEFAULT_MAX_BODY).expect("hello")
+}
+
+fn raw_frame(kind: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![kind];
+    v.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+fn request_frame(r: &Request) -> Vec<u8> {
+    frame::encode(FrameKind::Request, r, frame::DEFAULT_MAX_BODY).expect("request")
+}
+
+/// Reads one frame: `Ok(None)` if the guest closed the connection.
+fn read_frame<C: Connection>(c: &mut C) -> Result<Option<(FrameKind, Vec<u8>)>, String> {
+    let mut body = Vec::new();
+    match vsock_transport::framed::recv_frame(c, frame::DEFAULT_MAX_BODY, &mut body) {
+        Ok(h) => Ok(Some((h.kind, body))),
+        Err(TError::Closed | TError::Reset) => Ok(None),
+        Err(e) => Err(format!("reading the guest's answer: {e}")),
+    }
+}
+
+fn expect_hello<C: Connection>(c: &mut C) -> R {
+    match read_frame(c)? {
+        Some((FrameKind::Hello, body)) => {
+            let h: Hello = frame::decode_body(&body).map_err(|e| e.to_string())?;
+            h.check::<ServiceVm>().map_err(|e| e.to_string())
+        }
+        other => Err(format!("expected the guest's HELLO, got {other:?}")),
+    }
+}
+
+/// Expects an `ERROR` frame with `code` and `fatal`; for a fatal error,
+/// also that the guest then closes the connection.
+fn expect_error<C: Connection>(c: &mut C, code: ProtocolErrorCode, fatal: bool) -> R {
+    let pe = match read_frame(c)? {
+        Some((FrameKind::Error, body)) => {
+            frame::decode_body::<ProtocolError>(&body).map_err(|e| format!("ERROR body: {e}"))?
+        }
+        other => return Err(format!("expected an ERROR frame, got {other:?}")),
+    };
+    ensure(pe.code == code && pe.fatal == fatal, || {
+        format!("expected {code} (fatal: {fatal}), got {pe:?}")
+    })?;
+    println!("  guest: ERROR {pe}");
+    if fatal {
+        expect_close(c)?;
+    }
+    Ok(())
+}
+
+fn expect_close<C: Connection>(c: &mut C) -> R {
+    match read_frame(c)? {
+        None => Ok(()),
+        Some((k, _)) => Err(format!("expected the guest to close, got a {k} frame")),
+    }
+}
+
+/// After a non-fatal error the same connection still serves requests.
+fn expect_still_usable<C: Connection>(c: &mut C) -> R {
+    send(c, &request_frame(&Request::Reverse(b"same conn".to_vec())))?;
+    match read_frame(c)? {
+        Some((FrameKind::Response, body)) => {
+            let r: Response = frame::decode_body(&body).map_err(|e| e.to_string())?;
+            ensure(r == Response::Reverse(b"nnoc emas".to_vec()), || {
+                format!("{r:?}")
+            })
+        }
+        other => Err(format!(
+            "expected a RESPONSE on the same connection, got {other:?}"
+        )),
+    }
+}
+
+/// Runs `f` on the suite, then checks that the guest still serves.
+fn case(h: &Hostile, f: impl FnOnce(&Hostile) -> R) -> R {
+    let r = f(h);
+    let s = h.check_serving();
+    r.and(s)
+}
+
+// ---- the cases ------------------------------------------------------------------
+
+fn garbage_bytes(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect()?;
+        send(
+            &mut c,
+            b"GET / HTTP/1.1\r\nHost: guest\r\n\r\n\x00\xff\xfe garbage",
+        )?;
+        expect_hello(&mut c)?;
+        expect_error(&mut c, ProtocolErrorCode::BadFrame, true)
+    })
+}
+
+fn garbage_after_hello(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        let junk: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 7) as u8 | 0x80)
+            .collect();
+        send(&mut c, &junk)?;
+        expect_error(&mut c, ProtocolErrorCode::BadFrame, true)
+    })
+}
+
+fn header_over_maximum(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        let header = Header {
+            kind: FrameKind::Request,
+            len: u32::MAX,
+        };
+        send(&mut c, &header.to_bytes())?;
+        expect_error(&mut c, ProtocolErrorCode::TooLarge, true)
+    })
+}
+
+fn hello_over_maximum(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect()?;
+        let header = Header {
+            kind: FrameKind::Hello,
+            len: frame::HELLO_MAX_BODY + 1,
+        };
+        send(&mut c, &header.to_bytes())?;
+        expect_hello(&mut c)?;
+        expect_error(&mut c, ProtocolErrorCode::TooLarge, true)
+    })
+}
+
+fn truncated_frame_then_close(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        let f = request_frame(&Request::Reverse(vec![7; 1000]));
+        send(&mut c, &f[..f.len() / 2])?;
+        // Half-close: the guest sees the end of the stream mid-frame.
+        c.get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        // Best effort ERROR, then close.
+        match read_frame(&mut c)? {
+            None => Ok(()),
+            Some((FrameKind::Error, body)) => {
+                let pe: ProtocolError = frame::decode_body(&body).map_err(|e| e.to_string())?;
+                ensure(pe.code == ProtocolErrorCode::BadFrame, || format!("{pe:?}"))?;
+                expect_close(&mut c)
+            }
+            Some((k, _)) => Err(format!("unexpected {k} frame")),
+        }
+    })
+}
+
+fn truncated_frame_then_silence(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        let f = request_frame(&Request::Reverse(vec![7; 1000]));
+        send(&mut c, &f[..3])?;
+        // The guest waits for the rest; nothing comes back meanwhile.
+        c.set_timeouts(Timeouts::uniform(Duration::from_millis(700)));
+        match read_frame(&mut c) {
+            Err(e) if e.contains("timed out") => {}
+            other => return Err(format!("expected silence, got {other:?}")),
+        }
+        drop(c);
+        Ok(())
+    })
+}
+
+fn hello_wrong_version(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect()?;
+        send(&mut c, &hello_frame(<ServiceVm as Protocol>::NAME, 99))?;
+        expect_hello(&mut c)?;
+        expect_error(&mut c, ProtocolErrorCode::VersionMismatch, true)
+    })
+}
+
+fn hello_wrong_protocol(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect()?;
+        send(
+            &mut c,
+            &hello_frame("not-svmc", <ServiceVm as Protocol>::VERSION),
+        )?;
+        expect_hello(&mut c)?;
+        expect_error(&mut c, ProtocolErrorCode::VersionMismatch, true)
+    })
+}
+
+fn request_before_hello(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect()?;
+        send(&mut c, &request_frame(&Request::Info))?;
+        expect_hello(&mut c)?;
+        // The handshake failed: the guest reports it and closes.
+        expect_error(&mut c, ProtocolErrorCode::UnexpectedFrame, false)?;
+        expect_close(&mut c)
+    })
+}
+
+fn response_frame_from_host(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        let f = frame::encode(
+            FrameKind::Response,
+            &Response::Reverse(b"x".to_vec()),
+            frame::DEFAULT_MAX_BODY,
+        )
+        .map_err(|e| e.to_string())?;
+        send(&mut c, &f)?;
+        expect_error(&mut c, ProtocolErrorCode::UnexpectedFrame, false)?;
+        expect_still_usable(&mut c)
+    })
+}
+
+fn second_hello(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        send(
+            &mut c,
+            &hello_frame(
+                <ServiceVm as Protocol>::NAME,
+                <ServiceVm as Protocol>::VERSION,
+            ),
+        )?;
+        expect_error(&mut c, ProtocolErrorCode::UnexpectedFrame, false)?;
+        expect_still_usable(&mut c)
+    })
+}
+
+fn error_frame_from_host(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        let pe = ProtocolError {
+            code: ProtocolErrorCode::BadMessage,
+            fatal: false,
+            detail: "the host complains".into(),
+        };
+        let f = frame::encode(FrameKind::Error, &pe, frame::ERROR_MAX_BODY)
+            .map_err(|e| e.to_string())?;
+        send(&mut c, &f)?;
+        // The guest takes it as the client's complaint: no answer, and the
+        // connection goes on (the next frame back is the RESPONSE).
+        expect_still_usable(&mut c)
+    })
+}
+
+fn unknown_frame_kind(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        send(&mut c, &raw_frame(0x7f, &[0x60]))?;
+        expect_error(&mut c, ProtocolErrorCode::BadFrame, true)
+    })
+}
+
+fn invalid_cbor(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        // A reserved additional-information value, then a break out of nowhere.
+        send(
+            &mut c,
+            &raw_frame(FrameKind::Request as u8, &[0x1c, 0xff, 0xff]),
+        )?;
+        expect_error(&mut c, ProtocolErrorCode::BadMessage, false)?;
+        // A byte string announcing more than the body holds.
+        send(
+            &mut c,
+            &raw_frame(
+                FrameKind::Request as u8,
+                &[0xa1, 0x63, b'r', b'e', b'v', 0x5a, 0xff, 0xff, 0xff, 0xf0],
+            ),
+        )?;
+        expect_error(&mut c, ProtocolErrorCode::BadMessage, false)?;
+        // Deep nesting.
+        send(&mut c, &raw_frame(FrameKind::Request as u8, &[0x81; 1000]))?;
+        expect_error(&mut c, ProtocolErrorCode::BadMessage, false)?;
+        expect_still_usable(&mut c)
+    })
+}
+
+fn unknown_request_variant(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        // The text string "nope": a unit variant nobody knows.
+        send(&mut c, &raw_frame(FrameKind::Request as u8, b"\x64nope"))?;
+        expect_error(&mut c, ProtocolErrorCode::UnknownVariant, false)?;
+        // {"zap": h'00'}: a newtype variant nobody knows.
+        send(
+            &mut c,
+            &raw_frame(FrameKind::Request as u8, b"\xa1\x63zap\x41\x00"),
+        )?;
+        expect_error(&mut c, ProtocolErrorCode::UnknownVariant, false)?;
+        expect_still_usable(&mut c)
+    })
+}
+
+fn wrong_shape(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        // {"rev": 5}: a known variant with an integer for its bytes.
+        send(
+            &mut c,
+            &raw_frame(FrameKind::Request as u8, b"\xa1\x63rev\x05"),
+        )?;
+        expect_error(&mut c, ProtocolErrorCode::BadMessage, false)?;
+        expect_still_usable(&mut c)
+    })
+}
+
+fn trailing_bytes(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        let mut body = frame::encode(FrameKind::Request, &Request::Info, frame::DEFAULT_MAX_BODY)
+            .map_err(|e| e.to_string())?
+            .split_off(frame::HEADER_LEN);
+        body.extend_from_slice(&[0x00, 0x01, 0x02]);
+        send(&mut c, &raw_frame(FrameKind::Request as u8, &body))?;
+        expect_error(&mut c, ProtocolErrorCode::BadMessage, false)?;
+        expect_still_usable(&mut c)
+    })
+}
+
+fn empty_body(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        send(&mut c, &raw_frame(FrameKind::Request as u8, &[]))?;
+        // Reported as a bad message. (The guest then closes the connection
+        // although the frame's boundaries were intact.)
+        let pe = match read_frame(&mut c)? {
+            Some((FrameKind::Error, body)) => {
+                frame::decode_body::<ProtocolError>(&body).map_err(|e| e.to_string())?
+            }
+            other => return Err(format!("expected an ERROR frame, got {other:?}")),
+        };
+        println!("  guest: ERROR {pe}");
+        ensure(pe.code == ProtocolErrorCode::BadMessage, || {
+            format!("{pe:?}")
+        })
+    })
+}
+
+fn goodbye_with_body(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        send(&mut c, &raw_frame(FrameKind::Goodbye as u8, b"\x00"))?;
+        let pe = match read_frame(&mut c)? {
+            Some((FrameKind::Error, body)) => {
+                frame::decode_body::<ProtocolError>(&body).map_err(|e| e.to_string())?
+            }
+            other => return Err(format!("expected an ERROR frame, got {other:?}")),
+        };
+        println!("  guest: ERROR {pe}");
+        Ok(())
+    })
+}
+
+fn trickle(h: &Hostile) -> R {
+    case(h, |h| {
+        let secs = env_count("SVMC_HOSTILE_TRICKLE_SECS", 3);
+        let mut c = h.connect_hello()?;
+        let f = request_frame(&Request::Reverse(vec![1; 64]));
+        // Meanwhile another client connects; the guest serves one
+        // connection at a time, so it waits.
+        let uds = h.uds.clone();
+        let waiting = std::thread::spawn(move || -> Result<Instant, String> {
+            let conn = hybrid::connect(
+                &uds,
+                SERVICE_PORT,
+                &Timeouts::uniform(Duration::from_secs(60)),
+            )
+            .map_err(|e| e.to_string())?;
+            let mut cl = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
+                .map_err(|e| format!("waiting client: {e}"))?;
+            let at = Instant::now();
+            let r = cl
+                .call(&Request::Reverse(b"waited".to_vec()))
+                .map_err(|e| e.to_string())?;
+            ensure(r == Response::Reverse(b"detiaw".to_vec()), || {
+                format!("{r:?}")
+            })?;
+            cl.close().map_err(|e| e.to_string())?;
+            Ok(at)
+        });
+        for (i, b) in f.iter().take(secs as usize).enumerate() {
+            if i > 0 {
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            send(&mut c, std::slice::from_ref(b))?;
+        }
+        // The host gives up: nothing came back while trickling.
+        c.set_timeouts(Timeouts::uniform(Duration::from_millis(300)));
+        match read_frame(&mut c) {
+            Err(e) if e.contains("timed out") => {}
+            other => return Err(format!("expected silence, got {other:?}")),
+        }
+        let gave_up = Instant::now();
+        drop(c);
+        let served_at = waiting.join().map_err(|_| "waiting client panicked")??;
+        ensure(served_at >= gave_up, || {
+            "the waiting client was served while the trickling one was open".into()
+        })?;
+        println!(
+            "  waiting client served {:?} after the trickler gave up",
+            served_at - gave_up
+        );
+        Ok(())
+    })
+}
+
+fn disconnect_mid_frame(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        let f = request_frame(&Request::Reverse(vec![9; 100_000]));
+        send(&mut c, &f[..50_000])?;
+        drop(c);
+        Ok(())
+    })
+}
+
+fn disconnect_mid_header(h: &Hostile) -> R {
+    case(h, |h| {
+        let mut c = h.connect_hello()?;
+        send(&mut c, &[FrameKind::Request as u8, 0])?;
+        drop(c);
+        Ok(())
+    })
+}
+
+fn abrupt_close_after_connect(h: &Hostile) -> R {
+    case(h, |h| {
+        // 1. CONNECT and close without waiting for OK.
+        let mut s = UnixStream::connect(&h.uds).map_err(|e| e.to_string())?;
+        s.write_all(format!("CONNECT {SERVICE_PORT}\n").as_bytes())
+            .map_err(|e| e.to_string())?;
+        drop(s);
+        // 2. CONNECT, OK, then close at once (before the guest's HELLO is read).
+        let c = h.connect()?;
+        drop(c);
+        // 3. Close with the guest's HELLO unread in our receive buffer:
+        //    the daemon's next read on its side fails with ECONNRESET.
+        let c = h.connect()?;
+        std::thread::sleep(Duration::from_millis(100));
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        use std::os::fd::AsRawFd;
+        // SAFETY: a valid socket fd and a pointer to a live `linger` of the
+        // size passed; the kernel copies it.
+        unsafe {
+            libc::setsockopt(
+                c.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&raw const linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        drop(c);
+        // 4. A burst of them.
+        for _ in 0..20 {
+            drop(h.connect()?);
+        }
+        Ok(())
+    })
+}
+
+fn half_close_after_hello(h: &Hostile) -> R {
+    case(h, |h| {
+        // A client that says nothing more after HELLO and shuts its write
+        // side: a clean close between frames.
+        let mut c = h.connect_hello()?;
+        c.get_ref()
+            .shutdown(std::net::Shutdown::Write)
+            .map_err(|e| e.to_string())?;
+        expect_close(&mut c)
+    })
+}
+
+fn power_off(h: &Hostile) -> R {
+    let mut c = Client::<_, ServiceVm>::handshake(h.connect()?, frame::DEFAULT_MAX_BODY)
+        .map_err(|e| e.to_string())?;
+    let r = c.call(&Request::PowerOff).map_err(|e| e.to_string())?;
+    ensure(r == Response::PowerOff, || format!("{r:?}"))?;
+    let mut guard = h.session.lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = guard.take().ok_or("no session")?;
+    let status = s
+        .vm()
+        .ok_or("no vm")?
+        .wait_exit(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    let log = std::fs::read_to_string(&h.serial_log).unwrap_or_default();
+    ensure(!log.to_lowercase().contains("panic"), || {
+        format!("the guest panicked: {}", h.serial_log.display())
+    })?;
+    ensure(status.code() == Some(0), || {
+        format!(
+            "QEMU exit status {status}; serial log {}",
+            h.serial_log.display()
+        )
+    })
+}
+
+const CASES: &[Case<Hostile>] = &[
+    ("garbage_bytes", garbage_bytes),
+    ("garbage_after_hello", garbage_after_hello),
+    ("header_over_maximum", header_over_maximum),
+    ("hello_over_maximum", hello_over_maximum),
+    ("truncated_frame_then_close", truncated_frame_then_close),
+    ("truncated_frame_then_silence", truncated_frame_then_silence),
+    ("hello_wrong_version", hello_wrong_version),
+    ("hello_wrong_protocol", hello_wrong_protocol),
+    ("request_before_hello", request_before_hello),
+    ("response_frame_from_host", response_frame_from_host),
+    ("second_hello", second_hello),
+    ("error_frame_from_host", error_frame_from_host),
+    ("unknown_frame_kind", unknown_frame_kind),
+    ("invalid_cbor", invalid_cbor),
+    ("unknown_request_variant", unknown_request_variant),
+    ("wrong_shape", wrong_shape),
+    ("trailing_bytes", trailing_bytes),
+    ("empty_body", empty_body),
+    ("goodbye_with_body", goodbye_with_body),
+    ("trickle", trickle),
+    ("disconnect_mid_frame", disconnect_mid_frame),
+    ("disconnect_mid_header", disconnect_mid_header),
+    ("abrupt_close_after_connect", abrupt_close_after_connect),
+    ("half_close_after_hello", half_close_after_hello),
+    ("power_off", power_off),
+];
+
+fn main() {
+    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let logs = tempfile::Builder::new()
+        .prefix("svmc-hostile-logs-")
+        .tempdir()
+        .expect("log dir");
+    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("hostile_host: {e}");
+            std::process::exit(2);
+        }
+    };
+    println!("hostile_host on {} with {}", ctx.arch, ctx.image.display());
+    let mut session = match ctx.session() {
+        Ok(s) => s,
+        Err(e) => {
+            println!("hostile_host: could not start the VM: {e}");
+            println!(
+                "hostile_host-{}: 0 passed, {} failed",
+                ctx.arch,
+                CASES.len()
+            );
+            std::process::exit(1);
+        }
+    };
+    // End the boot connection so that the guest serves its listener.
+    let _ = session
+        .client()
+        .map(|c| c.connection().send(&frame::goodbye()));
+    let vm = session.vm().expect("launched");
+    let (uds, serial_log) = (vm.uds_path().to_path_buf(), vm.serial_log().to_path_buf());
+    let h = Hostile {
+        ctx,
+        session: Mutex::new(Some(session)),
+        uds,
+        serial_log,
+        served: AtomicU32::new(0),
+    };
+    // With a filter, still end with the power-off.
+    let ok = run_cases(
+        &format!("hostile_host-{}", h.ctx.arch),
+        &h,
+        CASES,
+        filter.as_deref(),
+    );
+    let off_ok = if filter.as_deref().is_some_and(|f| !"power_off".contains(f)) {
+        run_cases(
+            "hostile_host power-off",
+            &h,
+            &CASES[CASES.len() - 1..],
+            None,
+        )
+    } else {
+        true
+    };
+    if !(ok && off_ok) {
+        println!("serial log: {}", h.serial_log.display());
+        println!("logs kept in {}", logs.keep().display());
+        std::process::exit(1);
+    }
+}
