@@ -19,6 +19,8 @@ Commands:
   build-image [--arch A]       build the release guest image and print its path (default x86_64)
   run-e2e [--arch A|all] [FILTER]
                                set up, build, and run the end-to-end suite against real QEMU
+  soak [--arch A] [FILTER]     set up, build, and run the soak suite with the full counts
+                               (200 launch cycles, 100,000 requests on one connection, 4 VMs at once)
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
   test                         the whole test suite: host unit/integration tests, bare-metal
                                builds, docs, and the end-to-end suite on every architecture
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         Some("setup") => setup::setup(),
         Some("build-image") => build_image(&args[1..]),
         Some("run-e2e") => run_e2e(&args[1..]),
+        Some("soak") => soak(&args[1..]),
         Some("demo") => demo(),
         Some("test") => test(),
         Some("help" | "--help" | "-h") | None => {
@@ -87,6 +90,15 @@ fn run_e2e(args: &[String]) -> util::Result<()> {
     setup::setup()?;
     for arch in archs {
         e2e::run(arch, rest.first().map(String::as_str))?;
+    }
+    Ok(())
+}
+
+fn soak(args: &[String]) -> util::Result<()> {
+    let (archs, rest) = archs(args, &[Arch::X86_64])?;
+    setup::setup()?;
+    for arch in archs {
+        e2e::soak(arch, rest.first().map(String::as_str))?;
     }
     Ok(())
 }
