@@ -3,14 +3,16 @@
 //!
 //! - [`Connection`]: the one trait the rest of the code uses: send bytes,
 //!   receive bytes, shut down. Backends, chosen by cargo features:
-//!   - `guest`: [`guest`], virtio-drivers' `VsockConnectionManager` over any
-//!     virtio transport (`no_std`).
-//!   - `host-vsock`: [`host_vsock`], AF_VSOCK through the `vsock` crate.
-//!   - `host-hybrid`: [`hybrid`], hybrid vsock over Unix sockets
+//!   - `guest`: module `guest`, virtio-drivers' `VsockConnectionManager`
+//!     over any virtio transport (`no_std`).
+//!   - `host-vsock`: module `host_vsock`, AF_VSOCK through the `vsock` crate.
+//!   - `host-hybrid`: module `hybrid`, hybrid vsock over Unix sockets
 //!     (Firecracker, Cloud Hypervisor, vhost-device-vsock).
 //!
 //!   Both host backends hand out the same connection type,
-//!   [`host_stream::HostStream`], which gives every frame one deadline.
+//!   `host_stream::HostStream`, which gives every frame one deadline.
+//!   (Modules of backends that are not enabled are not compiled, so they
+//!   are named here without links.)
 //! - [`framed`]: reads and writes `comm` frames on a [`Connection`], with the
 //!   receiver's size limit checked before anything is allocated.
 //! - [`rpc`]: [`rpc::Client`] (hello, then request → response) and
