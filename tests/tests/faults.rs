@@ -588,6 +588,8 @@ fn main() {
         CASES,
         filter.as_deref(),
     );
+    // Leftovers were reported by the cases; remove the private TMPDIR.
+    drop(f);
     if !ok {
         println!("logs kept in {}", logs.keep().display());
         std::process::exit(1);

@@ -530,18 +530,30 @@ fn disconnect_mid_header(h: &Hostile) -> R {
     })
 }
 
-fn abrupt_close_after_connect(h: &Hostile) -> R {
+fn close_before_ok(h: &Hostile) -> R {
     case(h, |h| {
-        // 1. CONNECT and close without waiting for OK.
+        // CONNECT, then close without waiting for OK.
         let mut s = UnixStream::connect(&h.uds).map_err(|e| e.to_string())?;
         s.write_all(format!("CONNECT {SERVICE_PORT}\n").as_bytes())
             .map_err(|e| e.to_string())?;
         drop(s);
-        // 2. CONNECT, OK, then close at once (before the guest's HELLO is read).
-        let c = h.connect()?;
-        drop(c);
-        // 3. Close with the guest's HELLO unread in our receive buffer:
-        //    the daemon's next read on its side fails with ECONNRESET.
+        Ok(())
+    })
+}
+
+fn close_right_after_ok(h: &Hostile) -> R {
+    case(h, |h| {
+        // CONNECT, OK, then close at once (before the guest's HELLO is read).
+        drop(h.connect()?);
+        Ok(())
+    })
+}
+
+fn reset_with_unread_hello(h: &Hostile) -> R {
+    case(h, |h| {
+        // Close with the guest's HELLO unread in our receive buffer and
+        // SO_LINGER 0: the daemon's next read on its side fails with
+        // ECONNRESET (the nearest a Unix socket has to an RST).
         let c = h.connect()?;
         std::thread::sleep(Duration::from_millis(100));
         let linger = libc::linger {
@@ -561,7 +573,12 @@ fn abrupt_close_after_connect(h: &Hostile) -> R {
             )
         };
         drop(c);
-        // 4. A burst of them.
+        Ok(())
+    })
+}
+
+fn burst_of_abrupt_closes(h: &Hostile) -> R {
+    case(h, |h| {
         for _ in 0..20 {
             drop(h.connect()?);
         }
@@ -628,7 +645,10 @@ const CASES: &[Case<Hostile>] = &[
     ("trickle", trickle),
     ("disconnect_mid_frame", disconnect_mid_frame),
     ("disconnect_mid_header", disconnect_mid_header),
-    ("abrupt_close_after_connect", abrupt_close_after_connect),
+    ("close_before_ok", close_before_ok),
+    ("close_right_after_ok", close_right_after_ok),
+    ("reset_with_unread_hello", reset_with_unread_hello),
+    ("burst_of_abrupt_closes", burst_of_abrupt_closes),
     ("half_close_after_hello", half_close_after_hello),
     ("power_off", power_off),
 ];
