@@ -7,6 +7,7 @@
 //! | `svmc.port`       | vsock port the guest listens on         | `comm::service::SERVICE_PORT`|
 //! | `svmc.connect_timeout_ms` | how long to wait for the host to answer the boot-time connection | 200 |
 //! | `svmc.test_panic` | `1`: panic right after start-up (tests the panic path) | off           |
+//! | `svmc.mode`       | `service` (the `svmc` protocol) or `echo` (raw byte echo, the benchmark floor) | `service` |
 //!
 //! Anything else, and values that do not parse, are ignored and reported
 //! as warnings once the logger is up. Parsing does not allocate: it runs
@@ -17,6 +18,15 @@ use log::LevelFilter;
 
 /// How many ignored words are remembered for the warnings.
 const MAX_IGNORED: usize = 8;
+
+/// What the firmware does with each connection (`svmc.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Serve the `svmc` protocol.
+    Service,
+    /// Echo raw bytes ([`crate::echo`]).
+    Echo,
+}
 
 /// Settings from the command line.
 #[derive(Debug, Clone)]
@@ -31,6 +41,8 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// Panic after start-up.
     pub test_panic: bool,
+    /// What connections get.
+    pub mode: Mode,
     ignored: [Option<&'static str>; MAX_IGNORED],
     ignored_count: usize,
 }
@@ -44,6 +56,7 @@ impl Config {
             service_port: SERVICE_PORT,
             connect_timeout_ms: 200,
             test_panic: false,
+            mode: Mode::Service,
             ignored: [None; MAX_IGNORED],
             ignored_count: 0,
         };
@@ -72,6 +85,17 @@ impl Config {
                 .parse::<u8>()
                 .map(|v| self.test_panic = v != 0)
                 .is_ok(),
+            "svmc.mode" => match value {
+                "service" => {
+                    self.mode = Mode::Service;
+                    true
+                }
+                "echo" => {
+                    self.mode = Mode::Echo;
+                    true
+                }
+                _ => false,
+            },
             _ => false,
         }
     }

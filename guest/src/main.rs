@@ -40,6 +40,7 @@ extern crate alloc;
 
 mod arch;
 mod cmdline;
+mod echo;
 mod hal;
 mod heap;
 mod layout;
@@ -156,7 +157,7 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
         .unwrap_or(u32::MAX)
         .min(DEFAULT_MAX_BODY);
     let serve_config = ServeConfig { max_body };
-    let mut service = Service::new(max_body);
+    let mut service = Service::new(max_body, config.mode);
 
     let host = VsockAddr {
         cid: HOST_CID,
@@ -190,6 +191,10 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
 
 /// Serves one connection; `true` if it ended with a `PowerOff` request.
 fn serve<C: Connection>(conn: &mut C, service: &mut Service, config: ServeConfig) -> bool {
+    if service.mode() == cmdline::Mode::Echo {
+        echo::serve(conn);
+        return false;
+    }
     match rpc::serve::<ServiceVm, _, _>(conn, service, config) {
         Ok(Ended::Stopped) => return service.power_off_requested(),
         Ok(ended) => debug!("connection ended: {ended:?}"),

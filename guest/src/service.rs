@@ -6,6 +6,7 @@ use comm::Protocol;
 use comm::service::{GuestInfo, Request, Response, ServiceError, ServiceVm};
 use vsock_transport::rpc::{Handler, Then};
 
+use crate::cmdline::Mode;
 use crate::{arch, heap};
 
 /// Name reported in [`GuestInfo::firmware`].
@@ -15,15 +16,23 @@ pub const FIRMWARE: &str = "svmc-guest";
 pub struct Service {
     max_body: u32,
     power_off: bool,
+    mode: Mode,
 }
 
 impl Service {
-    /// A handler that reports `max_body` as the largest request it accepts.
-    pub fn new(max_body: u32) -> Self {
+    /// A handler that reports `max_body` as the largest request it
+    /// accepts; in [`Mode::Echo`] connections are echoed instead.
+    pub fn new(max_body: u32, mode: Mode) -> Self {
         Self {
             max_body,
             power_off: false,
+            mode,
         }
+    }
+
+    /// What connections get.
+    pub fn mode(&self) -> Mode {
+        self.mode
     }
 
     /// Whether a `PowerOff` request was answered.

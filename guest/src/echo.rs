@@ -1,0 +1,39 @@
+//! Raw echo mode (`svmc.mode=echo`): every connection, the boot-time one
+//! and those on the service port, gets back exactly the bytes it sends,
+//! with no framing and no handshake. It is the floor the protocol is
+//! measured against (`cargo xtask bench`): the same device, driver and
+//! [`Connection`] backend, without `comm`.
+//!
+//! Echo streams: each chunk is sent back as soon as it arrives, so a
+//! message of any size needs only [`CHUNK`] bytes of heap.
+
+use alloc::vec;
+
+use log::{debug, warn};
+use vsock_transport::Connection;
+
+/// Largest piece read and written back at once: one full vsock packet.
+pub const CHUNK: usize = 64 * 1024;
+
+/// Echoes `conn` until the peer closes it, then shuts it down.
+pub fn serve<C: Connection>(conn: &mut C) {
+    let mut buf = vec![0u8; CHUNK];
+    let mut total: u64 = 0;
+    let result = loop {
+        match conn.recv(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Err(e) = conn.send(&buf[..n]) {
+                    break Err(e);
+                }
+                total += n as u64;
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    match result {
+        Ok(()) => debug!("echo: connection closed after {total} bytes"),
+        Err(e) => warn!("echo: connection ended with an error after {total} bytes: {e}"),
+    }
+    let _ = conn.shutdown();
+}
