@@ -1,6 +1,7 @@
 //! `cargo xtask <command>`: project automation (rust-analyzer style: plain
 //! std, one module per command).
 
+mod bench;
 mod e2e;
 mod image;
 mod setup;
@@ -21,6 +22,9 @@ Commands:
                                set up, build, and run the end-to-end suite against real QEMU
   soak [--arch A] [FILTER]     set up, build, and run the soak suite with the full counts
                                (200 launch cycles, 100,000 requests on one connection, 4 VMs at once)
+  bench [--arch A] [--reps N] [--no-codec] [--no-microvm] [--no-mem]
+                               boot, round-trip, throughput, size and memory figures next to
+                               their floors (QEMU alone, the guest's raw echo mode); see BENCHMARKS.md
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
   test                         the whole test suite: host unit/integration tests, bare-metal
                                builds, docs, and the end-to-end suite on every architecture
@@ -35,6 +39,7 @@ fn main() -> ExitCode {
         Some("build-image") => build_image(&args[1..]),
         Some("run-e2e") => run_e2e(&args[1..]),
         Some("soak") => soak(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo(),
         Some("test") => test(),
         Some("help" | "--help" | "-h") | None => {

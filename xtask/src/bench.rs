@@ -1,0 +1,666 @@
+//! `cargo xtask bench`: how fast the service VM is, each figure next to its
+//! floor measured in the same run (ratios, not absolute times, are what
+//! survive a noisy, shared machine).
+//!
+//! | figure          | ours                                   | floor                                                        |
+//! |-----------------|----------------------------------------|--------------------------------------------------------------|
+//! | boot to answer  | `host-cli reverse abc`, whole process  | daemon + QEMU (same machine, memory, device) running the tiny exit-at-first-instruction firmware, launch to exit |
+//! | round trip      | 16-byte `Reverse`, one connection      | 16 bytes through the guest's raw echo (`svmc.mode=echo`)     |
+//! | throughput      | 1 MiB / 8 MiB `Reverse`                | the same bytes through the raw echo stream                   |
+//! | size, memory    | stripped image, smallest `-m` for an 8 MiB `Reverse`, guest heap peak | targets |
+//!
+//! Every figure is the median of `--reps` runs, with min and max. Only
+//! one VM runs at a time: an idle guest polls its device and keeps a CPU
+//! busy under TCG.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use host_cli::image::{TINY_EXIT_STATUS, tiny_x86_64_pvh_elf};
+use host_cli::{Arch, Attach, Session, SessionConfig, Vm, VmConfig};
+use vsock_transport::{Connection, Step, Timeouts};
+
+use crate::image;
+use crate::util::{self, Result, cargo};
+
+/// Default repetitions of every measurement.
+const DEFAULT_REPS: usize = 9;
+/// Requests per round-trip repetition.
+const RT_REQUESTS: usize = 200;
+/// Sizes of the throughput runs.
+const SIZES: [(usize, &str); 2] = [(1 << 20, "1 MiB"), (8 << 20, "8 MiB")];
+/// Payload of the memory search.
+const MEM_PAYLOAD: usize = 8 << 20;
+/// Range of the memory search, MiB.
+const MEM_RANGE: (u32, u32) = (16, 128);
+/// Generous bound on every step (TCG on a busy machine).
+const STEP: Duration = Duration::from_secs(30);
+
+/// Targets (issue 5).
+const BOOT_RATIO: f64 = 1.3;
+const RT_RATIO: f64 = 0.85;
+const TP_OVERHEAD: f64 = 0.15;
+const IMAGE_MAX: u64 = 64 * 1024;
+const MEM_MAX: u32 = 32;
+
+struct Opts {
+    arch: Arch,
+    reps: usize,
+    codec: bool,
+    microvm: bool,
+    mem: bool,
+}
+
+/// Median, min, max of a sample.
+#[derive(Clone, Copy, Debug)]
+struct Stat {
+    med: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stat {
+    fn of(mut v: Vec<f64>) -> Self {
+        assert!(!v.is_empty());
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let med = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Self {
+            med,
+            min: v[0],
+            max: v[n - 1],
+        }
+    }
+
+    fn show(&self, unit: &str, prec: usize) -> String {
+        format!(
+            "{:.p$} {unit} ({:.p$}–{:.p$})",
+            self.med,
+            self.min,
+            self.max,
+            p = prec
+        )
+    }
+}
+
+/// One row of the result table.
+struct Row {
+    what: String,
+    ours: String,
+    floor: String,
+    ratio: String,
+    target: String,
+    met: Option<bool>,
+}
+
+impl Row {
+    fn new(what: &str, ours: String, floor: String) -> Self {
+        Self {
+            what: what.into(),
+            ours,
+            floor,
+            ratio: String::new(),
+            target: String::new(),
+            met: None,
+        }
+    }
+
+    fn ratio(mut self, r: f64, target: &str, met: bool) -> Self {
+        self.ratio = format!("{r:.2}x");
+        self.target = target.into();
+        self.met = Some(met);
+        self
+    }
+}
+
+fn parse(args: &[String]) -> Result<Opts> {
+    let (archs, rest) = crate::archs(args, &[Arch::X86_64])?;
+    let [arch] = archs[..] else {
+        return Err("bench runs one architecture at a time".into());
+    };
+    let mut o = Opts {
+        arch,
+        reps: DEFAULT_REPS,
+        codec: true,
+        microvm: true,
+        mem: true,
+    };
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--reps" => {
+                let v = it.next().ok_or("--reps needs a value")?;
+                o.reps = v.parse().map_err(|_| format!("bad --reps {v:?}"))?;
+                if o.reps == 0 {
+                    return Err("--reps must be at least 1".into());
+                }
+            }
+            "--no-codec" => o.codec = false,
+            "--no-microvm" => o.microvm = false,
+            "--no-mem" => o.mem = false,
+            other => return Err(format!("bench: unexpected argument {other:?}")),
+        }
+    }
+    Ok(o)
+}
+
+/// `cargo xtask bench [--arch A] [--reps N] [--no-codec] [--no-microvm] [--no-mem]`.
+pub fn run(args: &[String]) -> Result<()> {
+    let o = parse(args)?;
+    crate::setup::setup()?;
+    let img = image::build(o.arch, &[])?;
+    util::run(cargo().args(["build", "--release", "-p", "host-cli"]))?;
+    let host_cli = image::target_dir().join("release").join("host-cli");
+    let work = image::target_dir().join("bench");
+    std::fs::create_dir_all(&work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    let log_dir = work.join("logs");
+
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    // Boot to answer.
+    eprintln!("bench: boot to answer ({} reps)", o.reps);
+    let base = VmConfig {
+        log_dir: Some(log_dir.clone()),
+        ..VmConfig::new(o.arch, &img)
+    };
+    let machines: &[Option<&str>] = if o.microvm && o.arch == Arch::X86_64 {
+        &[None, Some("microvm")]
+    } else {
+        &[None]
+    };
+    for machine in machines {
+        let name = machine.unwrap_or("default machine");
+        if machine.is_some() {
+            // One try first: the guest may not support it.
+            if let Err(e) = boot_cli(&host_cli, &img, &log_dir, *machine, Duration::from_secs(5)) {
+                notes.push(format!(
+                    "{name}: not supported by the guest ({})",
+                    e.lines().next().unwrap_or("")
+                ));
+                continue;
+            }
+        }
+        let tiny = (o.arch == Arch::X86_64).then(|| {
+            let p = work.join("tiny-x86_64.elf");
+            std::fs::write(&p, tiny_x86_64_pvh_elf()).map(|()| p)
+        });
+        let mut ours = Vec::new();
+        let mut floor = Vec::new();
+        let mut qemu_only = Vec::new();
+        for _ in 0..o.reps {
+            ours.push(ms(boot_cli(&host_cli, &img, &log_dir, *machine, STEP)?));
+            if let Some(Ok(tiny)) = &tiny {
+                let mut cfg = base.clone();
+                cfg.image = tiny.clone();
+                cfg.machine = machine.map(str::to_string);
+                let (all, qemu) = boot_floor(&cfg)?;
+                floor.push(ms(all));
+                qemu_only.push(ms(qemu));
+            }
+        }
+        let ours = Stat::of(ours);
+        let label = format!("boot to answer ({name})");
+        if floor.is_empty() {
+            rows.push(Row::new(&label, ours.show("ms", 1), "n/a".into()));
+            continue;
+        }
+        let (floor, qemu_only) = (Stat::of(floor), Stat::of(qemu_only));
+        let r = ours.med / floor.med;
+        rows.push(
+            Row::new(&label, ours.show("ms", 1), floor.show("ms", 1)).ratio(
+                r,
+                "≤ 1.30x",
+                r <= BOOT_RATIO,
+            ),
+        );
+        notes.push(format!(
+            "{name}: floor = daemon start + QEMU until the tiny firmware's exit; QEMU alone {}",
+            qemu_only.show("ms", 1)
+        ));
+    }
+
+    // Protocol: round trips, throughput, heap.
+    eprintln!("bench: protocol VM");
+    let svc = measure_service(&base, o.reps)?;
+    eprintln!("bench: echo VM");
+    let echo = measure_echo(&base, o.reps)?;
+    let r = svc.rt.med / echo.rt.med;
+    rows.push(
+        Row::new(
+            "round trip, 16 B (req/s)",
+            svc.rt.show("/s", 0),
+            echo.rt.show("/s", 0),
+        )
+        .ratio(r, "≥ 0.85x", r >= RT_RATIO),
+    );
+    for (i, (_, label)) in SIZES.iter().enumerate() {
+        let (ours, floor) = (svc.tp[i], echo.tp[i]);
+        // Throughput ratio floor/ours = time ours / time floor.
+        let r = floor.med / ours.med;
+        rows.push(
+            Row::new(
+                &format!("{label} round trip (MB/s each way)"),
+                ours.show("MB/s", 1),
+                floor.show("MB/s", 1),
+            )
+            .ratio(r, "≤ 1.15x time", r <= 1.0 + TP_OVERHEAD),
+        );
+    }
+
+    // Size and memory.
+    let size = std::fs::metadata(&img)
+        .map_err(|e| format!("{}: {e}", img.display()))?
+        .len();
+    let mut row = Row::new(
+        "image (stripped)",
+        format!("{size} B ({:.1} KiB)", size as f64 / 1024.0),
+        String::new(),
+    );
+    row.target = "≤ 64 KiB".into();
+    row.met = Some(size <= IMAGE_MAX);
+    rows.push(row);
+    if o.mem {
+        eprintln!("bench: smallest guest RAM for an 8 MiB reverse");
+        let m = min_memory(&base)?;
+        let mut row = Row::new(
+            "smallest -m for 8 MiB reverse",
+            m.map_or("> 128 MiB".into(), |m| format!("{m} MiB")),
+            String::new(),
+        );
+        row.target = "≤ 32 MiB".into();
+        row.met = Some(m.is_some_and(|m| m <= MEM_MAX));
+        rows.push(row);
+    }
+    rows.push(Row::new(
+        "guest heap peak after 8 MiB reverse",
+        format!(
+            "{:.2} MiB of {:.1} MiB",
+            svc.heap_peak as f64 / (1 << 20) as f64,
+            svc.heap_size as f64 / (1 << 20) as f64
+        ),
+        String::new(),
+    ));
+
+    let codec = if o.codec {
+        eprintln!("bench: comm codec summary");
+        Some(codec_summary()?)
+    } else {
+        None
+    };
+
+    println!();
+    println!("{}", machine_line(svc.accel));
+    println!("{}", table(&rows));
+    for n in &notes {
+        println!("note: {n}");
+    }
+    if let Some(c) = codec {
+        println!();
+        println!("comm codec (cargo bench -p comm):");
+        println!("{c}");
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Wall time of `host-cli reverse abc`.
+fn boot_cli(
+    host_cli: &Path,
+    img: &Path,
+    log_dir: &Path,
+    machine: Option<&str>,
+    timeout: Duration,
+) -> Result<Duration> {
+    let mut cmd = Command::new(host_cli);
+    cmd.arg("--image")
+        .arg(img)
+        .arg("--log-dir")
+        .arg(log_dir)
+        .arg("--timeout")
+        .arg(timeout.as_secs_f64().to_string());
+    if let Some(m) = machine {
+        cmd.args(["--machine", m]);
+    }
+    cmd.args(["reverse", "abc"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let out = cmd
+        .output()
+        .map_err(|e| format!("running {}: {e}", host_cli.display()))?;
+    let t = start.elapsed();
+    if !out.status.success() || out.stdout != b"cba\n" {
+        return Err(format!(
+            "`{}` failed ({}): {}",
+            util::show(&cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(t)
+}
+
+/// The tiny firmware's run: (launch to exit, QEMU start to exit).
+fn boot_floor(cfg: &VmConfig) -> Result<(Duration, Duration)> {
+    let start = Instant::now();
+    let mut vm = Vm::launch(cfg).map_err(|e| format!("launching the tiny firmware: {e}"))?;
+    let qemu_start = Instant::now();
+    let status = vm
+        .wait_exit(STEP)
+        .map_err(|e| format!("the tiny firmware: {e}"))?;
+    let end = Instant::now();
+    if status.code() != Some(TINY_EXIT_STATUS) {
+        return Err(format!("the tiny firmware ended with {status}"));
+    }
+    Ok((end - start, end - qemu_start))
+}
+
+struct ServiceFigures {
+    rt: Stat,
+    tp: [Stat; 2],
+    heap_peak: u64,
+    heap_size: u64,
+    accel: host_cli::Accel,
+}
+
+fn open(cfg: &VmConfig) -> host_cli::Result<Session> {
+    let mut s = SessionConfig::new(Attach::Launch(Box::new(cfg.clone())));
+    s.timeouts = Timeouts::uniform(STEP);
+    s.boot_timeout = STEP;
+    Session::open(&s)
+}
+
+fn payload(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i.wrapping_mul(31) >> 3) as u8).collect()
+}
+
+fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
+    let err = |e: host_cli::Error| format!("protocol VM: {e}");
+    let mut s = open(cfg).map_err(err)?;
+    let accel = s.vm().map_or(host_cli::Accel::Tcg, |vm| vm.accel());
+    let small = payload(16);
+    let mut expect = small.clone();
+    expect.reverse();
+    for _ in 0..20 {
+        s.reverse(small.clone()).map_err(err)?;
+    }
+    let mut rt = Vec::new();
+    for _ in 0..reps {
+        let start = Instant::now();
+        for _ in 0..RT_REQUESTS {
+            let r = s.reverse(small.clone()).map_err(err)?;
+            if r != expect {
+                return Err("protocol VM: wrong 16-byte reverse".into());
+            }
+        }
+        rt.push(RT_REQUESTS as f64 / start.elapsed().as_secs_f64());
+    }
+    let mut tp = Vec::new();
+    for (n, label) in SIZES {
+        let data = payload(n);
+        let mut expect = data.clone();
+        expect.reverse();
+        s.reverse(data.clone()).map_err(err)?;
+        let mut v = Vec::new();
+        for _ in 0..reps {
+            let d = data.clone();
+            let start = Instant::now();
+            let r = s.reverse(d).map_err(err)?;
+            let t = start.elapsed();
+            if r != expect {
+                return Err(format!("protocol VM: wrong {label} reverse"));
+            }
+            v.push(n as f64 / 1e6 / t.as_secs_f64());
+        }
+        tp.push(Stat::of(v));
+    }
+    let info = s.info().map_err(err)?;
+    let heap = info.heap.ok_or("protocol VM: no heap figures in Info")?;
+    let _ = s.power_off(STEP);
+    Ok(ServiceFigures {
+        rt: Stat::of(rt),
+        tp: [tp[0], tp[1]],
+        heap_peak: heap.peak,
+        heap_size: heap.size,
+        accel,
+    })
+}
+
+struct EchoFigures {
+    rt: Stat,
+    tp: [Stat; 2],
+}
+
+fn recv_exact<C: Connection>(c: &mut C, buf: &mut [u8]) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match c.recv(&mut buf[got..]) {
+            Ok(0) => return Err("echo VM: closed early".into()),
+            Ok(n) => got += n,
+            Err(e) => return Err(format!("echo VM: {e}")),
+        }
+    }
+    Ok(())
+}
+
+fn measure_echo(base: &VmConfig, reps: usize) -> Result<EchoFigures> {
+    let mut cfg = base.clone();
+    cfg.cmdline.push("svmc.mode=echo".into());
+    let mut vm = Vm::launch(&cfg).map_err(|e| format!("echo VM: {e}"))?;
+    let mut conn = vm
+        .wait_for_guest(STEP, Timeouts::uniform(STEP))
+        .map_err(|e| format!("echo VM: {e}"))?;
+    let small = payload(16);
+    let mut back = vec![0u8; 16];
+    let mut one = |conn: &mut vsock_transport::hybrid::HybridStream| -> Result<()> {
+        conn.begin(Step::Write);
+        conn.send(&small).map_err(|e| format!("echo VM: {e}"))?;
+        conn.begin(Step::Read);
+        recv_exact(conn, &mut back)?;
+        if back != small {
+            return Err("echo VM: wrong echo".into());
+        }
+        Ok(())
+    };
+    for _ in 0..20 {
+        one(&mut conn)?;
+    }
+    let mut rt = Vec::new();
+    for _ in 0..reps {
+        let start = Instant::now();
+        for _ in 0..RT_REQUESTS {
+            one(&mut conn)?;
+        }
+        rt.push(RT_REQUESTS as f64 / start.elapsed().as_secs_f64());
+    }
+    let mut tp = Vec::new();
+    for (n, _) in SIZES {
+        let data = payload(n);
+        let mut back = vec![0u8; n];
+        let mut v = Vec::new();
+        for i in 0..=reps {
+            let writer: UnixStream = conn
+                .get_ref()
+                .try_clone()
+                .map_err(|e| format!("echo VM: {e}"))?;
+            let start = Instant::now();
+            let t = std::thread::scope(|sc| -> Result<Duration> {
+                let data = &data;
+                let w = sc.spawn(move || {
+                    let mut writer = writer;
+                    writer.write_all(data)
+                });
+                conn.begin(Step::Read);
+                recv_exact(&mut conn, &mut back)?;
+                let t = start.elapsed();
+                w.join()
+                    .map_err(|_| "echo writer panicked".to_string())?
+                    .map_err(|e| format!("echo VM: writing: {e}"))?;
+                Ok(t)
+            })?;
+            if back != data {
+                return Err("echo VM: wrong echo of a large message".into());
+            }
+            // The first run warms up.
+            if i > 0 {
+                v.push(n as f64 / 1e6 / t.as_secs_f64());
+            }
+        }
+        tp.push(Stat::of(v));
+    }
+    drop(conn);
+    drop(vm);
+    Ok(EchoFigures {
+        rt: Stat::of(rt),
+        tp: [tp[0], tp[1]],
+    })
+}
+
+/// Does an 8 MiB reverse work with `mib` of guest RAM?
+fn works_with(base: &VmConfig, mib: u32) -> bool {
+    let mut cfg = base.clone();
+    cfg.memory_mib = mib;
+    let Ok(mut s) = open(&cfg) else {
+        return false;
+    };
+    let data = payload(MEM_PAYLOAD);
+    let mut expect = data.clone();
+    expect.reverse();
+    let ok = s.reverse(data).is_ok_and(|r| r == expect);
+    eprintln!(
+        "bench:   -m {mib}: {}",
+        if ok { "works" } else { "does not work" }
+    );
+    ok
+}
+
+/// Smallest guest RAM (MiB, in [`MEM_RANGE`]) for an 8 MiB reverse, by
+/// binary search (assumes that more memory never hurts).
+fn min_memory(base: &VmConfig) -> Result<Option<u32>> {
+    let (mut lo, mut hi) = MEM_RANGE;
+    if !works_with(base, hi) {
+        return Ok(None);
+    }
+    if works_with(base, lo) {
+        return Ok(Some(lo));
+    }
+    // Invariant: lo fails, hi works.
+    while hi - lo > 1 {
+        let mid = (lo + hi) / 2;
+        if works_with(base, mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(Some(hi))
+}
+
+/// Runs comm's codec benchmark (its summary table only; criterion's
+/// own benchmarks are filtered out) and returns the summary.
+fn codec_summary() -> Result<String> {
+    let out = cargo()
+        .args([
+            "bench",
+            "--quiet",
+            "-p",
+            "comm",
+            "--bench",
+            "codec",
+            "--",
+            "no-criterion-benchmark-matches-this",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cargo bench -p comm: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("cargo bench -p comm failed with {}", out.status));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary = text
+        .find("Summary")
+        .map_or(text.as_ref(), |i| &text[i..])
+        .trim_end();
+    Ok(summary.to_string())
+}
+
+fn machine_line(accel: host_cli::Accel) -> String {
+    let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let qemu = host_cli::tools::Tools::find(Arch::X86_64)
+        .ok()
+        .and_then(|t| util::output(Command::new(t.qemu).arg("--version")))
+        .and_then(|s| s.lines().next().map(str::to_string))
+        .unwrap_or_else(|| "QEMU ?".into());
+    format!("machine: {nproc} CPUs, {cpu}; {qemu}; accel {accel:?}")
+}
+
+fn table(rows: &[Row]) -> String {
+    let head = ["figure", "ours", "floor", "ratio", "target", "met"];
+    let cells: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.what.clone(),
+                r.ours.clone(),
+                r.floor.clone(),
+                r.ratio.clone(),
+                r.target.clone(),
+                match r.met {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => String::new(),
+                },
+            ]
+        })
+        .collect();
+    let mut w = head.map(|h| h.chars().count());
+    for c in &cells {
+        for (i, s) in c.iter().enumerate() {
+            w[i] = w[i].max(s.chars().count());
+        }
+    }
+    let line = |c: &[String]| {
+        let mut s = String::from("|");
+        for (i, x) in c.iter().enumerate() {
+            let pad = w[i] - x.chars().count();
+            s.push(' ');
+            s.push_str(x);
+            s.push_str(&" ".repeat(pad));
+            s.push_str(" |");
+        }
+        s
+    };
+    let mut out = line(&head.map(String::from));
+    out.push('\n');
+    out.push('|');
+    for wi in w {
+        out.push_str(&"-".repeat(wi + 2));
+        out.push('|');
+    }
+    for c in &cells {
+        out.push('\n');
+        out.push_str(&line(c));
+    }
+    out
+}
