@@ -163,12 +163,19 @@ where
     result
 }
 
-fn send_error<C: Connection + ?Sized>(conn: &mut C, e: &Error) {
+/// Reports `e` to the peer in an `ERROR` frame (best effort). `fatal`
+/// overrides the default of the error class: what decides is whether this
+/// side closes the connection afterwards.
+fn send_error<C: Connection + ?Sized>(conn: &mut C, e: &Error, fatal: Option<bool>) {
     if let Error::Protocol(pe) = e
-        && let Some(report) = ProtocolError::from_error(pe)
-        && let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY)
+        && let Some(mut report) = ProtocolError::from_error(pe)
     {
-        let _ = send_frame(conn, &f);
+        if let Some(f) = fatal {
+            report.fatal = f;
+        }
+        if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
+            let _ = send_frame(conn, &f);
+        }
     }
 }
 
@@ -186,7 +193,7 @@ where
     let peer_max = match hello::<P, C>(conn, config.max_body, buf) {
         Ok(m) => m,
         Err(e) => {
-            send_error(conn, &e);
+            send_error(conn, &e, Some(true));
             return Err(e);
         }
     };
@@ -194,10 +201,17 @@ where
         let header = match recv_frame(conn, config.max_body, buf) {
             Ok(h) => h,
             Err(Error::Closed) => return Ok(Ended::Closed),
+            Err(e @ Error::Protocol(comm::Error::Empty { .. })) => {
+                // A zero-length body: the header was all there was, so the
+                // stream is still in step. Report it and go on.
+                send_error(conn, &e, Some(false));
+                continue;
+            }
             Err(e) => {
-                // Too large, unknown kind, truncated: the stream cannot be
-                // re-synchronised. Report it (best effort) and close.
-                send_error(conn, &e);
+                // Too large, unknown kind, a GOODBYE with a body, truncated:
+                // the stream cannot be re-synchronised. Report it (best
+                // effort) and close.
+                send_error(conn, &e, Some(true));
                 return Err(e);
             }
         };
@@ -210,7 +224,7 @@ where
             Ok(r) => r,
             Err(e) => {
                 // Boundaries intact: report and read the next frame.
-                send_error(conn, &Error::Protocol(e));
+                send_error(conn, &Error::Protocol(e), Some(false));
                 continue;
             }
         };
