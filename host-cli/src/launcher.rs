@@ -586,6 +586,14 @@ fn qemu_args(
         });
         push("-global");
         push("virtio-mmio.force-legacy=false");
+        // The guest's failure exit: it writes "panicked" to pvpanic and
+        // QEMU exits with status 1. (`virt` has no isa-debug-exit, and
+        // semihosting's exit would also open the host's files to the
+        // guest.)
+        push("-device");
+        push("pvpanic-pci");
+        push("-action");
+        push("panic=exit-failure");
     }
     for s in [
         "-nodefaults",

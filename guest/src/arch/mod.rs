@@ -20,8 +20,13 @@ mod x86_64;
 #[cfg(target_arch = "x86_64")]
 pub use self::x86_64::*;
 
-#[cfg(not(target_arch = "x86_64"))]
-compile_error!("the guest firmware supports x86_64 only so far");
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+pub use self::aarch64::*;
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("the guest firmware supports x86_64 and aarch64 only");
 
 /// What the boot code learnt from the VMM.
 #[derive(Debug, Clone)]
