@@ -43,6 +43,8 @@ mod cmdline;
 mod echo;
 mod hal;
 mod heap;
+#[cfg(feature = "hostile")]
+mod hostile;
 mod layout;
 mod logger;
 mod service;
@@ -159,6 +161,11 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
     let serve_config = ServeConfig { max_body };
     let mut service = Service::new(max_body, config.mode);
 
+    #[cfg(feature = "hostile")]
+    if let Some(mode) = hostile::mode() {
+        let (what, e) = hostile::run(&mut vsock, config.host_port, mode, max_body);
+        return Err(Fatal::Vsock(what, e));
+    }
     let host = VsockAddr {
         cid: HOST_CID,
         port: config.host_port,
