@@ -1,7 +1,7 @@
 //! `cargo xtask run-e2e` and `cargo xtask soak`: build the guest image and
 //! `host-cli`, then run the end-to-end suite (`tests/tests/e2e.rs`) and the
-//! robustness suites (`faults.rs`, `hostile_host.rs`, `soak.rs`) against
-//! real QEMU and the real vsock device daemon.
+//! robustness suites (`faults.rs`, `hostile_host.rs`, `hostile_guest.rs`,
+//! `soak.rs`) against real QEMU and the real vsock device daemon.
 
 use host_cli::Arch;
 
@@ -13,7 +13,7 @@ pub const SUPPORTED: &[Arch] = &[Arch::X86_64];
 
 /// The suites `run` runs, in order: the end-to-end suite, then the
 /// robustness suites of issue 4 (faults, a hostile host, soak at CI sizes).
-pub const SUITES: &[&str] = &["e2e", "faults", "hostile_host", "soak"];
+pub const SUITES: &[&str] = &["e2e", "faults", "hostile_host", "hostile_guest", "soak"];
 
 /// Soak sizes for CI (the defaults of `tests/tests/soak.rs`).
 const SOAK_CI: &[(&str, &str)] = &[
@@ -49,6 +49,9 @@ fn run_suites(
     sizes: &[(&str, &str)],
     filter: Option<&str>,
 ) -> Result<()> {
+    // The misbehaving firmware for `hostile_guest.rs`, in its own file;
+    // built first, so that `guest` is the default image afterwards.
+    let hostile_image = image::build_variant(arch, "hostile")?;
     let image = image::build(arch, &[])?;
     // The suites also run the `host-cli` binary.
     util::run(cargo().args(["build", "--release", "-p", "host-cli"]))?;
@@ -62,6 +65,7 @@ fn run_suites(
     cmd.arg("--")
         .env("SVMC_E2E_ARCH", arch.name())
         .env("SVMC_E2E_IMAGE", &image)
+        .env("SVMC_E2E_HOSTILE_IMAGE", &hostile_image)
         .env("SVMC_E2E_HOST_CLI", &host_cli);
     for (k, v) in sizes {
         if std::env::var_os(k).is_none() {

@@ -39,6 +39,20 @@ pub fn build(arch: Arch, features: &[&str]) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Builds the guest for `arch` with cargo feature `feature` and copies it to
+/// `guest-<feature>` next to the default image, whose path it returns
+/// (e.g. `target/x86_64-unknown-none/guest/guest-hostile`). The default
+/// image is rebuilt afterwards (a re-link: cargo keeps the artifacts of
+/// each feature set apart), so `guest` is never the variant.
+pub fn build_variant(arch: Arch, feature: &str) -> Result<PathBuf> {
+    let built = build(arch, &[feature])?;
+    let variant = built.with_file_name(format!("guest-{feature}"));
+    std::fs::copy(&built, &variant)
+        .map_err(|e| format!("copying {} to {}: {e}", built.display(), variant.display()))?;
+    build(arch, &[])?;
+    Ok(variant)
+}
+
 /// The cargo target directory.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
