@@ -1,6 +1,10 @@
 //! `host-cli`: boot the service VM (or attach to a running one) and ask it
 //! things. Results go to stdout, diagnostics to stderr; on failure the exit
 //! status is non-zero and stderr ends with a one-line reason.
+//!
+//! `--append <ARGS>` (hidden from `--help`) adds words to the guest's kernel
+//! command line of a launched VM, e.g. `--append svmc.log=debug` or, with the
+//! test firmware, `--append svmc.hostile=trickle`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -75,6 +79,12 @@ struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     log_dir: Option<PathBuf>,
 
+    /// Extra words for the guest's kernel command line, e.g.
+    /// `--append "svmc.log=debug"` (repeatable; split at spaces). For
+    /// tests and debugging, hence hidden from --help.
+    #[arg(long, global = true, hide = true, value_name = "ARGS")]
+    append: Vec<String>,
+
     /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -114,12 +124,28 @@ fn main() -> ExitCode {
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            // One line: the chain of causes joined.
-            let msg = format!("{e:#}").replace('\n', " ");
-            eprintln!("host-cli: error: {msg}");
+            eprintln!("host-cli: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The chain of causes joined on one line. A cause whose text its parent
+/// already shows (our error types print their source, as in
+/// `{context}: {source}`) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.contains(&text) {
+            continue;
+        }
+        if !msg.is_empty() {
+            msg.push_str(": ");
+        }
+        msg.push_str(&text);
+    }
+    msg.replace('\n', " ")
 }
 
 fn run(cli: &Cli) -> Result<()> {
@@ -151,6 +177,12 @@ fn run(cli: &Cli) -> Result<()> {
         if cli.verbose >= 2 {
             vm.cmdline.push("svmc.log=debug".into());
         }
+        vm.cmdline.extend(
+            cli.append
+                .iter()
+                .flat_map(|a| a.split_whitespace())
+                .map(String::from),
+        );
         install_signal_cleanup()?;
         Attach::Launch(Box::new(vm))
     };
@@ -225,4 +257,33 @@ fn run(cli: &Cli) -> Result<()> {
         session.close()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use anyhow::Context;
+    use vsock_transport::Step;
+
+    use super::one_line;
+
+    #[test]
+    fn one_line_does_not_repeat_causes() {
+        let e: anyhow::Result<()> = Err(host_cli::Error::Guest {
+            source: vsock_transport::Error::Timeout(Step::Read),
+            serial_log: PathBuf::from("/logs/vm.serial.log"),
+        })
+        .context("could not reach the guest");
+        assert_eq!(
+            one_line(&e.unwrap_err()),
+            "could not reach the guest: timed out during read; guest serial log: /logs/vm.serial.log"
+        );
+    }
+
+    #[test]
+    fn one_line_keeps_distinct_causes() {
+        let e = anyhow::anyhow!("inner\nline").context("outer");
+        assert_eq!(one_line(&e), "outer: inner line");
+    }
 }
