@@ -96,15 +96,26 @@ pub struct Limits {
     /// How long [`GuestConnection::shutdown`] waits for the peer's `RST`
     /// before it resets the connection itself.
     pub shutdown_us: u64,
+    /// How long a connection may go without receiving anything while
+    /// another connection waits to be served, before it is reset and
+    /// reported closed. Connections are served one at a time, and
+    /// vhost-device-vsock 0.3.0 does not tell the guest when the host side of
+    /// a connection fails (it sends a packet with operation 0, which
+    /// virtio-drivers rejects without saying which connection it was for,
+    /// instead of `RST`), so without this a dead connection would block every
+    /// later one forever.
+    pub idle_yield_us: u64,
 }
 
 impl Default for Limits {
     /// 200 ms to connect (the host answers within a few milliseconds even
-    /// under emulation), 100 ms for the shutdown handshake.
+    /// under emulation), 100 ms for the shutdown handshake, 2 s of silence
+    /// before an idle connection yields to a waiting one.
     fn default() -> Self {
         Self {
             connect_us: 200_000,
             shutdown_us: 100_000,
+            idle_yield_us: 2_000_000,
         }
     }
 }
@@ -484,6 +495,7 @@ impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
         }
         let Key { peer, local_port } = self.key;
         let threshold = self.vsock.buffer_size / 4;
+        let wait_start = self.vsock.now();
         loop {
             let vsock = &mut *self.vsock;
             match vsock.manager.recv(peer, local_port, buf) {
@@ -514,6 +526,16 @@ impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
             match self.phase() {
                 Some(Phase::PeerClosed(_)) | None => return Ok(0),
                 Some(_) => self.vsock.poll_or_spin()?,
+            }
+            if !self.vsock.backlog.is_empty()
+                && self.vsock.now().wrapping_sub(wait_start) >= self.vsock.limits.idle_yield_us
+            {
+                warn!(
+                    "vsock: {}:{} idle while another connection waits; resetting it",
+                    peer.cid, peer.port
+                );
+                self.close_now()?;
+                return Ok(0);
             }
         }
     }
