@@ -50,6 +50,35 @@ pub fn check_image(path: &Path, arch: Arch) -> Result<()> {
     Ok(())
 }
 
+/// Checks that `path` is a Linux x86 boot image (bzImage): the boot
+/// sector signature 0xAA55 at 0x1FE and the setup header magic `HdrS` at
+/// 0x202 (Linux `Documentation/arch/x86/boot.rst`).
+pub fn check_bzimage(path: &Path, arch: Arch) -> Result<()> {
+    let err = |reason: String| Error::Image {
+        path: path.into(),
+        reason,
+    };
+    if arch != Arch::X86_64 {
+        return Err(err(format!(
+            "Linux guests are supported on x86_64 only, not {arch}"
+        )));
+    }
+    let mut f = std::fs::File::open(path).map_err(|e| {
+        err(format!(
+            "cannot open: {e} (build it with `cargo xtask build-image --guest linux`)"
+        ))
+    })?;
+    let mut head = [0u8; 0x206];
+    f.read_exact(&mut head)
+        .map_err(|_| err("not a Linux bzImage (too short)".into()))?;
+    if head[0x1fe..0x200] != [0x55, 0xaa] || &head[0x202..0x206] != b"HdrS" {
+        return Err(err(
+            "not a Linux bzImage (no boot sector or `HdrS` magic)".into()
+        ));
+    }
+    Ok(())
+}
+
 /// The value the tiny firmware writes to `isa-debug-exit`; QEMU then exits
 /// with status `(v << 1) | 1`.
 pub const TINY_EXIT_VALUE: u8 = 0x2a;
@@ -122,6 +151,23 @@ mod tests {
         std::fs::write(&p, tiny_x86_64_pvh_elf()).unwrap();
         check_image(&p, Arch::X86_64).unwrap();
         assert!(check_image(&p, Arch::Aarch64).is_err());
+    }
+
+    #[test]
+    fn bzimage_check() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bzImage");
+        let mut img = vec![0u8; 0x400];
+        img[0x1fe] = 0x55;
+        img[0x1ff] = 0xaa;
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        std::fs::write(&p, &img).unwrap();
+        check_bzimage(&p, Arch::X86_64).unwrap();
+        assert!(check_bzimage(&p, Arch::Aarch64).is_err());
+        let elf = dir.path().join("tiny.elf");
+        std::fs::write(&elf, tiny_x86_64_pvh_elf()).unwrap();
+        let e = check_bzimage(&elf, Arch::X86_64).unwrap_err().to_string();
+        assert!(e.contains("not a Linux bzImage"), "{e}");
     }
 
     #[test]

@@ -77,6 +77,45 @@ impl FromStr for Arch {
     }
 }
 
+/// What runs in the VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Guest {
+    /// The bare-metal firmware of this workspace (`guest/`), an ELF image.
+    #[default]
+    Firmware,
+    /// A Linux kernel (bzImage) with an initramfs whose `/init` serves the
+    /// same protocol over AF_VSOCK (`vsock-transport`'s `linux_service`
+    /// example; `cargo xtask run-e2e --guest linux` builds both).
+    Linux,
+}
+
+impl Guest {
+    /// The name on the command line (`firmware`, `linux`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Firmware => "firmware",
+            Self::Linux => "linux",
+        }
+    }
+}
+
+impl fmt::Display for Guest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Guest {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "firmware" => Ok(Self::Firmware),
+            "linux" => Ok(Self::Linux),
+            other => Err(format!("unknown guest {other:?} (firmware, linux)")),
+        }
+    }
+}
+
 /// Errors of launching and talking to the VM. Every error that involves the
 /// guest names its serial log.
 #[derive(Debug, thiserror::Error)]

@@ -101,6 +101,36 @@ impl Tools {
     }
 }
 
+/// Where `cargo xtask build-image --guest linux` puts the Linux test VM:
+/// `(kernel, initramfs)` in `<target dir>/linux/` (`$SVMC_LINUX_KERNEL`
+/// and `$SVMC_LINUX_INITRD` override). Its initramfs for the in-VM AF_VSOCK
+/// tests is [`linux_tests_initrd`].
+pub fn default_linux() -> Option<(PathBuf, PathBuf)> {
+    let dir = linux_dir();
+    let kernel = env::var_os("SVMC_LINUX_KERNEL")
+        .map(PathBuf::from)
+        .or_else(|| dir.as_ref().map(|d| d.join("vmlinuz")))?;
+    let initrd = env::var_os("SVMC_LINUX_INITRD")
+        .map(PathBuf::from)
+        .or_else(|| dir.as_ref().map(|d| d.join("initramfs.cpio")))?;
+    Some((kernel, initrd))
+}
+
+/// The initramfs that runs `vsock-transport`'s AF_VSOCK tests in the Linux
+/// test VM (`svmc.mode=vsock-tests`), next to [`default_linux`]'s.
+pub fn linux_tests_initrd() -> Option<PathBuf> {
+    linux_dir().map(|d| d.join("initramfs-vsock-tests.cpio"))
+}
+
+/// `<target dir>/linux`.
+fn linux_dir() -> Option<PathBuf> {
+    let root = workspace_root()?;
+    let target_dir = env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    Some(target_dir.join("linux"))
+}
+
 /// Where `cargo xtask build-image` puts the image for `arch`.
 pub fn default_image(arch: Arch) -> Option<PathBuf> {
     if let Some(p) = env::var_os("SVMC_IMAGE") {
