@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use host_cli::launcher::install_signal_cleanup;
-use host_cli::{Accel, Arch, Attach, Session, SessionConfig, VmConfig, tools};
+use host_cli::{Accel, Arch, Attach, Guest, Session, SessionConfig, VmConfig, tools};
 use vsock_transport::Timeouts;
 
 /// Talk to the service VM over virtio-vsock.
@@ -33,9 +33,21 @@ struct Cli {
     #[arg(long, global = true, default_value = "x86_64")]
     arch: Arch,
 
-    /// Guest firmware image [default: the one `cargo xtask build-image` builds].
+    /// What the VM runs: `firmware` (the bare-metal guest) or `linux` (a
+    /// Linux kernel whose /init serves the same protocol over AF_VSOCK;
+    /// `cargo xtask build-image --guest linux` builds it).
+    #[arg(long, global = true, default_value = "firmware")]
+    guest: Guest,
+
+    /// Guest firmware image, or the Linux kernel with --guest linux
+    /// [default: the one `cargo xtask build-image` builds].
     #[arg(long, global = true, value_name = "PATH")]
     image: Option<PathBuf>,
+
+    /// The initramfs of a Linux guest [default: the one `cargo xtask
+    /// build-image --guest linux` builds].
+    #[arg(long, global = true, value_name = "PATH")]
+    initrd: Option<PathBuf>,
 
     /// Attach to a running VM through its hybrid vsock Unix socket.
     #[arg(
@@ -164,12 +176,28 @@ fn run(cli: &Cli) -> Result<()> {
             port: cli.port,
         }
     } else {
-        let image = match &cli.image {
-            Some(i) => i.clone(),
-            None => tools::default_image(cli.arch)
-                .context("no guest image given and no workspace to find one in; pass --image")?,
+        let mut vm = match cli.guest {
+            Guest::Firmware => {
+                let image = match &cli.image {
+                    Some(i) => i.clone(),
+                    None => tools::default_image(cli.arch).context(
+                        "no guest image given and no workspace to find one in; pass --image",
+                    )?,
+                };
+                VmConfig::new(cli.arch, image)
+            }
+            Guest::Linux => {
+                let defaults = tools::default_linux();
+                let pick = |given: &Option<PathBuf>, default: Option<PathBuf>, flag: &str| {
+                    given.clone().or(default).with_context(|| {
+                        format!("no workspace to find the Linux guest in; pass {flag}")
+                    })
+                };
+                let kernel = pick(&cli.image, defaults.clone().map(|d| d.0), "--image")?;
+                let initrd = pick(&cli.initrd, defaults.map(|d| d.1), "--initrd")?;
+                VmConfig::linux(cli.arch, kernel, initrd)
+            }
         };
-        let mut vm = VmConfig::new(cli.arch, image);
         vm.memory_mib = cli.memory;
         vm.accel = cli.accel;
         vm.machine = cli.machine.clone();
