@@ -296,8 +296,8 @@ fn request_before_hello(h: &Hostile) -> R {
         let mut c = h.connect()?;
         send(&mut c, &request_frame(&Request::Info))?;
         expect_hello(&mut c)?;
-        // The handshake failed: the guest reports it and closes.
-        expect_error(&mut c, ProtocolErrorCode::UnexpectedFrame, false)?;
+        // The handshake failed: the guest reports it as fatal and closes.
+        expect_error(&mut c, ProtocolErrorCode::UnexpectedFrame, true)?;
         expect_close(&mut c)
     })
 }
@@ -428,8 +428,8 @@ fn empty_body(h: &Hostile) -> R {
     case(h, |h| {
         let mut c = h.connect_hello()?;
         send(&mut c, &raw_frame(FrameKind::Request as u8, &[]))?;
-        // Reported as a bad message. (The guest then closes the connection
-        // although the frame's boundaries were intact.)
+        // Reported as a bad message; the frame's boundaries were intact, so
+        // the connection stays usable.
         let pe = match read_frame(&mut c)? {
             Some((FrameKind::Error, body)) => {
                 frame::decode_body::<ProtocolError>(&body).map_err(|e| e.to_string())?
@@ -437,9 +437,11 @@ fn empty_body(h: &Hostile) -> R {
             other => return Err(format!("expected an ERROR frame, got {other:?}")),
         };
         println!("  guest: ERROR {pe}");
-        ensure(pe.code == ProtocolErrorCode::BadMessage, || {
-            format!("{pe:?}")
-        })
+        ensure(
+            pe.code == ProtocolErrorCode::BadMessage && !pe.fatal,
+            || format!("{pe:?}"),
+        )?;
+        expect_still_usable(&mut c)
     })
 }
 
@@ -454,7 +456,10 @@ fn goodbye_with_body(h: &Hostile) -> R {
             other => return Err(format!("expected an ERROR frame, got {other:?}")),
         };
         println!("  guest: ERROR {pe}");
-        Ok(())
+        // The body's bytes were never read: the stream is out of step, so
+        // the guest says so and closes.
+        ensure(pe.fatal, || format!("{pe:?}"))?;
+        expect_close(&mut c)
     })
 }
 
