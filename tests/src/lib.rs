@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use host_cli::{Arch, Session, SessionConfig, Vm, VmConfig};
+use host_cli::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::Timeouts;
 
 /// What the end-to-end tests run against, from the environment that
@@ -14,8 +14,12 @@ use vsock_transport::Timeouts;
 pub struct Ctx {
     /// Guest architecture.
     pub arch: Arch,
-    /// Guest image.
+    /// What runs in the VM.
+    pub guest: Guest,
+    /// Guest image (the kernel for a Linux guest).
     pub image: PathBuf,
+    /// The initramfs of a Linux guest.
+    pub initrd: Option<PathBuf>,
     /// The `host-cli` binary.
     pub host_cli: PathBuf,
     /// A directory for logs, kept for the run.
@@ -23,15 +27,26 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Reads `SVMC_E2E_ARCH`, `SVMC_E2E_IMAGE`, `SVMC_E2E_HOST_CLI`.
+    /// Reads `SVMC_E2E_ARCH`, `SVMC_E2E_IMAGE`, `SVMC_E2E_HOST_CLI`, and
+    /// for a Linux guest `SVMC_E2E_GUEST=linux` and `SVMC_E2E_INITRD`.
     pub fn from_env(log_dir: PathBuf) -> Result<Self, String> {
         let var = |k: &str| {
             std::env::var(k)
                 .map_err(|_| format!("{k} is not set: run the suite with `cargo xtask run-e2e`"))
         };
+        let guest: Guest = match std::env::var("SVMC_E2E_GUEST") {
+            Ok(g) => g.parse()?,
+            Err(_) => Guest::Firmware,
+        };
+        let initrd = match guest {
+            Guest::Firmware => None,
+            Guest::Linux => Some(var("SVMC_E2E_INITRD")?.into()),
+        };
         Ok(Self {
             arch: var("SVMC_E2E_ARCH")?.parse()?,
+            guest,
             image: var("SVMC_E2E_IMAGE")?.into(),
+            initrd,
             host_cli: var("SVMC_E2E_HOST_CLI")?.into(),
             log_dir,
         })
@@ -39,9 +54,36 @@ impl Ctx {
 
     /// A VM configuration for this context.
     pub fn vm_config(&self) -> VmConfig {
-        let mut c = VmConfig::new(self.arch, &self.image);
+        let mut c = match &self.initrd {
+            Some(initrd) => VmConfig::linux(self.arch, &self.image, initrd),
+            None => VmConfig::new(self.arch, &self.image),
+        };
         c.log_dir = Some(self.log_dir.clone());
         c
+    }
+
+    /// The name the guest gives in `GuestInfo::firmware`.
+    pub fn firmware_name(&self) -> &'static str {
+        match self.guest {
+            Guest::Firmware => "svmc-guest",
+            Guest::Linux => "svmc-linux-service",
+        }
+    }
+
+    /// `host-cli` options that select this context's guest: `--guest`,
+    /// `--image` and, for Linux, `--initrd`.
+    pub fn host_cli_guest_args(&self) -> Vec<std::ffi::OsString> {
+        let mut a: Vec<std::ffi::OsString> = vec![
+            "--guest".into(),
+            self.guest.name().into(),
+            "--image".into(),
+            self.image.clone().into(),
+        ];
+        if let Some(i) = &self.initrd {
+            a.push("--initrd".into());
+            a.push(i.clone().into());
+        }
+        a
     }
 
     /// Short timeouts for tests (TCG is slow, but not this slow).

@@ -86,8 +86,8 @@ fn info(ctx: &Ctx) -> R {
         || format!("protocol version {}", info.protocol_version),
     )?;
     ensure(
-        !info.firmware.is_empty() && !info.firmware_version.is_empty(),
-        || format!("{info:?}"),
+        info.firmware == ctx.firmware_name() && !info.firmware_version.is_empty(),
+        || format!("expected firmware {:?}: {info:?}", ctx.firmware_name()),
     )?;
     ensure(info.max_body >= 8 << 20, || {
         format!("max_body {}", info.max_body)
@@ -266,8 +266,7 @@ fn host_cli(ctx: &Ctx, args: &[&str]) -> Result<std::process::Output, String> {
     Command::new(&ctx.host_cli)
         .arg("--arch")
         .arg(ctx.arch.name())
-        .arg("--image")
-        .arg(&ctx.image)
+        .args(ctx.host_cli_guest_args())
         .arg("--log-dir")
         .arg(&ctx.log_dir)
         .args(args)
@@ -384,8 +383,17 @@ fn main() {
             std::process::exit(2);
         }
     };
-    println!("e2e on {} with {}", ctx.arch, ctx.image.display());
-    let ok = run_cases(&format!("e2e-{}", ctx.arch), &ctx, CASES, filter.as_deref());
+    println!(
+        "e2e on {} ({} guest) with {}",
+        ctx.arch,
+        ctx.guest,
+        ctx.image.display()
+    );
+    let label = match ctx.guest {
+        host_cli::Guest::Firmware => format!("e2e-{}", ctx.arch),
+        host_cli::Guest::Linux => format!("e2e-{}-linux", ctx.arch),
+    };
+    let ok = run_cases(&label, &ctx, CASES, filter.as_deref());
     if !ok {
         println!("logs kept in {}", logs.keep().display());
         std::process::exit(1);
