@@ -77,3 +77,54 @@ fn run_suites(
     }
     util::run(&mut cmd)
 }
+
+/// Suites that do not run against the Linux test VM, and why (printed, so
+/// that nothing is skipped silently).
+pub const NOT_FOR_LINUX: &[(&str, &str)] = &[
+    (
+        "faults",
+        "launcher faults with hand-made firmware images (hanging, crashing, wrong ELF); \
+         host-side code, covered by the firmware run",
+    ),
+    (
+        "hostile_host",
+        "probes the firmware's answers to malformed frames; the Linux service runs the same \
+         rpc::serve, covered by the firmware run",
+    ),
+    ("hostile_guest", "needs the misbehaving firmware variant"),
+    (
+        "soak",
+        "launch cycles and long runs of the firmware; at ~1.5 s per Linux boot it would add \
+         minutes for no new code path",
+    ),
+];
+
+/// `cargo xtask run-e2e --guest linux`: builds the Linux test VM and runs
+/// the end-to-end suite against it (`SVMC_E2E_GUEST=linux`), then
+/// `vsock-transport`'s AF_VSOCK tests inside it. With a `filter`, only the
+/// e2e cases that match (and the in-VM tests if `host_vsock` matches).
+pub fn run_linux(filter: Option<&str>) -> Result<()> {
+    let vm = crate::linux::build()?;
+    util::run(cargo().args(["build", "--release", "-p", "host-cli"]))?;
+    let host_cli = image::target_dir().join("release").join("host-cli");
+    let mut cmd = cargo();
+    cmd.args(["test", "--release", "-p", "tests", "--test", "e2e", "--"])
+        .env("SVMC_E2E_ARCH", Arch::X86_64.name())
+        .env("SVMC_E2E_GUEST", "linux")
+        .env("SVMC_E2E_IMAGE", &vm.kernel)
+        .env("SVMC_E2E_INITRD", &vm.initrd)
+        .env("SVMC_E2E_HOST_CLI", &host_cli);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    let e2e = util::run(&mut cmd);
+    for (suite, why) in NOT_FOR_LINUX {
+        println!("suite {suite} ... not applicable to the Linux guest: {why}");
+    }
+    let vsock = if filter.is_none_or(|f| "host_vsock".contains(f)) {
+        crate::linux::run_vsock_tests(&vm)
+    } else {
+        Ok(())
+    };
+    e2e.and(vsock)
+}

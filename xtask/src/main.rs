@@ -4,6 +4,7 @@
 mod bench;
 mod e2e;
 mod image;
+mod linux;
 mod setup;
 mod util;
 
@@ -18,8 +19,13 @@ Commands:
   setup                        install what is missing: bare-metal Rust targets (rustup),
                                QEMU (apt-get), vhost-device-vsock 0.3.0 (cargo install into .tools/)
   build-image [--arch A]       build the release guest image and print its path (default x86_64)
+  build-image --guest linux    fetch Debian's cloud kernel, build the Linux test VM (kernel,
+                               initramfs with the linux_service example as /init) into target/linux
   run-e2e [--arch A|all] [FILTER]
                                set up, build, and run the end-to-end suite against real QEMU
+  run-e2e --guest linux [FILTER]
+                               the same suite against the Linux test VM (x86_64), then
+                               vsock-transport's AF_VSOCK tests inside it (vsock_loopback)
   soak [--arch A] [FILTER]     set up, build, and run the soak suite with the full counts
                                (200 launch cycles, 100,000 requests on one connection, 4 VMs at once)
   bench [--arch A] [--reps N] [--no-codec] [--no-microvm] [--no-mem]
@@ -77,8 +83,33 @@ fn archs(args: &[String], default: &[Arch]) -> util::Result<(Vec<Arch>, Vec<Stri
     Ok((archs, rest))
 }
 
+/// Splits `--guest firmware|linux` out of `args`.
+fn guest(args: &[String]) -> util::Result<(host_cli::Guest, Vec<String>)> {
+    let mut guest = host_cli::Guest::Firmware;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = if a == "--guest" {
+            Some(it.next().ok_or("--guest needs a value")?.clone())
+        } else {
+            a.strip_prefix("--guest=").map(str::to_string)
+        };
+        match value {
+            Some(v) => guest = v.parse()?,
+            None => rest.push(a.clone()),
+        }
+    }
+    Ok((guest, rest))
+}
+
 fn build_image(args: &[String]) -> util::Result<()> {
-    let (archs, rest) = archs(args, &[Arch::X86_64])?;
+    let (guest, args) = guest(args)?;
+    if guest == host_cli::Guest::Linux {
+        let vm = linux::build()?;
+        println!("{}\n{}", vm.kernel.display(), vm.initrd.display());
+        return Ok(());
+    }
+    let (archs, rest) = archs(&args, &[Arch::X86_64])?;
     if let Some(extra) = rest.first() {
         return Err(format!("unexpected argument {extra:?}"));
     }
@@ -91,8 +122,12 @@ fn build_image(args: &[String]) -> util::Result<()> {
 }
 
 fn run_e2e(args: &[String]) -> util::Result<()> {
-    let (archs, rest) = archs(args, &[Arch::X86_64])?;
+    let (guest, args) = guest(args)?;
+    let (archs, rest) = archs(&args, &[Arch::X86_64])?;
     setup::setup()?;
+    if guest == host_cli::Guest::Linux {
+        return e2e::run_linux(rest.first().map(String::as_str));
+    }
     for arch in archs {
         e2e::run(arch, rest.first().map(String::as_str))?;
     }
@@ -161,5 +196,7 @@ fn test() -> util::Result<()> {
     for arch in e2e::SUPPORTED {
         e2e::run(*arch, None)?;
     }
+    // The Linux test VM: the same e2e suite, and AF_VSOCK in a real kernel.
+    e2e::run_linux(None)?;
     Ok(())
 }
