@@ -88,14 +88,18 @@ pub const NOT_FOR_LINUX: &[(&str, &str)] = &[
     ),
     (
         "hostile_host",
-        "probes the firmware's answers to malformed frames; the Linux service runs the same \
-         rpc::serve, covered by the firmware run",
+        "not yet for Linux: 25 of its 28 cases pass against linux_service, but \
+         close_right_after_ok, reset_with_unread_hello and burst_of_abrupt_closes need the \
+         firmware's idle-yield policy (drop an idle connection after 2 s when another one \
+         waits): in the Linux guest those host-side closes do not end the connection, and \
+         linux_service waits out its 30 s HELLO timeout",
     ),
     ("hostile_guest", "needs the misbehaving firmware variant"),
     (
         "soak",
-        "launch cycles and long runs of the firmware; at ~1.5 s per Linux boot it would add \
-         minutes for no new code path",
+        "not run for Linux to keep CI time (20 launch cycles, 10,000 requests, several VMs at \
+         once; about 3 s per Linux boot here); e2e covers every request kind and both \
+         connection directions",
     ),
 ];
 

@@ -129,8 +129,25 @@ fn kernel_package(out: &Path) -> Result<PathBuf> {
     }
     let hint = "the Linux test VM needs Debian's kernel package: run `apt-get update` \
                 (as root) if apt does not know it";
-    let deps = output(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]))
-        .ok_or_else(|| format!("`apt-cache depends {KERNEL_META_PACKAGE}` failed; {hint}"))?;
+    let depends = || output(Command::new("apt-cache").args(["depends", KERNEL_META_PACKAGE]));
+    // A fresh machine may have no package lists yet: update them once (as
+    // root) and ask again.
+    let deps = match depends() {
+        Some(d) => d,
+        None if is_root() => {
+            run(Command::new("apt-get")
+                .arg("update")
+                .env("DEBIAN_FRONTEND", "noninteractive"))?;
+            depends().ok_or_else(|| {
+                format!("`apt-cache depends {KERNEL_META_PACKAGE}` failed; {hint}")
+            })?
+        }
+        None => {
+            return Err(format!(
+                "`apt-cache depends {KERNEL_META_PACKAGE}` failed; {hint}"
+            ));
+        }
+    };
     let package = deps
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends:"))
@@ -148,6 +165,12 @@ fn kernel_package(out: &Path) -> Result<PathBuf> {
     run(Command::new("dpkg").arg("-x").arg(&deb).arg(&tmp))?;
     fs::rename(&tmp, &unpacked).map_err(|e| format!("renaming {}: {e}", tmp.display()))?;
     Ok(unpacked)
+}
+
+/// Whether we run as root (the owner of `/proc/self` is the effective user).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 fn find_file(dir: &Path, pred: impl Fn(&str) -> bool) -> Result<PathBuf> {

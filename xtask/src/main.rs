@@ -33,7 +33,8 @@ Commands:
                                their floors (QEMU alone, the guest's raw echo mode); see BENCHMARKS.md
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
   test                         the whole test suite: host unit/integration tests, bare-metal
-                               builds, docs, and the end-to-end suite on every architecture
+                               builds, docs, the end-to-end suite on every architecture, and
+                               the Linux guest (e2e + in-VM AF_VSOCK tests)
   help                         this text
 
 Architectures: x86_64, aarch64 (all = both).";
