@@ -32,8 +32,8 @@ fn recv_exact<C: Connection + ?Sized>(
     Ok(())
 }
 
-/// Reads one frame into `body` (replacing its contents) and returns its
-/// header. The header is checked against `max` before `body` grows, so at
+/// Reads one frame into `body` (replacing its contents; after an error
+/// they are unspecified) and returns its header. The header is checked against `max` before `body` grows, so at
 /// most `max` bytes are ever allocated for a frame. A clean close before the
 /// first header byte is [`Error::Closed`]; a close anywhere later is
 /// [`comm::Error::Truncated`].
@@ -56,7 +56,10 @@ pub fn recv_frame_as<C: Connection + ?Sized>(
     let mut h = [0u8; HEADER_LEN];
     recv_exact(conn, &mut h, 0, HEADER_LEN)?;
     let header = Header::parse(h, max)?;
-    body.clear();
+    // Every byte of `body` is overwritten below, so keep what it holds
+    // (typically the previous frame) and zero-fill only the growth: no
+    // needless pass over a large body (a memset of megabytes is
+    // milliseconds under emulation).
     body.resize(header.len as usize, 0);
     recv_exact(conn, body, HEADER_LEN, header.frame_len())?;
     Ok(header)
