@@ -58,7 +58,7 @@ impl Handler<ServiceVm> for Service {
             Request::Reverse(mut bytes) => {
                 // In place: no allocation, so no out-of-memory case here;
                 // the request's buffer becomes the response's.
-                bytes.reverse();
+                reverse(&mut bytes);
                 (Response::Reverse(bytes), Then::Continue)
             }
             Request::Info => (Response::Info(self.info()), Then::Continue),
@@ -69,4 +69,23 @@ impl Handler<ServiceVm> for Service {
             _ => (Response::Err(ServiceError::Unsupported), Then::Continue),
         }
     }
+}
+
+/// Reverses `bytes` in place, eight bytes from each end per step (a
+/// byte swap of two words). Same result as `<[u8]>::reverse`, which at the
+/// guest's `opt-level = "s"` swaps one byte pair per step: under TCG the
+/// 8 MiB `Reverse` spent more time in that loop than on the wire.
+fn reverse(bytes: &mut [u8]) {
+    let (mut i, mut j) = (0, bytes.len());
+    while j - i >= 16 {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&bytes[i..i + 8]);
+        b.copy_from_slice(&bytes[j - 8..j]);
+        bytes[i..i + 8].copy_from_slice(&u64::from_le_bytes(b).swap_bytes().to_le_bytes());
+        bytes[j - 8..j].copy_from_slice(&u64::from_le_bytes(a).swap_bytes().to_le_bytes());
+        i += 8;
+        j -= 8;
+    }
+    bytes[i..j].reverse();
 }
