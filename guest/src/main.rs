@@ -69,9 +69,11 @@ use crate::service::Service;
 const CONNECT_LOCAL_PORT: u32 = 49152;
 
 /// Heap bytes per byte of the largest request accepted. A `Reverse` of N
-/// bytes holds the request frame, the decoded payload and the response
-/// frame at once, and vectors grow by doubling.
-const HEAP_PER_BODY_BYTE: usize = 4;
+/// bytes holds two N-byte buffers at once at its peak (request frame and
+/// decoded payload, then payload and response frame: `rpc::serve` sizes
+/// the response once and frees the request first); the third N leaves room
+/// for the device buffers and fragmentation.
+const HEAP_PER_BODY_BYTE: usize = 3;
 
 /// Entry from the arch code (start-up steps 3 to 6).
 pub fn start(boot: BootInfo) -> ! {
