@@ -66,9 +66,16 @@ struct Cli {
     #[arg(long, global = true, default_value_t = comm::service::SERVICE_PORT)]
     port: u32,
 
-    /// Timeout in seconds for each step (boot, connect, each request).
+    /// Timeout in seconds for each step after boot (connect, handshake,
+    /// each request, power-off).
     #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
     timeout: f64,
+
+    /// Timeout in seconds for a launched guest to connect. A guest that has
+    /// not connected after 3 s is relaunched (at most 3 attempts) while this
+    /// allows: the device daemon rarely loses the guest's first packet.
+    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
+    boot_timeout: f64,
 
     /// Print results as JSON.
     #[arg(long, global = true)]
@@ -165,6 +172,10 @@ fn run(cli: &Cli) -> Result<()> {
         bail!("--timeout must be a positive number of seconds");
     }
     let timeout = Duration::from_secs_f64(cli.timeout);
+    if !(cli.boot_timeout.is_finite() && cli.boot_timeout > 0.0) {
+        bail!("--boot-timeout must be a positive number of seconds");
+    }
+    let boot_timeout = Duration::from_secs_f64(cli.boot_timeout);
     let attach = if let Some(uds) = &cli.attach_uds {
         Attach::Hybrid {
             uds_path: uds.clone(),
@@ -217,7 +228,7 @@ fn run(cli: &Cli) -> Result<()> {
     let launched = matches!(attach, Attach::Launch(_));
     let mut config = SessionConfig::new(attach);
     config.timeouts = Timeouts::uniform(timeout);
-    config.boot_timeout = timeout;
+    config.boot_timeout = boot_timeout;
 
     let mut session = Session::open(&config).context("could not reach the guest")?;
     let mut out = std::io::stdout().lock();

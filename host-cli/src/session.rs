@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use comm::frame::DEFAULT_MAX_BODY;
 use comm::service::{GuestInfo, Request, Response, SERVICE_PORT, ServiceVm};
@@ -43,14 +43,6 @@ pub struct SessionConfig {
     pub timeouts: Timeouts,
     /// How long a launched guest may take to connect, in all.
     pub boot_timeout: Duration,
-    /// How long one boot attempt may take before the VM is relaunched
-    /// (while `boot_timeout` allows; at most [`BOOT_ATTEMPTS`] attempts).
-    /// A guest answers within a fraction of a second even under TCG, but
-    /// rarely (about 1 boot in 50 here, more under load) its first vsock
-    /// packet is never taken by vhost-device-vsock: the guest's first
-    /// notification can arrive while the daemon is still enabling the
-    /// queue, and virtio-drivers then waits for the TX buffer forever.
-    pub boot_attempt: Duration,
     /// Largest response body accepted.
     pub max_body: u32,
 }
@@ -62,7 +54,6 @@ impl SessionConfig {
             attach,
             timeouts: Timeouts::default(),
             boot_timeout: Duration::from_secs(30),
-            boot_attempt: Duration::from_secs(5),
             max_body: DEFAULT_MAX_BODY,
         }
     }
@@ -73,39 +64,6 @@ impl SessionConfig {
             uds_path: uds_path.into(),
             port: SERVICE_PORT,
         })
-    }
-}
-
-/// Most boot attempts [`Session::open`] makes (see
-/// [`SessionConfig::boot_attempt`]).
-pub const BOOT_ATTEMPTS: u32 = 3;
-
-/// Launches a VM and waits for its boot connection, relaunching it when an
-/// attempt times out and the overall boot timeout leaves room for another.
-fn launch_with_retry(
-    vm_config: &VmConfig,
-    config: &SessionConfig,
-) -> Result<(Vm, vsock_transport::hybrid::HybridStream)> {
-    let deadline = Instant::now() + config.boot_timeout;
-    let mut attempt = 1;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let this = left.min(config.boot_attempt);
-        let mut vm = Vm::launch(vm_config)?;
-        match vm.wait_for_guest(this, config.timeouts) {
-            Ok(stream) => return Ok((vm, stream)),
-            Err(Error::GuestTimeout { serial_log, .. })
-                if attempt < BOOT_ATTEMPTS && left > this + Duration::from_millis(500) =>
-            {
-                tracing::warn!(
-                    attempt,
-                    serial_log = %serial_log.display(),
-                    "the guest did not connect within {this:?}; relaunching it"
-                );
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
     }
 }
 
@@ -125,7 +83,8 @@ impl Session {
     pub fn open(config: &SessionConfig) -> Result<Self> {
         match &config.attach {
             Attach::Launch(vm_config) => {
-                let (vm, stream) = launch_with_retry(vm_config, config)?;
+                let (vm, stream) =
+                    crate::launcher::launch_ready(vm_config, config.boot_timeout, config.timeouts)?;
                 let conn: BoxConnection = Box::new(stream);
                 let client =
                     Client::handshake(conn, config.max_body).map_err(|e| Error::Guest {
