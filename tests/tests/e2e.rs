@@ -116,10 +116,25 @@ fn host_initiated_connection(ctx: &Ctx) -> R {
     ensure(r == Response::Reverse(b"tsoh".to_vec()), || {
         format!("{r:?}")
     })?;
+    power_off_via(&mut c, &mut vm_session)
+}
+
+type ServiceClient = Client<vsock_transport::hybrid::HybridStream, ServiceVm>;
+
+/// A host-initiated, version-checked client on the guest's service port.
+fn attach(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, String> {
+    let conn = vsock_transport::hybrid::connect(uds, SERVICE_PORT, &ctx.timeouts())
+        .map_err(|e| format!("connect: {e}"))?;
+    Client::handshake(conn, frame::DEFAULT_MAX_BODY).map_err(|e| format!("handshake: {e}"))
+}
+
+/// Powers the session's VM off through `c` and checks QEMU's exit status 0.
+fn power_off_via(c: &mut ServiceClient, s: &mut host_cli::Session) -> R {
     let r = c.call(&Request::PowerOff).map_err(|e| e.to_string())?;
     ensure(r == Response::PowerOff, || format!("{r:?}"))?;
-    let vm = vm_session.vm().ok_or("no vm")?;
-    let status = vm
+    let status = s
+        .vm()
+        .ok_or("no vm")?
         .wait_exit(Duration::from_secs(20))
         .map_err(|e| e.to_string())?;
     ensure(status.success(), || format!("exit status {status}"))
@@ -133,12 +148,8 @@ fn several_connections_in_sequence(ctx: &Ctx) -> R {
     let mut s = ctx.session()?;
     let uds = s.vm().ok_or("no vm")?.uds_path().to_path_buf();
     frame_goodbye(s.client().ok_or("no client")?.connection())?;
-    let timeouts = ctx.timeouts();
     for round in 0..5u8 {
-        let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &timeouts)
-            .map_err(|e| format!("round {round}: connect: {e}"))?;
-        let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
-            .map_err(|e| format!("round {round}: handshake: {e}"))?;
+        let mut c = attach(&uds, ctx).map_err(|e| format!("round {round}: {e}"))?;
         for i in 0..10u8 {
             let r = c
                 .call(&Request::Reverse(vec![round, i, 0xff]))
@@ -153,20 +164,8 @@ fn several_connections_in_sequence(ctx: &Ctx) -> R {
             drop(c); // plain close
         }
     }
-    let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &timeouts)
-        .map_err(|e| e.to_string())?;
-    let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
-        .map_err(|e| e.to_string())?;
-    ensure(
-        c.call(&Request::PowerOff).map_err(|e| e.to_string())? == Response::PowerOff,
-        || "power off".into(),
-    )?;
-    let status = s
-        .vm()
-        .ok_or("no vm")?
-        .wait_exit(Duration::from_secs(20))
-        .map_err(|e| e.to_string())?;
-    ensure(status.success(), || format!("exit status {status}"))
+    let mut c = attach(&uds, ctx)?;
+    power_off_via(&mut c, &mut s)
 }
 
 fn power_off_exit_status_zero(ctx: &Ctx) -> R {
@@ -216,11 +215,7 @@ fn payload_over_maximum(ctx: &Ctx) -> R {
     //    with a fatal ERROR frame and closes; the VM serves new connections.
     let uds = s.vm().ok_or("no vm")?.uds_path().to_path_buf();
     frame_goodbye(s.client().ok_or("no client")?.connection())?;
-    let timeouts = ctx.timeouts();
-    let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &timeouts)
-        .map_err(|e| e.to_string())?;
-    let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
-        .map_err(|e| e.to_string())?;
+    let mut c = attach(&uds, ctx)?;
     let header = Header {
         kind: FrameKind::Request,
         len: max + 1,
@@ -240,26 +235,14 @@ fn payload_over_maximum(ctx: &Ctx) -> R {
         || format!("{pe:?}"),
     )?;
     drop(c);
-    let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &timeouts)
-        .map_err(|e| e.to_string())?;
-    let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
-        .map_err(|e| e.to_string())?;
+    let mut c = attach(&uds, ctx)?;
     let r = c
         .call(&Request::Reverse(b"next".to_vec()))
         .map_err(|e| e.to_string())?;
     ensure(r == Response::Reverse(b"txen".to_vec()), || {
         format!("{r:?}")
     })?;
-    ensure(
-        c.call(&Request::PowerOff).map_err(|e| e.to_string())? == Response::PowerOff,
-        || "off".into(),
-    )?;
-    let status = s
-        .vm()
-        .ok_or("no vm")?
-        .wait_exit(Duration::from_secs(20))
-        .map_err(|e| e.to_string())?;
-    ensure(status.success(), || format!("exit status {status}"))
+    power_off_via(&mut c, &mut s)
 }
 
 fn host_cli(ctx: &Ctx, args: &[&str]) -> Result<std::process::Output, String> {

@@ -16,7 +16,7 @@ use comm::frame::{DEFAULT_MAX_BODY, FrameKind};
 use comm::service::{Request, ServiceVm};
 use host_cli::launcher::{DEFAULT_BOOT_ATTEMPT, launch_ready};
 use host_cli::session::BoxConnection;
-use host_cli::{Accel, Attach, Error, Session, SessionConfig, Vm, VmConfig};
+use host_cli::{Accel, Attach, Error, Session, SessionConfig, VmConfig};
 use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
 use vsock_transport::rpc::Client;
 use vsock_transport::{Error as TError, Step, Timeouts};
@@ -356,7 +356,7 @@ fn trickle_per_frame_deadline(h: &Hostile) -> R {
         "the trickle interval must be shorter than the read timeout".into()
     })?;
     h.checked(|| {
-        let (vm, stream) = launch_ready(&h.vm_config("trickle"), BOOT, Hostile::timeouts())
+        let (_vm, stream) = launch_ready(&h.vm_config("trickle"), BOOT, Hostile::timeouts())
             .map_err(|e| format!("launch_ready: {e}"))?;
         let mut c = Client::<_, ServiceVm>::handshake(stream, DEFAULT_MAX_BODY)
             .map_err(|e| format!("handshake: {e}"))?;
