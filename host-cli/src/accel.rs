@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::Arch;
-use crate::image::{TINY_EXIT_STATUS, tiny_x86_64_pvh_elf};
+use crate::image::{tiny_elf, tiny_exit_status};
 
 /// How long the KVM probe may take before KVM is declared unusable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -70,8 +70,8 @@ pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
     if requested != Accel::Auto {
         return requested;
     }
-    if arch != Arch::host() || arch != Arch::X86_64 {
-        // The probe image is x86_64; other hosts use TCG unless told.
+    if arch != Arch::host() {
+        // KVM runs guests of the host's own architecture only.
         return Accel::Tcg;
     }
     if fs::OpenOptions::new()
@@ -98,7 +98,7 @@ pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
     {
         return if v == "kvm" { Accel::Kvm } else { Accel::Tcg };
     }
-    let verdict = if probe_kvm(qemu) {
+    let verdict = if probe_kvm(qemu, arch) {
         Accel::Kvm
     } else {
         Accel::Tcg
@@ -125,14 +125,14 @@ fn cache_file() -> Option<PathBuf> {
 /// runs guests but pays dearly for every exit (a paravirtual KVM here took
 /// 2.1 s to boot the tiny image, TCG 0.1 s, and the real guest answered
 /// 10x slower under it).
-fn probe_kvm(qemu: &Path) -> bool {
+fn probe_kvm(qemu: &Path, arch: Arch) -> bool {
     let start = Instant::now();
-    if !run_tiny(qemu, "kvm") {
+    if !run_tiny(qemu, arch, Accel::Kvm) {
         return false;
     }
     let kvm = start.elapsed();
     let start = Instant::now();
-    if !run_tiny(qemu, "tcg") {
+    if !run_tiny(qemu, arch, Accel::Tcg) {
         return true;
     }
     let tcg = start.elapsed();
@@ -140,32 +140,30 @@ fn probe_kvm(qemu: &Path) -> bool {
     kvm <= tcg * 2 + Duration::from_millis(100)
 }
 
-/// Boots the tiny firmware with `accel`; true if QEMU exits with its status
-/// within [`PROBE_TIMEOUT`].
-fn run_tiny(qemu: &Path, accel: &str) -> bool {
+/// Boots the tiny firmware for `arch` with `accel`; true if QEMU exits with
+/// its status within [`PROBE_TIMEOUT`].
+fn run_tiny(qemu: &Path, arch: Arch, accel: Accel) -> bool {
     let Ok(dir) = tempfile::tempdir() else {
         return false;
     };
     let image = dir.path().join("tiny.elf");
-    if fs::write(&image, tiny_x86_64_pvh_elf()).is_err() {
+    if fs::write(&image, tiny_elf(arch)).is_err() {
         return false;
     }
-    let child = Command::new(qemu)
-        .args([
-            "-accel",
-            accel,
-            "-machine",
-            "q35",
-            "-nodefaults",
-            "-display",
-            "none",
-        ])
-        .args(["-no-reboot", "-monitor", "none", "-serial", "none"])
-        .args([
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-            "-kernel",
-        ])
+    let mut cmd = Command::new(qemu);
+    cmd.args(["-accel", accel.qemu_name(), "-nodefaults"])
+        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
+        .args(["-serial", "none"]);
+    match arch {
+        Arch::X86_64 => cmd
+            .args(["-machine", "q35", "-device"])
+            .arg("isa-debug-exit,iobase=0xf4,iosize=0x04"),
+        Arch::Aarch64 => cmd
+            .args(["-machine", "virt", "-cpu"])
+            .arg(if accel == Accel::Kvm { "host" } else { "max" }),
+    };
+    let child = cmd
+        .arg("-kernel")
         .arg(&image)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -175,7 +173,7 @@ fn run_tiny(qemu: &Path, accel: &str) -> bool {
     let start = Instant::now();
     loop {
         match child.try_wait() {
-            Ok(Some(status)) => return status.code() == Some(TINY_EXIT_STATUS),
+            Ok(Some(status)) => return status.code() == Some(tiny_exit_status(arch)),
             Ok(None) if start.elapsed() < PROBE_TIMEOUT => {
                 std::thread::sleep(Duration::from_millis(10))
             }

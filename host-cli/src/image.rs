@@ -79,28 +79,85 @@ pub fn check_bzimage(path: &Path, arch: Arch) -> Result<()> {
     Ok(())
 }
 
-/// The value the tiny firmware writes to `isa-debug-exit`; QEMU then exits
-/// with status `(v << 1) | 1`.
+/// The value the tiny x86_64 firmware writes to `isa-debug-exit`; QEMU then
+/// exits with status `(v << 1) | 1`.
 pub const TINY_EXIT_VALUE: u8 = 0x2a;
 
-/// QEMU's exit status when the tiny firmware ran.
-pub const TINY_EXIT_STATUS: i32 = ((TINY_EXIT_VALUE as i32) << 1) | 1;
+/// QEMU's exit status when the tiny firmware for `arch` ran: `isa-debug-exit`
+/// on x86_64, PSCI `SYSTEM_OFF` (status 0) on aarch64.
+pub fn tiny_exit_status(arch: Arch) -> i32 {
+    match arch {
+        Arch::X86_64 => ((TINY_EXIT_VALUE as i32) << 1) | 1,
+        Arch::Aarch64 => 0,
+    }
+}
 
-/// A 207-byte x86_64 PVH ELF whose entry point writes [`TINY_EXIT_VALUE`] to
-/// I/O port 0xf4 (`isa-debug-exit`) and halts: QEMU's boot cost with nothing
-/// of ours in it.
-pub fn tiny_x86_64_pvh_elf() -> Vec<u8> {
-    // 32-bit protected-mode code: mov al, 0x2a; out 0xf4, al; hlt; jmp $-3.
-    let code = [0xb0, TINY_EXIT_VALUE, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd];
-    const BASE: u64 = 0x10_0000;
+/// Load address of the tiny x86_64 image (PVH loads ELF segments at their
+/// physical addresses).
+const X86_64_BASE: u64 = 0x10_0000;
+
+/// Load address of the tiny aarch64 image: 2 MiB into `virt`'s RAM, past
+/// the device tree QEMU puts at its start (as the real guest's linker
+/// script does).
+const AARCH64_BASE: u64 = 0x4020_0000;
+
+/// The code of the tiny firmware for `arch`.
+fn tiny_code(arch: Arch) -> Vec<u8> {
+    match arch {
+        // 32-bit protected-mode code: mov al, 0x2a; out 0xf4, al; hlt; jmp $-3.
+        Arch::X86_64 => vec![0xb0, TINY_EXIT_VALUE, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd],
+        // movz x0, #0x0008; movk x0, #0x8400, lsl #16 (PSCI SYSTEM_OFF,
+        // 0x8400_0008); hvc #0; b . (should SYSTEM_OFF return).
+        Arch::Aarch64 => [0xd280_0100u32, 0xf2b0_8000, 0xd400_0002, 0x1400_0000]
+            .iter()
+            .flat_map(|i| i.to_le_bytes())
+            .collect(),
+    }
+}
+
+/// A firmware image of a few hundred bytes that makes QEMU exit at its
+/// first instructions, with [`tiny_exit_status`]: QEMU's boot cost with
+/// nothing of ours in it.
+///
+/// On x86_64 a PVH ELF (with the Xen PVH entry note) whose 32-bit entry
+/// code writes [`TINY_EXIT_VALUE`] to I/O port 0xf4 (`isa-debug-exit`) and
+/// halts; on aarch64 an ELF for `virt` whose entry calls PSCI `SYSTEM_OFF`
+/// through `hvc`.
+pub fn tiny_elf(arch: Arch) -> Vec<u8> {
+    elf(arch, &tiny_code(arch))
+}
+
+/// Like [`tiny_elf`], but the code waits for interrupts forever (with
+/// interrupts off on x86_64, so no CPU is burnt under TCG) and never exits:
+/// a guest that hangs early in boot.
+pub fn hanging_elf(arch: Arch) -> Vec<u8> {
+    let code = match arch {
+        // cli; hlt; jmp $-3 (back to the hlt).
+        Arch::X86_64 => vec![0xfa, 0xf4, 0xeb, 0xfd],
+        // wfi; b .-4 (back to the wfi).
+        Arch::Aarch64 => [0xd503_207fu32, 0x17ff_ffff]
+            .iter()
+            .flat_map(|i| i.to_le_bytes())
+            .collect(),
+    };
+    elf(arch, &code)
+}
+
+/// A minimal ELF executable for `arch` whose only segment holds the headers
+/// and `code`, entered at the first byte of `code`.
+fn elf(arch: Arch, code: &[u8]) -> Vec<u8> {
     const EHSIZE: u64 = 64;
     const PHENTSIZE: u64 = 56;
-    const PHNUM: u64 = 2;
-    let off_note = EHSIZE + PHENTSIZE * PHNUM;
+    let (base, machine, pvh) = match arch {
+        Arch::X86_64 => (X86_64_BASE, EM_X86_64, true),
+        Arch::Aarch64 => (AARCH64_BASE, EM_AARCH64, false),
+    };
+    let phnum: u64 = if pvh { 2 } else { 1 };
+    let off_note = EHSIZE + PHENTSIZE * phnum;
     // PVH note: namesz 4 ("Xen\0"), descsz 8, type 18 (XEN_ELFNOTE_PHYS32_ENTRY).
-    let note_len = 12 + 4 + 8;
+    let note_len = if pvh { 12 + 4 + 8 } else { 0 };
     let off_code = off_note + note_len;
-    let entry = BASE + off_code;
+    let entry = base + off_code;
     let total = off_code + code.len() as u64;
 
     let mut v = Vec::with_capacity(total as usize);
@@ -109,25 +166,27 @@ pub fn tiny_x86_64_pvh_elf() -> Vec<u8> {
     v.extend_from_slice(&[2, 1, 1, 0]);
     v.extend_from_slice(&[0; 8]);
     v.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    v.extend_from_slice(&EM_X86_64.to_le_bytes());
+    v.extend_from_slice(&machine.to_le_bytes());
     v.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
     v.extend_from_slice(&entry.to_le_bytes());
     v.extend_from_slice(&EHSIZE.to_le_bytes()); // e_phoff
     v.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
     v.extend_from_slice(&0u32.to_le_bytes()); // e_flags
-    for h in [EHSIZE as u16, PHENTSIZE as u16, PHNUM as u16, 64, 0, 0] {
+    for h in [EHSIZE as u16, PHENTSIZE as u16, phnum as u16, 64, 0, 0] {
         v.extend_from_slice(&h.to_le_bytes());
     }
-    // PT_LOAD, R+X, the whole file at BASE.
-    push_phdr(&mut v, 1, 5, 0, BASE, total, 0x1000);
-    // PT_NOTE.
-    push_phdr(&mut v, 4, 4, off_note, BASE + off_note, note_len, 4);
-    v.extend_from_slice(&4u32.to_le_bytes());
-    v.extend_from_slice(&8u32.to_le_bytes());
-    v.extend_from_slice(&18u32.to_le_bytes());
-    v.extend_from_slice(b"Xen\0");
-    v.extend_from_slice(&entry.to_le_bytes());
-    v.extend_from_slice(&code);
+    // PT_LOAD, R+X, the whole file at `base`.
+    push_phdr(&mut v, 1, 5, 0, base, total, 0x1000);
+    if pvh {
+        // PT_NOTE.
+        push_phdr(&mut v, 4, 4, off_note, base + off_note, note_len, 4);
+        v.extend_from_slice(&4u32.to_le_bytes());
+        v.extend_from_slice(&8u32.to_le_bytes());
+        v.extend_from_slice(&18u32.to_le_bytes());
+        v.extend_from_slice(b"Xen\0");
+        v.extend_from_slice(&entry.to_le_bytes());
+    }
+    v.extend_from_slice(code);
     debug_assert_eq!(v.len() as u64, total);
     v
 }
@@ -145,12 +204,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tiny_image_is_a_valid_x86_64_elf() {
+    fn tiny_images_are_valid_elfs_for_their_arch() {
         let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("tiny.elf");
-        std::fs::write(&p, tiny_x86_64_pvh_elf()).unwrap();
-        check_image(&p, Arch::X86_64).unwrap();
-        assert!(check_image(&p, Arch::Aarch64).is_err());
+        for arch in Arch::ALL {
+            for (name, image) in [("tiny", tiny_elf(arch)), ("hang", hanging_elf(arch))] {
+                let p = dir.path().join(format!("{name}-{arch}.elf"));
+                std::fs::write(&p, &image).unwrap();
+                check_image(&p, arch).unwrap();
+                for other in Arch::ALL.into_iter().filter(|a| *a != arch) {
+                    assert!(check_image(&p, other).is_err());
+                }
+                // Entry point = first byte of the code, inside the segment.
+                let entry = u64::from_le_bytes(image[24..32].try_into().unwrap());
+                let base = u64::from_le_bytes(image[64 + 16..64 + 24].try_into().unwrap());
+                assert!(entry > base && entry < base + image.len() as u64);
+                if arch == Arch::Aarch64 {
+                    assert_eq!(entry % 4, 0, "aarch64 code must be 4-byte aligned");
+                }
+            }
+        }
     }
 
     #[test]
@@ -165,7 +237,7 @@ mod tests {
         check_bzimage(&p, Arch::X86_64).unwrap();
         assert!(check_bzimage(&p, Arch::Aarch64).is_err());
         let elf = dir.path().join("tiny.elf");
-        std::fs::write(&elf, tiny_x86_64_pvh_elf()).unwrap();
+        std::fs::write(&elf, tiny_elf(Arch::X86_64)).unwrap();
         let e = check_bzimage(&elf, Arch::X86_64).unwrap_err().to_string();
         assert!(e.contains("not a Linux bzImage"), "{e}");
     }

@@ -176,18 +176,6 @@ pub fn one_line_mentioning(msg: &str, needles: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-/// A valid x86_64 PVH ELF that never connects: it halts with interrupts
-/// off (no CPU burnt under TCG), like a guest hanging early in boot.
-pub fn hanging_x86_64_pvh_elf() -> Vec<u8> {
-    let mut v = host_cli::image::tiny_x86_64_pvh_elf();
-    // The code is the last 7 bytes: replace it with `cli; hlt; jmp $-3`
-    // (back to the `hlt`) and pad with `nop`.
-    let code = [0xfa, 0xf4, 0xeb, 0xfd, 0x90, 0x90, 0x90];
-    let n = v.len();
-    v[n - code.len()..].copy_from_slice(&code);
-    v
-}
-
 /// Looking at processes through `/proc`.
 pub mod procs {
     use std::path::Path;

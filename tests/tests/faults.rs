@@ -11,7 +11,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use host_cli::tools::Tools;
-use host_cli::{Accel, Attach, Error, Session, SessionConfig, Vm, VmConfig};
+use host_cli::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
 use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
 
 type R = Result<(), String>;
@@ -93,11 +93,12 @@ fn qemu_missing(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
         let mut tools = f.tools()?;
-        tools.qemu = "/nonexistent/qemu-system-x86_64".into();
+        let qemu = format!("/nonexistent/{}", host_cli::tools::qemu_binary(f.ctx.arch));
+        tools.qemu = qemu.clone().into();
         cfg.tools = Some(tools);
         let e = Vm::launch(&cfg).err().ok_or("launched without QEMU")?;
         ensure(matches!(e, Error::Spawn { .. }), || format!("{e:?}"))?;
-        one_line_mentioning(&e.to_string(), &["/nonexistent/qemu-system-x86_64"])?;
+        one_line_mentioning(&e.to_string(), &[&qemu])?;
         // Through the CLI and `$SVMC_QEMU`.
         let out = f
             .host_cli()
@@ -109,7 +110,7 @@ fn qemu_missing(f: &Faults) -> R {
         one_line_mentioning(
             &stderr_of(&out),
             &[
-                "qemu-system-x86_64 not found",
+                &format!("{} not found", host_cli::tools::qemu_binary(f.ctx.arch)),
                 "SVMC_QEMU=/nonexistent/qemu",
             ],
         )
@@ -239,19 +240,25 @@ fn image_not_elf(f: &Faults) -> R {
         ensure(matches!(e, Error::Image { .. }), || format!("{e:?}"))?;
         one_line_mentioning(&e.to_string(), &["not-elf", "not an ELF"])?;
         // An ELF for another machine.
-        let mut elf = host_cli::image::tiny_x86_64_pvh_elf();
-        elf[18] = 183; // EM_AARCH64
-        cfg.image = f.write_image("arm.elf", &elf)?;
-        let e = Vm::launch(&cfg).err().ok_or("launched an AArch64 ELF")?;
+        let arch = f.ctx.arch;
+        let other = Arch::ALL
+            .into_iter()
+            .find(|a| *a != arch)
+            .ok_or("one arch")?;
+        let name = format!("{other}.elf");
+        cfg.image = f.write_image(&name, &host_cli::image::tiny_elf(other))?;
+        let e = Vm::launch(&cfg)
+            .err()
+            .ok_or_else(|| format!("launched an {other} ELF on {arch}"))?;
         ensure(matches!(e, Error::Image { .. }), || format!("{e:?}"))?;
-        one_line_mentioning(&e.to_string(), &["arm.elf", "is not x86_64"])
+        one_line_mentioning(&e.to_string(), &[&name, &format!("is not {arch}")])
     })
 }
 
 fn guest_hangs_before_connecting(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
-        cfg.image = f.write_image("hang.elf", &tests::hanging_x86_64_pvh_elf())?;
+        cfg.image = f.write_image("hang.elf", &host_cli::image::hanging_elf(f.ctx.arch))?;
         let boot = Duration::from_secs(2);
         let start = Instant::now();
         let e = open_err(&f.session_config(cfg, boot))?;
@@ -272,7 +279,7 @@ fn guest_hangs_before_connecting(f: &Faults) -> R {
 fn guest_crashes_before_connecting(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
-        cfg.image = f.write_image("exit.elf", &host_cli::image::tiny_x86_64_pvh_elf())?;
+        cfg.image = f.write_image("exit.elf", &host_cli::image::tiny_elf(f.ctx.arch))?;
         let start = Instant::now();
         let e = open_err(&f.session_config(cfg, Duration::from_secs(20)))?;
         let took = start.elapsed();
@@ -286,7 +293,7 @@ fn guest_crashes_before_connecting(f: &Faults) -> R {
         };
         ensure(took < Duration::from_secs(5), || format!("took {took:?}"))?;
         ensure(
-            status.code() == Some(host_cli::image::TINY_EXIT_STATUS),
+            status.code() == Some(host_cli::image::tiny_exit_status(f.ctx.arch)),
             || format!("status {status}"),
         )?;
         one_line_mentioning(

@@ -22,7 +22,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use host_cli::image::{TINY_EXIT_STATUS, tiny_x86_64_pvh_elf};
+use host_cli::image::{tiny_elf, tiny_exit_status};
 use host_cli::{Arch, Attach, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::{Connection, Step, Timeouts};
 
@@ -183,7 +183,14 @@ pub fn run(args: &[String]) -> Result<()> {
         let name = machine.unwrap_or("default machine");
         if machine.is_some() {
             // One try first: the guest may not support it.
-            if let Err(e) = boot_cli(&host_cli, &img, &log_dir, *machine, Duration::from_secs(5)) {
+            if let Err(e) = boot_cli(
+                &host_cli,
+                o.arch,
+                &img,
+                &log_dir,
+                *machine,
+                Duration::from_secs(5),
+            ) {
                 notes.push(format!(
                     "{name}: not supported by the guest ({})",
                     e.lines().next().unwrap_or("")
@@ -191,30 +198,25 @@ pub fn run(args: &[String]) -> Result<()> {
                 continue;
             }
         }
-        let tiny = (o.arch == Arch::X86_64).then(|| {
-            let p = work.join("tiny-x86_64.elf");
-            std::fs::write(&p, tiny_x86_64_pvh_elf()).map(|()| p)
-        });
+        let tiny = work.join(format!("tiny-{}.elf", o.arch));
+        std::fs::write(&tiny, tiny_elf(o.arch))
+            .map_err(|e| format!("writing {}: {e}", tiny.display()))?;
         let mut ours = Vec::new();
         let mut floor = Vec::new();
         let mut qemu_only = Vec::new();
         for _ in 0..o.reps {
-            ours.push(ms(boot_cli(&host_cli, &img, &log_dir, *machine, STEP)?));
-            if let Some(Ok(tiny)) = &tiny {
-                let mut cfg = base.clone();
-                cfg.image = tiny.clone();
-                cfg.machine = machine.map(str::to_string);
-                let (all, qemu) = boot_floor(&cfg)?;
-                floor.push(ms(all));
-                qemu_only.push(ms(qemu));
-            }
+            ours.push(ms(boot_cli(
+                &host_cli, o.arch, &img, &log_dir, *machine, STEP,
+            )?));
+            let mut cfg = base.clone();
+            cfg.image = tiny.clone();
+            cfg.machine = machine.map(str::to_string);
+            let (all, qemu) = boot_floor(&cfg)?;
+            floor.push(ms(all));
+            qemu_only.push(ms(qemu));
         }
         let ours = Stat::of(ours);
         let label = format!("boot to answer ({name})");
-        if floor.is_empty() {
-            rows.push(Row::new(&label, ours.show("ms", 1), "n/a".into()));
-            continue;
-        }
         let (floor, qemu_only) = (Stat::of(floor), Stat::of(qemu_only));
         let r = ours.med / floor.med;
         rows.push(
@@ -300,7 +302,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
 
     println!();
-    println!("{}", machine_line(svc.accel));
+    println!("{}", machine_line(o.arch, svc.accel));
     println!("{}", table(&rows));
     for n in &notes {
         println!("note: {n}");
@@ -320,13 +322,14 @@ fn ms(d: Duration) -> f64 {
 /// Wall time of `host-cli reverse abc`.
 fn boot_cli(
     host_cli: &Path,
+    arch: Arch,
     img: &Path,
     log_dir: &Path,
     machine: Option<&str>,
     timeout: Duration,
 ) -> Result<Duration> {
     let mut cmd = Command::new(host_cli);
-    cmd.arg("--image")
+    cmd.args(["--arch", arch.name(), "--image"])
         .arg(img)
         .arg("--log-dir")
         .arg(log_dir)
@@ -364,7 +367,7 @@ fn boot_floor(cfg: &VmConfig) -> Result<(Duration, Duration)> {
         .wait_exit(STEP)
         .map_err(|e| format!("the tiny firmware: {e}"))?;
     let end = Instant::now();
-    if status.code() != Some(TINY_EXIT_STATUS) {
+    if status.code() != Some(tiny_exit_status(cfg.arch)) {
         return Err(format!("the tiny firmware ended with {status}"));
     }
     Ok((end - start, end - qemu_start))
@@ -622,7 +625,7 @@ fn codec_summary() -> Result<String> {
     Ok(summary.to_string())
 }
 
-fn machine_line(accel: host_cli::Accel) -> String {
+fn machine_line(arch: Arch, accel: host_cli::Accel) -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -633,12 +636,12 @@ fn machine_line(accel: host_cli::Accel) -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let qemu = host_cli::tools::Tools::find(Arch::X86_64)
+    let qemu = host_cli::tools::Tools::find(arch)
         .ok()
         .and_then(|t| util::output(Command::new(t.qemu).arg("--version")))
         .and_then(|s| s.lines().next().map(str::to_string))
         .unwrap_or_else(|| "QEMU ?".into());
-    format!("machine: {nproc} CPUs, {cpu}; {qemu}; accel {accel:?}")
+    format!("machine: {nproc} CPUs, {cpu}; {qemu}; guest {arch}, accel {accel:?}")
 }
 
 fn table(rows: &[Row]) -> String {
