@@ -159,7 +159,7 @@ fn run_tiny(qemu: &Path, arch: Arch, accel: Accel) -> bool {
             .args(["-machine", "q35", "-device"])
             .arg("isa-debug-exit,iobase=0xf4,iosize=0x04"),
         Arch::Aarch64 => cmd
-            .args(["-machine", "virt", "-cpu"])
+            .args(["-machine", "virt,gic-version=max", "-cpu"])
             .arg(if accel == Accel::Kvm { "host" } else { "max" }),
     };
     let child = cmd

@@ -618,7 +618,15 @@ fn qemu_args(
         Arch::Aarch64 => "virt".into(),
     });
     push("-machine");
-    push(&format!("{machine},memory-backend=mem"));
+    // Under KVM, `virt` must use an interrupt controller the host has
+    // (GICv3-only hosts cannot emulate the default GICv2); the guest
+    // polls and does not care which.
+    let gic = if config.arch == Arch::Aarch64 && accel == Accel::Kvm && machine == "virt" {
+        ",gic-version=max"
+    } else {
+        ""
+    };
+    push(&format!("{machine}{gic},memory-backend=mem"));
     push("-object");
     push(&format!("memory-backend-memfd,id=mem,size={mem},share=on"));
     push("-m");
@@ -731,5 +739,39 @@ pub fn launch_ready(
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(arch: Arch, accel: Accel) -> String {
+        let cfg = VmConfig::new(arch, Path::new("/img"));
+        qemu_args(&cfg, accel, Path::new("/vhost"), Path::new("/serial")).join(" ")
+    }
+
+    #[test]
+    fn aarch64_machine_and_cpu_follow_the_accelerator() {
+        let tcg = args(Arch::Aarch64, Accel::Tcg);
+        assert!(tcg.contains("-machine virt,memory-backend=mem"), "{tcg}");
+        assert!(tcg.contains("-cpu cortex-a57"), "{tcg}");
+        assert!(tcg.contains("-device pvpanic-pci -action panic=exit-failure"));
+        assert!(!tcg.contains("isa-debug-exit"), "{tcg}");
+        let kvm = args(Arch::Aarch64, Accel::Kvm);
+        assert!(
+            kvm.contains("-machine virt,gic-version=max,memory-backend=mem"),
+            "{kvm}"
+        );
+        assert!(kvm.contains("-cpu host"), "{kvm}");
+    }
+
+    #[test]
+    fn x86_64_uses_q35_pci_and_isa_debug_exit() {
+        let a = args(Arch::X86_64, Accel::Tcg);
+        assert!(a.contains("-machine q35,memory-backend=mem"), "{a}");
+        assert!(a.contains("vhost-user-vsock-pci,chardev=vsock0"), "{a}");
+        assert!(a.contains("isa-debug-exit"), "{a}");
+        assert!(!a.contains("-cpu"), "{a}");
     }
 }
