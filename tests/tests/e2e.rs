@@ -75,6 +75,28 @@ fn thousand_requests_one_connection(ctx: &Ctx) -> R {
     power_off(s)
 }
 
+/// Every length up to 130 bytes and around the 4 KiB and 64 KiB (the
+/// largest vsock packet) boundaries, with bytes that differ from position
+/// to position, on one connection: the copies at both ends (the guest's
+/// own `memcpy` on aarch64) have a short path, a 16- and 32-byte path and
+/// the tails between.
+fn reverse_every_small_size(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let sizes = (0..=130)
+        .chain(4090..=4100)
+        .chain((65_530..=65_545).step_by(3));
+    for len in sizes {
+        let payload = pattern(len);
+        let mut expected = payload.clone();
+        expected.reverse();
+        let got = s
+            .reverse(payload)
+            .map_err(|e| format!("{len} bytes: {e}"))?;
+        ensure(got == expected, || format!("{len} bytes: wrong answer"))?;
+    }
+    power_off(s)
+}
+
 fn info(ctx: &Ctx) -> R {
     let mut s = ctx.session()?;
     let info = s.info().map_err(|e| e.to_string())?;
@@ -331,6 +353,7 @@ const CASES: &[Case<Ctx>] = &[
     ("reverse_empty", reverse_empty),
     ("reverse_1mib", reverse_1mib),
     ("reverse_8mib", reverse_8mib),
+    ("reverse_every_small_size", reverse_every_small_size),
     (
         "thousand_requests_one_connection",
         thousand_requests_one_connection,

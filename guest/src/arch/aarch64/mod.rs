@@ -9,6 +9,7 @@ use core::fmt::Write;
 mod clock;
 pub mod console;
 mod devicetree;
+mod memcpy;
 mod mmu;
 mod power;
 mod virtio;
