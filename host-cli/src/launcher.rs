@@ -730,7 +730,10 @@ pub fn launch_ready(
             Err(Error::GuestTimeout { serial_log, .. })
                 if n < BOOT_ATTEMPTS && left > this + Duration::from_millis(500) =>
             {
-                tracing::warn!(
+                // Info, not a warning: the relaunch is this function's job,
+                // and host-cli's stderr stays one line on failure (`-v`
+                // shows it).
+                tracing::info!(
                     attempt = n,
                     serial_log = %serial_log.display(),
                     "the guest did not connect within {this:?}; relaunching it"
