@@ -20,15 +20,22 @@ fn pattern(len: usize) -> Vec<u8> {
         .collect()
 }
 
-fn check_reverse(ctx: &Ctx, payload: Vec<u8>) -> R {
-    let mut s = ctx.session()?;
+/// Sends `payload` on `s` and checks the answer is its reverse; errors
+/// start with `what`.
+fn reverse_on(s: &mut host_cli::Session, payload: Vec<u8>, what: &str) -> R {
     let mut expected = payload.clone();
     expected.reverse();
-    let got = s.reverse(payload).map_err(|e| e.to_string())?;
+    let got = s.reverse(payload).map_err(|e| format!("{what}: {e}"))?;
     ensure(got.len() == expected.len(), || {
-        format!("length {} != {}", got.len(), expected.len())
+        format!("{what}: length {} != {}", got.len(), expected.len())
     })?;
-    ensure(got == expected, || "reversed bytes differ".into())?;
+    ensure(got == expected, || format!("{what}: reversed bytes differ"))
+}
+
+fn check_reverse(ctx: &Ctx, payload: Vec<u8>) -> R {
+    let mut s = ctx.session()?;
+    let what = format!("{} bytes", payload.len());
+    reverse_on(&mut s, payload, &what)?;
     power_off(s)
 }
 
@@ -65,12 +72,7 @@ fn thousand_requests_one_connection(ctx: &Ctx) -> R {
     let mut s = ctx.session()?;
     for i in 0..1000u32 {
         let payload = format!("request {i} {}", "x".repeat((i % 97) as usize)).into_bytes();
-        let mut expected = payload.clone();
-        expected.reverse();
-        let got = s
-            .reverse(payload)
-            .map_err(|e| format!("request {i}: {e}"))?;
-        ensure(got == expected, || format!("request {i}: wrong answer"))?;
+        reverse_on(&mut s, payload, &format!("request {i}"))?;
     }
     power_off(s)
 }
@@ -86,13 +88,7 @@ fn reverse_every_small_size(ctx: &Ctx) -> R {
         .chain(4090..=4100)
         .chain((65_530..=65_545).step_by(3));
     for len in sizes {
-        let payload = pattern(len);
-        let mut expected = payload.clone();
-        expected.reverse();
-        let got = s
-            .reverse(payload)
-            .map_err(|e| format!("{len} bytes: {e}"))?;
-        ensure(got == expected, || format!("{len} bytes: wrong answer"))?;
+        reverse_on(&mut s, pattern(len), &format!("{len} bytes"))?;
     }
     power_off(s)
 }
