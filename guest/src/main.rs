@@ -4,11 +4,13 @@
 //!
 //! # Start-up order
 //!
-//! 1. **Stack** (and, on x86_64, page tables and long mode): the arch boot
-//!    assembly, which then calls the arch `rust_start`. `.bss` is not zeroed
+//! 1. **Stack** (and page tables: long mode on x86_64, the MMU on with
+//!    device memory as device memory on aarch64): the arch boot assembly,
+//!    which then calls the arch `rust_start`. `.bss` is not zeroed
 //!    by the guest: the VMM's ELF loader has zeroed it.
 //! 2. **Boot information**: `rust_start` reads the command line and the
-//!    memory map the VMM passed (PVH `hvm_start_info` on x86_64), without
+//!    memory map the VMM passed (PVH `hvm_start_info` on x86_64, the device
+//!    tree on aarch64), without
 //!    allocating, and calls [`start`].
 //! 3. **Heap**: the RAM above the image ([`heap`]). From here `alloc` works.
 //! 4. **Console**: the serial port ([`arch::console`]).
@@ -20,7 +22,7 @@
 //! interrupts. When `main` returns the VM powers off (exit status 0); a
 //! fatal error is logged and the VM exits with a failure status; a panic
 //! prints its message and exits with a failure status (3 on QEMU x86 with
-//! `isa-debug-exit`).
+//! `isa-debug-exit`, 1 on QEMU `virt` with `pvpanic-pci`).
 //!
 //! # Service loop
 //!
