@@ -7,7 +7,7 @@
 //! | `svmc.port`       | vsock port the guest listens on         | `comm::service::SERVICE_PORT`|
 //! | `svmc.connect_timeout_ms` | how long to wait for the host to answer the boot-time connection | 200 |
 //! | `svmc.test_panic` | `1`: panic right after start-up (tests the panic path) | off           |
-//! | `svmc.hostile`    | with the `hostile` feature only: how to misbehave ([`crate::hostile`]) | off |
+//! | `svmc.hostile`    | with the `hostile` feature only: how to misbehave (the `hostile` module) | off |
 //! | `svmc.mode`       | `service` (the `svmc` protocol) or `echo` (raw byte echo, the benchmark floor) | `service` |
 //!
 //! Anything else, and values that do not parse, are ignored and reported
