@@ -108,10 +108,7 @@ fn tiny_code(arch: Arch) -> Vec<u8> {
         Arch::X86_64 => vec![0xb0, TINY_EXIT_VALUE, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd],
         // movz x0, #0x0008; movk x0, #0x8400, lsl #16 (PSCI SYSTEM_OFF,
         // 0x8400_0008); hvc #0; b . (should SYSTEM_OFF return).
-        Arch::Aarch64 => [0xd280_0100u32, 0xf2b0_8000, 0xd400_0002, 0x1400_0000]
-            .iter()
-            .flat_map(|i| i.to_le_bytes())
-            .collect(),
+        Arch::Aarch64 => a64(&[0xd280_0100, 0xf2b0_8000, 0xd400_0002, 0x1400_0000]),
     }
 }
 
@@ -135,12 +132,14 @@ pub fn hanging_elf(arch: Arch) -> Vec<u8> {
         // cli; hlt; jmp $-3 (back to the hlt).
         Arch::X86_64 => vec![0xfa, 0xf4, 0xeb, 0xfd],
         // wfi; b .-4 (back to the wfi).
-        Arch::Aarch64 => [0xd503_207fu32, 0x17ff_ffff]
-            .iter()
-            .flat_map(|i| i.to_le_bytes())
-            .collect(),
+        Arch::Aarch64 => a64(&[0xd503_207f, 0x17ff_ffff]),
     };
     elf(arch, &code)
+}
+
+/// aarch64 instructions as the little-endian bytes of the image.
+fn a64(instructions: &[u32]) -> Vec<u8> {
+    instructions.iter().flat_map(|i| i.to_le_bytes()).collect()
 }
 
 /// A minimal ELF executable for `arch` whose only segment holds the headers

@@ -275,29 +275,28 @@ fn host_cli(ctx: &Ctx, args: &[&str]) -> Result<std::process::Output, String> {
         .map_err(|e| format!("running host-cli: {e}"))
 }
 
-fn cli_reverse_abc(ctx: &Ctx) -> R {
-    let out = host_cli(ctx, &["reverse", "abc"])?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
+/// Checks that host-cli exited with success; the error shows its stderr.
+fn cli_succeeded(out: &std::process::Output) -> R {
     ensure(out.status.success(), || {
         format!(
             "status {}: {}",
             out.status,
             String::from_utf8_lossy(&out.stderr)
         )
-    })?;
+    })
+}
+
+fn cli_reverse_abc(ctx: &Ctx) -> R {
+    let out = host_cli(ctx, &["reverse", "abc"])?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    cli_succeeded(&out)?;
     ensure(stdout == "cba\n", || format!("stdout {stdout:?}"))
 }
 
 fn cli_info_json(ctx: &Ctx) -> R {
     let out = host_cli(ctx, &["--json", "info"])?;
     let stdout = String::from_utf8_lossy(&out.stdout);
-    ensure(out.status.success(), || {
-        format!(
-            "status {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })?;
+    cli_succeeded(&out)?;
     ensure(
         stdout.contains(&format!("\"arch\":\"{}\"", ctx.arch.name()))
             && stdout.contains("\"protocol_version\":1"),
@@ -311,16 +310,12 @@ fn cli_attach_to_running_vm(ctx: &Ctx) -> R {
     frame_goodbye(s.client().ok_or("no client")?.connection())?;
     let uds = uds.to_string_lossy().into_owned();
     let out = host_cli(ctx, &["--attach-uds", &uds, "reverse", "attached"])?;
-    ensure(out.status.success(), || {
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    })?;
+    cli_succeeded(&out)?;
     ensure(out.stdout == b"dehcatta\n", || {
         format!("{:?}", String::from_utf8_lossy(&out.stdout))
     })?;
     let out = host_cli(ctx, &["--attach-uds", &uds, "power-off"])?;
-    ensure(out.status.success(), || {
-        String::from_utf8_lossy(&out.stderr).into_owned()
-    })?;
+    cli_succeeded(&out)?;
     let status = s
         .vm()
         .ok_or("no vm")?
