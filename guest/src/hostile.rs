@@ -146,7 +146,7 @@ pub fn run(
         port: host_port,
     };
     match vsock.connect(host, CONNECT_LOCAL_PORT) {
-        Ok(mut conn) => misbehave_logged(&mut conn, mode, max_body),
+        Ok(id) => misbehave_logged(&mut vsock.stream(id), mode, max_body),
         Err(e @ (Error::Refused { .. } | Error::Timeout(_))) => {
             info!("host port {host_port}: {e}; waiting for the host to connect")
         }
@@ -154,8 +154,12 @@ pub fn run(
     }
     loop {
         match vsock.accept() {
-            Ok(mut conn) => misbehave_logged(&mut conn, mode, max_body),
-            Err(e) => return ("waiting for a connection", e),
+            Some(id) => misbehave_logged(&mut vsock.stream(id), mode, max_body),
+            None => {
+                if let Err(e) = vsock.poll_or_spin() {
+                    return ("waiting for a connection", e);
+                }
+            }
         }
     }
 }

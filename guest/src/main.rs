@@ -175,9 +175,9 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
         port: config.host_port,
     };
     match vsock.connect(host, CONNECT_LOCAL_PORT) {
-        Ok(mut conn) => {
+        Ok(id) => {
             info!("connected to host port {}", config.host_port);
-            if serve(&mut conn, &mut service, serve_config) {
+            if serve(&mut vsock.stream(id), &mut service, serve_config) {
                 return Ok(());
             }
         }
@@ -191,10 +191,13 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
     }
     info!("listening on port {}", config.service_port);
     loop {
-        let mut conn = vsock
-            .accept()
-            .map_err(|e| Fatal::Vsock("waiting for a connection", e))?;
-        if serve(&mut conn, &mut service, serve_config) {
+        let Some(id) = vsock.accept() else {
+            vsock
+                .poll_or_spin()
+                .map_err(|e| Fatal::Vsock("waiting for a connection", e))?;
+            continue;
+        };
+        if serve(&mut vsock.stream(id), &mut service, serve_config) {
             return Ok(());
         }
     }

@@ -1,5 +1,6 @@
-//! Guest backend: [`Connection`] over virtio-drivers' `VsockConnectionManager`
-//! (`no_std`), for any virtio [`Hal`] and [`Transport`].
+//! Guest backend: many connections over virtio-drivers'
+//! `VsockConnectionManager` (`no_std`), for any virtio [`Hal`] and
+//! [`Transport`], served by one event loop.
 //!
 //! # A short primer on virtio-vsock streams
 //!
@@ -20,18 +21,21 @@
 //! peer_free = peer_buf_alloc - (tx_cnt - peer_fwd_cnt)      (all u32, wrapping)
 //! ```
 //!
-//! Two consequences shape this module:
+//! Two consequences shape this module (the arithmetic is in `credit`,
+//! pure functions with their own tests):
 //!
 //! - **Sending.** virtio-drivers' `send()` never splits a buffer: unless the
 //!   whole buffer fits `peer_free` it fails with
 //!   `InsufficientBufferSpaceInPeer` (and asks the peer for a credit
-//!   update). [`GuestConnection::send`] therefore cuts writes into chunks of
-//!   at most `peer_free` bytes (tracked here from the events it sees) and at
-//!   most [`MAX_PACKET`], and on that error polls the device and retries.
+//!   update). [`GuestVsock::send_some`] therefore cuts writes into chunks
+//!   of at most `peer_free` bytes (tracked here from the events it sees)
+//!   and at most [`MAX_PACKET`], and returns what it could send *now*: it
+//!   never waits for credit, so a peer that does not read cannot hold the
+//!   event loop.
 //! - **Receiving.** The peer learns our `fwd_cnt` only from packets we send.
 //!   virtio-drivers' `recv()` sends none, so a receiver that only reads
 //!   would stall the sender once the buffer's worth is consumed (AOSP bug
-//!   b/292080257). [`GuestConnection::recv`] sends a credit update after
+//!   b/292080257). [`GuestVsock::recv`] sends a credit update after
 //!   consuming data, at the latest when a quarter of the buffer has been
 //!   consumed unannounced; so the sender always sees at least three
 //!   quarters of the buffer free once we have drained it.
@@ -41,16 +45,24 @@
 //! otherwise), so a peer that honours credit can never overflow it (which
 //! would lose data: `poll()` fails with `OutputBufferTooShort`).
 //!
-//! # Connections in sequence
+//! # Many connections, one loop
 //!
-//! [`GuestVsock`] owns the device. It is polled only through
-//! [`GuestVsock::poll`], which records every event: a connection request on
-//! a listening port (the manager accepts it at once) goes into a backlog
-//! that [`GuestVsock::accept`] hands out in order; data for any connection
-//! waits in the manager's ring; a close is remembered per connection. So
-//! events for other connections that arrive while one is served are never
-//! lost. A [`GuestConnection`] borrows the [`GuestVsock`] mutably: one
-//! connection is served at a time.
+//! [`GuestVsock`] owns the device and a table of connections, each named
+//! by a [`ConnId`] handle. Nothing here blocks except [`GuestVsock::connect`]
+//! (bounded) and the [`Stream`] adapter: the caller's loop calls
+//! [`GuestVsock::poll`] (one device event: a connection request on a
+//! listening port, which the manager accepts at once, goes into a backlog
+//! that [`GuestVsock::accept`] hands out; data waits in the manager's ring
+//! of its connection; a close is remembered), then [`GuestVsock::recv`] and
+//! [`GuestVsock::send_some`] on any connection, without waiting, and
+//! [`GuestVsock::tick`] to end shutdowns whose peer never answered. At most
+//! [`GuestVsock::set_max_pending`] accepted connections wait in the backlog;
+//! beyond that a new one is reset at once, so a flood of connection
+//! requests cannot exhaust the heap with per-connection rings.
+//!
+//! [`Stream`] is a blocking [`Connection`] over one connection of the table
+//! (the echo mode and the hostile test firmware use it: one connection at
+//! a time, the others wait in the backlog).
 //!
 //! # Bounded waits
 //!
@@ -60,6 +72,13 @@
 //! peer's `RST` after our `SHUTDOWN`. Both are bounded by [`Limits`],
 //! measured with the clock given to [`GuestVsock::set_clock`]; without one,
 //! a microsecond is counted per poll of the device.
+//!
+//! vhost-device-vsock 0.3.0 reports a failed read of the host's socket as
+//! a packet with operation 0, which virtio-drivers rejects without saying
+//! which connection it was for: that connection then just stays silent.
+//! Closing silent connections is a policy of the server above this layer.
+
+mod credit;
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -73,6 +92,7 @@ use virtio_drivers::device::socket::{
 };
 use virtio_drivers::transport::Transport;
 
+use self::credit::Credit;
 use crate::{Connection, Error, Result, Step};
 
 /// Size of each buffer in the device's RX virtqueue: the largest packet the
@@ -83,6 +103,10 @@ use crate::{Connection, Error, Result, Step};
 /// The queue holds 8 of them: 512 KiB of heap.
 pub const RX_BUFFER_SIZE: usize = 64 * 1024;
 
+/// Heap the device's RX virtqueue holds (8 buffers, virtio-drivers'
+/// `QUEUE_SIZE`), for the caller's heap budget.
+pub const RX_QUEUE_BYTES: usize = 8 * RX_BUFFER_SIZE;
+
 /// Default per-connection receive buffer (the `buf_alloc` we advertise).
 pub const CONNECTION_BUFFER_SIZE: u32 = 256 * 1024;
 
@@ -90,35 +114,27 @@ pub const CONNECTION_BUFFER_SIZE: u32 = 256 * 1024;
 /// (64 KiB), which device back-ends also assume.
 pub const MAX_PACKET: usize = 64 * 1024;
 
+/// Default of [`GuestVsock::set_max_pending`].
+pub const DEFAULT_MAX_PENDING: usize = 4;
+
 /// Bounds on the waits that have no natural end, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// How long [`GuestVsock::connect`] waits for `RESPONSE` or `RST`
     /// before it gives up with [`Error::Timeout`]`(`[`Step::Connect`]`)`.
     pub connect_us: u64,
-    /// How long [`GuestConnection::shutdown`] waits for the peer's `RST`
-    /// before it resets the connection itself.
+    /// How long a connection closed with [`GuestVsock::close`] waits for
+    /// the peer's `RST` before [`GuestVsock::tick`] resets it.
     pub shutdown_us: u64,
-    /// How long a connection may go without receiving anything while
-    /// another connection waits to be served, before it is reset and
-    /// reported closed. Connections are served one at a time, and
-    /// vhost-device-vsock 0.3.0 does not tell the guest when the host side of
-    /// a connection fails (it sends a packet with operation 0, which
-    /// virtio-drivers rejects without saying which connection it was for,
-    /// instead of `RST`), so without this a dead connection would block every
-    /// later one forever.
-    pub idle_yield_us: u64,
 }
 
 impl Default for Limits {
     /// 200 ms to connect (the host answers within a few milliseconds even
-    /// under emulation), 100 ms for the shutdown handshake, 2 s of silence
-    /// before an idle connection yields to a waiting one.
+    /// under emulation), 100 ms for the shutdown handshake.
     fn default() -> Self {
         Self {
             connect_us: 200_000,
             shutdown_us: 100_000,
-            idle_yield_us: 2_000_000,
         }
     }
 }
@@ -140,6 +156,17 @@ fn is_socket_error(e: &virtio_drivers::Error, want: SocketError) -> bool {
     matches!(e, virtio_drivers::Error::SocketDeviceError(s) if *s == want)
 }
 
+/// A handle on one connection of a [`GuestVsock`]. Handles are never
+/// reused, so a stale one names no connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u32);
+
+impl core::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
 /// A connection's name on our side: the peer's address and our port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Key {
@@ -155,50 +182,39 @@ enum Phase {
     Connected,
     /// The peer sent `SHUTDOWN` or `RST`.
     PeerClosed(DisconnectReason),
+    /// We sent `SHUTDOWN` at this time and wait for the peer's `RST`.
+    Closing(u64),
 }
 
 /// What we track per connection, beside the manager's own state.
 #[derive(Debug)]
 struct ConnState {
+    id: ConnId,
     key: Key,
     phase: Phase,
-    /// The peer's last `buf_alloc`.
-    peer_buf_alloc: u32,
-    /// The peer's last `fwd_cnt`.
-    peer_fwd_cnt: u32,
-    /// Body bytes we have sent.
-    tx_cnt: u32,
-    /// Body bytes consumed since our `fwd_cnt` last went to the peer.
-    unannounced: u32,
+    credit: Credit,
 }
 
-impl ConnState {
-    fn new(key: Key, phase: Phase) -> Self {
-        Self {
-            key,
-            phase,
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: 0,
-            tx_cnt: 0,
-            unannounced: 0,
-        }
-    }
-
-    /// `peer_buf_alloc - (tx_cnt - peer_fwd_cnt)`, as far as we have seen.
-    /// It can only be lower than the driver's own figure (it sees a few
-    /// events we do not), never higher.
-    fn peer_free(&self) -> u32 {
-        self.peer_buf_alloc
-            .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
-    }
+/// What [`GuestVsock::recv`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recv {
+    /// This many bytes were copied (at least one).
+    Data(usize),
+    /// Nothing buffered now; the stream is open.
+    Empty,
+    /// The peer closed its side (`SHUTDOWN` or `RST`) and everything it
+    /// sent has been read.
+    Eof,
 }
 
 /// The guest's vsock device: listening ports, a backlog of accepted
-/// connections, and outgoing connections.
+/// connections, and the table of open connections.
 pub struct GuestVsock<H: Hal, T: Transport> {
     manager: Manager<H, T>,
     conns: Vec<ConnState>,
-    backlog: VecDeque<Key>,
+    backlog: VecDeque<ConnId>,
+    max_pending: usize,
+    next_id: u32,
     buffer_size: u32,
     limits: Limits,
     clock: Option<Clock>,
@@ -223,6 +239,8 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             manager: VsockConnectionManager::new_with_capacity(driver, buffer_size),
             conns: Vec::new(),
             backlog: VecDeque::new(),
+            max_pending: DEFAULT_MAX_PENDING,
+            next_id: 0,
             buffer_size,
             limits: Limits::default(),
             clock: None,
@@ -240,8 +258,14 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         self.clock = Some(clock);
     }
 
+    /// At most `n` (at least 1) accepted connections wait in the backlog;
+    /// a connection request beyond that is reset as soon as it arrives.
+    pub fn set_max_pending(&mut self, n: usize) {
+        self.max_pending = n.max(1);
+    }
+
     /// Microseconds by the clock, or polls without one.
-    fn now(&self) -> u64 {
+    pub fn now(&self) -> u64 {
         self.clock.map_or(self.polls, |clock| clock())
     }
 
@@ -255,64 +279,70 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         self.buffer_size
     }
 
+    /// Connections in the table: served, waiting in the backlog, or
+    /// closing. Each holds a receive ring of [`GuestVsock::buffer_size`].
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
     /// Accepts connections on `port` from now on. They queue up until
     /// [`GuestVsock::accept`] takes them.
     pub fn listen(&mut self, port: u32) {
         self.manager.listen(port);
     }
 
-    /// Connects from our `local_port` to `peer` and waits for the answer.
-    /// A `RST` answer (nobody listens there) is [`Error::Refused`]; no
-    /// answer within [`Limits::connect_us`] is
-    /// [`Error::Timeout`]`(`[`Step::Connect`]`)`, and the request is reset.
-    pub fn connect(
-        &mut self,
-        peer: VsockAddr,
-        local_port: u32,
-    ) -> Result<GuestConnection<'_, H, T>> {
+    /// Connects from our `local_port` to `peer` and waits for the answer
+    /// (events for other connections are recorded meanwhile). A `RST`
+    /// answer (nobody listens there) is [`Error::Refused`]; no answer within
+    /// [`Limits::connect_us`] is [`Error::Timeout`]`(`[`Step::Connect`]`)`,
+    /// and the request is reset.
+    pub fn connect(&mut self, peer: VsockAddr, local_port: u32) -> Result<ConnId> {
         let key = Key { peer, local_port };
-        if self.state(key).is_some() {
+        if self.conns.iter().any(|s| s.key == key) {
             return Err(virtio(SocketError::ConnectionExists));
         }
         self.manager.connect(peer, local_port).map_err(virtio)?;
-        self.conns.push(ConnState::new(key, Phase::Connecting));
+        let id = self.insert(key, Phase::Connecting);
         let start = self.now();
         loop {
-            match self.state(key).map(|s| s.phase) {
+            match self.state(id).map(|s| s.phase) {
                 Some(Phase::Connected) => break,
                 Some(Phase::Connecting) if self.now() - start >= self.limits.connect_us => {
                     let r = self.manager.force_close(peer, local_port);
-                    self.forget(key);
+                    self.forget(id);
                     r.map_err(virtio)?;
                     return Err(Error::Timeout(Step::Connect));
                 }
                 Some(Phase::Connecting) => self.poll_or_spin()?,
-                Some(Phase::PeerClosed(_)) | None => {
-                    self.forget(key);
+                Some(_) | None => {
+                    self.forget(id);
                     return Err(Error::Refused { port: peer.port });
                 }
             }
         }
         debug!(
-            "vsock: connected to {}:{} from port {local_port}",
+            "vsock {id}: connected to {}:{} from port {local_port}",
             peer.cid, peer.port
         );
-        Ok(GuestConnection::new(self, key))
+        Ok(id)
     }
 
-    /// Waits for the next connection on a listening port. Connections that
-    /// arrived earlier (also while another one was served) come first.
-    pub fn accept(&mut self) -> Result<GuestConnection<'_, H, T>> {
-        loop {
-            if let Some(key) = self.backlog.pop_front() {
-                debug!(
-                    "vsock: accepted {}:{} on port {}",
-                    key.peer.cid, key.peer.port, key.local_port
-                );
-                return Ok(GuestConnection::new(self, key));
-            }
-            self.poll_or_spin()?;
+    /// The next connection accepted on a listening port, if one waits
+    /// (connections come in the order they arrived). Does not poll.
+    pub fn accept(&mut self) -> Option<ConnId> {
+        let id = self.backlog.pop_front()?;
+        if let Some(s) = self.state(id) {
+            debug!(
+                "vsock {id}: accepted {}:{} on port {}",
+                s.key.peer.cid, s.key.peer.port, s.key.local_port
+            );
         }
+        Some(id)
     }
 
     /// Connections accepted by the device and not yet handed out by
@@ -321,9 +351,25 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         self.backlog.len()
     }
 
+    /// The peer's address of connection `id`.
+    pub fn peer(&self, id: ConnId) -> Option<VsockAddr> {
+        self.conns.iter().find(|s| s.id == id).map(|s| s.key.peer)
+    }
+
+    /// Whether `id` is in the table and not being closed by us.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.conns
+            .iter()
+            .any(|s| s.id == id && !matches!(s.phase, Phase::Closing(_)))
+    }
+
+    /// Whether `id` is still in the table (open or closing).
+    pub fn exists(&self, id: ConnId) -> bool {
+        self.conns.iter().any(|s| s.id == id)
+    }
+
     /// Processes at most one event from the device; `Ok(false)` if there
-    /// was none. Every blocking operation here polls through this, so no
-    /// event is lost whichever connection it belongs to.
+    /// was none.
     ///
     /// A malformed packet (bad header or length, unknown operation) is
     /// dropped with a warning: it concerns that packet only, and the driver
@@ -350,7 +396,8 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         }
     }
 
-    fn poll_or_spin(&mut self) -> Result<()> {
+    /// [`GuestVsock::poll`], and a spin-loop hint if there was nothing.
+    pub fn poll_or_spin(&mut self) -> Result<()> {
         if !self.poll()? {
             spin_loop();
         }
@@ -365,125 +412,256 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         };
         if event.event_type == VsockEventType::ConnectionRequest {
             // The manager only passes requests for listening ports on, and
-            // has accepted them already.
-            self.forget(key);
-            let mut state = ConnState::new(key, Phase::Connected);
-            state.peer_buf_alloc = event.buffer_status.buffer_allocation;
-            state.peer_fwd_cnt = event.buffer_status.forward_count;
-            self.conns.push(state);
-            self.backlog.push_back(key);
+            // has accepted them already. A request for a connection we
+            // still know is a new connection: the old one is gone.
+            if let Some(old) = self.conns.iter().find(|s| s.key == key).map(|s| s.id) {
+                self.forget(old);
+            }
+            if self.backlog.len() >= self.max_pending {
+                warn!(
+                    "vsock: {} connections already wait to be served; resetting {}:{}",
+                    self.backlog.len(),
+                    key.peer.cid,
+                    key.peer.port
+                );
+                let _ = self.manager.force_close(key.peer, key.local_port);
+                return;
+            }
+            let id = self.insert(key, Phase::Connected);
+            if let Some(s) = self.state(id) {
+                s.credit.peer_status(
+                    event.buffer_status.buffer_allocation,
+                    event.buffer_status.forward_count,
+                );
+            }
+            self.backlog.push_back(id);
             return;
         }
-        let Some(state) = self.state(key) else {
+        let Some(state) = self.conns.iter_mut().find(|s| s.key == key) else {
             return;
         };
-        state.peer_buf_alloc = event.buffer_status.buffer_allocation;
-        state.peer_fwd_cnt = event.buffer_status.forward_count;
+        state.credit.peer_status(
+            event.buffer_status.buffer_allocation,
+            event.buffer_status.forward_count,
+        );
         match event.event_type {
             VsockEventType::Connected if state.phase == Phase::Connecting => {
                 state.phase = Phase::Connected;
             }
-            VsockEventType::Disconnected { reason } => state.phase = Phase::PeerClosed(reason),
+            VsockEventType::Disconnected { reason } => match state.phase {
+                Phase::Closing(_) => {
+                    // The answer to our SHUTDOWN: done.
+                    let id = state.id;
+                    self.finish(id);
+                }
+                _ => state.phase = Phase::PeerClosed(reason),
+            },
             _ => {}
         }
     }
 
-    fn state(&mut self, key: Key) -> Option<&mut ConnState> {
-        find(&mut self.conns, key)
+    /// Reads what connection `id` has buffered into `buf`, without waiting,
+    /// and tells the peer about the consumed bytes when due.
+    pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<Recv> {
+        let state = find(&mut self.conns, id).ok_or(Error::ShutDown)?;
+        let Key { peer, local_port } = state.key;
+        match state.phase {
+            Phase::Closing(_) => return Err(Error::ShutDown),
+            Phase::Connecting => return Ok(Recv::Empty),
+            Phase::Connected | Phase::PeerClosed(_) => {}
+        }
+        if buf.is_empty() {
+            return Ok(Recv::Empty);
+        }
+        match self.manager.recv(peer, local_port, buf) {
+            Ok(0) if matches!(state.phase, Phase::PeerClosed(_)) => Ok(Recv::Eof),
+            Ok(0) => Ok(Recv::Empty),
+            Ok(n) => {
+                if state.credit.consumed(n) && state.phase == Phase::Connected {
+                    match self.manager.update_credit(peer, local_port) {
+                        // Drained the last bytes after the peer closed: the
+                        // manager has just dropped the connection.
+                        Err(e) if is_socket_error(&e, SocketError::NotConnected) => {}
+                        r => r.map_err(virtio)?,
+                    }
+                }
+                Ok(Recv::Data(n))
+            }
+            // The manager drops a connection once the peer has closed it
+            // and its data are drained.
+            Err(e) if is_socket_error(&e, SocketError::NotConnected) => Ok(Recv::Eof),
+            Err(e) => Err(virtio(e)),
+        }
     }
 
-    fn forget(&mut self, key: Key) {
-        self.conns.retain(|s| s.key != key);
+    /// Sends as much of `buf` on connection `id` as the peer's credit
+    /// allows now, in packets of at most [`MAX_PACKET`] bytes; returns how
+    /// many bytes went (possibly 0). Never waits: when the credit is used
+    /// up the driver has asked the peer for an update, and a later call
+    /// (after [`GuestVsock::poll`] has seen it) goes on.
+    pub fn send_some(&mut self, id: ConnId, buf: &[u8]) -> Result<usize> {
+        let state = find(&mut self.conns, id).ok_or(Error::ShutDown)?;
+        let Key { peer, local_port } = state.key;
+        let mut sent = 0;
+        while sent < buf.len() {
+            match state.phase {
+                Phase::PeerClosed(DisconnectReason::Reset) => return Err(Error::Reset),
+                Phase::PeerClosed(DisconnectReason::Shutdown) => return Err(Error::Closed),
+                Phase::Closing(_) => return Err(Error::ShutDown),
+                Phase::Connecting => return Ok(0),
+                Phase::Connected => {}
+            }
+            let n = state.credit.next_chunk(buf.len() - sent);
+            match self.manager.send(peer, local_port, &buf[sent..sent + n]) {
+                Ok(()) => {
+                    state.credit.sent(n);
+                    sent += n;
+                }
+                Err(e) if is_socket_error(&e, SocketError::InsufficientBufferSpaceInPeer) => break,
+                Err(e) if is_socket_error(&e, SocketError::NotConnected) => {
+                    return Err(Error::Reset);
+                }
+                Err(e) => return Err(virtio(e)),
+            }
+        }
+        Ok(sent)
     }
-}
 
-fn find(conns: &mut [ConnState], key: Key) -> Option<&mut ConnState> {
-    conns.iter_mut().find(|s| s.key == key)
-}
+    /// Starts closing connection `id`: `SHUTDOWN` to a connected peer
+    /// (whose `RST` answer, or [`Limits::shutdown_us`] in
+    /// [`GuestVsock::tick`], ends it), or at once if the peer has closed
+    /// already. Whatever the peer still sends is dropped.
+    pub fn close(&mut self, id: ConnId) -> Result<()> {
+        let now = self.now();
+        let Some(state) = find(&mut self.conns, id) else {
+            return Ok(());
+        };
+        let Key { peer, local_port } = state.key;
+        match state.phase {
+            Phase::Connected => {
+                state.phase = Phase::Closing(now);
+                match self.manager.shutdown(peer, local_port) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.finish(id);
+                        if is_socket_error(&e, SocketError::NotConnected) {
+                            Ok(())
+                        } else {
+                            Err(virtio(e))
+                        }
+                    }
+                }
+            }
+            Phase::Closing(_) => Ok(()),
+            Phase::Connecting | Phase::PeerClosed(_) => {
+                self.finish(id);
+                Ok(())
+            }
+        }
+    }
 
-/// One connection of a [`GuestVsock`], accepted or connected.
-///
-/// Dropping it without [`Connection::shutdown`] resets the connection.
-pub struct GuestConnection<'a, H: Hal, T: Transport> {
-    vsock: &'a mut GuestVsock<H, T>,
-    key: Key,
-    shut: bool,
-}
+    /// Resets connection `id` at once (`RST`) and forgets it.
+    pub fn reset(&mut self, id: ConnId) {
+        self.finish(id);
+    }
 
-impl<'a, H: Hal, T: Transport> GuestConnection<'a, H, T> {
-    fn new(vsock: &'a mut GuestVsock<H, T>, key: Key) -> Self {
-        Self {
-            vsock,
-            key,
+    /// Resets the connections whose peer has not answered our `SHUTDOWN`
+    /// within [`Limits::shutdown_us`].
+    pub fn tick(&mut self) {
+        let now = self.now();
+        let limit = self.limits.shutdown_us;
+        while let Some(s) = self
+            .conns
+            .iter()
+            .find(|s| matches!(s.phase, Phase::Closing(t) if now.wrapping_sub(t) >= limit))
+        {
+            warn!(
+                "vsock {}: no RST from {}:{} after shutdown; resetting",
+                s.id, s.key.peer.cid, s.key.peer.port
+            );
+            let id = s.id;
+            self.finish(id);
+        }
+    }
+
+    /// A blocking [`Connection`] over connection `id`.
+    pub fn stream(&mut self, id: ConnId) -> Stream<'_, H, T> {
+        Stream {
+            vsock: self,
+            id,
             shut: false,
         }
     }
 
-    /// The peer's address.
-    pub fn peer(&self) -> VsockAddr {
-        self.key.peer
-    }
-
-    /// Our port.
-    pub fn local_port(&self) -> u32 {
-        self.key.local_port
-    }
-
-    fn phase(&mut self) -> Option<Phase> {
-        let key = self.key;
-        self.vsock.state(key).map(|s| s.phase)
+    fn insert(&mut self, key: Key, phase: Phase) -> ConnId {
+        let id = ConnId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        self.conns.push(ConnState {
+            id,
+            key,
+            phase,
+            credit: Credit::new(self.buffer_size),
+        });
+        id
     }
 
     /// Frees the manager's state (sending `RST` if it still had any) and ours.
-    fn close_now(&mut self) -> Result<()> {
-        let Key { peer, local_port } = self.key;
-        let r = match self.vsock.manager.force_close(peer, local_port) {
-            Err(e) if is_socket_error(&e, SocketError::NotConnected) => Ok(()),
-            r => r.map_err(virtio),
-        };
-        self.vsock.forget(self.key);
-        r
+    fn finish(&mut self, id: ConnId) {
+        if let Some(s) = self.conns.iter().find(|s| s.id == id) {
+            let Key { peer, local_port } = s.key;
+            match self.manager.force_close(peer, local_port) {
+                Err(e) if !is_socket_error(&e, SocketError::NotConnected) => {
+                    warn!("vsock {id}: reset: {e}");
+                }
+                _ => {}
+            }
+        }
+        self.forget(id);
+    }
+
+    fn forget(&mut self, id: ConnId) {
+        self.conns.retain(|s| s.id != id);
+        self.backlog.retain(|&b| b != id);
+    }
+
+    fn state(&mut self, id: ConnId) -> Option<&mut ConnState> {
+        find(&mut self.conns, id)
     }
 }
 
-impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
+fn find(conns: &mut [ConnState], id: ConnId) -> Option<&mut ConnState> {
+    conns.iter_mut().find(|s| s.id == id)
+}
+
+/// One connection of a [`GuestVsock`] as a blocking [`Connection`]: every
+/// call polls the device (recording events for other connections) until it
+/// can go on. While it is used, no other connection is served.
+///
+/// Dropping it without [`Connection::shutdown`] resets the connection.
+pub struct Stream<'a, H: Hal, T: Transport> {
+    vsock: &'a mut GuestVsock<H, T>,
+    id: ConnId,
+    shut: bool,
+}
+
+impl<H: Hal, T: Transport> Stream<'_, H, T> {
+    /// The connection's handle.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+}
+
+impl<H: Hal, T: Transport> Connection for Stream<'_, H, T> {
     fn send(&mut self, buf: &[u8]) -> Result<()> {
         if self.shut {
             return Err(Error::ShutDown);
         }
-        let Key { peer, local_port } = self.key;
         let mut rest = buf;
         while !rest.is_empty() {
-            let vsock = &mut *self.vsock;
-            let state = find(&mut vsock.conns, self.key).ok_or(Error::Reset)?;
-            match state.phase {
-                Phase::PeerClosed(DisconnectReason::Reset) => return Err(Error::Reset),
-                Phase::PeerClosed(DisconnectReason::Shutdown) => return Err(Error::Closed),
-                Phase::Connecting | Phase::Connected => {}
-            }
-            // Every packet costs a round trip through the device, whatever
-            // its size, so send big ones: use the credit we know of when it
-            // covers the rest or half the peer's buffer; otherwise try a
-            // full packet, which the driver refuses while asking the peer
-            // for a credit update (we poll until it comes, below).
-            let want = rest.len().min(MAX_PACKET);
-            let free = state.peer_free() as usize;
-            let n = if free >= want || free >= (state.peer_buf_alloc as usize / 2).max(1) {
-                want.min(free)
-            } else {
-                want
-            };
-            match vsock.manager.send(peer, local_port, &rest[..n]) {
-                Ok(()) => {
-                    state.tx_cnt = state.tx_cnt.wrapping_add(n as u32);
-                    // The packet carried our fwd_cnt.
-                    state.unannounced = 0;
-                    rest = &rest[n..];
-                }
-                Err(e) if is_socket_error(&e, SocketError::InsufficientBufferSpaceInPeer) => {
-                    vsock.poll_or_spin()?;
-                }
-                Err(e) => return Err(virtio(e)),
+            let n = self.vsock.send_some(self.id, rest)?;
+            rest = &rest[n..];
+            if !rest.is_empty() {
+                self.vsock.poll_or_spin()?;
             }
         }
         Ok(())
@@ -496,49 +674,11 @@ impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let Key { peer, local_port } = self.key;
-        let threshold = self.vsock.buffer_size / 4;
-        let wait_start = self.vsock.now();
         loop {
-            let vsock = &mut *self.vsock;
-            match vsock.manager.recv(peer, local_port, buf) {
-                Ok(0) => {}
-                Ok(n) => {
-                    let Some(state) = find(&mut vsock.conns, self.key) else {
-                        return Ok(n);
-                    };
-                    state.unannounced = state.unannounced.saturating_add(n as u32);
-                    if state.unannounced >= threshold && state.phase == Phase::Connected {
-                        state.unannounced = 0;
-                        match vsock.manager.update_credit(peer, local_port) {
-                            // Drained the last bytes after the peer closed:
-                            // the manager has just dropped the connection.
-                            Err(e) if is_socket_error(&e, SocketError::NotConnected) => {}
-                            r => r.map_err(virtio)?,
-                        }
-                    }
-                    return Ok(n);
-                }
-                // The manager drops a connection once the peer has closed
-                // it and its data are drained.
-                Err(e) if is_socket_error(&e, SocketError::NotConnected) => return Ok(0),
-                Err(e) => return Err(virtio(e)),
-            }
-            // Nothing buffered: end of stream if the peer closed (SHUTDOWN
-            // with either flag, or RST), else wait for more.
-            match self.phase() {
-                Some(Phase::PeerClosed(_)) | None => return Ok(0),
-                Some(_) => self.vsock.poll_or_spin()?,
-            }
-            if !self.vsock.backlog.is_empty()
-                && self.vsock.now().wrapping_sub(wait_start) >= self.vsock.limits.idle_yield_us
-            {
-                warn!(
-                    "vsock: {}:{} idle while another connection waits; resetting it",
-                    peer.cid, peer.port
-                );
-                self.close_now()?;
-                return Ok(0);
+            match self.vsock.recv(self.id, buf)? {
+                Recv::Data(n) => return Ok(n),
+                Recv::Eof => return Ok(0),
+                Recv::Empty => self.vsock.poll_or_spin()?,
             }
         }
     }
@@ -548,35 +688,22 @@ impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
             return Ok(());
         }
         self.shut = true;
-        let Key { peer, local_port } = self.key;
-        if self.phase() == Some(Phase::Connected) {
-            match self.vsock.manager.shutdown(peer, local_port) {
-                Err(e) if is_socket_error(&e, SocketError::NotConnected) => {}
-                r => r.map_err(virtio)?,
-            }
-            // Wait, bounded, for the peer's RST (events for other
-            // connections are recorded meanwhile).
-            let start = self.vsock.now();
-            while self.phase() == Some(Phase::Connected) {
-                if self.vsock.now() - start >= self.vsock.limits.shutdown_us {
-                    warn!(
-                        "vsock: no RST from {}:{} after shutdown; resetting",
-                        peer.cid, peer.port
-                    );
-                    break;
-                }
-                self.vsock.poll_or_spin()?;
-            }
+        let r = self.vsock.close(self.id);
+        // Wait, bounded, for the peer's RST (events for other connections
+        // are recorded meanwhile).
+        while self.vsock.exists(self.id) {
+            self.vsock.poll_or_spin()?;
+            self.vsock.tick();
         }
-        self.close_now()
+        r
     }
 }
 
-impl<H: Hal, T: Transport> Drop for GuestConnection<'_, H, T> {
+impl<H: Hal, T: Transport> Drop for Stream<'_, H, T> {
     fn drop(&mut self) {
         if !self.shut {
             self.shut = true;
-            let _ = self.close_now();
+            self.vsock.reset(self.id);
         }
     }
 }
