@@ -129,11 +129,8 @@ impl Header {
             return Err(Error::Empty { kind });
         }
         if len > limit {
-            if !kind.has_body() {
-                return Err(Error::TrailingBytes {
-                    extra: len as usize,
-                });
-            }
+            // A `GOODBYE` with a length too: its limit is 0, and the stream
+            // cannot be resynchronised.
             return Err(Error::TooLarge {
                 len: len.into(),
                 max: limit,

@@ -285,10 +285,12 @@ fn trailing_bytes_after_the_frame() {
         frame::decode::<Request>(&f, FrameKind::Request, MAX),
         Err(Error::TrailingBytes { extra: HEADER_LEN })
     );
-    // A GOODBYE that announces a body.
+    // A GOODBYE that announces a body: over its limit of 0 (code 2, fatal).
+    let e = Header::parse([0x05, 0, 0, 0, 1], MAX).unwrap_err();
+    assert_eq!(e, Error::TooLarge { len: 1, max: 0 });
     assert_eq!(
-        Header::parse([0x05, 0, 0, 0, 1], MAX),
-        Err(Error::TrailingBytes { extra: 1 })
+        ProtocolError::from_error(&e).map(|p| (p.code, p.fatal)),
+        Some((ProtocolErrorCode::TooLarge, true))
     );
 }
 
