@@ -38,6 +38,23 @@ pub trait Protocol {
     type Request: Serialize + DeserializeOwned;
     /// Server-to-client messages.
     type Response: Serialize + DeserializeOwned;
+
+    /// What a server answers instead of a response whose `RESPONSE` body
+    /// would be `len` bytes, over the client's `max_body` of `max`. `None`
+    /// (the default): the protocol has no such answer, and the server sends
+    /// a non-fatal `ERROR` code 2 with the request's id.
+    fn response_too_large(len: u64, max: u32) -> Option<Self::Response> {
+        let _ = (len, max);
+        None
+    }
+
+    /// What a server answers to a request it had no memory for (`requested`
+    /// bytes), after reading and dropping it. `None` (the default): a
+    /// non-fatal `ERROR` code 2 with the request's id.
+    fn out_of_memory(requested: u64) -> Option<Self::Response> {
+        let _ = requested;
+        None
+    }
 }
 
 /// The body of the `HELLO` frame each side sends first on a connection.

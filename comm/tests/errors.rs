@@ -84,15 +84,14 @@ fn hello_and_protocol_error_round_trip() {
         ProtocolErrorCode::UnknownVariant,
         ProtocolErrorCode::UnexpectedFrame,
         ProtocolErrorCode::VersionMismatch,
+        ProtocolErrorCode::Busy,
         ProtocolErrorCode::Other(999),
     ] {
-        let e = ProtocolError {
-            code,
-            fatal: true,
-            detail: "x".into(),
-        };
-        let f = frame::encode(FrameKind::Error, &e, MAX).unwrap();
-        assert_eq!(frame::decode(&f, FrameKind::Error, MAX), Ok(e));
+        for id in [None, Some(comm::RequestId(u32::MAX))] {
+            let e = ProtocolError::new(code, true, "x").with_id(id);
+            let f = frame::encode(FrameKind::Error, &e, MAX).unwrap();
+            assert_eq!(frame::decode(&f, FrameKind::Error, MAX), Ok(e));
+        }
     }
 }
 
@@ -169,7 +168,7 @@ fn too_large_when_encoding_leaves_the_buffer_alone() {
             50,
             &mut out
         ),
-        Err(Error::TooLarge { len: 107, max: 50 })
+        Err(Error::TooLargeToSend { len: 107, max: 50 })
     );
     assert_eq!(out, b"keep");
 }
@@ -288,6 +287,7 @@ fn trailing_bytes_after_the_frame() {
     // A GOODBYE that announces a body: over its limit of 0 (code 2, fatal).
     let e = Header::parse([0x05, 0, 0, 0, 1], MAX).unwrap_err();
     assert_eq!(e, Error::TooLarge { len: 1, max: 0 });
+    assert!(e.is_fatal());
     assert_eq!(
         ProtocolError::from_error(&e).map(|p| (p.code, p.fatal)),
         Some((ProtocolErrorCode::TooLarge, true))
@@ -315,11 +315,7 @@ fn unexpected_frame_kind() {
 
 #[test]
 fn error_frame_decodes_to_remote() {
-    let pe = ProtocolError {
-        code: ProtocolErrorCode::TooLarge,
-        fatal: true,
-        detail: "body of 2000000 bytes".into(),
-    };
+    let pe = ProtocolError::new(ProtocolErrorCode::TooLarge, true, "body of 2000000 bytes");
     let f = frame::encode(FrameKind::Error, &pe, MAX).unwrap();
     for kind in [FrameKind::Hello, FrameKind::Request, FrameKind::Response] {
         assert_eq!(
@@ -349,7 +345,7 @@ impl Protocol for Other {
 struct Next;
 impl Protocol for Next {
     const NAME: &'static str = "svmc";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     type Request = Request;
     type Response = Response;
 }
@@ -380,7 +376,7 @@ fn hello_wrong_version() {
     let got: Hello = frame::decode(&f, FrameKind::Hello, MAX).unwrap();
     assert_eq!(
         got.check::<ServiceVm>(),
-        Err(Error::VersionMismatch { ours: 1, theirs: 2 })
+        Err(Error::VersionMismatch { ours: 2, theirs: 3 })
     );
     assert_eq!(got.check::<Next>(), Ok(()));
 }
@@ -389,11 +385,11 @@ fn hello_wrong_version() {
 fn hello_from_a_newer_peer_with_more_fields_is_read() {
     // Unknown keys are ignored: a future HELLO with an extra field still
     // yields a clear version check.
-    let body = b"\xa4\x68protocol\x64svmc\x67version\x02\x68max_body\x19\x04\x00\x65extra\xf5";
+    let body = b"\xa4\x68protocol\x64svmc\x67version\x03\x68max_body\x19\x04\x00\x65extra\xf5";
     let h: Hello = frame::decode(&raw(1, body), FrameKind::Hello, MAX).unwrap();
     assert_eq!(
         h.check::<ServiceVm>(),
-        Err(Error::VersionMismatch { ours: 1, theirs: 2 })
+        Err(Error::VersionMismatch { ours: 2, theirs: 3 })
     );
 }
 
