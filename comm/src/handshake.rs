@@ -81,6 +81,48 @@ impl Hello {
         }
     }
 
+    /// Decodes a peer's `HELLO` body and checks it against protocol `P`,
+    /// reading `protocol` first, then `version`, and only then the other
+    /// fields (`WIRE.md` R-HELLO-4): a peer with another name or version is
+    /// reported as [`Error::ProtocolMismatch`] or [`Error::VersionMismatch`]
+    /// whatever its other fields hold, never as [`Error::Malformed`].
+    ///
+    /// ```
+    /// use comm::service::ServiceVm;
+    /// // {"protocol": "svmc", "version": 1, "max_body": "lots"}
+    /// let body = b"\xa3\x68protocol\x64svmc\x67version\x01\x68max_body\x64lots";
+    /// assert_eq!(
+    ///     comm::Hello::decode_checked::<ServiceVm>(body),
+    ///     Err(comm::Error::VersionMismatch { ours: 2, theirs: 1 })
+    /// );
+    /// ```
+    pub fn decode_checked<P: Protocol>(body: &[u8]) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Name<'a> {
+            #[serde(borrow)]
+            protocol: alloc::borrow::Cow<'a, str>,
+        }
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let name: Name<'_> = crate::frame::decode_body_borrowed(body)?;
+        if name.protocol != P::NAME {
+            return Err(Error::ProtocolMismatch {
+                ours: P::NAME,
+                theirs: name.protocol.into_owned(),
+            });
+        }
+        let version: Version = crate::frame::decode_body(body)?;
+        if version.version != P::VERSION {
+            return Err(Error::VersionMismatch {
+                ours: P::VERSION,
+                theirs: version.version,
+            });
+        }
+        crate::frame::decode_body(body)
+    }
+
     /// Checks a peer's `HELLO` against protocol `P`.
     pub fn check<P: Protocol>(&self) -> Result<()> {
         if self.protocol != P::NAME {

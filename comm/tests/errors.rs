@@ -394,6 +394,41 @@ fn hello_from_a_newer_peer_with_more_fields_is_read() {
 }
 
 #[test]
+fn hello_name_and_version_are_read_before_the_other_fields() {
+    // Another version (1) or name, with a max_body that is a string and an
+    // unknown key: still a version or protocol mismatch, never Malformed.
+    let v1 = b"\xa4\x68max_body\x64lots\x68protocol\x64svmc\x67version\x01\x61x\x80";
+    assert_eq!(
+        Hello::decode_checked::<ServiceVm>(v1),
+        Err(Error::VersionMismatch { ours: 2, theirs: 1 })
+    );
+    let other = b"\xa3\x68protocol\x65other\x67version\x61x\x68max_body\xf6";
+    assert_eq!(
+        Hello::decode_checked::<ServiceVm>(other),
+        Err(Error::ProtocolMismatch {
+            ours: "svmc",
+            theirs: "other".into()
+        })
+    );
+    // Our name and version: now the other fields count.
+    let ours = b"\xa3\x68protocol\x64svmc\x67version\x02\x68max_body\x64lots";
+    assert!(matches!(
+        Hello::decode_checked::<ServiceVm>(ours),
+        Err(Error::Malformed(_))
+    ));
+    let f = frame::encode(FrameKind::Hello, &Hello::new::<ServiceVm>(7), MAX).unwrap();
+    assert_eq!(
+        Hello::decode_checked::<ServiceVm>(&f[HEADER_LEN..]),
+        Ok(Hello::new::<ServiceVm>(7))
+    );
+    // No protocol name at all cannot be told from garbage.
+    assert!(matches!(
+        Hello::decode_checked::<ServiceVm>(b"\xa1\x67version\x01"),
+        Err(Error::Malformed(_))
+    ));
+}
+
+#[test]
 fn lenient_but_valid_encodings_are_read() {
     // Fields in another order, a non-shortest integer, indefinite lengths.
     let body =
