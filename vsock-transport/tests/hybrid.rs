@@ -302,7 +302,7 @@ fn version_mismatch_is_detected_on_both_sides() {
     assert!(
         matches!(
             err,
-            Error::Protocol(comm::Error::VersionMismatch { ours: 2, theirs: 1 })
+            Error::Protocol(comm::Error::VersionMismatch { ours: 3, theirs: 2 })
         ),
         "{err:?}"
     );
@@ -311,8 +311,8 @@ fn version_mismatch_is_detected_on_both_sides() {
         matches!(
             served,
             Err(Error::Protocol(comm::Error::VersionMismatch {
-                ours: 1,
-                theirs: 2
+                ours: 2,
+                theirs: 3
             }))
         ),
         "{served:?}"
@@ -331,7 +331,7 @@ fn oversized_request_is_refused_locally() {
     assert!(
         matches!(
             err,
-            Error::Protocol(comm::Error::TooLarge { max: 1024, .. })
+            Error::Protocol(comm::Error::TooLargeToSend { max: 1024, .. })
         ),
         "{err:?}"
     );

@@ -3,8 +3,8 @@
 use alloc::vec::Vec;
 use core::marker::PhantomData;
 
-use comm::Protocol;
 use comm::frame::{self, FrameKind};
+use comm::{Protocol, RequestId, envelope};
 
 use super::hello;
 use crate::framed::{recv_frame, send_frame};
@@ -16,6 +16,7 @@ pub struct Client<C: Connection, P: Protocol> {
     max_body: u32,
     peer_max_body: u32,
     buf: Vec<u8>,
+    next_id: RequestId,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -30,6 +31,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
             max_body,
             peer_max_body,
             buf,
+            next_id: RequestId(1),
             _protocol: PhantomData,
         })
     }
@@ -46,16 +48,19 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// stays usable. A server's `ERROR` frame is [`comm::Error::Remote`].
     pub fn call(&mut self, request: &P::Request) -> Result<P::Response> {
         self.buf.clear();
-        frame::encode_into(
-            FrameKind::Request,
-            request,
-            self.peer_max_body,
-            &mut self.buf,
-        )?;
+        let id = self.next_id;
+        envelope::encode_request_into(id, request, self.peer_max_body, &mut self.buf)?;
+        self.next_id = id.next();
         send_frame(&mut self.conn, &self.buf)?;
         let header = recv_frame(&mut self.conn, self.max_body, &mut self.buf)?;
         frame::check_kind(header.kind, FrameKind::Response, &self.buf)?;
-        Ok(frame::decode_body(&self.buf)?)
+        let (got, response) = envelope::decode(&self.buf);
+        if let Some(got) = got
+            && got != id
+        {
+            return Err(comm::Error::UnexpectedId(got).into());
+        }
+        Ok(response?)
     }
 
     /// Sends `GOODBYE` and shuts the connection down.

@@ -39,7 +39,7 @@ pub(crate) fn hello<P: Protocol, C: Connection + ?Sized>(
     send_frame(conn, buf)?;
     let header = recv_frame_as(conn, max_body, buf, Step::Hello)?;
     frame::check_kind(header.kind, FrameKind::Hello, buf)?;
-    let peer: Hello = frame::decode_body(buf)?;
-    peer.check::<P>()?;
+    // Name and version first, whatever the other fields hold.
+    let peer = Hello::decode_checked::<P>(buf)?;
     Ok(peer.max_body)
 }

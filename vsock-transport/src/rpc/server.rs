@@ -2,8 +2,8 @@
 
 use alloc::vec::Vec;
 
-use comm::Protocol;
-use comm::frame::{self, FrameKind, ProtocolError};
+use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
+use comm::{Protocol, RequestId, envelope};
 
 use super::hello;
 use crate::framed::{recv_frame, send_frame};
@@ -70,13 +70,19 @@ where
 /// Reports `e` to the peer in an `ERROR` frame (best effort). `fatal`
 /// overrides the default of the error class: what decides is whether this
 /// side closes the connection afterwards.
-fn send_error<C: Connection + ?Sized>(conn: &mut C, e: &Error, fatal: Option<bool>) {
+fn send_error<C: Connection + ?Sized>(
+    conn: &mut C,
+    e: &Error,
+    fatal: Option<bool>,
+    id: Option<RequestId>,
+) {
     if let Error::Protocol(pe) = e
         && let Some(mut report) = ProtocolError::from_error(pe)
     {
         if let Some(f) = fatal {
             report.fatal = f;
         }
+        report.id = id;
         if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
             let _ = send_frame(conn, &f);
         }
@@ -97,7 +103,7 @@ where
     let peer_max = match hello::<P, C>(conn, config.max_body, buf) {
         Ok(m) => m,
         Err(e) => {
-            send_error(conn, &e, Some(true));
+            send_error(conn, &e, Some(true), None);
             return Err(e);
         }
     };
@@ -108,30 +114,47 @@ where
             Err(e @ Error::Protocol(comm::Error::Empty { .. })) => {
                 // A zero-length body: the header was all there was, so the
                 // stream is still in step. Report it and go on.
-                send_error(conn, &e, Some(false));
+                send_error(conn, &e, Some(false), None);
                 continue;
             }
             Err(e) => {
                 // Too large, unknown kind, a GOODBYE with a body, truncated:
                 // the stream cannot be re-synchronised. Report it (best
                 // effort) and close.
-                send_error(conn, &e, Some(true));
+                send_error(conn, &e, Some(true), None);
                 return Err(e);
             }
         };
         if header.kind == FrameKind::Goodbye {
             return Ok(Ended::Goodbye);
         }
-        let request = frame::check_kind(header.kind, FrameKind::Request, buf)
-            .and_then(|()| frame::decode_body::<P::Request>(buf));
+        if header.kind == FrameKind::Error {
+            // A client's ERROR: not fatal, ignored; fatal, the client
+            // closes, so do we (WIRE.md R-ERR-6).
+            match frame::decode_body::<ProtocolError>(buf) {
+                Ok(pe) if !pe.fatal => continue,
+                Ok(pe) => return Err(comm::Error::Remote(pe).into()),
+                Err(e) => {
+                    send_error(conn, &Error::Protocol(e), Some(false), None);
+                    continue;
+                }
+            }
+        }
+        let (id, request) = match frame::check_kind(header.kind, FrameKind::Request, buf) {
+            Ok(()) => envelope::decode::<P::Request>(buf),
+            Err(e) => (None, Err(e)),
+        };
         let request = match request {
             Ok(r) => r,
             Err(e) => {
-                // Boundaries intact: report and read the next frame.
-                send_error(conn, &Error::Protocol(e), Some(false));
+                // Boundaries intact: report (naming the request if its id
+                // could be read) and read the next frame.
+                send_error(conn, &Error::Protocol(e), Some(false), id);
                 continue;
             }
         };
+        // `Ok` from the envelope always comes with its id.
+        let id = id.unwrap_or(RequestId(0));
         // Free the request frame before the response exists, then size the
         // response frame like the request (exact for echo-like services), so
         // the peak is about twice the payload, not four times (no doubling
@@ -140,15 +163,32 @@ where
         *buf = Vec::new();
         let (response, then) = handler.handle(request);
         buf.reserve_exact(hint);
-        if let Err(e) = frame::encode_into(FrameKind::Response, &response, peer_max, buf) {
-            // E.g. a response larger than the client accepts: tell it, and
-            // keep serving.
+        if let Err(e) = envelope::encode_response_into(id, &response, peer_max, buf) {
+            // A response larger than the client accepts: say so in a
+            // RESPONSE if the protocol has a way (R-REQ-7), else in a
+            // non-fatal ERROR about the request; keep serving.
             drop(response);
-            if let Some(mut report) = ProtocolError::from_error(&e) {
-                report.fatal = false;
-                if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
-                    send_frame(conn, &f)?;
-                }
+            let too_large = match e {
+                comm::Error::TooLargeToSend { len, max } => P::response_too_large(len, max),
+                _ => None,
+            };
+            if let Some(r) = too_large
+                && envelope::encode_response_into(id, &r, peer_max, buf).is_ok()
+            {
+                send_frame(conn, buf)?;
+                continue;
+            }
+            let report = match e {
+                comm::Error::TooLargeToSend { len, max } => ProtocolError::new(
+                    ProtocolErrorCode::TooLarge,
+                    false,
+                    alloc::format!("response body of {len} bytes, the client accepts {max}"),
+                ),
+                e => ProtocolError::new(ProtocolErrorCode::Other(0), false, alloc::format!("{e}")),
+            }
+            .with_id(Some(id));
+            if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
+                send_frame(conn, &f)?;
             }
             continue;
         }
