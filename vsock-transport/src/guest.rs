@@ -93,6 +93,8 @@ use virtio_drivers::device::socket::{
 use virtio_drivers::transport::Transport;
 
 use self::credit::Credit;
+use crate::rpc::many::Endpoint;
+pub use crate::rpc::many::Recv;
 use crate::{Connection, Error, Result, Step};
 
 /// Size of each buffer in the device's RX virtqueue: the largest packet the
@@ -193,18 +195,6 @@ struct ConnState {
     key: Key,
     phase: Phase,
     credit: Credit,
-}
-
-/// What [`GuestVsock::recv`] found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recv {
-    /// This many bytes were copied (at least one).
-    Data(usize),
-    /// Nothing buffered now; the stream is open.
-    Empty,
-    /// The peer closed its side (`SHUTDOWN` or `RST`) and everything it
-    /// sent has been read.
-    Eof,
 }
 
 /// The guest's vsock device: listening ports, a backlog of accepted
@@ -626,6 +616,43 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
 
     fn state(&mut self, id: ConnId) -> Option<&mut ConnState> {
         find(&mut self.conns, id)
+    }
+}
+
+impl<H: Hal, T: Transport> Endpoint for GuestVsock<H, T> {
+    type Id = ConnId;
+
+    fn poll(&mut self) -> Result<bool> {
+        GuestVsock::poll(self)
+    }
+    fn accept(&mut self) -> Option<ConnId> {
+        GuestVsock::accept(self)
+    }
+    fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<Recv> {
+        GuestVsock::recv(self, id, buf)
+    }
+    fn send_some(&mut self, id: ConnId, buf: &[u8]) -> Result<usize> {
+        GuestVsock::send_some(self, id, buf)
+    }
+    fn close(&mut self, id: ConnId) {
+        if let Err(e) = GuestVsock::close(self, id) {
+            warn!("vsock {id}: shutdown: {e}");
+        }
+    }
+    fn reset(&mut self, id: ConnId) {
+        GuestVsock::reset(self, id)
+    }
+    fn exists(&self, id: ConnId) -> bool {
+        GuestVsock::exists(self, id)
+    }
+    fn tick(&mut self) {
+        GuestVsock::tick(self)
+    }
+    fn now_us(&self) -> u64 {
+        self.now()
+    }
+    fn idle(&mut self) {
+        spin_loop();
     }
 }
 

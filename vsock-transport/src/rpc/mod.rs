@@ -14,7 +14,7 @@
 //! 3. The client ends with `GOODBYE` (or just closes).
 
 mod client;
-
+pub mod many;
 mod server;
 pub mod service;
 
