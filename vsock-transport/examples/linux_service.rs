@@ -62,10 +62,10 @@ const TESTS_PROGRAM: &str = "/bin/vsock-tests";
 /// Modules to load as PID 1, one path a line.
 const MODULES_LIST: &str = "/etc/svmc-modules";
 
-/// How long closing the connection that carried the `PowerOff` answer may
-/// wait for the peer to acknowledge it (`SO_LINGER`), so that the answer
-/// is out of the VM before it powers off.
-const LINGER: Duration = Duration::from_secs(2);
+/// How long a closed connection waits for the peer to close its side too
+/// (so that our last answer, e.g. to `PowerOff`, is out of the VM) before
+/// it is reset.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 fn log(msg: std::fmt::Arguments<'_>) {
     eprintln!("svmc-linux-service: {msg}");
@@ -277,11 +277,13 @@ struct Conn {
 }
 
 /// Non-blocking AF_VSOCK connections for [`many::serve_many`]: a
-/// listener, and the served connections; [`Endpoint::idle`] sleeps in
+/// listener, the served connections, and the closed ones that wait
+/// (bounded) for the peer's end of the stream; [`Endpoint::idle`] sleeps in
 /// `poll(2)` until one of them is ready.
 struct LinuxEndpoint {
     listener: VsockListener,
     conns: BTreeMap<ConnId, Conn>,
+    closing: BTreeMap<ConnId, (VsockStream, Instant)>,
     next: u32,
     start: Instant,
 }
@@ -304,6 +306,7 @@ impl LinuxEndpoint {
         Ok(Self {
             listener,
             conns: BTreeMap::new(),
+            closing: BTreeMap::new(),
             next: 0,
             start: Instant::now(),
         })
@@ -323,18 +326,6 @@ impl LinuxEndpoint {
             },
         );
         Ok(id)
-    }
-
-    fn remove(&mut self, id: ConnId, linger: Duration) {
-        if let Some(c) = self.conns.remove(&id) {
-            // Blocking close with SO_LINGER: waits (bounded) until the peer
-            // has seen the end of the stream, so an answer (PowerOff's) is
-            // out of the VM before it powers off. 0: reset at once.
-            let _ = c.stream.set_nonblocking(false);
-            if let Err(e) = set_linger(&c.stream, linger) {
-                log!("SO_LINGER: {e}");
-            }
-        }
     }
 }
 
@@ -411,18 +402,46 @@ impl Endpoint for LinuxEndpoint {
     }
 
     fn close(&mut self, id: ConnId) {
-        self.remove(id, LINGER);
+        if let Some(c) = self.conns.remove(&id) {
+            // Our end of the stream; whatever was written still goes out.
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            self.closing.insert(id, (c.stream, Instant::now()));
+        }
     }
 
     fn reset(&mut self, id: ConnId) {
-        self.remove(id, Duration::ZERO);
+        if let Some(c) = self.conns.remove(&id) {
+            // SO_LINGER 0: the close resets the connection at once.
+            if let Err(e) = set_linger(&c.stream, Duration::ZERO) {
+                log!("SO_LINGER: {e}");
+            }
+        }
+        self.closing.remove(&id);
     }
 
     fn exists(&self, id: ConnId) -> bool {
-        self.conns.contains_key(&id)
+        self.conns.contains_key(&id) || self.closing.contains_key(&id)
     }
 
-    fn tick(&mut self) {}
+    fn tick(&mut self) {
+        let mut sink = [0u8; 4096];
+        self.closing.retain(|_, (stream, since)| {
+            if since.elapsed() >= CLOSE_WAIT {
+                return false;
+            }
+            // Drop what the peer still sends; its end of the stream (or an
+            // error) means it is done.
+            loop {
+                match stream.read(&mut sink) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+        });
+    }
 
     fn now_us(&self) -> u64 {
         self.start.elapsed().as_micros() as u64
@@ -442,6 +461,13 @@ impl Endpoint for LinuxEndpoint {
             fds.push(libc::pollfd {
                 fd: c.stream.as_raw_fd(),
                 events,
+                revents: 0,
+            });
+        }
+        for (stream, _) in self.closing.values() {
+            fds.push(libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
                 revents: 0,
             });
         }
