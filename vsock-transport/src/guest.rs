@@ -78,8 +78,6 @@
 //! which connection it was for: that connection then just stays silent.
 //! Closing silent connections is a policy of the server above this layer.
 
-mod credit;
-
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
 use core::hint::spin_loop;
@@ -92,7 +90,7 @@ use virtio_drivers::device::socket::{
 };
 use virtio_drivers::transport::Transport;
 
-use self::credit::Credit;
+use crate::credit::Credit;
 use crate::rpc::many::Endpoint;
 pub use crate::rpc::many::Recv;
 use crate::{Connection, Error, Result, Step};
@@ -114,7 +112,7 @@ pub const CONNECTION_BUFFER_SIZE: u32 = 256 * 1024;
 
 /// Largest `RW` packet body we send: Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`
 /// (64 KiB), which device back-ends also assume.
-pub const MAX_PACKET: usize = 64 * 1024;
+pub const MAX_PACKET: usize = crate::credit::MAX_PACKET;
 
 /// Default of [`GuestVsock::set_max_pending`].
 pub const DEFAULT_MAX_PENDING: usize = 4;

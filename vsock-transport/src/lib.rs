@@ -31,6 +31,8 @@ mod error;
 pub mod framed;
 pub mod rpc;
 
+#[cfg(any(feature = "guest", test))]
+mod credit;
 #[cfg(feature = "guest")]
 pub mod guest;
 #[cfg(feature = "std")]

@@ -6,10 +6,13 @@
 //! peer_free = peer_buf_alloc - (tx_cnt - peer_fwd_cnt)      (all u32, wrapping)
 //! ```
 //!
-//! See the [module docs of `guest`](super) for why both directions need
-//! care with virtio-drivers 0.13.
+//! See the module docs of `guest` for why both directions need care with
+//! virtio-drivers 0.13. Compiled for the `guest` feature, and for the
+//! tests of every build, so the host's `cargo test` checks it.
 
-use super::MAX_PACKET;
+/// Largest `RW` packet body we send: Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`
+/// (64 KiB), which device back-ends also assume.
+pub(crate) const MAX_PACKET: usize = 64 * 1024;
 
 /// What we know of one connection's credit, in both directions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
