@@ -311,3 +311,385 @@ fn flush<P: Protocol, E: Endpoint>(endpoint: &mut E, slot: &mut Slot<P, E::Id>) 
     }
     moved
 }
+
+#[cfg(test)]
+mod tests {
+    use alloc::boxed::Box;
+    use alloc::collections::{BTreeMap, VecDeque};
+    use alloc::rc::Rc;
+    use alloc::vec;
+    use core::cell::RefCell;
+
+    use comm::Hello;
+    use comm::envelope::{self, RequestId};
+    use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
+    use comm::service::{GuestInfo, Request, Response, ServiceVm};
+
+    use super::*;
+    use crate::rpc::service::Service;
+
+    /// One simulated connection.
+    #[derive(Default)]
+    struct Conn {
+        /// Bytes the client has sent that the server has not read.
+        inbox: VecDeque<u8>,
+        /// Bytes the server has sent.
+        out: Vec<u8>,
+        /// The client closed its side.
+        eof: bool,
+        /// How many more bytes the client takes now.
+        credit: usize,
+        closed: bool,
+        reset: bool,
+    }
+
+    #[derive(Default)]
+    struct St {
+        conns: BTreeMap<u32, Conn>,
+        pending: VecDeque<u32>,
+        pass: u64,
+    }
+
+    impl St {
+        fn connect(&mut self, id: u32) {
+            self.conns.insert(
+                id,
+                Conn {
+                    credit: usize::MAX,
+                    ..Conn::default()
+                },
+            );
+            self.pending.push_back(id);
+        }
+        fn send(&mut self, id: u32, bytes: &[u8]) {
+            self.conns.get_mut(&id).unwrap().inbox.extend(bytes);
+        }
+        fn frames(&self, id: u32) -> Vec<(FrameKind, Vec<u8>)> {
+            let mut v = Vec::new();
+            let mut b = &self.conns[&id].out[..];
+            while b.len() >= HEADER_LEN {
+                let h = Header::parse(b[..HEADER_LEN].try_into().unwrap(), u32::MAX).unwrap();
+                let end = HEADER_LEN + h.len as usize;
+                if b.len() < end {
+                    break;
+                }
+                v.push((h.kind, b[HEADER_LEN..end].to_vec()));
+                b = &b[end..];
+            }
+            v
+        }
+        fn responses(&self, id: u32) -> Vec<u32> {
+            self.frames(id)
+                .iter()
+                .filter(|(k, _)| *k == FrameKind::Response)
+                .map(|(_, b)| envelope::decode::<Response>(b).0.unwrap().0)
+                .collect()
+        }
+    }
+
+    type Hook = Box<dyn FnMut(&mut St)>;
+
+    struct Fake {
+        st: Rc<RefCell<St>>,
+        hook: Hook,
+    }
+
+    impl core::fmt::Display for Id {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            write!(f, "{}", self.0)
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    struct Id(u32);
+
+    impl Endpoint for Fake {
+        type Id = Id;
+        fn poll(&mut self) -> Result<bool> {
+            let mut st = self.st.borrow_mut();
+            st.pass += 1;
+            assert!(st.pass < 10_000, "the script never powered off");
+            (self.hook)(&mut st);
+            Ok(false)
+        }
+        fn accept(&mut self) -> Option<Id> {
+            self.st.borrow_mut().pending.pop_front().map(Id)
+        }
+        fn recv(&mut self, id: Id, buf: &mut [u8]) -> Result<Recv> {
+            let mut st = self.st.borrow_mut();
+            let c = st.conns.get_mut(&id.0).unwrap();
+            if c.inbox.is_empty() {
+                return Ok(if c.eof { Recv::Eof } else { Recv::Empty });
+            }
+            let n = buf.len().min(c.inbox.len());
+            for (d, s) in buf.iter_mut().zip(c.inbox.drain(..n)) {
+                *d = s;
+            }
+            Ok(Recv::Data(n))
+        }
+        fn send_some(&mut self, id: Id, buf: &[u8]) -> Result<usize> {
+            let mut st = self.st.borrow_mut();
+            let c = st.conns.get_mut(&id.0).unwrap();
+            let n = buf.len().min(c.credit);
+            c.credit -= n;
+            c.out.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn close(&mut self, id: Id) {
+            self.st.borrow_mut().conns.get_mut(&id.0).unwrap().closed = true;
+        }
+        fn reset(&mut self, id: Id) {
+            let mut st = self.st.borrow_mut();
+            let c = st.conns.get_mut(&id.0).unwrap();
+            c.closed = true;
+            c.reset = true;
+        }
+        fn exists(&self, id: Id) -> bool {
+            !self.st.borrow().conns[&id.0].closed
+        }
+        fn tick(&mut self) {}
+        fn now_us(&self) -> u64 {
+            self.st.borrow().pass * 1000
+        }
+    }
+
+    fn hello() -> Vec<u8> {
+        frame::encode(
+            FrameKind::Hello,
+            &Hello::new::<ServiceVm>(frame::DEFAULT_MAX_BODY),
+            frame::HELLO_MAX_BODY,
+        )
+        .unwrap()
+    }
+
+    fn request(id: u32, r: &Request) -> Vec<u8> {
+        let mut f = Vec::new();
+        envelope::encode_request_into(RequestId(id), r, u32::MAX, &mut f).unwrap();
+        f
+    }
+
+    fn info() -> GuestInfo {
+        GuestInfo {
+            firmware: "t".into(),
+            firmware_version: "0".into(),
+            protocol_version: ServiceVm::VERSION,
+            arch: "t".into(),
+            max_body: 1 << 20,
+            heap: None,
+        }
+    }
+
+    /// Runs the server with the boot connection 0 (already in `St`) until
+    /// the script powers it off; returns the final state.
+    fn run(max_conns: usize, idle_timeout_us: u64, hook: Hook) -> St {
+        let st = Rc::new(RefCell::new(St::default()));
+        st.borrow_mut().connect(0);
+        st.borrow_mut().pending.clear();
+        let mut fake = Fake {
+            st: st.clone(),
+            hook,
+        };
+        let config = ManyConfig {
+            serve: ServeConfig { max_body: 1 << 20 },
+            max_conns,
+            idle_timeout_us,
+            budget: Budget::new(1 << 22),
+        };
+        let mut handler = Service::new(info as fn() -> GuestInfo);
+        serve_many::<ServiceVm, _, _>(&mut fake, Some(Id(0)), &mut handler, &config, |_| {})
+            .unwrap();
+        assert!(handler.power_off_requested());
+        drop(fake);
+        Rc::try_unwrap(st).ok().unwrap().into_inner()
+    }
+
+    #[test]
+    fn silent_and_stalled_clients_do_not_delay_another() {
+        let answered_at = Rc::new(RefCell::new(None));
+        let at = answered_at.clone();
+        let st = run(
+            8,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    // The boot connection says HELLO and then nothing.
+                    st.send(0, &hello());
+                    st.connect(1);
+                    st.send(1, &hello());
+                    // Connection 1 stalls in the middle of a request.
+                    st.send(1, &request(9, &Request::Reverse(vec![1; 1000]))[..400]);
+                }
+                5 => {
+                    st.connect(2);
+                    st.send(2, &hello());
+                    st.send(2, &request(3, &Request::Info));
+                }
+                p if p > 5 && at.borrow().is_none() && st.responses(2) == [3] => {
+                    *at.borrow_mut() = Some(p);
+                    st.send(2, &request(4, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        let at = answered_at.borrow().unwrap();
+        assert!(at <= 8, "answered at pass {at}");
+        assert_eq!(st.responses(2), [3, 4]);
+        // Power-off closes every connection.
+        assert!(st.conns.values().all(|c| c.closed));
+        assert!(st.responses(1).is_empty());
+    }
+
+    #[test]
+    fn a_busy_client_gets_one_request_per_pass() {
+        let st = run(
+            8,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    for i in 0..100 {
+                        st.send(0, &request(i, &Request::Reverse(vec![7; 100])));
+                    }
+                    st.connect(1);
+                    st.send(1, &hello());
+                    st.send(1, &request(50, &Request::Info));
+                }
+                p if p > 1 && st.responses(1) == [50] => {
+                    // When the other client's answer is out, the busy
+                    // one has had at most a few of its 100 answered.
+                    let n = st.responses(0).len();
+                    assert!(n <= 3, "{n} answers to the busy client first");
+                    st.send(1, &request(51, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        assert_eq!(st.responses(1), [50, 51]);
+    }
+
+    fn error(body: &[u8]) -> ProtocolError {
+        frame::decode_body(body).unwrap()
+    }
+
+    #[test]
+    fn over_the_limit_busy_then_reset_when_refusals_pile_up() {
+        let st = run(
+            2,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.connect(1);
+                    st.send(1, &hello());
+                }
+                3 => {
+                    // 2 is refused and reads its busy ERROR.
+                    st.connect(2);
+                }
+                5 => {
+                    // 3 and 4 read nothing: their refusals stay in
+                    // progress; 5 is one too many and is reset.
+                    for id in [3, 4, 5] {
+                        st.connect(id);
+                        st.conns.get_mut(&id).unwrap().credit = 0;
+                    }
+                }
+                8 => {
+                    st.conns.get_mut(&3).unwrap().credit = usize::MAX;
+                    st.conns.get_mut(&4).unwrap().credit = usize::MAX;
+                }
+                12 => st.send(1, &request(1, &Request::PowerOff)),
+                _ => {}
+            }),
+        );
+        for id in [2, 3, 4] {
+            let f = st.frames(id);
+            assert_eq!(f.len(), 1, "connection {id}");
+            let e = error(&f[0].1);
+            assert_eq!((e.code, e.fatal), (ProtocolErrorCode::Busy, true));
+            assert!(st.conns[&id].closed && !st.conns[&id].reset);
+        }
+        assert!(st.conns[&5].reset && st.conns[&5].out.is_empty());
+        assert_eq!(st.responses(1), [1]);
+    }
+
+    #[test]
+    fn an_idle_connection_gives_way_only_when_full_and_silent_long_enough() {
+        let st = run(
+            2,
+            10_000,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.connect(1);
+                    st.send(1, &hello());
+                }
+                // 5 ms later: nobody has been silent for 10 ms: busy.
+                5 => st.connect(2),
+                // Connection 1 speaks at pass 10; at pass 20 the boot
+                // connection has been silent for 19 ms, 1 for 10 ms.
+                10 => st.send(1, &request(1, &Request::Info)),
+                20 => st.connect(3),
+                25 => {
+                    st.send(3, &hello());
+                    st.send(3, &request(2, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        assert_eq!(error(&st.frames(2)[0].1).code, ProtocolErrorCode::Busy);
+        assert!(st.conns[&0].closed, "the boot connection, silent longest");
+        assert_eq!(st.responses(1), [1]);
+        assert_eq!(st.frames(3)[0].0, FrameKind::Hello);
+        assert_eq!(st.responses(3), [2]);
+    }
+
+    #[test]
+    fn a_client_mid_frame_is_not_idle() {
+        let st = run(
+            1,
+            1000,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.send(0, &request(1, &Request::Info)[..3]);
+                }
+                20 => st.connect(1),
+                25 => st.send(0, &request(1, &Request::PowerOff)[3..]),
+                _ => {}
+            }),
+        );
+        assert_eq!(error(&st.frames(1)[0].1).code, ProtocolErrorCode::Busy);
+        assert!(!st.conns[&0].reset);
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_holds_only_itself() {
+        let st = run(
+            8,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.conns.get_mut(&0).unwrap().credit = 100;
+                    for i in 0..50 {
+                        st.send(0, &request(i, &Request::Reverse(vec![7; 10_000])));
+                    }
+                    st.connect(1);
+                    st.send(1, &hello());
+                    for i in 0..20 {
+                        st.send(1, &request(100 + i, &Request::Info));
+                    }
+                }
+                p if p > 1 && st.responses(1).len() == 20 => {
+                    // The stuck client got little, and its requests stay
+                    // unread in its inbox (flow control), not in memory.
+                    assert!(st.conns[&0].inbox.len() > 30 * 10_000);
+                    st.send(1, &request(1, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        assert_eq!(st.responses(1).len(), 21);
+    }
+}
