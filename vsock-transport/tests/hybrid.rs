@@ -15,7 +15,7 @@ use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
 use comm::service::Request;
 use vsock_transport::host_stream::{HostStream, Peer};
 use vsock_transport::hybrid::{self, HybridStream, Listener};
-use vsock_transport::rpc::{Client, Ended};
+use vsock_transport::rpc::{Client, Ended, Handler};
 use vsock_transport::{Connection, Error, Step, Timeouts, framed};
 
 use common::*;
@@ -546,4 +546,57 @@ fn many_small_frames_do_not_reset_the_socket_timeout_each_time() {
     let (r, took) = timed(|| framed::recv_frame(&mut a, 1024, &mut buf));
     assert!(matches!(r, Err(Error::Timeout(Step::Read))), "{r:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Request ids (issue 11, item 1): a late answer is never handed to the next
+// call.
+
+/// Reverses bytes like the guest, but takes `delay` over a request whose
+/// payload is `b"slow"`.
+struct SlowReverse {
+    delay: Duration,
+}
+
+impl Handler<comm::service::ServiceVm> for SlowReverse {
+    fn handle(
+        &mut self,
+        request: Request,
+    ) -> (comm::service::Response, vsock_transport::rpc::Then) {
+        if request == Request::Reverse(b"slow".to_vec()) {
+            thread::sleep(self.delay);
+        }
+        Reverse.handle(request)
+    }
+}
+
+#[test]
+fn late_answer_to_a_timed_out_call_is_not_the_next_calls_answer() {
+    use comm::service::Response;
+
+    let (_dir, uds) = uds();
+    let dev = device(&uds, Answer::Ok(7001), |s| {
+        let mut conn = guest_conn(s);
+        let mut slow = SlowReverse {
+            delay: Duration::from_millis(400),
+        };
+        vsock_transport::rpc::serve::<comm::service::ServiceVm, _, _>(
+            &mut conn,
+            &mut slow,
+            vsock_transport::rpc::ServeConfig::default(),
+        )
+    });
+    let t = Timeouts {
+        read: Some(Duration::from_millis(250)),
+        ..timeouts()
+    };
+    let mut c = client(hybrid::connect(&uds, 7001, &t).unwrap());
+    // `a` is answered after the call gave up.
+    let r = c.call(&Request::Reverse(b"slow".to_vec()));
+    assert!(matches!(r, Err(Error::Timeout(Step::Read))), "{r:?}");
+    // `b` gets b's answer, not a's.
+    let r = c.call(&Request::Reverse(b"fast".to_vec()));
+    assert_eq!(r.unwrap(), Response::Reverse(b"tsaf".to_vec()));
+    c.close().unwrap();
+    assert_eq!(dev.join().unwrap().1.unwrap().unwrap(), Ended::Goodbye);
 }
