@@ -130,7 +130,7 @@ where
         }
         if header.kind == FrameKind::Error {
             // A client's ERROR: not fatal, ignored; fatal, the client
-            // closes, so do we (WIRE.md R-ERR-6).
+            // closes, so do we (WIRE.md R-ERR-5).
             match frame::decode_body::<ProtocolError>(buf) {
                 Ok(pe) if !pe.fatal => continue,
                 Ok(pe) => return Err(comm::Error::Remote(pe).into()),
@@ -165,7 +165,7 @@ where
         buf.reserve_exact(hint);
         if let Err(e) = envelope::encode_response_into(id, &response, peer_max, buf) {
             // A response larger than the client accepts: say so in a
-            // RESPONSE if the protocol has a way (R-REQ-7), else in a
+            // RESPONSE if the protocol has a way (R-REQ-5), else in a
             // non-fatal ERROR about the request; keep serving.
             drop(response);
             let too_large = match e {
