@@ -345,7 +345,14 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let (h, _) = self.peek()?;
+        // Tags other than the bignums are skipped; they do not count as
+        // nesting (WIRE.md R-CBOR-7) and take no stack.
+        let h = loop {
+            match self.peek()? {
+                (Header::Tag(t), n) if t != tag::BIGPOS && t != tag::BIGNEG => self.pos += n,
+                (h, _) => break h,
+            }
+        };
         match h {
             Header::Positive(_) => self.deserialize_u64(visitor),
             Header::Negative(x) if i64::try_from(x).is_ok() => self.deserialize_i64(visitor),
@@ -363,10 +370,6 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                         Err(_) => Err(de::Error::custom("integer too large")),
                     },
                 }
-            }
-            Header::Tag(_) => {
-                self.pull()?;
-                self.recurse(|me| me.deserialize_any(visitor))
             }
             Header::Float(_) => self.deserialize_f64(visitor),
             Header::Simple(simple::FALSE | simple::TRUE) => self.deserialize_bool(visitor),
@@ -502,6 +505,10 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         loop {
             let at = self.pos;
             return match self.pull()? {
+                // A bignum is an integer, not bytes (WIRE.md R-CBOR-6).
+                Header::Tag(t @ (tag::BIGPOS | tag::BIGNEG)) => Err(de::Error::custom(
+                    alloc::format!("invalid type: bignum (tag {t}), expected bytes"),
+                )),
                 Header::Tag(_) => continue,
                 Header::Bytes(len) => match self.string(len, false, at)? {
                     Chunks::Borrowed(b) => visitor.visit_borrowed_bytes(b),
@@ -853,6 +860,17 @@ mod tests {
     }
 
     #[test]
+    fn bignum_tags_are_not_bytes_other_tags_are_skipped() {
+        let b = de::<serde_bytes_like::Bytes<'_>>(b"\xd8\x64\x42ab").map(|b| b.0);
+        assert_eq!(b, Ok(&b"ab"[..]));
+        for t in [0xc2, 0xc3] {
+            let body = [t, 0x42, 1, 2];
+            let r = de::<serde_bytes_like::Bytes<'_>>(&body).map(|b| b.0);
+            assert!(matches!(r, Err(DeError::Custom(_))), "{r:?}");
+        }
+    }
+
+    #[test]
     fn indefinite_maps_and_chunked_names() {
         // `{_ "n": 1}`: an enum as an indefinite-length one-entry map.
         assert_eq!(de::<E>(b"\xbf\x61n\x01\xff"), Ok(E::N(1)));
@@ -906,12 +924,15 @@ mod tests {
             de::<serde::de::IgnoredAny>(&v).map(|_| ()),
             Err(DeError::TooDeep)
         );
-        let mut v = vec![0xc6; 10_000]; // tags
+        // Exactly the limit: the outermost item is level 1.
+        let mut v = vec![0x81; RECURSION_LIMIT - 1];
+        v.push(0x80);
+        assert!(de::<serde::de::IgnoredAny>(&v).is_ok());
+        // Tags are skipped, not nested: many of them cost neither depth nor
+        // stack.
+        let mut v = vec![0xc6; 10_000];
         v.push(0x01);
-        assert_eq!(
-            de::<serde::de::IgnoredAny>(&v).map(|_| ()),
-            Err(DeError::TooDeep)
-        );
+        assert!(de::<serde::de::IgnoredAny>(&v).is_ok());
     }
 
     /// A minimal borrowed-bytes type (serde_bytes' `Bytes` without the dependency

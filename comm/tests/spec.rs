@@ -241,3 +241,54 @@ fn documented_constants() {
         assert!(f.len() - n - frame::HEADER_LEN <= comm::service::REVERSE_OVERHEAD as usize);
     }
 }
+
+#[test]
+fn the_cddl_in_wire_md_is_the_cddl_file() {
+    let file = include_str!("../svmc.cddl");
+    let start = WIRE.find("```cddl\n").expect("a cddl block in WIRE.md") + "```cddl\n".len();
+    let len = WIRE[start..].find("```\n").expect("end of the cddl block");
+    assert_eq!(
+        &WIRE[start..start + len],
+        file,
+        "WIRE.md §6 vs comm/svmc.cddl"
+    );
+    assert_eq!(WIRE.matches("```cddl").count(), 1);
+}
+
+/// Every `**R-AREA-n.**` rule is defined once, every rule mentioned is
+/// defined, and §9 (conformance) names each one.
+#[test]
+fn every_rule_is_defined_once_and_listed_in_conformance() {
+    let is_rule = |w: &str| {
+        let mut parts = w.splitn(3, '-');
+        parts.next() == Some("R")
+            && parts
+                .next()
+                .is_some_and(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_uppercase()))
+            && parts
+                .next()
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| is_rule(w))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut defined = std::collections::BTreeSet::new();
+    for line in WIRE.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("- **R-") {
+            let name = format!("R-{}", rest.split('.').next().unwrap());
+            assert!(defined.insert(name.clone()), "{name} defined twice");
+        }
+    }
+    assert!(defined.len() > 40, "only {} rules found", defined.len());
+    for w in words(WIRE) {
+        assert!(defined.contains(&w), "{w} is mentioned but not defined");
+    }
+    let conformance = &WIRE[WIRE.find("## 9. Conformance").unwrap()..];
+    let listed: std::collections::BTreeSet<_> = words(conformance).into_iter().collect();
+    for r in &defined {
+        assert!(listed.contains(r), "{r} is not in §9");
+    }
+}

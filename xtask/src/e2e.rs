@@ -1,16 +1,29 @@
 //! `cargo xtask run-e2e` and `cargo xtask soak`: build the guest image and
-//! `host-cli`, then run the end-to-end suite (`tests/tests/e2e.rs`) and the
-//! robustness suites (`faults.rs`, `hostile_host.rs`, `hostile_guest.rs`,
-//! `soak.rs`) against real QEMU and the real vsock device daemon.
+//! `host-cli`, then run the end-to-end suite (`tests/tests/e2e.rs`), the
+//! wire-protocol conformance suite (`conformance.rs`) and the robustness
+//! suites (`faults.rs`, `hostile_host.rs`, `hostile_guest.rs`, `soak.rs`)
+//! against real QEMU and the real vsock device daemon.
 
 use host_cli::Arch;
 
 use crate::image;
 use crate::util::{self, Result, cargo};
 
-/// The suites `run` runs, in order: the end-to-end suite, then the
-/// robustness suites of issue 4 (faults, a hostile host, soak at CI sizes).
-pub const SUITES: &[&str] = &["e2e", "faults", "hostile_host", "hostile_guest", "soak"];
+/// The suites `run` runs, in order: the end-to-end suite, the conformance
+/// suite of WIRE.md v2 (issue 11), then the robustness suites of issue 4
+/// (faults, a hostile host, soak at CI sizes).
+pub const SUITES: &[&str] = &[
+    "e2e",
+    "conformance",
+    "faults",
+    "hostile_host",
+    "hostile_guest",
+    "soak",
+];
+
+/// The suites that also run against the Linux test VM (the others are in
+/// [`NOT_FOR_LINUX`]).
+pub const LINUX_SUITES: &[&str] = &["e2e", "conformance"];
 
 /// Soak sizes for CI (the defaults of `tests/tests/soak.rs`).
 const SOAK_CI: &[(&str, &str)] = &[
@@ -101,15 +114,20 @@ pub const NOT_FOR_LINUX: &[(&str, &str)] = &[
 ];
 
 /// `cargo xtask run-e2e --guest linux`: builds the Linux test VM and runs
-/// the end-to-end suite against it (`SVMC_E2E_GUEST=linux`), then
-/// `vsock-transport`'s AF_VSOCK tests inside it. With a `filter`, only the
-/// e2e cases that match (and the in-VM tests if `host_vsock` matches).
+/// the end-to-end and conformance suites against it
+/// (`SVMC_E2E_GUEST=linux`), then `vsock-transport`'s AF_VSOCK tests inside
+/// it. With a `filter`, only the cases that match (and the in-VM tests if
+/// `host_vsock` matches).
 pub fn run_linux(filter: Option<&str>) -> Result<()> {
     let vm = crate::linux::build()?;
     util::run(cargo().args(["build", "--release", "-p", "host-cli"]))?;
     let host_cli = image::target_dir().join("release").join("host-cli");
     let mut cmd = cargo();
-    cmd.args(["test", "--release", "-p", "tests", "--test", "e2e", "--"])
+    cmd.args(["test", "--release", "--no-fail-fast", "-p", "tests"]);
+    for s in LINUX_SUITES {
+        cmd.args(["--test", s]);
+    }
+    cmd.arg("--")
         .env("SVMC_E2E_ARCH", Arch::X86_64.name())
         .env("SVMC_E2E_GUEST", "linux")
         .env("SVMC_E2E_IMAGE", &vm.kernel)
