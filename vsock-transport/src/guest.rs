@@ -75,8 +75,11 @@
 //!
 //! vhost-device-vsock 0.3.0 reports a failed read of the host's socket as
 //! a packet with operation 0, which virtio-drivers rejects without saying
-//! which connection it was for: that connection then just stays silent.
-//! Closing silent connections is a policy of the server above this layer.
+//! which connection it was for. [`GuestVsock::poll`] then sends a credit
+//! update on every connection: the daemon re-arms its read of each host
+//! socket, the failed one now reads as closed, and its `SHUTDOWN` arrives.
+//! (Closing connections that stay silent anyway is a policy of the server
+//! above this layer.)
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -370,17 +373,42 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                 Ok(true)
             }
             Ok(None) => Ok(false),
+            Err(virtio_drivers::Error::SocketDeviceError(SocketError::InvalidOperation)) => {
+                // Operation 0: vhost-device-vsock's report of a failed read
+                // of some host socket, with the header zeroed.
+                self.probe_all();
+                Ok(true)
+            }
             Err(virtio_drivers::Error::SocketDeviceError(
                 e @ (SocketError::BufferTooShort
                 | SocketError::InvalidNumber
                 | SocketError::UnknownOperation(_)
-                | SocketError::InvalidOperation
                 | SocketError::UnexpectedDataInPacket),
             )) => {
                 warn!("vsock: dropped a malformed packet: {e}");
                 Ok(true)
             }
             Err(e) => Err(virtio(e)),
+        }
+    }
+
+    /// After a packet with operation 0 (see the module docs): a credit
+    /// update on every connected connection. vhost-device-vsock re-arms its
+    /// read of the host's socket on a credit update, and the second read of
+    /// a socket that failed returns the end of the stream, which it reports
+    /// as `SHUTDOWN`: so the connection that the zeroed packet was about
+    /// learns that it is closed, instead of staying silent for ever. For the
+    /// others it is a harmless repetition of our credit.
+    fn probe_all(&mut self) {
+        warn!(
+            "vsock: a packet with operation 0 (a failed host socket, connection unknown); \
+             probing {} connections",
+            self.conns.len()
+        );
+        for s in &self.conns {
+            if s.phase == Phase::Connected {
+                let _ = self.manager.update_credit(s.key.peer, s.key.local_port);
+            }
         }
     }
 
