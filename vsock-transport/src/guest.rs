@@ -88,7 +88,7 @@ use core::hint::spin_loop;
 use log::{debug, trace, warn};
 use virtio_drivers::Hal;
 use virtio_drivers::device::socket::{
-    DisconnectReason, SocketError, VirtIOSocket, VsockAddr, VsockConnectionManager, VsockEvent,
+    ConnectionInfo, DisconnectReason, SocketError, VirtIOSocket, VsockAddr, VsockEvent,
     VsockEventType,
 };
 use virtio_drivers::transport::Transport;
@@ -145,9 +145,6 @@ impl Default for Limits {
 /// A monotonic clock in microseconds (any origin).
 pub type Clock = fn() -> u64;
 
-/// The connection manager as configured here.
-pub type Manager<H, T> = VsockConnectionManager<H, T, RX_BUFFER_SIZE>;
-
 /// The host's CID.
 pub const HOST_CID: u64 = 2;
 
@@ -183,25 +180,50 @@ enum Phase {
     Connecting,
     /// Data may flow.
     Connected,
-    /// The peer sent `SHUTDOWN` or `RST`.
+    /// The peer sent `SHUTDOWN` (it sends nothing more; we may still send
+    /// until we close) or `RST` (gone).
     PeerClosed(DisconnectReason),
     /// We sent `SHUTDOWN` at this time and wait for the peer's `RST`.
     Closing(u64),
 }
 
-/// What we track per connection, beside the manager's own state.
+/// What we track per connection: the driver's header state, ours, and the
+/// receive ring.
 #[derive(Debug)]
 struct ConnState {
     id: ConnId,
-    key: Key,
+    /// The driver's view: addresses, our `buf_alloc` and `fwd_cnt`, the
+    /// peer's credit.
+    info: ConnectionInfo,
     phase: Phase,
     credit: Credit,
+    /// Received bytes not yet read; never more than our `buf_alloc`.
+    rx: VecDeque<u8>,
+    /// The peer sent more than our buffer holds (it ignored our credit):
+    /// the data is lost, so the connection is reset.
+    overrun: bool,
+}
+
+impl ConnState {
+    fn key(&self) -> Key {
+        Key {
+            peer: self.info.dst,
+            local_port: self.info.src_port,
+        }
+    }
 }
 
 /// The guest's vsock device: listening ports, a backlog of accepted
 /// connections, and the table of open connections.
+///
+/// It drives virtio-drivers' `VirtIOSocket` directly rather than through
+/// its `VsockConnectionManager`: the manager resets a connection as soon as
+/// the peer's `SHUTDOWN` has been read to the end, so a server could not
+/// send the answers to requests that came just before a half-close; here
+/// a connection lasts until we close it.
 pub struct GuestVsock<H: Hal, T: Transport> {
-    manager: Manager<H, T>,
+    driver: VirtIOSocket<H, T, RX_BUFFER_SIZE>,
+    listening: Vec<u32>,
     conns: Vec<ConnState>,
     backlog: VecDeque<ConnId>,
     max_pending: usize,
@@ -227,7 +249,8 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         let buffer_size = buffer_size.max(RX_BUFFER_SIZE as u32);
         let driver = VirtIOSocket::<H, T, RX_BUFFER_SIZE>::new(transport).map_err(virtio)?;
         Ok(Self {
-            manager: VsockConnectionManager::new_with_capacity(driver, buffer_size),
+            driver,
+            listening: Vec::new(),
             conns: Vec::new(),
             backlog: VecDeque::new(),
             max_pending: DEFAULT_MAX_PENDING,
@@ -262,7 +285,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
 
     /// The CID the device was given.
     pub fn guest_cid(&self) -> u64 {
-        self.manager.guest_cid()
+        self.driver.guest_cid()
     }
 
     /// Per-connection receive buffer size (the `buf_alloc` we advertise).
@@ -271,7 +294,8 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     }
 
     /// Connections in the table: served, waiting in the backlog, or
-    /// closing. Each holds a receive ring of [`GuestVsock::buffer_size`].
+    /// closing. Each holds a receive ring of up to
+    /// [`GuestVsock::buffer_size`] bytes.
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -284,7 +308,9 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// Accepts connections on `port` from now on. They queue up until
     /// [`GuestVsock::accept`] takes them.
     pub fn listen(&mut self, port: u32) {
-        self.manager.listen(port);
+        if !self.listening.contains(&port) {
+            self.listening.push(port);
+        }
     }
 
     /// Connects from our `local_port` to `peer` and waits for the answer
@@ -294,24 +320,23 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// and the request is reset.
     pub fn connect(&mut self, peer: VsockAddr, local_port: u32) -> Result<ConnId> {
         let key = Key { peer, local_port };
-        if self.conns.iter().any(|s| s.key == key) {
+        if self.conns.iter().any(|s| s.key() == key) {
             return Err(virtio(SocketError::ConnectionExists));
         }
-        self.manager.connect(peer, local_port).map_err(virtio)?;
-        let id = self.insert(key, Phase::Connecting);
+        let info = self.new_info(key);
+        self.driver.connect(&info).map_err(virtio)?;
+        let id = self.insert(info, Phase::Connecting);
         let start = self.now();
         loop {
             match self.state(id).map(|s| s.phase) {
                 Some(Phase::Connected) => break,
                 Some(Phase::Connecting) if self.now() - start >= self.limits.connect_us => {
-                    let r = self.manager.force_close(peer, local_port);
-                    self.forget(id);
-                    r.map_err(virtio)?;
+                    self.finish(id, true);
                     return Err(Error::Timeout(Step::Connect));
                 }
                 Some(Phase::Connecting) => self.poll_or_spin()?,
                 Some(_) | None => {
-                    self.forget(id);
+                    self.finish(id, false);
                     return Err(Error::Refused { port: peer.port });
                 }
             }
@@ -330,7 +355,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         if let Some(s) = self.state(id) {
             debug!(
                 "vsock {id}: accepted {}:{} on port {}",
-                s.key.peer.cid, s.key.peer.port, s.key.local_port
+                s.info.dst.cid, s.info.dst.port, s.info.src_port
             );
         }
         Some(id)
@@ -344,7 +369,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
 
     /// The peer's address of connection `id`.
     pub fn peer(&self, id: ConnId) -> Option<VsockAddr> {
-        self.conns.iter().find(|s| s.id == id).map(|s| s.key.peer)
+        self.conns.iter().find(|s| s.id == id).map(|s| s.info.dst)
     }
 
     /// Whether `id` is in the table and not being closed by us.
@@ -367,9 +392,33 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// has recycled its buffer. Other device errors are returned.
     pub fn poll(&mut self) -> Result<bool> {
         self.polls += 1;
-        match self.manager.poll() {
+        let guest_cid = self.driver.guest_cid();
+        let conns = &mut self.conns;
+        let cap = self.buffer_size as usize;
+        let result = self.driver.poll(|event, body| {
+            if event.destination.cid == guest_cid
+                && let Some(c) = conns.iter_mut().find(|c| {
+                    c.info.dst == event.source && c.info.src_port == event.destination.port
+                })
+            {
+                c.info.update_for_event(&event);
+                c.credit.peer_status(
+                    event.buffer_status.buffer_allocation,
+                    event.buffer_status.forward_count,
+                );
+                if let VsockEventType::Received { .. } = event.event_type {
+                    if c.rx.len() + body.len() > cap {
+                        c.overrun = true;
+                    } else {
+                        c.rx.extend(body);
+                    }
+                }
+            }
+            Ok(Some(event))
+        });
+        match result {
             Ok(Some(event)) => {
-                self.record(&event);
+                self.record(&event, guest_cid);
                 Ok(true)
             }
             Ok(None) => Ok(false),
@@ -407,7 +456,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         );
         for s in &self.conns {
             if s.phase == Phase::Connected {
-                let _ = self.manager.update_credit(s.key.peer, s.key.local_port);
+                let _ = self.driver.credit_update(&s.info);
             }
         }
     }
@@ -420,18 +469,28 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         Ok(())
     }
 
-    fn record(&mut self, event: &VsockEvent) {
+    fn record(&mut self, event: &VsockEvent, guest_cid: u64) {
         trace!("vsock: {event:?}");
+        if event.destination.cid != guest_cid {
+            return;
+        }
         let key = Key {
             peer: event.source,
             local_port: event.destination.port,
         };
+        let found = self.conns.iter().position(|s| s.key() == key);
         if event.event_type == VsockEventType::ConnectionRequest {
-            // The manager only passes requests for listening ports on, and
-            // has accepted them already. A request for a connection we
-            // still know is a new connection: the old one is gone.
-            if let Some(old) = self.conns.iter().find(|s| s.key == key).map(|s| s.id) {
+            // A request for a connection we still know is a new
+            // connection: the old one is gone.
+            if let Some(i) = found {
+                let old = self.conns[i].id;
                 self.forget(old);
+            }
+            let mut info = self.new_info(key);
+            info.update_for_event(event);
+            if !self.listening.contains(&key.local_port) {
+                let _ = self.driver.force_close(&info);
+                return;
             }
             if self.backlog.len() >= self.max_pending {
                 warn!(
@@ -440,10 +499,14 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                     key.peer.cid,
                     key.peer.port
                 );
-                let _ = self.manager.force_close(key.peer, key.local_port);
+                let _ = self.driver.force_close(&info);
                 return;
             }
-            let id = self.insert(key, Phase::Connected);
+            if let Err(e) = self.driver.accept(&info) {
+                warn!("vsock: accepting {}:{}: {e}", key.peer.cid, key.peer.port);
+                return;
+            }
+            let id = self.insert(info, Phase::Connected);
             if let Some(s) = self.state(id) {
                 s.credit.peer_status(
                     event.buffer_status.buffer_allocation,
@@ -453,25 +516,30 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             self.backlog.push_back(id);
             return;
         }
-        let Some(state) = self.conns.iter_mut().find(|s| s.key == key) else {
+        let Some(i) = found else {
             return;
         };
-        state.credit.peer_status(
-            event.buffer_status.buffer_allocation,
-            event.buffer_status.forward_count,
-        );
+        let state = &mut self.conns[i];
+        let id = state.id;
+        if state.overrun {
+            warn!("vsock {id}: the peer sent more than our credit allowed; resetting");
+            self.finish(id, true);
+            return;
+        }
         match event.event_type {
             VsockEventType::Connected if state.phase == Phase::Connecting => {
                 state.phase = Phase::Connected;
             }
             VsockEventType::Disconnected { reason } => match state.phase {
-                Phase::Closing(_) => {
-                    // The answer to our SHUTDOWN: done.
-                    let id = state.id;
-                    self.finish(id);
-                }
+                // The answer to our SHUTDOWN (or the peer's own): done.
+                Phase::Closing(_) => self.finish(id, reason == DisconnectReason::Shutdown),
                 _ => state.phase = Phase::PeerClosed(reason),
             },
+            VsockEventType::CreditRequest => {
+                if let Err(e) = self.driver.credit_update(&state.info) {
+                    warn!("vsock {id}: credit update: {e}");
+                }
+            }
             _ => {}
         }
     }
@@ -480,7 +548,6 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// and tells the peer about the consumed bytes when due.
     pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<Recv> {
         let state = find(&mut self.conns, id).ok_or(Error::ShutDown)?;
-        let Key { peer, local_port } = state.key;
         match state.phase {
             Phase::Closing(_) => return Err(Error::ShutDown),
             Phase::Connecting => return Ok(Recv::Empty),
@@ -489,88 +556,88 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         if buf.is_empty() {
             return Ok(Recv::Empty);
         }
-        match self.manager.recv(peer, local_port, buf) {
-            Ok(0) if matches!(state.phase, Phase::PeerClosed(_)) => Ok(Recv::Eof),
-            Ok(0) => Ok(Recv::Empty),
-            Ok(n) => {
-                if state.credit.consumed(n) && state.phase == Phase::Connected {
-                    match self.manager.update_credit(peer, local_port) {
-                        // Drained the last bytes after the peer closed: the
-                        // manager has just dropped the connection.
-                        Err(e) if is_socket_error(&e, SocketError::NotConnected) => {}
-                        r => r.map_err(virtio)?,
-                    }
-                }
-                Ok(Recv::Data(n))
-            }
-            // The manager drops a connection once the peer has closed it
-            // and its data are drained.
-            Err(e) if is_socket_error(&e, SocketError::NotConnected) => Ok(Recv::Eof),
-            Err(e) => Err(virtio(e)),
+        let n = {
+            let (a, b) = state.rx.as_slices();
+            let n1 = a.len().min(buf.len());
+            buf[..n1].copy_from_slice(&a[..n1]);
+            let n2 = b.len().min(buf.len() - n1);
+            buf[n1..n1 + n2].copy_from_slice(&b[..n2]);
+            n1 + n2
+        };
+        if n == 0 {
+            return Ok(match state.phase {
+                Phase::PeerClosed(_) => Recv::Eof,
+                _ => Recv::Empty,
+            });
         }
+        state.rx.drain(..n);
+        state.info.done_forwarding(n);
+        if state.credit.consumed(n)
+            && state.phase == Phase::Connected
+            && let Err(e) = self.driver.credit_update(&state.info)
+        {
+            return Err(virtio(e));
+        }
+        Ok(Recv::Data(n))
     }
 
     /// Sends as much of `buf` on connection `id` as the peer's credit
     /// allows now, in packets of at most [`MAX_PACKET`] bytes; returns how
     /// many bytes went (possibly 0). Never waits: when the credit is used
     /// up the driver has asked the peer for an update, and a later call
-    /// (after [`GuestVsock::poll`] has seen it) goes on.
+    /// (after [`GuestVsock::poll`] has seen it) goes on. After the peer's
+    /// `SHUTDOWN` we may still send until we close (half-close).
     pub fn send_some(&mut self, id: ConnId, buf: &[u8]) -> Result<usize> {
         let state = find(&mut self.conns, id).ok_or(Error::ShutDown)?;
-        let Key { peer, local_port } = state.key;
         let mut sent = 0;
         while sent < buf.len() {
             match state.phase {
                 Phase::PeerClosed(DisconnectReason::Reset) => return Err(Error::Reset),
-                Phase::PeerClosed(DisconnectReason::Shutdown) => return Err(Error::Closed),
                 Phase::Closing(_) => return Err(Error::ShutDown),
                 Phase::Connecting => return Ok(0),
-                Phase::Connected => {}
+                Phase::Connected | Phase::PeerClosed(DisconnectReason::Shutdown) => {}
             }
             let n = state.credit.next_chunk(buf.len() - sent);
-            match self.manager.send(peer, local_port, &buf[sent..sent + n]) {
+            match self.driver.send(&buf[sent..sent + n], &mut state.info) {
                 Ok(()) => {
                     state.credit.sent(n);
                     sent += n;
                 }
                 Err(e) if is_socket_error(&e, SocketError::InsufficientBufferSpaceInPeer) => break,
-                Err(e) if is_socket_error(&e, SocketError::NotConnected) => {
-                    return Err(Error::Reset);
-                }
                 Err(e) => return Err(virtio(e)),
             }
         }
         Ok(sent)
     }
 
-    /// Starts closing connection `id`: `SHUTDOWN` to a connected peer
-    /// (whose `RST` answer, or [`Limits::shutdown_us`] in
-    /// [`GuestVsock::tick`], ends it), or at once if the peer has closed
+    /// Starts closing connection `id`: `SHUTDOWN` to a peer that has not
+    /// reset it (whose `RST` answer, or [`Limits::shutdown_us`] in
+    /// [`GuestVsock::tick`], ends it), or at once if the peer has reset it
     /// already. Whatever the peer still sends is dropped.
     pub fn close(&mut self, id: ConnId) -> Result<()> {
         let now = self.now();
         let Some(state) = find(&mut self.conns, id) else {
             return Ok(());
         };
-        let Key { peer, local_port } = state.key;
         match state.phase {
-            Phase::Connected => {
+            Phase::Connected | Phase::PeerClosed(DisconnectReason::Shutdown) => {
                 state.phase = Phase::Closing(now);
-                match self.manager.shutdown(peer, local_port) {
+                state.rx = VecDeque::new();
+                match self.driver.shutdown(&state.info) {
                     Ok(()) => Ok(()),
                     Err(e) => {
-                        self.finish(id);
-                        if is_socket_error(&e, SocketError::NotConnected) {
-                            Ok(())
-                        } else {
-                            Err(virtio(e))
-                        }
+                        self.finish(id, true);
+                        Err(virtio(e))
                     }
                 }
             }
             Phase::Closing(_) => Ok(()),
-            Phase::Connecting | Phase::PeerClosed(_) => {
-                self.finish(id);
+            Phase::Connecting => {
+                self.finish(id, true);
+                Ok(())
+            }
+            Phase::PeerClosed(DisconnectReason::Reset) => {
+                self.finish(id, false);
                 Ok(())
             }
         }
@@ -578,7 +645,12 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
 
     /// Resets connection `id` at once (`RST`) and forgets it.
     pub fn reset(&mut self, id: ConnId) {
-        self.finish(id);
+        let rst = self
+            .conns
+            .iter()
+            .find(|s| s.id == id)
+            .is_some_and(|s| s.phase != Phase::PeerClosed(DisconnectReason::Reset));
+        self.finish(id, rst);
     }
 
     /// Resets the connections whose peer has not answered our `SHUTDOWN`
@@ -593,10 +665,10 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         {
             warn!(
                 "vsock {}: no RST from {}:{} after shutdown; resetting",
-                s.id, s.key.peer.cid, s.key.peer.port
+                s.id, s.info.dst.cid, s.info.dst.port
             );
             let id = s.id;
-            self.finish(id);
+            self.finish(id, true);
         }
     }
 
@@ -609,28 +681,33 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         }
     }
 
-    fn insert(&mut self, key: Key, phase: Phase) -> ConnId {
+    fn new_info(&self, key: Key) -> ConnectionInfo {
+        let mut info = ConnectionInfo::new(key.peer, key.local_port);
+        info.buf_alloc = self.buffer_size;
+        info
+    }
+
+    fn insert(&mut self, info: ConnectionInfo, phase: Phase) -> ConnId {
         let id = ConnId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1);
         self.conns.push(ConnState {
             id,
-            key,
+            info,
             phase,
             credit: Credit::new(self.buffer_size),
+            rx: VecDeque::new(),
+            overrun: false,
         });
         id
     }
 
-    /// Frees the manager's state (sending `RST` if it still had any) and ours.
-    fn finish(&mut self, id: ConnId) {
-        if let Some(s) = self.conns.iter().find(|s| s.id == id) {
-            let Key { peer, local_port } = s.key;
-            match self.manager.force_close(peer, local_port) {
-                Err(e) if !is_socket_error(&e, SocketError::NotConnected) => {
-                    warn!("vsock {id}: reset: {e}");
-                }
-                _ => {}
-            }
+    /// Forgets connection `id`, first sending `RST` if `rst`.
+    fn finish(&mut self, id: ConnId, rst: bool) {
+        if rst
+            && let Some(s) = self.conns.iter().find(|s| s.id == id)
+            && let Err(e) = self.driver.force_close(&s.info)
+        {
+            warn!("vsock {id}: reset: {e}");
         }
         self.forget(id);
     }
