@@ -149,6 +149,12 @@ where
     while !stopped {
         let mut busy = false;
         for _ in 0..EVENTS_PER_PASS {
+            // Accepted connections are admitted (or refused) at once, so
+            // that a burst of them never piles up in the endpoint.
+            while let Some(id) = endpoint.accept() {
+                busy = true;
+                admit(endpoint, &mut slots, id, max_conns, config, &mut report);
+            }
             if !endpoint.poll()? {
                 break;
             }
