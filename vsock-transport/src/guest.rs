@@ -78,8 +78,10 @@
 //! which connection it was for. [`GuestVsock::poll`] then sends a credit
 //! update on every connection: the daemon re-arms its read of each host
 //! socket, the failed one now reads as closed, and its `SHUTDOWN` arrives.
-//! (Closing connections that stay silent anyway is a policy of the server
-//! above this layer.)
+//! [`GuestVsock::tick`] also probes every peer silent for [`PROBE_US`] the
+//! same way, for the cases where the daemon lost track of a host socket
+//! without a word. (Closing connections that stay silent anyway is a
+//! policy of the server above this layer.)
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -116,6 +118,13 @@ pub const CONNECTION_BUFFER_SIZE: u32 = 256 * 1024;
 /// Largest `RW` packet body we send: Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`
 /// (64 KiB), which device back-ends also assume.
 pub const MAX_PACKET: usize = crate::credit::MAX_PACKET;
+
+/// A connected peer silent for this long gets a credit update (at most
+/// one per this period): vhost-device-vsock 0.3.0 can lose track of a host
+/// socket that closed (see the module docs), and a credit update makes it
+/// look again, so the connection's `SHUTDOWN` arrives within about this
+/// time instead of never.
+pub const PROBE_US: u64 = 1_000_000;
 
 /// Default of [`GuestVsock::set_max_pending`].
 pub const DEFAULT_MAX_PENDING: usize = 4;
@@ -202,6 +211,8 @@ struct ConnState {
     /// The peer sent more than our buffer holds (it ignored our credit):
     /// the data is lost, so the connection is reset.
     overrun: bool,
+    /// When we last heard from the peer or probed it ([`PROBE_US`]).
+    last_seen: u64,
 }
 
 impl ConnState {
@@ -392,6 +403,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// has recycled its buffer. Other device errors are returned.
     pub fn poll(&mut self) -> Result<bool> {
         self.polls += 1;
+        let now = self.now();
         let guest_cid = self.driver.guest_cid();
         let conns = &mut self.conns;
         let cap = self.buffer_size as usize;
@@ -402,6 +414,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                 })
             {
                 c.info.update_for_event(&event);
+                c.last_seen = now;
                 c.credit.peer_status(
                     event.buffer_status.buffer_allocation,
                     event.buffer_status.forward_count,
@@ -654,9 +667,18 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     }
 
     /// Resets the connections whose peer has not answered our `SHUTDOWN`
-    /// within [`Limits::shutdown_us`].
+    /// within [`Limits::shutdown_us`], and probes connected peers silent
+    /// for [`PROBE_US`] with a credit update.
     pub fn tick(&mut self) {
         let now = self.now();
+        for s in &mut self.conns {
+            if s.phase == Phase::Connected && now.wrapping_sub(s.last_seen) >= PROBE_US {
+                s.last_seen = now;
+                if let Err(e) = self.driver.credit_update(&s.info) {
+                    warn!("vsock {}: probe: {e}", s.id);
+                }
+            }
+        }
         let limit = self.limits.shutdown_us;
         while let Some(s) = self
             .conns
@@ -688,6 +710,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     }
 
     fn insert(&mut self, info: ConnectionInfo, phase: Phase) -> ConnId {
+        let last_seen = self.now();
         let id = ConnId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1);
         self.conns.push(ConnState {
@@ -697,6 +720,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             credit: Credit::new(self.buffer_size),
             rx: VecDeque::new(),
             overrun: false,
+            last_seen,
         });
         id
     }
