@@ -1,6 +1,6 @@
-//! Guest backend: many connections over virtio-drivers'
-//! `VsockConnectionManager` (`no_std`), for any virtio [`Hal`] and
-//! [`Transport`], served by one event loop.
+//! Guest backend: many connections over virtio-drivers' `VirtIOSocket`
+//! (`no_std`), for any virtio [`Hal`] and [`Transport`], served by one
+//! event loop.
 //!
 //! # A short primer on virtio-vsock streams
 //!
@@ -40,10 +40,10 @@
 //!   consumed unannounced; so the sender always sees at least three
 //!   quarters of the buffer free once we have drained it.
 //!
-//! Our own buffer is the manager's per-connection ring, and the `buf_alloc`
-//! we advertise is exactly its size ([`CONNECTION_BUFFER_SIZE`] unless set
+//! Our own buffer is a per-connection ring, and the `buf_alloc` we
+//! advertise is exactly its limit ([`CONNECTION_BUFFER_SIZE`] unless set
 //! otherwise), so a peer that honours credit can never overflow it (which
-//! would lose data: `poll()` fails with `OutputBufferTooShort`).
+//! would lose data: such a peer is reset).
 //!
 //! # Many connections, one loop
 //!
@@ -51,9 +51,9 @@
 //! by a [`ConnId`] handle. Nothing here blocks except [`GuestVsock::connect`]
 //! (bounded) and the [`Stream`] adapter: the caller's loop calls
 //! [`GuestVsock::poll`] (one device event: a connection request on a
-//! listening port, which the manager accepts at once, goes into a backlog
-//! that [`GuestVsock::accept`] hands out; data waits in the manager's ring
-//! of its connection; a close is remembered), then [`GuestVsock::recv`] and
+//! listening port, accepted at once, goes into a backlog that
+//! [`GuestVsock::accept`] hands out; data waits in the ring of its
+//! connection; a close is remembered), then [`GuestVsock::recv`] and
 //! [`GuestVsock::send_some`] on any connection, without waiting, and
 //! [`GuestVsock::tick`] to end shutdowns whose peer never answered. At most
 //! [`GuestVsock::set_max_pending`] accepted connections wait in the backlog;
