@@ -16,7 +16,7 @@
 mod client;
 mod server;
 
-pub use client::Client;
+pub use client::{Client, MAX_ABANDONED};
 pub use server::{Ended, Handler, ServeConfig, Then, serve};
 
 use alloc::vec::Vec;
