@@ -449,3 +449,49 @@ fn lenient_but_valid_encodings_are_read() {
         Ok(Request::Reverse(b"abc".to_vec()))
     );
 }
+
+/// `Error::is_fatal` agrees with the fatal flag of the ERROR a receiver
+/// sends for the same error (WIRE.md §3.4), and local refusals are not
+/// fatal.
+#[test]
+fn is_fatal_agrees_with_the_error_table() {
+    let received = [
+        Error::Truncated {
+            expected: 10,
+            got: 3,
+        },
+        Error::TooLarge { len: 2, max: 1 },
+        Error::Empty {
+            kind: FrameKind::Request,
+        },
+        Error::UnknownFrameKind(9),
+        Error::UnexpectedFrame {
+            expected: FrameKind::Request,
+            got: FrameKind::Response,
+        },
+        Error::InvalidCbor { offset: 0 },
+        Error::UnknownVariant("x".into()),
+        Error::Malformed("x".into()),
+        Error::TrailingBytes { extra: 1 },
+        Error::ProtocolMismatch {
+            ours: "svmc",
+            theirs: "x".into(),
+        },
+        Error::VersionMismatch { ours: 2, theirs: 1 },
+    ];
+    for e in received {
+        let pe = ProtocolError::from_error(&e).expect("reported to the peer");
+        assert_eq!(e.is_fatal(), pe.fatal, "{e}");
+    }
+    for e in [
+        Error::TooLargeToSend { len: 2, max: 1 },
+        Error::Encode("x".into()),
+    ] {
+        assert!(!e.is_fatal(), "{e}");
+        assert_eq!(ProtocolError::from_error(&e), None, "{e}");
+    }
+    assert!(Error::UnexpectedId(comm::RequestId(3)).is_fatal());
+    let remote = |fatal| Error::Remote(ProtocolError::new(ProtocolErrorCode::Busy, fatal, "x"));
+    assert!(remote(true).is_fatal());
+    assert!(!remote(false).is_fatal());
+}

@@ -64,14 +64,17 @@ struct Peer {
 }
 
 impl Peer {
-    /// Ends the boot connection (GOODBYE), once: the other cases use
-    /// host-initiated connections only.
+    /// Ends the boot connection (GOODBYE, then the close, R-END-1), once:
+    /// the other cases use host-initiated connections only, and a slot the
+    /// boot connection held would count against the limit.
     fn end_boot(&self) {
         if self.boot_open.swap(false, Ordering::SeqCst)
             && let Some(s) = self.session.lock().unwrap().as_mut()
             && let Some(c) = s.client()
         {
-            let _ = vsock_transport::Connection::send(c.connection(), &frame::goodbye());
+            use vsock_transport::Connection as _;
+            let _ = c.connection().send(&frame::goodbye());
+            let _ = c.connection().shutdown();
         }
     }
 
@@ -427,8 +430,15 @@ fn r_conn_3_boot_connection_is_served_alongside(p: &Peer) -> R {
     c.goodbye()
 }
 
+/// Connections the earlier cases closed hold a server slot until the
+/// server has seen their close; give it that time before filling the table.
+fn settle() {
+    thread::sleep(Duration::from_secs(1));
+}
+
 /// R-CONN-3: `max_conns` connections at once, each served.
 fn r_conn_3_eight_connections_at_once(p: &Peer) -> R {
+    settle();
     let mut conns = Vec::new();
     for _ in 0..p.max_conns {
         let mut c = p.connect()?;
@@ -479,6 +489,7 @@ fn r_conn_4_stalled_client_does_not_block_another(p: &Peer) -> R {
 /// R-CONN-5: over the limit, `ERROR` busy (7, fatal) instead of `HELLO`,
 /// then the close; a freed slot serves again.
 fn r_conn_5_busy_over_the_limit(p: &Peer) -> R {
+    settle();
     let mut conns = Vec::new();
     for i in 0..p.max_conns {
         let mut c = p.connect()?;

@@ -143,3 +143,49 @@ impl Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_errors_are_fatal() {
+        let usable = [
+            Error::Timeout(Step::Read),
+            Error::Usage("x"),
+            Error::Protocol(comm::Error::Malformed("x".into())),
+            Error::Protocol(comm::Error::TooLargeToSend { len: 2, max: 1 }),
+        ];
+        for e in usable {
+            assert!(!e.is_fatal(), "{e}");
+        }
+        let fatal = [
+            Error::Timeout(Step::Write),
+            Error::Timeout(Step::Hello),
+            Error::TimeoutInFrame {
+                step: Step::Read,
+                got: 1,
+            },
+            Error::Closed,
+            Error::Reset,
+            Error::ShutDown,
+            Error::Poisoned { reason: "x".into() },
+            Error::Protocol(comm::Error::Truncated {
+                expected: 9,
+                got: 1,
+            }),
+        ];
+        for e in fatal {
+            assert!(e.is_fatal(), "{e}");
+        }
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn display_leaves_the_source_to_source() {
+        use core::error::Error as _;
+        let e = Error::io("reading the socket", std::io::Error::other("boom"));
+        assert_eq!(e.to_string(), "reading the socket");
+        assert_eq!(e.source().map(|s| s.to_string()), Some("boom".into()));
+    }
+}

@@ -16,9 +16,10 @@
 //!   are named here without links.)
 //! - [`framed`]: reads and writes `comm` frames on a [`Connection`], with the
 //!   receiver's size limit checked before anything is allocated.
-//! - [`rpc`]: [`rpc::Client`] (hello, then request → response) and the
-//!   server side written once: [`rpc::ServerConn`] (one connection's rules,
-//!   sans-IO), [`rpc::serve`] (one blocking connection) and
+//! - [`rpc`]: [`rpc::Client`] (hello, then requests tied to their answers
+//!   by id, one at a time or pipelined; poisoned after a fatal error) and
+//!   the server side written once: [`rpc::ServerConn`] (one connection's
+//!   rules, sans-IO), [`rpc::serve`] (one blocking connection) and
 //!   [`rpc::many::serve_many`] (many connections in one event loop, with a
 //!   limit and the boot-connection lifecycle), generic over any
 //!   [`comm::Protocol`]; [`rpc::service::Service`] is the svmc handler.

@@ -1,35 +1,5 @@
 //! The client side: `HELLO`, then requests, each tied to its answer by a
-//! request id.
-//!
-//! # Ids, late answers, poisoning
-//!
-//! The client numbers its requests ([`RequestId`], `WIRE.md` R-ID-1) and
-//! keeps the ids in flight in send order. An answer (`RESPONSE`, or a
-//! non-fatal `ERROR`) is matched by its id; an answer without a readable id
-//! belongs to the oldest request in flight, as the server answers in order
-//! (R-ID-4).
-//!
-//! - A [`Client::call`] whose read deadline passes before any byte of the
-//!   answer arrived fails with [`Error::Timeout`]`(`[`Step::Read`]`)`, which
-//!   is not fatal: its id is remembered as *abandoned* (at most
-//!   [`MAX_ABANDONED`]; the oldest is forgotten beyond that). When its
-//!   answer comes later it is discarded, logged and counted
-//!   ([`Client::discarded`]), never handed to another call.
-//! - An answer with an id that has no request in flight (never sent,
-//!   already answered, or forgotten) is
-//!   [`comm::Error::UnexpectedId`], fatal.
-//! - After any fatal error ([`Error::is_fatal`]: a deadline that passed
-//!   inside a frame, a close, a truncated or oversized frame, a fatal
-//!   `ERROR`...) the stream may be out of step: the client is *poisoned*
-//!   and every later call fails at once with [`Error::Poisoned`], without
-//!   touching the stream.
-//!
-//! # Pipelining
-//!
-//! [`Client::send_request`] and [`Client::recv_response`] are the two
-//! halves of a call, so several requests can be in flight on one
-//! connection; [`Client::call_many`] does that for a batch with a window.
-//! [`Client::call`] is one request, one answer.
+//! request id (see [`Client`]).
 
 use alloc::collections::VecDeque;
 use alloc::string::ToString;
@@ -71,7 +41,37 @@ struct Slot {
 }
 
 /// Client side of a connection: ids, pipelining, late-answer discard and
-/// poisoning (see the [module docs](self)).
+/// poisoning.
+///
+/// # Ids, late answers, poisoning
+///
+/// The client numbers its requests ([`RequestId`], `WIRE.md` R-ID-1) and
+/// keeps the ids in flight in send order. An answer (`RESPONSE`, or a
+/// non-fatal `ERROR`) is matched by its id; an answer without a readable id
+/// belongs to the oldest request in flight, as the server answers in order
+/// (R-ID-4).
+///
+/// - A [`Client::call`] whose read deadline passes before any byte of the
+///   answer arrived fails with [`Error::Timeout`]`(`[`Step::Read`]`)`, which
+///   is not fatal: its id is remembered as *abandoned* (at most
+///   [`MAX_ABANDONED`]; the oldest is forgotten beyond that). When its
+///   answer comes later it is discarded, logged and counted
+///   ([`Client::discarded`]), never handed to another call.
+/// - An answer with an id that has no request in flight (never sent,
+///   already answered, or forgotten) is
+///   [`comm::Error::UnexpectedId`], fatal.
+/// - After any fatal error ([`Error::is_fatal`]: a deadline that passed
+///   inside a frame, a close, a truncated or oversized frame, a fatal
+///   `ERROR`...) the stream may be out of step: the client is *poisoned*
+///   and every later call fails at once with [`Error::Poisoned`], without
+///   touching the stream.
+///
+/// # Pipelining
+///
+/// [`Client::send_request`] and [`Client::recv_response`] are the two
+/// halves of a call, so several requests can be in flight on one
+/// connection; [`Client::call_many`] does that for a batch with a window.
+/// [`Client::call`] is one request, one answer.
 pub struct Client<C: Connection, P: Protocol> {
     conn: C,
     max_body: u32,

@@ -1,14 +1,18 @@
 //! The request/response loop, written once for both sides and generic over
-//! any [`Protocol`].
+//! any [`Protocol`] (`comm/WIRE.md` v2).
 //!
 //! A connection runs like this (frames of `comm::frame`):
 //!
 //! 1. Both sides send `HELLO` at once, then read the peer's and check
-//!    protocol name and version ([`comm::Hello::check`]). On a mismatch the
-//!    server answers with a fatal `ERROR` frame and both sides close.
-//! 2. The client sends `REQUEST` frames; the server answers each with one
-//!    `RESPONSE` frame, in order. A request the server cannot decode (its
-//!    frame boundaries intact) is answered with a non-fatal `ERROR` frame
+//!    protocol name, then version, before anything else
+//!    ([`comm::Hello::decode_checked`]). On a mismatch the server answers
+//!    with a fatal `ERROR` frame and both sides close. Until then every
+//!    error is fatal.
+//! 2. The client sends `REQUEST` frames `[id, request]`, several at once
+//!    if it likes ([`Client::send_request`], [`Client::call_many`]); the
+//!    server answers each with one `RESPONSE` `[id, response]`, in order.
+//!    A request the server cannot decode (its frame boundaries intact) is
+//!    answered with a non-fatal `ERROR` naming its id when it can be read,
 //!    and the connection goes on; a frame the server cannot delimit (too
 //!    large, unknown kind) gets a fatal `ERROR` frame and the server closes.
 //! 3. The client ends with `GOODBYE` (or just closes).
@@ -18,7 +22,7 @@ pub mod many;
 mod server;
 pub mod service;
 
-pub use client::Client;
+pub use client::{Client, MAX_ABANDONED};
 pub use server::{
     Budget, CONNECTION_HEAP, Ended, Handler, OUTPUT_HIGH_WATER, RESERVE_PER_BODY_BYTE, SMALL_BODY,
     ServeConfig, ServerConn, Then, serve,
