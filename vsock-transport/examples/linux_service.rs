@@ -272,6 +272,10 @@ impl std::fmt::Display for ConnId {
 
 struct Conn {
     stream: VsockStream,
+    /// The last read found nothing: wait for `POLLIN`. (A connection whose
+    /// server takes no input now, e.g. while its answers wait, is not
+    /// polled for input, so `poll(2)` does not wake for it in a loop.)
+    want_read: bool,
     /// The last write was short: wait for `POLLOUT` too.
     want_write: bool,
 }
@@ -322,6 +326,7 @@ impl LinuxEndpoint {
             id,
             Conn {
                 stream,
+                want_read: true,
                 want_write: false,
             },
         );
@@ -366,6 +371,7 @@ impl Endpoint for LinuxEndpoint {
                     io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
                 ) =>
             {
+                c.want_read = true;
                 Ok(Recv::Empty)
             }
             Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(Error::Reset),
@@ -453,8 +459,11 @@ impl Endpoint for LinuxEndpoint {
             events: libc::POLLIN,
             revents: 0,
         }];
-        for c in self.conns.values() {
-            let mut events = libc::POLLIN;
+        for c in self.conns.values_mut() {
+            let mut events = 0;
+            if std::mem::take(&mut c.want_read) {
+                events |= libc::POLLIN;
+            }
             if c.want_write {
                 events |= libc::POLLOUT;
             }
