@@ -10,7 +10,7 @@ use comm::service::{GuestInfo, Request, Response, ServiceVm};
 use comm::{Hello, Protocol};
 use vsock_transport::framed::{recv_frame, recv_frame_as};
 use vsock_transport::rpc::service::Service;
-use vsock_transport::rpc::{self, Client, Ended, ServeConfig};
+use vsock_transport::rpc::{self, Client, Ended, Handler, ServeConfig, Then};
 use vsock_transport::{Connection, Result, Step, Timeouts};
 
 /// The guest's service: the one svmc handler of the firmware and the
@@ -24,6 +24,15 @@ pub(crate) fn service() -> Service<fn() -> GuestInfo> {
         max_body: frame::DEFAULT_MAX_BODY,
         heap: None,
     })
+}
+
+/// [`service`] as a unit value, for doubles that wrap it.
+pub(crate) struct Reverse;
+
+impl Handler<ServiceVm> for Reverse {
+    fn handle(&mut self, request: Request) -> (Response, Then) {
+        service().handle(request)
+    }
 }
 
 /// The same protocol as [`ServiceVm`], one version later.
