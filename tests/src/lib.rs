@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use host_cli::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
+use host::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::Timeouts;
 
 /// What the end-to-end tests run against, from the environment that
@@ -98,7 +98,7 @@ impl Ctx {
 
     /// Launches a VM with `config` and waits for its boot connection.
     pub fn session_with(&self, config: VmConfig) -> Result<Session, String> {
-        let mut s = SessionConfig::new(host_cli::Attach::Launch(Box::new(config)));
+        let mut s = SessionConfig::new(host::Attach::Launch(Box::new(config)));
         s.timeouts = self.timeouts();
         Session::open(&s).map_err(|e| format!("opening a session: {e}"))
     }

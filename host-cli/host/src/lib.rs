@@ -2,8 +2,10 @@
 //! tools and image it needs ([`tools`], [`image`]), choosing the accelerator
 //! ([`accel`]), and talking to it ([`session`]).
 //!
-//! The `host-cli` binary is a thin command-line front end over this library;
-//! the workspace's end-to-end tests and `xtask` use the same code.
+//! The `host-cli` binary (the folder this crate is nested in) is a thin
+//! command-line front end over this library; the workspace's end-to-end
+//! tests and `xtask` use the same code. Inside the workspace every crate
+//! depends on it under the name `host` (see the root `Cargo.toml`).
 
 pub mod accel;
 pub mod image;
