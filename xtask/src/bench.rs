@@ -53,6 +53,7 @@ struct Opts {
     arch: Arch,
     reps: usize,
     codec: bool,
+    /// Also the machines other than the default (`--no-microvm` turns it off).
     microvm: bool,
     mem: bool,
 }
@@ -174,12 +175,13 @@ pub fn run(args: &[String]) -> Result<()> {
         log_dir: Some(log_dir.clone()),
         ..VmConfig::new(o.arch, &img)
     };
-    let machines: &[Option<&str>] = if o.microvm && o.arch == Arch::X86_64 {
-        &[None, Some("microvm")]
-    } else {
-        &[None]
-    };
-    for machine in machines {
+    // The default machine, then every other row of the machine table for
+    // this architecture (unless `--no-microvm`).
+    let others = host::machine::names(o.arch).into_iter().skip(1);
+    let machines: Vec<Option<&str>> = std::iter::once(None)
+        .chain(others.filter(|_| o.microvm).map(Some))
+        .collect();
+    for machine in &machines {
         let name = machine.unwrap_or("default machine");
         if machine.is_some() {
             // One try first: the guest may not support it.

@@ -10,6 +10,7 @@
 pub mod accel;
 pub mod image;
 pub mod launcher;
+pub mod machine;
 pub mod session;
 pub mod tools;
 
@@ -182,6 +183,16 @@ pub enum Error {
         source: vsock_transport::Error,
         /// The guest's serial log.
         serial_log: PathBuf,
+    },
+    /// No row of the machine table ([`machine::MACHINES`]) has this name.
+    #[error("unknown {arch} machine {name:?} (known: {known})")]
+    UnknownMachine {
+        /// The architecture.
+        arch: Arch,
+        /// The machine asked for.
+        name: String,
+        /// The machines of `arch`.
+        known: String,
     },
     /// The guest's boot connection was already taken.
     #[error("the guest's boot connection was already accepted")]

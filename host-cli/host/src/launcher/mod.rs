@@ -24,7 +24,8 @@
 //!
 //! The module is split by concern: [`process`] spawns the children and
 //! cleans up after them (also on Ctrl-C), [`runtime`] owns the runtime and
-//! log directories, [`args`] builds QEMU's command line, and [`ready`] waits for the daemon and the
+//! log directories, [`args`] builds QEMU's command line from the machine
+//! table ([`crate::machine`]), and [`ready`] waits for the daemon and the
 //! guest.
 
 pub mod args;
@@ -45,7 +46,7 @@ use vsock_transport::hybrid::{HybridStream, Listener as HybridListener};
 use crate::accel::{Accel, choose_accel};
 use crate::image::{check_bzimage, check_image};
 use crate::tools::Tools;
-use crate::{Arch, Error, Result};
+use crate::{Arch, Error, Result, machine};
 
 pub use process::{install_signal_cleanup, kill_all};
 pub use ready::{BOOT_ATTEMPTS, DEFAULT_BOOT_ATTEMPT, LINUX_BOOT_ATTEMPT, launch_ready};
@@ -85,8 +86,9 @@ pub struct VmConfig {
     pub memory_mib: u32,
     /// Accelerator.
     pub accel: Accel,
-    /// QEMU machine type; `None` for the default of the architecture
-    /// (`q35` for x86_64, `virt` for aarch64).
+    /// QEMU machine type, a name from [`crate::machine::MACHINES`]; `None`
+    /// for the default of the architecture (`q35` for x86_64, `virt` for
+    /// aarch64).
     pub machine: Option<String>,
     /// Guest CID.
     pub cid: u32,
@@ -189,7 +191,8 @@ impl Vm {
             Some(t) => t.clone(),
             None => Tools::find(config.arch)?,
         };
-        let accel = choose_accel(config.accel, config.arch, &tools.qemu);
+        let machine = machine::find(config.arch, config.machine.as_deref())?;
+        let accel = choose_accel(config.accel, machine, &tools.qemu);
 
         let runtime = runtime::create_runtime_dir()?;
         let uds_path = runtime.path().join("vm.vsock");
@@ -261,6 +264,7 @@ impl Vm {
         let mut cmd = process::child_command(&tools.qemu);
         cmd.args(args::qemu_args(
             config,
+            machine,
             accel,
             &vhost_socket,
             &vm.serial_log,
