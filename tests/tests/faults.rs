@@ -258,7 +258,7 @@ fn image_not_elf(f: &Faults) -> R {
 fn guest_hangs_before_connecting(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
-        cfg.image = f.write_image("hang.elf", &host::image::hanging_elf(f.ctx.arch))?;
+        cfg.image = f.write_image("hang.elf", &tests::images::hanging_elf(f.ctx.arch))?;
         let boot = Duration::from_secs(2);
         let start = Instant::now();
         let e = open_err(&f.session_config(cfg, boot))?;
