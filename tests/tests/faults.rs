@@ -5,14 +5,15 @@
 //! runtime directories or sockets (`$TMPDIR/svmc-*`; `TMPDIR` is private to
 //! this run). Run with `cargo xtask run-e2e`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use host::tools::Tools;
 use host::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
-use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
+use tests::harness::{Case, Setup, Suite};
+use tests::{Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs};
 
 type R = Result<(), String>;
 
@@ -102,7 +103,7 @@ fn qemu_missing(f: &Faults) -> R {
         // Through the CLI and `$SVMC_QEMU`.
         let out = f
             .host_cli()
-            .env("SVMC_QEMU", "/nonexistent/qemu")
+            .env(host::env::QEMU, "/nonexistent/qemu")
             .args(["reverse", "abc"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -111,7 +112,7 @@ fn qemu_missing(f: &Faults) -> R {
             &stderr_of(&out),
             &[
                 &format!("{} not found", host::tools::qemu_binary(f.ctx.arch)),
-                "SVMC_QEMU=/nonexistent/qemu",
+                &format!("{}=/nonexistent/qemu", host::env::QEMU),
             ],
         )
     })
@@ -130,7 +131,7 @@ fn daemon_missing(f: &Faults) -> R {
         one_line_mentioning(&e.to_string(), &["/nonexistent/vhost-device-vsock"])?;
         let out = f
             .host_cli()
-            .env("SVMC_VHOST_DEVICE_VSOCK", "/nonexistent/daemon")
+            .env(host::env::DAEMON, "/nonexistent/daemon")
             .args(["reverse", "abc"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -568,37 +569,25 @@ const CASES: &[Case<Faults>] = &[
     ("cli_attach_to_nothing", cli_attach_to_nothing),
 ];
 
-fn main() {
-    // SAFETY: no other thread has been started yet.
-    let tmp = unsafe { PrivateTmp::install("faults") };
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let logs = tempfile::Builder::new()
-        .prefix("svmc-faults-logs-")
-        .tempdir_in(std::env::temp_dir().parent().unwrap_or(Path::new("/tmp")))
-        .expect("log dir");
-    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("faults: {e}");
-            std::process::exit(2);
-        }
-    };
+fn setup(s: Setup) -> Result<Faults, String> {
     let scratch = tempfile::Builder::new()
         .prefix("svmc-faults-scratch-")
-        .tempdir_in(logs.path())
-        .expect("scratch dir");
-    println!("faults on {} with {}", ctx.arch, ctx.image.display());
-    let f = Faults { ctx, tmp, scratch };
-    let ok = run_cases(
-        &format!("faults-{}", f.ctx.arch),
-        &f,
-        CASES,
-        filter.as_deref(),
-    );
-    // Leftovers were reported by the cases; remove the private TMPDIR.
-    drop(f);
-    if !ok {
-        println!("logs kept in {}", logs.keep().display());
-        std::process::exit(1);
-    }
+        .tempdir_in(&s.logs)
+        .map_err(|e| format!("scratch dir: {e}"))?;
+    Ok(Faults {
+        ctx: s.ctx,
+        tmp: s.tmp.ok_or("no private TMPDIR")?,
+        scratch,
+    })
+}
+
+fn main() {
+    tests::harness::main(&Suite {
+        name: "faults",
+        private_tmp: true,
+        setup,
+        cases: CASES,
+        last: None,
+        helpers: &[],
+    })
 }
