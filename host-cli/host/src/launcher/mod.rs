@@ -17,10 +17,11 @@
 //!    file that outlives the VM and is named in every error.
 //!
 //! Children run in their own process group with `PR_SET_PDEATHSIG` set to
-//! `SIGKILL`, so they never outlive the process that launched them, even if
-//! it is killed with `SIGKILL`. [`Vm`]'s `Drop` kills and reaps both and
-//! removes the runtime directory; [`install_signal_cleanup`] does the same
-//! for every live VM on Ctrl-C or `SIGTERM`.
+//! `SIGKILL`, forked by one long-lived launcher thread, so they outlive the
+//! thread that launched the VM but never the process, even if it is killed
+//! with `SIGKILL` (see [`process`] for how). [`Vm`]'s `Drop` kills and
+//! reaps both and removes the runtime directory; [`install_signal_cleanup`]
+//! does the same for every live VM on Ctrl-C or `SIGTERM`.
 //!
 //! The module is split by concern: [`process`] spawns the children and
 //! cleans up after them (also on Ctrl-C), [`runtime`] owns the runtime and
@@ -250,7 +251,7 @@ impl Vm {
             .stderr(daemon_err)
             .env("RUST_LOG", "warn");
         tracing::debug!(?cmd, "starting the device daemon");
-        let daemon = cmd.spawn().map_err(|e| Error::Spawn {
+        let daemon = process::spawn(cmd).map_err(|e| Error::Spawn {
             program: tools.daemon.clone(),
             source: e,
         })?;
@@ -272,7 +273,7 @@ impl Vm {
         .stdout(Stdio::null())
         .stderr(qemu_err);
         tracing::debug!(?cmd, "starting QEMU");
-        let qemu = cmd.spawn().map_err(|e| Error::Spawn {
+        let qemu = process::spawn(cmd).map_err(|e| Error::Spawn {
             program: tools.qemu.clone(),
             source: e,
         })?;

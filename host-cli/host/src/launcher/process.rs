@@ -1,11 +1,34 @@
 //! The child processes of a VM: how they are started, and how every live
 //! VM is torn down on Ctrl-C or `SIGTERM`.
+//!
+//! # Lifetime of the children
+//!
+//! A VM's QEMU and daemon must outlive the thread that launched them (a
+//! thread pool's worker, tokio's `spawn_blocking`) and die with the process
+//! or with their [`Vm`](super::Vm)'s drop, on whatever thread that happens:
+//!
+//! - Every child is forked by one dedicated *launcher thread* ([`spawn`]),
+//!   started on first use and never ending while the process lives (the
+//!   sending end of its queue is in a `static`, so its loop never sees the
+//!   queue close).
+//! - Each child sets `PR_SET_PDEATHSIG` to `SIGKILL` between fork and exec.
+//!   The kernel sends it when the *thread* that forked the child exits
+//!   (prctl(2)); here that thread is the launcher thread, which exits only
+//!   when the whole process does: a normal exit, a panic that ends the
+//!   process, or `SIGKILL` (the kernel then ends every thread). A child
+//!   that started after its parent was already gone (re-parented before
+//!   `prctl` took effect) sees a different parent pid and kills itself.
+//! - `Vm`'s `Drop` (on any thread) kills and reaps the children through
+//!   their `Child` handles; `Child` is not tied to the thread that spawned
+//!   it (`waitpid` works from every thread of the process).
 
 use std::fs;
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::Mutex;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
 
 use crate::{Error, Result};
 
@@ -61,8 +84,38 @@ pub fn install_signal_cleanup() -> Result<()> {
     })
 }
 
-/// Makes a child die with us and keeps it out of our terminal's process
-/// group (so Ctrl-C reaches only us, and we stop it in order).
+/// A request to the launcher thread: the command, and where to send the
+/// child (or the error).
+type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
+
+/// Starts `cmd` (made by [`child_command`]) on the launcher thread and
+/// returns the child: see the module docs for why the thread matters.
+pub(super) fn spawn(cmd: Command) -> io::Result<Child> {
+    static LAUNCHER: OnceLock<io::Result<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let launcher = LAUNCHER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnRequest>();
+        std::thread::Builder::new()
+            .name("svmc-launcher".into())
+            .spawn(move || {
+                // Ends only with the process: `LAUNCHER` holds the sender.
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .map(|_| tx)
+    });
+    let gone = || io::Error::other("the launcher thread is gone");
+    let tx = launcher
+        .as_ref()
+        .map_err(|e| io::Error::new(e.kind(), format!("starting the launcher thread: {e}")))?;
+    let (reply_tx, reply_rx) = mpsc::channel();
+    tx.send((cmd, reply_tx)).map_err(|_| gone())?;
+    reply_rx.recv().map_err(|_| gone())?
+}
+
+/// Makes a child die with the process (see the module docs; start it with
+/// [`spawn`]) and keeps it out of our terminal's process group (so Ctrl-C
+/// reaches only us, and we stop it in order).
 pub(super) fn child_command(program: &Path) -> Command {
     let mut cmd = Command::new(program);
     let parent = std::process::id() as libc::pid_t;
