@@ -501,6 +501,63 @@ fn sigkill_of_a_host_whose_worker_launched_the_vm(f: &Faults) -> R {
     leaks.finish(GRACE)
 }
 
+// ---- the Ctrl-C cleanup and pid reuse -------------------------------------------
+
+/// Starts `sleep 30` with the pid `pid`, through `/proc/sys/kernel/ns_last_pid`
+/// (needs `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE`, as root here and in
+/// CI). Other processes on the machine may take the pid first: retried.
+fn spawn_with_pid(pid: u32) -> Result<Child, String> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).map_err(|e| {
+            format!("writing /proc/sys/kernel/ns_last_pid (this test needs root): {e}")
+        })?;
+        let mut c = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .map_err(|e| format!("sleep: {e}"))?;
+        if c.id() == pid {
+            return Ok(c);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Err(format!("could not get pid {pid} for a new process"))
+}
+
+/// QEMU has exited and been reaped while its `Vm` is still alive, and an
+/// unrelated process now has QEMU's old pid: the Ctrl-C cleanup
+/// (`launcher::kill_all`, what the handler runs) must not kill it.
+fn ctrl_c_cleanup_never_kills_a_reused_pid(f: &Faults) -> R {
+    f.checked(|| {
+        let mut s = Session::open(&f.session_config(f.config(), Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let qemu = s.vm().ok_or("no vm")?.pids().0.ok_or("no QEMU pid")?;
+        // The guest powers off; QEMU exits and is reaped, the Vm stays.
+        s.call(&comm::service::Request::PowerOff)
+            .map_err(|e| e.to_string())?;
+        let status = s
+            .vm()
+            .ok_or("no vm")?
+            .wait_exit(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?;
+        ensure(!procs::alive(qemu), || format!("QEMU {qemu} still runs"))?;
+        let mut impostor = spawn_with_pid(qemu)?;
+        host::launcher::kill_all();
+        std::thread::sleep(Duration::from_millis(200));
+        let alive = impostor.try_wait().map_err(|e| e.to_string())?.is_none();
+        let _ = impostor.kill();
+        let _ = impostor.wait();
+        ensure(alive, || {
+            format!(
+                "kill_all killed pid {qemu}, reused by an unrelated process after QEMU \
+                 ({status}) was reaped"
+            )
+        })?;
+        drop(s);
+        Ok(())
+    })
+}
+
 // ---- the host-cli process ------------------------------------------------------
 
 /// Waits until `child` has started QEMU (a process naming the private
@@ -676,6 +733,10 @@ const CASES: &[Case<Faults>] = &[
     (
         "sigkill_of_a_host_whose_worker_launched_the_vm",
         sigkill_of_a_host_whose_worker_launched_the_vm,
+    ),
+    (
+        "ctrl_c_cleanup_never_kills_a_reused_pid",
+        ctrl_c_cleanup_never_kills_a_reused_pid,
     ),
     (
         "cli_normal_run_leaves_nothing",

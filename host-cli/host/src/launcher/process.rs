@@ -28,45 +28,81 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 
 use crate::{Error, Result};
 
-/// Live VMs, for [`install_signal_cleanup`]: (id, child pids, runtime dir).
-static LIVE: Mutex<Vec<(u64, Vec<u32>, PathBuf)>> = Mutex::new(Vec::new());
+/// The child processes of one VM, shared by its [`Vm`](super::Vm) and the
+/// registry of live VMs that the Ctrl-C handler walks.
+///
+/// The children are `Child` handles behind one mutex, never bare pids:
+/// reaping (`try_wait`, `wait`) and killing both go through the mutex, and
+/// `Child::kill` never signals a child it has already reaped. So the
+/// handler cannot kill a pid that the kernel has handed to an unrelated
+/// process after QEMU exited and was reaped.
+#[derive(Debug)]
+pub(super) struct Procs {
+    dir: PathBuf,
+    children: Mutex<Children>,
+}
 
-pub(super) fn register(id: u64, pid: u32, dir: &Path) {
-    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(entry) = live.iter_mut().find(|e| e.0 == id) {
-        entry.1.push(pid);
-    } else {
-        live.push((id, vec![pid], dir.to_path_buf()));
+/// QEMU and the daemon of one VM.
+#[derive(Debug, Default)]
+pub(super) struct Children {
+    /// QEMU, once started (kept after it is reaped: its status is cached).
+    pub qemu: Option<Child>,
+    /// The device daemon, once started.
+    pub daemon: Option<Child>,
+}
+
+impl Children {
+    /// Kills and reaps both (a no-op for one already reaped); returns
+    /// QEMU's exit status if it has one.
+    pub fn kill(&mut self) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        if let Some(mut q) = self.qemu.take() {
+            let _ = q.kill();
+            status = q.wait().ok();
+        }
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+        status
     }
 }
 
-pub(super) fn register_dir(id: u64, dir: &Path) {
-    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    if !live.iter().any(|e| e.0 == id) {
-        live.push((id, Vec::new(), dir.to_path_buf()));
-    }
-}
+/// Live VMs, for [`install_signal_cleanup`]. Weak: a VM's drop removes it.
+static LIVE: Mutex<Vec<Weak<Procs>>> = Mutex::new(Vec::new());
 
-pub(super) fn unregister(id: u64) {
-    let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    live.retain(|e| e.0 != id);
+impl Procs {
+    /// A VM with runtime directory `dir`, known to the Ctrl-C handler from
+    /// now on (before any child starts, so that a Ctrl-C during the launch
+    /// removes the directory too).
+    pub fn register(dir: &Path) -> Arc<Self> {
+        let p = Arc::new(Self {
+            dir: dir.to_path_buf(),
+            children: Mutex::new(Children::default()),
+        });
+        let mut live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
+        live.retain(|w| w.strong_count() > 0);
+        live.push(Arc::downgrade(&p));
+        p
+    }
+
+    /// The children, locked.
+    pub fn lock(&self) -> MutexGuard<'_, Children> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Kills every live VM's processes and removes their runtime directories.
 /// Safe to call from a signal-handling thread.
 pub fn kill_all() {
     let live = LIVE.lock().unwrap_or_else(|e| e.into_inner());
-    for (_, pids, dir) in live.iter() {
-        for &pid in pids {
-            // SAFETY: kill(2) with a pid we spawned and SIGKILL has no memory
-            // effects; at worst the pid is already gone (ESRCH).
-            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
-        }
-        let _ = fs::remove_dir_all(dir);
+    for procs in live.iter().filter_map(Weak::upgrade) {
+        procs.lock().kill();
+        let _ = fs::remove_dir_all(&procs.dir);
     }
 }
 
