@@ -7,7 +7,7 @@
 //! thread pool's worker, tokio's `spawn_blocking`) and die with the process
 //! or with their [`Vm`](super::Vm)'s drop, on whatever thread that happens:
 //!
-//! - Every child is forked by one dedicated *launcher thread* ([`spawn`]),
+//! - Every child is forked by one dedicated *launcher thread* (`spawn`),
 //!   started on first use and never ending while the process lives (the
 //!   sending end of its queue is in a `static`, so its loop never sees the
 //!   queue close).
