@@ -66,6 +66,9 @@ impl Faults {
             .arg("tcg")
             .arg("--timeout")
             .arg("30");
+        if let Some(m) = &self.ctx.machine {
+            c.arg("--machine").arg(m);
+        }
         c
     }
 
