@@ -1337,5 +1337,12 @@ fn main() {
         ok &= run_cases(&label, &peer, &cases, Some("r_end_3_power_off"));
     }
     drop(peer);
+    // `exit` runs no destructors: remove the logs, or keep them (the
+    // guest's serial log says why a case failed) and say where.
+    if ok {
+        drop(logs);
+    } else {
+        println!("{label}: logs kept in {}", logs.keep().display());
+    }
     std::process::exit(if ok { 0 } else { 1 });
 }
