@@ -260,6 +260,53 @@ impl<'de> Deserializer<'de> {
         }
     }
 
+    /// Reads a body `[id, message]`: an array whose first item is a `u32`
+    /// and whose second is a `T`. The id is returned whenever it could be
+    /// read, even if the message (or the array's end) is bad. The array
+    /// counts as one level of nesting.
+    pub(crate) fn envelope<T: de::Deserialize<'de>>(&mut self) -> (Option<u32>, Result<T>) {
+        let len = match self.pull_untagged() {
+            Ok(Header::Array(len)) => len,
+            Ok(h) => return (None, Err(expected(h, "array [id, message]"))),
+            Err(e) => return (None, Err(e)),
+        };
+        // `new` starts at RECURSION_LIMIT > 0: the envelope always fits.
+        self.depth -= 1;
+        let r = self.envelope_items(len);
+        self.depth += 1;
+        r
+    }
+
+    fn envelope_items<T: de::Deserialize<'de>>(
+        &mut self,
+        len: Option<usize>,
+    ) -> (Option<u32>, Result<T>) {
+        let short = || de::Error::custom("array too short, expected [id, message]");
+        let at_end = |me: &Self, left: Option<usize>| match left {
+            Some(n) => Ok(n == 0),
+            None => me.peek().map(|(h, _)| h == Header::Break),
+        };
+        match at_end(self, len) {
+            Ok(true) => return (None, Err(short())),
+            Ok(false) => {}
+            Err(e) => return (None, Err(e)),
+        }
+        let id = match <u32 as de::Deserialize>::deserialize(&mut *self) {
+            Ok(id) => id,
+            Err(e) => return (None, Err(e)),
+        };
+        let left = len.map(|n| n - 1);
+        let msg = (|| {
+            if at_end(self, left)? {
+                return Err(short());
+            }
+            let v = T::deserialize(&mut *self)?;
+            self.finish(left.map(|n| n - 1))?;
+            Ok(v)
+        })();
+        (Some(id), msg)
+    }
+
     fn seq<V: Visitor<'de>>(&mut self, len: Option<usize>, visitor: V) -> Result<V::Value> {
         self.recurse(|me| {
             let mut access = Access {
@@ -298,7 +345,14 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
     type Error = DeError;
 
     fn deserialize_any<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value> {
-        let (h, _) = self.peek()?;
+        // Tags other than the bignums are skipped; they do not count as
+        // nesting (WIRE.md R-CBOR-7) and take no stack.
+        let h = loop {
+            match self.peek()? {
+                (Header::Tag(t), n) if t != tag::BIGPOS && t != tag::BIGNEG => self.pos += n,
+                (h, _) => break h,
+            }
+        };
         match h {
             Header::Positive(_) => self.deserialize_u64(visitor),
             Header::Negative(x) if i64::try_from(x).is_ok() => self.deserialize_i64(visitor),
@@ -316,10 +370,6 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                         Err(_) => Err(de::Error::custom("integer too large")),
                     },
                 }
-            }
-            Header::Tag(_) => {
-                self.pull()?;
-                self.recurse(|me| me.deserialize_any(visitor))
             }
             Header::Float(_) => self.deserialize_f64(visitor),
             Header::Simple(simple::FALSE | simple::TRUE) => self.deserialize_bool(visitor),
@@ -455,6 +505,10 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
         loop {
             let at = self.pos;
             return match self.pull()? {
+                // A bignum is an integer, not bytes (WIRE.md R-CBOR-6).
+                Header::Tag(t @ (tag::BIGPOS | tag::BIGNEG)) => Err(de::Error::custom(
+                    alloc::format!("invalid type: bignum (tag {t}), expected bytes"),
+                )),
                 Header::Tag(_) => continue,
                 Header::Bytes(len) => match self.string(len, false, at)? {
                     Chunks::Borrowed(b) => visitor.visit_borrowed_bytes(b),
@@ -550,6 +604,18 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
                 Header::Map(Some(1)) => {
                     self.recurse(|me| visitor.visit_enum(Enum { de: me, map: true }))
                 }
+                // The same map with an indefinite length: exactly one entry,
+                // then the break.
+                Header::Map(None) => self.recurse(|me| {
+                    if let (Header::Break, _) = me.peek()? {
+                        return Err(de::Error::custom(
+                            "invalid type: empty map, expected a one-entry map",
+                        ));
+                    }
+                    let v = visitor.visit_enum(Enum { de: me, map: true })?;
+                    me.finish(None)?;
+                    Ok(v)
+                }),
                 // A unit variant: its name. Put the header back for the
                 // identifier.
                 Header::Text(_) => {
@@ -566,11 +632,16 @@ impl<'de> de::Deserializer<'de> for &mut Deserializer<'de> {
             let at = self.pos;
             return match self.pull()? {
                 Header::Tag(_) => continue,
-                Header::Text(len @ Some(_)) => match self.text(len, at)? {
+                // Definite or chunked: a field or variant name may be an
+                // indefinite-length string like any other.
+                Header::Text(len) => match self.text(len, at)? {
                     Text::Borrowed(s) => visitor.visit_borrowed_str(s),
                     Text::Owned(s) => visitor.visit_string(s),
                 },
-                Header::Bytes(Some(len)) => visitor.visit_borrowed_bytes(self.take(len)?),
+                Header::Bytes(len) => match self.string(len, false, at)? {
+                    Chunks::Borrowed(b) => visitor.visit_borrowed_bytes(b),
+                    Chunks::Owned(v) => visitor.visit_byte_buf(v),
+                },
                 h => Err(expected(h, "str or bytes")),
             };
         }
@@ -775,6 +846,50 @@ mod tests {
         assert_eq!(de::<Vec<u8>>(b"\x9f\x01"), Err(DeError::Eof));
     }
 
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    enum E {
+        #[serde(rename = "u")]
+        U,
+        #[serde(rename = "n")]
+        N(u8),
+    }
+
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    struct S {
+        field: u8,
+    }
+
+    #[test]
+    fn bignum_tags_are_not_bytes_other_tags_are_skipped() {
+        let b = de::<serde_bytes_like::Bytes<'_>>(b"\xd8\x64\x42ab").map(|b| b.0);
+        assert_eq!(b, Ok(&b"ab"[..]));
+        for t in [0xc2, 0xc3] {
+            let body = [t, 0x42, 1, 2];
+            let r = de::<serde_bytes_like::Bytes<'_>>(&body).map(|b| b.0);
+            assert!(matches!(r, Err(DeError::Custom(_))), "{r:?}");
+        }
+    }
+
+    #[test]
+    fn indefinite_maps_and_chunked_names() {
+        // `{_ "n": 1}`: an enum as an indefinite-length one-entry map.
+        assert_eq!(de::<E>(b"\xbf\x61n\x01\xff"), Ok(E::N(1)));
+        // Its name chunked, and a unit variant's name chunked.
+        assert_eq!(de::<E>(b"\xbf\x7f\x61n\xff\x01\xff"), Ok(E::N(1)));
+        assert_eq!(de::<E>(b"\x7f\x61u\xff"), Ok(E::U));
+        // A chunked field name in an indefinite-length struct map.
+        assert_eq!(
+            de::<S>(b"\xbf\x7f\x63fie\x62ld\xff\x07\xff"),
+            Ok(S { field: 7 })
+        );
+        // Zero or two entries are not an enum.
+        assert!(matches!(de::<E>(b"\xbf\xff"), Err(DeError::Custom(_))));
+        assert!(matches!(
+            de::<E>(b"\xbf\x61n\x01\x61n\x01\xff"),
+            Err(DeError::Custom(_))
+        ));
+    }
+
     #[test]
     fn arrays_must_be_consumed_entirely() {
         assert_eq!(de::<(u8, u8)>(b"\x82\x01\x02"), Ok((1, 2)));
@@ -809,12 +924,15 @@ mod tests {
             de::<serde::de::IgnoredAny>(&v).map(|_| ()),
             Err(DeError::TooDeep)
         );
-        let mut v = vec![0xc6; 10_000]; // tags
+        // Exactly the limit: the outermost item is level 1.
+        let mut v = vec![0x81; RECURSION_LIMIT - 1];
+        v.push(0x80);
+        assert!(de::<serde::de::IgnoredAny>(&v).is_ok());
+        // Tags are skipped, not nested: many of them cost neither depth nor
+        // stack.
+        let mut v = vec![0xc6; 10_000];
         v.push(0x01);
-        assert_eq!(
-            de::<serde::de::IgnoredAny>(&v).map(|_| ()),
-            Err(DeError::TooDeep)
-        );
+        assert!(de::<serde::de::IgnoredAny>(&v).is_ok());
     }
 
     /// A minimal borrowed-bytes type (serde_bytes' `Bytes` without the dependency

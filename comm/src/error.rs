@@ -86,9 +86,55 @@ pub enum Error {
     /// close the connection if the error is fatal.
     #[error("peer reported a protocol error: {0}")]
     Remote(crate::frame::ProtocolError),
-    /// A message could not be encoded (a `Serialize` impl failed).
+    /// A message could not be encoded (a `Serialize` impl failed). Nothing
+    /// was sent.
     #[error("could not encode message: {0}")]
     Encode(String),
+    /// A message we were about to send encodes to a body larger than the
+    /// receiver accepts (`max`). Nothing was sent: the connection is still
+    /// usable. (The receiving side's counterpart is [`Error::TooLarge`].)
+    #[error("message of {len} bytes is over the receiver's limit of {max} bytes; nothing was sent")]
+    TooLargeToSend {
+        /// The body length the message would have.
+        len: u64,
+        /// The receiver's maximum.
+        max: u32,
+    },
+    /// A `RESPONSE` or `ERROR` carries a request id that has no request in
+    /// flight: one the client never sent, or one already answered. The
+    /// stream is out of step (fatal).
+    #[error("answer with request id {0} that has no request in flight")]
+    UnexpectedId(crate::envelope::RequestId),
+}
+
+impl Error {
+    /// Whether the connection cannot be used any more after this error.
+    ///
+    /// For an error found in a received frame: `true` when the stream
+    /// cannot be resynchronised (unknown kind, truncated, a body over the
+    /// limit, an answer to no request) or the peers cannot talk (protocol or
+    /// version mismatch), or the peer's `ERROR` says it closes. `false` when
+    /// the frame's boundaries were intact and only its content was wrong,
+    /// and for local encoding failures (nothing was sent).
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Self::Truncated { .. }
+            | Self::TooLarge { .. }
+            | Self::UnknownFrameKind(_)
+            | Self::ProtocolMismatch { .. }
+            | Self::VersionMismatch { .. }
+            | Self::UnexpectedId(_) => true,
+            Self::Remote(pe) => pe.fatal,
+            Self::Empty { .. }
+            | Self::UnexpectedFrame { .. }
+            | Self::InvalidCbor { .. }
+            | Self::UnknownVariant(_)
+            | Self::Malformed(_)
+            | Self::TrailingBytes { .. }
+            | Self::Encode(_)
+            | Self::TooLargeToSend { .. } => false,
+        }
+    }
 }
 
 /// `Result` with this crate's [`Error`].

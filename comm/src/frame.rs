@@ -20,6 +20,7 @@ use core::fmt;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::de::{DeError, Deserializer};
+use crate::envelope::RequestId;
 use crate::error::{Error, Result};
 
 /// Length of the frame header: one kind byte and a big-endian `u32` length.
@@ -129,11 +130,8 @@ impl Header {
             return Err(Error::Empty { kind });
         }
         if len > limit {
-            if !kind.has_body() {
-                return Err(Error::TrailingBytes {
-                    extra: len as usize,
-                });
-            }
+            // A `GOODBYE` with a length too: its limit is 0 (`WIRE.md`
+            // R-FRAME-5), and the stream cannot be resynchronised.
             return Err(Error::TooLarge {
                 len: len.into(),
                 max: limit,
@@ -163,8 +161,11 @@ pub fn encoded_len<T: Serialize + ?Sized>(msg: &T) -> Result<usize> {
 }
 
 /// Appends one complete frame (header and CBOR body) of `kind` holding `msg`
-/// to `out`. Fails with [`Error::TooLarge`] if the body would exceed `max`,
-/// leaving `out` unchanged.
+/// to `out`. Fails with [`Error::TooLargeToSend`] if the body would exceed
+/// `max` (or the fixed limit of the kind), leaving `out` unchanged.
+///
+/// `REQUEST` and `RESPONSE` bodies are `[id, message]`: write them with
+/// [`crate::envelope`].
 pub fn encode_into<T: Serialize + ?Sized>(
     kind: FrameKind,
     msg: &T,
@@ -184,7 +185,7 @@ pub fn encode_into<T: Serialize + ?Sized>(
     let len = out.len() - start - HEADER_LEN;
     if len as u64 > u64::from(limit) {
         out.truncate(start);
-        return Err(Error::TooLarge {
+        return Err(Error::TooLargeToSend {
             len: len as u64,
             max: limit,
         });
@@ -256,7 +257,7 @@ pub fn decode_body_borrowed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T>
     Ok(value)
 }
 
-fn classify(e: DeError, body_len: usize) -> Error {
+pub(crate) fn classify(e: DeError, body_len: usize) -> Error {
     match e {
         DeError::Eof => Error::InvalidCbor { offset: body_len },
         DeError::Syntax(offset) => Error::InvalidCbor { offset },
@@ -330,11 +331,18 @@ pub struct ProtocolError {
     pub fatal: bool,
     /// A human-readable explanation (at most a few hundred bytes).
     pub detail: String,
+    /// The id of the `REQUEST` this error is about, when the sender could
+    /// read it (protocol version 2; omitted on the wire when `None`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<RequestId>,
 }
 
 impl fmt::Display for ProtocolError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.code, self.detail)?;
+        if let Some(id) = self.id {
+            write!(f, " (request {id})")?;
+        }
         if self.fatal {
             f.write_str(" (connection closed)")?;
         }
@@ -343,6 +351,22 @@ impl fmt::Display for ProtocolError {
 }
 
 impl ProtocolError {
+    /// An error about no request in particular.
+    pub fn new(code: ProtocolErrorCode, fatal: bool, detail: impl Into<String>) -> Self {
+        Self {
+            code,
+            fatal,
+            detail: detail.into(),
+            id: None,
+        }
+    }
+
+    /// The same error about the request `id`.
+    pub fn with_id(mut self, id: Option<RequestId>) -> Self {
+        self.id = id;
+        self
+    }
+
     /// The error frame a receiver sends back for a local decoding error, or
     /// `None` if the error is not about a frame the peer sent.
     pub fn from_error(e: &Error) -> Option<Self> {
@@ -360,15 +384,14 @@ impl ProtocolError {
             Error::ProtocolMismatch { .. } | Error::VersionMismatch { .. } => {
                 (ProtocolErrorCode::VersionMismatch, true)
             }
-            Error::Remote(_) | Error::Encode(_) => return None,
+            Error::Remote(_)
+            | Error::Encode(_)
+            | Error::TooLargeToSend { .. }
+            | Error::UnexpectedId(_) => return None,
         };
         let mut detail = e.to_string();
         truncate_utf8(&mut detail, 512);
-        Some(Self {
-            code,
-            fatal,
-            detail,
-        })
+        Some(Self::new(code, fatal, detail))
     }
 }
 
@@ -400,6 +423,9 @@ pub enum ProtocolErrorCode {
     UnexpectedFrame,
     /// The protocol name or version in the peer's `HELLO` did not match.
     VersionMismatch,
+    /// The server is at its connection limit: sent instead of its `HELLO`,
+    /// then the server closes (always fatal).
+    Busy,
     /// A code this version does not know.
     Other(u32),
 }
@@ -413,6 +439,7 @@ impl From<u32> for ProtocolErrorCode {
             4 => Self::UnknownVariant,
             5 => Self::UnexpectedFrame,
             6 => Self::VersionMismatch,
+            7 => Self::Busy,
             other => Self::Other(other),
         }
     }
@@ -427,6 +454,7 @@ impl From<ProtocolErrorCode> for u32 {
             ProtocolErrorCode::UnknownVariant => 4,
             ProtocolErrorCode::UnexpectedFrame => 5,
             ProtocolErrorCode::VersionMismatch => 6,
+            ProtocolErrorCode::Busy => 7,
             ProtocolErrorCode::Other(v) => v,
         }
     }
@@ -441,6 +469,7 @@ impl fmt::Display for ProtocolErrorCode {
             Self::UnknownVariant => f.write_str("unknown message variant"),
             Self::UnexpectedFrame => f.write_str("unexpected frame"),
             Self::VersionMismatch => f.write_str("protocol or version mismatch"),
+            Self::Busy => f.write_str("server busy: at its connection limit"),
             Self::Other(v) => write!(f, "error code {v}"),
         }
     }

@@ -38,6 +38,23 @@ pub trait Protocol {
     type Request: Serialize + DeserializeOwned;
     /// Server-to-client messages.
     type Response: Serialize + DeserializeOwned;
+
+    /// What a server answers instead of a response whose `RESPONSE` body
+    /// would be `len` bytes, over the client's `max_body` of `max`. `None`
+    /// (the default): the protocol has no such answer, and the server sends
+    /// a non-fatal `ERROR` code 2 with the request's id.
+    fn response_too_large(len: u64, max: u32) -> Option<Self::Response> {
+        let _ = (len, max);
+        None
+    }
+
+    /// What a server answers to a request it had no memory for (`requested`
+    /// bytes), after reading and dropping it. `None` (the default): a
+    /// non-fatal `ERROR` code 2 with the request's id.
+    fn out_of_memory(requested: u64) -> Option<Self::Response> {
+        let _ = requested;
+        None
+    }
 }
 
 /// The body of the `HELLO` frame each side sends first on a connection.
@@ -62,6 +79,48 @@ impl Hello {
             version: P::VERSION,
             max_body,
         }
+    }
+
+    /// Decodes a peer's `HELLO` body and checks it against protocol `P`,
+    /// reading `protocol` first, then `version`, and only then the other
+    /// fields (`WIRE.md` R-HELLO-4): a peer with another name or version is
+    /// reported as [`Error::ProtocolMismatch`] or [`Error::VersionMismatch`]
+    /// whatever its other fields hold, never as [`Error::Malformed`].
+    ///
+    /// ```
+    /// use comm::service::ServiceVm;
+    /// // {"protocol": "svmc", "version": 1, "max_body": "lots"}
+    /// let body = b"\xa3\x68protocol\x64svmc\x67version\x01\x68max_body\x64lots";
+    /// assert_eq!(
+    ///     comm::Hello::decode_checked::<ServiceVm>(body),
+    ///     Err(comm::Error::VersionMismatch { ours: 2, theirs: 1 })
+    /// );
+    /// ```
+    pub fn decode_checked<P: Protocol>(body: &[u8]) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Name<'a> {
+            #[serde(borrow)]
+            protocol: alloc::borrow::Cow<'a, str>,
+        }
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let name: Name<'_> = crate::frame::decode_body_borrowed(body)?;
+        if name.protocol != P::NAME {
+            return Err(Error::ProtocolMismatch {
+                ours: P::NAME,
+                theirs: name.protocol.into_owned(),
+            });
+        }
+        let version: Version = crate::frame::decode_body(body)?;
+        if version.version != P::VERSION {
+            return Err(Error::VersionMismatch {
+                ours: P::VERSION,
+                theirs: version.version,
+            });
+        }
+        crate::frame::decode_body(body)
     }
 
     /// Checks a peer's `HELLO` against protocol `P`.

@@ -3,6 +3,8 @@
 //! - [`frame`]: how messages are delimited on a byte stream (a 5-byte header
 //!   with the kind and the body length, then one CBOR data item), with a hard
 //!   maximum the receiver checks before it allocates.
+//! - [`envelope`]: the `[id, message]` body of requests and responses, so
+//!   every answer names the request it answers ([`RequestId`]).
 //! - [`Hello`] and [`Protocol`]: the version check both sides make when a
 //!   connection starts, generic over the message types.
 //! - [`service`]: this project's messages ([`service::Request`],
@@ -15,17 +17,22 @@
 //! encoder.
 //!
 //! ```
-//! use comm::frame::{self, FrameKind, DEFAULT_MAX_BODY};
+//! use comm::envelope::{self, RequestId};
+//! use comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
 //! use comm::service::{Request, Response};
 //!
-//! let wire = frame::encode(FrameKind::Request, &Request::Reverse(b"abc".to_vec()), DEFAULT_MAX_BODY)?;
-//! let req: Request = frame::decode(&wire, FrameKind::Request, DEFAULT_MAX_BODY)?;
-//! let Request::Reverse(mut bytes) = req else { unreachable!() };
+//! // Client: a REQUEST frame, body `[id, request]`.
+//! let mut wire = Vec::new();
+//! envelope::encode_request_into(RequestId(1), &Request::Reverse(b"abc".to_vec()), DEFAULT_MAX_BODY, &mut wire)?;
+//! // Server: read the id and the request, answer with the same id.
+//! let (id, req) = envelope::decode::<Request>(&wire[HEADER_LEN..]);
+//! let Request::Reverse(mut bytes) = req? else { unreachable!() };
 //! bytes.reverse();
-//! let answer = frame::encode(FrameKind::Response, &Response::Reverse(bytes), DEFAULT_MAX_BODY)?;
+//! let mut answer = Vec::new();
+//! envelope::encode_response_into(id.unwrap(), &Response::Reverse(bytes), DEFAULT_MAX_BODY, &mut answer)?;
 //! assert_eq!(
-//!     frame::decode::<Response>(&answer, FrameKind::Response, DEFAULT_MAX_BODY)?,
-//!     Response::Reverse(b"cba".to_vec())
+//!     envelope::decode::<Response>(&answer[HEADER_LEN..]),
+//!     (Some(RequestId(1)), Ok(Response::Reverse(b"cba".to_vec())))
 //! );
 //! # Ok::<(), comm::Error>(())
 //! ```
@@ -38,10 +45,12 @@ struct ReadmeDoctests;
 extern crate alloc;
 
 mod de;
+pub mod envelope;
 pub mod error;
 pub mod frame;
 pub mod handshake;
 pub mod service;
 
+pub use envelope::RequestId;
 pub use error::{Error, Result};
 pub use handshake::{Hello, Protocol};

@@ -14,9 +14,10 @@ pub const HOST_PORT: u32 = 7000;
 /// vsock port on which the guest listens for host-initiated connections.
 pub const SERVICE_PORT: u32 = 7001;
 
-/// Envelope bytes a `Reverse` request or response adds to its payload
-/// (map header, variant name, byte-string header), at most.
-pub const REVERSE_OVERHEAD: u32 = 10;
+/// Body bytes a `Reverse` request or response adds to its payload, at
+/// most: the `[id, message]` array header (1) and id (1 to 5), the map
+/// header (1), the variant name (4) and the byte-string header (1 to 5).
+pub const REVERSE_OVERHEAD: u32 = 16;
 
 /// The service VM protocol.
 #[derive(Debug, Clone, Copy)]
@@ -24,9 +25,20 @@ pub struct ServiceVm;
 
 impl Protocol for ServiceVm {
     const NAME: &'static str = "svmc";
-    const VERSION: u32 = 1;
+    const VERSION: u32 = 2;
     type Request = Request;
     type Response = Response;
+
+    fn response_too_large(len: u64, max: u32) -> Option<Response> {
+        Some(Response::Err(ServiceError::PayloadTooLarge {
+            len,
+            max: max.into(),
+        }))
+    }
+
+    fn out_of_memory(requested: u64) -> Option<Response> {
+        Some(Response::Err(ServiceError::OutOfMemory { requested }))
+    }
 }
 
 /// A request to the service VM.
@@ -96,12 +108,16 @@ pub struct HeapStats {
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ServiceError {
-    /// The payload is larger than the guest processes.
-    #[error("payload of {len} bytes is larger than the guest's limit of {max}")]
+    /// The answer (or the request) is larger than its receiver accepts.
+    /// As a `RESPONSE` to a request whose answer would not fit the client's
+    /// `max_body`: `len` is the body length the `RESPONSE` would have had,
+    /// `max` the client's `max_body` (both body sizes in bytes, `WIRE.md`
+    /// R-REQ-7).
+    #[error("message body of {len} bytes is larger than the limit of {max}")]
     PayloadTooLarge {
-        /// Payload length.
+        /// Body length in bytes.
         len: u64,
-        /// The limit.
+        /// The limit, in bytes.
         max: u64,
     },
     /// The guest could not allocate memory for the request.

@@ -84,15 +84,14 @@ fn hello_and_protocol_error_round_trip() {
         ProtocolErrorCode::UnknownVariant,
         ProtocolErrorCode::UnexpectedFrame,
         ProtocolErrorCode::VersionMismatch,
+        ProtocolErrorCode::Busy,
         ProtocolErrorCode::Other(999),
     ] {
-        let e = ProtocolError {
-            code,
-            fatal: true,
-            detail: "x".into(),
-        };
-        let f = frame::encode(FrameKind::Error, &e, MAX).unwrap();
-        assert_eq!(frame::decode(&f, FrameKind::Error, MAX), Ok(e));
+        for id in [None, Some(comm::RequestId(u32::MAX))] {
+            let e = ProtocolError::new(code, true, "x").with_id(id);
+            let f = frame::encode(FrameKind::Error, &e, MAX).unwrap();
+            assert_eq!(frame::decode(&f, FrameKind::Error, MAX), Ok(e));
+        }
     }
 }
 
@@ -169,7 +168,7 @@ fn too_large_when_encoding_leaves_the_buffer_alone() {
             50,
             &mut out
         ),
-        Err(Error::TooLarge { len: 107, max: 50 })
+        Err(Error::TooLargeToSend { len: 107, max: 50 })
     );
     assert_eq!(out, b"keep");
 }
@@ -285,10 +284,13 @@ fn trailing_bytes_after_the_frame() {
         frame::decode::<Request>(&f, FrameKind::Request, MAX),
         Err(Error::TrailingBytes { extra: HEADER_LEN })
     );
-    // A GOODBYE that announces a body.
+    // A GOODBYE that announces a body: over its limit of 0 (code 2, fatal).
+    let e = Header::parse([0x05, 0, 0, 0, 1], MAX).unwrap_err();
+    assert_eq!(e, Error::TooLarge { len: 1, max: 0 });
+    assert!(e.is_fatal());
     assert_eq!(
-        Header::parse([0x05, 0, 0, 0, 1], MAX),
-        Err(Error::TrailingBytes { extra: 1 })
+        ProtocolError::from_error(&e).map(|p| (p.code, p.fatal)),
+        Some((ProtocolErrorCode::TooLarge, true))
     );
 }
 
@@ -313,11 +315,7 @@ fn unexpected_frame_kind() {
 
 #[test]
 fn error_frame_decodes_to_remote() {
-    let pe = ProtocolError {
-        code: ProtocolErrorCode::TooLarge,
-        fatal: true,
-        detail: "body of 2000000 bytes".into(),
-    };
+    let pe = ProtocolError::new(ProtocolErrorCode::TooLarge, true, "body of 2000000 bytes");
     let f = frame::encode(FrameKind::Error, &pe, MAX).unwrap();
     for kind in [FrameKind::Hello, FrameKind::Request, FrameKind::Response] {
         assert_eq!(
@@ -347,7 +345,7 @@ impl Protocol for Other {
 struct Next;
 impl Protocol for Next {
     const NAME: &'static str = "svmc";
-    const VERSION: u32 = 2;
+    const VERSION: u32 = 3;
     type Request = Request;
     type Response = Response;
 }
@@ -378,7 +376,7 @@ fn hello_wrong_version() {
     let got: Hello = frame::decode(&f, FrameKind::Hello, MAX).unwrap();
     assert_eq!(
         got.check::<ServiceVm>(),
-        Err(Error::VersionMismatch { ours: 1, theirs: 2 })
+        Err(Error::VersionMismatch { ours: 2, theirs: 3 })
     );
     assert_eq!(got.check::<Next>(), Ok(()));
 }
@@ -387,12 +385,47 @@ fn hello_wrong_version() {
 fn hello_from_a_newer_peer_with_more_fields_is_read() {
     // Unknown keys are ignored: a future HELLO with an extra field still
     // yields a clear version check.
-    let body = b"\xa4\x68protocol\x64svmc\x67version\x02\x68max_body\x19\x04\x00\x65extra\xf5";
+    let body = b"\xa4\x68protocol\x64svmc\x67version\x03\x68max_body\x19\x04\x00\x65extra\xf5";
     let h: Hello = frame::decode(&raw(1, body), FrameKind::Hello, MAX).unwrap();
     assert_eq!(
         h.check::<ServiceVm>(),
-        Err(Error::VersionMismatch { ours: 1, theirs: 2 })
+        Err(Error::VersionMismatch { ours: 2, theirs: 3 })
     );
+}
+
+#[test]
+fn hello_name_and_version_are_read_before_the_other_fields() {
+    // Another version (1) or name, with a max_body that is a string and an
+    // unknown key: still a version or protocol mismatch, never Malformed.
+    let v1 = b"\xa4\x68max_body\x64lots\x68protocol\x64svmc\x67version\x01\x61x\x80";
+    assert_eq!(
+        Hello::decode_checked::<ServiceVm>(v1),
+        Err(Error::VersionMismatch { ours: 2, theirs: 1 })
+    );
+    let other = b"\xa3\x68protocol\x65other\x67version\x61x\x68max_body\xf6";
+    assert_eq!(
+        Hello::decode_checked::<ServiceVm>(other),
+        Err(Error::ProtocolMismatch {
+            ours: "svmc",
+            theirs: "other".into()
+        })
+    );
+    // Our name and version: now the other fields count.
+    let ours = b"\xa3\x68protocol\x64svmc\x67version\x02\x68max_body\x64lots";
+    assert!(matches!(
+        Hello::decode_checked::<ServiceVm>(ours),
+        Err(Error::Malformed(_))
+    ));
+    let f = frame::encode(FrameKind::Hello, &Hello::new::<ServiceVm>(7), MAX).unwrap();
+    assert_eq!(
+        Hello::decode_checked::<ServiceVm>(&f[HEADER_LEN..]),
+        Ok(Hello::new::<ServiceVm>(7))
+    );
+    // No protocol name at all cannot be told from garbage.
+    assert!(matches!(
+        Hello::decode_checked::<ServiceVm>(b"\xa1\x67version\x01"),
+        Err(Error::Malformed(_))
+    ));
 }
 
 #[test]
@@ -415,4 +448,50 @@ fn lenient_but_valid_encodings_are_read() {
         frame::decode_body::<Request>(body),
         Ok(Request::Reverse(b"abc".to_vec()))
     );
+}
+
+/// `Error::is_fatal` agrees with the fatal flag of the ERROR a receiver
+/// sends for the same error (WIRE.md §3.4), and local refusals are not
+/// fatal.
+#[test]
+fn is_fatal_agrees_with_the_error_table() {
+    let received = [
+        Error::Truncated {
+            expected: 10,
+            got: 3,
+        },
+        Error::TooLarge { len: 2, max: 1 },
+        Error::Empty {
+            kind: FrameKind::Request,
+        },
+        Error::UnknownFrameKind(9),
+        Error::UnexpectedFrame {
+            expected: FrameKind::Request,
+            got: FrameKind::Response,
+        },
+        Error::InvalidCbor { offset: 0 },
+        Error::UnknownVariant("x".into()),
+        Error::Malformed("x".into()),
+        Error::TrailingBytes { extra: 1 },
+        Error::ProtocolMismatch {
+            ours: "svmc",
+            theirs: "x".into(),
+        },
+        Error::VersionMismatch { ours: 2, theirs: 1 },
+    ];
+    for e in received {
+        let pe = ProtocolError::from_error(&e).expect("reported to the peer");
+        assert_eq!(e.is_fatal(), pe.fatal, "{e}");
+    }
+    for e in [
+        Error::TooLargeToSend { len: 2, max: 1 },
+        Error::Encode("x".into()),
+    ] {
+        assert!(!e.is_fatal(), "{e}");
+        assert_eq!(ProtocolError::from_error(&e), None, "{e}");
+    }
+    assert!(Error::UnexpectedId(comm::RequestId(3)).is_fatal());
+    let remote = |fatal| Error::Remote(ProtocolError::new(ProtocolErrorCode::Busy, fatal, "x"));
+    assert!(remote(true).is_fatal());
+    assert!(!remote(false).is_fatal());
 }

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+use comm::envelope::{self, RequestId};
 use comm::frame::{self, DEFAULT_MAX_BODY, FrameKind, ProtocolError, ProtocolErrorCode};
 use comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
 use comm::{Error, Hello};
@@ -60,6 +61,34 @@ where
     })
 }
 
+/// [`case`] for a `REQUEST` or `RESPONSE`: body `[id, value]`.
+fn enveloped<T>(kind: FrameKind, id: u32, value: T) -> Check
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+{
+    Box::new(move |wire| {
+        let mut ours = Vec::new();
+        let id = RequestId(id);
+        match kind {
+            FrameKind::Request => {
+                envelope::encode_request_into(id, &value, DEFAULT_MAX_BODY, &mut ours)
+            }
+            _ => envelope::encode_response_into(id, &value, DEFAULT_MAX_BODY, &mut ours),
+        }
+        .unwrap();
+        assert_eq!(hex(&ours), hex(wire), "encoding of {value:?}");
+        let h = frame::Header::parse(
+            wire[..frame::HEADER_LEN].try_into().unwrap(),
+            DEFAULT_MAX_BODY,
+        )
+        .unwrap();
+        assert_eq!((h.kind, h.frame_len()), (kind, wire.len()));
+        let (got_id, back) = envelope::decode::<T>(&wire[frame::HEADER_LEN..]);
+        assert_eq!(got_id, Some(id));
+        assert_eq!(back.unwrap(), value);
+    })
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x} ")).collect()
 }
@@ -72,21 +101,25 @@ fn cases() -> BTreeMap<&'static str, Check> {
     );
     m.insert(
         "request-reverse",
-        case(FrameKind::Request, Request::Reverse(b"abc".to_vec())),
+        enveloped(FrameKind::Request, 1, Request::Reverse(b"abc".to_vec())),
     );
     m.insert(
         "response-reverse",
-        case(FrameKind::Response, Response::Reverse(b"cba".to_vec())),
+        enveloped(FrameKind::Response, 1, Response::Reverse(b"cba".to_vec())),
     );
-    m.insert("request-info", case(FrameKind::Request, Request::Info));
+    m.insert(
+        "request-info",
+        enveloped(FrameKind::Request, 2, Request::Info),
+    );
     m.insert(
         "response-info",
-        case(
+        enveloped(
             FrameKind::Response,
+            2,
             Response::Info(GuestInfo {
                 firmware: "svmc-guest".into(),
                 firmware_version: "0.1.0".into(),
-                protocol_version: 1,
+                protocol_version: 2,
                 arch: "x86_64".into(),
                 max_body: 16777280,
                 heap: Some(HeapStats {
@@ -99,16 +132,17 @@ fn cases() -> BTreeMap<&'static str, Check> {
     );
     m.insert(
         "request-power-off",
-        case(FrameKind::Request, Request::PowerOff),
+        enveloped(FrameKind::Request, 3, Request::PowerOff),
     );
     m.insert(
         "response-power-off",
-        case(FrameKind::Response, Response::PowerOff),
+        enveloped(FrameKind::Response, 3, Response::PowerOff),
     );
     m.insert(
         "response-err-too-large",
-        case(
+        enveloped(
             FrameKind::Response,
+            4,
             Response::Err(ServiceError::PayloadTooLarge {
                 len: 20000000,
                 max: 16777216,
@@ -117,19 +151,21 @@ fn cases() -> BTreeMap<&'static str, Check> {
     );
     m.insert(
         "response-err-unsupported",
-        case(
+        enveloped(
             FrameKind::Response,
+            5,
             Response::Err(ServiceError::Unsupported),
         ),
     );
     m.insert(
         "error",
         Box::new(|wire| {
-            let e = ProtocolError {
-                code: ProtocolErrorCode::UnknownVariant,
-                fatal: false,
-                detail: "unknown variant `sum`".into(),
-            };
+            let e = ProtocolError::new(
+                ProtocolErrorCode::UnknownVariant,
+                false,
+                "unknown variant `sum`",
+            )
+            .with_id(Some(RequestId(6)));
             case(FrameKind::Error, e.clone())(wire);
             // Where a response is expected, an ERROR frame is the peer's error.
             assert_eq!(
@@ -137,6 +173,13 @@ fn cases() -> BTreeMap<&'static str, Check> {
                 Err(Error::Remote(e))
             );
         }),
+    );
+    m.insert(
+        "error-busy",
+        case(
+            FrameKind::Error,
+            ProtocolError::new(ProtocolErrorCode::Busy, true, "8 connections"),
+        ),
     );
     m.insert(
         "goodbye",
@@ -175,18 +218,77 @@ fn documented_constants() {
     assert_eq!(frame::RECURSION_LIMIT, 128);
     assert_eq!(comm::service::HOST_PORT, 7000);
     assert_eq!(comm::service::SERVICE_PORT, 7001);
+    // The largest id takes 5 bytes (1 for ids up to 23).
     for (n, overhead) in [
-        (0, 11),
-        (23, 11),
-        (24, 12),
-        (255, 12),
-        (256, 13),
-        (65535, 13),
-        (65536, 15),
-        (1 << 20, 15),
+        (0, 17),
+        (23, 17),
+        (24, 18),
+        (255, 18),
+        (256, 19),
+        (65535, 19),
+        (65536, 21),
+        (1 << 20, 21),
     ] {
-        let f = frame::encode(FrameKind::Request, &Request::Reverse(vec![0; n]), u32::MAX).unwrap();
+        let mut f = Vec::new();
+        envelope::encode_request_into(
+            RequestId(u32::MAX),
+            &Request::Reverse(vec![0; n]),
+            u32::MAX,
+            &mut f,
+        )
+        .unwrap();
         assert_eq!(f.len() - n, overhead, "payload of {n} bytes");
         assert!(f.len() - n - frame::HEADER_LEN <= comm::service::REVERSE_OVERHEAD as usize);
+    }
+}
+
+#[test]
+fn the_cddl_in_wire_md_is_the_cddl_file() {
+    let file = include_str!("../svmc.cddl");
+    let start = WIRE.find("```cddl\n").expect("a cddl block in WIRE.md") + "```cddl\n".len();
+    let len = WIRE[start..].find("```\n").expect("end of the cddl block");
+    assert_eq!(
+        &WIRE[start..start + len],
+        file,
+        "WIRE.md §6 vs comm/svmc.cddl"
+    );
+    assert_eq!(WIRE.matches("```cddl").count(), 1);
+}
+
+/// Every `**R-AREA-n.**` rule is defined once, every rule mentioned is
+/// defined, and §9 (conformance) names each one.
+#[test]
+fn every_rule_is_defined_once_and_listed_in_conformance() {
+    let is_rule = |w: &str| {
+        let mut parts = w.splitn(3, '-');
+        parts.next() == Some("R")
+            && parts
+                .next()
+                .is_some_and(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_uppercase()))
+            && parts
+                .next()
+                .is_some_and(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_digit()))
+    };
+    let words = |text: &str| -> Vec<String> {
+        text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| is_rule(w))
+            .map(str::to_string)
+            .collect()
+    };
+    let mut defined = std::collections::BTreeSet::new();
+    for line in WIRE.lines() {
+        if let Some(rest) = line.trim_start().strip_prefix("- **R-") {
+            let name = format!("R-{}", rest.split('.').next().unwrap());
+            assert!(defined.insert(name.clone()), "{name} defined twice");
+        }
+    }
+    assert!(defined.len() > 40, "only {} rules found", defined.len());
+    for w in words(WIRE) {
+        assert!(defined.contains(&w), "{w} is mentioned but not defined");
+    }
+    let conformance = &WIRE[WIRE.find("## 9. Conformance").unwrap()..];
+    let listed: std::collections::BTreeSet<_> = words(conformance).into_iter().collect();
+    for r in &defined {
+        assert!(listed.contains(r), "{r} is not in §9");
     }
 }

@@ -426,3 +426,89 @@ pub mod images {
         }
     }
 }
+
+/// The independent CDDL validator: the `cddl` crate's CLI (0.10.7,
+/// installed into `.tools/bin` by `cargo xtask setup`), run on CBOR bodies
+/// against `comm/svmc.cddl`.
+pub mod cddl {
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+
+    use comm::frame::FrameKind;
+
+    /// The version `cargo xtask setup` installs.
+    pub const VERSION: &str = "0.10.7";
+
+    /// The schema.
+    pub const SCHEMA: &str = include_str!("../../comm/svmc.cddl");
+
+    /// The root rule of the body of a frame of `kind` (`None` for
+    /// `GOODBYE`, which has no body).
+    pub fn rule_for(kind: FrameKind) -> Option<&'static str> {
+        match kind {
+            FrameKind::Hello => Some("hello-body"),
+            FrameKind::Request => Some("request-body"),
+            FrameKind::Response => Some("response-body"),
+            FrameKind::Error => Some("error-body"),
+            FrameKind::Goodbye => None,
+        }
+    }
+
+    /// The `cddl` binary: `$SVMC_CDDL`, else `.tools/bin/cddl` of the
+    /// workspace, checked to be version [`VERSION`].
+    pub fn tool() -> Result<PathBuf, String> {
+        let path = match std::env::var_os("SVMC_CDDL") {
+            Some(p) => PathBuf::from(p),
+            None => Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../.tools/bin/cddl")
+                .to_path_buf(),
+        };
+        let out = Command::new(&path).arg("--version").output().map_err(|e| {
+            format!(
+                "cannot run {}: {e}; run `cargo xtask setup` to install cddl {VERSION}",
+                path.display()
+            )
+        })?;
+        let v = String::from_utf8_lossy(&out.stdout);
+        if !v.contains(VERSION) {
+            return Err(format!(
+                "{} is {v:?}, not cddl {VERSION}; run `cargo xtask setup`",
+                path.display()
+            ));
+        }
+        Ok(path)
+    }
+
+    /// Validates each of `bodies` (a name for messages, the CBOR bytes)
+    /// against `rule` of [`SCHEMA`] with `cddl --ci validate` (the rule is
+    /// made the schema's first, which is the one the tool validates
+    /// against). Returns the names of the bodies that failed, with the
+    /// tool's reason.
+    pub fn validate(
+        tool: &Path,
+        rule: &str,
+        bodies: &[(String, Vec<u8>)],
+    ) -> Result<Vec<(String, String)>, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let schema = dir.path().join("root.cddl");
+        std::fs::write(&schema, format!("root = {rule}\n\n{SCHEMA}")).map_err(|e| e.to_string())?;
+        let mut failed = Vec::new();
+        for (i, (name, body)) in bodies.iter().enumerate() {
+            let file = dir.path().join(format!("{i}.cbor"));
+            std::fs::write(&file, body).map_err(|e| e.to_string())?;
+            let out = Command::new(tool)
+                .args(["--ci", "validate", "--cddl"])
+                .arg(&schema)
+                .arg("--cbor")
+                .arg(&file)
+                .output()
+                .map_err(|e| format!("running {}: {e}", tool.display()))?;
+            if !out.status.success() {
+                let why = String::from_utf8_lossy(&out.stderr);
+                let why = why.lines().find(|l| l.contains("failed")).unwrap_or("");
+                failed.push((name.clone(), why.trim().to_string()));
+            }
+        }
+        Ok(failed)
+    }
+}

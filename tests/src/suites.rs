@@ -63,6 +63,10 @@ impl Suite {
 /// end-to-end suite, then the robustness suites.
 pub const SUITES: &[Suite] = &[
     Suite::new("e2e"),
+    // WIRE.md v2's numbered rules, checked from raw bytes; it has its own
+    // `main` because it can also check any peer behind a hybrid socket
+    // (`SVMC_CONFORMANCE_UDS`), without the variables of `cargo xtask`.
+    Suite::new("conformance"),
     Suite::new("faults").not_for_linux(
         "launcher faults with hand-made firmware images (hanging, crashing, wrong ELF); \
          host-side code, covered by the firmware run",
@@ -183,6 +187,10 @@ impl SoakSize {
 mod tests {
     use super::*;
 
+    /// Files of `tests/tests/` that are ordinary `cargo test` targets (no
+    /// QEMU), not suites.
+    const ORDINARY_TESTS: &[&str] = &["cddl"];
+
     /// The `[[test]]` targets of `tests/Cargo.toml` with `harness = false`.
     fn cargo_suites() -> Vec<String> {
         let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
@@ -208,6 +216,7 @@ mod tests {
                     let name = e.ok()?.file_name().into_string().ok()?;
                     name.strip_suffix(".rs").map(str::to_string)
                 })
+                .filter(|n| !ORDINARY_TESTS.contains(&n.as_str()))
                 .collect();
         let mut sorted = listed.clone();
         sorted.sort();

@@ -221,7 +221,7 @@ fn payload_over_maximum(ctx: &Ctx) -> R {
     let too_big = vec![0u8; max as usize];
     match s.reverse(too_big) {
         Err(host::Error::Guest {
-            source: TError::Protocol(comm::Error::TooLarge { .. }),
+            source: TError::Protocol(comm::Error::TooLargeToSend { .. }),
             ..
         }) => {}
         other => return Err(format!("expected TooLarge, got {other:?}")),
@@ -300,7 +300,7 @@ fn cli_info_json(ctx: &Ctx) -> R {
     cli_succeeded(&out)?;
     ensure(
         stdout.contains(&format!("\"arch\":\"{}\"", ctx.arch.name()))
-            && stdout.contains("\"protocol_version\":1"),
+            && stdout.contains("\"protocol_version\":2"),
         || format!("stdout {stdout:?}"),
     )
 }

@@ -99,7 +99,15 @@ const EXPECT: &[Expect] = &[
         mode: "truncated",
         stage: Stage::Response,
         times_out: true,
-        check: |e| matches!(e, TError::Timeout(Step::Read)),
+        check: |e| {
+            matches!(
+                e,
+                TError::TimeoutInFrame {
+                    step: Step::Read,
+                    ..
+                }
+            )
+        },
         cli_says: "timed out during read",
     },
     Expect {
@@ -144,7 +152,15 @@ const EXPECT: &[Expect] = &[
         mode: "trickle",
         stage: Stage::Response,
         times_out: true,
-        check: |e| matches!(e, TError::Timeout(Step::Read)),
+        check: |e| {
+            matches!(
+                e,
+                TError::TimeoutInFrame {
+                    step: Step::Read,
+                    ..
+                }
+            )
+        },
         cli_says: "timed out during read",
     },
     Expect {
@@ -380,9 +396,16 @@ fn trickle_per_frame_deadline(h: &Hostile) -> R {
         let mut body = Vec::new();
         let r = vsock_transport::framed::recv_frame(&mut counting, DEFAULT_MAX_BODY, &mut body);
         let took = start.elapsed();
-        ensure(matches!(r, Err(TError::Timeout(Step::Read))), || {
-            format!("expected a read timeout, got {r:?}")
-        })?;
+        ensure(
+            matches!(
+                r,
+                Err(TError::TimeoutInFrame {
+                    step: Step::Read,
+                    ..
+                })
+            ),
+            || format!("expected a read timeout, got {r:?}"),
+        )?;
         ensure(took + SLACK >= READ && took <= READ + SLACK, || {
             format!("timed out after {took:?}, the read timeout is {READ:?}")
         })?;

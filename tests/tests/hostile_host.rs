@@ -336,11 +336,7 @@ fn second_hello(h: &Hostile) -> R {
 fn error_frame_from_host(h: &Hostile) -> R {
     case(h, |h| {
         let mut c = h.connect_hello()?;
-        let pe = ProtocolError {
-            code: ProtocolErrorCode::BadMessage,
-            fatal: false,
-            detail: "the host complains".into(),
-        };
+        let pe = ProtocolError::new(ProtocolErrorCode::BadMessage, false, "the host complains");
         let f = frame::encode(FrameKind::Error, &pe, frame::ERROR_MAX_BODY)
             .map_err(|e| e.to_string())?;
         send(&mut c, &f)?;

@@ -34,6 +34,11 @@ impl fmt::Display for Step {
 }
 
 /// Everything that can go wrong on a connection.
+///
+/// [`Error::is_fatal`] says whether the connection can still be used.
+/// `Display` never repeats the message of the error's
+/// [`source`](core::error::Error::source): print the chain (e.g. anyhow's
+/// `{:#}`) to see every cause once.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -53,9 +58,31 @@ pub enum Error {
         /// The port that refused.
         port: u32,
     },
-    /// A step did not finish within its configured timeout.
+    /// A step did not finish within its configured timeout. For
+    /// [`Step::Read`] nothing of the next frame had arrived, so the stream
+    /// is still in step (not fatal).
     #[error("timed out during {0}")]
     Timeout(Step),
+    /// A frame's deadline passed after `got` bytes of it had arrived: the
+    /// rest may still come, so the stream is out of step (fatal).
+    #[error("timed out during {step}, {got} bytes into a frame")]
+    TimeoutInFrame {
+        /// The step that timed out.
+        step: Step,
+        /// Bytes of the frame (header included) received before.
+        got: usize,
+    },
+    /// An earlier fatal error left this client's stream out of step; it
+    /// refuses every call without touching the stream.
+    #[error("stream out of step after an earlier error ({reason}): reconnect")]
+    Poisoned {
+        /// What the earlier error said.
+        reason: String,
+    },
+    /// The API was used in a way that cannot work, e.g. a blocking call
+    /// while pipelined requests are unanswered. Nothing was sent.
+    #[error("{0}")]
+    Usage(&'static str),
     /// The hybrid vsock handshake was answered wrongly.
     #[error("hybrid vsock handshake failed: {0}")]
     Handshake(String),
@@ -72,11 +99,12 @@ pub enum Error {
     ShutDown,
     /// An operating-system error.
     #[cfg(feature = "std")]
-    #[error("{context}: {source}")]
+    #[error("{context}")]
     Io {
         /// What was being done.
         context: String,
-        /// The OS error.
+        /// The OS error (from `source()`).
+        #[source]
         source: std::io::Error,
     },
     /// The virtio device failed.
@@ -86,6 +114,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the connection cannot be used any more after this error
+    /// (the client is poisoned by it).
+    ///
+    /// Not fatal: a request refused before it was sent, a read timeout
+    /// before any byte of a frame, a peer's non-fatal `ERROR` and a bad
+    /// message whose frame was intact ([`comm::Error::is_fatal`]), misuse
+    /// ([`Error::Usage`]). Everything else is fatal: the stream ended or
+    /// may be out of step, or there is no connection.
+    pub fn is_fatal(&self) -> bool {
+        match self {
+            Self::Protocol(e) => e.is_fatal(),
+            Self::Timeout(step) => *step != Step::Read,
+            Self::Usage(_) => false,
+            _ => true,
+        }
+    }
+
     /// An I/O error with what was being attempted.
     #[cfg(feature = "std")]
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -98,3 +143,49 @@ impl Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn which_errors_are_fatal() {
+        let usable = [
+            Error::Timeout(Step::Read),
+            Error::Usage("x"),
+            Error::Protocol(comm::Error::Malformed("x".into())),
+            Error::Protocol(comm::Error::TooLargeToSend { len: 2, max: 1 }),
+        ];
+        for e in usable {
+            assert!(!e.is_fatal(), "{e}");
+        }
+        let fatal = [
+            Error::Timeout(Step::Write),
+            Error::Timeout(Step::Hello),
+            Error::TimeoutInFrame {
+                step: Step::Read,
+                got: 1,
+            },
+            Error::Closed,
+            Error::Reset,
+            Error::ShutDown,
+            Error::Poisoned { reason: "x".into() },
+            Error::Protocol(comm::Error::Truncated {
+                expected: 9,
+                got: 1,
+            }),
+        ];
+        for e in fatal {
+            assert!(e.is_fatal(), "{e}");
+        }
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn display_leaves_the_source_to_source() {
+        use core::error::Error as _;
+        let e = Error::io("reading the socket", std::io::Error::other("boom"));
+        assert_eq!(e.to_string(), "reading the socket");
+        assert_eq!(e.source().map(|s| s.to_string()), Some("boom".into()));
+    }
+}

@@ -16,7 +16,18 @@ fn recv_exact<C: Connection + ?Sized>(
 ) -> Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
-        let n = conn.recv(&mut buf[filled..])?;
+        let n = match conn.recv(&mut buf[filled..]) {
+            Ok(n) => n,
+            // Part of the frame is in: the rest may still come, so the
+            // stream is out of step.
+            Err(Error::Timeout(step)) if already + filled > 0 => {
+                return Err(Error::TimeoutInFrame {
+                    step,
+                    got: already + filled,
+                });
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             if already + filled == 0 {
                 return Err(Error::Closed);

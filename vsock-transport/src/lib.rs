@@ -15,7 +15,8 @@
 //!   are named here without links.)
 //! - [`framed`]: reads and writes `comm` frames on a [`Connection`], with the
 //!   receiver's size limit checked before anything is allocated.
-//! - [`rpc`]: [`rpc::Client`] (hello, then request → response) and
+//! - [`rpc`]: [`rpc::Client`] (hello, then requests tied to their answers
+//!   by id, one at a time or pipelined; poisoned after a fatal error) and
 //!   [`rpc::serve`] (hello, then answer requests with a [`rpc::Handler`]),
 //!   generic over any [`comm::Protocol`]; written once for host and guest.
 #![cfg_attr(not(feature = "std"), no_std)]

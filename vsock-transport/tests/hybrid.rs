@@ -15,7 +15,7 @@ use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
 use comm::service::Request;
 use vsock_transport::host_stream::{HostStream, Peer};
 use vsock_transport::hybrid::{self, HybridStream, Listener};
-use vsock_transport::rpc::{Client, Ended};
+use vsock_transport::rpc::{Client, Ended, Handler};
 use vsock_transport::{Connection, Error, Step, Timeouts, framed};
 
 use common::*;
@@ -260,7 +260,13 @@ fn trickling_peer_times_out_per_frame() {
     };
     let mut c = client(hybrid::connect(&uds, 7001, &t).unwrap());
     let (r, took) = timed(|| c.call(&Request::Reverse(b"9876543210".to_vec())));
-    assert!(matches!(r, Err(Error::Timeout(Step::Read))), "{r:?}");
+    // Part of the frame had arrived: out of step, fatal, and the client
+    // is poisoned.
+    assert!(
+        matches!(r, Err(Error::TimeoutInFrame { step: Step::Read, got }) if got > 0),
+        "{r:?}"
+    );
+    assert!(c.is_poisoned());
     assert!(took >= Duration::from_millis(500), "{took:?}");
     assert!(took < Duration::from_millis(900), "{took:?}");
     drop(c);
@@ -297,12 +303,11 @@ fn version_mismatch_is_detected_on_both_sides() {
     let dev = serving_device(&uds, 7001);
     let conn = connect(&uds).unwrap();
     let err = Client::<_, ServiceVmNext>::handshake(conn, frame::DEFAULT_MAX_BODY)
-        .err()
-        .expect("handshake must fail");
+        .expect_err("handshake must fail");
     assert!(
         matches!(
             err,
-            Error::Protocol(comm::Error::VersionMismatch { ours: 2, theirs: 1 })
+            Error::Protocol(comm::Error::VersionMismatch { ours: 3, theirs: 2 })
         ),
         "{err:?}"
     );
@@ -311,8 +316,8 @@ fn version_mismatch_is_detected_on_both_sides() {
         matches!(
             served,
             Err(Error::Protocol(comm::Error::VersionMismatch {
-                ours: 1,
-                theirs: 2
+                ours: 2,
+                theirs: 3
             }))
         ),
         "{served:?}"
@@ -331,7 +336,7 @@ fn oversized_request_is_refused_locally() {
     assert!(
         matches!(
             err,
-            Error::Protocol(comm::Error::TooLarge { max: 1024, .. })
+            Error::Protocol(comm::Error::TooLargeToSend { max: 1024, .. })
         ),
         "{err:?}"
     );
@@ -457,8 +462,7 @@ fn version_mismatch_guest_initiated() {
     let l = Listener::bind(&uds, 7000, timeouts()).unwrap();
     let g = guest(l.path().to_owned());
     let err = Client::<_, ServiceVmNext>::handshake(l.accept().unwrap(), frame::DEFAULT_MAX_BODY)
-        .err()
-        .unwrap();
+        .unwrap_err();
     assert!(
         matches!(err, Error::Protocol(comm::Error::VersionMismatch { .. })),
         "{err:?}"
@@ -546,4 +550,99 @@ fn many_small_frames_do_not_reset_the_socket_timeout_each_time() {
     let (r, took) = timed(|| framed::recv_frame(&mut a, 1024, &mut buf));
     assert!(matches!(r, Err(Error::Timeout(Step::Read))), "{r:?}");
     assert!(took < Duration::from_secs(1), "{took:?}");
+}
+
+// ---------------------------------------------------------------------------
+// Request ids (issue 11, item 1): a late answer is never handed to the next
+// call.
+
+/// Reverses bytes like the guest, but takes `delay` over a request whose
+/// payload is `b"slow"`.
+struct SlowReverse {
+    delay: Duration,
+}
+
+impl Handler<comm::service::ServiceVm> for SlowReverse {
+    fn handle(
+        &mut self,
+        request: Request,
+    ) -> (comm::service::Response, vsock_transport::rpc::Then) {
+        if request == Request::Reverse(b"slow".to_vec()) {
+            thread::sleep(self.delay);
+        }
+        Reverse.handle(request)
+    }
+}
+
+#[test]
+fn late_answer_to_a_timed_out_call_is_not_the_next_calls_answer() {
+    use comm::service::Response;
+
+    let (_dir, uds) = uds();
+    let dev = device(&uds, Answer::Ok(7001), |s| {
+        let mut conn = guest_conn(s);
+        let mut slow = SlowReverse {
+            delay: Duration::from_millis(400),
+        };
+        vsock_transport::rpc::serve::<comm::service::ServiceVm, _, _>(
+            &mut conn,
+            &mut slow,
+            vsock_transport::rpc::ServeConfig::default(),
+        )
+    });
+    let t = Timeouts {
+        read: Some(Duration::from_millis(250)),
+        ..timeouts()
+    };
+    let mut c = client(hybrid::connect(&uds, 7001, &t).unwrap());
+    // `a` is answered after the call gave up: not fatal.
+    let r = c.call(&Request::Reverse(b"slow".to_vec()));
+    assert!(matches!(r, Err(Error::Timeout(Step::Read))), "{r:?}");
+    assert!(!r.unwrap_err().is_fatal());
+    assert_eq!((c.in_flight(), c.abandoned()), (0, 1));
+    // `b` gets b's answer, not a's; a's is discarded and counted.
+    let r = c.call(&Request::Reverse(b"fast".to_vec()));
+    assert_eq!(r.unwrap(), Response::Reverse(b"tsaf".to_vec()));
+    assert_eq!((c.discarded(), c.abandoned()), (1, 0));
+    assert!(!c.is_poisoned());
+    c.close().unwrap();
+    assert_eq!(dev.join().unwrap().1.unwrap().unwrap(), Ended::Goodbye);
+}
+
+#[test]
+fn pipelined_requests_over_a_real_socket() {
+    use comm::service::Response;
+
+    let (_dir, uds) = uds();
+    let dev = serving_device(&uds, 7001);
+    let mut c = client(connect(&uds).unwrap());
+    // Eight sent before reading any answer, then a batch with a window.
+    let ids: Vec<_> = (0..8u8)
+        .map(|i| c.send_request(&Request::Reverse(vec![i, 0xff])).unwrap())
+        .collect();
+    assert_eq!(c.in_flight(), 8);
+    for (i, id) in ids.iter().enumerate() {
+        let (got, r) = c.recv_response().unwrap();
+        assert_eq!(got, *id);
+        assert_eq!(r.unwrap(), Response::Reverse(vec![0xff, i as u8]));
+    }
+    let reqs: Vec<_> = (0..100u32)
+        .map(|i| Request::Reverse(payload(i as usize * 37 % 500 + 1)))
+        .collect();
+    let answers = c.call_many(&reqs, 8).unwrap();
+    for (req, a) in reqs.iter().zip(answers) {
+        let Request::Reverse(p) = req else {
+            unreachable!()
+        };
+        let mut want = p.clone();
+        want.reverse();
+        assert_eq!(a.unwrap(), Response::Reverse(want));
+    }
+    // A blocking call with pipelined requests unanswered is refused.
+    c.send_request(&Request::Info).unwrap();
+    let e = c.call(&Request::Info).unwrap_err();
+    assert!(matches!(e, Error::Usage(_)) && !e.is_fatal(), "{e:?}");
+    assert!(c.recv_response().unwrap().1.is_ok());
+    c.close().unwrap();
+    assert_eq!(dev.join().unwrap().1.unwrap().unwrap(), Ended::Goodbye);
 }

@@ -8,6 +8,8 @@
 //! | round trip      | 16-byte `Reverse`, one connection      | 16 bytes through the guest's raw echo (`svmc.mode=echo`)     |
 //! | throughput      | 1 MiB / 8 MiB `Reverse`                | the same bytes through the raw echo stream                   |
 //! | size, memory    | stripped image, smallest `-m` for an 8 MiB `Reverse`, guest heap peak | targets |
+//! | 4 clients       | 4 connections at once, each 16-byte `Reverse`s: total rate, worst latency | the same from 1 client |
+//! | pipelining      | 16-byte `Reverse`s with 8 in flight on one connection | 1 in flight (target ≥ 2x the rate) |
 //!
 //! Round trips and throughput run on a host-initiated connection to the
 //! guest's service port (see [`launch_for_service_port`]).
@@ -33,6 +35,11 @@ use crate::util::{self, Result, cargo};
 const DEFAULT_REPS: usize = 9;
 /// Requests per round-trip repetition.
 const RT_REQUESTS: usize = 200;
+/// Clients of the concurrency figure, and requests each sends per repetition.
+const CLIENTS: usize = 4;
+const CLIENT_REQUESTS: usize = 100;
+/// Requests in flight on one connection in the pipelining figure.
+const WINDOW: usize = 8;
 /// Sizes of the throughput runs.
 const SIZES: [(usize, &str); 2] = [(1 << 20, "1 MiB"), (8 << 20, "8 MiB")];
 /// Payload of the memory search.
@@ -48,6 +55,7 @@ const RT_RATIO: f64 = 0.85;
 const TP_OVERHEAD: f64 = 0.15;
 const IMAGE_MAX: u64 = 64 * 1024;
 const MEM_MAX: u32 = 32;
+const PIPELINE_RATIO: f64 = 2.0;
 
 struct Opts {
     arch: Arch,
@@ -248,6 +256,43 @@ pub fn run(args: &[String]) -> Result<()> {
         )
         .ratio(r, "≥ 0.85x", r >= RT_RATIO),
     );
+    let r = svc.pipelined.med / svc.rt.med;
+    rows.push(
+        Row::new(
+            &format!("16 B, {WINDOW} in flight on 1 connection (req/s) vs 1 in flight"),
+            svc.pipelined.show("/s", 0),
+            svc.rt.show("/s", 0),
+        )
+        .ratio(r, "≥ 2.00x", r >= PIPELINE_RATIO),
+    );
+    match &svc.clients {
+        Ok((one, many)) => {
+            let mut row = Row::new(
+                &format!("16 B, {CLIENTS} clients at once (total req/s) vs 1 client"),
+                many.0.show("/s", 0),
+                one.0.show("/s", 0),
+            );
+            row.ratio = format!("{:.2}x", many.0.med / one.0.med);
+            rows.push(row);
+            let mut row = Row::new(
+                &format!("16 B, worst latency, {CLIENTS} clients vs 1 client"),
+                many.1.show("ms", 2),
+                one.1.show("ms", 2),
+            );
+            row.ratio = format!("{:.2}x", many.1.med / one.1.med);
+            rows.push(row);
+        }
+        Err(e) => {
+            let mut row = Row::new(
+                &format!("16 B, {CLIENTS} clients at once vs 1 client"),
+                "failed".into(),
+                String::new(),
+            );
+            row.met = Some(false);
+            rows.push(row);
+            notes.push(format!("{CLIENTS} clients at once: {e}"));
+        }
+    }
     for (i, (_, label)) in SIZES.iter().enumerate() {
         let (ours, floor) = (svc.tp[i], echo.tp[i]);
         // Throughput ratio floor/ours = time ours / time floor.
@@ -375,8 +420,16 @@ fn boot_floor(cfg: &VmConfig) -> Result<(Duration, Duration)> {
     Ok((end - start, end - qemu_start))
 }
 
+/// Total requests/s and worst per-request latency (ms) of a set of clients.
+type Clients = (Stat, Stat);
+
 struct ServiceFigures {
     rt: Stat,
+    /// 16-byte requests with [`WINDOW`] in flight, requests/s.
+    pipelined: Stat,
+    /// Total requests/s and worst latency (ms) of 1 and of [`CLIENTS`]
+    /// clients at once, or why they could not be measured.
+    clients: std::result::Result<(Clients, Clients), String>,
     tp: [Stat; 2],
     heap_peak: u64,
     heap_size: u64,
@@ -437,6 +490,25 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
         }
         rt.push(RT_REQUESTS as f64 / start.elapsed().as_secs_f64());
     }
+    // The same requests with 8 in flight on the connection.
+    let mut pipelined = Vec::new();
+    let batch: Vec<comm::service::Request> = (0..RT_REQUESTS)
+        .map(|_| comm::service::Request::Reverse(small.clone()))
+        .collect();
+    for _ in 0..reps {
+        let c = s.client().ok_or("protocol VM: no client")?;
+        let start = Instant::now();
+        let answers = c
+            .call_many(&batch, WINDOW)
+            .map_err(|e| format!("protocol VM, pipelined: {e}"))?;
+        pipelined.push(RT_REQUESTS as f64 / start.elapsed().as_secs_f64());
+        if answers
+            .into_iter()
+            .any(|a| a.ok() != Some(comm::service::Response::Reverse(expect.clone())))
+        {
+            return Err("protocol VM: wrong pipelined 16-byte reverse".into());
+        }
+    }
     let mut tp = Vec::new();
     for (n, label) in SIZES {
         let data = payload(n);
@@ -458,15 +530,104 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
     }
     let info = s.info().map_err(err)?;
     let heap = info.heap.ok_or("protocol VM: no heap figures in Info")?;
-    let _ = s.power_off(STEP);
+    // Last, with the session's connection closed: a guest that serves one
+    // connection at a time resets an idle one when another waits.
+    s.close().map_err(err)?;
+    // Several clients at once, each on its own connection, next to one.
+    let uds = vm.uds_path().to_path_buf();
+    let mut one = (Vec::new(), Vec::new());
+    let mut many = (Vec::new(), Vec::new());
+    let mut clients_failed = None;
+    'reps: for _ in 0..reps {
+        for (n, out) in [(1, &mut one), (CLIENTS, &mut many)] {
+            match clients_at_once(&uds, cfg.service_port, n) {
+                Ok((rate, worst)) => {
+                    out.0.push(rate);
+                    out.1.push(worst);
+                }
+                // A guest that serves one connection at a time: reported
+                // in the table, the other figures go on.
+                Err(e) => {
+                    clients_failed = Some(e);
+                    break 'reps;
+                }
+            }
+        }
+    }
+    let clients = match clients_failed {
+        None => Ok((
+            (Stat::of(one.0), Stat::of(one.1)),
+            (Stat::of(many.0), Stat::of(many.1)),
+        )),
+        Some(e) => Err(e),
+    };
+    if let Ok(s) = Session::open(&sc) {
+        let _ = s.power_off(STEP);
+    }
     drop(vm);
     Ok(ServiceFigures {
         rt: Stat::of(rt),
+        pipelined: Stat::of(pipelined),
+        clients,
         tp: [tp[0], tp[1]],
         heap_peak: heap.peak,
         heap_size: heap.size,
         accel,
     })
+}
+
+/// `n` clients, each on its own connection to the service port, each
+/// sending [`CLIENT_REQUESTS`] 16-byte requests one at a time, all started
+/// together: the total rate (requests/s, over the time until the last
+/// client is done) and the worst latency of one request (ms).
+fn clients_at_once(uds: &Path, port: u32, n: usize) -> Result<(f64, f64)> {
+    use vsock_transport::rpc::Client;
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let conn = vsock_transport::hybrid::connect(uds, port, &Timeouts::uniform(STEP))
+            .map_err(|e| format!("{n} clients: connect: {e}"))?;
+        clients.push(conn);
+    }
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n + 1));
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|conn| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || -> Result<(Instant, f64)> {
+                let c = Client::<_, comm::service::ServiceVm>::handshake(
+                    conn,
+                    comm::frame::DEFAULT_MAX_BODY,
+                );
+                // Everyone reaches the barrier, also after a failed HELLO.
+                barrier.wait();
+                let mut c = c.map_err(|e| format!("HELLO: {e}"))?;
+                let req = comm::service::Request::Reverse(payload(16));
+                let mut worst = 0f64;
+                for _ in 0..CLIENT_REQUESTS {
+                    let t = Instant::now();
+                    c.call(&req).map_err(|e| format!("request: {e}"))?;
+                    worst = worst.max(ms(t.elapsed()));
+                }
+                let done = Instant::now();
+                let _ = c.close();
+                Ok((done, worst))
+            })
+        })
+        .collect();
+    barrier.wait();
+    let start = Instant::now();
+    let mut last = start;
+    let mut worst = 0f64;
+    for t in threads {
+        let (done, w) = t
+            .join()
+            .map_err(|_| format!("{n} clients: a client panicked"))?
+            .map_err(|e| format!("{n} clients: {e}"))?;
+        last = last.max(done);
+        worst = worst.max(w);
+    }
+    let total = (n * CLIENT_REQUESTS) as f64 / (last - start).as_secs_f64();
+    Ok((total, worst))
 }
 
 struct EchoFigures {

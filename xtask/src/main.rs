@@ -18,7 +18,8 @@ cargo xtask <command> [options]
 
 Commands:
   setup                        install what is missing: bare-metal Rust targets (rustup),
-                               QEMU (apt-get), vhost-device-vsock 0.3.0 (cargo install into .tools/)
+                               QEMU (apt-get), vhost-device-vsock 0.3.0 and the cddl 0.10.7
+                               CLI (cargo install into .tools/)
   build-image [--arch A]       build the release guest image and print its path (default x86_64)
   build-image --guest linux    fetch Debian's cloud kernel, build the Linux test VM (kernel,
                                initramfs with the linux_service example as /init) into target/linux

@@ -4,7 +4,10 @@
 //!   the targets of `rust-toolchain.toml` to an installed toolchain),
 //! - QEMU from Debian's packages (`apt-get`),
 //! - `vhost-device-vsock` 0.3.0 from crates.io into the project's tool
-//!   directory `.tools/` (`cargo install --locked --root`).
+//!   directory `.tools/` (`cargo install --locked --root`),
+//! - the `cddl` 0.10.7 CLI the same way: the independent validator the
+//!   tests run on `comm/svmc.cddl` (`tests/tests/cddl.rs`, the conformance
+//!   suite).
 //!
 //! Each step is skipped when its tool is already there; when a step cannot
 //! run, the error says exactly what to run by hand.
@@ -18,6 +21,9 @@ use crate::util::{Result, output, root, run, show};
 /// The vsock device daemon version we test with.
 pub const DAEMON_VERSION: &str = "0.3.0";
 
+/// The `cddl` CLI version the tests validate with (`tests::cddl::VERSION`).
+pub const CDDL_VERSION: &str = "0.10.7";
+
 /// Debian packages providing the QEMU system emulators.
 const QEMU_PACKAGES: [&str; 2] = ["qemu-system-x86", "qemu-system-arm"];
 
@@ -26,6 +32,7 @@ pub fn setup() -> Result<()> {
     targets()?;
     qemu()?;
     daemon()?;
+    cddl()?;
     Ok(())
 }
 
@@ -110,6 +117,37 @@ fn daemon() -> Result<()> {
     run(&mut cmd).map_err(|e| {
         format!(
             "{e}\nCould not build vhost-device-vsock; it needs crates.io and a C compiler. Run by hand: {}",
+            show(&cmd)
+        )
+    })
+}
+
+fn cddl() -> Result<()> {
+    let tools = root().join(".tools");
+    let bin = tools.join("bin").join("cddl");
+    if bin.is_file()
+        && output(Command::new(&bin).arg("--version")).is_some_and(|v| v.contains(CDDL_VERSION))
+    {
+        return Ok(());
+    }
+    eprintln!(
+        "xtask: building the cddl {CDDL_VERSION} CLI into {}",
+        tools.display()
+    );
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.args([
+        "install",
+        "cddl",
+        "--version",
+        CDDL_VERSION,
+        "--locked",
+        "--root",
+    ])
+    .arg(&tools)
+    .current_dir(root());
+    run(&mut cmd).map_err(|e| {
+        format!(
+            "{e}\nCould not build the cddl CLI; it needs crates.io. Run by hand: {}",
             show(&cmd)
         )
     })

@@ -96,14 +96,22 @@ pub(crate) fn raw_server_until_request<C: Connection>(conn: &mut C) {
     assert_eq!(h.kind, FrameKind::Request);
 }
 
-/// A `RESPONSE` frame to a reverse request, as bytes.
+/// A `RESPONSE` frame to a reverse request, as bytes. Its id is 1: the id of a fresh client's first request.
 pub(crate) fn response_frame(payload: &[u8]) -> Vec<u8> {
-    frame::encode(
-        FrameKind::Response,
+    response_frame_id(1, payload)
+}
+
+/// A `RESPONSE` frame with id `id` to a reverse request, as bytes.
+pub(crate) fn response_frame_id(id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    comm::envelope::encode_response_into(
+        comm::RequestId(id),
         &Response::Reverse(payload.to_vec()),
         frame::DEFAULT_MAX_BODY,
+        &mut f,
     )
-    .unwrap()
+    .unwrap();
+    f
 }
 
 /// Runs `f` and returns its result and how long it took.

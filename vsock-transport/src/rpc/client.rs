@@ -1,0 +1,621 @@
+//! The client side: `HELLO`, then requests, each tied to its answer by a
+//! request id (see [`Client`]).
+
+use alloc::collections::VecDeque;
+use alloc::string::ToString;
+use alloc::vec::Vec;
+use core::fmt;
+use core::marker::PhantomData;
+
+use comm::frame::{self, FrameKind, ProtocolError};
+use comm::{Protocol, RequestId, envelope};
+
+use super::hello;
+use crate::framed::{recv_frame, send_frame};
+use crate::{Connection, Error, Result, Step};
+
+/// How many abandoned requests (timed out, answer still due) a client
+/// remembers; beyond that the oldest is forgotten, and its answer, if it
+/// ever comes, is an [`comm::Error::UnexpectedId`].
+pub const MAX_ABANDONED: usize = 64;
+
+/// Logs a discarded late answer: through `tracing` on the host (`std`
+/// turns it on), through `log` with the `guest` backend.
+macro_rules! log_discard {
+    ($($arg:tt)*) => {{
+        #[cfg(feature = "tracing")]
+        tracing::warn!($($arg)*);
+        #[cfg(all(feature = "guest", not(feature = "tracing")))]
+        log::warn!($($arg)*);
+        #[cfg(not(any(feature = "guest", feature = "tracing")))]
+        let _ = ($($arg)*);
+    }};
+}
+
+/// A request sent and not answered yet.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    id: RequestId,
+    /// The caller gave up waiting (timeout): its answer is discarded.
+    abandoned: bool,
+}
+
+/// Client side of a connection: ids, pipelining, late-answer discard and
+/// poisoning.
+///
+/// # Ids, late answers, poisoning
+///
+/// The client numbers its requests ([`RequestId`], `WIRE.md` R-ID-1) and
+/// keeps the ids in flight in send order. An answer (`RESPONSE`, or a
+/// non-fatal `ERROR`) is matched by its id; an answer without a readable id
+/// belongs to the oldest request in flight, as the server answers in order
+/// (R-ID-4).
+///
+/// - A [`Client::call`] whose read deadline passes before any byte of the
+///   answer arrived fails with [`Error::Timeout`]`(`[`Step::Read`]`)`, which
+///   is not fatal: its id is remembered as *abandoned* (at most
+///   [`MAX_ABANDONED`]; the oldest is forgotten beyond that). When its
+///   answer comes later it is discarded, logged and counted
+///   ([`Client::discarded`]), never handed to another call.
+/// - An answer with an id that has no request in flight (never sent,
+///   already answered, or forgotten) is
+///   [`comm::Error::UnexpectedId`], fatal.
+/// - After any fatal error ([`Error::is_fatal`]: a deadline that passed
+///   inside a frame, a close, a truncated or oversized frame, a fatal
+///   `ERROR`...) the stream may be out of step: the client is *poisoned*
+///   and every later call fails at once with [`Error::Poisoned`], without
+///   touching the stream.
+///
+/// # Pipelining
+///
+/// [`Client::send_request`] and [`Client::recv_response`] are the two
+/// halves of a call, so several requests can be in flight on one
+/// connection; [`Client::call_many`] does that for a batch with a window.
+/// [`Client::call`] is one request, one answer.
+pub struct Client<C: Connection, P: Protocol> {
+    conn: C,
+    max_body: u32,
+    peer_max_body: u32,
+    buf: Vec<u8>,
+    next_id: RequestId,
+    /// Requests in flight, in send order (abandoned ones included).
+    in_flight: VecDeque<Slot>,
+    discarded: u64,
+    /// Set by the first fatal error: what it said.
+    poisoned: Option<alloc::string::String>,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<C: Connection, P: Protocol> fmt::Debug for Client<C, P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("protocol", &P::NAME)
+            .field("max_body", &self.max_body)
+            .field("peer_max_body", &self.peer_max_body)
+            .field("next_id", &self.next_id)
+            .field("in_flight", &self.in_flight())
+            .field("abandoned", &self.abandoned())
+            .field("discarded", &self.discarded)
+            .field("poisoned", &self.poisoned)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C: Connection, P: Protocol> Client<C, P> {
+    /// Exchanges `HELLO` frames on a fresh connection. `max_body` bounds the
+    /// responses we accept. A server at its connection limit answers with a
+    /// fatal `ERROR` code 7 instead: [`comm::Error::Remote`] with
+    /// [`comm::frame::ProtocolErrorCode::Busy`].
+    pub fn handshake(mut conn: C, max_body: u32) -> Result<Self> {
+        let mut buf = Vec::new();
+        let peer_max_body = hello::<P, C>(&mut conn, max_body, &mut buf)?;
+        Ok(Self {
+            conn,
+            max_body,
+            peer_max_body,
+            buf,
+            next_id: RequestId(1),
+            in_flight: VecDeque::new(),
+            discarded: 0,
+            poisoned: None,
+            _protocol: PhantomData,
+        })
+    }
+
+    /// The largest request body the server accepts (from its `HELLO`).
+    pub fn peer_max_body(&self) -> u32 {
+        self.peer_max_body
+    }
+
+    /// Requests sent whose answers are still expected by the caller (not
+    /// counting abandoned ones).
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.iter().filter(|s| !s.abandoned).count()
+    }
+
+    /// Requests given up on (timed out) whose answers have not come yet.
+    pub fn abandoned(&self) -> usize {
+        self.in_flight.iter().filter(|s| s.abandoned).count()
+    }
+
+    /// How many late answers to abandoned requests were discarded so far.
+    pub fn discarded(&self) -> u64 {
+        self.discarded
+    }
+
+    /// Whether an earlier fatal error poisoned this client.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned.is_some()
+    }
+
+    /// Sends one request and waits for its answer.
+    ///
+    /// A request whose encoding exceeds the server's maximum fails with
+    /// [`comm::Error::TooLargeToSend`] before anything is sent. A server's
+    /// non-fatal `ERROR` about it is [`comm::Error::Remote`]. A read timeout
+    /// before any byte of the answer is [`Error::Timeout`]`(`[`Step::Read`]`)`
+    /// and abandons the request (its answer is discarded when it comes).
+    /// None of these poison the client. Fails with [`Error::Usage`] while
+    /// pipelined requests ([`Client::send_request`]) are unanswered.
+    pub fn call(&mut self, request: &P::Request) -> Result<P::Response> {
+        self.check_usable()?;
+        if self.in_flight() > 0 {
+            return Err(Error::Usage(
+                "call() while pipelined requests are unanswered: recv_response() them first",
+            ));
+        }
+        let id = self.send_request(request)?;
+        match self.recv_response() {
+            Ok((got, answer)) => {
+                debug_assert_eq!(got, id, "the only live request");
+                answer
+            }
+            Err(e @ Error::Timeout(Step::Read)) => {
+                self.abandon(id);
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Sends every request of `requests` with at most `window` (at least 1)
+    /// in flight at once, and returns their answers in request order.
+    ///
+    /// The outer error is one that ends the batch (a read timeout, which
+    /// abandons the batch's unanswered requests, or a fatal error); the
+    /// inner ones are per request, as in [`Client::call`]. A request too
+    /// large to send gets its [`comm::Error::TooLargeToSend`] and the batch
+    /// goes on.
+    pub fn call_many<'r, I>(
+        &mut self,
+        requests: I,
+        window: usize,
+    ) -> Result<Vec<Result<P::Response>>>
+    where
+        I: IntoIterator<Item = &'r P::Request>,
+        P::Request: 'r,
+    {
+        self.check_usable()?;
+        if self.in_flight() > 0 {
+            return Err(Error::Usage(
+                "call_many() while pipelined requests are unanswered: recv_response() them first",
+            ));
+        }
+        let window = window.max(1);
+        let mut answers: Vec<Option<Result<P::Response>>> = Vec::new();
+        // (id, index into `answers`) of the requests of this batch in flight.
+        let mut pending: VecDeque<(RequestId, usize)> = VecDeque::new();
+        let mut requests = requests.into_iter();
+        let mut more = true;
+        loop {
+            while more && pending.len() < window {
+                let Some(request) = requests.next() else {
+                    more = false;
+                    break;
+                };
+                let index = answers.len();
+                match self.send_request(request) {
+                    Ok(id) => {
+                        answers.push(None);
+                        pending.push_back((id, index));
+                    }
+                    Err(e) if !e.is_fatal() => answers.push(Some(Err(e))),
+                    Err(e) => return Err(e),
+                }
+            }
+            if pending.is_empty() {
+                break;
+            }
+            match self.recv_response() {
+                Ok((id, answer)) => {
+                    let at = pending
+                        .iter()
+                        .position(|&(p, _)| p == id)
+                        .expect("recv_response only returns live ids, all of this batch");
+                    let (_, index) = pending.remove(at).expect("in range");
+                    answers[index] = Some(answer);
+                }
+                Err(e) => {
+                    if matches!(e, Error::Timeout(Step::Read)) {
+                        for (id, _) in pending {
+                            self.abandon(id);
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.expect("every request answered"))
+            .collect())
+    }
+
+    /// Sends one request without waiting for its answer, and returns its id.
+    ///
+    /// Refused before anything is sent (not fatal): a request over the
+    /// server's maximum ([`comm::Error::TooLargeToSend`]). A failed send
+    /// poisons the client (part of the frame may have gone out).
+    pub fn send_request(&mut self, request: &P::Request) -> Result<RequestId> {
+        self.check_usable()?;
+        let id = self.fresh_id();
+        self.buf.clear();
+        envelope::encode_request_into(id, request, self.peer_max_body, &mut self.buf)?;
+        if let Err(e) = send_frame(&mut self.conn, &self.buf) {
+            return Err(self.failed(e));
+        }
+        self.in_flight.push_back(Slot {
+            id,
+            abandoned: false,
+        });
+        Ok(id)
+    }
+
+    /// Waits for the next answer to a request in flight and returns its id
+    /// and the answer (the inner result: the response, or that request's
+    /// own error, e.g. a non-fatal `ERROR` about it). Late answers to
+    /// abandoned requests are discarded on the way.
+    ///
+    /// A read timeout before any byte of a frame is
+    /// [`Error::Timeout`]`(`[`Step::Read`]`)`, not fatal, and leaves every
+    /// request in flight (call again, or [`Client::abandon`] them). Fails
+    /// with [`Error::Usage`] when no request is in flight.
+    pub fn recv_response(&mut self) -> Result<(RequestId, Result<P::Response>)> {
+        self.check_usable()?;
+        loop {
+            if self.in_flight() == 0 {
+                return Err(Error::Usage("recv_response() with no request in flight"));
+            }
+            let header = match recv_frame(&mut self.conn, self.max_body, &mut self.buf) {
+                Ok(h) => h,
+                Err(e) => return Err(self.failed(e)),
+            };
+            let (id, answer) = match header.kind {
+                FrameKind::Response => {
+                    let (id, r) = envelope::decode::<P::Response>(&self.buf);
+                    (id, r.map_err(Error::from))
+                }
+                FrameKind::Error => match frame::decode_body::<ProtocolError>(&self.buf) {
+                    Ok(pe) if pe.fatal => {
+                        return Err(self.failed(comm::Error::Remote(pe).into()));
+                    }
+                    Ok(pe) => (pe.id, Err(comm::Error::Remote(pe).into())),
+                    Err(e) => (None, Err(e.into())),
+                },
+                got => (
+                    None,
+                    Err(comm::Error::UnexpectedFrame {
+                        expected: FrameKind::Response,
+                        got,
+                    }
+                    .into()),
+                ),
+            };
+            // By id, or the oldest in flight (answers come in order).
+            let at = match id {
+                Some(id) => match self.in_flight.iter().position(|s| s.id == id) {
+                    Some(at) => at,
+                    None => return Err(self.failed(comm::Error::UnexpectedId(id).into())),
+                },
+                None => 0,
+            };
+            let slot = self.in_flight.remove(at).expect("non-empty");
+            if slot.abandoned {
+                self.discarded += 1;
+                log_discard!(
+                    "{}: discarded a late answer to abandoned request {} ({} so far)",
+                    P::NAME,
+                    slot.id,
+                    self.discarded
+                );
+                continue;
+            }
+            return Ok((slot.id, answer));
+        }
+    }
+
+    /// Gives up on request `id`: its answer, when it comes, is discarded.
+    /// Does nothing if `id` is not in flight.
+    pub fn abandon(&mut self, id: RequestId) {
+        if let Some(slot) = self.in_flight.iter_mut().find(|s| s.id == id) {
+            slot.abandoned = true;
+        }
+        while self.abandoned() > MAX_ABANDONED {
+            let at = self
+                .in_flight
+                .iter()
+                .position(|s| s.abandoned)
+                .expect("counted");
+            let slot = self.in_flight.remove(at).expect("in range");
+            log_discard!(
+                "{}: forgot abandoned request {} (more than {MAX_ABANDONED} unanswered)",
+                P::NAME,
+                slot.id
+            );
+        }
+    }
+
+    /// Sends `GOODBYE` and shuts the connection down (a poisoned client
+    /// only shuts down: its stream may be inside a frame).
+    pub fn close(mut self) -> Result<()> {
+        let r = if self.poisoned.is_some() {
+            Ok(())
+        } else {
+            send_frame(&mut self.conn, &frame::goodbye())
+        };
+        let s = self.conn.shutdown();
+        r.and(s)
+    }
+
+    /// The connection, e.g. to send raw bytes in tests. Bytes sent or read
+    /// through it behind the client's back are not tracked.
+    pub fn connection(&mut self) -> &mut C {
+        &mut self.conn
+    }
+
+    /// Gives the connection back without a `GOODBYE`.
+    pub fn into_inner(self) -> C {
+        self.conn
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            None => Ok(()),
+            Some(reason) => Err(Error::Poisoned {
+                reason: reason.clone(),
+            }),
+        }
+    }
+
+    /// Poisons the client if `e` is fatal; returns `e`.
+    fn failed(&mut self, e: Error) -> Error {
+        if e.is_fatal() && self.poisoned.is_none() {
+            self.poisoned = Some(e.to_string());
+        }
+        e
+    }
+
+    /// The next id not in flight (ids wrap after `u32::MAX`).
+    fn fresh_id(&mut self) -> RequestId {
+        let mut id = self.next_id;
+        while self.in_flight.iter().any(|s| s.id == id) {
+            id = id.next();
+        }
+        self.next_id = id.next();
+        id
+    }
+}
+
+#[cfg(all(test, feature = "test-utils"))]
+mod tests {
+    use std::io::Write;
+    use std::thread;
+    use std::time::Duration;
+
+    use comm::Hello;
+    use comm::frame::{DEFAULT_MAX_BODY, ProtocolErrorCode};
+    use comm::service::{Request, Response, ServiceVm};
+
+    use super::*;
+    use crate::mock::{self, MockConnection};
+
+    /// A client over a mock pair, and the server's raw end after the HELLO
+    /// exchange.
+    fn pair() -> (Client<MockConnection, ServiceVm>, MockConnection) {
+        let (a, mut b) = mock::pair();
+        let t = thread::spawn(move || Client::<_, ServiceVm>::handshake(a, DEFAULT_MAX_BODY));
+        let hello = frame::encode(
+            FrameKind::Hello,
+            &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
+            DEFAULT_MAX_BODY,
+        )
+        .unwrap();
+        b.send(&hello).unwrap();
+        let mut buf = Vec::new();
+        recv_frame(&mut b, DEFAULT_MAX_BODY, &mut buf).unwrap();
+        (t.join().unwrap().unwrap(), b)
+    }
+
+    /// Reads one request on the server's end: its id and request.
+    fn read_request(b: &mut MockConnection) -> (RequestId, Request) {
+        let mut buf = Vec::new();
+        let h = recv_frame(b, DEFAULT_MAX_BODY, &mut buf).unwrap();
+        assert_eq!(h.kind, FrameKind::Request);
+        let (id, r) = envelope::decode::<Request>(&buf);
+        (id.unwrap(), r.unwrap())
+    }
+
+    fn answer(b: &mut MockConnection, id: RequestId, r: &Response) {
+        let mut f = Vec::new();
+        envelope::encode_response_into(id, r, DEFAULT_MAX_BODY, &mut f).unwrap();
+        b.send(&f).unwrap();
+    }
+
+    fn rev(s: &[u8]) -> Request {
+        Request::Reverse(s.to_vec())
+    }
+
+    #[test]
+    fn pipelined_answers_are_matched_by_id_in_any_order() {
+        let (mut c, mut b) = pair();
+        let ids: Vec<_> = (0..4u8)
+            .map(|i| c.send_request(&rev(&[i])).unwrap())
+            .collect();
+        assert_eq!(c.in_flight(), 4);
+        let mut got: Vec<_> = (0..4).map(|_| read_request(&mut b)).collect();
+        got.reverse();
+        for (id, r) in &got {
+            let Request::Reverse(p) = r else { panic!() };
+            answer(&mut b, *id, &Response::Reverse(p.clone()));
+        }
+        for &(id, _) in &got {
+            let (rid, r) = c.recv_response().unwrap();
+            assert_eq!(rid, id);
+            assert_eq!(
+                r.unwrap(),
+                Response::Reverse(vec![ids.iter().position(|&x| x == id).unwrap() as u8])
+            );
+        }
+        assert_eq!(c.in_flight(), 0);
+        assert!(matches!(c.recv_response(), Err(Error::Usage(_))));
+    }
+
+    #[test]
+    fn unknown_and_duplicate_ids_poison_the_client() {
+        let (mut c, mut b) = pair();
+        let id = c.send_request(&rev(b"a")).unwrap();
+        read_request(&mut b);
+        answer(&mut b, RequestId(id.0 + 100), &Response::PowerOff);
+        let e = c.recv_response().unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(comm::Error::UnexpectedId(RequestId(x))) if x == id.0 + 100),
+            "{e:?}"
+        );
+        assert!(e.is_fatal());
+        assert!(c.is_poisoned());
+        // Never touches the stream again.
+        let e = c.call(&Request::Info).unwrap_err();
+        assert!(
+            matches!(&e, Error::Poisoned { reason } if reason.contains("request id")),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("reconnect"), "{e}");
+        assert!(e.is_fatal());
+
+        let (mut c, mut b) = pair();
+        let id = c.send_request(&rev(b"a")).unwrap();
+        read_request(&mut b);
+        answer(&mut b, id, &Response::PowerOff);
+        answer(&mut b, id, &Response::PowerOff);
+        assert_eq!(c.recv_response().unwrap().0, id);
+        let id2 = c.send_request(&rev(b"b")).unwrap();
+        assert_ne!(id2, id);
+        let e = c.recv_response().unwrap_err();
+        assert!(
+            matches!(e, Error::Protocol(comm::Error::UnexpectedId(x)) if x == id),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn an_error_without_id_answers_the_oldest_and_is_not_fatal() {
+        let (mut c, mut b) = pair();
+        let first = c.send_request(&rev(b"a")).unwrap();
+        let second = c.send_request(&rev(b"b")).unwrap();
+        let pe = ProtocolError::new(ProtocolErrorCode::BadMessage, false, "bad");
+        b.send(&frame::encode(FrameKind::Error, &pe, 1024).unwrap())
+            .unwrap();
+        let pe2 = pe.clone().with_id(Some(second));
+        b.send(&frame::encode(FrameKind::Error, &pe2, 1024).unwrap())
+            .unwrap();
+        let (id, r) = c.recv_response().unwrap();
+        assert_eq!(id, first);
+        let e = r.unwrap_err();
+        assert!(
+            matches!(&e, Error::Protocol(comm::Error::Remote(p)) if *p == pe),
+            "{e:?}"
+        );
+        assert!(!e.is_fatal());
+        let (id, r) = c.recv_response().unwrap();
+        assert_eq!(id, second);
+        assert!(r.is_err());
+        assert!(!c.is_poisoned());
+        // A fatal one poisons.
+        c.send_request(&rev(b"c")).unwrap();
+        let pe = ProtocolError::new(ProtocolErrorCode::TooLarge, true, "bye");
+        b.send(&frame::encode(FrameKind::Error, &pe, 1024).unwrap())
+            .unwrap();
+        assert!(c.recv_response().unwrap_err().is_fatal());
+        assert!(c.is_poisoned());
+    }
+
+    #[test]
+    fn call_many_keeps_request_order_and_the_window() {
+        let (mut c, mut b) = pair();
+        let server = thread::spawn(move || {
+            // Answers in batches of 3, in reverse, to check the matching.
+            let mut seen = 0;
+            while seen < 7 {
+                let n = 3.min(7 - seen);
+                let mut reqs: Vec<_> = (0..n).map(|_| read_request(&mut b)).collect();
+                seen += n;
+                reqs.reverse();
+                for (id, r) in reqs {
+                    let Request::Reverse(mut p) = r else { panic!() };
+                    p.reverse();
+                    answer(&mut b, id, &Response::Reverse(p));
+                }
+            }
+            b
+        });
+        let reqs: Vec<_> = (0..7u8).map(|i| rev(&[i, b'x'])).collect();
+        let answers = c.call_many(&reqs, 3).unwrap();
+        for (i, a) in answers.into_iter().enumerate() {
+            assert_eq!(a.unwrap(), Response::Reverse(vec![b'x', i as u8]));
+        }
+        drop(server.join().unwrap());
+    }
+
+    #[test]
+    fn a_timeout_inside_a_frame_poisons_and_close_sends_no_goodbye() {
+        use crate::host_stream::{HostStream, Peer};
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let t = crate::Timeouts {
+            read: Some(Duration::from_millis(100)),
+            ..crate::Timeouts::uniform(Duration::from_secs(5))
+        };
+        let conn = HostStream::new(a, Peer::Other("test".into()), t);
+        let srv = thread::spawn(move || {
+            let mut f = Vec::new();
+            frame::encode_into(
+                FrameKind::Hello,
+                &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
+                DEFAULT_MAX_BODY,
+                &mut f,
+            )
+            .unwrap();
+            b.write_all(&f).unwrap();
+            b
+        });
+        let mut c = Client::<_, ServiceVm>::handshake(conn, DEFAULT_MAX_BODY).unwrap();
+        let mut b = srv.join().unwrap();
+        b.write_all(&[3, 0, 0]).unwrap(); // part of a header
+        let e = c.call(&Request::Info).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::TimeoutInFrame {
+                    step: Step::Read,
+                    got: 3
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.is_fatal() && c.is_poisoned());
+        assert!(matches!(
+            c.send_request(&Request::Info),
+            Err(Error::Poisoned { .. })
+        ));
+        c.close().unwrap();
+    }
+}
