@@ -36,7 +36,7 @@ use comm::frame::{
 };
 use comm::service::{Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
 use comm::{Hello, Protocol};
-use host_cli::Session;
+use host::Session;
 use tests::{Case, Ctx, cddl, ensure, run_cases};
 use vsock_transport::Timeouts;
 
@@ -905,16 +905,38 @@ fn r_end_2_answers_after_goodbye(p: &Peer) -> R {
     c.expect_close()
 }
 
-/// R-END-2 (SHOULD): the same after a shutdown of our sending side.
-fn r_end_2_answers_after_shutdown(p: &Peer) -> R {
+/// R-END-2: after a shutdown of our sending side without `GOODBYE` the
+/// server closes; what it sends before (it MAY answer) are the answers
+/// due, in order.
+fn r_end_2_closes_after_shutdown(p: &Peer) -> R {
     let mut c = p.hello()?;
     let mut batch = request_frame(p, 1, &Request::Reverse(b"one".to_vec()));
     batch.extend(request_frame(p, 2, &Request::Reverse(b"two".to_vec())));
     c.send(&batch)?;
     c.s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
-    expect_reversed(c.expect_response(1)?, b"one")?;
-    expect_reversed(c.expect_response(2)?, b"two")?;
-    c.expect_close()
+    let mut answered = 0;
+    for (id, sent) in [(1, &b"one"[..]), (2, &b"two"[..])] {
+        match c.frame() {
+            Ok(f) => {
+                ensure(f.kind == FrameKind::Response as u8, || {
+                    format!("frame kind {:#04x} after the shutdown", f.kind)
+                })?;
+                let (got, r) = envelope::decode::<Response>(&f.body);
+                ensure(got == Some(RequestId(id)), || {
+                    format!("id {got:?}, expected {id}")
+                })?;
+                expect_reversed(r.map_err(|e| e.to_string())?, sent)?;
+                answered += 1;
+            }
+            Err(e) if e.contains("closed") => break,
+            Err(e) => return Err(e),
+        }
+    }
+    if answered == 2 {
+        c.expect_close()?;
+    }
+    println!("    {answered} of 2 answers before the close");
+    Ok(())
 }
 
 /// R-END-3: `PowerOff` is answered with its id, the server closes, and a
@@ -1203,8 +1225,8 @@ const CASES: &[Case<Peer>] = &[
         r_end_2_answers_after_goodbye,
     ),
     (
-        "r_end_2_answers_after_shutdown",
-        r_end_2_answers_after_shutdown,
+        "r_end_2_closes_after_shutdown",
+        r_end_2_closes_after_shutdown,
     ),
     (
         "r_cbor_1_key_order_unknown_and_repeated_keys",
@@ -1315,5 +1337,12 @@ fn main() {
         ok &= run_cases(&label, &peer, &cases, Some("r_end_3_power_off"));
     }
     drop(peer);
+    // `exit` runs no destructors: remove the logs, or keep them (the
+    // guest's serial log says why a case failed) and say where.
+    if ok {
+        drop(logs);
+    } else {
+        println!("{label}: logs kept in {}", logs.keep().display());
+    }
     std::process::exit(if ok { 0 } else { 1 });
 }

@@ -5,14 +5,17 @@
 //! runtime directories or sockets (`$TMPDIR/svmc-*`; `TMPDIR` is private to
 //! this run). Run with `cargo xtask run-e2e`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use host_cli::tools::Tools;
-use host_cli::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
-use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
+use host::tools::Tools;
+use host::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tests::harness::{Case, Setup, Suite};
+use tests::{Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs};
 
 type R = Result<(), String>;
 
@@ -63,6 +66,9 @@ impl Faults {
             .arg("tcg")
             .arg("--timeout")
             .arg("30");
+        if let Some(m) = &self.ctx.machine {
+            c.arg("--machine").arg(m);
+        }
         c
     }
 
@@ -93,7 +99,7 @@ fn qemu_missing(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
         let mut tools = f.tools()?;
-        let qemu = format!("/nonexistent/{}", host_cli::tools::qemu_binary(f.ctx.arch));
+        let qemu = format!("/nonexistent/{}", host::tools::qemu_binary(f.ctx.arch));
         tools.qemu = qemu.clone().into();
         cfg.tools = Some(tools);
         let e = Vm::launch(&cfg).err().ok_or("launched without QEMU")?;
@@ -102,7 +108,7 @@ fn qemu_missing(f: &Faults) -> R {
         // Through the CLI and `$SVMC_QEMU`.
         let out = f
             .host_cli()
-            .env("SVMC_QEMU", "/nonexistent/qemu")
+            .env(host::env::QEMU, "/nonexistent/qemu")
             .args(["reverse", "abc"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -110,8 +116,8 @@ fn qemu_missing(f: &Faults) -> R {
         one_line_mentioning(
             &stderr_of(&out),
             &[
-                &format!("{} not found", host_cli::tools::qemu_binary(f.ctx.arch)),
-                "SVMC_QEMU=/nonexistent/qemu",
+                &format!("{} not found", host::tools::qemu_binary(f.ctx.arch)),
+                &format!("{}=/nonexistent/qemu", host::env::QEMU),
             ],
         )
     })
@@ -130,7 +136,7 @@ fn daemon_missing(f: &Faults) -> R {
         one_line_mentioning(&e.to_string(), &["/nonexistent/vhost-device-vsock"])?;
         let out = f
             .host_cli()
-            .env("SVMC_VHOST_DEVICE_VSOCK", "/nonexistent/daemon")
+            .env(host::env::DAEMON, "/nonexistent/daemon")
             .args(["reverse", "abc"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -246,7 +252,7 @@ fn image_not_elf(f: &Faults) -> R {
             .find(|a| *a != arch)
             .ok_or("one arch")?;
         let name = format!("{other}.elf");
-        cfg.image = f.write_image(&name, &host_cli::image::tiny_elf(other))?;
+        cfg.image = f.write_image(&name, &host::image::tiny_elf(other))?;
         let e = Vm::launch(&cfg)
             .err()
             .ok_or_else(|| format!("launched an {other} ELF on {arch}"))?;
@@ -258,7 +264,7 @@ fn image_not_elf(f: &Faults) -> R {
 fn guest_hangs_before_connecting(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
-        cfg.image = f.write_image("hang.elf", &host_cli::image::hanging_elf(f.ctx.arch))?;
+        cfg.image = f.write_image("hang.elf", &tests::images::hanging_elf(f.ctx.arch))?;
         let boot = Duration::from_secs(2);
         let start = Instant::now();
         let e = open_err(&f.session_config(cfg, boot))?;
@@ -279,7 +285,7 @@ fn guest_hangs_before_connecting(f: &Faults) -> R {
 fn guest_crashes_before_connecting(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
-        cfg.image = f.write_image("exit.elf", &host_cli::image::tiny_elf(f.ctx.arch))?;
+        cfg.image = f.write_image("exit.elf", &host::image::tiny_elf(f.ctx.arch))?;
         let start = Instant::now();
         let e = open_err(&f.session_config(cfg, Duration::from_secs(20)))?;
         let took = start.elapsed();
@@ -293,7 +299,7 @@ fn guest_crashes_before_connecting(f: &Faults) -> R {
         };
         ensure(took < Duration::from_secs(5), || format!("took {took:?}"))?;
         ensure(
-            status.code() == Some(host_cli::image::tiny_exit_status(f.ctx.arch)),
+            status.code() == Some(host::image::tiny_exit_status(f.ctx.arch)),
             || format!("status {status}"),
         )?;
         one_line_mentioning(
@@ -329,9 +335,9 @@ fn killed_mid_request(f: &Faults, which: &str) -> R {
         let killer = std::thread::spawn(move || {
             let _ = rx.recv();
             std::thread::sleep(Duration::from_millis(5));
-            // SAFETY: kill(2) on a pid of a child we still own (not reaped,
-            // so the pid cannot have been reused); no memory is involved.
-            unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+            // A child we still own (not reaped, so the pid cannot have been
+            // reused).
+            let _ = kill(Pid::from_raw(victim as i32), Signal::SIGKILL);
             Instant::now()
         });
         let mut tx = Some(tx);
@@ -387,12 +393,182 @@ fn daemon_killed_mid_request(f: &Faults) -> R {
     killed_mid_request(f, "daemon")
 }
 
+// ---- VMs and the threads that launch them -------------------------------------
+
+/// A VM launched on a worker thread (as a thread pool or tokio's
+/// `spawn_blocking` would) outlives that thread: `PR_SET_PDEATHSIG` fires
+/// when the *thread* that spawned a child exits.
+fn vm_outlives_the_thread_that_launched_it(f: &Faults) -> R {
+    f.checked(|| {
+        let cfg = f.session_config(f.config(), Duration::from_secs(30));
+        let worker = std::thread::spawn(move || Session::open(&cfg).map_err(|e| e.to_string()));
+        let mut s = worker.join().map_err(|_| "the worker panicked")??;
+        // The thread that launched the VM is gone.
+        std::thread::sleep(Duration::from_millis(600));
+        let (qemu, daemon) = s.vm().ok_or("no vm")?.pids();
+        let pids: Vec<u32> = [qemu, daemon].into_iter().flatten().collect();
+        ensure(
+            pids.len() == 2 && pids.iter().all(|&p| procs::alive(p)),
+            || format!("QEMU or the daemon died with the launching thread: {pids:?}"),
+        )?;
+        let got = s
+            .reverse(b"outlived".to_vec())
+            .map_err(|e| format!("after the launching thread exited: {e}"))?;
+        ensure(got == b"deviltuo", || format!("{got:?}"))?;
+        let status = s
+            .power_off(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?
+            .ok_or("no exit status")?;
+        ensure(status.success(), || format!("QEMU exit status {status}"))
+    })
+}
+
+/// Helper process of [`sigkill_of_a_host_whose_worker_launched_the_vm`]:
+/// opens a session on a worker thread, keeps it on the main thread, prints
+/// `pids <qemu> <daemon>` and waits to be killed.
+fn helper_worker_thread_vm(ctx: &Ctx) -> i32 {
+    let mut vm = ctx.vm_config();
+    vm.accel = Accel::Tcg;
+    let mut sc = SessionConfig::new(Attach::Launch(Box::new(vm)));
+    sc.timeouts = ctx.timeouts();
+    let worker = std::thread::spawn(move || Session::open(&sc));
+    let mut s = match worker.join() {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            eprintln!("helper: {e}");
+            return 1;
+        }
+        Err(_) => return 1,
+    };
+    let Some((Some(qemu), Some(daemon))) = s.vm().map(|v| v.pids()) else {
+        return 1;
+    };
+    println!("pids {qemu} {daemon}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A host process whose VM a worker thread launched is killed with
+/// `SIGKILL`: QEMU and the daemon must die with it (and not before).
+fn sigkill_of_a_host_whose_worker_launched_the_vm(f: &Faults) -> R {
+    use std::io::BufRead;
+    let leaks = LeakCheck::start(&f.tmp);
+    let mut child = tests::harness::helper_command(&f.ctx, "worker_thread_vm")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30));
+    let pids: Vec<u32> = line
+        .as_deref()
+        .unwrap_or("")
+        .strip_prefix("pids ")
+        .map(|p| {
+            p.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let r = (|| {
+        ensure(pids.len() == 2, || format!("the helper said {line:?}"))?;
+        std::thread::sleep(Duration::from_millis(600));
+        ensure(pids.iter().all(|&p| procs::alive(p)), || {
+            format!("the VM died with the worker thread: {pids:?} gone before the kill")
+        })
+    })();
+    signal(&child, Signal::SIGKILL);
+    let _ = child.wait();
+    r?;
+    let killed_at = Instant::now();
+    let left = procs::wait_gone(&pids, GRACE);
+    ensure(left.is_empty(), || {
+        format!(
+            "still running {:?} after the host was killed: {left:?}",
+            killed_at.elapsed()
+        )
+    })?;
+    println!(
+        "  QEMU and daemon gone {:?} after the SIGKILL",
+        killed_at.elapsed()
+    );
+    // A SIGKILLed process cannot remove its runtime directory; the next
+    // launch does (here: the same function).
+    host::launcher::remove_stale_runtime_dirs(f.tmp.path());
+    leaks.finish(GRACE)
+}
+
+// ---- the Ctrl-C cleanup and pid reuse -------------------------------------------
+
+/// Starts `sleep 30` with the pid `pid`, through `/proc/sys/kernel/ns_last_pid`
+/// (needs `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE`, as root here and in
+/// CI). Other processes on the machine may take the pid first: retried.
+fn spawn_with_pid(pid: u32) -> Result<Child, String> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).map_err(|e| {
+            format!("writing /proc/sys/kernel/ns_last_pid (this test needs root): {e}")
+        })?;
+        let mut c = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .map_err(|e| format!("sleep: {e}"))?;
+        if c.id() == pid {
+            return Ok(c);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Err(format!("could not get pid {pid} for a new process"))
+}
+
+/// QEMU has exited and been reaped while its `Vm` is still alive, and an
+/// unrelated process now has QEMU's old pid: the Ctrl-C cleanup
+/// (`launcher::kill_all`, what the handler runs) must not kill it.
+fn ctrl_c_cleanup_never_kills_a_reused_pid(f: &Faults) -> R {
+    f.checked(|| {
+        let mut s = Session::open(&f.session_config(f.config(), Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let qemu = s.vm().ok_or("no vm")?.pids().0.ok_or("no QEMU pid")?;
+        // The guest powers off; QEMU exits and is reaped, the Vm stays.
+        s.call(&comm::service::Request::PowerOff)
+            .map_err(|e| e.to_string())?;
+        let status = s
+            .vm()
+            .ok_or("no vm")?
+            .wait_exit(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?;
+        ensure(!procs::alive(qemu), || format!("QEMU {qemu} still runs"))?;
+        let mut impostor = spawn_with_pid(qemu)?;
+        host::launcher::kill_all();
+        std::thread::sleep(Duration::from_millis(200));
+        let alive = impostor.try_wait().map_err(|e| e.to_string())?.is_none();
+        let _ = impostor.kill();
+        let _ = impostor.wait();
+        ensure(alive, || {
+            format!(
+                "kill_all killed pid {qemu}, reused by an unrelated process after QEMU \
+                 ({status}) was reaped"
+            )
+        })?;
+        drop(s);
+        Ok(())
+    })
+}
+
 // ---- the host-cli process ------------------------------------------------------
 
 /// Waits until `child` has started QEMU (a process naming the private
 /// `TMPDIR` whose name is QEMU's) and returns the pids mentioning `TMPDIR`.
 fn wait_for_vm_of(f: &Faults, child: &mut Child) -> Result<Vec<u32>, String> {
-    let qemu = host_cli::tools::qemu_binary(f.ctx.arch);
+    let qemu = host::tools::qemu_binary(f.ctx.arch);
     let found = procs::poll(Duration::from_secs(20), || {
         if let Ok(Some(_)) = child.try_wait() {
             return Some(Vec::new());
@@ -411,9 +587,9 @@ fn wait_for_vm_of(f: &Faults, child: &mut Child) -> Result<Vec<u32>, String> {
     Ok(found)
 }
 
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill(2) on our own unreaped child; no memory is involved.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+fn signal(child: &Child, sig: Signal) {
+    // Our own unreaped child.
+    let _ = kill(Pid::from_raw(child.id() as i32), sig);
 }
 
 /// A long text argument, so that the request takes a little while.
@@ -431,7 +607,7 @@ fn cli_sigkill_leaves_no_children(f: &Faults) -> R {
         .spawn()
         .map_err(|e| e.to_string())?;
     let pids = wait_for_vm_of(f, &mut child)?;
-    signal(&child, libc::SIGKILL);
+    signal(&child, Signal::SIGKILL);
     let status = child.wait().map_err(|e| e.to_string())?;
     let killed_at = Instant::now();
     let left = procs::wait_gone(&pids, GRACE);
@@ -481,7 +657,7 @@ fn cli_ctrl_c(f: &Faults) -> R {
             .spawn()
             .map_err(|e| e.to_string())?;
         let pids = wait_for_vm_of(f, &mut child)?;
-        signal(&child, libc::SIGINT);
+        signal(&child, Signal::SIGINT);
         let start = Instant::now();
         let out = child.wait_with_output().map_err(|e| e.to_string())?;
         ensure(start.elapsed() < Duration::from_secs(3), || {
@@ -556,6 +732,18 @@ const CASES: &[Case<Faults>] = &[
     ("qemu_killed_mid_request", qemu_killed_mid_request),
     ("daemon_killed_mid_request", daemon_killed_mid_request),
     (
+        "vm_outlives_the_thread_that_launched_it",
+        vm_outlives_the_thread_that_launched_it,
+    ),
+    (
+        "sigkill_of_a_host_whose_worker_launched_the_vm",
+        sigkill_of_a_host_whose_worker_launched_the_vm,
+    ),
+    (
+        "ctrl_c_cleanup_never_kills_a_reused_pid",
+        ctrl_c_cleanup_never_kills_a_reused_pid,
+    ),
+    (
         "cli_normal_run_leaves_nothing",
         cli_normal_run_leaves_nothing,
     ),
@@ -568,37 +756,25 @@ const CASES: &[Case<Faults>] = &[
     ("cli_attach_to_nothing", cli_attach_to_nothing),
 ];
 
-fn main() {
-    // SAFETY: no other thread has been started yet.
-    let tmp = unsafe { PrivateTmp::install("faults") };
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let logs = tempfile::Builder::new()
-        .prefix("svmc-faults-logs-")
-        .tempdir_in(std::env::temp_dir().parent().unwrap_or(Path::new("/tmp")))
-        .expect("log dir");
-    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("faults: {e}");
-            std::process::exit(2);
-        }
-    };
+fn setup(s: Setup) -> Result<Faults, String> {
     let scratch = tempfile::Builder::new()
         .prefix("svmc-faults-scratch-")
-        .tempdir_in(logs.path())
-        .expect("scratch dir");
-    println!("faults on {} with {}", ctx.arch, ctx.image.display());
-    let f = Faults { ctx, tmp, scratch };
-    let ok = run_cases(
-        &format!("faults-{}", f.ctx.arch),
-        &f,
-        CASES,
-        filter.as_deref(),
-    );
-    // Leftovers were reported by the cases; remove the private TMPDIR.
-    drop(f);
-    if !ok {
-        println!("logs kept in {}", logs.keep().display());
-        std::process::exit(1);
-    }
+        .tempdir_in(&s.logs)
+        .map_err(|e| format!("scratch dir: {e}"))?;
+    Ok(Faults {
+        ctx: s.ctx,
+        tmp: s.tmp.ok_or("no private TMPDIR")?,
+        scratch,
+    })
+}
+
+fn main() {
+    tests::harness::main(&Suite {
+        name: "faults",
+        private_tmp: true,
+        setup,
+        cases: CASES,
+        last: None,
+        helpers: &[("worker_thread_vm", helper_worker_thread_vm)],
+    })
 }

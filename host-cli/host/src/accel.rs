@@ -3,7 +3,9 @@
 //! `/dev/kvm` existing is not enough: some hosts expose a paravirtual KVM
 //! that cannot run ordinary guests (QEMU hangs or fails on MSR writes). So
 //! [`Accel::Auto`] boots the tiny exit-at-once firmware under KVM once, with
-//! a short timeout, and caches the verdict per QEMU binary and kernel.
+//! a short timeout, and caches the verdict per QEMU binary, kernel and
+//! machine. The probe runs QEMU with the same machine arguments as the
+//! launcher ([`crate::machine`]), so a verdict holds for the VMs launched.
 
 use std::fmt;
 use std::fs;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::Arch;
 use crate::image::{tiny_elf, tiny_exit_status};
+use crate::machine::Machine;
 
 /// How long the KVM probe may take before KVM is declared unusable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,9 +64,10 @@ impl FromStr for Accel {
     }
 }
 
-/// Resolves [`Accel::Auto`] for `arch` with the QEMU binary `qemu`.
-pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
-    let requested = match (requested, std::env::var("SVMC_ACCEL").ok()) {
+/// Resolves [`Accel::Auto`] for `machine` with the QEMU binary `qemu`.
+pub fn choose_accel(requested: Accel, machine: &Machine, qemu: &Path) -> Accel {
+    let arch = machine.arch;
+    let requested = match (requested, std::env::var(crate::env::ACCEL).ok()) {
         (Accel::Auto, Some(env)) => env.parse().unwrap_or(Accel::Auto),
         (r, _) => r,
     };
@@ -82,9 +86,11 @@ pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
     {
         return Accel::Tcg;
     }
-    // `v2`: verdicts of the first probe (KVM merely works) are not reused.
+    // `v3`: verdicts of earlier probes (KVM merely works; machine
+    // arguments of their own) are not reused.
     let key = format!(
-        "v2 {} {}",
+        "v3 {} {} {}",
+        machine.name,
         qemu.display(),
         fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
@@ -98,7 +104,7 @@ pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
     {
         return if v == "kvm" { Accel::Kvm } else { Accel::Tcg };
     }
-    let verdict = if probe_kvm(qemu, arch) {
+    let verdict = if probe_kvm(qemu, machine) {
         Accel::Kvm
     } else {
         Accel::Tcg
@@ -125,14 +131,14 @@ fn cache_file() -> Option<PathBuf> {
 /// runs guests but pays dearly for every exit (a paravirtual KVM here took
 /// 2.1 s to boot the tiny image, TCG 0.1 s, and the real guest answered
 /// 10x slower under it).
-fn probe_kvm(qemu: &Path, arch: Arch) -> bool {
+fn probe_kvm(qemu: &Path, machine: &Machine) -> bool {
     let start = Instant::now();
-    if !run_tiny(qemu, arch, Accel::Kvm) {
+    if !run_tiny(qemu, machine, Accel::Kvm) {
         return false;
     }
     let kvm = start.elapsed();
     let start = Instant::now();
-    if !run_tiny(qemu, arch, Accel::Tcg) {
+    if !run_tiny(qemu, machine, Accel::Tcg) {
         return true;
     }
     let tcg = start.elapsed();
@@ -140,9 +146,23 @@ fn probe_kvm(qemu: &Path, arch: Arch) -> bool {
     kvm <= tcg * 2 + Duration::from_millis(100)
 }
 
-/// Boots the tiny firmware for `arch` with `accel`; true if QEMU exits with
-/// its status within [`PROBE_TIMEOUT`].
-fn run_tiny(qemu: &Path, arch: Arch, accel: Accel) -> bool {
+/// QEMU's arguments for the probe: the machine table's, no console, the
+/// tiny image.
+fn probe_args(machine: &Machine, accel: Accel, image: &Path) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = machine
+        .args(accel, None)
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    a.extend(["-serial".into(), "none".into(), "-kernel".into()]);
+    a.push(image.into());
+    a
+}
+
+/// Boots the tiny firmware on `machine` with `accel`; true if QEMU exits
+/// with its status within [`PROBE_TIMEOUT`].
+fn run_tiny(qemu: &Path, machine: &Machine, accel: Accel) -> bool {
+    let arch = machine.arch;
     let Ok(dir) = tempfile::tempdir() else {
         return false;
     };
@@ -150,21 +170,8 @@ fn run_tiny(qemu: &Path, arch: Arch, accel: Accel) -> bool {
     if fs::write(&image, tiny_elf(arch)).is_err() {
         return false;
     }
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", accel.qemu_name(), "-nodefaults"])
-        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
-        .args(["-serial", "none"]);
-    match arch {
-        Arch::X86_64 => cmd
-            .args(["-machine", "q35", "-device"])
-            .arg("isa-debug-exit,iobase=0xf4,iosize=0x04"),
-        Arch::Aarch64 => cmd
-            .args(["-machine", "virt,gic-version=max", "-cpu"])
-            .arg(if accel == Accel::Kvm { "host" } else { "max" }),
-    };
-    let child = cmd
-        .arg("-kernel")
-        .arg(&image)
+    let child = Command::new(qemu)
+        .args(probe_args(machine, accel, &image))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -183,5 +190,33 @@ fn run_tiny(qemu: &Path, arch: Arch, accel: Accel) -> bool {
                 return false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::machine::MACHINES;
+
+    #[test]
+    fn the_probe_runs_the_machine_tables_arguments() {
+        for m in MACHINES {
+            for accel in [Accel::Kvm, Accel::Tcg] {
+                let a = probe_args(m, accel, Path::new("/tiny.elf"));
+                let base = m.args(accel, None);
+                let head: Vec<String> = a[..base.len()]
+                    .iter()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .collect();
+                assert_eq!(head, base, "{m} {accel}");
+                assert_eq!(a.last().map(|s| s.as_os_str()), Some("/tiny.elf".as_ref()));
+            }
+        }
+        // Under KVM on aarch64 that is the host's CPU and GIC, as launched.
+        let virt = crate::machine::default_for(Arch::Aarch64);
+        let kvm = probe_args(virt, Accel::Kvm, Path::new("/t"));
+        let s: Vec<&str> = kvm.iter().filter_map(|s| s.to_str()).collect();
+        assert!(s.windows(2).any(|w| w == ["-cpu", "host"]), "{s:?}");
+        assert!(s.contains(&"virt,gic-version=max"), "{s:?}");
     }
 }
