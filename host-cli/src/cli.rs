@@ -15,6 +15,8 @@ Examples:
   host-cli start --name svc                 boot a VM that keeps running
   host-cli list                             the started VMs and their state
   host-cli --vm svc reverse abc             talk to the started VM
+  host-cli --vm svc reverse --file in.bin --output out.bin
+  head -c 4M /dev/urandom | host-cli --vm svc reverse --file - --output - > out.bin
   host-cli stop svc                         power it off and remove its runtime directory
   host-cli prune                            remove the entries of VMs that died
   host-cli --attach-uds /run/vm.vsock info  a VM that something else runs (hybrid vsock)";
@@ -126,10 +128,26 @@ pub struct Cli {
 /// What to do.
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
-    /// Reverse TEXT in the guest and print the result.
+    /// Reverse TEXT (or a file's bytes) in the guest and print the result.
+    #[command(after_help = "\
+Examples:
+  host-cli reverse abc
+  host-cli --vm svc reverse --file photo.jpg --output reversed.jpg
+  cat big.bin | host-cli --vm svc reverse --file - --output - | sha256sum")]
     Reverse {
-        /// The text to reverse (its UTF-8 bytes are reversed).
-        text: String,
+        /// The text to reverse (its UTF-8 bytes are reversed; a newline is
+        /// printed after the result).
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        text: Option<String>,
+        /// Reverse this file's bytes instead (`-`: standard input), up to
+        /// the guest's maximum request body; a larger one is refused before
+        /// anything is sent.
+        #[arg(long, short, value_name = "PATH")]
+        file: Option<PathBuf>,
+        /// Write the reversed bytes here, as they are (`-`: standard
+        /// output) [default: standard output; a newline after TEXT's result].
+        #[arg(long, short, value_name = "PATH")]
+        output: Option<PathBuf>,
     },
     /// Print what the guest reports about itself.
     Info,
@@ -177,11 +195,12 @@ mod tests {
 
     #[test]
     fn vm_goes_with_the_guest_commands_and_not_with_attach() {
-        let cli = Cli::try_parse_from(["host-cli", "--vm", "a", "reverse", "x"]).unwrap();
+        let cli = Cli::try_parse_from(["host-cli", "--vm", "a", "reverse", "--file", "-"]).unwrap();
         assert_eq!(cli.vm.as_deref(), Some("a"));
         assert!(
             Cli::try_parse_from(["host-cli", "--vm", "a", "--attach-uds", "/s", "info"]).is_err()
         );
+        assert!(Cli::try_parse_from(["host-cli", "reverse", "abc", "--file", "x"]).is_err());
         assert!(Cli::try_parse_from(["host-cli", "reverse"]).is_err());
         let cli = Cli::try_parse_from(["host-cli", "start", "--name", "svc", "--json"]).unwrap();
         assert!(cli.json && matches!(cli.command, Cmd::Start { name: Some(ref n) } if n == "svc"));

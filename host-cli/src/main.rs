@@ -7,6 +7,7 @@
 //! command line of a launched VM, e.g. `--append svmc.log=debug` or, with the
 //! test firmware, `--append svmc.hostile=trickle`.
 
+mod payload;
 mod vms;
 
 use std::io::Write;
@@ -136,6 +137,14 @@ fn run(cli: &Cli) -> Result<()> {
         }
         Cmd::Reverse { .. } | Cmd::Info | Cmd::PowerOff => {}
     }
+    // Open the input before booting or connecting: an unreadable file
+    // fails with nothing started.
+    let input = match &cli.command {
+        Cmd::Reverse { text, file, .. } => {
+            Some(payload::Input::open(text.as_deref(), file.as_deref())?)
+        }
+        _ => None,
+    };
     let attach = if let Some(name) = &cli.vm {
         vms::attach(name)?
     } else if let Some(uds) = &cli.attach_uds {
@@ -160,20 +169,13 @@ fn run(cli: &Cli) -> Result<()> {
 
     let mut session = Session::open(&config).context("could not reach the guest")?;
     match &cli.command {
-        Cmd::Reverse { text } => {
-            let result = session.reverse(text.as_bytes().to_vec())?;
-            let mut out = std::io::stdout().lock();
-            if cli.json {
-                let v = serde_json::json!({
-                    "result": String::from_utf8_lossy(&result),
-                    "bytes": result.len(),
-                });
-                writeln!(out, "{v}")?;
-            } else {
-                out.write_all(&result)?;
-                writeln!(out)?;
-            }
-            out.flush()?;
+        Cmd::Reverse { output, .. } => {
+            let input = input.context("no input")?;
+            let limit = payload::limit(session.peer_max_body(), config.max_body);
+            let data = input.read(limit)?;
+            let text = input.is_text();
+            let result = payload::with_progress(data.len(), || session.reverse(data))?;
+            payload::write_result(&result, output.as_deref(), text, cli.json)?;
         }
         Cmd::Info => {
             let info = session.info()?;
