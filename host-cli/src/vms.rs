@@ -2,18 +2,44 @@
 //! ([`host::registry`] keeps track of them).
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use comm::frame::DEFAULT_MAX_BODY;
 use comm::service::{SERVICE_PORT, ServiceVm};
-use host::launcher::{install_signal_cleanup, launch_ready};
+use host::launcher::{kill_all, launch_ready};
 use host::registry::{Entry, Record, Registry, State};
 use host::{Attach, Session, SessionConfig, machine};
 use vsock_transport::Timeouts;
 use vsock_transport::rpc::Client;
 
 use crate::{Cli, vm_config};
+
+/// The registry directory of the VM being started, which Ctrl-C (or
+/// `SIGTERM`, `SIGHUP`) removes along with the VM; `None` once the VM is
+/// handed over to the registry. The main thread holds the lock from
+/// detaching to committing, so an interrupt never removes a VM half-way.
+static STARTING: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Like the library's `install_signal_cleanup`, and it also removes the
+/// reserved registry directory of a VM that is not handed over yet.
+fn install_start_cleanup(dir: PathBuf) -> Result<()> {
+    *STARTING.lock().unwrap_or_else(|e| e.into_inner()) = Some(dir);
+    ctrlc::set_handler(|| {
+        let starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(dir) = starting.as_ref() {
+            kill_all();
+            let _ = std::fs::remove_dir_all(dir);
+            eprintln!("host-cli: interrupted; VM stopped and cleaned up");
+        } else {
+            eprintln!("host-cli: interrupted; the VM was started");
+        }
+        std::process::exit(130);
+    })
+    .context("installing the Ctrl-C handler")
+}
 
 /// `host-cli start`: reserve a name and CID, boot the VM detached, check
 /// that the guest answers on its boot connection and on its service port,
@@ -50,7 +76,7 @@ pub fn start(
     vm.detached = true;
     vm.runtime_parent = Some(reservation.dir().to_path_buf());
     vm.cid = reservation.cid();
-    install_signal_cleanup()?;
+    install_start_cleanup(reservation.dir().to_path_buf())?;
     let timeouts = Timeouts::uniform(timeout);
     let (vm, stream) =
         launch_ready(&vm, boot_timeout, timeouts).context("could not start the VM")?;
@@ -73,6 +99,7 @@ pub fn start(
             )
         })?;
     let accel = vm.accel().to_string();
+    let mut starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
     let detached = vm.detach().context("detaching the VM")?;
     let entry = match reservation.commit(&detached, max_body, accel) {
         Ok(e) => e,
@@ -83,6 +110,8 @@ pub fn start(
             return Err(e.into());
         }
     };
+    *starting = None;
+    drop(starting);
     let r = &entry.record;
     let uds = r.uds_path.clone().unwrap_or_default();
     if cli.json {

@@ -429,6 +429,55 @@ fn unknown_names_fail_cleanly(t: &CliVm) -> R {
     })
 }
 
+fn ctrl_c_during_start_leaves_nothing(t: &CliVm) -> R {
+    t.checked(|| {
+        // A guest that never answers keeps `start` waiting.
+        let image = t.scratch.path().join("hang.elf");
+        std::fs::write(&image, tests::images::hanging_elf(t.ctx.arch))
+            .map_err(|e| e.to_string())?;
+        let child = Command::new(&t.ctx.host_cli)
+            .env("XDG_RUNTIME_DIR", t.xdg.path())
+            .args([
+                "--arch",
+                t.ctx.arch.name(),
+                "--accel",
+                "tcg",
+                "--boot-timeout",
+                "60",
+            ])
+            .arg("--image")
+            .arg(&image)
+            .arg("--log-dir")
+            .arg(&t.ctx.log_dir)
+            .args(["start", "--name", "interrupted"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let booting = procs::poll(GRACE, || (t.vm_procs().len() >= 2).then_some(()));
+        let sent = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .map_err(|e| e.to_string())?;
+        let out = child.wait_with_output().map_err(|e| e.to_string())?;
+        ensure(booting.is_some(), || {
+            "QEMU and the daemon never started".into()
+        })?;
+        ensure(sent.success(), || "kill -INT failed".into())?;
+        ensure(out.status.code() == Some(130), || {
+            format!(
+                "status {} after Ctrl-C: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })?;
+        ensure(t.vm_dirs().is_empty(), || {
+            format!("left in the registry: {:?}", t.vm_dirs())
+        })
+    })
+}
+
 /// `kill -9 pid`.
 fn nix_kill(pid: u32) -> R {
     let st = Command::new("kill")
@@ -449,6 +498,10 @@ const CASES: &[Case<CliVm>] = &[
     ),
     ("prune_removes_dead_vms", prune_removes_dead_vms),
     ("unknown_names_fail_cleanly", unknown_names_fail_cleanly),
+    (
+        "ctrl_c_during_start_leaves_nothing",
+        ctrl_c_during_start_leaves_nothing,
+    ),
 ];
 
 fn setup(s: Setup) -> Result<CliVm, String> {
