@@ -378,6 +378,46 @@ fn binary_payloads(t: &CliVm) -> R {
     })
 }
 
+fn progress_on_a_terminal(t: &CliVm) -> R {
+    t.checked(|| {
+        t.start(Some("tty"))?;
+        let r = (|| {
+            let input = t.scratch.path().join("tty-in.bin");
+            let output = t.scratch.path().join("tty-out.bin");
+            std::fs::write(&input, pattern(4 << 20)).map_err(|e| e.to_string())?;
+            // `script` (util-linux) runs host-cli on a pseudo-terminal.
+            let mut cli: Vec<String> = vec![t.ctx.host_cli.to_string_lossy().into_owned()];
+            cli.extend([
+                "--log-dir".into(),
+                t.ctx.log_dir.to_string_lossy().into_owned(),
+            ]);
+            cli.extend(["--vm", "tty", "reverse", "--file"].map(String::from));
+            cli.push(input.to_string_lossy().into_owned());
+            cli.push("--output".into());
+            cli.push(output.to_string_lossy().into_owned());
+            let out = Command::new("script")
+                .env("XDG_RUNTIME_DIR", t.xdg.path())
+                .args(["-qec", &cli.join(" "), "/dev/null"])
+                .stdin(Stdio::null())
+                .output()
+                .map_err(|e| format!("running script: {e}"))?;
+            let tty = String::from_utf8_lossy(&out.stdout);
+            ensure(out.status.success(), || format!("{}: {tty}", out.status))?;
+            ensure(tty.contains("4.0 MiB to the guest and back"), || {
+                format!("no progress line on the terminal: {tty:?}")
+            })?;
+            let mut want = pattern(4 << 20);
+            want.reverse();
+            ensure(
+                std::fs::read(&output).map_err(|e| e.to_string())? == want,
+                || "output file is not the reversed input".into(),
+            )
+        })();
+        let stop = t.ok(&["stop", "tty"]).map(|_| ());
+        r.and(stop)
+    })
+}
+
 fn killed_qemu_is_dead_then_stopped(t: &CliVm) -> R {
     t.checked(|| {
         let vm = t.start(Some("victim"))?;
@@ -492,6 +532,7 @@ const CASES: &[Case<CliVm>] = &[
     ("two_starts_never_share", two_starts_never_share),
     ("several_clients_at_once", several_clients_at_once),
     ("binary_payloads", binary_payloads),
+    ("progress_on_a_terminal", progress_on_a_terminal),
     (
         "killed_qemu_is_dead_then_stopped",
         killed_qemu_is_dead_then_stopped,
