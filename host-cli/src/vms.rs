@@ -54,21 +54,11 @@ pub fn start(
     let mut vm = vm_config(cli)?;
     let machine = machine::find(vm.arch, vm.machine.as_deref())?;
     let template = Record {
-        name: String::new(),
-        cid: 0,
-        boot_id: String::new(),
-        started: 0,
-        starter: None,
-        qemu: None,
-        daemon: None,
-        uds_path: None,
         port: SERVICE_PORT,
         image: std::fs::canonicalize(&vm.image).unwrap_or_else(|_| vm.image.clone()),
         arch: vm.arch.name().to_string(),
         machine: machine.name.to_string(),
-        accel: String::new(),
-        serial_log: None,
-        max_body: 0,
+        ..Record::default()
     };
     // Dropped on any failure below: the directory goes, and the VM (still
     // owned by `Vm` until detached) is killed.

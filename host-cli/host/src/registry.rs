@@ -108,7 +108,10 @@ fn now_unix() -> u64 {
 }
 
 /// What the registry knows about one started VM (`<name>/vm.json`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` is an empty record: [`Registry::reserve`] fills in the name,
+/// CID, boot id, start time and starter, [`Reservation::commit`] the
+/// processes and paths.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     /// The VM's name.
     pub name: String,
@@ -332,20 +335,7 @@ impl Registry {
             .and_then(|b| serde_json::from_slice::<Record>(&b).ok())
             .unwrap_or_else(|| Record {
                 name: name.to_string(),
-                cid: 0,
-                boot_id: String::new(),
-                started: 0,
-                starter: None,
-                qemu: None,
-                daemon: None,
-                uds_path: None,
-                port: 0,
-                image: PathBuf::new(),
-                arch: String::new(),
-                machine: String::new(),
-                accel: String::new(),
-                serial_log: None,
-                max_body: 0,
+                ..Record::default()
             });
         Entry { dir, record }
     }
@@ -527,21 +517,11 @@ mod tests {
 
     fn template() -> Record {
         Record {
-            name: String::new(),
-            cid: 0,
-            boot_id: String::new(),
-            started: 0,
-            starter: None,
-            qemu: None,
-            daemon: None,
-            uds_path: None,
             port: 7001,
             image: PathBuf::from("/img"),
             arch: "x86_64".into(),
             machine: "q35".into(),
-            accel: "tcg".into(),
-            serial_log: None,
-            max_body: 0,
+            ..Record::default()
         }
     }
 
