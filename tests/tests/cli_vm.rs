@@ -464,6 +464,22 @@ fn unknown_names_fail_cleanly(t: &CliVm) -> R {
         t.fails(&["--vm", "nosuch", "info"], &["nosuch", "no such VM"])?;
         t.fails(&["stop", "nosuch"], &["nosuch", "no such VM"])?;
         t.fails(&["--vm", "nosuch", "start"], &["--vm"])?;
+        // A start that cannot boot leaves no entry (checked() looks).
+        let missing = t.scratch.path().join("no-such-image.elf");
+        let out = Command::new(&t.ctx.host_cli)
+            .env("XDG_RUNTIME_DIR", t.xdg.path())
+            .args(["--arch", t.ctx.arch.name(), "--image"])
+            .arg(&missing)
+            .args(["start", "--name", "broken"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        ensure(!out.status.success(), || {
+            "start with no image succeeded".into()
+        })?;
+        one_line_mentioning(
+            &String::from_utf8_lossy(&out.stderr),
+            &["no-such-image.elf"],
+        )?;
         let out = t.ok(&["list"])?;
         ensure(out.lines().count() == 1, || format!("list: {out:?}"))
     })
