@@ -23,6 +23,12 @@
 //! reaps both and removes the runtime directory; [`install_signal_cleanup`]
 //! does the same for every live VM on Ctrl-C or `SIGTERM`.
 //!
+//! A VM launched with [`VmConfig::detached`] is the exception: its children
+//! start their own session without the parent-death signal, and
+//! [`Vm::detach`] hands them over (pids, runtime directory) to a caller that
+//! keeps them running after this process exits (`host-cli start`, with the
+//! registry in [`crate::registry`]).
+//!
 //! The module is split by concern: [`process`] spawns the children and
 //! cleans up after them (also on Ctrl-C), [`runtime`] owns the runtime and
 //! log directories, [`args`] builds QEMU's command line from the machine
