@@ -19,7 +19,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -255,7 +255,12 @@ fn write_record(dir: &Path, record: &Record) -> Result<()> {
     let body = serde_json::to_vec_pretty(record)
         .map_err(|e| Error::io("encoding the VM record", io::Error::other(e)))?;
     let write = || -> io::Result<()> {
-        let mut f = fs::File::create(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
         f.write_all(&body)?;
         f.sync_all()?;
         fs::rename(&tmp, dir.join(RECORD))
@@ -305,6 +310,7 @@ impl Registry {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&path)
             .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
         f.lock()
@@ -534,6 +540,10 @@ mod tests {
         let c = reg.reserve(Some("web"), template()).unwrap();
         assert_eq!((a.name(), b.name(), c.name()), ("vm-1", "vm-2", "web"));
         assert_eq!((a.cid(), b.cid(), c.cid()), (3, 4, 5));
+        for f in [a.dir().join(RECORD), reg.root().join(LOCK)] {
+            let mode = fs::metadata(&f).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{}", f.display());
+        }
         let err = reg.reserve(Some("web"), template()).unwrap_err();
         assert!(err.to_string().contains("already in use"), "{err}");
         // A starting entry of this (live) process.
