@@ -8,7 +8,7 @@
 //! | `svmc.connect_timeout_ms` | how long to wait for the host to answer the boot-time connection | 200 |
 //! | `svmc.test_panic` | `1`: panic right after start-up (tests the panic path) | off           |
 //! | `svmc.hostile`    | with the `hostile` feature only: how to misbehave (the `hostile` module) | off |
-//! | `svmc.mode`       | `service` (the `svmc` protocol) or `echo` (raw byte echo, the benchmark floor) | `service` |
+//! | `svmc.mode`       | `service` (the `svmc` protocol), `echo` (raw byte echo) or `raw-reverse` (raw store-and-forward reverse), the benchmark floors | `service` |
 //! | `svmc.max_conns`  | connections served at once, the boot connection included (at least 1) | 8 |
 //! | `svmc.idle_timeout_ms` | how long a connection must have been silent to be closed for a new one when `max_conns` are served | 5000 |
 //!
@@ -35,6 +35,8 @@ pub enum Mode {
     Service,
     /// Echo raw bytes ([`crate::echo`]).
     Echo,
+    /// Reverse length-prefixed raw messages ([`crate::raw_reverse`]).
+    RawReverse,
 }
 
 /// Settings from the command line.
@@ -116,6 +118,10 @@ impl Config {
                 }
                 "echo" => {
                     self.mode = Mode::Echo;
+                    true
+                }
+                "raw-reverse" => {
+                    self.mode = Mode::RawReverse;
                     true
                 }
                 _ => false,

@@ -35,7 +35,8 @@
 //! connection included), interleaved; a connection over the limit gets a
 //! fatal `ERROR` busy instead of our `HELLO` unless an idle connection
 //! (silent for `svmc.idle_timeout_ms`, default 5 s, between frames) can be
-//! closed for it. In echo mode connections are echoed one at a time.
+//! closed for it. In the raw modes (`echo`, `raw-reverse`: the benchmark
+//! floors) connections are served one at a time.
 //!
 //! # Heap budget
 //!
@@ -67,6 +68,7 @@ mod heap;
 mod hostile;
 mod layout;
 mod logger;
+mod raw_reverse;
 mod service;
 
 use core::fmt::{self, Write};
@@ -219,6 +221,10 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
     info!("listening on port {}", config.service_port);
     if config.mode == cmdline::Mode::Echo {
         return echo::run(&mut vsock, boot)
+            .map_err(|e| Fatal::Vsock("waiting for a connection", e));
+    }
+    if config.mode == cmdline::Mode::RawReverse {
+        return raw_reverse::run(&mut vsock, boot, max_body)
             .map_err(|e| Fatal::Vsock("waiting for a connection", e));
     }
     info!(
