@@ -69,6 +69,56 @@ impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
         Self::Custom(msg.to_string())
     }
+
+    // serde's defaults format the `Unexpected` value, and its `Display`
+    // prints floats: that links `core`'s float formatting (about 10 KiB)
+    // into the guest for an error message. `Short` says the same without
+    // printing a float's value.
+    #[cold]
+    fn invalid_type(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        Self::Custom(alloc::format!(
+            "invalid type: {}, expected {exp}",
+            Short(unexp)
+        ))
+    }
+
+    #[cold]
+    fn invalid_value(unexp: de::Unexpected<'_>, exp: &dyn de::Expected) -> Self {
+        Self::Custom(alloc::format!(
+            "invalid value: {}, expected {exp}",
+            Short(unexp)
+        ))
+    }
+}
+
+/// serde's wording of an [`Unexpected`](de::Unexpected) value, except that
+/// a float's value is not printed (see [`DeError`]'s `invalid_type`).
+struct Short<'a>(de::Unexpected<'a>);
+
+impl fmt::Display for Short<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use de::Unexpected as U;
+        match self.0 {
+            U::Bool(b) => write!(f, "boolean `{b}`"),
+            U::Unsigned(i) => write!(f, "integer `{i}`"),
+            U::Signed(i) => write!(f, "integer `{i}`"),
+            U::Float(_) => f.write_str("floating point"),
+            U::Char(c) => write!(f, "character `{c}`"),
+            U::Str(s) => write!(f, "string {s:?}"),
+            U::Bytes(_) => f.write_str("byte array"),
+            U::Unit => f.write_str("unit value"),
+            U::Option => f.write_str("Option value"),
+            U::NewtypeStruct => f.write_str("newtype struct"),
+            U::Seq => f.write_str("sequence"),
+            U::Map => f.write_str("map"),
+            U::Enum => f.write_str("enum"),
+            U::UnitVariant => f.write_str("unit variant"),
+            U::NewtypeVariant => f.write_str("newtype variant"),
+            U::TupleVariant => f.write_str("tuple variant"),
+            U::StructVariant => f.write_str("struct variant"),
+            U::Other(o) => f.write_str(o),
+        }
+    }
 }
 
 type Result<T> = core::result::Result<T, DeError>;
@@ -818,6 +868,19 @@ mod tests {
         );
         assert!(matches!(de::<u8>(&[0x19, 1, 0]), Err(DeError::Custom(_))));
         assert!(matches!(de::<u32>(&[0x20]), Err(DeError::Custom(_))));
+    }
+
+    #[test]
+    fn type_errors_name_a_float_without_its_value() {
+        use serde::de::{Error as _, Unexpected};
+        assert_eq!(
+            DeError::invalid_type(Unexpected::Float(1.5), &"an integer"),
+            DeError::Custom("invalid type: floating point, expected an integer".into())
+        );
+        assert_eq!(
+            DeError::invalid_value(Unexpected::Str("x\n"), &"a name"),
+            DeError::Custom("invalid value: string \"x\\n\", expected a name".into())
+        );
     }
 
     #[test]
