@@ -2,9 +2,11 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
+use crate::envelope::{self, RequestId};
 use crate::handshake::Protocol;
 
 /// vsock port on the host (CID 2) that the guest connects to at boot. Its
@@ -132,4 +134,124 @@ pub enum ServiceError {
     /// Anything else, with an explanation.
     #[error("guest internal error: {0}")]
     Internal(String),
+}
+
+/// [`Request::Reverse`] borrowing its payload from the body.
+#[derive(Deserialize)]
+enum ReverseRef<'a> {
+    #[serde(rename = "rev")]
+    Reverse(&'a [u8]),
+}
+
+/// If `body` (a `REQUEST` body `[id, request]`) is a well-formed
+/// [`Request::Reverse`] whose payload lies in one piece in `body` (a
+/// definite-length byte string, which is what every encoder here writes),
+/// its id and where its payload is: a server can reverse it where it lies
+/// and answer with [`reverse_response_head`] and that range, without
+/// decoding it into a [`Request`]. `None` for anything else (decode it as a
+/// [`Request`] then: errors are reported the usual way).
+///
+/// ```
+/// use comm::envelope::{self, RequestId};
+/// use comm::frame::HEADER_LEN;
+/// use comm::service::{self, Request, Response};
+///
+/// let mut wire = Vec::new();
+/// envelope::encode_request_into(RequestId(3), &Request::Reverse(b"abc".to_vec()), 100, &mut wire)?;
+/// let body = &mut wire[HEADER_LEN..];
+/// let (id, payload) = service::reverse_payload(body).unwrap();
+/// body[payload.clone()].reverse();
+/// let mut answer = Vec::new();
+/// service::reverse_response_head(id, payload.len(), &mut answer);
+/// answer.extend_from_slice(&body[payload]);
+/// assert_eq!(envelope::decode::<Response>(&answer), (Some(id), Ok(Response::Reverse(b"cba".to_vec()))));
+/// # Ok::<(), comm::Error>(())
+/// ```
+pub fn reverse_payload(body: &[u8]) -> Option<(RequestId, Range<usize>)> {
+    // A cheap look first: anything but `[id, {"rev": ...}]` goes the typed
+    // way without a failed decode (and its error message) here.
+    if !body.windows(4).take(8).any(|w| w == b"\x63rev") {
+        return None;
+    }
+    let (id, request) = envelope::decode::<ReverseRef<'_>>(body);
+    let (Some(id), Ok(ReverseRef::Reverse(payload))) = (id, request) else {
+        return None;
+    };
+    let start = (payload.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
+    Some((id, start..start + payload.len()))
+}
+
+/// Appends to `out` the bytes of the `RESPONSE` body `[id, {"rev":
+/// bytes}]` that come before a payload of `len` bytes: the body is these
+/// bytes and the payload (at most [`REVERSE_OVERHEAD`] bytes of them).
+/// They are what encoding [`Response::Reverse`] writes.
+pub fn reverse_response_head(id: RequestId, len: usize, out: &mut Vec<u8>) {
+    use ciborium_ll::{Encoder, Header};
+    let mut enc = Encoder::from(out);
+    // Writing to a `Vec` cannot fail.
+    let _ = enc.push(Header::Array(Some(2)));
+    let _ = enc.push(Header::Positive(id.0.into()));
+    let _ = enc.push(Header::Map(Some(1)));
+    let _ = enc.text("rev", None);
+    let _ = enc.push(Header::Bytes(Some(len)));
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::vec;
+
+    use super::*;
+    use crate::frame::HEADER_LEN;
+
+    #[test]
+    fn the_reverse_head_is_what_the_encoder_writes() {
+        for (id, len) in [
+            (0u32, 0usize),
+            (23, 23),
+            (24, 24),
+            (u32::MAX, 70_000),
+            (7, 1 << 20),
+        ] {
+            let payload = vec![5u8; len];
+            let mut want = Vec::new();
+            envelope::encode_response_into(
+                RequestId(id),
+                &Response::Reverse(payload.clone()),
+                u32::MAX,
+                &mut want,
+            )
+            .unwrap();
+            let mut got = Vec::new();
+            reverse_response_head(RequestId(id), len, &mut got);
+            assert!(got.len() <= REVERSE_OVERHEAD as usize);
+            got.extend_from_slice(&payload);
+            assert_eq!(got, want[HEADER_LEN..], "id {id} len {len}");
+        }
+    }
+
+    #[test]
+    fn only_a_reverse_in_one_piece_is_found() {
+        let mut wire = Vec::new();
+        envelope::encode_request_into(
+            RequestId(9),
+            &Request::Reverse(b"hello".to_vec()),
+            100,
+            &mut wire,
+        )
+        .unwrap();
+        let body = &wire[HEADER_LEN..];
+        let (id, range) = reverse_payload(body).unwrap();
+        assert_eq!((id, &body[range]), (RequestId(9), &b"hello"[..]));
+        wire.clear();
+        envelope::encode_request_into(RequestId(9), &Request::Info, 100, &mut wire).unwrap();
+        assert_eq!(reverse_payload(&wire[HEADER_LEN..]), None);
+        // Indefinite-length payload, trailing bytes, no id: the typed way.
+        assert_eq!(reverse_payload(b"\x82\x01\xa1\x63rev\x5f\x41a\xff"), None);
+        assert_eq!(reverse_payload(b"\x82\x01\xa1\x63rev\x41a\x00"), None);
+        assert_eq!(reverse_payload(b"\x82\x20\xa1\x63rev\x41a"), None);
+        assert_eq!(
+            reverse_payload(b"\x82\x01\xa1\x63rev\x41a").map(|(i, r)| (i.0, r)),
+            Some((1, 8..9))
+        );
+    }
 }
