@@ -45,8 +45,9 @@
 //! backlog the vsock layer allows) a receive ring and the per-connection
 //! allowance of the server core (`rpc::CONNECTION_HEAP`), and a margin for
 //! fragmentation; the rest is the [`Budget`] for large requests, each of
-//! which holds `rpc::RESERVE_PER_BODY_BYTE` times its length until its
-//! answer is sent. The largest request accepted (our `HELLO`'s
+//! which holds `rpc::RESERVE_PER_BODY_BYTE` times its length (1: a
+//! `Reverse` is answered in place, in its receive buffer, which the
+//! connection keeps for the next request). The largest request accepted (our `HELLO`'s
 //! `max_body`) is what the budget can hold once; a request that does not
 //! fit the budget when it arrives is dropped and answered with
 //! `out_of_memory`.
@@ -93,17 +94,23 @@ use crate::hal::IdentityHal;
 const CONNECT_LOCAL_PORT: u32 = 49152;
 
 /// Heap kept out of the budget for fragmentation and everything else the
-/// firmware allocates: 1/16 of the heap plus 256 KiB.
+/// firmware allocates: 1/32 of the heap plus 128 KiB. (Large bodies are
+/// the connections' receive buffers, kept and reused, so the heap does not
+/// fragment with the traffic.)
 fn heap_margin(heap_size: usize) -> usize {
-    heap_size / 16 + 256 * 1024
+    heap_size / 32 + 128 * 1024
 }
 
 /// The budget for large requests and the largest request body accepted,
 /// for a heap of `heap_size` bytes and `max_conns` connections.
 fn heap_budget(heap_size: usize, max_conns: usize, buffer_size: u32) -> (usize, u32) {
-    let slots = max_conns + many::MAX_REFUSING + guest::DEFAULT_MAX_PENDING;
+    // Every connection in the table has a receive ring; the served ones
+    // also the server core's allowance. Refusals and the backlog hold a
+    // ring and no more than a small frame.
+    let waiting = many::MAX_REFUSING + guest::DEFAULT_MAX_PENDING;
     let fixed = guest::RX_QUEUE_BYTES
-        + slots * (buffer_size as usize + CONNECTION_HEAP)
+        + max_conns * (buffer_size as usize + CONNECTION_HEAP)
+        + waiting * (buffer_size as usize + 4096)
         + heap_margin(heap_size);
     let budget = heap_size.saturating_sub(fixed);
     let max_body = u32::try_from(budget / RESERVE_PER_BODY_BYTE)

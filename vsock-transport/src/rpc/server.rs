@@ -44,6 +44,7 @@ use alloc::string::ToString;
 use alloc::vec::Vec;
 use core::cell::Cell;
 use core::marker::PhantomData;
+use core::ops::Range;
 
 use comm::envelope::{self, RequestId};
 use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
@@ -64,12 +65,37 @@ pub enum Then {
 pub trait Handler<P: Protocol> {
     /// Answers one request. Failures to process it are responses too.
     fn handle(&mut self, request: P::Request) -> (P::Response, Then);
+
+    /// Answers a request inside its own `REQUEST` body, if it can, instead
+    /// of [`Handler::handle`]: the answer's body is the bytes it appends to
+    /// `head` followed by `body[payload]` (which it may have changed in
+    /// place), so a large payload is neither decoded into a
+    /// [`Protocol::Request`] nor encoded again. `None` (the default) leaves
+    /// `body` as it was and the request goes to [`Handler::handle`].
+    fn handle_in_place(&mut self, body: &mut [u8], head: &mut Vec<u8>) -> Option<InPlace> {
+        let _ = (body, head);
+        None
+    }
 }
 
 impl<P: Protocol, H: Handler<P> + ?Sized> Handler<P> for &mut H {
     fn handle(&mut self, request: P::Request) -> (P::Response, Then) {
         (**self).handle(request)
     }
+    fn handle_in_place(&mut self, body: &mut [u8], head: &mut Vec<u8>) -> Option<InPlace> {
+        (**self).handle_in_place(body, head)
+    }
+}
+
+/// A request answered in place ([`Handler::handle_in_place`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InPlace {
+    /// The request's id, which the answer carries.
+    pub id: RequestId,
+    /// Where the answer's payload lies in the request's body.
+    pub payload: Range<usize>,
+    /// What the server does after sending the answer.
+    pub then: Then,
 }
 
 /// How a served connection ended without an error.
@@ -113,9 +139,13 @@ pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
 /// small answer, and the state itself.
 pub const CONNECTION_HEAP: usize = 2 * SMALL_BODY as usize + 2 * OUTPUT_HIGH_WATER + 4096;
 
-/// Heap bytes reserved per byte of a large request body: the body (or the
-/// message decoded from it) and the answer exist at once.
-pub const RESERVE_PER_BODY_BYTE: usize = 2;
+/// Heap bytes reserved per byte of a large request body from its header
+/// on: the body, in which an answer in place ([`Handler::handle_in_place`])
+/// is also sent. A request that goes to [`Handler::handle`] instead takes
+/// as much again before it is decoded (the message decoded from the body
+/// and the answer exist at once), or is answered with
+/// [`Protocol::out_of_memory`] if the [`Budget`] has no room for that.
+pub const RESERVE_PER_BODY_BYTE: usize = 1;
 
 /// Bytes of a dropped request's body kept to read its id from.
 const ID_PREFIX: usize = 32;
@@ -181,13 +211,32 @@ enum Input {
     Stopped,
 }
 
-/// One queued answer.
+/// One queued answer: `bytes`, then the `payload` range of `body` (an
+/// answer in place).
 #[derive(Debug)]
 struct Out {
     bytes: Vec<u8>,
+    body: Option<(Vec<u8>, Range<usize>)>,
     sent: usize,
-    /// Budget to give back once it is sent.
+    /// Budget to give back once it is sent (or that goes with `body` when
+    /// the connection takes it back as its receive buffer).
     reserved: usize,
+}
+
+impl Out {
+    fn len(&self) -> usize {
+        self.bytes.len() + self.body.as_ref().map_or(0, |(_, r)| r.len())
+    }
+
+    fn rest(&self) -> &[u8] {
+        if self.sent < self.bytes.len() {
+            return &self.bytes[self.sent..];
+        }
+        match &self.body {
+            Some((b, r)) => &b[r.start + (self.sent - self.bytes.len())..r.end],
+            None => &[],
+        }
+    }
 }
 
 /// The server's side of one connection, without I/O.
@@ -207,8 +256,11 @@ pub struct ServerConn<P: Protocol> {
     peer_max: u32,
     hello_done: bool,
     input: Input,
+    /// The receive buffer of frame bodies, kept between frames (and taken
+    /// back after an answer in place has been sent from it), so that a
+    /// body is neither allocated nor zeroed again unless it is larger.
     body: Vec<u8>,
-    /// Budget held by the body in `input`.
+    /// Budget held by `body`'s allocation.
     reserved: usize,
     out: VecDeque<Out>,
     out_bytes: usize,
@@ -357,17 +409,7 @@ impl<P: Protocol> ServerConn<P> {
                         bytes: [0; HEADER_LEN],
                         got: 0,
                     };
-                    match (id, P::out_of_memory(requested)) {
-                        (Some(id), Some(r)) => self.queue_response(id, &r, 0),
-                        _ => self.queue_error(
-                            ProtocolError::new(
-                                ProtocolErrorCode::TooLarge,
-                                false,
-                                "no memory for this request now: dropped",
-                            )
-                            .with_id(id),
-                        ),
-                    }
+                    self.no_memory(id, requested);
                 }
             }
             Input::Ready(_) | Input::Stopped => debug_assert_eq!(n, 0),
@@ -444,19 +486,26 @@ impl<P: Protocol> ServerConn<P> {
         let len = header.len as usize;
         if header.kind == FrameKind::Request && header.len > SMALL_BODY {
             let want = len.saturating_mul(RESERVE_PER_BODY_BYTE);
-            if !self.budget.take(want) {
-                self.input = Input::Discard {
-                    len: header.len,
-                    left: len,
-                    prefix: [0; ID_PREFIX],
-                    prefix_len: 0,
-                };
-                return;
+            if want > self.reserved {
+                // A larger buffer: the old one goes first, so the two
+                // never exist at once.
+                self.release_body();
+                if !self.budget.take(want) {
+                    self.input = Input::Discard {
+                        len: header.len,
+                        left: len,
+                        prefix: [0; ID_PREFIX],
+                        prefix_len: 0,
+                    };
+                    return;
+                }
+                self.reserved = want;
             }
-            self.reserved = want;
         }
-        // Every byte is overwritten as it arrives.
-        self.body.clear();
+        // Every byte is overwritten as it arrives, so what the buffer held
+        // (the previous frame) stays and only growth is zeroed: no pass
+        // over a large body (megabytes of memset are milliseconds under
+        // emulation).
         self.body.resize(len, 0);
         self.input = Input::Body {
             kind: header.kind,
@@ -478,27 +527,28 @@ impl<P: Protocol> ServerConn<P> {
             bytes: [0; HEADER_LEN],
             got: 0,
         };
-        let body = core::mem::take(&mut self.body);
-        let reserved = core::mem::take(&mut self.reserved);
+        if kind == FrameKind::Request && self.hello_done {
+            let body = core::mem::take(&mut self.body);
+            let reserved = core::mem::take(&mut self.reserved);
+            self.request(body, reserved, handler);
+            return true;
+        }
+        let body = &self.body;
         match kind {
-            FrameKind::Hello if !self.hello_done => match Hello::decode_checked::<P>(&body) {
+            FrameKind::Hello if !self.hello_done => match Hello::decode_checked::<P>(body) {
                 Ok(peer) => {
                     self.peer_max = peer.max_body;
                     self.hello_done = true;
                 }
                 Err(e) => self.fatal(e),
             },
-            FrameKind::Error => match frame::decode_body::<ProtocolError>(&body) {
+            FrameKind::Error => match frame::decode_body::<ProtocolError>(body) {
                 Ok(pe) if pe.fatal || !self.hello_done => {
                     self.stop(Err(comm::Error::Remote(pe).into()));
                 }
                 Ok(_) => self.ignored_errors = self.ignored_errors.saturating_add(1),
                 Err(e) => self.report(&e, None),
             },
-            FrameKind::Request if self.hello_done => {
-                self.request(body, reserved, handler);
-                return true;
-            }
             got => {
                 let e = comm::Error::UnexpectedFrame {
                     expected: if self.hello_done {
@@ -511,11 +561,54 @@ impl<P: Protocol> ServerConn<P> {
                 self.report(&e, None);
             }
         }
-        self.budget.give(reserved);
         true
     }
 
-    fn request<H: Handler<P> + ?Sized>(&mut self, body: Vec<u8>, reserved: usize, handler: &mut H) {
+    /// Answers a request of `requested` body bytes that the budget has no
+    /// room for.
+    fn no_memory(&mut self, id: Option<RequestId>, requested: u64) {
+        match (id, P::out_of_memory(requested)) {
+            (Some(id), Some(r)) => self.queue_response(id, &r, 0),
+            _ => self.queue_error(
+                ProtocolError::new(
+                    ProtocolErrorCode::TooLarge,
+                    false,
+                    "no memory for this request now: dropped",
+                )
+                .with_id(id),
+            ),
+        }
+    }
+
+    /// Frees the receive buffer and gives back what it held of the budget.
+    fn release_body(&mut self) {
+        self.body = Vec::new();
+        self.budget.give(core::mem::take(&mut self.reserved));
+    }
+
+    fn request<H: Handler<P> + ?Sized>(
+        &mut self,
+        mut body: Vec<u8>,
+        mut reserved: usize,
+        handler: &mut H,
+    ) {
+        let mut head = Vec::with_capacity(HEADER_LEN + 16);
+        head.extend_from_slice(&[0; HEADER_LEN]);
+        if let Some(answer) = handler.handle_in_place(&mut body, &mut head) {
+            return self.answer_in_place(answer, head, body, reserved);
+        }
+        // The typed way: the decoded request and its answer need as much
+        // again as a large body.
+        if body.len() > SMALL_BODY as usize {
+            let more = body.len();
+            if !self.budget.take(more) {
+                let (id, _) = envelope::decode::<serde::de::IgnoredAny>(&body);
+                drop(body);
+                self.budget.give(reserved);
+                return self.no_memory(id, more as u64);
+            }
+            reserved += more;
+        }
         let (id, request) = envelope::decode::<P::Request>(&body);
         // Free the request frame before the response exists.
         drop(body);
@@ -529,6 +622,54 @@ impl<P: Protocol> ServerConn<P> {
         };
         let (response, then) = handler.handle(request);
         self.queue_response(id, &response, reserved);
+        if then == Then::Stop {
+            self.stop(Ok(Ended::Stopped));
+        }
+    }
+
+    /// Queues the answer `handle_in_place` made in `body`.
+    fn answer_in_place(
+        &mut self,
+        answer: InPlace,
+        mut head: Vec<u8>,
+        body: Vec<u8>,
+        reserved: usize,
+    ) {
+        let InPlace { id, payload, then } = answer;
+        let len = head.len() - HEADER_LEN + payload.len();
+        if payload.end > body.len() || len > self.peer_max as usize {
+            // Too large for the client (or a handler's mistake): answered
+            // as a typed response would be.
+            self.body = body;
+            self.reserved = reserved;
+            match P::response_too_large(len as u64, self.peer_max) {
+                Some(r) => self.queue_response(id, &r, 0),
+                None => self.queue_error(
+                    ProtocolError::new(
+                        ProtocolErrorCode::TooLarge,
+                        false,
+                        comm::Error::TooLargeToSend {
+                            len: len as u64,
+                            max: self.peer_max,
+                        }
+                        .to_string(),
+                    )
+                    .with_id(Some(id)),
+                ),
+            }
+        } else {
+            let header = Header {
+                kind: FrameKind::Response,
+                len: len as u32,
+            };
+            head[..HEADER_LEN].copy_from_slice(&header.to_bytes());
+            self.queue_out(Out {
+                bytes: head,
+                body: Some((body, payload)),
+                sent: 0,
+                reserved,
+            });
+        }
         if then == Then::Stop {
             self.stop(Ok(Ended::Stopped));
         }
@@ -595,20 +736,24 @@ impl<P: Protocol> ServerConn<P> {
     }
 
     fn queue(&mut self, bytes: Vec<u8>, reserved: usize) {
-        self.out_bytes += bytes.len();
-        self.out.push_back(Out {
+        self.queue_out(Out {
             bytes,
+            body: None,
             sent: 0,
             reserved,
         });
+    }
+
+    fn queue_out(&mut self, out: Out) {
+        self.out_bytes += out.len();
+        self.out.push_back(out);
     }
 
     /// Reads nothing more; the connection ends with `end` once the queued
     /// answers are sent.
     fn stop(&mut self, end: Result<Ended>) {
         self.input = Input::Stopped;
-        self.body = Vec::new();
-        self.budget.give(core::mem::take(&mut self.reserved));
+        self.release_body();
         if self.end.is_none() {
             self.end = Some(end);
         }
@@ -624,7 +769,7 @@ impl<P: Protocol> ServerConn<P> {
     /// The bytes to send next (empty if none): the rest of the oldest
     /// queued frame.
     pub fn output(&self) -> &[u8] {
-        self.out.front().map_or(&[], |o| &o.bytes[o.sent..])
+        self.out.front().map_or(&[], Out::rest)
     }
 
     /// Bytes queued to send, in all.
@@ -639,10 +784,24 @@ impl<P: Protocol> ServerConn<P> {
         };
         o.sent += n;
         self.out_bytes -= n;
-        if o.sent == o.bytes.len() {
-            let reserved = o.reserved;
-            self.out.pop_front();
-            self.budget.give(reserved);
+        if o.sent == o.len() {
+            let Some(o) = self.out.pop_front() else {
+                return;
+            };
+            match o.body {
+                // The buffer of an answer in place becomes the receive
+                // buffer again, with its budget, unless a newer one is
+                // in use (pipelined requests) or nothing more is read.
+                Some((body, _))
+                    if body.capacity() > self.body.capacity()
+                        && matches!(self.input, Input::Header { .. }) =>
+                {
+                    self.release_body();
+                    self.body = body;
+                    self.reserved = o.reserved;
+                }
+                _ => self.budget.give(o.reserved),
+            }
         }
     }
 
@@ -978,7 +1137,7 @@ mod tests {
 
     #[test]
     fn a_request_without_memory_is_dropped_and_answered_out_of_memory() {
-        let budget = Budget::new(300_000);
+        let budget = Budget::new(150_000);
         let (mut s, mut h) = connected(&budget, 1 << 20);
         let big = request(21, &Request::Reverse(vec![3; 200_000]));
         let out = frames(&feed(&mut s, &mut h, &big));
@@ -987,12 +1146,19 @@ mod tests {
         assert!(
             matches!(r, Response::Err(ServiceError::OutOfMemory { requested }) if requested == big.len() as u64 - HEADER_LEN as u64)
         );
-        assert_eq!(budget.free(), 300_000);
+        assert_eq!(budget.free(), 150_000);
         // In step: the next request (which fits) is served.
         let ok = request(22, &Request::Reverse(vec![3; 100_000]));
         let out = frames(&feed(&mut s, &mut h, &ok));
-        assert_eq!(response(&out[0].1).0, 22);
-        assert_eq!(budget.free(), 300_000);
+        assert_eq!(
+            response(&out[0].1),
+            (22, Response::Reverse(vec![3; 100_000]))
+        );
+        // The connection keeps its receive buffer, and the budget for it,
+        // until it ends.
+        assert_eq!(budget.free(), 150_000 - (ok.len() - HEADER_LEN));
+        drop(s);
+        assert_eq!(budget.free(), 150_000);
     }
 
     #[test]
@@ -1011,7 +1177,7 @@ mod tests {
             s.received(n);
         }
         let held = (1 << 20) - budget.free();
-        assert!(held >= 200_000, "{held}");
+        assert_eq!(held, big.len() - HEADER_LEN);
         s.input_buf()[0] = big[big.len() - 1];
         s.received(1);
         assert!(s.process(&mut h));
@@ -1019,7 +1185,9 @@ mod tests {
         assert_eq!((1 << 20) - budget.free(), held);
         s.sent(10);
         drain(&mut s, &mut sent);
-        assert_eq!(budget.free(), 1 << 20);
+        // Answered in place: the buffer is the connection's receive buffer
+        // again, with its share of the budget.
+        assert_eq!((1 << 20) - budget.free(), held);
         // A connection dropped mid-request gives its reservation back.
         s.input_buf()[..HEADER_LEN].copy_from_slice(&big[..HEADER_LEN]);
         s.received(HEADER_LEN);

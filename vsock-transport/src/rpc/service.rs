@@ -3,9 +3,11 @@
 //! the test doubles. What differs between them (the firmware name, the
 //! architecture, heap figures) comes from the `info` function they pass.
 
-use comm::service::{GuestInfo, Request, Response, ServiceError, ServiceVm};
+use alloc::vec::Vec;
 
-use super::{Handler, Then};
+use comm::service::{self, GuestInfo, Request, Response, ServiceError, ServiceVm};
+
+use super::{Handler, InPlace, Then};
 
 /// Answers [`ServiceVm`] requests: `Reverse` in place, `Info` from the
 /// caller's function, `PowerOff` (answered, then [`Then::Stop`] and
@@ -46,6 +48,20 @@ impl<F: FnMut() -> GuestInfo> Handler<ServiceVm> for Service<F> {
             }
             _ => (Response::Err(ServiceError::Unsupported), Then::Continue),
         }
+    }
+
+    /// `Reverse` where its payload lies in the request's frame body: one
+    /// pass over the bytes (the reverse), no copy, no allocation; the
+    /// answer goes out as a few header bytes and the same buffer.
+    fn handle_in_place(&mut self, body: &mut [u8], head: &mut Vec<u8>) -> Option<InPlace> {
+        let (id, payload) = service::reverse_payload(body)?;
+        reverse(&mut body[payload.clone()]);
+        service::reverse_response_head(id, payload.len(), head);
+        Some(InPlace {
+            id,
+            payload,
+            then: Then::Continue,
+        })
     }
 }
 
