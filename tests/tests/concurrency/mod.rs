@@ -18,13 +18,13 @@ use vsock_transport::{Connection, Error as TError};
 use super::{R, ServiceClient, attach, frame_goodbye, pattern, power_off_via};
 
 /// A session whose guest gets `words` on its command line.
-fn session_with(ctx: &Ctx, words: &[&str]) -> Result<host_cli::Session, String> {
+fn session_with(ctx: &Ctx, words: &[&str]) -> Result<host::Session, String> {
     let mut c = ctx.vm_config();
     c.cmdline.extend(words.iter().map(|w| w.to_string()));
     ctx.session_with(c)
 }
 
-fn uds(s: &mut host_cli::Session) -> Result<std::path::PathBuf, String> {
+fn uds(s: &mut host::Session) -> Result<std::path::PathBuf, String> {
     Ok(s.vm().ok_or("no vm")?.uds_path().to_path_buf())
 }
 
@@ -297,7 +297,7 @@ fn heap_used(uds: &std::path::Path, ctx: &Ctx) -> Result<u64, String> {
 /// After many connections (served at once, ended by GOODBYE, by a close,
 /// mid-frame, refused as busy) the heap in use is back where it was.
 pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
-    if ctx.guest == host_cli::Guest::Linux {
+    if ctx.guest == host::Guest::Linux {
         println!("  (the Linux service reports no heap figures: connections only)");
     }
     let mut s = session_with(ctx, &["svmc.max_conns=8", "svmc.idle_timeout_ms=600000"])?;
@@ -332,7 +332,7 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
     // Warm up (the tables reach their size), then measure.
     round(8)?;
     std::thread::sleep(Duration::from_millis(500));
-    let base = if ctx.guest == host_cli::Guest::Firmware {
+    let base = if ctx.guest == host::Guest::Firmware {
         Some(heap_used(&uds, ctx)?)
     } else {
         None
