@@ -284,6 +284,10 @@ pub fn reverse_8mib_next_to_others(ctx: &Ctx) -> R {
     power_off_via(&mut c, &mut s)
 }
 
+/// Bytes the heap in use may differ by between two `Info` requests on
+/// fresh connections in the same state.
+const HEAP_NOISE: u64 = 1024;
+
 fn heap_used(uds: &std::path::Path, ctx: &Ctx) -> Result<u64, String> {
     let mut c = attach(uds, ctx)?;
     let r = c.call(&Request::Info).map_err(|e| e.to_string())?;
@@ -344,7 +348,10 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
     if let Some(base) = base {
         let after = heap_used(&uds, ctx)?;
         println!("  heap in use {base} before, {after} after 10 rounds of 10 connections");
-        ensure(after == base, || {
+        // A few bytes either way: the receive ring of the connection that
+        // asks grows with how its bytes were cut into packets. A leak of
+        // anything per connection would be over 100 connections' worth.
+        ensure(after.abs_diff(base) <= HEAP_NOISE, || {
             format!("heap in use {base} before, {after} after")
         })?;
     }
