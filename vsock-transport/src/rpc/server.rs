@@ -117,6 +117,9 @@ pub const CONNECTION_HEAP: usize = 2 * SMALL_BODY as usize + 2 * OUTPUT_HIGH_WAT
 /// message decoded from it) and the answer exist at once.
 pub const RESERVE_PER_BODY_BYTE: usize = 2;
 
+/// Queued answers are joined into one buffer up to this size.
+const COALESCE_BYTES: usize = 16 * 1024;
+
 /// Bytes of a dropped request's body kept to read its id from.
 const ID_PREFIX: usize = 32;
 
@@ -596,6 +599,16 @@ impl<P: Protocol> ServerConn<P> {
 
     fn queue(&mut self, bytes: Vec<u8>, reserved: usize) {
         self.out_bytes += bytes.len();
+        // Small answers go out together: one transport write (one vsock
+        // packet) for several pipelined answers instead of one each.
+        if reserved == 0
+            && let Some(last) = self.out.back_mut()
+            && last.reserved == 0
+            && last.bytes.len() + bytes.len() <= COALESCE_BYTES
+        {
+            last.bytes.extend_from_slice(&bytes);
+            return;
+        }
         self.out.push_back(Out {
             bytes,
             sent: 0,
