@@ -816,6 +816,8 @@ impl<H: Hal, T: Transport> Connection for Stream<'_, H, T> {
             rest = &rest[n..];
             if !rest.is_empty() {
                 self.vsock.poll_or_spin()?;
+                // Probes a peer that has gone quiet (PROBE_US).
+                self.vsock.tick();
             }
         }
         Ok(())
@@ -832,7 +834,10 @@ impl<H: Hal, T: Transport> Connection for Stream<'_, H, T> {
             match self.vsock.recv(self.id, buf)? {
                 Recv::Data(n) => return Ok(n),
                 Recv::Eof => return Ok(0),
-                Recv::Empty => self.vsock.poll_or_spin()?,
+                Recv::Empty => {
+                    self.vsock.poll_or_spin()?;
+                    self.vsock.tick();
+                }
             }
         }
     }

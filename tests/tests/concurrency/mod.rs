@@ -18,13 +18,13 @@ use vsock_transport::{Connection, Error as TError};
 use super::{R, ServiceClient, attach, frame_goodbye, pattern, power_off_via};
 
 /// A session whose guest gets `words` on its command line.
-fn session_with(ctx: &Ctx, words: &[&str]) -> Result<host_cli::Session, String> {
+fn session_with(ctx: &Ctx, words: &[&str]) -> Result<host::Session, String> {
     let mut c = ctx.vm_config();
     c.cmdline.extend(words.iter().map(|w| w.to_string()));
     ctx.session_with(c)
 }
 
-fn uds(s: &mut host_cli::Session) -> Result<std::path::PathBuf, String> {
+fn uds(s: &mut host::Session) -> Result<std::path::PathBuf, String> {
     Ok(s.vm().ok_or("no vm")?.uds_path().to_path_buf())
 }
 
@@ -284,6 +284,10 @@ pub fn reverse_8mib_next_to_others(ctx: &Ctx) -> R {
     power_off_via(&mut c, &mut s)
 }
 
+/// Bytes the heap in use may differ by between two `Info` requests on
+/// fresh connections in the same state.
+const HEAP_NOISE: u64 = 1024;
+
 fn heap_used(uds: &std::path::Path, ctx: &Ctx) -> Result<u64, String> {
     let mut c = attach(uds, ctx)?;
     let r = c.call(&Request::Info).map_err(|e| e.to_string())?;
@@ -297,7 +301,7 @@ fn heap_used(uds: &std::path::Path, ctx: &Ctx) -> Result<u64, String> {
 /// After many connections (served at once, ended by GOODBYE, by a close,
 /// mid-frame, refused as busy) the heap in use is back where it was.
 pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
-    if ctx.guest == host_cli::Guest::Linux {
+    if ctx.guest == host::Guest::Linux {
         println!("  (the Linux service reports no heap figures: connections only)");
     }
     let mut s = session_with(ctx, &["svmc.max_conns=8", "svmc.idle_timeout_ms=600000"])?;
@@ -332,7 +336,7 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
     // Warm up (the tables reach their size), then measure.
     round(8)?;
     std::thread::sleep(Duration::from_millis(500));
-    let base = if ctx.guest == host_cli::Guest::Firmware {
+    let base = if ctx.guest == host::Guest::Firmware {
         Some(heap_used(&uds, ctx)?)
     } else {
         None
@@ -344,7 +348,10 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
     if let Some(base) = base {
         let after = heap_used(&uds, ctx)?;
         println!("  heap in use {base} before, {after} after 10 rounds of 10 connections");
-        ensure(after == base, || {
+        // A few bytes either way: the receive ring of the connection that
+        // asks grows with how its bytes were cut into packets. A leak of
+        // anything per connection would be over 100 connections' worth.
+        ensure(after.abs_diff(base) <= HEAP_NOISE, || {
             format!("heap in use {base} before, {after} after")
         })?;
     }

@@ -147,6 +147,9 @@ pub const CONNECTION_HEAP: usize = 2 * SMALL_BODY as usize + 2 * OUTPUT_HIGH_WAT
 /// [`Protocol::out_of_memory`] if the [`Budget`] has no room for that.
 pub const RESERVE_PER_BODY_BYTE: usize = 1;
 
+/// Queued answers are joined into one buffer up to this size.
+const COALESCE_BYTES: usize = 16 * 1024;
+
 /// Bytes of a dropped request's body kept to read its id from.
 const ID_PREFIX: usize = 32;
 
@@ -744,9 +747,43 @@ impl<P: Protocol> ServerConn<P> {
         });
     }
 
-    fn queue_out(&mut self, out: Out) {
+    fn queue_out(&mut self, mut out: Out) {
+        // A small answer in place is copied out (a few bytes): it can then
+        // join the others, and its buffer is the receive buffer again at
+        // once.
+        if out.len() <= COALESCE_BYTES
+            && let Some((body, payload)) = out.body.take()
+        {
+            out.bytes.extend_from_slice(&body[payload]);
+            self.take_back(body, core::mem::take(&mut out.reserved));
+        }
         self.out_bytes += out.len();
+        // Small answers go out together: one transport write (one vsock
+        // packet) for several pipelined answers instead of one each.
+        if out.reserved == 0
+            && out.body.is_none()
+            && let Some(last) = self.out.back_mut()
+            && last.reserved == 0
+            && last.body.is_none()
+            && last.bytes.len() + out.bytes.len() <= COALESCE_BYTES
+        {
+            last.bytes.extend_from_slice(&out.bytes);
+            return;
+        }
         self.out.push_back(out);
+    }
+
+    /// `body`, the buffer of an answer in place that needs it no more,
+    /// becomes the receive buffer again with its `reserved` budget, unless
+    /// a newer one is in use (pipelined requests) or nothing more is read.
+    fn take_back(&mut self, body: Vec<u8>, reserved: usize) {
+        if body.capacity() > self.body.capacity() && matches!(self.input, Input::Header { .. }) {
+            self.release_body();
+            self.body = body;
+            self.reserved = reserved;
+        } else {
+            self.budget.give(reserved);
+        }
     }
 
     /// Reads nothing more; the connection ends with `end` once the queued
@@ -789,18 +826,8 @@ impl<P: Protocol> ServerConn<P> {
                 return;
             };
             match o.body {
-                // The buffer of an answer in place becomes the receive
-                // buffer again, with its budget, unless a newer one is
-                // in use (pipelined requests) or nothing more is read.
-                Some((body, _))
-                    if body.capacity() > self.body.capacity()
-                        && matches!(self.input, Input::Header { .. }) =>
-                {
-                    self.release_body();
-                    self.body = body;
-                    self.reserved = o.reserved;
-                }
-                _ => self.budget.give(o.reserved),
+                Some((body, _)) => self.take_back(body, o.reserved),
+                None => self.budget.give(o.reserved),
             }
         }
     }
