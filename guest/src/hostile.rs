@@ -40,6 +40,7 @@ use vsock_transport::{Connection, Error, Result};
 
 use crate::arch;
 use crate::hal::IdentityHal;
+use crate::kick::VsockTransport;
 
 /// The protocol name sent in `wrong-protocol` mode.
 pub const WRONG_PROTOCOL: &str = "svmc-hostile";
@@ -132,7 +133,7 @@ pub fn mode() -> Option<Mode> {
 /// every connection accepted on the listening port, for ever. Returns only
 /// on a device error, with what was being done.
 pub fn run(
-    vsock: &mut GuestVsock<IdentityHal, arch::VirtioTransport>,
+    vsock: &mut GuestVsock<IdentityHal, VsockTransport>,
     host_port: u32,
     mode: Mode,
     max_body: u32,
