@@ -100,14 +100,12 @@ impl Rings {
         // so physical == virtual, and 2-byte aligned: the rings are at
         // least 2-byte aligned by the virtio layout) and passed to
         // `queue_set`; they stay allocated until `queue_unset`, which
-        // forgets them. The device and the driver write them concurrently,
-        // and virtio-drivers itself accesses them as `AtomicU16`.
-        let (avail, used) = unsafe {
-            (
-                AtomicU16::from_ptr(self.avail_idx as *mut u16).load(Ordering::Acquire),
-                AtomicU16::from_ptr(self.used_idx as *mut u16).load(Ordering::Acquire),
-            )
-        };
+        // forgets them. The device writes `used.idx` concurrently;
+        // virtio-drivers itself accesses both as `AtomicU16`.
+        let avail = unsafe { AtomicU16::from_ptr(self.avail_idx as *mut u16) };
+        // SAFETY: as above, for the used ring's `idx`.
+        let used = unsafe { AtomicU16::from_ptr(self.used_idx as *mut u16) };
+        let (avail, used) = (avail.load(Ordering::Acquire), used.load(Ordering::Acquire));
         avail != used
     }
 }
