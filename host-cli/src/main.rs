@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use host_cli::launcher::install_signal_cleanup;
-use host_cli::{Accel, Arch, Attach, Guest, Session, SessionConfig, VmConfig, tools};
+use host::launcher::install_signal_cleanup;
+use host::{Accel, Arch, Attach, Guest, Session, SessionConfig, VmConfig, tools};
 use vsock_transport::Timeouts;
 
 /// Talk to the service VM over virtio-vsock.
@@ -82,7 +82,7 @@ struct Cli {
     json: bool,
 
     /// Guest RAM in MiB.
-    #[arg(long, global = true, default_value_t = host_cli::launcher::DEFAULT_MEMORY_MIB)]
+    #[arg(long, global = true, default_value_t = host::launcher::DEFAULT_MEMORY_MIB)]
     memory: u32,
 
     /// Accelerator: auto (KVM if it works here, else TCG), kvm or tcg.
@@ -309,7 +309,7 @@ mod tests {
 
     #[test]
     fn one_line_does_not_repeat_causes() {
-        let e: anyhow::Result<()> = Err(host_cli::Error::Guest {
+        let e: anyhow::Result<()> = Err(host::Error::Guest {
             source: vsock_transport::Error::Timeout(Step::Read),
             serial_log: PathBuf::from("/logs/vm.serial.log"),
         })

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use host_cli::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
+use host::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::Timeouts;
 
 /// What the end-to-end tests run against, from the environment that
@@ -98,7 +98,7 @@ impl Ctx {
 
     /// Launches a VM with `config` and waits for its boot connection.
     pub fn session_with(&self, config: VmConfig) -> Result<Session, String> {
-        let mut s = SessionConfig::new(host_cli::Attach::Launch(Box::new(config)));
+        let mut s = SessionConfig::new(host::Attach::Launch(Box::new(config)));
         s.timeouts = self.timeouts();
         Session::open(&s).map_err(|e| format!("opening a session: {e}"))
     }
@@ -381,5 +381,42 @@ impl<'a> LeakCheck<'a> {
             format!("child processes left running: {:?}", extra())
         })?;
         self.tmp.check_clean(grace)
+    }
+}
+
+/// Firmware images made by hand for the fault tests.
+pub mod images {
+    use host::Arch;
+    use host::image::{a64, elf};
+
+    /// Like [`host::image::tiny_elf`], but the code waits for interrupts
+    /// forever (with interrupts off on x86_64, so no CPU is burnt under
+    /// TCG) and never exits: a guest that hangs early in boot.
+    pub fn hanging_elf(arch: Arch) -> Vec<u8> {
+        let code = match arch {
+            // cli; hlt; jmp $-3 (back to the hlt).
+            Arch::X86_64 => vec![0xfa, 0xf4, 0xeb, 0xfd],
+            // wfi; b .-4 (back to the wfi).
+            Arch::Aarch64 => a64(&[0xd503_207f, 0x17ff_ffff]),
+        };
+        elf(arch, &code)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn hanging_images_are_valid_elfs_for_their_arch() {
+            let dir = tempfile::tempdir().unwrap();
+            for arch in Arch::ALL {
+                let p = dir.path().join(format!("hang-{arch}.elf"));
+                std::fs::write(&p, hanging_elf(arch)).unwrap();
+                host::image::check_image(&p, arch).unwrap();
+                for other in Arch::ALL.into_iter().filter(|a| *a != arch) {
+                    assert!(host::image::check_image(&p, other).is_err());
+                }
+            }
+        }
     }
 }

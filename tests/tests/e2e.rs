@@ -22,7 +22,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 /// Sends `payload` on `s` and checks the answer is its reverse; errors
 /// start with `what`.
-fn reverse_on(s: &mut host_cli::Session, payload: Vec<u8>, what: &str) -> R {
+fn reverse_on(s: &mut host::Session, payload: Vec<u8>, what: &str) -> R {
     let mut expected = payload.clone();
     expected.reverse();
     let got = s.reverse(payload).map_err(|e| format!("{what}: {e}"))?;
@@ -39,7 +39,7 @@ fn check_reverse(ctx: &Ctx, payload: Vec<u8>) -> R {
     power_off(s)
 }
 
-fn power_off(s: host_cli::Session) -> R {
+fn power_off(s: host::Session) -> R {
     let status = s
         .power_off(Duration::from_secs(20))
         .map_err(|e| e.to_string())?
@@ -147,7 +147,7 @@ fn attach(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, String> {
 }
 
 /// Powers the session's VM off through `c` and checks QEMU's exit status 0.
-fn power_off_via(c: &mut ServiceClient, s: &mut host_cli::Session) -> R {
+fn power_off_via(c: &mut ServiceClient, s: &mut host::Session) -> R {
     let r = c.call(&Request::PowerOff).map_err(|e| e.to_string())?;
     ensure(r == Response::PowerOff, || format!("{r:?}"))?;
     let status = s
@@ -219,7 +219,7 @@ fn payload_over_maximum(ctx: &Ctx) -> R {
     // 1. Refused locally before sending; the connection stays usable.
     let too_big = vec![0u8; max as usize];
     match s.reverse(too_big) {
-        Err(host_cli::Error::Guest {
+        Err(host::Error::Guest {
             source: TError::Protocol(comm::Error::TooLarge { .. }),
             ..
         }) => {}
@@ -387,8 +387,8 @@ fn main() {
         ctx.image.display()
     );
     let label = match ctx.guest {
-        host_cli::Guest::Firmware => format!("e2e-{}", ctx.arch),
-        host_cli::Guest::Linux => format!("e2e-{}-linux", ctx.arch),
+        host::Guest::Firmware => format!("e2e-{}", ctx.arch),
+        host::Guest::Linux => format!("e2e-{}-linux", ctx.arch),
     };
     let ok = run_cases(&label, &ctx, CASES, filter.as_deref());
     if !ok {

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use host_cli::tools::Tools;
-use host_cli::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
+use host::tools::Tools;
+use host::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
 use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
 
 type R = Result<(), String>;
@@ -93,7 +93,7 @@ fn qemu_missing(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
         let mut tools = f.tools()?;
-        let qemu = format!("/nonexistent/{}", host_cli::tools::qemu_binary(f.ctx.arch));
+        let qemu = format!("/nonexistent/{}", host::tools::qemu_binary(f.ctx.arch));
         tools.qemu = qemu.clone().into();
         cfg.tools = Some(tools);
         let e = Vm::launch(&cfg).err().ok_or("launched without QEMU")?;
@@ -110,7 +110,7 @@ fn qemu_missing(f: &Faults) -> R {
         one_line_mentioning(
             &stderr_of(&out),
             &[
-                &format!("{} not found", host_cli::tools::qemu_binary(f.ctx.arch)),
+                &format!("{} not found", host::tools::qemu_binary(f.ctx.arch)),
                 "SVMC_QEMU=/nonexistent/qemu",
             ],
         )
@@ -246,7 +246,7 @@ fn image_not_elf(f: &Faults) -> R {
             .find(|a| *a != arch)
             .ok_or("one arch")?;
         let name = format!("{other}.elf");
-        cfg.image = f.write_image(&name, &host_cli::image::tiny_elf(other))?;
+        cfg.image = f.write_image(&name, &host::image::tiny_elf(other))?;
         let e = Vm::launch(&cfg)
             .err()
             .ok_or_else(|| format!("launched an {other} ELF on {arch}"))?;
@@ -258,7 +258,7 @@ fn image_not_elf(f: &Faults) -> R {
 fn guest_hangs_before_connecting(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
-        cfg.image = f.write_image("hang.elf", &host_cli::image::hanging_elf(f.ctx.arch))?;
+        cfg.image = f.write_image("hang.elf", &tests::images::hanging_elf(f.ctx.arch))?;
         let boot = Duration::from_secs(2);
         let start = Instant::now();
         let e = open_err(&f.session_config(cfg, boot))?;
@@ -279,7 +279,7 @@ fn guest_hangs_before_connecting(f: &Faults) -> R {
 fn guest_crashes_before_connecting(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
-        cfg.image = f.write_image("exit.elf", &host_cli::image::tiny_elf(f.ctx.arch))?;
+        cfg.image = f.write_image("exit.elf", &host::image::tiny_elf(f.ctx.arch))?;
         let start = Instant::now();
         let e = open_err(&f.session_config(cfg, Duration::from_secs(20)))?;
         let took = start.elapsed();
@@ -293,7 +293,7 @@ fn guest_crashes_before_connecting(f: &Faults) -> R {
         };
         ensure(took < Duration::from_secs(5), || format!("took {took:?}"))?;
         ensure(
-            status.code() == Some(host_cli::image::tiny_exit_status(f.ctx.arch)),
+            status.code() == Some(host::image::tiny_exit_status(f.ctx.arch)),
             || format!("status {status}"),
         )?;
         one_line_mentioning(
@@ -392,7 +392,7 @@ fn daemon_killed_mid_request(f: &Faults) -> R {
 /// Waits until `child` has started QEMU (a process naming the private
 /// `TMPDIR` whose name is QEMU's) and returns the pids mentioning `TMPDIR`.
 fn wait_for_vm_of(f: &Faults, child: &mut Child) -> Result<Vec<u32>, String> {
-    let qemu = host_cli::tools::qemu_binary(f.ctx.arch);
+    let qemu = host::tools::qemu_binary(f.ctx.arch);
     let found = procs::poll(Duration::from_secs(20), || {
         if let Ok(Some(_)) = child.try_wait() {
             return Some(Vec::new());

@@ -1,7 +1,7 @@
 //! Hostile-guest suite: the guest firmware built with the `hostile` feature
 //! (`SVMC_E2E_HOSTILE_IMAGE`) misbehaves on purpose in the mode named by
 //! `svmc.hostile=<mode>` on its command line (see `guest/src/hostile.rs`).
-//! For each mode, both the library (`host_cli::Session`) and the `host-cli`
+//! For each mode, both the library (`host::Session`) and the `host-cli`
 //! binary must fail with the right typed error within their timeouts, and
 //! leave nothing behind: no QEMU or daemon process (their pids, taken from
 //! `Vm::pids` before the drop, are gone from `/proc`), no socket and no
@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use comm::frame::{DEFAULT_MAX_BODY, FrameKind};
 use comm::service::{Request, ServiceVm};
-use host_cli::launcher::{DEFAULT_BOOT_ATTEMPT, launch_ready};
-use host_cli::session::BoxConnection;
-use host_cli::{Accel, Attach, Error, Session, SessionConfig, VmConfig};
+use host::launcher::{DEFAULT_BOOT_ATTEMPT, launch_ready};
+use host::session::BoxConnection;
+use host::{Accel, Attach, Error, Session, SessionConfig, VmConfig};
 use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
 use vsock_transport::rpc::Client;
 use vsock_transport::{Error as TError, Step, Timeouts};
@@ -329,7 +329,7 @@ fn binary(h: &Hostile, mode: &str) -> R {
         })?;
         one_line_mentioning(&stderr, &["host-cli: error:", x.cli_says, "serial log"])?;
         // Boot plus one timed step; a boot may take one relaunch
-        // (`--boot-timeout`, see host_cli::launcher::launch_ready).
+        // (`--boot-timeout`, see host::launcher::launch_ready).
         ensure(took <= READ * 2 + SLACK * 2 + DEFAULT_BOOT_ATTEMPT, || {
             format!("host-cli took {took:?} with --timeout {READ:?}")
         })?;

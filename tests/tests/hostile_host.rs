@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use comm::frame::{self, FrameKind, Header, ProtocolError, ProtocolErrorCode};
 use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
 use comm::{Hello, Protocol};
-use host_cli::Session;
+use host::Session;
 use tests::{Case, Ctx, ensure, env_count, run_cases};
 use vsock_transport::hybrid::{self, HybridStream};
 use vsock_transport::rpc::Client;

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use host_cli::Session;
+use host::Session;
 use tests::{Case, Ctx, ensure, env_count, procs, run_cases};
 
 type R = Result<(), String>;

@@ -22,8 +22,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use host_cli::image::{tiny_elf, tiny_exit_status};
-use host_cli::{Arch, Attach, Session, SessionConfig, Vm, VmConfig};
+use host::image::{tiny_elf, tiny_exit_status};
+use host::{Arch, Attach, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::{Connection, Step, Timeouts};
 
 use crate::image;
@@ -53,6 +53,7 @@ struct Opts {
     arch: Arch,
     reps: usize,
     codec: bool,
+    /// Also the machines other than the default (`--no-microvm` turns it off).
     microvm: bool,
     mem: bool,
 }
@@ -174,12 +175,13 @@ pub fn run(args: &[String]) -> Result<()> {
         log_dir: Some(log_dir.clone()),
         ..VmConfig::new(o.arch, &img)
     };
-    let machines: &[Option<&str>] = if o.microvm && o.arch == Arch::X86_64 {
-        &[None, Some("microvm")]
-    } else {
-        &[None]
-    };
-    for machine in machines {
+    // The default machine, then every other row of the machine table for
+    // this architecture (unless `--no-microvm`).
+    let others = host::machine::names(o.arch).into_iter().skip(1);
+    let machines: Vec<Option<&str>> = std::iter::once(None)
+        .chain(others.filter(|_| o.microvm).map(Some))
+        .collect();
+    for machine in &machines {
         let name = machine.unwrap_or("default machine");
         if machine.is_some() {
             // One try first: the guest may not support it.
@@ -378,10 +380,10 @@ struct ServiceFigures {
     tp: [Stat; 2],
     heap_peak: u64,
     heap_size: u64,
-    accel: host_cli::Accel,
+    accel: host::Accel,
 }
 
-fn open(cfg: &VmConfig) -> host_cli::Result<Session> {
+fn open(cfg: &VmConfig) -> host::Result<Session> {
     let mut s = SessionConfig::new(Attach::Launch(Box::new(cfg.clone())));
     s.timeouts = Timeouts::uniform(STEP);
     s.boot_timeout = STEP;
@@ -409,7 +411,7 @@ fn launch_for_service_port(cfg: &VmConfig) -> Result<Vm> {
 }
 
 fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
-    let err = |e: host_cli::Error| format!("protocol VM: {e}");
+    let err = |e: host::Error| format!("protocol VM: {e}");
     let vm = launch_for_service_port(cfg).map_err(|e| format!("protocol VM: {e}"))?;
     let accel = vm.accel();
     let mut sc = SessionConfig::new(Attach::Hybrid {
@@ -625,7 +627,7 @@ fn codec_summary() -> Result<String> {
     Ok(summary.to_string())
 }
 
-fn machine_line(arch: Arch, accel: host_cli::Accel) -> String {
+fn machine_line(arch: Arch, accel: host::Accel) -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -636,7 +638,7 @@ fn machine_line(arch: Arch, accel: host_cli::Accel) -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let qemu = host_cli::tools::Tools::find(arch)
+    let qemu = host::tools::Tools::find(arch)
         .ok()
         .and_then(|t| util::output(Command::new(t.qemu).arg("--version")))
         .and_then(|s| s.lines().next().map(str::to_string))

@@ -3,7 +3,7 @@
 //! robustness suites (`faults.rs`, `hostile_host.rs`, `hostile_guest.rs`,
 //! `soak.rs`) against real QEMU and the real vsock device daemon.
 
-use host_cli::Arch;
+use host::Arch;
 
 use crate::image;
 use crate::util::{self, Result, cargo};

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use host_cli::Arch;
+use host::Arch;
 
 use crate::util::{Result, cargo, root, run};
 

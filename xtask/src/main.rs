@@ -10,7 +10,7 @@ mod util;
 
 use std::process::ExitCode;
 
-use host_cli::Arch;
+use host::Arch;
 
 const HELP: &str = "\
 cargo xtask <command> [options]
@@ -85,8 +85,8 @@ fn archs(args: &[String], default: &[Arch]) -> util::Result<(Vec<Arch>, Vec<Stri
 }
 
 /// Splits `--guest firmware|linux` out of `args`.
-fn guest(args: &[String]) -> util::Result<(host_cli::Guest, Vec<String>)> {
-    let mut guest = host_cli::Guest::Firmware;
+fn guest(args: &[String]) -> util::Result<(host::Guest, Vec<String>)> {
+    let mut guest = host::Guest::Firmware;
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -105,7 +105,7 @@ fn guest(args: &[String]) -> util::Result<(host_cli::Guest, Vec<String>)> {
 
 fn build_image(args: &[String]) -> util::Result<()> {
     let (guest, args) = guest(args)?;
-    if guest == host_cli::Guest::Linux {
+    if guest == host::Guest::Linux {
         let vm = linux::build()?;
         println!("{}\n{}", vm.kernel.display(), vm.initrd.display());
         return Ok(());
@@ -126,7 +126,7 @@ fn run_e2e(args: &[String]) -> util::Result<()> {
     let (guest, args) = guest(args)?;
     let (archs, rest) = archs(&args, &[Arch::X86_64])?;
     setup::setup()?;
-    if guest == host_cli::Guest::Linux {
+    if guest == host::Guest::Linux {
         return e2e::run_linux(rest.first().map(String::as_str));
     }
     for arch in archs {

@@ -11,7 +11,7 @@
 
 use std::process::Command;
 
-use host_cli::Arch;
+use host::Arch;
 
 use crate::util::{Result, output, root, run, show};
 
@@ -54,9 +54,7 @@ fn targets() -> Result<()> {
 fn qemu() -> Result<()> {
     let missing: Vec<Arch> = Arch::ALL
         .into_iter()
-        .filter(|a| {
-            host_cli::tools::find_tool(host_cli::tools::qemu_binary(*a), "SVMC_QEMU").is_err()
-        })
+        .filter(|a| host::tools::find_tool(host::tools::qemu_binary(*a), "SVMC_QEMU").is_err())
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -88,7 +86,7 @@ fn qemu() -> Result<()> {
 
 fn daemon() -> Result<()> {
     let tools = root().join(".tools");
-    let bin = tools.join("bin").join(host_cli::tools::DAEMON);
+    let bin = tools.join("bin").join(host::tools::DAEMON);
     if bin.is_file()
         && output(Command::new(&bin).arg("--version")).is_some_and(|v| v.contains(DAEMON_VERSION))
     {

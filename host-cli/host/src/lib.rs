@@ -2,12 +2,15 @@
 //! tools and image it needs ([`tools`], [`image`]), choosing the accelerator
 //! ([`accel`]), and talking to it ([`session`]).
 //!
-//! The `host-cli` binary is a thin command-line front end over this library;
-//! the workspace's end-to-end tests and `xtask` use the same code.
+//! The `host-cli` binary (the folder this crate is nested in) is a thin
+//! command-line front end over this library; the workspace's end-to-end
+//! tests and `xtask` use the same code. Inside the workspace every crate
+//! depends on it under the name `host` (see the root `Cargo.toml`).
 
 pub mod accel;
 pub mod image;
 pub mod launcher;
+pub mod machine;
 pub mod session;
 pub mod tools;
 
@@ -180,6 +183,16 @@ pub enum Error {
         source: vsock_transport::Error,
         /// The guest's serial log.
         serial_log: PathBuf,
+    },
+    /// No row of the machine table ([`machine::MACHINES`]) has this name.
+    #[error("unknown {arch} machine {name:?} (known: {known})")]
+    UnknownMachine {
+        /// The architecture.
+        arch: Arch,
+        /// The machine asked for.
+        name: String,
+        /// The machines of `arch`.
+        known: String,
     },
     /// The guest's boot connection was already taken.
     #[error("the guest's boot connection was already accepted")]

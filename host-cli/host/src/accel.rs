@@ -3,7 +3,9 @@
 //! `/dev/kvm` existing is not enough: some hosts expose a paravirtual KVM
 //! that cannot run ordinary guests (QEMU hangs or fails on MSR writes). So
 //! [`Accel::Auto`] boots the tiny exit-at-once firmware under KVM once, with
-//! a short timeout, and caches the verdict per QEMU binary and kernel.
+//! a short timeout, and caches the verdict per QEMU binary, kernel and
+//! machine. The probe runs QEMU with the same machine arguments as the
+//! launcher ([`crate::machine`]), so a verdict holds for the VMs launched.
 
 use std::fmt;
 use std::fs;
@@ -14,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use crate::Arch;
 use crate::image::{tiny_elf, tiny_exit_status};
+use crate::machine::Machine;
 
 /// How long the KVM probe may take before KVM is declared unusable.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -61,8 +64,9 @@ impl FromStr for Accel {
     }
 }
 
-/// Resolves [`Accel::Auto`] for `arch` with the QEMU binary `qemu`.
-pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
+/// Resolves [`Accel::Auto`] for `machine` with the QEMU binary `qemu`.
+pub fn choose_accel(requested: Accel, machine: &Machine, qemu: &Path) -> Accel {
+    let arch = machine.arch;
     let requested = match (requested, std::env::var("SVMC_ACCEL").ok()) {
         (Accel::Auto, Some(env)) => env.parse().unwrap_or(Accel::Auto),
         (r, _) => r,
@@ -82,9 +86,11 @@ pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
     {
         return Accel::Tcg;
     }
-    // `v2`: verdicts of the first probe (KVM merely works) are not reused.
+    // `v3`: verdicts of earlier probes (KVM merely works; machine
+    // arguments of their own) are not reused.
     let key = format!(
-        "v2 {} {}",
+        "v3 {} {} {}",
+        machine.name,
         qemu.display(),
         fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
@@ -98,7 +104,7 @@ pub fn choose_accel(requested: Accel, arch: Arch, qemu: &Path) -> Accel {
     {
         return if v == "kvm" { Accel::Kvm } else { Accel::Tcg };
     }
-    let verdict = if probe_kvm(qemu, arch) {
+    let verdict = if probe_kvm(qemu, machine) {
         Accel::Kvm
     } else {
         Accel::Tcg
@@ -125,14 +131,14 @@ fn cache_file() -> Option<PathBuf> {
 /// runs guests but pays dearly for every exit (a paravirtual KVM here took
 /// 2.1 s to boot the tiny image, TCG 0.1 s, and the real guest answered
 /// 10x slower under it).
-fn probe_kvm(qemu: &Path, arch: Arch) -> bool {
+fn probe_kvm(qemu: &Path, machine: &Machine) -> bool {
     let start = Instant::now();
-    if !run_tiny(qemu, arch, Accel::Kvm) {
+    if !run_tiny(qemu, machine, Accel::Kvm) {
         return false;
     }
     let kvm = start.elapsed();
     let start = Instant::now();
-    if !run_tiny(qemu, arch, Accel::Tcg) {
+    if !run_tiny(qemu, machine, Accel::Tcg) {
         return true;
     }
     let tcg = start.elapsed();
@@ -140,9 +146,10 @@ fn probe_kvm(qemu: &Path, arch: Arch) -> bool {
     kvm <= tcg * 2 + Duration::from_millis(100)
 }
 
-/// Boots the tiny firmware for `arch` with `accel`; true if QEMU exits with
-/// its status within [`PROBE_TIMEOUT`].
-fn run_tiny(qemu: &Path, arch: Arch, accel: Accel) -> bool {
+/// Boots the tiny firmware on `machine` with `accel`; true if QEMU exits
+/// with its status within [`PROBE_TIMEOUT`].
+fn run_tiny(qemu: &Path, machine: &Machine, accel: Accel) -> bool {
+    let arch = machine.arch;
     let Ok(dir) = tempfile::tempdir() else {
         return false;
     };
@@ -150,20 +157,9 @@ fn run_tiny(qemu: &Path, arch: Arch, accel: Accel) -> bool {
     if fs::write(&image, tiny_elf(arch)).is_err() {
         return false;
     }
-    let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", accel.qemu_name(), "-nodefaults"])
-        .args(["-display", "none", "-no-reboot", "-monitor", "none"])
-        .args(["-serial", "none"]);
-    match arch {
-        Arch::X86_64 => cmd
-            .args(["-machine", "q35", "-device"])
-            .arg("isa-debug-exit,iobase=0xf4,iosize=0x04"),
-        Arch::Aarch64 => cmd
-            .args(["-machine", "virt,gic-version=max", "-cpu"])
-            .arg(if accel == Accel::Kvm { "host" } else { "max" }),
-    };
-    let child = cmd
-        .arg("-kernel")
+    let child = Command::new(qemu)
+        .args(machine.args(accel, None))
+        .args(["-serial", "none", "-kernel"])
         .arg(&image)
         .stdin(Stdio::null())
         .stdout(Stdio::null())

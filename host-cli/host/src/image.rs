@@ -1,6 +1,8 @@
 //! Guest images: checking that a file is a bootable ELF for the right
 //! architecture, and the tiny "exit at the first instruction" firmware used
-//! to probe KVM and as the boot-time floor in benchmarks.
+//! to probe KVM and as the boot-time floor in benchmarks. Images that only
+//! tests need (a guest that hangs) are built by the tests crate with
+//! [`elf`].
 
 use std::io::Read;
 use std::path::Path;
@@ -124,27 +126,16 @@ pub fn tiny_elf(arch: Arch) -> Vec<u8> {
     elf(arch, &tiny_code(arch))
 }
 
-/// Like [`tiny_elf`], but the code waits for interrupts forever (with
-/// interrupts off on x86_64, so no CPU is burnt under TCG) and never exits:
-/// a guest that hangs early in boot.
-pub fn hanging_elf(arch: Arch) -> Vec<u8> {
-    let code = match arch {
-        // cli; hlt; jmp $-3 (back to the hlt).
-        Arch::X86_64 => vec![0xfa, 0xf4, 0xeb, 0xfd],
-        // wfi; b .-4 (back to the wfi).
-        Arch::Aarch64 => a64(&[0xd503_207f, 0x17ff_ffff]),
-    };
-    elf(arch, &code)
-}
-
 /// aarch64 instructions as the little-endian bytes of the image.
-fn a64(instructions: &[u32]) -> Vec<u8> {
+pub fn a64(instructions: &[u32]) -> Vec<u8> {
     instructions.iter().flat_map(|i| i.to_le_bytes()).collect()
 }
 
 /// A minimal ELF executable for `arch` whose only segment holds the headers
-/// and `code`, entered at the first byte of `code`.
-fn elf(arch: Arch, code: &[u8]) -> Vec<u8> {
+/// and `code`, entered at the first byte of `code` (with a PVH entry note on
+/// x86_64, loaded past the device tree on aarch64). [`tiny_elf`] is one;
+/// the tests build others (a guest that hangs).
+pub fn elf(arch: Arch, code: &[u8]) -> Vec<u8> {
     const EHSIZE: u64 = 64;
     const PHENTSIZE: u64 = 56;
     let (base, machine, pvh) = match arch {
@@ -206,7 +197,7 @@ mod tests {
     fn tiny_images_are_valid_elfs_for_their_arch() {
         let dir = tempfile::tempdir().unwrap();
         for arch in Arch::ALL {
-            for (name, image) in [("tiny", tiny_elf(arch)), ("hang", hanging_elf(arch))] {
+            for (name, image) in [("tiny", tiny_elf(arch)), ("nop", elf(arch, &[0; 8]))] {
                 let p = dir.path().join(format!("{name}-{arch}.elf"));
                 std::fs::write(&p, &image).unwrap();
                 check_image(&p, arch).unwrap();

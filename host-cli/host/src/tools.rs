@@ -15,10 +15,16 @@ pub const TOOLS_DIR_ENV: &str = "SVMC_TOOLS_DIR";
 /// The root of the source tree this binary was built from (where the
 /// workspace `Cargo.toml` is), if it still exists.
 pub fn workspace_root() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()?
-        .to_path_buf();
-    root.join("Cargo.toml").is_file().then_some(root)
+    // The first ancestor of this crate whose `Cargo.toml` declares the
+    // workspace (this crate is nested in `host-cli/`).
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .skip(1)
+        .find(|d| {
+            std::fs::read_to_string(d.join("Cargo.toml"))
+                .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+        })
+        .map(Path::to_path_buf)
 }
 
 /// The project-local tool directory: `$SVMC_TOOLS_DIR`, else `.tools` in

@@ -1,0 +1,407 @@
+//! Launching the service VM: the vsock device daemon and QEMU as child
+//! processes in a private runtime directory, and tearing them down again.
+//!
+//! Order of events in [`Vm::launch`]:
+//!
+//! 1. A runtime directory with mode 0700 is created (unique per VM, so two
+//!    launches never share a path): `$TMPDIR/svmc-<our pid>-<random>`.
+//!    Directories left by processes that were killed with `SIGKILL` (and so
+//!    could not clean up) are removed first
+//!    ([`remove_stale_runtime_dirs`]).
+//! 2. The host listener for the guest's boot connection (hybrid vsock,
+//!    `<uds-path>_<host port>`) is bound before anything starts, so the guest
+//!    can never connect too early.
+//! 3. `vhost-device-vsock` starts; we wait for its `--socket` file to appear
+//!    without connecting to it (QEMU is its one front end).
+//! 4. QEMU starts with the guest image, its serial console going to a log
+//!    file that outlives the VM and is named in every error.
+//!
+//! Children run in their own process group with `PR_SET_PDEATHSIG` set to
+//! `SIGKILL`, so they never outlive the process that launched them, even if
+//! it is killed with `SIGKILL`. [`Vm`]'s `Drop` kills and reaps both and
+//! removes the runtime directory; [`install_signal_cleanup`] does the same
+//! for every live VM on Ctrl-C or `SIGTERM`.
+//!
+//! The module is split by concern: [`process`] spawns the children and
+//! cleans up after them (also on Ctrl-C), [`runtime`] owns the runtime and
+//! log directories, [`args`] builds QEMU's command line from the machine
+//! table ([`crate::machine`]), and [`ready`] waits for the daemon and the
+//! guest.
+
+pub mod args;
+pub mod process;
+pub mod ready;
+pub mod runtime;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use comm::service::{HOST_PORT, SERVICE_PORT};
+use vsock_transport::Timeouts;
+use vsock_transport::hybrid::{HybridStream, Listener as HybridListener};
+
+use crate::accel::{Accel, choose_accel};
+use crate::image::{check_bzimage, check_image};
+use crate::tools::Tools;
+use crate::{Arch, Error, Result, machine};
+
+pub use process::{install_signal_cleanup, kill_all};
+pub use ready::{BOOT_ATTEMPTS, DEFAULT_BOOT_ATTEMPT, LINUX_BOOT_ATTEMPT, launch_ready};
+pub use runtime::{default_log_dir, remove_stale_runtime_dirs};
+
+/// The guest CID the device daemon gives the VM.
+pub const DEFAULT_GUEST_CID: u32 = 3;
+
+/// Default guest RAM in MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 128;
+
+/// Kernel command line of a Linux guest ([`VmConfig::linux`]): serial
+/// console, quiet, no self-tests or checks that cost seconds under TCG,
+/// one UART, and power off rather than reboot after a panic.
+pub const LINUX_CMDLINE: &[&str] = &[
+    "console=ttyS0",
+    "quiet",
+    "panic=-1",
+    "rdinit=/init",
+    "cryptomgr.notests",
+    "no_timer_check",
+    "tsc=reliable",
+    "8250.nr_uarts=1",
+    "pci=noaer",
+];
+
+/// Everything needed to launch a VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Guest architecture.
+    pub arch: Arch,
+    /// Guest firmware ELF, or a Linux bzImage if [`VmConfig::initrd`] is set.
+    pub image: PathBuf,
+    /// The initramfs of a Linux guest (`-initrd`); `None` for the firmware.
+    pub initrd: Option<PathBuf>,
+    /// Guest RAM in MiB.
+    pub memory_mib: u32,
+    /// Accelerator.
+    pub accel: Accel,
+    /// QEMU machine type, a name from [`crate::machine::MACHINES`]; `None`
+    /// for the default of the architecture (`q35` for x86_64, `virt` for
+    /// aarch64).
+    pub machine: Option<String>,
+    /// Guest CID.
+    pub cid: u32,
+    /// Host port the guest connects to at boot.
+    pub host_port: u32,
+    /// Port the guest listens on.
+    pub service_port: u32,
+    /// Extra kernel command-line words for the guest (e.g. `svmc.log=debug`).
+    pub cmdline: Vec<String>,
+    /// Directory for the serial, QEMU and daemon logs; `None` for the
+    /// default (`$XDG_STATE_HOME/svmc/logs` or `~/.local/state/svmc/logs`).
+    pub log_dir: Option<PathBuf>,
+    /// The programs to run; `None` to look them up ([`Tools::find`]).
+    pub tools: Option<Tools>,
+    /// How long the daemon may take to create its socket.
+    pub daemon_timeout: Duration,
+    /// TX buffer size of the device daemon (bytes it advertises as credit).
+    pub daemon_tx_buffer: u32,
+    /// Extra QEMU arguments, appended last.
+    pub extra_qemu_args: Vec<String>,
+    /// How long one boot attempt may take before [`launch_ready`]
+    /// relaunches the VM.
+    pub boot_attempt: Duration,
+}
+
+impl VmConfig {
+    /// Defaults for `arch` with `image`.
+    pub fn new(arch: Arch, image: impl Into<PathBuf>) -> Self {
+        Self {
+            arch,
+            image: image.into(),
+            initrd: None,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            accel: Accel::Auto,
+            machine: None,
+            cid: DEFAULT_GUEST_CID,
+            host_port: HOST_PORT,
+            service_port: SERVICE_PORT,
+            cmdline: Vec::new(),
+            log_dir: None,
+            tools: None,
+            daemon_timeout: Duration::from_secs(10),
+            daemon_tx_buffer: 256 * 1024,
+            extra_qemu_args: Vec::new(),
+            boot_attempt: DEFAULT_BOOT_ATTEMPT,
+        }
+    }
+
+    /// Defaults for a Linux guest: `kernel` (a bzImage) with `initrd`, the
+    /// quick-boot command line [`LINUX_CMDLINE`] and at least 128 MiB of
+    /// RAM (the kernel needs about 80).
+    pub fn linux(arch: Arch, kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
+        let mut c = Self::new(arch, kernel);
+        c.initrd = Some(initrd.into());
+        c.cmdline = LINUX_CMDLINE.iter().map(|s| s.to_string()).collect();
+        // A kernel takes seconds to boot under TCG, and its virtio driver is
+        // not the one that loses its first packet: no early relaunch.
+        c.boot_attempt = LINUX_BOOT_ATTEMPT;
+        c
+    }
+}
+
+/// A running VM. Dropping it kills QEMU and the daemon, reaps them and
+/// removes the runtime directory; the logs stay.
+pub struct Vm {
+    runtime: Option<tempfile::TempDir>,
+    uds_path: PathBuf,
+    serial_log: PathBuf,
+    qemu_log: PathBuf,
+    daemon_log: PathBuf,
+    listener: Option<HybridListener>,
+    daemon: Option<Child>,
+    qemu: Option<Child>,
+    qemu_status: Option<ExitStatus>,
+    accel: Accel,
+    id: u64,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Vm {
+    /// Launches the daemon and QEMU with `config`'s image and returns once
+    /// QEMU runs. Wait for the guest with [`Vm::wait_for_guest`].
+    pub fn launch(config: &VmConfig) -> Result<Self> {
+        match &config.initrd {
+            None => check_image(&config.image, config.arch)?,
+            Some(initrd) => {
+                check_bzimage(&config.image, config.arch)?;
+                if !initrd.is_file() {
+                    return Err(Error::Image {
+                        path: initrd.clone(),
+                        reason: "initramfs not found (build it with \
+                                 `cargo xtask build-image --guest linux`)"
+                            .into(),
+                    });
+                }
+            }
+        }
+        let tools = match &config.tools {
+            Some(t) => t.clone(),
+            None => Tools::find(config.arch)?,
+        };
+        let machine = machine::find(config.arch, config.machine.as_deref())?;
+        let accel = choose_accel(config.accel, machine, &tools.qemu);
+
+        let runtime = runtime::create_runtime_dir()?;
+        let uds_path = runtime.path().join("vm.vsock");
+        let vhost_socket = runtime.path().join("vhost.sock");
+        let log_dir = config.log_dir.clone().unwrap_or_else(default_log_dir);
+        runtime::prepare_log_dir(&log_dir)?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let stamp = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis();
+        let base = format!("vm-{stamp}-{}-{id}", std::process::id());
+        let serial_log = log_dir.join(format!("{base}.serial.log"));
+        let qemu_log = log_dir.join(format!("{base}.qemu.log"));
+        let daemon_log = log_dir.join(format!("{base}.daemon.log"));
+
+        let mut vm = Self {
+            runtime: Some(runtime),
+            uds_path,
+            serial_log,
+            qemu_log,
+            daemon_log,
+            listener: None,
+            daemon: None,
+            qemu: None,
+            qemu_status: None,
+            accel,
+            id,
+        };
+        let dir = vm.runtime_dir().to_path_buf();
+        // Known to the signal handler before any child starts, so that a
+        // Ctrl-C during the launch removes it too.
+        process::register_dir(id, &dir);
+
+        // Accept in short slices so that QEMU can be watched while waiting.
+        let slice = Timeouts {
+            accept: Some(ready::ACCEPT_SLICE),
+            ..Timeouts::default()
+        };
+        vm.listener = Some(HybridListener::bind(&vm.uds_path, config.host_port, slice)?);
+
+        // The device daemon.
+        let daemon_err = File::create(&vm.daemon_log)
+            .map_err(|e| Error::io(format!("creating {}", vm.daemon_log.display()), e))?;
+        let mut cmd = process::child_command(&tools.daemon);
+        cmd.arg("--vm")
+            .arg(format!(
+                "guest-cid={},socket={},uds-path={},tx-buffer-size={}",
+                config.cid,
+                vhost_socket.display(),
+                vm.uds_path.display(),
+                config.daemon_tx_buffer
+            ))
+            .stdout(Stdio::null())
+            .stderr(daemon_err)
+            .env("RUST_LOG", "warn");
+        tracing::debug!(?cmd, "starting the device daemon");
+        let daemon = cmd.spawn().map_err(|e| Error::Spawn {
+            program: tools.daemon.clone(),
+            source: e,
+        })?;
+        process::register(id, daemon.id(), &dir);
+        vm.daemon = Some(daemon);
+        vm.wait_for_daemon_socket(&vhost_socket, config.daemon_timeout)?;
+
+        // QEMU.
+        let qemu_err = File::create(&vm.qemu_log)
+            .map_err(|e| Error::io(format!("creating {}", vm.qemu_log.display()), e))?;
+        let mut cmd = process::child_command(&tools.qemu);
+        cmd.args(args::qemu_args(
+            config,
+            machine,
+            accel,
+            &vhost_socket,
+            &vm.serial_log,
+        ))
+        .stdout(Stdio::null())
+        .stderr(qemu_err);
+        tracing::debug!(?cmd, "starting QEMU");
+        let qemu = cmd.spawn().map_err(|e| Error::Spawn {
+            program: tools.qemu.clone(),
+            source: e,
+        })?;
+        process::register(id, qemu.id(), &dir);
+        vm.qemu = Some(qemu);
+        tracing::info!(accel = %accel, serial_log = %vm.serial_log.display(), "VM launched");
+        Ok(vm)
+    }
+
+    /// Fails with [`Error::QemuExited`] if QEMU is no longer running.
+    pub fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.try_wait()? {
+            return Err(Error::QemuExited {
+                status,
+                serial_log: self.serial_log.clone(),
+                qemu_log: self.qemu_log.clone(),
+            });
+        }
+        if let Some(d) = self.daemon.as_mut()
+            && let Ok(Some(status)) = d.try_wait()
+        {
+            return Err(Error::DaemonFailed {
+                reason: format!("exited with {status} while the VM was running"),
+                log: self.daemon_log.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// QEMU's exit status if it has exited.
+    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>> {
+        if let Some(s) = self.qemu_status {
+            return Ok(Some(s));
+        }
+        let Some(q) = self.qemu.as_mut() else {
+            return Ok(None);
+        };
+        let s = q.try_wait().map_err(|e| Error::io("waiting for QEMU", e))?;
+        self.qemu_status = s;
+        Ok(s)
+    }
+
+    /// Connects to a port the guest listens on (host-initiated).
+    pub fn connect(&self, port: u32, timeouts: Timeouts) -> Result<HybridStream> {
+        Ok(vsock_transport::hybrid::connect(
+            &self.uds_path,
+            port,
+            &timeouts,
+        )?)
+    }
+
+    /// Waits up to `timeout` for QEMU to exit (after a power-off request);
+    /// kills it if it does not.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<ExitStatus> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.try_wait()? {
+                return Ok(s);
+            }
+            if start.elapsed() > timeout {
+                self.kill();
+                return Err(Error::GuestTimeout {
+                    what: "power off".into(),
+                    timeout,
+                    serial_log: self.serial_log.clone(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Kills QEMU and the daemon and reaps them.
+    pub fn kill(&mut self) {
+        if let Some(mut q) = self.qemu.take() {
+            let _ = q.kill();
+            if let Ok(s) = q.wait() {
+                self.qemu_status.get_or_insert(s);
+            }
+        }
+        if let Some(mut d) = self.daemon.take() {
+            let _ = d.kill();
+            let _ = d.wait();
+        }
+    }
+
+    /// The hybrid vsock socket of this VM (for attaching other clients).
+    pub fn uds_path(&self) -> &Path {
+        &self.uds_path
+    }
+
+    /// The guest's serial console log (kept after the VM is gone).
+    pub fn serial_log(&self) -> &Path {
+        &self.serial_log
+    }
+
+    /// QEMU's own stderr.
+    pub fn qemu_log(&self) -> &Path {
+        &self.qemu_log
+    }
+
+    /// The private runtime directory (sockets), removed on drop.
+    pub fn runtime_dir(&self) -> &Path {
+        self.runtime
+            .as_ref()
+            .map(|d| d.path())
+            .unwrap_or(Path::new(""))
+    }
+
+    /// The accelerator in use.
+    pub fn accel(&self) -> Accel {
+        self.accel
+    }
+
+    /// Process ids of QEMU and the daemon, while they run.
+    pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        (
+            self.qemu.as_ref().map(Child::id),
+            self.daemon.as_ref().map(Child::id),
+        )
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.listener.take();
+        self.kill();
+        if let Some(d) = self.runtime.take() {
+            let _ = d.close();
+        }
+        process::unregister(self.id);
+    }
+}

@@ -1,0 +1,98 @@
+//! The VM's private runtime directory (sockets) and its log directory.
+
+use std::fs;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::{Error, Result};
+
+/// How many VM log files (serial, QEMU, daemon) to keep in the log directory.
+const KEEP_LOG_FILES: usize = 96;
+
+/// The default log directory.
+pub fn default_log_dir() -> PathBuf {
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir);
+    state.join("svmc").join("logs")
+}
+
+/// Start of a runtime directory's name: `svmc-<pid of its owner>-<random>`.
+const RUNTIME_PREFIX: &str = "svmc-";
+
+/// Removes the runtime directories in `tmp` (`svmc-<pid>-*`) that belong
+/// to this user and whose owner process is gone: a process killed with
+/// `SIGKILL` cannot remove its own (its children die with it, but the
+/// directory with their sockets stays).
+pub fn remove_stale_runtime_dirs(tmp: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = fs::read_dir(tmp) else {
+        return;
+    };
+    // SAFETY: getuid(2) cannot fail and touches no memory.
+    let uid = unsafe { libc::getuid() };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(RUNTIME_PREFIX))
+            .and_then(|n| n.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(meta) = fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if !meta.is_dir() || meta.uid() != uid || pid == std::process::id() {
+            continue;
+        }
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            tracing::debug!(dir = %e.path().display(), pid, "removing a stale runtime directory");
+            let _ = fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn prune_logs(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(SystemTime, PathBuf)> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("vm-"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    if files.len() <= KEEP_LOG_FILES {
+        return;
+    }
+    files.sort();
+    for (_, p) in &files[..files.len() - KEEP_LOG_FILES] {
+        let _ = fs::remove_file(p);
+    }
+}
+
+/// Creates a VM's runtime directory, `$TMPDIR/svmc-<our pid>-<random>`
+/// with mode 0700, after removing the stale ones of dead processes.
+pub(super) fn create_runtime_dir() -> Result<tempfile::TempDir> {
+    remove_stale_runtime_dirs(&std::env::temp_dir());
+    tempfile::Builder::new()
+        .prefix(&format!("{RUNTIME_PREFIX}{}-", std::process::id()))
+        .permissions(fs::Permissions::from_mode(0o700))
+        .tempdir()
+        .map_err(|e| Error::io("creating the VM runtime directory", e))
+}
+
+/// Creates the log directory `dir` (mode 0700) if needed and prunes old
+/// logs in it.
+pub(super) fn prepare_log_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| Error::io(format!("creating log directory {}", dir.display()), e))?;
+    prune_logs(dir);
+    Ok(())
+}
