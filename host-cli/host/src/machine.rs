@@ -74,6 +74,19 @@ const Q35: Machine = Machine {
     exit: ExitDevice::IsaDebugExit,
 };
 
+/// x86_64 `microvm`: no PCI, no firmware tables beyond ACPI (qboot, its
+/// default BIOS, starts fastest), the vsock device on virtio-mmio (modern,
+/// not legacy) at 0xFEB0_0000 + n x 0x200, which the guest finds in the
+/// ACPI DSDT (QEMU adds no `virtio_mmio.device=` words to a PVH kernel's
+/// command line); power-off through the ACPI GED, `isa-debug-exit` for
+/// failure. It starts in about half the time of q35.
+const MICROVM: Machine = Machine {
+    name: "microvm",
+    globals: &["virtio-mmio.force-legacy=false"],
+    vsock_device: "vhost-user-vsock-device",
+    ..Q35
+};
+
 /// aarch64 `virt`: the vsock device on virtio-mmio (modern, not legacy),
 /// pvpanic for the failure exit; Cortex-A57 under TCG, the host's CPU and
 /// interrupt controller under KVM.
@@ -90,16 +103,7 @@ const VIRT: Machine = Machine {
 
 /// Every machine the launcher knows; the first of an architecture is its
 /// default.
-pub const MACHINES: &[Machine] = &[
-    Q35,
-    // x86_64 `microvm`: no PCI, the vsock device on virtio-mmio.
-    Machine {
-        name: "microvm",
-        vsock_device: "vhost-user-vsock-device",
-        ..Q35
-    },
-    VIRT,
-];
+pub const MACHINES: &[Machine] = &[Q35, MICROVM, VIRT];
 
 /// The default machine of `arch` (its first row in [`MACHINES`]).
 pub fn default_for(arch: Arch) -> &'static Machine {
@@ -263,9 +267,16 @@ mod tests {
             find(Arch::X86_64, None).unwrap().vsock_device,
             "vhost-user-vsock-pci"
         );
-        assert_eq!(
-            find(Arch::X86_64, Some("microvm")).unwrap().vsock_device,
-            "vhost-user-vsock-device"
+        let microvm = find(Arch::X86_64, Some("microvm")).unwrap();
+        assert_eq!(microvm.vsock_device, "vhost-user-vsock-device");
+        let microvm = joined(microvm, Accel::Tcg);
+        assert!(
+            microvm.contains("-machine microvm,memory-backend=mem "),
+            "{microvm}"
+        );
+        assert!(
+            microvm.contains("-global virtio-mmio.force-legacy=false"),
+            "{microvm}"
         );
     }
 
