@@ -49,7 +49,9 @@ use crate::tools::Tools;
 use crate::{Arch, Error, Result, machine};
 
 pub use process::{install_signal_cleanup, kill_all};
-pub use ready::{BOOT_ATTEMPTS, DEFAULT_BOOT_ATTEMPT, LINUX_BOOT_ATTEMPT, launch_ready};
+pub use ready::{
+    BOOT_ATTEMPTS, DEFAULT_BOOT_ATTEMPT, LINUX_BOOT_ATTEMPT, launch_ready, relaunches,
+};
 pub use runtime::{default_log_dir, remove_stale_runtime_dirs};
 
 /// The guest CID the device daemon gives the VM.
