@@ -28,20 +28,31 @@ const SOAK_FULL: &[(&str, &str)] = &[
     ("SVMC_SOAK_VM_REQUESTS", "5000"),
 ];
 
-/// Runs the suites for `arch`, optionally only the tests whose names
-/// contain `filter`.
+/// Runs the suites for `arch` on its default machine, optionally only the
+/// tests whose names contain `filter`.
 pub fn run(arch: Arch, filter: Option<&str>) -> Result<()> {
-    run_suites(arch, SUITES, SOAK_CI, filter)
+    run_on(arch, None, filter)
+}
+
+/// Runs the suites for `arch` on `machine` (a name from the host
+/// library's machine table; `None`: the default), through
+/// `$SVMC_MACHINE`, which every VM the suites launch follows.
+pub fn run_on(arch: Arch, machine: Option<&str>, filter: Option<&str>) -> Result<()> {
+    if let Some(m) = machine {
+        host::machine::find(arch, Some(m)).map_err(|e| e.to_string())?;
+    }
+    run_suites(arch, machine, SUITES, SOAK_CI, filter)
 }
 
 /// `cargo xtask soak`: the soak suite with the full counts. Sizes already
 /// set in the environment win.
 pub fn soak(arch: Arch, filter: Option<&str>) -> Result<()> {
-    run_suites(arch, &["soak"], SOAK_FULL, filter)
+    run_suites(arch, None, &["soak"], SOAK_FULL, filter)
 }
 
 fn run_suites(
     arch: Arch,
+    machine: Option<&str>,
     suites: &[&str],
     sizes: &[(&str, &str)],
     filter: Option<&str>,
@@ -64,6 +75,9 @@ fn run_suites(
         .env("SVMC_E2E_IMAGE", &image)
         .env("SVMC_E2E_HOSTILE_IMAGE", &hostile_image)
         .env("SVMC_E2E_HOST_CLI", &host_cli);
+    if let Some(m) = machine {
+        cmd.env(host::machine::MACHINE_ENV, m);
+    }
     for (k, v) in sizes {
         if std::env::var_os(k).is_none() {
             cmd.env(k, v);

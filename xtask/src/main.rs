@@ -21,8 +21,9 @@ Commands:
   build-image [--arch A]       build the release guest image and print its path (default x86_64)
   build-image --guest linux    fetch Debian's cloud kernel, build the Linux test VM (kernel,
                                initramfs with the linux_service example as /init) into target/linux
-  run-e2e [--arch A|all] [FILTER]
+  run-e2e [--arch A|all] [--machine M] [FILTER]
                                set up, build, and run the end-to-end suite against real QEMU
+                               (on machine M of the host library's table, e.g. microvm)
   run-e2e --guest linux [FILTER]
                                the same suite against the Linux test VM (x86_64), then
                                vsock-transport's AF_VSOCK tests inside it (vsock_loopback)
@@ -122,15 +123,35 @@ fn build_image(args: &[String]) -> util::Result<()> {
     Ok(())
 }
 
+/// Splits `--machine M` out of `args`.
+fn machine(args: &[String]) -> util::Result<(Option<String>, Vec<String>)> {
+    let mut machine = None;
+    let mut rest = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let value = if a == "--machine" {
+            Some(it.next().ok_or("--machine needs a value")?.clone())
+        } else {
+            a.strip_prefix("--machine=").map(str::to_string)
+        };
+        match value {
+            Some(v) => machine = Some(v),
+            None => rest.push(a.clone()),
+        }
+    }
+    Ok((machine, rest))
+}
+
 fn run_e2e(args: &[String]) -> util::Result<()> {
     let (guest, args) = guest(args)?;
+    let (machine, args) = machine(&args)?;
     let (archs, rest) = archs(&args, &[Arch::X86_64])?;
     setup::setup()?;
     if guest == host::Guest::Linux {
         return e2e::run_linux(rest.first().map(String::as_str));
     }
     for arch in archs {
-        e2e::run(arch, rest.first().map(String::as_str))?;
+        e2e::run_on(arch, machine.as_deref(), rest.first().map(String::as_str))?;
     }
     Ok(())
 }
@@ -202,6 +223,10 @@ fn test() -> util::Result<()> {
         if let Err(e) = e2e::run(arch, None) {
             failed.push(format!("suites on {arch}: {e}"));
         }
+    }
+    // And on x86_64 `microvm` (virtio-mmio from ACPI, GED power-off).
+    if let Err(e) = e2e::run_on(Arch::X86_64, Some("microvm"), None) {
+        failed.push(format!("suites on x86_64 microvm: {e}"));
     }
     if let Err(e) = e2e::run_linux(None) {
         failed.push(format!("Linux guest: {e}"));
