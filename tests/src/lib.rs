@@ -1,12 +1,20 @@
 //! Shared pieces of the workspace-level tests: the end-to-end context (which
-//! image, which architecture) and a small test runner that prints a
-//! `N passed, M failed` summary.
+//! image, which architecture), the one runner of the QEMU suites
+//! ([`harness`]), what xtask and the suites share ([`suites`]), and
+//! helpers to look at processes and leftovers.
 
+pub mod harness;
+pub mod suites;
+
+use std::fmt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use host::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::Timeouts;
+
+pub use harness::{Case, run_cases};
+use suites::vars;
 
 /// What the end-to-end tests run against, from the environment that
 /// `cargo xtask run-e2e` sets.
@@ -14,6 +22,8 @@ use vsock_transport::Timeouts;
 pub struct Ctx {
     /// Guest architecture.
     pub arch: Arch,
+    /// QEMU machine type (`None`: the architecture's default).
+    pub machine: Option<String>,
     /// What runs in the VM.
     pub guest: Guest,
     /// Guest image (the kernel for a Linux guest).
@@ -27,29 +37,44 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Reads `SVMC_E2E_ARCH`, `SVMC_E2E_IMAGE`, `SVMC_E2E_HOST_CLI`, and
-    /// for a Linux guest `SVMC_E2E_GUEST=linux` and `SVMC_E2E_INITRD`.
+    /// Reads the variables of [`suites::vars`] that `cargo xtask run-e2e`
+    /// sets: architecture, image and `host-cli`; optionally the machine, and
+    /// for a Linux guest the guest kind and its initramfs.
     pub fn from_env(log_dir: PathBuf) -> Result<Self, String> {
         let var = |k: &str| {
             std::env::var(k)
                 .map_err(|_| format!("{k} is not set: run the suite with `cargo xtask run-e2e`"))
         };
-        let guest: Guest = match std::env::var("SVMC_E2E_GUEST") {
+        let guest: Guest = match std::env::var(vars::GUEST) {
             Ok(g) => g.parse()?,
             Err(_) => Guest::Firmware,
         };
         let initrd = match guest {
             Guest::Firmware => None,
-            Guest::Linux => Some(var("SVMC_E2E_INITRD")?.into()),
+            Guest::Linux => Some(var(vars::INITRD)?.into()),
         };
         Ok(Self {
-            arch: var("SVMC_E2E_ARCH")?.parse()?,
+            arch: var(vars::ARCH)?.parse()?,
+            machine: std::env::var(vars::MACHINE).ok().filter(|m| !m.is_empty()),
             guest,
-            image: var("SVMC_E2E_IMAGE")?.into(),
+            image: var(vars::IMAGE)?.into(),
             initrd,
-            host_cli: var("SVMC_E2E_HOST_CLI")?.into(),
+            host_cli: var(vars::HOST_CLI)?.into(),
             log_dir,
         })
+    }
+
+    /// `<arch>[-<machine>][-linux]`, for summary lines.
+    pub fn label(&self) -> String {
+        let mut l = self.arch.name().to_string();
+        if let Some(m) = &self.machine {
+            l.push('-');
+            l.push_str(m);
+        }
+        if self.guest == Guest::Linux {
+            l.push_str("-linux");
+        }
+        l
     }
 
     /// A VM configuration for this context.
@@ -59,6 +84,7 @@ impl Ctx {
             None => VmConfig::new(self.arch, &self.image),
         };
         c.log_dir = Some(self.log_dir.clone());
+        c.machine = self.machine.clone();
         c
     }
 
@@ -79,6 +105,10 @@ impl Ctx {
             "--image".into(),
             self.image.clone().into(),
         ];
+        if let Some(m) = &self.machine {
+            a.push("--machine".into());
+            a.push(m.into());
+        }
         if let Some(i) = &self.initrd {
             a.push("--initrd".into());
             a.push(i.clone().into());
@@ -109,43 +139,6 @@ impl Ctx {
     }
 }
 
-/// A named test case.
-pub type Case<C> = (&'static str, fn(&C) -> Result<(), String>);
-
-/// Runs `cases` whose names contain `filter`, printing one line per test and
-/// a final `<label>: N passed, M failed` line. Returns whether all passed.
-pub fn run_cases<C>(label: &str, ctx: &C, cases: &[Case<C>], filter: Option<&str>) -> bool {
-    let mut passed = 0;
-    let mut failed = Vec::new();
-    for (name, f) in cases {
-        if filter.is_some_and(|flt| !name.contains(flt)) {
-            continue;
-        }
-        let start = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx)));
-        let ms = start.elapsed().as_millis();
-        match result {
-            Ok(Ok(())) => {
-                passed += 1;
-                println!("test {name} ... ok ({ms} ms)");
-            }
-            Ok(Err(e)) => {
-                println!("test {name} ... FAILED ({ms} ms): {e}");
-                failed.push(*name);
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED ({ms} ms): panicked");
-                failed.push(*name);
-            }
-        }
-    }
-    if !failed.is_empty() {
-        println!("failed: {}", failed.join(", "));
-    }
-    println!("{label}: {passed} passed, {} failed", failed.len());
-    failed.is_empty()
-}
-
 /// `Err` with a message unless `cond`.
 pub fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
     if cond { Ok(()) } else { Err(msg()) }
@@ -174,6 +167,19 @@ pub fn one_line_mentioning(msg: &str, needles: &[&str]) -> Result<(), String> {
         })?;
     }
     Ok(())
+}
+
+impl fmt::Display for Ctx {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let machine = self.machine.as_deref().unwrap_or("default machine");
+        write!(
+            f,
+            "{} ({machine}, {} guest) with {}",
+            self.arch,
+            self.guest,
+            self.image.display()
+        )
+    }
 }
 
 /// Looking at processes through `/proc`.

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use comm::frame::{self, FrameKind, Header};
 use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
-use tests::{Case, Ctx, ensure, run_cases};
+use tests::harness::{Case, Suite};
+use tests::{Ctx, ensure};
 use vsock_transport::rpc::Client;
 use vsock_transport::{Connection, Error as TError};
 
@@ -368,31 +369,12 @@ const CASES: &[Case<Ctx>] = &[
 ];
 
 fn main() {
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let logs = tempfile::Builder::new()
-        .prefix("svmc-e2e-logs-")
-        .tempdir()
-        .expect("log dir");
-    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("e2e: {e}");
-            std::process::exit(2);
-        }
-    };
-    println!(
-        "e2e on {} ({} guest) with {}",
-        ctx.arch,
-        ctx.guest,
-        ctx.image.display()
-    );
-    let label = match ctx.guest {
-        host::Guest::Firmware => format!("e2e-{}", ctx.arch),
-        host::Guest::Linux => format!("e2e-{}-linux", ctx.arch),
-    };
-    let ok = run_cases(&label, &ctx, CASES, filter.as_deref());
-    if !ok {
-        println!("logs kept in {}", logs.keep().display());
-        std::process::exit(1);
-    }
+    tests::harness::main(&Suite {
+        name: "e2e",
+        private_tmp: false,
+        setup: |s| Ok(s.ctx),
+        cases: CASES,
+        last: None,
+        helpers: &[],
+    })
 }

@@ -5,14 +5,15 @@
 //! runtime directories or sockets (`$TMPDIR/svmc-*`; `TMPDIR` is private to
 //! this run). Run with `cargo xtask run-e2e`.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use host::tools::Tools;
 use host::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
-use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
+use tests::harness::{Case, Setup, Suite};
+use tests::{Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs};
 
 type R = Result<(), String>;
 
@@ -102,7 +103,7 @@ fn qemu_missing(f: &Faults) -> R {
         // Through the CLI and `$SVMC_QEMU`.
         let out = f
             .host_cli()
-            .env("SVMC_QEMU", "/nonexistent/qemu")
+            .env(host::env::QEMU, "/nonexistent/qemu")
             .args(["reverse", "abc"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -111,7 +112,7 @@ fn qemu_missing(f: &Faults) -> R {
             &stderr_of(&out),
             &[
                 &format!("{} not found", host::tools::qemu_binary(f.ctx.arch)),
-                "SVMC_QEMU=/nonexistent/qemu",
+                &format!("{}=/nonexistent/qemu", host::env::QEMU),
             ],
         )
     })
@@ -130,7 +131,7 @@ fn daemon_missing(f: &Faults) -> R {
         one_line_mentioning(&e.to_string(), &["/nonexistent/vhost-device-vsock"])?;
         let out = f
             .host_cli()
-            .env("SVMC_VHOST_DEVICE_VSOCK", "/nonexistent/daemon")
+            .env(host::env::DAEMON, "/nonexistent/daemon")
             .args(["reverse", "abc"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -387,6 +388,176 @@ fn daemon_killed_mid_request(f: &Faults) -> R {
     killed_mid_request(f, "daemon")
 }
 
+// ---- VMs and the threads that launch them -------------------------------------
+
+/// A VM launched on a worker thread (as a thread pool or tokio's
+/// `spawn_blocking` would) outlives that thread: `PR_SET_PDEATHSIG` fires
+/// when the *thread* that spawned a child exits.
+fn vm_outlives_the_thread_that_launched_it(f: &Faults) -> R {
+    f.checked(|| {
+        let cfg = f.session_config(f.config(), Duration::from_secs(30));
+        let worker = std::thread::spawn(move || Session::open(&cfg).map_err(|e| e.to_string()));
+        let mut s = worker.join().map_err(|_| "the worker panicked")??;
+        // The thread that launched the VM is gone.
+        std::thread::sleep(Duration::from_millis(600));
+        let (qemu, daemon) = s.vm().ok_or("no vm")?.pids();
+        let pids: Vec<u32> = [qemu, daemon].into_iter().flatten().collect();
+        ensure(
+            pids.len() == 2 && pids.iter().all(|&p| procs::alive(p)),
+            || format!("QEMU or the daemon died with the launching thread: {pids:?}"),
+        )?;
+        let got = s
+            .reverse(b"outlived".to_vec())
+            .map_err(|e| format!("after the launching thread exited: {e}"))?;
+        ensure(got == b"deviltuo", || format!("{got:?}"))?;
+        let status = s
+            .power_off(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?
+            .ok_or("no exit status")?;
+        ensure(status.success(), || format!("QEMU exit status {status}"))
+    })
+}
+
+/// Helper process of [`sigkill_of_a_host_whose_worker_launched_the_vm`]:
+/// opens a session on a worker thread, keeps it on the main thread, prints
+/// `pids <qemu> <daemon>` and waits to be killed.
+fn helper_worker_thread_vm(ctx: &Ctx) -> i32 {
+    let mut vm = ctx.vm_config();
+    vm.accel = Accel::Tcg;
+    let mut sc = SessionConfig::new(Attach::Launch(Box::new(vm)));
+    sc.timeouts = ctx.timeouts();
+    let worker = std::thread::spawn(move || Session::open(&sc));
+    let mut s = match worker.join() {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            eprintln!("helper: {e}");
+            return 1;
+        }
+        Err(_) => return 1,
+    };
+    let Some((Some(qemu), Some(daemon))) = s.vm().map(|v| v.pids()) else {
+        return 1;
+    };
+    println!("pids {qemu} {daemon}");
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    loop {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// A host process whose VM a worker thread launched is killed with
+/// `SIGKILL`: QEMU and the daemon must die with it (and not before).
+fn sigkill_of_a_host_whose_worker_launched_the_vm(f: &Faults) -> R {
+    use std::io::BufRead;
+    let leaks = LeakCheck::start(&f.tmp);
+    let mut child = tests::harness::helper_command(&f.ctx, "worker_thread_vm")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30));
+    let pids: Vec<u32> = line
+        .as_deref()
+        .unwrap_or("")
+        .strip_prefix("pids ")
+        .map(|p| {
+            p.split_whitespace()
+                .filter_map(|n| n.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let r = (|| {
+        ensure(pids.len() == 2, || format!("the helper said {line:?}"))?;
+        std::thread::sleep(Duration::from_millis(600));
+        ensure(pids.iter().all(|&p| procs::alive(p)), || {
+            format!("the VM died with the worker thread: {pids:?} gone before the kill")
+        })
+    })();
+    signal(&child, libc::SIGKILL);
+    let _ = child.wait();
+    r?;
+    let killed_at = Instant::now();
+    let left = procs::wait_gone(&pids, GRACE);
+    ensure(left.is_empty(), || {
+        format!(
+            "still running {:?} after the host was killed: {left:?}",
+            killed_at.elapsed()
+        )
+    })?;
+    println!(
+        "  QEMU and daemon gone {:?} after the SIGKILL",
+        killed_at.elapsed()
+    );
+    // A SIGKILLed process cannot remove its runtime directory; the next
+    // launch does (here: the same function).
+    host::launcher::remove_stale_runtime_dirs(f.tmp.path());
+    leaks.finish(GRACE)
+}
+
+// ---- the Ctrl-C cleanup and pid reuse -------------------------------------------
+
+/// Starts `sleep 30` with the pid `pid`, through `/proc/sys/kernel/ns_last_pid`
+/// (needs `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE`, as root here and in
+/// CI). Other processes on the machine may take the pid first: retried.
+fn spawn_with_pid(pid: u32) -> Result<Child, String> {
+    for _ in 0..200 {
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).map_err(|e| {
+            format!("writing /proc/sys/kernel/ns_last_pid (this test needs root): {e}")
+        })?;
+        let mut c = Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .map_err(|e| format!("sleep: {e}"))?;
+        if c.id() == pid {
+            return Ok(c);
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    Err(format!("could not get pid {pid} for a new process"))
+}
+
+/// QEMU has exited and been reaped while its `Vm` is still alive, and an
+/// unrelated process now has QEMU's old pid: the Ctrl-C cleanup
+/// (`launcher::kill_all`, what the handler runs) must not kill it.
+fn ctrl_c_cleanup_never_kills_a_reused_pid(f: &Faults) -> R {
+    f.checked(|| {
+        let mut s = Session::open(&f.session_config(f.config(), Duration::from_secs(30)))
+            .map_err(|e| e.to_string())?;
+        let qemu = s.vm().ok_or("no vm")?.pids().0.ok_or("no QEMU pid")?;
+        // The guest powers off; QEMU exits and is reaped, the Vm stays.
+        s.call(&comm::service::Request::PowerOff)
+            .map_err(|e| e.to_string())?;
+        let status = s
+            .vm()
+            .ok_or("no vm")?
+            .wait_exit(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?;
+        ensure(!procs::alive(qemu), || format!("QEMU {qemu} still runs"))?;
+        let mut impostor = spawn_with_pid(qemu)?;
+        host::launcher::kill_all();
+        std::thread::sleep(Duration::from_millis(200));
+        let alive = impostor.try_wait().map_err(|e| e.to_string())?.is_none();
+        let _ = impostor.kill();
+        let _ = impostor.wait();
+        ensure(alive, || {
+            format!(
+                "kill_all killed pid {qemu}, reused by an unrelated process after QEMU \
+                 ({status}) was reaped"
+            )
+        })?;
+        drop(s);
+        Ok(())
+    })
+}
+
 // ---- the host-cli process ------------------------------------------------------
 
 /// Waits until `child` has started QEMU (a process naming the private
@@ -556,6 +727,18 @@ const CASES: &[Case<Faults>] = &[
     ("qemu_killed_mid_request", qemu_killed_mid_request),
     ("daemon_killed_mid_request", daemon_killed_mid_request),
     (
+        "vm_outlives_the_thread_that_launched_it",
+        vm_outlives_the_thread_that_launched_it,
+    ),
+    (
+        "sigkill_of_a_host_whose_worker_launched_the_vm",
+        sigkill_of_a_host_whose_worker_launched_the_vm,
+    ),
+    (
+        "ctrl_c_cleanup_never_kills_a_reused_pid",
+        ctrl_c_cleanup_never_kills_a_reused_pid,
+    ),
+    (
         "cli_normal_run_leaves_nothing",
         cli_normal_run_leaves_nothing,
     ),
@@ -568,37 +751,25 @@ const CASES: &[Case<Faults>] = &[
     ("cli_attach_to_nothing", cli_attach_to_nothing),
 ];
 
-fn main() {
-    // SAFETY: no other thread has been started yet.
-    let tmp = unsafe { PrivateTmp::install("faults") };
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let logs = tempfile::Builder::new()
-        .prefix("svmc-faults-logs-")
-        .tempdir_in(std::env::temp_dir().parent().unwrap_or(Path::new("/tmp")))
-        .expect("log dir");
-    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("faults: {e}");
-            std::process::exit(2);
-        }
-    };
+fn setup(s: Setup) -> Result<Faults, String> {
     let scratch = tempfile::Builder::new()
         .prefix("svmc-faults-scratch-")
-        .tempdir_in(logs.path())
-        .expect("scratch dir");
-    println!("faults on {} with {}", ctx.arch, ctx.image.display());
-    let f = Faults { ctx, tmp, scratch };
-    let ok = run_cases(
-        &format!("faults-{}", f.ctx.arch),
-        &f,
-        CASES,
-        filter.as_deref(),
-    );
-    // Leftovers were reported by the cases; remove the private TMPDIR.
-    drop(f);
-    if !ok {
-        println!("logs kept in {}", logs.keep().display());
-        std::process::exit(1);
-    }
+        .tempdir_in(&s.logs)
+        .map_err(|e| format!("scratch dir: {e}"))?;
+    Ok(Faults {
+        ctx: s.ctx,
+        tmp: s.tmp.ok_or("no private TMPDIR")?,
+        scratch,
+    })
+}
+
+fn main() {
+    tests::harness::main(&Suite {
+        name: "faults",
+        private_tmp: true,
+        setup,
+        cases: CASES,
+        last: None,
+        helpers: &[("worker_thread_vm", helper_worker_thread_vm)],
+    })
 }

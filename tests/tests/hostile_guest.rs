@@ -17,7 +17,9 @@ use comm::service::{Request, ServiceVm};
 use host::launcher::{DEFAULT_BOOT_ATTEMPT, launch_ready};
 use host::session::BoxConnection;
 use host::{Accel, Attach, Error, Session, SessionConfig, VmConfig};
-use tests::{Case, Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs, run_cases};
+use tests::harness::{Case, Setup, Suite};
+use tests::suites::vars;
+use tests::{Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs};
 use vsock_transport::rpc::Client;
 use vsock_transport::{Error as TError, Step, Timeouts};
 
@@ -451,41 +453,30 @@ cases! {
     disconnect => "disconnect",
 }
 
+fn setup(s: Setup) -> Result<Hostile, String> {
+    let image = std::env::var_os(vars::HOSTILE_IMAGE)
+        .map(PathBuf::from)
+        .ok_or_else(|| {
+            format!(
+                "{} is not set: run the suite with `cargo xtask run-e2e`",
+                vars::HOSTILE_IMAGE
+            )
+        })?;
+    println!("  hostile image {}", image.display());
+    Ok(Hostile {
+        ctx: s.ctx,
+        image,
+        tmp: s.tmp.ok_or("no private TMPDIR")?,
+    })
+}
+
 fn main() {
-    // SAFETY: no other thread has been started yet.
-    let tmp = unsafe { PrivateTmp::install("hostile-guest") };
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let logs = tempfile::Builder::new()
-        .prefix("svmc-hostile-guest-logs-")
-        .tempdir_in(std::env::temp_dir().parent().unwrap_or(Path::new("/tmp")))
-        .expect("log dir");
-    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("hostile_guest: {e}");
-            std::process::exit(2);
-        }
-    };
-    let image = match std::env::var_os("SVMC_E2E_HOSTILE_IMAGE") {
-        Some(i) => PathBuf::from(i),
-        None => {
-            eprintln!(
-                "hostile_guest: SVMC_E2E_HOSTILE_IMAGE is not set: run the suite with `cargo xtask run-e2e`"
-            );
-            std::process::exit(2);
-        }
-    };
-    println!("hostile_guest on {} with {}", ctx.arch, image.display());
-    let h = Hostile { ctx, image, tmp };
-    let ok = run_cases(
-        &format!("hostile_guest-{}", h.ctx.arch),
-        &h,
-        CASES,
-        filter.as_deref(),
-    );
-    drop(h);
-    if !ok {
-        println!("logs kept in {}", logs.keep().display());
-        std::process::exit(1);
-    }
+    tests::harness::main(&Suite {
+        name: "hostile_guest",
+        private_tmp: true,
+        setup,
+        cases: CASES,
+        last: None,
+        helpers: &[],
+    })
 }

@@ -16,7 +16,9 @@ use comm::frame::{self, FrameKind, Header, ProtocolError, ProtocolErrorCode};
 use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
 use comm::{Hello, Protocol};
 use host::Session;
-use tests::{Case, Ctx, ensure, env_count, run_cases};
+use tests::harness::{Case, Setup, Suite};
+use tests::suites::vars;
+use tests::{ensure, env_count};
 use vsock_transport::hybrid::{self, HybridStream};
 use vsock_transport::rpc::Client;
 use vsock_transport::{Connection, Error as TError, Timeouts};
@@ -27,7 +29,6 @@ type R = Result<(), String>;
 const ANSWER: Duration = Duration::from_secs(10);
 
 struct Hostile {
-    ctx: Ctx,
     session: Mutex<Option<Session>>,
     uds: PathBuf,
     serial_log: PathBuf,
@@ -465,7 +466,7 @@ fn goodbye_with_body(h: &Hostile) -> R {
 
 fn trickle(h: &Hostile) -> R {
     case(h, |h| {
-        let secs = env_count("SVMC_HOSTILE_TRICKLE_SECS", 3);
+        let secs = env_count(vars::HOSTILE_TRICKLE_SECS, 3);
         let mut c = h.connect_hello()?;
         let f = request_frame(&Request::Reverse(vec![1; 64]));
         // Meanwhile another client connects; the guest serves one
@@ -655,68 +656,36 @@ const CASES: &[Case<Hostile>] = &[
     ("reset_with_unread_hello", reset_with_unread_hello),
     ("burst_of_abrupt_closes", burst_of_abrupt_closes),
     ("half_close_after_hello", half_close_after_hello),
-    ("power_off", power_off),
 ];
 
-fn main() {
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let logs = tempfile::Builder::new()
-        .prefix("svmc-hostile-logs-")
-        .tempdir()
-        .expect("log dir");
-    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("hostile_host: {e}");
-            std::process::exit(2);
-        }
-    };
-    println!("hostile_host on {} with {}", ctx.arch, ctx.image.display());
-    let mut session = match ctx.session() {
-        Ok(s) => s,
-        Err(e) => {
-            println!("hostile_host: could not start the VM: {e}");
-            println!(
-                "hostile_host-{}: 0 passed, {} failed",
-                ctx.arch,
-                CASES.len()
-            );
-            std::process::exit(1);
-        }
-    };
+fn setup(s: Setup) -> Result<Hostile, String> {
+    let mut session = s
+        .ctx
+        .session()
+        .map_err(|e| format!("could not start the VM: {e}"))?;
     // End the boot connection so that the guest serves its listener.
     let _ = session
         .client()
         .map(|c| c.connection().send(&frame::goodbye()));
-    let vm = session.vm().expect("launched");
+    let vm = session.vm().ok_or("no VM")?;
     let (uds, serial_log) = (vm.uds_path().to_path_buf(), vm.serial_log().to_path_buf());
-    let h = Hostile {
-        ctx,
+    println!("  serial log: {}", serial_log.display());
+    Ok(Hostile {
         session: Mutex::new(Some(session)),
         uds,
         serial_log,
         served: AtomicU32::new(0),
-    };
-    // With a filter, still end with the power-off.
-    let ok = run_cases(
-        &format!("hostile_host-{}", h.ctx.arch),
-        &h,
-        CASES,
-        filter.as_deref(),
-    );
-    let off_ok = if filter.as_deref().is_some_and(|f| !"power_off".contains(f)) {
-        run_cases(
-            "hostile_host power-off",
-            &h,
-            &CASES[CASES.len() - 1..],
-            None,
-        )
-    } else {
-        true
-    };
-    if !(ok && off_ok) {
-        println!("serial log: {}", h.serial_log.display());
-        println!("logs kept in {}", logs.keep().display());
-        std::process::exit(1);
-    }
+    })
+}
+
+fn main() {
+    tests::harness::main(&Suite {
+        name: "hostile_host",
+        private_tmp: false,
+        setup,
+        cases: CASES,
+        // With a filter too: the VM must be powered off.
+        last: Some(("power_off", power_off)),
+        helpers: &[],
+    })
 }

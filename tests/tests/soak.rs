@@ -2,14 +2,15 @@
 //! over one connection, and several VMs served at once by one process, with
 //! zero failures and no growth in child processes or open file descriptors.
 //!
-//! Sizes (CI defaults in brackets; `cargo xtask soak` runs the full ones):
-//! `SVMC_SOAK_CYCLES` [20], `SVMC_SOAK_REQUESTS` [10000], `SVMC_SOAK_VMS`
-//! [3], `SVMC_SOAK_VM_REQUESTS` (per VM) [500].
+//! Sizes: `tests::suites::SOAK` (CI sizes by default and in `cargo xtask
+//! test`, full ones in `cargo xtask soak`; each variable overrides).
 
 use std::time::{Duration, Instant};
 
 use host::Session;
-use tests::{Case, Ctx, ensure, env_count, procs, run_cases};
+use tests::harness::{Case, Setup, Suite};
+use tests::suites::{SOAK_CYCLES, SOAK_REQUESTS, SOAK_VM_REQUESTS, SOAK_VMS};
+use tests::{Ctx, ensure, procs};
 
 type R = Result<(), String>;
 
@@ -172,43 +173,28 @@ const CASES: &[Case<Soak>] = &[
     ("several_vms_at_once", several_vms_at_once),
 ];
 
-fn main() {
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
-    let logs = tempfile::Builder::new()
-        .prefix("svmc-soak-logs-")
-        .tempdir()
-        .expect("log dir");
-    let ctx = match Ctx::from_env(logs.path().to_path_buf()) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("soak: {e}");
-            std::process::exit(2);
-        }
-    };
-    let s = Soak {
-        ctx,
-        cycles: env_count("SVMC_SOAK_CYCLES", 20),
-        requests: env_count("SVMC_SOAK_REQUESTS", 10_000),
-        vms: env_count("SVMC_SOAK_VMS", 3),
-        vm_requests: env_count("SVMC_SOAK_VM_REQUESTS", 500),
+fn setup(s: Setup) -> Result<Soak, String> {
+    let soak = Soak {
+        ctx: s.ctx,
+        cycles: SOAK_CYCLES.get(),
+        requests: SOAK_REQUESTS.get(),
+        vms: SOAK_VMS.get(),
+        vm_requests: SOAK_VM_REQUESTS.get(),
     };
     println!(
-        "soak on {} with {}: {} cycles, {} requests, {} VMs x {} requests",
-        s.ctx.arch,
-        s.ctx.image.display(),
-        s.cycles,
-        s.requests,
-        s.vms,
-        s.vm_requests
+        "  {} cycles, {} requests, {} VMs x {} requests",
+        soak.cycles, soak.requests, soak.vms, soak.vm_requests
     );
-    let ok = run_cases(
-        &format!("soak-{}", s.ctx.arch),
-        &s,
-        CASES,
-        filter.as_deref(),
-    );
-    if !ok {
-        println!("logs kept in {}", logs.keep().display());
-        std::process::exit(1);
-    }
+    Ok(soak)
+}
+
+fn main() {
+    tests::harness::main(&Suite {
+        name: "soak",
+        private_tmp: false,
+        setup,
+        cases: CASES,
+        last: None,
+        helpers: &[],
+    })
 }

@@ -1,86 +1,112 @@
 //! `cargo xtask run-e2e` and `cargo xtask soak`: build the guest image and
-//! `host-cli`, then run the end-to-end suite (`tests/tests/e2e.rs`) and the
-//! robustness suites (`faults.rs`, `hostile_host.rs`, `hostile_guest.rs`,
-//! `soak.rs`) against real QEMU and the real vsock device daemon.
+//! `host-cli`, then run the QEMU suites (`tests::suites::SUITES`: the
+//! end-to-end suite, then the robustness suites) against real QEMU and the
+//! real vsock device daemon. The suite list, the test matrix, the soak sizes
+//! and the variable names come from `tests::suites`, which the suites read
+//! too.
 
-use host::Arch;
+use host::{Arch, Guest};
+use tests::suites::{self, SOAK, SUITES, Target, vars};
 
 use crate::image;
 use crate::util::{self, Result, cargo};
 
-/// The suites `run` runs, in order: the end-to-end suite, then the
-/// robustness suites of issue 4 (faults, a hostile host, soak at CI sizes).
-pub const SUITES: &[&str] = &["e2e", "faults", "hostile_host", "hostile_guest", "soak"];
-
-/// Soak sizes for CI (the defaults of `tests/tests/soak.rs`).
-const SOAK_CI: &[(&str, &str)] = &[
-    ("SVMC_SOAK_CYCLES", "20"),
-    ("SVMC_SOAK_REQUESTS", "10000"),
-    ("SVMC_SOAK_VMS", "3"),
-    ("SVMC_SOAK_VM_REQUESTS", "500"),
-];
-
-/// Soak sizes for `cargo xtask soak`.
-const SOAK_FULL: &[(&str, &str)] = &[
-    ("SVMC_SOAK_CYCLES", "200"),
-    ("SVMC_SOAK_REQUESTS", "100000"),
-    ("SVMC_SOAK_VMS", "4"),
-    ("SVMC_SOAK_VM_REQUESTS", "5000"),
-];
-
-/// Runs the suites for `arch` on its default machine, optionally only the
-/// tests whose names contain `filter`.
-pub fn run(arch: Arch, filter: Option<&str>) -> Result<()> {
-    run_on(arch, None, filter)
+/// The soak sizes to set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// CI sizes (`cargo xtask test`, `run-e2e`).
+    Ci,
+    /// Full sizes (`cargo xtask soak`).
+    Full,
 }
 
-/// Runs the suites for `arch` on `machine` (a name from the host
-/// library's machine table; `None`: the default), through
-/// `$SVMC_MACHINE`, which every VM the suites launch follows.
-pub fn run_on(arch: Arch, machine: Option<&str>, filter: Option<&str>) -> Result<()> {
-    if let Some(m) = machine {
-        host::machine::find(arch, Some(m)).map_err(|e| e.to_string())?;
+/// Every suite name.
+pub fn all_suites() -> Vec<&'static str> {
+    SUITES.iter().map(|s| s.name).collect()
+}
+
+/// Runs the suites of `target` (or only `only`, if not empty) at CI
+/// sizes, optionally only the cases whose names contain `filter`.
+pub fn run(target: &Target, only: &[String], filter: Option<&str>) -> Result<()> {
+    let mut names: Vec<&str> = target.suites.map_or_else(all_suites, <[_]>::to_vec);
+    if !only.is_empty() {
+        names.retain(|n| only.iter().any(|o| o == n));
     }
-    run_suites(arch, machine, SUITES, SOAK_CI, filter)
+    run_suites(target, &names, Size::Ci, filter)
 }
 
 /// `cargo xtask soak`: the soak suite with the full counts. Sizes already
 /// set in the environment win.
 pub fn soak(arch: Arch, filter: Option<&str>) -> Result<()> {
-    run_suites(arch, None, &["soak"], SOAK_FULL, filter)
+    let target = Target {
+        arch,
+        machine: None,
+        suites: None,
+    };
+    run_suites(&target, &["soak"], Size::Full, filter)
 }
 
-fn run_suites(
-    arch: Arch,
-    machine: Option<&str>,
-    suites: &[&str],
-    sizes: &[(&str, &str)],
-    filter: Option<&str>,
-) -> Result<()> {
+/// Checks that every name in `names` is a suite.
+pub fn check_names(names: &[String]) -> Result<()> {
+    for n in names {
+        if suites::suite(n).is_none() {
+            return Err(format!(
+                "unknown suite {n:?} (suites: {})",
+                all_suites().join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `cargo test` arguments that select the suites `names`.
+pub fn test_args(names: &[&str]) -> Vec<String> {
+    names
+        .iter()
+        .flat_map(|n| ["--test".into(), n.to_string()])
+        .collect()
+}
+
+fn host_cli() -> Result<std::path::PathBuf> {
+    util::run(cargo().args(["build", "--release", "-p", "host-cli"]))?;
+    Ok(image::target_dir().join("release").join("host-cli"))
+}
+
+fn run_suites(target: &Target, names: &[&str], size: Size, filter: Option<&str>) -> Result<()> {
+    if names.is_empty() {
+        return Err("no suite to run".into());
+    }
+    let arch = target.arch;
+    let mut cmd = cargo();
     // The misbehaving firmware for `hostile_guest.rs`, in its own file;
     // built first, so that `guest` is the default image afterwards.
-    let hostile_image = image::build_variant(arch, "hostile")?;
+    if names.contains(&"hostile_guest") {
+        cmd.env(
+            vars::HOSTILE_IMAGE,
+            image::build_variant(arch, crate::ci::HOSTILE_FEATURE)?,
+        );
+    }
     let image = image::build(arch, &[])?;
     // The suites also run the `host-cli` binary.
-    util::run(cargo().args(["build", "--release", "-p", "host-cli"]))?;
-    let host_cli = image::target_dir().join("release").join("host-cli");
-    let mut cmd = cargo();
+    let host_cli = host_cli()?;
     // Every suite runs and reports even if an earlier one failed.
     cmd.args(["test", "--release", "--no-fail-fast", "-p", "tests"]);
-    for s in suites {
-        cmd.args(["--test", s]);
-    }
+    cmd.args(test_args(names));
     cmd.arg("--")
-        .env("SVMC_E2E_ARCH", arch.name())
-        .env("SVMC_E2E_IMAGE", &image)
-        .env("SVMC_E2E_HOSTILE_IMAGE", &hostile_image)
-        .env("SVMC_E2E_HOST_CLI", &host_cli);
-    if let Some(m) = machine {
-        cmd.env(host::machine::MACHINE_ENV, m);
-    }
-    for (k, v) in sizes {
-        if std::env::var_os(k).is_none() {
-            cmd.env(k, v);
+        .env(vars::ARCH, arch.name())
+        .env(vars::IMAGE, &image)
+        .env(vars::HOST_CLI, &host_cli);
+    match target.machine {
+        Some(m) => cmd.env(vars::MACHINE, m),
+        None => cmd.env_remove(vars::MACHINE),
+    };
+    for s in SOAK {
+        if std::env::var_os(s.var).is_none() {
+            let v = match size {
+                Size::Ci => s.ci,
+                Size::Full => s.full,
+            };
+            cmd.env(s.var, v.to_string());
         }
     }
     if let Some(f) = filter {
@@ -89,57 +115,49 @@ fn run_suites(
     util::run(&mut cmd)
 }
 
-/// Suites that do not run against the Linux test VM, and why (printed, so
-/// that nothing is skipped silently).
-pub const NOT_FOR_LINUX: &[(&str, &str)] = &[
-    (
-        "faults",
-        "launcher faults with hand-made firmware images (hanging, crashing, wrong ELF); \
-         host-side code, covered by the firmware run",
-    ),
-    (
-        "hostile_host",
-        "not yet for Linux: 25 of its 28 cases pass against linux_service, but \
-         close_right_after_ok, reset_with_unread_hello and burst_of_abrupt_closes need the \
-         firmware's idle-yield policy (drop an idle connection after 2 s when another one \
-         waits): in the Linux guest those host-side closes do not end the connection, and \
-         linux_service waits out its 30 s HELLO timeout",
-    ),
-    ("hostile_guest", "needs the misbehaving firmware variant"),
-    (
-        "soak",
-        "not run for Linux to keep CI time (20 launch cycles, 10,000 requests, several VMs at \
-         once; about 3 s per Linux boot here); e2e covers every request kind and both \
-         connection directions",
-    ),
-];
-
 /// `cargo xtask run-e2e --guest linux`: builds the Linux test VM and runs
-/// the end-to-end suite against it (`SVMC_E2E_GUEST=linux`), then
-/// `vsock-transport`'s AF_VSOCK tests inside it. With a `filter`, only the
-/// e2e cases that match (and the in-VM tests if `host_vsock` matches).
-pub fn run_linux(filter: Option<&str>) -> Result<()> {
+/// the suites that apply to it (`SVMC_E2E_GUEST=linux`; each suite says
+/// why if not), then `vsock-transport`'s AF_VSOCK tests inside it. With a
+/// `filter`, only the cases that match (and the in-VM tests if
+/// `host_vsock` matches).
+pub fn run_linux(only: &[String], filter: Option<&str>) -> Result<()> {
     let vm = crate::linux::build()?;
-    util::run(cargo().args(["build", "--release", "-p", "host-cli"]))?;
-    let host_cli = image::target_dir().join("release").join("host-cli");
-    let mut cmd = cargo();
-    cmd.args(["test", "--release", "-p", "tests", "--test", "e2e", "--"])
-        .env("SVMC_E2E_ARCH", Arch::X86_64.name())
-        .env("SVMC_E2E_GUEST", "linux")
-        .env("SVMC_E2E_IMAGE", &vm.kernel)
-        .env("SVMC_E2E_INITRD", &vm.initrd)
-        .env("SVMC_E2E_HOST_CLI", &host_cli);
-    if let Some(f) = filter {
-        cmd.arg(f);
+    let host_cli = host_cli()?;
+    let mut names = Vec::new();
+    for s in SUITES {
+        if !only.is_empty() && !only.iter().any(|o| o == s.name) {
+            continue;
+        }
+        match s.not_for_linux {
+            None => names.push(s.name),
+            Some(why) => println!(
+                "suite {} ... not applicable to the Linux guest: {why}",
+                s.name
+            ),
+        }
     }
-    let e2e = util::run(&mut cmd);
-    for (suite, why) in NOT_FOR_LINUX {
-        println!("suite {suite} ... not applicable to the Linux guest: {why}");
-    }
+    let suites = if names.is_empty() {
+        Ok(())
+    } else {
+        let mut cmd = cargo();
+        cmd.args(["test", "--release", "--no-fail-fast", "-p", "tests"])
+            .args(test_args(&names))
+            .arg("--")
+            .env(vars::ARCH, Arch::X86_64.name())
+            .env_remove(vars::MACHINE)
+            .env(vars::GUEST, Guest::Linux.name())
+            .env(vars::IMAGE, &vm.kernel)
+            .env(vars::INITRD, &vm.initrd)
+            .env(vars::HOST_CLI, &host_cli);
+        if let Some(f) = filter {
+            cmd.arg(f);
+        }
+        util::run(&mut cmd)
+    };
     let vsock = if filter.is_none_or(|f| "host_vsock".contains(f)) {
         crate::linux::run_vsock_tests(&vm)
     } else {
         Ok(())
     };
-    e2e.and(vsock)
+    suites.and(vsock)
 }

@@ -2,6 +2,7 @@
 //! std, one module per command).
 
 mod bench;
+mod ci;
 mod e2e;
 mod image;
 mod linux;
@@ -21,9 +22,9 @@ Commands:
   build-image [--arch A]       build the release guest image and print its path (default x86_64)
   build-image --guest linux    fetch Debian's cloud kernel, build the Linux test VM (kernel,
                                initramfs with the linux_service example as /init) into target/linux
-  run-e2e [--arch A|all] [--machine M] [FILTER]
-                               set up, build, and run the end-to-end suite against real QEMU
-                               (on machine M of the host library's table, e.g. microvm)
+  run-e2e [--arch A|all] [--machine M] [--suite S]... [FILTER]
+                               set up, build, and run the QEMU suites (e2e, faults, hostile_host,
+                               hostile_guest, soak at CI size; --suite picks some) against real QEMU
   run-e2e --guest linux [FILTER]
                                the same suite against the Linux test VM (x86_64), then
                                vsock-transport's AF_VSOCK tests inside it (vsock_loopback)
@@ -33,9 +34,12 @@ Commands:
                                boot, round-trip, throughput, size and memory figures next to
                                their floors (QEMU alone, the guest's raw echo mode); see BENCHMARKS.md
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
+  lint                         what CI checks before the tests: fmt, clippy (every feature set
+                               and target, the QEMU suites, the guest), the guest's docs
   test                         the whole test suite: host unit/integration tests, bare-metal
                                builds, docs, the end-to-end suite on every architecture, and
-                               the Linux guest (e2e + in-VM AF_VSOCK tests)
+                               the Linux guest (e2e + in-VM AF_VSOCK tests); the QEMU suites run on
+                               every machine of the test matrix (tests::suites::MATRIX)
   help                         this text
 
 Architectures: x86_64, aarch64 (all = both).";
@@ -50,6 +54,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("demo") => demo(),
         Some("test") => test(),
+        Some("lint") => ci::lint(),
         Some("help" | "--help" | "-h") | None => {
             println!("{HELP}");
             Ok(())
@@ -123,35 +128,53 @@ fn build_image(args: &[String]) -> util::Result<()> {
     Ok(())
 }
 
-/// Splits `--machine M` out of `args`.
-fn machine(args: &[String]) -> util::Result<(Option<String>, Vec<String>)> {
-    let mut machine = None;
+/// Splits every `--NAME V` / `--NAME=V` out of `args`.
+fn option(args: &[String], name: &str) -> util::Result<(Vec<String>, Vec<String>)> {
+    let flag = format!("--{name}");
+    let mut values = Vec::new();
     let mut rest = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
-        let value = if a == "--machine" {
-            Some(it.next().ok_or("--machine needs a value")?.clone())
+        if *a == flag {
+            values.push(it.next().ok_or(format!("{flag} needs a value"))?.clone());
+        } else if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
+            values.push(v.to_string());
         } else {
-            a.strip_prefix("--machine=").map(str::to_string)
-        };
-        match value {
-            Some(v) => machine = Some(v),
-            None => rest.push(a.clone()),
+            rest.push(a.clone());
         }
     }
-    Ok((machine, rest))
+    Ok((values, rest))
 }
 
 fn run_e2e(args: &[String]) -> util::Result<()> {
     let (guest, args) = guest(args)?;
-    let (machine, args) = machine(&args)?;
+    let (only, args) = option(&args, "suite")?;
+    e2e::check_names(&only)?;
+    let (machine, args) = option(&args, "machine")?;
     let (archs, rest) = archs(&args, &[Arch::X86_64])?;
+    if rest.len() > 1 {
+        return Err(format!("unexpected argument {:?}", rest[1]));
+    }
+    let filter = rest.first().map(String::as_str);
     setup::setup()?;
     if guest == host::Guest::Linux {
-        return e2e::run_linux(rest.first().map(String::as_str));
+        return e2e::run_linux(&only, filter);
     }
     for arch in archs {
-        e2e::run_on(arch, machine.as_deref(), rest.first().map(String::as_str))?;
+        let machine = match machine.last() {
+            Some(m) => Some(
+                host::machine::find(arch, Some(m))
+                    .map_err(|e| e.to_string())?
+                    .name,
+            ),
+            None => None,
+        };
+        let target = tests::suites::Target {
+            arch,
+            machine,
+            suites: None,
+        };
+        e2e::run(&target, &only, filter)?;
     }
     Ok(())
 }
@@ -188,26 +211,25 @@ fn test() -> util::Result<()> {
     setup::setup()?;
     // Host crates: unit, integration and doc tests.
     util::run(util::cargo().args(["test"]))?;
-    util::run(util::cargo().args([
-        "test",
-        "-p",
-        "vsock-transport",
-        "--features",
-        "host-hybrid,host-vsock,test-utils",
-    ]))?;
-    util::run(util::cargo().args(["test", "-p", "comm", "--features", "std"]))?;
+    util::run(
+        util::cargo()
+            .args(["test", "-p", "vsock-transport", "--features"])
+            .arg(ci::TRANSPORT_HOST_FEATURES),
+    )?;
+    util::run(
+        util::cargo()
+            .args(["test", "-p", "comm", "--features"])
+            .arg(ci::COMM_STD_FEATURE),
+    )?;
     // The no_std crates on the bare-metal targets.
     for arch in Arch::ALL {
         util::run(util::cargo().args(["build", "-p", "comm", "--target", arch.target_triple()]))?;
-        util::run(util::cargo().args([
-            "build",
-            "-p",
-            "vsock-transport",
-            "--features",
-            "guest",
-            "--target",
-            arch.target_triple(),
-        ]))?;
+        util::run(
+            util::cargo()
+                .args(["build", "-p", "vsock-transport", "--features"])
+                .arg(ci::TRANSPORT_GUEST_FEATURE)
+                .args(["--target", arch.target_triple()]),
+        )?;
     }
     // Docs build clean.
     util::run(
@@ -219,16 +241,13 @@ fn test() -> util::Result<()> {
     // Linux test VM (the same e2e suite, and AF_VSOCK in a real kernel). All
     // of them run and report even if an earlier one failed.
     let mut failed = Vec::new();
-    for arch in Arch::ALL {
-        if let Err(e) = e2e::run(arch, None) {
-            failed.push(format!("suites on {arch}: {e}"));
+    for target in tests::suites::MATRIX {
+        if let Err(e) = e2e::run(target, &[], None) {
+            let machine = target.machine.unwrap_or("default machine");
+            failed.push(format!("suites on {} ({machine}): {e}", target.arch));
         }
     }
-    // And on x86_64 `microvm` (virtio-mmio from ACPI, GED power-off).
-    if let Err(e) = e2e::run_on(Arch::X86_64, Some("microvm"), None) {
-        failed.push(format!("suites on x86_64 microvm: {e}"));
-    }
-    if let Err(e) = e2e::run_linux(None) {
+    if let Err(e) = e2e::run_linux(&[], None) {
         failed.push(format!("Linux guest: {e}"));
     }
     if failed.is_empty() {

@@ -54,7 +54,7 @@ fn targets() -> Result<()> {
 fn qemu() -> Result<()> {
     let missing: Vec<Arch> = Arch::ALL
         .into_iter()
-        .filter(|a| host::tools::find_tool(host::tools::qemu_binary(*a), "SVMC_QEMU").is_err())
+        .filter(|a| host::tools::find_tool(host::tools::qemu_binary(*a), host::env::QEMU).is_err())
         .collect();
     if missing.is_empty() {
         return Ok(());

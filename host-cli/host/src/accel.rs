@@ -67,7 +67,7 @@ impl FromStr for Accel {
 /// Resolves [`Accel::Auto`] for `machine` with the QEMU binary `qemu`.
 pub fn choose_accel(requested: Accel, machine: &Machine, qemu: &Path) -> Accel {
     let arch = machine.arch;
-    let requested = match (requested, std::env::var("SVMC_ACCEL").ok()) {
+    let requested = match (requested, std::env::var(crate::env::ACCEL).ok()) {
         (Accel::Auto, Some(env)) => env.parse().unwrap_or(Accel::Auto),
         (r, _) => r,
     };

@@ -8,6 +8,7 @@
 //! depends on it under the name `host` (see the root `Cargo.toml`).
 
 pub mod accel;
+pub mod env;
 pub mod image;
 pub mod launcher;
 pub mod machine;

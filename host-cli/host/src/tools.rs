@@ -10,7 +10,7 @@ pub const DAEMON: &str = "vhost-device-vsock";
 
 /// Environment variable naming the project-local tool directory (its `bin/`
 /// is searched before `PATH`).
-pub const TOOLS_DIR_ENV: &str = "SVMC_TOOLS_DIR";
+pub const TOOLS_DIR_ENV: &str = crate::env::TOOLS_DIR;
 
 /// The root of the source tree this binary was built from (where the
 /// workspace `Cargo.toml` is), if it still exists.
@@ -101,8 +101,8 @@ impl Tools {
     /// `$SVMC_VHOST_DEVICE_VSOCK`).
     pub fn find(arch: Arch) -> Result<Self> {
         Ok(Self {
-            qemu: find_tool(qemu_binary(arch), "SVMC_QEMU")?,
-            daemon: find_tool(DAEMON, "SVMC_VHOST_DEVICE_VSOCK")?,
+            qemu: find_tool(qemu_binary(arch), crate::env::QEMU)?,
+            daemon: find_tool(DAEMON, crate::env::DAEMON)?,
         })
     }
 }
@@ -113,10 +113,10 @@ impl Tools {
 /// tests is [`linux_tests_initrd`].
 pub fn default_linux() -> Option<(PathBuf, PathBuf)> {
     let dir = linux_dir();
-    let kernel = env::var_os("SVMC_LINUX_KERNEL")
+    let kernel = env::var_os(crate::env::LINUX_KERNEL)
         .map(PathBuf::from)
         .or_else(|| dir.as_ref().map(|d| d.join("vmlinuz")))?;
-    let initrd = env::var_os("SVMC_LINUX_INITRD")
+    let initrd = env::var_os(crate::env::LINUX_INITRD)
         .map(PathBuf::from)
         .or_else(|| dir.as_ref().map(|d| d.join("initramfs.cpio")))?;
     Some((kernel, initrd))
@@ -139,7 +139,7 @@ fn linux_dir() -> Option<PathBuf> {
 
 /// Where `cargo xtask build-image` puts the image for `arch`.
 pub fn default_image(arch: Arch) -> Option<PathBuf> {
-    if let Some(p) = env::var_os("SVMC_IMAGE") {
+    if let Some(p) = env::var_os(crate::env::IMAGE) {
         return Some(PathBuf::from(p));
     }
     let root = workspace_root()?;

@@ -17,10 +17,11 @@
 //!    file that outlives the VM and is named in every error.
 //!
 //! Children run in their own process group with `PR_SET_PDEATHSIG` set to
-//! `SIGKILL`, so they never outlive the process that launched them, even if
-//! it is killed with `SIGKILL`. [`Vm`]'s `Drop` kills and reaps both and
-//! removes the runtime directory; [`install_signal_cleanup`] does the same
-//! for every live VM on Ctrl-C or `SIGTERM`.
+//! `SIGKILL`, forked by one long-lived launcher thread, so they outlive the
+//! thread that launched the VM but never the process, even if it is killed
+//! with `SIGKILL` (see [`process`] for how). [`Vm`]'s `Drop` kills and
+//! reaps both and removes the runtime directory; [`install_signal_cleanup`]
+//! does the same for every live VM on Ctrl-C or `SIGTERM`.
 //!
 //! The module is split by concern: [`process`] spawns the children and
 //! cleans up after them (also on Ctrl-C), [`runtime`] owns the runtime and
@@ -36,6 +37,7 @@ pub mod runtime;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -162,11 +164,9 @@ pub struct Vm {
     qemu_log: PathBuf,
     daemon_log: PathBuf,
     listener: Option<HybridListener>,
-    daemon: Option<Child>,
-    qemu: Option<Child>,
+    procs: Arc<process::Procs>,
     qemu_status: Option<ExitStatus>,
     accel: Accel,
-    id: u64,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -211,6 +211,7 @@ impl Vm {
         let qemu_log = log_dir.join(format!("{base}.qemu.log"));
         let daemon_log = log_dir.join(format!("{base}.daemon.log"));
 
+        let procs = process::Procs::register(runtime.path());
         let mut vm = Self {
             runtime: Some(runtime),
             uds_path,
@@ -218,16 +219,10 @@ impl Vm {
             qemu_log,
             daemon_log,
             listener: None,
-            daemon: None,
-            qemu: None,
+            procs,
             qemu_status: None,
             accel,
-            id,
         };
-        let dir = vm.runtime_dir().to_path_buf();
-        // Known to the signal handler before any child starts, so that a
-        // Ctrl-C during the launch removes it too.
-        process::register_dir(id, &dir);
 
         // Accept in short slices so that QEMU can be watched while waiting.
         let slice = Timeouts {
@@ -252,12 +247,11 @@ impl Vm {
             .stderr(daemon_err)
             .env("RUST_LOG", "warn");
         tracing::debug!(?cmd, "starting the device daemon");
-        let daemon = cmd.spawn().map_err(|e| Error::Spawn {
+        let daemon = process::spawn(cmd).map_err(|e| Error::Spawn {
             program: tools.daemon.clone(),
             source: e,
         })?;
-        process::register(id, daemon.id(), &dir);
-        vm.daemon = Some(daemon);
+        vm.procs.lock().daemon = Some(daemon);
         vm.wait_for_daemon_socket(&vhost_socket, config.daemon_timeout)?;
 
         // QEMU.
@@ -274,12 +268,11 @@ impl Vm {
         .stdout(Stdio::null())
         .stderr(qemu_err);
         tracing::debug!(?cmd, "starting QEMU");
-        let qemu = cmd.spawn().map_err(|e| Error::Spawn {
+        let qemu = process::spawn(cmd).map_err(|e| Error::Spawn {
             program: tools.qemu.clone(),
             source: e,
         })?;
-        process::register(id, qemu.id(), &dir);
-        vm.qemu = Some(qemu);
+        vm.procs.lock().qemu = Some(qemu);
         tracing::info!(accel = %accel, serial_log = %vm.serial_log.display(), "VM launched");
         Ok(vm)
     }
@@ -293,9 +286,7 @@ impl Vm {
                 qemu_log: self.qemu_log.clone(),
             });
         }
-        if let Some(d) = self.daemon.as_mut()
-            && let Ok(Some(status)) = d.try_wait()
-        {
+        if let Some(status) = self.daemon_exited() {
             return Err(Error::DaemonFailed {
                 reason: format!("exited with {status} while the VM was running"),
                 log: self.daemon_log.clone(),
@@ -309,12 +300,20 @@ impl Vm {
         if let Some(s) = self.qemu_status {
             return Ok(Some(s));
         }
-        let Some(q) = self.qemu.as_mut() else {
+        let mut children = self.procs.lock();
+        let Some(q) = children.qemu.as_mut() else {
             return Ok(None);
         };
         let s = q.try_wait().map_err(|e| Error::io("waiting for QEMU", e))?;
+        drop(children);
         self.qemu_status = s;
         Ok(s)
+    }
+
+    /// The daemon's exit status if it has exited.
+    fn daemon_exited(&self) -> Option<ExitStatus> {
+        let mut children = self.procs.lock();
+        children.daemon.as_mut()?.try_wait().ok().flatten()
     }
 
     /// Connects to a port the guest listens on (host-initiated).
@@ -348,15 +347,8 @@ impl Vm {
 
     /// Kills QEMU and the daemon and reaps them.
     pub fn kill(&mut self) {
-        if let Some(mut q) = self.qemu.take() {
-            let _ = q.kill();
-            if let Ok(s) = q.wait() {
-                self.qemu_status.get_or_insert(s);
-            }
-        }
-        if let Some(mut d) = self.daemon.take() {
-            let _ = d.kill();
-            let _ = d.wait();
+        if let Some(s) = self.procs.lock().kill() {
+            self.qemu_status.get_or_insert(s);
         }
     }
 
@@ -388,11 +380,14 @@ impl Vm {
         self.accel
     }
 
-    /// Process ids of QEMU and the daemon, while they run.
+    /// Process ids of QEMU and the daemon, until [`Vm::kill`]. (Once QEMU
+    /// has been reaped its pid may belong to another process: for
+    /// diagnostics only.)
     pub fn pids(&self) -> (Option<u32>, Option<u32>) {
+        let children = self.procs.lock();
         (
-            self.qemu.as_ref().map(Child::id),
-            self.daemon.as_ref().map(Child::id),
+            children.qemu.as_ref().map(Child::id),
+            children.daemon.as_ref().map(Child::id),
         )
     }
 }
@@ -404,6 +399,5 @@ impl Drop for Vm {
         if let Some(d) = self.runtime.take() {
             let _ = d.close();
         }
-        process::unregister(self.id);
     }
 }

@@ -25,9 +25,7 @@ impl Vm {
             if socket.exists() {
                 return Ok(());
             }
-            if let Some(d) = self.daemon.as_mut()
-                && let Ok(Some(status)) = d.try_wait()
-            {
+            if let Some(status) = self.daemon_exited() {
                 return Err(Error::DaemonFailed {
                     reason: format!("exited with {status} before creating its socket"),
                     log: self.daemon_log.clone(),

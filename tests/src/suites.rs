@@ -1,0 +1,246 @@
+//! What xtask, the QEMU suites and CI share, written once: the suites, the
+//! machines they run on, the soak sizes and the environment variables.
+//!
+//! Adding a suite: its file in `tests/tests/`, a `[[test]]` entry in
+//! `tests/Cargo.toml` (a unit test below checks that the three agree) and a
+//! line in [`SUITES`]. Adding a machine to the test matrix: a line in
+//! [`MATRIX`] (and its row in `host::machine::MACHINES`).
+
+use host::Arch;
+
+/// The environment variables `cargo xtask run-e2e` sets for the suites
+/// (the host library's own are in `host::env`).
+pub mod vars {
+    /// Guest architecture (`x86_64`, `aarch64`).
+    pub const ARCH: &str = "SVMC_E2E_ARCH";
+    /// QEMU machine type; unset for the architecture's default.
+    pub const MACHINE: &str = "SVMC_E2E_MACHINE";
+    /// What runs in the VM: `firmware` (default) or `linux`.
+    pub const GUEST: &str = "SVMC_E2E_GUEST";
+    /// The guest image (the kernel for a Linux guest).
+    pub const IMAGE: &str = "SVMC_E2E_IMAGE";
+    /// The initramfs of a Linux guest.
+    pub const INITRD: &str = "SVMC_E2E_INITRD";
+    /// The `host-cli` binary.
+    pub const HOST_CLI: &str = "SVMC_E2E_HOST_CLI";
+    /// The misbehaving firmware (the guest's `hostile` feature).
+    pub const HOSTILE_IMAGE: &str = "SVMC_E2E_HOSTILE_IMAGE";
+    /// How long `hostile_host`'s trickle case trickles, in seconds.
+    pub const HOSTILE_TRICKLE_SECS: &str = "SVMC_HOSTILE_TRICKLE_SECS";
+    /// Set by a suite that runs its own test binary as a helper process
+    /// (e.g. a host process to `SIGKILL`): the helper's name.
+    pub const HELPER: &str = "SVMC_TEST_HELPER";
+    /// The log directory a helper process writes to.
+    pub const HELPER_LOG_DIR: &str = "SVMC_TEST_HELPER_LOG_DIR";
+}
+
+/// One QEMU suite (`tests/tests/<name>.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Suite {
+    /// The test target's name.
+    pub name: &'static str,
+    /// Why it does not run against the Linux test VM (`None`: it does).
+    pub not_for_linux: Option<&'static str>,
+}
+
+impl Suite {
+    const fn new(name: &'static str) -> Self {
+        Self {
+            name,
+            not_for_linux: None,
+        }
+    }
+
+    const fn not_for_linux(self, why: &'static str) -> Self {
+        Self {
+            not_for_linux: Some(why),
+            ..self
+        }
+    }
+}
+
+/// Every QEMU suite, in the order `cargo xtask run-e2e` runs them: the
+/// end-to-end suite, then the robustness suites.
+pub const SUITES: &[Suite] = &[
+    Suite::new("e2e"),
+    Suite::new("faults").not_for_linux(
+        "launcher faults with hand-made firmware images (hanging, crashing, wrong ELF); \
+         host-side code, covered by the firmware run",
+    ),
+    Suite::new("hostile_host").not_for_linux(
+        "not yet for Linux: 25 of its 28 cases pass against linux_service, but \
+         close_right_after_ok, reset_with_unread_hello and burst_of_abrupt_closes need the \
+         firmware's idle-yield policy (drop an idle connection after 2 s when another one \
+         waits): in the Linux guest those host-side closes do not end the connection, and \
+         linux_service waits out its 30 s HELLO timeout",
+    ),
+    Suite::new("hostile_guest").not_for_linux("needs the misbehaving firmware variant"),
+    Suite::new("soak").not_for_linux(
+        "not run for Linux to keep CI time (launch cycles, 10,000 requests, several VMs at \
+         once, a thread pool of VMs; about 3 s per Linux boot here); e2e covers every request \
+         kind and both connection directions",
+    ),
+];
+
+/// The suite `name`.
+pub fn suite(name: &str) -> Option<&'static Suite> {
+    SUITES.iter().find(|s| s.name == name)
+}
+
+/// One column of the test matrix: an architecture and a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Target {
+    /// Guest architecture.
+    pub arch: Arch,
+    /// QEMU machine type (`None`: the architecture's default).
+    pub machine: Option<&'static str>,
+    /// The suites that run on it (`None`: all of [`SUITES`]).
+    pub suites: Option<&'static [&'static str]>,
+}
+
+/// What `cargo xtask test` runs the firmware suites on.
+pub const MATRIX: &[Target] = &[
+    Target {
+        arch: Arch::X86_64,
+        machine: None,
+        suites: None,
+    },
+    Target {
+        arch: Arch::Aarch64,
+        machine: None,
+        suites: None,
+    },
+];
+
+/// A soak size: its variable, its CI value (`cargo xtask test`, and the
+/// default when the variable is unset) and its full value (`cargo xtask
+/// soak`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SoakSize {
+    /// The environment variable.
+    pub var: &'static str,
+    /// At CI size.
+    pub ci: u64,
+    /// At full size.
+    pub full: u64,
+}
+
+/// Launch/request/power-off cycles in a row.
+pub const SOAK_CYCLES: SoakSize = SoakSize {
+    var: "SVMC_SOAK_CYCLES",
+    ci: 20,
+    full: 200,
+};
+/// Requests over one connection.
+pub const SOAK_REQUESTS: SoakSize = SoakSize {
+    var: "SVMC_SOAK_REQUESTS",
+    ci: 10_000,
+    full: 100_000,
+};
+/// VMs served at once by one process.
+pub const SOAK_VMS: SoakSize = SoakSize {
+    var: "SVMC_SOAK_VMS",
+    ci: 3,
+    full: 4,
+};
+/// Requests per VM of those.
+pub const SOAK_VM_REQUESTS: SoakSize = SoakSize {
+    var: "SVMC_SOAK_VM_REQUESTS",
+    ci: 500,
+    full: 5000,
+};
+/// VMs launched by the thread pool (8 threads) in all.
+pub const SOAK_POOL_VMS: SoakSize = SoakSize {
+    var: "SVMC_SOAK_POOL_VMS",
+    ci: 16,
+    full: 96,
+};
+/// Requests per VM of the thread pool.
+pub const SOAK_POOL_REQUESTS: SoakSize = SoakSize {
+    var: "SVMC_SOAK_POOL_REQUESTS",
+    ci: 20,
+    full: 200,
+};
+
+/// Every soak size.
+pub const SOAK: &[SoakSize] = &[
+    SOAK_CYCLES,
+    SOAK_REQUESTS,
+    SOAK_VMS,
+    SOAK_VM_REQUESTS,
+    SOAK_POOL_VMS,
+    SOAK_POOL_REQUESTS,
+];
+
+impl SoakSize {
+    /// The value in the environment, or the CI size.
+    pub fn get(&self) -> u64 {
+        crate::env_count(self.var, self.ci)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The `[[test]]` targets of `tests/Cargo.toml` with `harness = false`.
+    fn cargo_suites() -> Vec<String> {
+        let manifest = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
+            .expect("tests/Cargo.toml");
+        manifest
+            .split("[[test]]")
+            .skip(1)
+            .filter_map(|t| {
+                let name = t.lines().find_map(|l| l.trim().strip_prefix("name = "))?;
+                Some(name.trim_matches('"').to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn suite_list_matches_cargo_toml_and_files() {
+        let listed: Vec<String> = SUITES.iter().map(|s| s.name.to_string()).collect();
+        let mut in_cargo = cargo_suites();
+        let mut files: Vec<String> =
+            std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
+                .unwrap()
+                .filter_map(|e| {
+                    let name = e.ok()?.file_name().into_string().ok()?;
+                    name.strip_suffix(".rs").map(str::to_string)
+                })
+                .collect();
+        let mut sorted = listed.clone();
+        sorted.sort();
+        in_cargo.sort();
+        files.sort();
+        assert_eq!(
+            sorted, in_cargo,
+            "SUITES vs [[test]] entries of tests/Cargo.toml"
+        );
+        assert_eq!(sorted, files, "SUITES vs tests/tests/*.rs");
+    }
+
+    #[test]
+    fn matrix_names_known_machines_and_suites() {
+        for t in MATRIX {
+            host::machine::find(t.arch, t.machine).unwrap();
+            for s in t.suites.unwrap_or_default() {
+                assert!(suite(s).is_some(), "{s}");
+            }
+        }
+        for arch in Arch::ALL {
+            assert!(
+                MATRIX.iter().any(|t| t.arch == arch),
+                "{arch} is not in the matrix"
+            );
+        }
+    }
+
+    #[test]
+    fn soak_sizes_are_distinct_and_ci_is_smaller() {
+        for (i, s) in SOAK.iter().enumerate() {
+            assert!(s.ci <= s.full, "{}", s.var);
+            assert!(!SOAK[i + 1..].iter().any(|o| o.var == s.var), "{}", s.var);
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `cargo xtask lint`: formatting, clippy and docs, as CI runs them
+//! (`.ci/run` calls it before `cargo xtask test`). The feature sets and the
+//! suite list are the same constants that `cargo xtask test` uses.
+
+use host::Arch;
+
+use crate::e2e;
+use crate::util::{self, Result, cargo};
+
+/// `vsock-transport`'s host backends and its test doubles.
+pub const TRANSPORT_HOST_FEATURES: &str = "host-hybrid,host-vsock,test-utils";
+/// `vsock-transport`'s guest backend.
+pub const TRANSPORT_GUEST_FEATURE: &str = "guest";
+/// `comm` with `std`.
+pub const COMM_STD_FEATURE: &str = "std";
+/// The guest's test variant that misbehaves on purpose.
+pub const HOSTILE_FEATURE: &str = "hostile";
+
+/// Runs every formatting, lint and doc check of CI.
+pub fn lint() -> Result<()> {
+    let deny = ["--", "-D", "warnings"];
+    util::run(cargo().args(["fmt", "--all", "--check"]))?;
+    util::run(cargo().args(["clippy", "--all-targets"]).args(deny))?;
+    util::run(
+        cargo()
+            .args([
+                "clippy",
+                "-p",
+                "vsock-transport",
+                "--all-targets",
+                "--features",
+            ])
+            .arg(TRANSPORT_HOST_FEATURES)
+            .args(deny),
+    )?;
+    // The QEMU suites have `test = false` (xtask runs them), so
+    // --all-targets skips them.
+    util::run(
+        cargo()
+            .args(["clippy", "-p", "tests"])
+            .args(e2e::test_args(&e2e::all_suites()))
+            .args(deny),
+    )?;
+    for arch in Arch::ALL {
+        let target = arch.target_triple();
+        util::run(
+            cargo()
+                .args([
+                    "clippy",
+                    "-p",
+                    "comm",
+                    "-p",
+                    "vsock-transport",
+                    "--features",
+                ])
+                .arg(format!("vsock-transport/{TRANSPORT_GUEST_FEATURE}"))
+                .args(["--target", target])
+                .args(deny),
+        )?;
+        for features in [None, Some(HOSTILE_FEATURE)] {
+            let mut c = cargo();
+            c.args(["clippy", "-p", "guest", "--target", target, "--profile"])
+                .arg(crate::image::PROFILE);
+            if let Some(f) = features {
+                c.args(["--features", f]);
+            }
+            util::run(c.args(deny))?;
+        }
+    }
+    // The guest is not a default member, so the workspace docs build
+    // (`cargo xtask test`) skips it.
+    for arch in Arch::ALL {
+        util::run(
+            cargo()
+                .args(["doc", "-p", "guest", "--target", arch.target_triple()])
+                .args(["--no-deps", "--quiet"])
+                .env("RUSTDOCFLAGS", "-D warnings"),
+        )?;
+    }
+    Ok(())
+}
