@@ -113,20 +113,10 @@ pub fn default_for(arch: Arch) -> &'static Machine {
         .expect("every architecture has a machine")
 }
 
-/// The environment variable that picks the machine when none is named
-/// (`SVMC_MACHINE=microvm`): `cargo xtask test` runs the suites once more
-/// with it, and `host-cli` follows it when `--machine` is not given.
-pub const MACHINE_ENV: &str = "SVMC_MACHINE";
-
-/// The machine `name` of `arch`; for `None`, the machine `$SVMC_MACHINE`
-/// names if it is one of `arch`'s (so that one variable can select
-/// `microvm` for x86_64 without touching aarch64), else the default.
+/// The machine `name` of `arch`, or its default for `None`.
 pub fn find(arch: Arch, name: Option<&str>) -> Result<&'static Machine> {
     let Some(name) = name else {
-        let env = std::env::var(MACHINE_ENV).ok();
-        return Ok(env
-            .and_then(|e| MACHINES.iter().find(|m| m.arch == arch && m.name == e))
-            .unwrap_or_else(|| default_for(arch)));
+        return Ok(default_for(arch));
     };
     MACHINES
         .iter()
