@@ -110,6 +110,11 @@ pub const MATRIX: &[Target] = &[
         machine: None,
         suites: None,
     },
+    Target {
+        arch: Arch::X86_64,
+        machine: Some("microvm"),
+        suites: None,
+    },
 ];
 
 /// A soak size: its variable, its CI value (`cargo xtask test`, and the
