@@ -97,12 +97,12 @@ pub fn choose_accel(requested: Accel, machine: &Machine, qemu: &Path) -> Accel {
             .trim()
     );
     let cache = cache_file();
-    if let Some(c) = &cache
-        && let Ok(s) = fs::read_to_string(c)
-        && let Some((k, v)) = s.trim_end().rsplit_once('=')
-        && k == key
-    {
-        return if v == "kvm" { Accel::Kvm } else { Accel::Tcg };
+    let cached = cache
+        .as_ref()
+        .and_then(|c| fs::read_to_string(c).ok())
+        .unwrap_or_default();
+    if let Some(v) = cached_verdict(&cached, &key) {
+        return v;
     }
     let verdict = if probe_kvm(qemu, machine) {
         Accel::Kvm
@@ -114,9 +114,31 @@ pub fn choose_accel(requested: Accel, machine: &Machine, qemu: &Path) -> Accel {
         if let Some(parent) = c.parent() {
             let _ = fs::create_dir_all(parent);
         }
-        let _ = fs::write(c, format!("{key}={verdict}\n"));
+        let _ = fs::write(c, with_verdict(&cached, &key, verdict));
     }
     verdict
+}
+
+/// The verdict cached for `key` in the cache file's text (one
+/// `<key>=<verdict>` line per machine, QEMU and kernel).
+fn cached_verdict(cache: &str, key: &str) -> Option<Accel> {
+    cache.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once('=')?;
+        (k == key).then(|| if v == "kvm" { Accel::Kvm } else { Accel::Tcg })
+    })
+}
+
+/// The cache file's text with `key`'s line set to `verdict`, the other
+/// keys' lines kept (so that alternating machines does not probe again
+/// each time).
+fn with_verdict(cache: &str, key: &str, verdict: Accel) -> String {
+    let mut out: String = cache
+        .lines()
+        .filter(|l| l.rsplit_once('=').is_some_and(|(k, _)| k != key))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("{key}={verdict}\n"));
+    out
 }
 
 fn cache_file() -> Option<PathBuf> {
@@ -181,5 +203,24 @@ fn run_tiny(qemu: &Path, machine: &Machine, accel: Accel) -> bool {
                 return false;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_cache_keeps_one_verdict_per_key() {
+        let c = with_verdict("", "v4 q35 qemu 6.1", Accel::Tcg);
+        let c = with_verdict(&c, "v4 microvm qemu 6.1", Accel::Kvm);
+        assert_eq!(cached_verdict(&c, "v4 q35 qemu 6.1"), Some(Accel::Tcg));
+        assert_eq!(cached_verdict(&c, "v4 microvm qemu 6.1"), Some(Accel::Kvm));
+        assert_eq!(cached_verdict(&c, "v4 virt qemu 6.1"), None);
+        let c = with_verdict(&c, "v4 q35 qemu 6.1", Accel::Kvm);
+        assert_eq!(cached_verdict(&c, "v4 q35 qemu 6.1"), Some(Accel::Kvm));
+        assert_eq!(c.lines().count(), 2, "{c}");
+        // An older file (one line, another key) is kept and not used.
+        assert_eq!(cached_verdict("v2 qemu 6.1=kvm\n", "v4 q35 qemu 6.1"), None);
     }
 }
