@@ -61,6 +61,8 @@ struct Opts {
     mem: bool,
     /// `--boots N`: only the boot series (N boots per machine).
     boots: Option<usize>,
+    /// `--boot-only`: only the boot-to-answer rows.
+    boot_only: bool,
 }
 
 /// Median, min, max of a sample.
@@ -141,6 +143,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         microvm: true,
         mem: true,
         boots: None,
+        boot_only: false,
     };
     let mut it = rest.iter();
     while let Some(a) = it.next() {
@@ -160,6 +163,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 }
                 o.boots = Some(n);
             }
+            "--boot-only" => o.boot_only = true,
             "--no-codec" => o.codec = false,
             "--no-microvm" => o.microvm = false,
             "--no-mem" => o.mem = false,
@@ -170,8 +174,8 @@ fn parse(args: &[String]) -> Result<Opts> {
 }
 
 /// `cargo xtask bench [--arch A] [--reps N] [--no-codec] [--no-microvm] [--no-mem]`,
-/// or `cargo xtask bench [--arch A] [--no-microvm] --boots N` for the boot
-/// series alone.
+/// `--boot-only` for the boot-to-answer rows alone, or `cargo xtask bench
+/// [--arch A] [--no-microvm] --boots N` for the boot series alone.
 pub fn run(args: &[String]) -> Result<()> {
     let o = parse(args)?;
     crate::setup::setup()?;
@@ -287,6 +291,14 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
 
+    if o.boot_only {
+        let tools = host::tools::Tools::find(o.arch).map_err(|e| e.to_string())?;
+        let machine = host::machine::default_for(o.arch);
+        let accel = host::accel::choose_accel(host::Accel::Auto, machine, &tools.qemu);
+        print_report(o.arch, accel, &rows, &notes, None);
+        return Ok(());
+    }
+
     // Protocol: round trips, throughput, heap.
     eprintln!("bench: protocol VM");
     let svc = measure_service(&base, o.reps)?;
@@ -356,10 +368,21 @@ pub fn run(args: &[String]) -> Result<()> {
         None
     };
 
+    print_report(o.arch, svc.accel, &rows, &notes, codec.as_deref());
+    Ok(())
+}
+
+fn print_report(
+    arch: Arch,
+    accel: host::Accel,
+    rows: &[Row],
+    notes: &[String],
+    codec: Option<&str>,
+) {
     println!();
-    println!("{}", machine_line(o.arch, svc.accel));
-    println!("{}", table(&rows));
-    for n in &notes {
+    println!("{}", machine_line(arch, accel));
+    println!("{}", table(rows));
+    for n in notes {
         println!("note: {n}");
     }
     if let Some(c) = codec {
@@ -367,7 +390,6 @@ pub fn run(args: &[String]) -> Result<()> {
         println!("comm codec (cargo bench -p comm):");
         println!("{c}");
     }
-    Ok(())
 }
 
 fn ms(d: Duration) -> f64 {
