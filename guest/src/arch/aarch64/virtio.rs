@@ -55,7 +55,11 @@ impl fmt::Display for DiscoveryError {
 /// Returns the transport of the first virtio socket device.
 pub fn find_vsock() -> Result<VirtioTransport, DiscoveryError> {
     let platform = super::platform().ok_or(DiscoveryError::NotFound)?;
-    for &(base, size) in platform.virtio_mmio.iter().flatten() {
+    // From the highest address down: QEMU `virt` plugs `-device`s into its
+    // transports from the last one (0x0a00_3e00) down, and the device tree
+    // lists them in address order, so this finds the device first instead
+    // of reading 31 empty slots before it.
+    for &(base, size) in platform.virtio_mmio.iter().flatten().rev() {
         let Some(header) = NonNull::new(base as *mut VirtIOHeader) else {
             continue;
         };
