@@ -89,7 +89,8 @@ struct Cli {
     #[arg(long, global = true, default_value = "auto")]
     accel: Accel,
 
-    /// QEMU machine type [default: q35 on x86_64, virt on aarch64].
+    /// QEMU machine type [default: microvm on x86_64 (q35 for --guest
+    /// linux), virt on aarch64].
     #[arg(long, global = true)]
     machine: Option<String>,
 
@@ -211,7 +212,9 @@ fn run(cli: &Cli) -> Result<()> {
         };
         vm.memory_mib = cli.memory;
         vm.accel = cli.accel;
-        vm.machine = cli.machine.clone();
+        if cli.machine.is_some() {
+            vm.machine = cli.machine.clone();
+        }
         vm.log_dir = cli.log_dir.clone();
         if cli.verbose >= 2 {
             vm.cmdline.push("svmc.log=debug".into());

@@ -112,7 +112,7 @@ pub const MATRIX: &[Target] = &[
     },
     Target {
         arch: Arch::X86_64,
-        machine: Some("microvm"),
+        machine: Some("q35"),
         suites: None,
     },
 ];

@@ -79,7 +79,9 @@ const Q35: Machine = Machine {
 /// not legacy) at 0xFEB0_0000 + n x 0x200, which the guest finds in the
 /// ACPI DSDT (QEMU adds no `virtio_mmio.device=` words to a PVH kernel's
 /// command line); power-off through the ACPI GED, `isa-debug-exit` for
-/// failure. It starts in about half the time of q35.
+/// failure. It starts in about half the time of q35 and runs every suite,
+/// so it is the x86_64 default; q35 stays in the test matrix (and the Linux
+/// test VM, whose drivers are virtio-pci, runs on it).
 const MICROVM: Machine = Machine {
     name: "microvm",
     globals: &["virtio-mmio.force-legacy=false"],
@@ -103,7 +105,7 @@ const VIRT: Machine = Machine {
 
 /// Every machine the launcher knows; the first of an architecture is its
 /// default.
-pub const MACHINES: &[Machine] = &[Q35, MICROVM, VIRT];
+pub const MACHINES: &[Machine] = &[MICROVM, Q35, VIRT];
 
 /// The default machine of `arch` (its first row in [`MACHINES`]).
 pub fn default_for(arch: Arch) -> &'static Machine {
@@ -212,7 +214,7 @@ mod tests {
 
     #[test]
     fn every_architecture_has_a_default_and_names_are_unique() {
-        assert_eq!(default_for(Arch::X86_64).name, "q35");
+        assert_eq!(default_for(Arch::X86_64).name, "microvm");
         assert_eq!(default_for(Arch::Aarch64).name, "virt");
         for arch in Arch::ALL {
             let names = names(arch);
@@ -282,7 +284,7 @@ mod tests {
 
     #[test]
     fn memory_is_shared_only_when_asked() {
-        let q35 = default_for(Arch::X86_64);
+        let q35 = find(Arch::X86_64, Some("q35")).unwrap();
         let shared = joined(q35, Accel::Tcg);
         assert!(
             shared.contains("-machine q35,memory-backend=mem "),
