@@ -448,7 +448,7 @@ const RENOTIFY_LOG: &str = "re-notified #";
 /// `--boots N`: `host-cli -v reverse abc` N times on `machine`; prints how
 /// many boots were relaunched (host-cli's log), how many TX waits the guest
 /// ended by notifying again (serial logs: lost kicks, or a device slower
-/// than 2 ms), and the distribution of the boot-to-answer times.
+/// than 5 ms), and the distribution of the boot-to-answer times.
 fn boot_series(
     host_cli: &Path,
     arch: Arch,
