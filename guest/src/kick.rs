@@ -223,7 +223,15 @@ impl<T: Transport> Transport for KickRetry<T> {
     }
 
     fn notify(&mut self, queue: u16) {
-        self.inner.notify(queue);
+        // The hostile test firmware can lose the first TX kick on purpose,
+        // as the daemon may, to prove that the wait below recovers.
+        #[cfg(feature = "hostile")]
+        let lost = queue == TX_QUEUE && crate::hostile::lose_tx_kick();
+        #[cfg(not(feature = "hostile"))]
+        let lost = false;
+        if !lost {
+            self.inner.notify(queue);
+        }
         if queue == TX_QUEUE
             && let Some(rings) = self.rings[usize::from(queue)]
         {
