@@ -468,12 +468,29 @@ fn boot_series(
     for i in 0..n {
         let (t, stderr) = boot_cli(host_cli, arch, img, &log_dir, machine, STEP, &["-v"])?;
         times.push(ms(t));
-        relaunches += stderr.matches(RELAUNCH_LOG).count();
+        let relaunched = stderr.matches(RELAUNCH_LOG).count();
+        relaunches += relaunched;
         // This boot's serial logs (the launcher keeps the last 96 files).
-        renotified += newest_serial_logs(&log_dir, 1 + stderr.matches(RELAUNCH_LOG).count())
+        let logs = newest_serial_logs(&log_dir, 1 + relaunched);
+        renotified += logs
             .iter()
-            .map(|log| log.matches(RENOTIFY_LOG).count())
+            .map(|(_, log)| log.matches(RENOTIFY_LOG).count())
             .sum::<usize>();
+        if relaunched > 0 {
+            // Keep them: the log directory is pruned.
+            let keep = log_dir.join("relaunched");
+            let _ = std::fs::create_dir_all(&keep);
+            for (path, _) in &logs {
+                if let Some(name) = path.file_name() {
+                    let _ = std::fs::copy(path, keep.join(name));
+                }
+            }
+            eprintln!(
+                "bench:   boot {} relaunched; serial logs in {}",
+                i + 1,
+                keep.display()
+            );
+        }
         if (i + 1) % 100 == 0 {
             eprintln!("bench:   {} boots, {relaunches} relaunched", i + 1);
         }
@@ -492,8 +509,8 @@ fn boot_series(
     Ok(())
 }
 
-/// The contents of the `count` newest serial logs in `dir`.
-fn newest_serial_logs(dir: &Path, count: usize) -> Vec<String> {
+/// The `count` newest serial logs in `dir`, with their contents.
+fn newest_serial_logs(dir: &Path, count: usize) -> Vec<(std::path::PathBuf, String)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
@@ -506,7 +523,7 @@ fn newest_serial_logs(dir: &Path, count: usize) -> Vec<String> {
     logs.iter()
         .rev()
         .take(count)
-        .filter_map(|(_, p)| std::fs::read_to_string(p).ok())
+        .filter_map(|(_, p)| Some((p.clone(), std::fs::read_to_string(p).ok()?)))
         .collect()
 }
 
