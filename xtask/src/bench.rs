@@ -6,7 +6,7 @@
 //! |-----------------|----------------------------------------|--------------------------------------------------------------|
 //! | boot to answer  | `host-cli reverse abc`, whole process  | daemon + QEMU (same machine, memory, device) running the tiny exit-at-first-instruction firmware, launch to exit |
 //! | round trip      | 16-byte `Reverse`, one connection      | 16 bytes through the guest's raw echo (`svmc.mode=echo`)     |
-//! | throughput      | 1 MiB / 8 MiB `Reverse`                | the same bytes through the raw echo stream                   |
+//! | throughput      | 1 MiB / 8 MiB `Reverse`                | the same bytes through the raw echo stream, at most 128 KiB ahead of the echo |
 //! | size, memory    | stripped image, smallest `-m` for an 8 MiB `Reverse`, guest heap peak | targets |
 //!
 //! Round trips and throughput run on a host-initiated connection to the
@@ -20,6 +20,7 @@ use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use host::image::{tiny_elf, tiny_exit_status};
@@ -653,6 +654,30 @@ fn recv_exact<C: Connection>(c: &mut C, buf: &mut [u8]) -> Result<()> {
     Ok(())
 }
 
+/// Like [`recv_exact`], publishing how much has arrived.
+fn recv_exact_counting<C: Connection>(
+    c: &mut C,
+    buf: &mut [u8],
+    received: &AtomicUsize,
+) -> Result<()> {
+    let mut got = 0;
+    while got < buf.len() {
+        match c.recv(&mut buf[got..]) {
+            Ok(0) => return Err("echo VM: closed early".into()),
+            Ok(n) => {
+                got += n;
+                received.store(got, Ordering::Release);
+            }
+            Err(e) => return Err(format!("echo VM: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The echo stream's writes, and how far they may run ahead of the echo.
+const ECHO_CHUNK: usize = 64 * 1024;
+const ECHO_IN_FLIGHT: usize = 128 * 1024;
+
 fn measure_echo(base: &VmConfig, reps: usize) -> Result<EchoFigures> {
     let mut cfg = base.clone();
     cfg.cmdline.push("svmc.mode=echo".into());
@@ -694,14 +719,27 @@ fn measure_echo(base: &VmConfig, reps: usize) -> Result<EchoFigures> {
                 .try_clone()
                 .map_err(|e| format!("echo VM: {e}"))?;
             let start = Instant::now();
+            let received = AtomicUsize::new(0);
             let t = std::thread::scope(|sc| -> Result<Duration> {
-                let data = &data;
+                let (data, received) = (&data, &received);
                 let w = sc.spawn(move || {
                     let mut writer = writer;
-                    writer.write_all(data)
+                    // At most ECHO_IN_FLIGHT bytes ahead of what came back:
+                    // vhost-device-vsock 0.3.0 stalls a connection for good
+                    // when the host writes several MiB while the guest
+                    // already answers ("Failed to re-enable EPOLLOUT").
+                    let mut sent = 0;
+                    for chunk in data.chunks(ECHO_CHUNK) {
+                        while sent - received.load(Ordering::Acquire) > ECHO_IN_FLIGHT {
+                            std::thread::yield_now();
+                        }
+                        writer.write_all(chunk)?;
+                        sent += chunk.len();
+                    }
+                    Ok::<(), std::io::Error>(())
                 });
                 conn.begin(Step::Read);
-                recv_exact(&mut conn, &mut back)?;
+                recv_exact_counting(&mut conn, &mut back, received)?;
                 let t = start.elapsed();
                 w.join()
                     .map_err(|_| "echo writer panicked".to_string())?
