@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use host::tools::Tools;
 use host::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tests::harness::{Case, Setup, Suite};
 use tests::{Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs};
 
@@ -64,6 +66,9 @@ impl Faults {
             .arg("tcg")
             .arg("--timeout")
             .arg("30");
+        if let Some(m) = &self.ctx.machine {
+            c.arg("--machine").arg(m);
+        }
         c
     }
 
@@ -360,9 +365,9 @@ fn killed_mid_request(f: &Faults, which: &str) -> R {
         let killer = std::thread::spawn(move || {
             let _ = rx.recv();
             std::thread::sleep(Duration::from_millis(5));
-            // SAFETY: kill(2) on a pid of a child we still own (not reaped,
-            // so the pid cannot have been reused); no memory is involved.
-            unsafe { libc::kill(victim as libc::pid_t, libc::SIGKILL) };
+            // A child we still own (not reaped, so the pid cannot have been
+            // reused).
+            let _ = kill(Pid::from_raw(victim as i32), Signal::SIGKILL);
             Instant::now()
         });
         let mut tx = Some(tx);
@@ -510,7 +515,7 @@ fn sigkill_of_a_host_whose_worker_launched_the_vm(f: &Faults) -> R {
             format!("the VM died with the worker thread: {pids:?} gone before the kill")
         })
     })();
-    signal(&child, libc::SIGKILL);
+    signal(&child, Signal::SIGKILL);
     let _ = child.wait();
     r?;
     let killed_at = Instant::now();
@@ -612,9 +617,9 @@ fn wait_for_vm_of(f: &Faults, child: &mut Child) -> Result<Vec<u32>, String> {
     Ok(found)
 }
 
-fn signal(child: &Child, sig: libc::c_int) {
-    // SAFETY: kill(2) on our own unreaped child; no memory is involved.
-    unsafe { libc::kill(child.id() as libc::pid_t, sig) };
+fn signal(child: &Child, sig: Signal) {
+    // Our own unreaped child.
+    let _ = kill(Pid::from_raw(child.id() as i32), sig);
 }
 
 /// A long text argument, so that the request takes a little while.
@@ -632,7 +637,7 @@ fn cli_sigkill_leaves_no_children(f: &Faults) -> R {
         .spawn()
         .map_err(|e| e.to_string())?;
     let pids = wait_for_vm_of(f, &mut child)?;
-    signal(&child, libc::SIGKILL);
+    signal(&child, Signal::SIGKILL);
     let status = child.wait().map_err(|e| e.to_string())?;
     let killed_at = Instant::now();
     let left = procs::wait_gone(&pids, GRACE);
@@ -682,7 +687,7 @@ fn cli_ctrl_c(f: &Faults) -> R {
             .spawn()
             .map_err(|e| e.to_string())?;
         let pids = wait_for_vm_of(f, &mut child)?;
-        signal(&child, libc::SIGINT);
+        signal(&child, Signal::SIGINT);
         let start = Instant::now();
         let out = child.wait_with_output().map_err(|e| e.to_string())?;
         ensure(start.elapsed() < Duration::from_secs(3), || {

@@ -562,22 +562,12 @@ fn reset_with_unread_hello(h: &Hostile) -> R {
         // ECONNRESET (the nearest a Unix socket has to an RST).
         let c = h.connect()?;
         std::thread::sleep(Duration::from_millis(100));
-        let linger = libc::linger {
+        let linger = nix::libc::linger {
             l_onoff: 1,
             l_linger: 0,
         };
-        use std::os::fd::AsRawFd;
-        // SAFETY: a valid socket fd and a pointer to a live `linger` of the
-        // size passed; the kernel copies it.
-        unsafe {
-            libc::setsockopt(
-                c.get_ref().as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_LINGER,
-                (&raw const linger).cast(),
-                size_of::<libc::linger>() as libc::socklen_t,
-            )
-        };
+        nix::sys::socket::setsockopt(c.get_ref(), nix::sys::socket::sockopt::Linger, &linger)
+            .map_err(|e| format!("SO_LINGER: {e}"))?;
         drop(c);
         Ok(())
     })

@@ -1,15 +1,20 @@
 //! Soak suite: many launch/request/power-off cycles in a row, many requests
-//! over one connection, and several VMs served at once by one process, with
-//! zero failures and no growth in child processes or open file descriptors.
+//! over one connection, several VMs served at once by one process, and a
+//! pool of 8 threads that launch VMs and hand them to each other, with zero
+//! failures and no growth in child processes, open file descriptors or
+//! runtime directories.
 //!
 //! Sizes: `tests::suites::SOAK` (CI sizes by default and in `cargo xtask
 //! test`, full ones in `cargo xtask soak`; each variable overrides).
 
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use host::Session;
 use tests::harness::{Case, Setup, Suite};
-use tests::suites::{SOAK_CYCLES, SOAK_REQUESTS, SOAK_VM_REQUESTS, SOAK_VMS};
+use tests::suites::{
+    SOAK_CYCLES, SOAK_POOL_REQUESTS, SOAK_POOL_VMS, SOAK_REQUESTS, SOAK_VM_REQUESTS, SOAK_VMS,
+};
 use tests::{Ctx, ensure, procs};
 
 type R = Result<(), String>;
@@ -20,7 +25,12 @@ struct Soak {
     requests: u64,
     vms: u64,
     vm_requests: u64,
+    pool_vms: u64,
+    pool_requests: u64,
 }
+
+/// Threads of the pool in [`thread_pool`].
+const POOL_THREADS: usize = 8;
 
 /// Child processes and open file descriptors of this process.
 fn resources() -> (Vec<u32>, usize) {
@@ -167,10 +177,137 @@ fn several_vms_at_once(s: &Soak) -> R {
     same_resources(&before)
 }
 
+/// This process's runtime directories (`$TMPDIR/svmc-<pid>-*`).
+fn runtime_dirs() -> usize {
+    let prefix = format!("svmc-{}-", std::process::id());
+    std::fs::read_dir(std::env::temp_dir())
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Children, open fds and runtime directories, as counts.
+fn counts() -> (usize, usize, usize) {
+    (
+        procs::our_children().len(),
+        procs::fd_count(),
+        runtime_dirs(),
+    )
+}
+
+/// A VM handed from one pool thread to the next, or why there is none.
+type Handoff = Result<(u64, Session), String>;
+
+/// Sends `n` distinct requests numbered from `from` on VM `k`.
+fn pool_requests(s: &mut Session, k: u64, from: u64, n: u64) -> R {
+    for i in from..from + n {
+        let payload = format!("pool vm {k} request {i} {}", "+".repeat((k % 13) as usize));
+        reverse_checked(s, payload.into_bytes()).map_err(|e| format!("vm {k} request {i}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// One pool thread: in each round it launches its VM of that round, sends
+/// half of the requests, hands it to the next thread, then takes the
+/// previous thread's VM of the round, sends the other half and drops it
+/// (its `Vm` kills QEMU and the daemon). A thread never finishes a VM it
+/// launched, and a VM outlives the thread that launched it only as far as
+/// that thread keeps running.
+fn pool_thread(
+    s: &Soak,
+    me: usize,
+    next: mpsc::Sender<Handoff>,
+    inbox: mpsc::Receiver<Handoff>,
+) -> (u64, Vec<String>) {
+    let n = POOL_THREADS as u64;
+    let half = s.pool_requests / 2;
+    let rest = s.pool_requests - half;
+    let prev = (me + POOL_THREADS - 1) % POOL_THREADS;
+    let mut served = 0;
+    let mut errors = Vec::new();
+    for round in 0..s.pool_vms.div_ceil(n) {
+        let k = round * n + me as u64;
+        if k < s.pool_vms {
+            let launched = s.ctx.session().and_then(|mut vm| {
+                pool_requests(&mut vm, k, 0, half)?;
+                Ok((k, vm))
+            });
+            let _ = next.send(launched.map_err(|e| format!("vm {k} (thread {me}): {e}")));
+        }
+        if round * n + (prev as u64) < s.pool_vms {
+            match inbox.recv_timeout(Duration::from_secs(120)) {
+                Ok(Ok((k, mut vm))) => match pool_requests(&mut vm, k, half, rest) {
+                    Ok(()) => served += 1,
+                    Err(e) => errors.push(format!("{e} (thread {me}, handed over)")),
+                },
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(format!("thread {me}: no VM from thread {prev}: {e}")),
+            }
+        }
+    }
+    (served, errors)
+}
+
+fn thread_pool(s: &Soak) -> R {
+    // Warm-up (accelerator verdict, lazily opened files), not counted.
+    power_off(s.ctx.session()?)?;
+    let before = counts();
+    let start = Instant::now();
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..POOL_THREADS).map(|_| mpsc::channel()).unzip();
+    let results: Vec<(u64, Vec<String>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = rxs
+            .into_iter()
+            .enumerate()
+            .map(|(me, inbox)| {
+                let next = txs[(me + 1) % POOL_THREADS].clone();
+                scope.spawn(move || pool_thread(s, me, next, inbox))
+            })
+            .collect();
+        drop(txs);
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| (0, vec!["a pool thread panicked".into()]))
+            })
+            .collect()
+    });
+    let took = start.elapsed();
+    let served: u64 = results.iter().map(|r| r.0).sum();
+    let errors: Vec<&String> = results.iter().flat_map(|r| &r.1).collect();
+    println!(
+        "  {POOL_THREADS} threads, {served} of {} VMs served ({} requests each, handed between \
+         threads) in {took:.2?}, {} errors",
+        s.pool_vms,
+        s.pool_requests,
+        errors.len()
+    );
+    let after = procs::poll(Duration::from_secs(5), || {
+        let now = counts();
+        (now.0 <= before.0 && now.1 <= before.1 && now.2 <= before.2).then_some(now)
+    });
+    let now = counts();
+    println!(
+        "  children {} -> {}, open fds {} -> {}, runtime directories {} -> {}",
+        before.0, now.0, before.1, now.1, before.2, now.2
+    );
+    ensure(errors.is_empty(), || format!("{errors:?}"))?;
+    ensure(served == s.pool_vms, || {
+        format!("{served} of {} VMs served", s.pool_vms)
+    })?;
+    ensure(after.is_some(), || {
+        format!("resources grew: (children, fds, runtime dirs) {before:?} -> {now:?}")
+    })
+}
+
 const CASES: &[Case<Soak>] = &[
     ("cycles", cycles),
     ("requests_one_connection", requests_one_connection),
     ("several_vms_at_once", several_vms_at_once),
+    ("thread_pool", thread_pool),
 ];
 
 fn setup(s: Setup) -> Result<Soak, String> {
@@ -180,10 +317,13 @@ fn setup(s: Setup) -> Result<Soak, String> {
         requests: SOAK_REQUESTS.get(),
         vms: SOAK_VMS.get(),
         vm_requests: SOAK_VM_REQUESTS.get(),
+        pool_vms: SOAK_POOL_VMS.get(),
+        pool_requests: SOAK_POOL_REQUESTS.get(),
     };
     println!(
-        "  {} cycles, {} requests, {} VMs x {} requests",
-        soak.cycles, soak.requests, soak.vms, soak.vm_requests
+        "  {} cycles, {} requests, {} VMs x {} requests, a pool of {POOL_THREADS} threads: {} VMs \
+         x {} requests",
+        soak.cycles, soak.requests, soak.vms, soak.vm_requests, soak.pool_vms, soak.pool_requests
     );
     Ok(soak)
 }

@@ -174,45 +174,26 @@ fn early_init() -> io::Result<()> {
 }
 
 fn mount(fstype: &str, dir: &str) -> io::Result<()> {
-    let c = |s: &str| std::ffi::CString::new(s).map_err(io::Error::other);
-    let (src, target, fs) = (c(fstype)?, c(dir)?, c(fstype)?);
-    // SAFETY: three valid NUL-terminated strings that outlive the call and
-    // no data argument; the kernel copies them.
-    let r = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            target.as_ptr(),
-            fs.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    match r {
-        0 => Ok(()),
-        _ => {
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EBUSY) => Ok(()), // already mounted
-                _ => Err(io::Error::other(format!("mounting {fstype} on {dir}: {e}"))),
-            }
-        }
+    use nix::mount::{MsFlags, mount};
+    match mount(
+        Some(fstype),
+        dir,
+        Some(fstype),
+        MsFlags::empty(),
+        None::<&str>,
+    ) {
+        Ok(()) | Err(nix::errno::Errno::EBUSY) => Ok(()), // EBUSY: already mounted
+        Err(e) => Err(io::Error::other(format!("mounting {fstype} on {dir}: {e}"))),
     }
 }
 
 /// `finit_module(2)`; a module that is already loaded is fine.
 fn load_module(path: &str) -> io::Result<()> {
+    use nix::kmod::{ModuleInitFlags, finit_module};
     let f = fs::File::open(path)?;
-    // SAFETY: a valid open fd and an empty NUL-terminated parameter string;
-    // the kernel reads the module from the fd and keeps no pointer.
-    let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), c"".as_ptr(), 0) };
-    if r == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EEXIST) {
-        Ok(())
-    } else {
-        Err(e)
+    match finit_module(&f, c"", ModuleInitFlags::empty()) {
+        Ok(()) | Err(nix::errno::Errno::EEXIST) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -328,11 +309,10 @@ fn run_tests() -> bool {
 
 /// Powers the VM off (PID 1 only): QEMU exits with status 0.
 fn power_off() -> ! {
-    // SAFETY: sync(2) takes no arguments and touches no memory of ours.
-    unsafe { libc::sync() };
-    // SAFETY: reboot(2) takes no pointers; as PID 1 we may power off, and
-    // nothing of ours needs to run afterwards.
-    unsafe { libc::reboot(libc::RB_POWER_OFF) };
+    use nix::sys::reboot::{RebootMode, reboot};
+    nix::unistd::sync();
+    // As PID 1 we may power off; nothing of ours needs to run afterwards.
+    let _ = reboot(RebootMode::RB_POWER_OFF);
     // Not reached unless reboot(2) failed; PID 1 must not exit.
     fail_vm(3)
 }
@@ -343,6 +323,7 @@ fn power_off() -> ! {
 fn fail_vm(code: u8) -> ! {
     #[cfg(target_arch = "x86_64")]
     {
+        // Not through nix: it has no ioperm(2) wrapper.
         // SAFETY: ioperm(2) only changes this process's I/O permission
         // bitmap.
         let allowed = unsafe { libc::ioperm(0xf4, 4, 1) } == 0;

@@ -34,8 +34,9 @@
 //! error and never a `SIGPIPE`, even in programs that do not ignore it.
 //!
 //! The crate-private `sys` module at the end (socket creation, connect and
-//! accept with deadlines, `sockaddr` construction) is shared by the backends
-//! and holds, with `send_nosignal`, all of the host side's `unsafe` code.
+//! accept with deadlines, `sockaddr` construction) is shared by the backends.
+//! Its system calls go through `nix`; the one `unsafe` block left (a socket
+//! option `nix` does not know) says why next to it.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -349,24 +350,20 @@ impl<S: Socket> Connection for HostStream<S> {
 
 /// `send(2)` with `MSG_NOSIGNAL`: a closed peer is `EPIPE`, never `SIGPIPE`.
 fn send_nosignal(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    // SAFETY: `buf` is valid for reads of `buf.len()` bytes for the duration
-    // of the call, and the kernel does not keep the pointer. A bad `fd` is
-    // reported as `EBADF`, not undefined behaviour.
-    let n = unsafe { libc::send(fd, buf.as_ptr().cast(), buf.len(), libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(n as usize)
-    }
+    use nix::sys::socket::{MsgFlags, send};
+    Ok(send(fd, buf, MsgFlags::MSG_NOSIGNAL)?)
 }
 
-/// Socket set-up helpers shared by the backends: the only `unsafe` code of
-/// the host side besides [`send_nosignal`].
+/// Socket set-up helpers shared by the backends, on `nix`.
 #[cfg(any(feature = "host-hybrid", feature = "host-vsock"))]
 pub(crate) mod sys {
     use std::io;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::os::fd::{AsFd, AsRawFd, OwnedFd};
     use std::time::Duration;
+
+    use nix::errno::Errno;
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrLike, sockopt};
 
     use crate::timeouts::Deadline;
 
@@ -374,11 +371,15 @@ pub(crate) mod sys {
     pub(crate) enum SockAddr {
         /// `AF_UNIX` with a path.
         #[cfg(feature = "host-hybrid")]
-        Unix(libc::sockaddr_un),
+        Unix(socket::UnixAddr),
         /// `AF_VSOCK`.
         #[cfg(feature = "host-vsock")]
-        Vsock(libc::sockaddr_vm),
+        Vsock(socket::VsockAddr),
     }
+
+    /// Room for a path in `sockaddr_un` (`sun_path`, NUL included).
+    #[cfg(feature = "host-hybrid")]
+    const SUN_PATH_LEN: usize = 108;
 
     impl SockAddr {
         /// The address of a filesystem Unix socket. Fails if the path does not
@@ -387,77 +388,56 @@ pub(crate) mod sys {
         pub(crate) fn unix(path: &std::path::Path) -> io::Result<Self> {
             use std::os::unix::ffi::OsStrExt;
             let bytes = path.as_os_str().as_bytes();
-            let mut addr = libc::sockaddr_un {
-                sun_family: libc::AF_UNIX as libc::sa_family_t,
-                sun_path: [0; 108],
-            };
-            if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+            if bytes.len() >= SUN_PATH_LEN || bytes.contains(&0) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidInput,
                     format!(
-                        "Unix socket path must be shorter than {} bytes and contain no NUL: {}",
-                        addr.sun_path.len(),
+                        "Unix socket path must be shorter than {SUN_PATH_LEN} bytes and contain \
+                         no NUL: {}",
                         path.display()
                     ),
                 ));
             }
-            for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-                *dst = *src as libc::c_char;
-            }
-            Ok(Self::Unix(addr))
+            Ok(Self::Unix(socket::UnixAddr::new(path)?))
         }
 
         /// An AF_VSOCK address.
         #[cfg(feature = "host-vsock")]
         pub(crate) fn vsock(cid: u32, port: u32) -> Self {
-            Self::Vsock(libc::sockaddr_vm {
-                svm_family: libc::AF_VSOCK as libc::sa_family_t,
-                svm_reserved1: 0,
-                svm_port: port,
-                svm_cid: cid,
-                svm_zero: [0; 4],
-            })
+            Self::Vsock(socket::VsockAddr::new(cid, port))
         }
 
-        fn family(&self) -> libc::c_int {
+        fn family(&self) -> AddressFamily {
             match self {
                 #[cfg(feature = "host-hybrid")]
-                Self::Unix(_) => libc::AF_UNIX,
+                Self::Unix(_) => AddressFamily::Unix,
                 #[cfg(feature = "host-vsock")]
-                Self::Vsock(_) => libc::AF_VSOCK,
+                Self::Vsock(_) => AddressFamily::Vsock,
             }
         }
 
-        /// Pointer and length for the system calls; valid while `self` is.
-        fn raw(&self) -> (*const libc::sockaddr, libc::socklen_t) {
+        fn as_sockaddr(&self) -> &dyn SockaddrLike {
             match self {
                 #[cfg(feature = "host-hybrid")]
-                Self::Unix(a) => (
-                    (a as *const libc::sockaddr_un).cast(),
-                    size_of::<libc::sockaddr_un>() as libc::socklen_t,
-                ),
+                Self::Unix(a) => a,
                 #[cfg(feature = "host-vsock")]
-                Self::Vsock(a) => (
-                    (a as *const libc::sockaddr_vm).cast(),
-                    size_of::<libc::sockaddr_vm>() as libc::socklen_t,
-                ),
+                Self::Vsock(a) => a,
             }
         }
     }
 
     /// A new close-on-exec stream socket for `addr`'s family.
     pub(crate) fn stream_socket(addr: &SockAddr, nonblocking: bool) -> io::Result<OwnedFd> {
-        let mut ty = libc::SOCK_STREAM | libc::SOCK_CLOEXEC;
+        let mut flags = SockFlag::SOCK_CLOEXEC;
         if nonblocking {
-            ty |= libc::SOCK_NONBLOCK;
+            flags |= SockFlag::SOCK_NONBLOCK;
         }
-        // SAFETY: plain system call with integer arguments.
-        let fd = unsafe { libc::socket(addr.family(), ty, 0) };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: `socket(2)` just returned this descriptor; nothing else owns it.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+        Ok(socket::socket(
+            addr.family(),
+            SockType::Stream,
+            flags,
+            None,
+        )?)
     }
 
     /// `SO_VM_SOCKETS_CONNECT_TIMEOUT` (level `AF_VSOCK`), the kernel's own
@@ -485,6 +465,8 @@ pub(crate) mod sys {
             tv_sec: t.as_secs().min(i32::MAX as u64) as libc::time_t,
             tv_usec: t.subsec_micros() as libc::suseconds_t,
         };
+        // Not through nix: it has no socket option for this (nor does libc
+        // name the constant), and its option macro is private to it.
         // SAFETY: `tv` is a valid `timeval` for the duration of the call and
         // the length passed is its size, which is what the kernel reads for
         // this option.
@@ -507,27 +489,14 @@ pub(crate) mod sys {
     /// `bind(2)`.
     #[cfg(feature = "host-hybrid")]
     pub(crate) fn bind(fd: &OwnedFd, addr: &SockAddr) -> io::Result<()> {
-        let (ptr, len) = addr.raw();
-        // SAFETY: `ptr`/`len` describe a valid, initialised sockaddr that lives
-        // until `addr` is dropped, after the call.
-        let r = unsafe { libc::bind(fd.as_raw_fd(), ptr, len) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        Ok(socket::bind(fd.as_raw_fd(), addr.as_sockaddr())?)
     }
 
     /// `listen(2)` with the same backlog as the standard library (128).
     #[cfg(feature = "host-hybrid")]
     pub(crate) fn listen(fd: &OwnedFd) -> io::Result<()> {
-        // SAFETY: plain system call with integer arguments.
-        let r = unsafe { libc::listen(fd.as_raw_fd(), 128) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        let backlog = socket::Backlog::new(128).map_err(io::Error::from)?;
+        Ok(socket::listen(fd, backlog)?)
     }
 
     /// Why [`connect`] failed.
@@ -548,32 +517,26 @@ pub(crate) mod sys {
         addr: &SockAddr,
         deadline: &Deadline,
     ) -> std::result::Result<(), ConnectError> {
-        let (ptr, len) = addr.raw();
         loop {
-            // SAFETY: `ptr`/`len` describe a valid, initialised sockaddr that
-            // outlives the call.
-            let r = unsafe { libc::connect(fd.as_raw_fd(), ptr, len) };
-            if r == 0 {
-                return Ok(());
-            }
-            let e = io::Error::last_os_error();
-            match e.raw_os_error() {
-                Some(libc::EINTR) => {}
-                Some(libc::EAGAIN) => {
+            match socket::connect(fd.as_raw_fd(), addr.as_sockaddr()) {
+                Ok(()) => return Ok(()),
+                Err(Errno::EINTR) => {}
+                Err(Errno::EAGAIN) => {
                     let left = deadline.remaining().map_err(|_| ConnectError::Timeout)?;
                     std::thread::sleep(left.map_or(CONNECT_RETRY, |l| l.min(CONNECT_RETRY)));
                     deadline.remaining().map_err(|_| ConnectError::Timeout)?;
                 }
-                Some(libc::EINPROGRESS) => {
-                    if !wait(fd.as_raw_fd(), libc::POLLOUT, deadline).map_err(ConnectError::Os)? {
+                Err(Errno::EINPROGRESS) => {
+                    if !wait(fd, PollFlags::POLLOUT, deadline).map_err(ConnectError::Os)? {
                         return Err(ConnectError::Timeout);
                     }
-                    return match socket_error(fd).map_err(ConnectError::Os)? {
-                        0 => Ok(()),
-                        errno => Err(ConnectError::Os(io::Error::from_raw_os_error(errno))),
+                    return match socket::getsockopt(fd, sockopt::SocketError) {
+                        Ok(0) => Ok(()),
+                        Ok(errno) => Err(ConnectError::Os(io::Error::from_raw_os_error(errno))),
+                        Err(e) => Err(ConnectError::Os(e.into())),
                     };
                 }
-                _ => return Err(ConnectError::Os(e)),
+                Err(e) => return Err(ConnectError::Os(e.into())),
             }
         }
     }
@@ -581,56 +544,27 @@ pub(crate) mod sys {
     /// How often [`connect`] retries while a Unix listener's backlog is full.
     pub(crate) const CONNECT_RETRY: Duration = Duration::from_millis(5);
 
-    /// `SO_ERROR`: the result of a non-blocking connect.
-    fn socket_error(fd: &OwnedFd) -> io::Result<libc::c_int> {
-        let mut err: libc::c_int = 0;
-        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `err` and `len` are valid for writes and `len` holds the size
-        // of `err`, as `getsockopt(2)` requires.
-        let r = unsafe {
-            libc::getsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&raw mut err).cast(),
-                &raw mut len,
-            )
-        };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(err)
-        }
-    }
-
     /// Waits until `fd` is ready for `events` (`POLLIN`, `POLLOUT`); `false` if
     /// `deadline` passed first. Hang-ups and errors count as ready, so the next
     /// system call reports them.
-    pub(crate) fn wait(fd: RawFd, events: libc::c_short, deadline: &Deadline) -> io::Result<bool> {
+    pub(crate) fn wait(fd: &impl AsFd, events: PollFlags, deadline: &Deadline) -> io::Result<bool> {
         loop {
             let Ok(left) = deadline.remaining() else {
                 return Ok(false);
             };
-            let ms = match left {
-                None => -1,
+            let timeout = match left {
+                None => PollTimeout::NONE,
                 // Round up so that a wait never ends before the deadline.
-                Some(l) => l.as_micros().div_ceil(1000).min(i32::MAX as u128) as libc::c_int,
-            };
-            let mut pfd = libc::pollfd {
-                fd,
-                events,
-                revents: 0,
-            };
-            // SAFETY: `pfd` is one valid `pollfd`, and we pass a count of 1.
-            let r = unsafe { libc::poll(&raw mut pfd, 1, ms) };
-            if r > 0 {
-                return Ok(true);
-            }
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return Err(e);
+                Some(l) => {
+                    PollTimeout::try_from(l.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32)
+                        .unwrap_or(PollTimeout::MAX)
                 }
+            };
+            let mut fds = [PollFd::new(fd.as_fd(), events)];
+            match poll(&mut fds, timeout) {
+                Ok(n) if n > 0 => return Ok(true),
+                Ok(_) | Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
             }
         }
     }

@@ -19,7 +19,6 @@
 //! [`Error::Io`] saying so, and [`is_unavailable`] recognises them.
 
 use std::io;
-use std::os::fd::AsRawFd;
 
 use vsock::{VsockAddr, VsockListener, VsockStream};
 
@@ -135,7 +134,7 @@ impl Listener {
         let what = || format!("accepting on vsock CID {} port {}", self.cid, self.port);
         let deadline = Deadline::start(&self.timeouts, Step::Accept);
         loop {
-            if !sys::wait(self.listener.as_raw_fd(), libc::POLLIN, &deadline)
+            if !sys::wait(&self.listener, nix::poll::PollFlags::POLLIN, &deadline)
                 .map_err(|e| io_error(what(), e))?
             {
                 return Err(Error::Timeout(Step::Accept));

@@ -42,7 +42,6 @@
 //! replaced by someone else in the meantime).
 
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -279,7 +278,9 @@ impl Listener {
         let io_err = |e| Error::io(format!("accepting on {}", self.path.display()), e);
         let deadline = Deadline::start(&self.timeouts, Step::Accept);
         loop {
-            if !sys::wait(self.listener.as_raw_fd(), libc::POLLIN, &deadline).map_err(io_err)? {
+            if !sys::wait(&self.listener, nix::poll::PollFlags::POLLIN, &deadline)
+                .map_err(io_err)?
+            {
                 return Err(Error::Timeout(Step::Accept));
             }
             match self.listener.accept() {

@@ -170,6 +170,19 @@ fn probe_kvm(qemu: &Path, machine: &Machine) -> bool {
     kvm <= tcg * 2 + Duration::from_millis(100)
 }
 
+/// QEMU's arguments for the probe: the machine table's, no console, the
+/// tiny image.
+fn probe_args(machine: &Machine, accel: Accel, image: &Path) -> Vec<std::ffi::OsString> {
+    let mut a: Vec<std::ffi::OsString> = machine
+        .args(accel, None)
+        .into_iter()
+        .map(Into::into)
+        .collect();
+    a.extend(["-serial".into(), "none".into(), "-kernel".into()]);
+    a.push(image.into());
+    a
+}
+
 /// Boots the tiny firmware on `machine` with `accel`; true if QEMU exits
 /// with its status within [`PROBE_TIMEOUT`].
 fn run_tiny(qemu: &Path, machine: &Machine, accel: Accel) -> bool {
@@ -182,9 +195,7 @@ fn run_tiny(qemu: &Path, machine: &Machine, accel: Accel) -> bool {
         return false;
     }
     let child = Command::new(qemu)
-        .args(machine.args(accel, None))
-        .args(["-serial", "none", "-kernel"])
-        .arg(&image)
+        .args(probe_args(machine, accel, &image))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -209,6 +220,29 @@ fn run_tiny(qemu: &Path, machine: &Machine, accel: Accel) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::machine::MACHINES;
+
+    #[test]
+    fn the_probe_runs_the_machine_tables_arguments() {
+        for m in MACHINES {
+            for accel in [Accel::Kvm, Accel::Tcg] {
+                let a = probe_args(m, accel, Path::new("/tiny.elf"));
+                let base = m.args(accel, None);
+                let head: Vec<String> = a[..base.len()]
+                    .iter()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .collect();
+                assert_eq!(head, base, "{m} {accel}");
+                assert_eq!(a.last().map(|s| s.as_os_str()), Some("/tiny.elf".as_ref()));
+            }
+        }
+        // Under KVM on aarch64 that is the host's CPU and GIC, as launched.
+        let virt = crate::machine::default_for(Arch::Aarch64);
+        let kvm = probe_args(virt, Accel::Kvm, Path::new("/t"));
+        let s: Vec<&str> = kvm.iter().filter_map(|s| s.to_str()).collect();
+        assert!(s.windows(2).any(|w| w == ["-cpu", "host"]), "{s:?}");
+        assert!(s.contains(&"virt,gic-version=max"), "{s:?}");
+    }
 
     #[test]
     fn probe_cache_keeps_one_verdict_per_key() {

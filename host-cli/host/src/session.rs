@@ -78,6 +78,15 @@ pub struct Session {
     vm: Option<Vm>,
 }
 
+// A session (and its VM) may be opened on one thread and used or dropped
+// on another (see `launcher::process` for why the VM survives that): keep
+// both `Send`.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Session>();
+    assert_send::<Vm>();
+};
+
 impl Session {
     /// Launches or attaches, then exchanges `HELLO` frames.
     pub fn open(config: &SessionConfig) -> Result<Self> {

@@ -7,7 +7,7 @@
 //! thread pool's worker, tokio's `spawn_blocking`) and die with the process
 //! or with their [`Vm`](super::Vm)'s drop, on whatever thread that happens:
 //!
-//! - Every child is forked by one dedicated *launcher thread* ([`spawn`]),
+//! - Every child is forked by one dedicated *launcher thread* (`spawn`),
 //!   started on first use and never ending while the process lives (the
 //!   sending end of its queue is in a `static`, so its loop never sees the
 //!   queue close).
@@ -153,30 +153,27 @@ pub(super) fn spawn(cmd: Command) -> io::Result<Child> {
 /// [`spawn`]) and keeps it out of our terminal's process group (so Ctrl-C
 /// reaches only us, and we stop it in order).
 pub(super) fn child_command(program: &Path) -> Command {
+    use nix::sys::prctl::set_pdeathsig;
+    use nix::sys::signal::{Signal, raise};
+    use nix::unistd::{Pid, getppid};
+
     let mut cmd = Command::new(program);
-    let parent = std::process::id() as libc::pid_t;
+    // Its own process group (setpgid(0, 0) in the child, by std).
+    cmd.process_group(0);
+    let parent = Pid::from_raw(std::process::id() as i32);
     let in_child = move || {
-        // SAFETY: async-signal-safe system calls on this process only, no
-        // memory passed (here and in the blocks below).
-        unsafe { libc::setpgid(0, 0) };
-        // SAFETY: as above.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
+        set_pdeathsig(Signal::SIGKILL)?;
         // The parent may have died before prctl took effect (we would have
         // been re-parented to init or a subreaper).
-        // SAFETY: as above.
-        if unsafe { libc::getppid() } != parent {
-            // SAFETY: as above.
-            let me = unsafe { libc::getpid() };
-            // SAFETY: as above.
-            unsafe { libc::kill(me, libc::SIGKILL) };
+        if getppid() != parent {
+            raise(Signal::SIGKILL)?;
         }
         Ok(())
     };
     // SAFETY: the closure runs in the child between fork and exec and only
-    // makes async-signal-safe system calls (setpgid, prctl, getppid, kill);
-    // it does not allocate.
+    // makes async-signal-safe system calls (prctl, getppid, kill through
+    // nix's thin wrappers); it does not allocate, and the `?` conversions
+    // of an error to io::Error do not either (io::Error::from_raw_os_error).
     unsafe { cmd.pre_exec(in_child) };
     cmd.stdin(Stdio::null());
     cmd

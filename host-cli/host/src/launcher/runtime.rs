@@ -31,8 +31,7 @@ pub fn remove_stale_runtime_dirs(tmp: &Path) {
     let Ok(entries) = fs::read_dir(tmp) else {
         return;
     };
-    // SAFETY: getuid(2) cannot fail and touches no memory.
-    let uid = unsafe { libc::getuid() };
+    let uid = nix::unistd::getuid().as_raw();
     for e in entries.filter_map(|e| e.ok()) {
         let name = e.file_name();
         let Some(pid) = name
