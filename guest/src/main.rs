@@ -67,6 +67,7 @@ mod hal;
 mod heap;
 #[cfg(feature = "hostile")]
 mod hostile;
+mod kick;
 mod layout;
 mod logger;
 mod raw_reverse;
@@ -89,6 +90,7 @@ use vsock_transport::rpc::{
 use crate::arch::BootInfo;
 use crate::cmdline::Config;
 use crate::hal::IdentityHal;
+use crate::kick::{KickRetry, VsockTransport};
 
 /// Our port for the boot-time connection to the host.
 const CONNECT_LOCAL_PORT: u32 = 49152;
@@ -191,7 +193,9 @@ impl fmt::Display for Fatal {
 
 fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
     let transport = arch::find_vsock().map_err(Fatal::Discovery)?;
-    let mut vsock = GuestVsock::<IdentityHal, arch::VirtioTransport>::new(transport)
+    // Notifies TX again if the device daemon lost the kick (kick.rs).
+    let transport = KickRetry::new(transport, arch::now_us);
+    let mut vsock = GuestVsock::<IdentityHal, VsockTransport>::new(transport)
         .map_err(|e| Fatal::Vsock("initialising the vsock device", e))?;
     info!("vsock: guest CID {}", vsock.guest_cid());
     vsock.set_clock(arch::now_us);
