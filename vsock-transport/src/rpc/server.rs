@@ -34,9 +34,14 @@
 //! does not read its answers is held back by the transport's flow control,
 //! not by more memory. Bodies over [`SMALL_BODY`] are paid for from a
 //! [`Budget`] shared by all connections, [`RESERVE_PER_BODY_BYTE`] times
-//! their length (the request and its answer exist at once), from the
-//! header until the answer has been sent; smaller ones come out of the
-//! per-connection allowance [`CONNECTION_HEAP`].
+//! their length from the header on (twice that for a request that is
+//! decoded for [`Handler::handle`]: the request and its answer exist at
+//! once); smaller ones come out of the per-connection allowance
+//! [`CONNECTION_HEAP`]. The receive buffer is kept between frames, and an
+//! answer in place ([`Handler::handle_in_place`]) is sent from it and then
+//! gives it back, so a connection keeps the budget of its largest request
+//! so far until it needs a larger buffer or ends (no allocation and no
+//! zero-fill per request).
 
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
