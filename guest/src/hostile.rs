@@ -36,14 +36,14 @@ use comm::{Hello, Protocol};
 use log::{info, warn};
 use virtio_drivers::device::socket::VsockAddr;
 use vsock_transport::framed::{recv_frame, send_frame};
-use vsock_transport::guest::{GuestConnection, GuestVsock, HOST_CID};
+use vsock_transport::guest::{GuestVsock, HOST_CID};
+use vsock_transport::rpc::service::Service;
 use vsock_transport::rpc::{self, Ended, ServeConfig};
 use vsock_transport::{Connection, Error, Result};
 
 use crate::hal::IdentityHal;
 use crate::kick::VsockTransport;
-use crate::service::Service;
-use crate::{arch, cmdline};
+use crate::{arch, service};
 
 /// The protocol name sent in `wrong-protocol` mode.
 pub const WRONG_PROTOCOL: &str = "svmc-hostile";
@@ -190,28 +190,22 @@ fn serve_correctly(
     host: VsockAddr,
     max_body: u32,
 ) -> (&'static str, Error) {
-    let mut service = Service::new(max_body, cmdline::Mode::Service);
+    let mut handler = Service::new(|| service::info(max_body));
     let config = ServeConfig { max_body };
-    let mut serve = |conn: &mut GuestConnection<'_, IdentityHal, VsockTransport>| match rpc::serve::<
-        ServiceVm,
-        _,
-        _,
-    >(
-        conn,
-        &mut service,
-        config,
-    ) {
-        Ok(Ended::Stopped) if service.power_off_requested() => arch::power_off(),
-        r => info!("hostile: connection ended: {r:?}"),
-    };
-    match vsock.connect(host, CONNECT_LOCAL_PORT) {
-        Ok(mut conn) => serve(&mut conn),
+    let mut next = match vsock.connect(host, CONNECT_LOCAL_PORT) {
+        Ok(id) => Some(id),
         Err(e) => return ("connecting to the host", e),
-    }
+    };
     loop {
-        match vsock.accept() {
-            Ok(mut conn) => serve(&mut conn),
-            Err(e) => return ("waiting for a connection", e),
+        let Some(id) = next.take().or_else(|| vsock.accept()) else {
+            if let Err(e) = vsock.poll_or_spin() {
+                return ("waiting for a connection", e);
+            }
+            continue;
+        };
+        match rpc::serve::<ServiceVm, _, _>(&mut vsock.stream(id), &mut handler, config) {
+            Ok(Ended::Stopped) if handler.power_off_requested() => arch::power_off(),
+            r => info!("hostile: connection ended: {r:?}"),
         }
     }
 }
