@@ -19,13 +19,13 @@ use crate::error::{Error, Result};
 /// #[derive(Serialize, Deserialize)]
 /// enum Pong { Pong(u32) }
 /// struct PingService;
-/// impl comm::Protocol for PingService {
+/// impl svmc_comm::Protocol for PingService {
 ///     const NAME: &'static str = "example.ping";
 ///     const VERSION: u32 = 1;
 ///     type Request = Ping;
 ///     type Response = Pong;
 /// }
-/// let hello = comm::Hello::new::<PingService>(1024);
+/// let hello = svmc_comm::Hello::new::<PingService>(1024);
 /// assert!(hello.check::<PingService>().is_ok());
 /// ```
 pub trait Protocol {
@@ -88,12 +88,12 @@ impl Hello {
     /// whatever its other fields hold, never as [`Error::Malformed`].
     ///
     /// ```
-    /// use comm::service::ServiceVm;
+    /// use svmc_comm::service::ServiceVm;
     /// // {"protocol": "svmc", "version": 1, "max_body": "lots"}
     /// let body = b"\xa3\x68protocol\x64svmc\x67version\x01\x68max_body\x64lots";
     /// assert_eq!(
-    ///     comm::Hello::decode_checked::<ServiceVm>(body),
-    ///     Err(comm::Error::VersionMismatch { ours: 2, theirs: 1 })
+    ///     svmc_comm::Hello::decode_checked::<ServiceVm>(body),
+    ///     Err(svmc_comm::Error::VersionMismatch { ours: 2, theirs: 1 })
     /// );
     /// ```
     pub fn decode_checked<P: Protocol>(body: &[u8]) -> Result<Self> {

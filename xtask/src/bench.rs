@@ -356,7 +356,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     if let Some(c) = codec {
         println!();
-        println!("comm codec (cargo bench -p comm):");
+        println!("comm codec (cargo bench -p svmc-comm):");
         println!("{c}");
     }
     Ok(())
@@ -768,7 +768,7 @@ fn codec_summary() -> Result<String> {
             "bench",
             "--quiet",
             "-p",
-            "comm",
+            crate::ci::COMM_PACKAGE,
             "--bench",
             "codec",
             "--",
@@ -776,9 +776,9 @@ fn codec_summary() -> Result<String> {
         ])
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("cargo bench -p comm: {e}"))?;
+        .map_err(|e| format!("cargo bench -p svmc-comm: {e}"))?;
     if !out.status.success() {
-        return Err(format!("cargo bench -p comm failed with {}", out.status));
+        return Err(format!("cargo bench -p svmc-comm failed with {}", out.status));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let summary = text

@@ -11,6 +11,8 @@ use crate::util::{self, Result, cargo};
 pub const TRANSPORT_HOST_FEATURES: &str = "host-hybrid,host-vsock,test-utils";
 /// `vsock-transport`'s guest backend.
 pub const TRANSPORT_GUEST_FEATURE: &str = "guest";
+/// The package name of `comm` (the folder): `comm` is taken on crates.io.
+pub const COMM_PACKAGE: &str = "svmc-comm";
 /// `comm` with `std`.
 pub const COMM_STD_FEATURE: &str = "std";
 /// The guest's test variant that misbehaves on purpose.
@@ -48,7 +50,7 @@ pub fn lint() -> Result<()> {
                 .args([
                     "clippy",
                     "-p",
-                    "comm",
+                    COMM_PACKAGE,
                     "-p",
                     "vsock-transport",
                     "--features",

@@ -219,12 +219,12 @@ fn test() -> util::Result<()> {
     )?;
     util::run(
         util::cargo()
-            .args(["test", "-p", "comm", "--features"])
+            .args(["test", "-p", ci::COMM_PACKAGE, "--features"])
             .arg(ci::COMM_STD_FEATURE),
     )?;
     // The no_std crates on the bare-metal targets.
     for arch in Arch::ALL {
-        util::run(util::cargo().args(["build", "-p", "comm", "--target", arch.target_triple()]))?;
+        util::run(util::cargo().args(["build", "-p", ci::COMM_PACKAGE, "--target", arch.target_triple()]))?;
         util::run(
             util::cargo()
                 .args(["build", "-p", "vsock-transport", "--features"])
