@@ -19,14 +19,30 @@
 //!   by id, one at a time or pipelined; poisoned after a fatal error) and
 //!   [`rpc::serve`] (hello, then answer requests with a [`rpc::Handler`]),
 //!   generic over any [`comm::Protocol`]; written once for host and guest.
+//!
+//! # Features
+//!
+//! Additive: every combination builds, `--all-features` included. The
+//! guest backend is `no_std` code that needs nothing `std` forbids, so a
+//! workspace may hold a guest crate and a host crate and build both at
+//! once (the guest one still links only on a bare-metal target).
+//! [`Error`] is `#[non_exhaustive]`: a feature may add variants
+//! (`Io` with `std`, `Virtio` with `guest`) and never removes or changes
+//! one, so a `match` written for one feature set compiles with any larger
+//! one.
+//!
+//! The wire protocol crate is re-exported as [`comm`] (published as
+//! `svmc-comm`), so `vsock_transport::comm::Protocol` is the trait to
+//! implement without a second dependency line; with `guest`,
+//! virtio-drivers is re-exported as `virtio_drivers`, so the versions of
+//! `Hal` and `Transport` always match.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
 
-#[cfg(all(feature = "guest", feature = "std"))]
-compile_error!(
-    "feature `guest` is the bare-metal backend; it cannot be combined with `std` or the host backends"
-);
+pub use comm;
+#[cfg(feature = "guest")]
+pub use virtio_drivers;
 
 mod error;
 pub mod framed;

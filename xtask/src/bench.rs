@@ -778,7 +778,10 @@ fn codec_summary() -> Result<String> {
         .output()
         .map_err(|e| format!("cargo bench -p svmc-comm: {e}"))?;
     if !out.status.success() {
-        return Err(format!("cargo bench -p svmc-comm failed with {}", out.status));
+        return Err(format!(
+            "cargo bench -p svmc-comm failed with {}",
+            out.status
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let summary = text

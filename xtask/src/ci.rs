@@ -7,33 +7,39 @@ use host::Arch;
 use crate::e2e;
 use crate::util::{self, Result, cargo};
 
-/// `vsock-transport`'s host backends and its test doubles.
-pub const TRANSPORT_HOST_FEATURES: &str = "host-hybrid,host-vsock,test-utils";
 /// `vsock-transport`'s guest backend.
 pub const TRANSPORT_GUEST_FEATURE: &str = "guest";
 /// The package name of `comm` (the folder): `comm` is taken on crates.io.
 pub const COMM_PACKAGE: &str = "svmc-comm";
-/// `comm` with `std`.
-pub const COMM_STD_FEATURE: &str = "std";
+/// The crates published on crates.io (package names).
+pub const LIBRARY_PACKAGES: [&str; 3] = [COMM_PACKAGE, "vsock-transport", "svmc-host"];
 /// The guest's test variant that misbehaves on purpose.
 pub const HOSTILE_FEATURE: &str = "hostile";
+
+/// `-p <package>` for each of [`LIBRARY_PACKAGES`].
+pub fn library_packages() -> Vec<&'static str> {
+    LIBRARY_PACKAGES.iter().flat_map(|p| ["-p", p]).collect()
+}
 
 /// Runs every formatting, lint and doc check of CI.
 pub fn lint() -> Result<()> {
     let deny = ["--", "-D", "warnings"];
     util::run(cargo().args(["fmt", "--all", "--check"]))?;
     util::run(cargo().args(["clippy", "--all-targets"]).args(deny))?;
+    // Features are additive: every backend at once, as docs.rs builds it.
     util::run(
         cargo()
-            .args([
-                "clippy",
-                "-p",
-                "vsock-transport",
-                "--all-targets",
-                "--features",
-            ])
-            .arg(TRANSPORT_HOST_FEATURES)
+            .arg("clippy")
+            .args(library_packages())
+            .args(["--all-targets", "--all-features"])
             .args(deny),
+    )?;
+    util::run(
+        cargo()
+            .arg("doc")
+            .args(library_packages())
+            .args(["--all-features", "--no-deps", "--quiet"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
     // The QEMU suites have `test = false` (xtask runs them), so
     // --all-targets skips them.

@@ -212,19 +212,23 @@ fn test() -> util::Result<()> {
     setup::setup()?;
     // Host crates: unit, integration and doc tests.
     util::run(util::cargo().args(["test"]))?;
+    // The published crates with every feature (the features are additive;
+    // this includes vsock-transport's test doubles and comm's `std`).
     util::run(
         util::cargo()
-            .args(["test", "-p", "vsock-transport", "--features"])
-            .arg(ci::TRANSPORT_HOST_FEATURES),
-    )?;
-    util::run(
-        util::cargo()
-            .args(["test", "-p", ci::COMM_PACKAGE, "--features"])
-            .arg(ci::COMM_STD_FEATURE),
+            .arg("test")
+            .args(ci::library_packages())
+            .arg("--all-features"),
     )?;
     // The no_std crates on the bare-metal targets.
     for arch in Arch::ALL {
-        util::run(util::cargo().args(["build", "-p", ci::COMM_PACKAGE, "--target", arch.target_triple()]))?;
+        util::run(util::cargo().args([
+            "build",
+            "-p",
+            ci::COMM_PACKAGE,
+            "--target",
+            arch.target_triple(),
+        ]))?;
         util::run(
             util::cargo()
                 .args(["build", "-p", "vsock-transport", "--features"])
