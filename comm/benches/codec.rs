@@ -21,10 +21,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use svmc_comm::frame::{self, FrameKind, HEADER_LEN};
-use svmc_comm::service::Request;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN};
+use svmc_comm::service::Request;
 
 const SIZES: [(usize, &str); 3] = [(16, "16 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];
 const MAX: u32 = frame::DEFAULT_MAX_BODY * 8;

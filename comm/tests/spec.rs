@@ -5,12 +5,12 @@
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::{self, DEFAULT_MAX_BODY, FrameKind, ProtocolError, ProtocolErrorCode};
 use svmc_comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
 use svmc_comm::{Error, Hello};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 
 const WIRE: &str = include_str!("../WIRE.md");
 
