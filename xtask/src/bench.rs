@@ -594,7 +594,7 @@ fn clients_at_once(uds: &Path, port: u32, n: usize) -> Result<(f64, f64)> {
         .map(|conn| {
             let barrier = barrier.clone();
             std::thread::spawn(move || -> Result<(Instant, f64)> {
-                let c = Client::<_, comm::service::ServiceVm>::handshake(
+                let c = Client::<_, comm::service::ServiceVm>::hello(
                     conn,
                     comm::frame::DEFAULT_MAX_BODY,
                 );

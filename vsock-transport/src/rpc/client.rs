@@ -106,7 +106,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// responses we accept. A server at its connection limit answers with a
     /// fatal `ERROR` code 7 instead: [`comm::Error::Remote`] with
     /// [`comm::frame::ProtocolErrorCode::Busy`].
-    pub fn handshake(mut conn: C, max_body: u32) -> Result<Self> {
+    pub fn hello(mut conn: C, max_body: u32) -> Result<Self> {
         let mut buf = Vec::new();
         let peer_max_body = hello::<P, C>(&mut conn, max_body, &mut buf)?;
         Ok(Self {
@@ -120,6 +120,15 @@ impl<C: Connection, P: Protocol> Client<C, P> {
             poisoned: None,
             _protocol: PhantomData,
         })
+    }
+
+    /// The old name of [`Client::hello`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed to `hello` (the HELLO exchange); the hybrid CONNECT/OK exchange is `Step::HybridConnect`"
+    )]
+    pub fn handshake(conn: C, max_body: u32) -> Result<Self> {
+        Self::hello(conn, max_body)
     }
 
     /// The largest request body the server accepts (from its `HELLO`).
@@ -423,7 +432,7 @@ mod tests {
     /// exchange.
     fn pair() -> (Client<MockConnection, ServiceVm>, MockConnection) {
         let (a, mut b) = mock::pair();
-        let t = thread::spawn(move || Client::<_, ServiceVm>::handshake(a, DEFAULT_MAX_BODY));
+        let t = thread::spawn(move || Client::<_, ServiceVm>::hello(a, DEFAULT_MAX_BODY));
         let hello = frame::encode(
             FrameKind::Hello,
             &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
@@ -597,7 +606,7 @@ mod tests {
             b.write_all(&f).unwrap();
             b
         });
-        let mut c = Client::<_, ServiceVm>::handshake(conn, DEFAULT_MAX_BODY).unwrap();
+        let mut c = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY).unwrap();
         let mut b = srv.join().unwrap();
         b.write_all(&[3, 0, 0]).unwrap(); // part of a header
         let e = c.call(&Request::Info).unwrap_err();
