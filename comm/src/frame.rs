@@ -387,7 +387,8 @@ impl ProtocolError {
             Error::Remote(_)
             | Error::Encode(_)
             | Error::TooLargeToSend { .. }
-            | Error::UnexpectedId(_) => return None,
+            | Error::UnexpectedId(_)
+            | Error::InvalidName { .. } => return None,
         };
         let mut detail = e.to_string();
         truncate_utf8(&mut detail, 512);

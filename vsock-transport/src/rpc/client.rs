@@ -106,6 +106,9 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// responses we accept. A server at its connection limit answers with a
     /// fatal `ERROR` code 7 instead: [`comm::Error::Remote`] with
     /// [`comm::frame::ProtocolErrorCode::Busy`].
+    ///
+    /// Fails before sending anything if `P::NAME` does not fit a `HELLO`
+    /// ([`comm::Error::InvalidName`]).
     pub fn hello(mut conn: C, max_body: u32) -> Result<Self> {
         let mut buf = Vec::new();
         let peer_max_body = hello::<P, C>(&mut conn, max_body, &mut buf)?;
@@ -626,5 +629,53 @@ mod tests {
             Err(Error::Poisoned { .. })
         ));
         c.close().unwrap();
+    }
+
+    /// A protocol whose name no HELLO can carry (WIRE.md: 1 to 64 bytes).
+    struct LongName;
+    impl Protocol for LongName {
+        const NAME: &'static str = "org.example.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.lo";
+        const VERSION: u32 = 1;
+        type Request = Request;
+        type Response = Response;
+    }
+
+    #[test]
+    fn a_name_over_64_bytes_fails_before_anything_is_sent() {
+        assert_eq!(LongName::NAME.len(), 280);
+        let (a, mut b) = mock::pair();
+        let e = Client::<_, LongName>::hello(a, DEFAULT_MAX_BODY).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Protocol(comm::Error::InvalidName {
+                    len: 280,
+                    max: 64,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("HELLO") && text.contains(LongName::NAME),
+            "{text}"
+        );
+        // Nothing went out: the client dropped its end, so the peer reads EOF.
+        let mut byte = [0u8; 1];
+        assert_eq!(b.recv(&mut byte).unwrap(), 0);
+
+        // The server refuses the same way, before its HELLO.
+        struct Never;
+        impl crate::rpc::Handler<LongName> for Never {
+            fn handle(&mut self, _: Request) -> (Response, crate::rpc::Then) {
+                unreachable!()
+            }
+        }
+        let (mut a, mut b) = mock::pair();
+        let e = crate::rpc::serve::<LongName, _, _>(&mut a, &mut Never, Default::default())
+            .unwrap_err();
+        assert!(e.to_string().contains(LongName::NAME), "{e}");
+        assert_eq!(b.recv(&mut byte).unwrap(), 0);
     }
 }

@@ -32,12 +32,14 @@ use crate::framed::{recv_frame_as, send_frame};
 use crate::{Connection, Result, Step};
 
 /// Sends our `HELLO`, reads the peer's, checks it; returns the peer's
-/// maximum body length.
+/// maximum body length. A [`Protocol::NAME`] no `HELLO` can carry fails
+/// first, with [`comm::Error::InvalidName`], before anything is sent.
 pub(crate) fn hello<P: Protocol, C: Connection + ?Sized>(
     conn: &mut C,
     max_body: u32,
     buf: &mut Vec<u8>,
 ) -> Result<u32> {
+    comm::handshake::check_name::<P>()?;
     buf.clear();
     frame::encode_into(FrameKind::Hello, &Hello::new::<P>(max_body), max_body, buf)?;
     send_frame(conn, buf)?;
