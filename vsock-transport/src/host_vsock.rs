@@ -57,7 +57,7 @@ pub fn is_unavailable(e: &Error) -> bool {
 }
 
 /// Context for an OS error, with a hint when AF_VSOCK is unavailable.
-fn io_error(what: String, e: io::Error) -> Error {
+pub(crate) fn io_error(what: String, e: io::Error) -> Error {
     if e.raw_os_error()
         .is_some_and(|n| UNAVAILABLE_ERRNOS.contains(&n))
     {
@@ -204,7 +204,7 @@ pub fn connect(cid: u32, port: u32, timeouts: &Timeouts) -> Result<VsockHostStre
 }
 
 /// The error for a failed AF_VSOCK connect.
-fn map_connect_error(what: String, port: u32, e: io::Error) -> Error {
+pub(crate) fn map_connect_error(what: String, port: u32, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED | libc::ECONNRESET) => Error::Refused { port },
         Some(libc::ETIMEDOUT) => Error::Timeout(Step::Connect),

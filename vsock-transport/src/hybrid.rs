@@ -262,6 +262,12 @@ impl Listener {
         Ok(l)
     }
 
+    /// The listening socket (non-blocking), for the async listener.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn as_std(&self) -> &UnixListener {
+        &self.listener
+    }
+
     /// The socket file: `<uds_path>_<port>`.
     pub fn path(&self) -> &Path {
         &self.path

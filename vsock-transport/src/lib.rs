@@ -8,6 +8,8 @@
 //!   - `host-vsock`: module `host_vsock`, AF_VSOCK through the `vsock` crate.
 //!   - `host-hybrid`: module `hybrid`, hybrid vsock over Unix sockets
 //!     (Firecracker, Cloud Hypervisor, vhost-device-vsock).
+//!   - `tokio`: module `async_host`, both host backends on tokio and an
+//!     async client on which many tasks call at once over one connection.
 //!
 //!   Both host backends hand out the same connection type,
 //!   `host_stream::HostStream`, which gives every frame one deadline.
@@ -48,6 +50,8 @@ mod error;
 pub mod framed;
 pub mod rpc;
 
+#[cfg(feature = "tokio")]
+pub mod async_host;
 #[cfg(feature = "guest")]
 pub mod guest;
 #[cfg(feature = "std")]
