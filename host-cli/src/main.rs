@@ -1,10 +1,14 @@
 //! `host-cli`: boot the service VM (or attach to a running one) and ask it
-//! things. Results go to stdout, diagnostics to stderr; on failure the exit
-//! status is non-zero and stderr ends with a one-line reason.
+//! things; start VMs that keep running, list and stop them. Results go to
+//! stdout, diagnostics to stderr; on failure the exit status is non-zero and
+//! stderr ends with a one-line reason.
 //!
 //! `--append <ARGS>` (hidden from `--help`) adds words to the guest's kernel
 //! command line of a launched VM, e.g. `--append svmc.log=debug` or, with the
 //! test firmware, `--append svmc.hostile=trickle`.
+
+mod payload;
+mod vms;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -12,115 +16,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use host::launcher::install_signal_cleanup;
-use host::{Accel, Arch, Attach, Guest, Session, SessionConfig, VmConfig, tools};
+use host::{Attach, Guest, Session, SessionConfig, VmConfig, tools};
+use host_cli::cli::{Cli, Cmd};
 use vsock_transport::Timeouts;
-
-/// Talk to the service VM over virtio-vsock.
-///
-/// By default each command boots a fresh VM (QEMU + vhost-device-vsock), waits
-/// for the guest to connect, checks the protocol version, sends the request,
-/// prints the answer and powers the VM off. With --attach-uds or --attach-cid
-/// it talks to an already-running VM instead and leaves it running.
-#[derive(Parser, Debug)]
-#[command(name = "host-cli", version)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-
-    /// Guest architecture.
-    #[arg(long, global = true, default_value = "x86_64")]
-    arch: Arch,
-
-    /// What the VM runs: `firmware` (the bare-metal guest) or `linux` (a
-    /// Linux kernel whose /init serves the same protocol over AF_VSOCK;
-    /// `cargo xtask build-image --guest linux` builds it).
-    #[arg(long, global = true, default_value = "firmware")]
-    guest: Guest,
-
-    /// Guest firmware image, or the Linux kernel with --guest linux
-    /// [default: the one `cargo xtask build-image` builds].
-    #[arg(long, global = true, value_name = "PATH")]
-    image: Option<PathBuf>,
-
-    /// The initramfs of a Linux guest [default: the one `cargo xtask
-    /// build-image --guest linux` builds].
-    #[arg(long, global = true, value_name = "PATH")]
-    initrd: Option<PathBuf>,
-
-    /// Attach to a running VM through its hybrid vsock Unix socket.
-    #[arg(
-        long,
-        global = true,
-        value_name = "PATH",
-        conflicts_with = "attach_cid"
-    )]
-    attach_uds: Option<PathBuf>,
-
-    /// Attach to a running VM through AF_VSOCK at this CID.
-    #[arg(long, global = true, value_name = "CID")]
-    attach_cid: Option<u32>,
-
-    /// Guest service port when attaching.
-    #[arg(long, global = true, default_value_t = comm::service::SERVICE_PORT)]
-    port: u32,
-
-    /// Timeout in seconds for each step after boot (connect, handshake,
-    /// each request, power-off).
-    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
-    timeout: f64,
-
-    /// Timeout in seconds for a launched guest to connect. A guest that has
-    /// not connected after 3 s is relaunched (at most 3 attempts) while this
-    /// allows: the device daemon rarely loses the guest's first packet.
-    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
-    boot_timeout: f64,
-
-    /// Print results as JSON.
-    #[arg(long, global = true)]
-    json: bool,
-
-    /// Guest RAM in MiB.
-    #[arg(long, global = true, default_value_t = host::launcher::DEFAULT_MEMORY_MIB)]
-    memory: u32,
-
-    /// Accelerator: auto (KVM if it works here, else TCG), kvm or tcg.
-    #[arg(long, global = true, default_value = "auto")]
-    accel: Accel,
-
-    /// QEMU machine type [default: q35 on x86_64, virt on aarch64].
-    #[arg(long, global = true)]
-    machine: Option<String>,
-
-    /// Directory for the guest serial log and QEMU/daemon logs
-    /// [default: $XDG_STATE_HOME/svmc/logs].
-    #[arg(long, global = true, value_name = "DIR")]
-    log_dir: Option<PathBuf>,
-
-    /// Extra words for the guest's kernel command line, e.g.
-    /// `--append "svmc.log=debug"` (repeatable; split at spaces). For
-    /// tests and debugging, hence hidden from --help.
-    #[arg(long, global = true, hide = true, value_name = "ARGS")]
-    append: Vec<String>,
-
-    /// More logging on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
-    verbose: u8,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Reverse TEXT in the guest and print the result.
-    Reverse {
-        /// The text to reverse (its UTF-8 bytes are reversed).
-        text: String,
-    },
-    /// Print what the guest reports about itself.
-    Info,
-    /// Power the guest off (useful with --attach-*).
-    PowerOff,
-}
 
 fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -167,16 +67,87 @@ fn one_line(e: &anyhow::Error) -> String {
     msg.replace('\n', " ")
 }
 
-fn run(cli: &Cli) -> Result<()> {
+/// `--timeout` and `--boot-timeout`, checked.
+fn timeouts(cli: &Cli) -> Result<(Duration, Duration)> {
     if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
         bail!("--timeout must be a positive number of seconds");
     }
-    let timeout = Duration::from_secs_f64(cli.timeout);
     if !(cli.boot_timeout.is_finite() && cli.boot_timeout > 0.0) {
         bail!("--boot-timeout must be a positive number of seconds");
     }
-    let boot_timeout = Duration::from_secs_f64(cli.boot_timeout);
-    let attach = if let Some(uds) = &cli.attach_uds {
+    Ok((
+        Duration::from_secs_f64(cli.timeout),
+        Duration::from_secs_f64(cli.boot_timeout),
+    ))
+}
+
+/// The VM that the command line describes (image, architecture, machine...).
+fn vm_config(cli: &Cli) -> Result<VmConfig> {
+    let mut vm = match cli.guest {
+        Guest::Firmware => {
+            let image = match &cli.image {
+                Some(i) => i.clone(),
+                None => tools::default_image(cli.arch).context(
+                    "no guest image given and no workspace to find one in; pass --image",
+                )?,
+            };
+            VmConfig::new(cli.arch, image)
+        }
+        Guest::Linux => {
+            let defaults = tools::default_linux();
+            let pick = |given: &Option<PathBuf>, default: Option<PathBuf>, flag: &str| {
+                given.clone().or(default).with_context(|| {
+                    format!("no workspace to find the Linux guest in; pass {flag}")
+                })
+            };
+            let kernel = pick(&cli.image, defaults.clone().map(|d| d.0), "--image")?;
+            let initrd = pick(&cli.initrd, defaults.map(|d| d.1), "--initrd")?;
+            VmConfig::linux(cli.arch, kernel, initrd)
+        }
+    };
+    vm.memory_mib = cli.memory;
+    vm.accel = cli.accel;
+    vm.machine = cli.machine.clone();
+    vm.log_dir = cli.log_dir.clone();
+    if cli.verbose >= 2 {
+        vm.cmdline.push("svmc.log=debug".into());
+    }
+    vm.cmdline.extend(
+        cli.append
+            .iter()
+            .flat_map(|a| a.split_whitespace())
+            .map(String::from),
+    );
+    Ok(vm)
+}
+
+fn run(cli: &Cli) -> Result<()> {
+    let (timeout, boot_timeout) = timeouts(cli)?;
+    let attaching = cli.vm.is_some() || cli.attach_uds.is_some() || cli.attach_cid.is_some();
+    match &cli.command {
+        Cmd::Start { .. } | Cmd::List | Cmd::Stop { .. } | Cmd::Prune if attaching => {
+            bail!("--vm, --attach-uds and --attach-cid go with reverse, info and power-off only")
+        }
+        Cmd::Start { name } => return vms::start(cli, name.as_deref(), timeout, boot_timeout),
+        Cmd::List => return vms::list(cli),
+        Cmd::Stop { name } => return vms::stop(cli, name, timeout),
+        Cmd::Prune => return vms::prune(cli),
+        Cmd::PowerOff if cli.vm.is_some() => {
+            return vms::stop(cli, cli.vm.as_deref().unwrap_or_default(), timeout);
+        }
+        Cmd::Reverse { .. } | Cmd::Info | Cmd::PowerOff => {}
+    }
+    // Open the input before booting or connecting: an unreadable file
+    // fails with nothing started.
+    let input = match &cli.command {
+        Cmd::Reverse { text, file, .. } => {
+            Some(payload::Input::open(text.as_deref(), file.as_deref())?)
+        }
+        _ => None,
+    };
+    let attach = if let Some(name) = &cli.vm {
+        vms::attach(name)?
+    } else if let Some(uds) = &cli.attach_uds {
         Attach::Hybrid {
             uds_path: uds.clone(),
             port: cli.port,
@@ -187,41 +158,7 @@ fn run(cli: &Cli) -> Result<()> {
             port: cli.port,
         }
     } else {
-        let mut vm = match cli.guest {
-            Guest::Firmware => {
-                let image = match &cli.image {
-                    Some(i) => i.clone(),
-                    None => tools::default_image(cli.arch).context(
-                        "no guest image given and no workspace to find one in; pass --image",
-                    )?,
-                };
-                VmConfig::new(cli.arch, image)
-            }
-            Guest::Linux => {
-                let defaults = tools::default_linux();
-                let pick = |given: &Option<PathBuf>, default: Option<PathBuf>, flag: &str| {
-                    given.clone().or(default).with_context(|| {
-                        format!("no workspace to find the Linux guest in; pass {flag}")
-                    })
-                };
-                let kernel = pick(&cli.image, defaults.clone().map(|d| d.0), "--image")?;
-                let initrd = pick(&cli.initrd, defaults.map(|d| d.1), "--initrd")?;
-                VmConfig::linux(cli.arch, kernel, initrd)
-            }
-        };
-        vm.memory_mib = cli.memory;
-        vm.accel = cli.accel;
-        vm.machine = cli.machine.clone();
-        vm.log_dir = cli.log_dir.clone();
-        if cli.verbose >= 2 {
-            vm.cmdline.push("svmc.log=debug".into());
-        }
-        vm.cmdline.extend(
-            cli.append
-                .iter()
-                .flat_map(|a| a.split_whitespace())
-                .map(String::from),
-        );
+        let vm = vm_config(cli)?;
         install_signal_cleanup()?;
         Attach::Launch(Box::new(vm))
     };
@@ -231,23 +168,18 @@ fn run(cli: &Cli) -> Result<()> {
     config.boot_timeout = boot_timeout;
 
     let mut session = Session::open(&config).context("could not reach the guest")?;
-    let mut out = std::io::stdout().lock();
     match &cli.command {
-        Cmd::Reverse { text } => {
-            let result = session.reverse(text.as_bytes().to_vec())?;
-            if cli.json {
-                let v = serde_json::json!({
-                    "result": String::from_utf8_lossy(&result),
-                    "bytes": result.len(),
-                });
-                writeln!(out, "{v}")?;
-            } else {
-                out.write_all(&result)?;
-                writeln!(out)?;
-            }
+        Cmd::Reverse { output, .. } => {
+            let input = input.context("no input")?;
+            let limit = payload::limit(session.peer_max_body(), config.max_body);
+            let data = input.read(limit)?;
+            let text = input.is_text();
+            let result = payload::with_progress(data.len(), || session.reverse(data))?;
+            payload::write_result(&result, output.as_deref(), text, cli.json)?;
         }
         Cmd::Info => {
             let info = session.info()?;
+            let mut out = std::io::stdout().lock();
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string(&info)?)?;
             } else {
@@ -267,13 +199,14 @@ fn run(cli: &Cli) -> Result<()> {
                     )?;
                 }
             }
+            out.flush()?;
         }
         Cmd::PowerOff => {
             let status = session.power_off(timeout)?;
             if cli.json {
-                writeln!(out, "{}", serde_json::json!({"powered_off": true}))?;
+                println!("{}", serde_json::json!({"powered_off": true}));
             } else {
-                writeln!(out, "powered off")?;
+                println!("powered off");
             }
             if let Some(s) = status
                 && !s.success()
@@ -282,9 +215,8 @@ fn run(cli: &Cli) -> Result<()> {
             }
             return Ok(());
         }
+        _ => unreachable!("handled above"),
     }
-    out.flush()?;
-    drop(out);
     if launched {
         let status = session.power_off(timeout).context("powering the VM off")?;
         if let Some(s) = status

@@ -79,6 +79,10 @@ pub const SUITES: &[Suite] = &[
          linux_service waits out its 30 s HELLO timeout",
     ),
     Suite::new("hostile_guest").not_for_linux("needs the misbehaving firmware variant"),
+    Suite::new("cli_vm").not_for_linux(
+        "host-cli start/list/stop and the VM registry are host-side and the same for both \
+         guests; each case boots one to three VMs, about 3 s per Linux boot here",
+    ),
     Suite::new("soak").not_for_linux(
         "not run for Linux to keep CI time (launch cycles, 10,000 requests, several VMs at \
          once, a thread pool of VMs; about 3 s per Linux boot here); e2e covers every request \

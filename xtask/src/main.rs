@@ -3,6 +3,7 @@
 
 mod bench;
 mod ci;
+mod docs;
 mod e2e;
 mod image;
 mod linux;
@@ -25,7 +26,8 @@ Commands:
                                initramfs with the linux_service example as /init) into target/linux
   run-e2e [--arch A|all] [--machine M] [--suite S]... [FILTER]
                                set up, build, and run the QEMU suites (e2e, faults, hostile_host,
-                               hostile_guest, soak at CI size; --suite picks some) against real QEMU
+                               hostile_guest, cli_vm, soak at CI size; --suite picks some) against
+                               real QEMU
   run-e2e --guest linux [FILTER]
                                the same suite against the Linux test VM (x86_64), then
                                vsock-transport's AF_VSOCK tests inside it (vsock_loopback)
@@ -35,6 +37,8 @@ Commands:
                                boot, round-trip, throughput, size and memory figures next to
                                their floors (QEMU alone, the guest's raw echo mode); see BENCHMARKS.md
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
+  dist-docs [--out DIR]        host-cli's shell completions (bash, zsh, fish, elvish, PowerShell)
+                               and man pages, from its clap definition, into target/dist
   lint                         what CI checks before the tests: fmt, clippy (every feature set
                                and target, the QEMU suites, the guest), the guest's docs
   test                         the whole test suite: host unit/integration tests, bare-metal
@@ -56,6 +60,7 @@ fn main() -> ExitCode {
         Some("demo") => demo(),
         Some("test") => test(),
         Some("lint") => ci::lint(),
+        Some("dist-docs") => docs::dist_docs(&args[1..]),
         Some("help" | "--help" | "-h") | None => {
             println!("{HELP}");
             Ok(())

@@ -1,6 +1,7 @@
 //! The host side of the service VM: launching it ([`launcher`]), finding the
 //! tools and image it needs ([`tools`], [`image`]), choosing the accelerator
-//! ([`accel`]), and talking to it ([`session`]).
+//! ([`accel`]), talking to it ([`session`]), and keeping track of VMs that
+//! outlive the process that started them ([`registry`]).
 //!
 //! The `host-cli` binary (the folder this crate is nested in) is a thin
 //! command-line front end over this library; the workspace's end-to-end
@@ -17,6 +18,7 @@ pub mod env;
 pub mod image;
 pub mod launcher;
 pub mod machine;
+pub mod registry;
 pub mod session;
 pub mod tools;
 

@@ -23,6 +23,12 @@
 //! reaps both and removes the runtime directory; [`install_signal_cleanup`]
 //! does the same for every live VM on Ctrl-C or `SIGTERM`.
 //!
+//! A VM launched with [`VmConfig::detached`] is the exception: its children
+//! start their own session without the parent-death signal, and
+//! [`Vm::detach`] hands them over (pids, runtime directory) to a caller that
+//! keeps them running after this process exits (`host-cli start`, with the
+//! registry in [`crate::registry`]).
+//!
 //! The module is split by concern: [`process`] spawns the children and
 //! cleans up after them (also on Ctrl-C), [`runtime`] owns the runtime and
 //! log directories, [`args`] builds QEMU's command line from the machine
@@ -30,6 +36,7 @@
 //! guest.
 
 pub mod args;
+pub mod detach;
 pub mod process;
 pub mod ready;
 pub mod runtime;
@@ -50,6 +57,7 @@ use crate::image::{check_bzimage, check_image};
 use crate::tools::Tools;
 use crate::{Arch, Error, Result, machine};
 
+pub use detach::Detached;
 pub use process::{install_signal_cleanup, kill_all};
 pub use ready::{BOOT_ATTEMPTS, DEFAULT_BOOT_ATTEMPT, LINUX_BOOT_ATTEMPT, launch_ready};
 pub use runtime::{default_log_dir, remove_stale_runtime_dirs};
@@ -114,6 +122,14 @@ pub struct VmConfig {
     /// How long one boot attempt may take before [`launch_ready`]
     /// relaunches the VM.
     pub boot_attempt: Duration,
+    /// Start QEMU and the daemon detached: in their own session, without
+    /// `PR_SET_PDEATHSIG`, so that [`Vm::detach`] can leave them running
+    /// after this process exits. Until then `Vm` owns them as usual.
+    pub detached: bool,
+    /// Create the runtime directory at `<this>/run` (the directory must
+    /// exist, owner-only) instead of `$TMPDIR/svmc-<pid>-<random>`; for a VM
+    /// that outlives this process and so must not be swept as stale.
+    pub runtime_parent: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -136,6 +152,8 @@ impl VmConfig {
             daemon_tx_buffer: 256 * 1024,
             extra_qemu_args: Vec::new(),
             boot_attempt: DEFAULT_BOOT_ATTEMPT,
+            detached: false,
+            runtime_parent: None,
         }
     }
 
@@ -165,6 +183,7 @@ pub struct Vm {
     procs: Arc<process::Procs>,
     qemu_status: Option<ExitStatus>,
     accel: Accel,
+    detached: bool,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -194,7 +213,7 @@ impl Vm {
         let machine = machine::find(config.arch, config.machine.as_deref())?;
         let accel = choose_accel(config.accel, machine, &tools.qemu);
 
-        let runtime = runtime::create_runtime_dir()?;
+        let runtime = runtime::create_runtime_dir(config.runtime_parent.as_deref())?;
         let uds_path = runtime.path().join("vm.vsock");
         let vhost_socket = runtime.path().join("vhost.sock");
         let log_dir = config.log_dir.clone().unwrap_or_else(default_log_dir);
@@ -220,6 +239,7 @@ impl Vm {
             procs,
             qemu_status: None,
             accel,
+            detached: config.detached,
         };
 
         // Accept in short slices so that QEMU can be watched while waiting.
@@ -232,7 +252,7 @@ impl Vm {
         // The device daemon.
         let daemon_err = File::create(&vm.daemon_log)
             .map_err(|e| Error::io(format!("creating {}", vm.daemon_log.display()), e))?;
-        let mut cmd = process::child_command(&tools.daemon);
+        let mut cmd = process::child_command(&tools.daemon, config.detached);
         cmd.arg("--vm")
             .arg(format!(
                 "guest-cid={},socket={},uds-path={},tx-buffer-size={}",
@@ -255,7 +275,7 @@ impl Vm {
         // QEMU.
         let qemu_err = File::create(&vm.qemu_log)
             .map_err(|e| Error::io(format!("creating {}", vm.qemu_log.display()), e))?;
-        let mut cmd = process::child_command(&tools.qemu);
+        let mut cmd = process::child_command(&tools.qemu, config.detached);
         cmd.args(args::qemu_args(
             config,
             machine,

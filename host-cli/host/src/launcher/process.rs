@@ -152,12 +152,29 @@ pub(super) fn spawn(cmd: Command) -> io::Result<Child> {
 /// Makes a child die with the process (see the module docs; start it with
 /// [`spawn`]) and keeps it out of our terminal's process group (so Ctrl-C
 /// reaches only us, and we stop it in order).
-pub(super) fn child_command(program: &Path) -> Command {
+///
+/// A `detached` child instead starts a session of its own (`setsid`: no
+/// controlling terminal, its own process group) and has no parent-death
+/// signal, so it keeps running after this process exits
+/// ([`Vm::detach`](super::Vm::detach)).
+pub(super) fn child_command(program: &Path, detached: bool) -> Command {
     use nix::sys::prctl::set_pdeathsig;
     use nix::sys::signal::{Signal, raise};
-    use nix::unistd::{Pid, getppid};
+    use nix::unistd::{Pid, getppid, setsid};
 
     let mut cmd = Command::new(program);
+    cmd.stdin(Stdio::null());
+    if detached {
+        let in_child = || {
+            setsid()?;
+            Ok(())
+        };
+        // SAFETY: the closure runs in the child between fork and exec and
+        // makes one async-signal-safe system call (setsid) without
+        // allocating; its error converts with io::Error::from_raw_os_error.
+        unsafe { cmd.pre_exec(in_child) };
+        return cmd;
+    }
     // Its own process group (setpgid(0, 0) in the child, by std).
     cmd.process_group(0);
     let parent = Pid::from_raw(std::process::id() as i32);
@@ -175,6 +192,5 @@ pub(super) fn child_command(program: &Path) -> Command {
     // nix's thin wrappers); it does not allocate, and the `?` conversions
     // of an error to io::Error do not either (io::Error::from_raw_os_error).
     unsafe { cmd.pre_exec(in_child) };
-    cmd.stdin(Stdio::null());
     cmd
 }

@@ -74,14 +74,26 @@ fn prune_logs(dir: &Path) {
 }
 
 /// Creates a VM's runtime directory, `$TMPDIR/svmc-<our pid>-<random>`
-/// with mode 0700, after removing the stale ones of dead processes.
-pub(super) fn create_runtime_dir() -> Result<tempfile::TempDir> {
-    remove_stale_runtime_dirs(&std::env::temp_dir());
-    tempfile::Builder::new()
-        .prefix(&format!("{RUNTIME_PREFIX}{}-", std::process::id()))
-        .permissions(fs::Permissions::from_mode(0o700))
-        .tempdir()
-        .map_err(|e| Error::io("creating the VM runtime directory", e))
+/// with mode 0700, after removing the stale ones of dead processes; or,
+/// with a `parent`, exactly `<parent>/run` (mode 0700, failing if it
+/// exists), which no sweep of stale directories touches.
+pub(super) fn create_runtime_dir(parent: Option<&Path>) -> Result<tempfile::TempDir> {
+    let mode = fs::Permissions::from_mode(0o700);
+    let dir = match parent {
+        Some(parent) => tempfile::Builder::new()
+            .prefix("run")
+            .rand_bytes(0)
+            .permissions(mode)
+            .tempdir_in(parent),
+        None => {
+            remove_stale_runtime_dirs(&std::env::temp_dir());
+            tempfile::Builder::new()
+                .prefix(&format!("{RUNTIME_PREFIX}{}-", std::process::id()))
+                .permissions(mode)
+                .tempdir()
+        }
+    };
+    dir.map_err(|e| Error::io("creating the VM runtime directory", e))
 }
 
 /// Creates the log directory `dir` (mode 0700) if needed and prunes old
