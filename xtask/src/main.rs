@@ -225,6 +225,18 @@ fn test() -> util::Result<()> {
             .args(ci::library_packages())
             .arg("--all-features"),
     )?;
+    // The example program of another protocol (a key-value store) on
+    // hybrid vsock: built and run.
+    util::run(util::cargo().args([
+        "run",
+        "--quiet",
+        "-p",
+        "vsock-transport",
+        "--features",
+        "host-hybrid",
+        "--example",
+        "kv",
+    ]))?;
     // The no_std crates on the bare-metal targets.
     for arch in Arch::ALL {
         util::run(util::cargo().args([
