@@ -84,6 +84,20 @@ pub fn listener_path(uds_path: &Path, port: u32) -> PathBuf {
 
 /// Connects to guest port `port` through the device socket `uds_path`.
 ///
+/// ```no_run
+/// use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
+/// use vsock_transport::comm::service::{Request, ServiceVm, SERVICE_PORT};
+/// use vsock_transport::rpc::Client;
+/// use vsock_transport::{Timeouts, hybrid};
+///
+/// // The VM's vsock device socket (e.g. vhost-device-vsock's `uds-path`).
+/// let conn = hybrid::connect("/run/vm/vsock.sock".as_ref(), SERVICE_PORT, &Timeouts::default())?;
+/// let mut client = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY)?;
+/// println!("{:?}", client.call(&Request::Info)?);
+/// client.close()?;
+/// # Ok::<(), vsock_transport::Error>(())
+/// ```
+///
 /// Connecting is bounded by [`Timeouts::connect`] and the `CONNECT`/`OK`
 /// exchange by [`Timeouts::hybrid_connect`]. Errors: [`Error::Refused`] if the
 /// device closed the connection without a reply (nobody listens on the
@@ -209,6 +223,25 @@ fn escape(bytes: &[u8]) -> String {
 
 /// Listens for guest-initiated connections to one host port (see the
 /// [module docs](self)).
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::os::unix::net::UnixStream;
+/// use vsock_transport::{Connection, Timeouts, hybrid};
+///
+/// let dir = tempfile::tempdir()?;
+/// let uds = dir.path().join("vm.vsock");
+/// let listener = hybrid::Listener::bind(&uds, 7000, Timeouts::default())?;
+/// assert_eq!(listener.path(), hybrid::listener_path(&uds, 7000));
+/// // The device connects there when the guest connects to host port 7000.
+/// let mut device = UnixStream::connect(listener.path())?;
+/// device.write_all(b"hi")?;
+/// let mut conn = listener.accept()?;
+/// let mut buf = [0; 2];
+/// assert_eq!(conn.recv(&mut buf)?, 2);
+/// assert_eq!(&buf, b"hi");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Listener {
     listener: UnixListener,

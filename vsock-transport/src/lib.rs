@@ -43,6 +43,11 @@
 extern crate alloc;
 
 pub use comm;
+
+// The README's example compiles as a doctest (it uses `hybrid`).
+#[cfg(all(doctest, feature = "host-hybrid"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
 #[cfg(feature = "guest")]
 pub use virtio_drivers;
 
