@@ -41,6 +41,16 @@ pub fn lint() -> Result<()> {
             .args(["--all-features", "--no-deps", "--quiet"])
             .env("RUSTDOCFLAGS", "-D warnings"),
     )?;
+    // The published crates package and build from their .crate files.
+    // Together, so that cargo resolves each sibling from its local
+    // packaging registry (alone, vsock-transport and svmc-host need
+    // svmc-comm on crates.io first). --allow-dirty: also before a commit.
+    util::run(
+        cargo()
+            .arg("package")
+            .args(library_packages())
+            .args(["--allow-dirty", "--quiet"]),
+    )?;
     // The QEMU suites have `test = false` (xtask runs them), so
     // --all-targets skips them.
     util::run(
