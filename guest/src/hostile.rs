@@ -21,13 +21,14 @@
 //! | `wrong-type`       | a valid `REQUEST` frame instead of the `RESPONSE`            | `UnexpectedFrame`           |
 //! | `trickle`          | the correct `RESPONSE`, one byte every [`TRICKLE_INTERVAL_US`], repeated for ever | read timeout (one deadline per frame) |
 //! | `disconnect`       | a `RESPONSE` header and half its body, then a close          | `Truncated`                 |
+//! | `lost-kick`        | nothing wrong: its transport drops its first TX notification (as vhost-device-vsock 0.3.0 can, see `kick.rs`), then it serves correctly | nothing: the answer, with no relaunch |
 //!
 //! After misbehaving, the guest waits (without sending) until the host
 //! closes the connection, and then takes the next one.
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use comm::frame::{self, FrameKind, HEADER_LEN, Header};
 use comm::service::{Request, Response, ServiceError, ServiceVm};
@@ -35,11 +36,14 @@ use comm::{Hello, Protocol};
 use log::{info, warn};
 use virtio_drivers::device::socket::VsockAddr;
 use vsock_transport::framed::{recv_frame, send_frame};
-use vsock_transport::guest::{GuestVsock, HOST_CID};
+use vsock_transport::guest::{GuestConnection, GuestVsock, HOST_CID};
+use vsock_transport::rpc::{self, Ended, ServeConfig};
 use vsock_transport::{Connection, Error, Result};
 
-use crate::arch;
 use crate::hal::IdentityHal;
+use crate::kick::VsockTransport;
+use crate::service::Service;
+use crate::{arch, cmdline};
 
 /// The protocol name sent in `wrong-protocol` mode.
 pub const WRONG_PROTOCOL: &str = "svmc-hostile";
@@ -75,10 +79,12 @@ pub enum Mode {
     Trickle,
     /// Part of a `RESPONSE`, then a close.
     Disconnect,
+    /// The first TX notification is never made; then correct service.
+    LostKick,
 }
 
 impl Mode {
-    const ALL: [Self; 9] = [
+    const ALL: [Self; 10] = [
         Self::Garbage,
         Self::GarbageResponse,
         Self::TooLarge,
@@ -88,6 +94,7 @@ impl Mode {
         Self::WrongType,
         Self::Trickle,
         Self::Disconnect,
+        Self::LostKick,
     ];
 
     /// The name used on the command line.
@@ -102,6 +109,7 @@ impl Mode {
             Self::WrongType => "wrong-type",
             Self::Trickle => "trickle",
             Self::Disconnect => "disconnect",
+            Self::LostKick => "lost-kick",
         }
     }
 }
@@ -132,7 +140,7 @@ pub fn mode() -> Option<Mode> {
 /// every connection accepted on the listening port, for ever. Returns only
 /// on a device error, with what was being done.
 pub fn run(
-    vsock: &mut GuestVsock<IdentityHal, arch::VirtioTransport>,
+    vsock: &mut GuestVsock<IdentityHal, VsockTransport>,
     host_port: u32,
     mode: Mode,
     max_body: u32,
@@ -145,6 +153,9 @@ pub fn run(
         cid: HOST_CID,
         port: host_port,
     };
+    if mode == Mode::LostKick {
+        return serve_correctly(vsock, host, max_body);
+    }
     match vsock.connect(host, CONNECT_LOCAL_PORT) {
         Ok(mut conn) => misbehave_logged(&mut conn, mode, max_body),
         Err(e @ (Error::Refused { .. } | Error::Timeout(_))) => {
@@ -155,6 +166,47 @@ pub fn run(
     loop {
         match vsock.accept() {
             Ok(mut conn) => misbehave_logged(&mut conn, mode, max_body),
+            Err(e) => return ("waiting for a connection", e),
+        }
+    }
+}
+
+/// Whether the transport must drop this TX notification: the first one,
+/// in `lost-kick` mode (`kick.rs` asks).
+pub fn lose_tx_kick() -> bool {
+    static LOST: AtomicBool = AtomicBool::new(false);
+    mode() == Some(Mode::LostKick) && !LOST.swap(true, Ordering::Relaxed)
+}
+
+/// `lost-kick` mode: the real service on the boot connection and then on
+/// accepted ones, powering off when asked (the first TX notification, the
+/// boot connection's request, was dropped by the transport).
+fn serve_correctly(
+    vsock: &mut GuestVsock<IdentityHal, VsockTransport>,
+    host: VsockAddr,
+    max_body: u32,
+) -> (&'static str, Error) {
+    let mut service = Service::new(max_body, cmdline::Mode::Service);
+    let config = ServeConfig { max_body };
+    let mut serve = |conn: &mut GuestConnection<'_, IdentityHal, VsockTransport>| match rpc::serve::<
+        ServiceVm,
+        _,
+        _,
+    >(
+        conn,
+        &mut service,
+        config,
+    ) {
+        Ok(Ended::Stopped) if service.power_off_requested() => arch::power_off(),
+        r => info!("hostile: connection ended: {r:?}"),
+    };
+    match vsock.connect(host, CONNECT_LOCAL_PORT) {
+        Ok(mut conn) => serve(&mut conn),
+        Err(e) => return ("connecting to the host", e),
+    }
+    loop {
+        match vsock.accept() {
+            Ok(mut conn) => serve(&mut conn),
             Err(e) => return ("waiting for a connection", e),
         }
     }
@@ -245,7 +297,10 @@ fn misbehave<C: Connection>(conn: &mut C, mode: Mode, max_body: u32) -> Result<(
                 }
             }
         },
-        Mode::Garbage | Mode::WrongVersion | Mode::WrongProtocol => unreachable!(),
+        // Handled before (at the HELLO stage), or not misbehaving here.
+        Mode::Garbage | Mode::WrongVersion | Mode::WrongProtocol | Mode::LostKick => {
+            unreachable!()
+        }
     }
     wait_for_close(conn)
 }

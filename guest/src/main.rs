@@ -47,6 +47,7 @@ mod hal;
 mod heap;
 #[cfg(feature = "hostile")]
 mod hostile;
+mod kick;
 mod layout;
 mod logger;
 mod service;
@@ -65,6 +66,7 @@ use vsock_transport::rpc::{self, Ended, ServeConfig};
 use crate::arch::BootInfo;
 use crate::cmdline::Config;
 use crate::hal::IdentityHal;
+use crate::kick::{KickRetry, VsockTransport};
 use crate::service::Service;
 
 /// Our port for the boot-time connection to the host.
@@ -149,7 +151,9 @@ impl fmt::Display for Fatal {
 
 fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
     let transport = arch::find_vsock().map_err(Fatal::Discovery)?;
-    let mut vsock = GuestVsock::<IdentityHal, arch::VirtioTransport>::new(transport)
+    // Notifies TX again if the device daemon lost the kick (kick.rs).
+    let transport = KickRetry::new(transport, arch::now_us);
+    let mut vsock = GuestVsock::<IdentityHal, VsockTransport>::new(transport)
         .map_err(|e| Fatal::Vsock("initialising the vsock device", e))?;
     info!("vsock: guest CID {}", vsock.guest_cid());
     vsock.set_clock(arch::now_us);

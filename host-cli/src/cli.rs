@@ -105,7 +105,8 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "auto")]
     pub accel: Accel,
 
-    /// QEMU machine type [default: q35 on x86_64, virt on aarch64].
+    /// QEMU machine type [default: microvm on x86_64 (q35 for --guest
+    /// linux), virt on aarch64].
     #[arg(long, global = true)]
     pub machine: Option<String>,
 

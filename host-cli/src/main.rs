@@ -107,7 +107,9 @@ fn vm_config(cli: &Cli) -> Result<VmConfig> {
     };
     vm.memory_mib = cli.memory;
     vm.accel = cli.accel;
-    vm.machine = cli.machine.clone();
+    if cli.machine.is_some() {
+        vm.machine = cli.machine.clone();
+    }
     vm.log_dir = cli.log_dir.clone();
     if cli.verbose >= 2 {
         vm.cmdline.push("svmc.log=debug".into());

@@ -84,7 +84,9 @@ impl Ctx {
             None => VmConfig::new(self.arch, &self.image),
         };
         c.log_dir = Some(self.log_dir.clone());
-        c.machine = self.machine.clone();
+        if self.machine.is_some() {
+            c.machine = self.machine.clone();
+        }
         c
     }
 

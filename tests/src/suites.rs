@@ -118,6 +118,11 @@ pub const MATRIX: &[Target] = &[
         machine: None,
         suites: None,
     },
+    Target {
+        arch: Arch::X86_64,
+        machine: Some("q35"),
+        suites: None,
+    },
 ];
 
 /// A soak size: its variable, its CI value (`cargo xtask test`, and the

@@ -312,6 +312,36 @@ fn guest_crashes_before_connecting(f: &Faults) -> R {
     })
 }
 
+/// The firmware's panic handler ends the VM with a failure status: 3 on
+/// x86_64 (`isa-debug-exit`, on q35 and microvm alike), 1 on aarch64
+/// (pvpanic, which the firmware looks for only on this path), and the
+/// panic message is in the serial log.
+fn firmware_panic_exits_with_failure_status(f: &Faults) -> R {
+    f.checked(|| {
+        let mut cfg = f.config();
+        cfg.cmdline.push("svmc.test_panic=1".into());
+        let e = open_err(&f.session_config(cfg, Duration::from_secs(20)))?;
+        let Error::QemuExited {
+            status, serial_log, ..
+        } = &e
+        else {
+            return Err(format!("expected QemuExited, got {e:?}"));
+        };
+        let expected = match f.ctx.arch {
+            Arch::X86_64 => 3,
+            Arch::Aarch64 => 1,
+        };
+        ensure(status.code() == Some(expected), || {
+            format!("status {status}, expected {expected}")
+        })?;
+        let log = std::fs::read_to_string(serial_log).map_err(|e| e.to_string())?;
+        ensure(
+            log.contains("[PANIC]") && log.contains("svmc.test_panic=1"),
+            || format!("no panic message in the serial log:\n{log}"),
+        )
+    })
+}
+
 // ---- processes killed mid-request ---------------------------------------------
 
 /// Opens a session, then sends 8 MiB requests in a loop while another
@@ -728,6 +758,10 @@ const CASES: &[Case<Faults>] = &[
     (
         "guest_crashes_before_connecting",
         guest_crashes_before_connecting,
+    ),
+    (
+        "firmware_panic_exits_with_failure_status",
+        firmware_panic_exits_with_failure_status,
     ),
     ("qemu_killed_mid_request", qemu_killed_mid_request),
     ("daemon_killed_mid_request", daemon_killed_mid_request),

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use comm::frame::{DEFAULT_MAX_BODY, FrameKind};
-use comm::service::{Request, ServiceVm};
+use comm::service::{Request, Response, ServiceVm};
 use host::launcher::{DEFAULT_BOOT_ATTEMPT, launch_ready};
 use host::session::BoxConnection;
 use host::{Accel, Attach, Error, Session, SessionConfig, VmConfig};
@@ -183,6 +183,7 @@ impl Hostile {
     fn vm_config(&self, mode: &str) -> VmConfig {
         let mut c = VmConfig::new(self.ctx.arch, &self.image);
         c.log_dir = Some(self.ctx.log_dir.clone());
+        c.machine = self.ctx.machine.clone();
         c.accel = Accel::Tcg;
         c.cmdline.push(format!("svmc.hostile={mode}"));
         c
@@ -425,6 +426,50 @@ fn trickle_per_frame_deadline(h: &Hostile) -> R {
     })
 }
 
+/// The `lost-kick` mode drops the guest's first TX notification, as
+/// vhost-device-vsock 0.3.0 can when it arrives before the queue is
+/// enabled (`guest/src/kick.rs`). With a single boot attempt (no relaunch
+/// to hide a hang) the guest must still connect, answer and power off, and
+/// say in its serial log that it notified again.
+fn lost_first_kick(h: &Hostile) -> R {
+    h.checked(|| {
+        let mut c = h.vm_config("lost-kick");
+        c.boot_attempt = BOOT;
+        let relaunches = host::launcher::relaunches();
+        let start = Instant::now();
+        let (mut vm, stream) = launch_ready(&c, BOOT, Hostile::timeouts())
+            .map_err(|e| format!("launch_ready: {e}"))?;
+        let booted = start.elapsed();
+        let conn: BoxConnection = Box::new(stream);
+        let mut client = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY)
+            .map_err(|e| format!("handshake: {e}"))?;
+        let r = client
+            .call(&Request::Reverse(b"abc".to_vec()))
+            .map_err(|e| format!("reverse: {e}"))?;
+        ensure(r == Response::Reverse(b"cba".to_vec()), || {
+            format!("reverse answered {r:?}")
+        })?;
+        let r = client
+            .call(&Request::PowerOff)
+            .map_err(|e| format!("power-off: {e}"))?;
+        ensure(r == Response::PowerOff, || {
+            format!("power-off answered {r:?}")
+        })?;
+        drop(client);
+        let status = vm.wait_exit(BOOT).map_err(|e| format!("exit: {e}"))?;
+        ensure(status.success(), || format!("QEMU exited with {status}"))?;
+        ensure(host::launcher::relaunches() == relaunches, || {
+            "the VM was relaunched".into()
+        })?;
+        let log = std::fs::read_to_string(vm.serial_log()).map_err(|e| e.to_string())?;
+        ensure(log.contains("re-notified #1"), || {
+            format!("no re-notification in the serial log:\n{log}")
+        })?;
+        println!("    lost-kick: connected after {booted:?}, answered, powered off");
+        Ok(())
+    })
+}
+
 /// A connection that counts the bytes received.
 struct Counting<'a, C: vsock_transport::Connection> {
     inner: &'a mut C,
@@ -460,6 +505,7 @@ macro_rules! cases {
             $((concat!("lib_", $mode), lib_cases::$name),)*
             $((concat!("cli_", $mode), cli_cases::$name),)*
             ("trickle_per_frame_deadline", trickle_per_frame_deadline),
+            ("lost_first_kick", lost_first_kick),
         ];
     };
 }

@@ -177,7 +177,7 @@ fn wrong_handshake_replies_are_handshake_errors() {
 }
 
 #[test]
-fn silent_device_times_out_in_handshake() {
+fn silent_device_times_out_in_hybrid_connect() {
     let (_dir, uds) = uds();
     let dev = device(&uds, Answer::Silent, |_| ());
     let t = Timeouts {

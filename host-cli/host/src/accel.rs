@@ -2,7 +2,7 @@
 //!
 //! `/dev/kvm` existing is not enough: some hosts expose a paravirtual KVM
 //! that cannot run ordinary guests (QEMU hangs or fails on MSR writes). So
-//! [`Accel::Auto`] boots the tiny exit-at-once firmware under KVM once, with
+//! [`Accel::Auto`] boots a tiny probe firmware under KVM once, with
 //! a short timeout, and caches the verdict per QEMU binary, kernel and
 //! machine. The probe runs QEMU with the same machine arguments as the
 //! launcher ([`crate::machine`]), so a verdict holds for the VMs launched.
@@ -15,7 +15,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::Arch;
-use crate::image::{tiny_elf, tiny_exit_status};
+use crate::image::{probe_elf, tiny_exit_status};
 use crate::machine::Machine;
 
 /// How long the KVM probe may take before KVM is declared unusable.
@@ -86,10 +86,10 @@ pub fn choose_accel(requested: Accel, machine: &Machine, qemu: &Path) -> Accel {
     {
         return Accel::Tcg;
     }
-    // `v3`: verdicts of earlier probes (KVM merely works; machine
-    // arguments of their own) are not reused.
+    // `v4`: verdicts of earlier probes (KVM merely works; machine
+    // arguments of their own; no exits in the probe) are not reused.
     let key = format!(
-        "v3 {} {} {}",
+        "v4 {} {} {}",
         machine.name,
         qemu.display(),
         fs::read_to_string("/proc/sys/kernel/osrelease")
@@ -97,12 +97,12 @@ pub fn choose_accel(requested: Accel, machine: &Machine, qemu: &Path) -> Accel {
             .trim()
     );
     let cache = cache_file();
-    if let Some(c) = &cache
-        && let Ok(s) = fs::read_to_string(c)
-        && let Some((k, v)) = s.trim_end().rsplit_once('=')
-        && k == key
-    {
-        return if v == "kvm" { Accel::Kvm } else { Accel::Tcg };
+    let cached = cache
+        .as_ref()
+        .and_then(|c| fs::read_to_string(c).ok())
+        .unwrap_or_default();
+    if let Some(v) = cached_verdict(&cached, &key) {
+        return v;
     }
     let verdict = if probe_kvm(qemu, machine) {
         Accel::Kvm
@@ -114,9 +114,31 @@ pub fn choose_accel(requested: Accel, machine: &Machine, qemu: &Path) -> Accel {
         if let Some(parent) = c.parent() {
             let _ = fs::create_dir_all(parent);
         }
-        let _ = fs::write(c, format!("{key}={verdict}\n"));
+        let _ = fs::write(c, with_verdict(&cached, &key, verdict));
     }
     verdict
+}
+
+/// The verdict cached for `key` in the cache file's text (one
+/// `<key>=<verdict>` line per machine, QEMU and kernel).
+fn cached_verdict(cache: &str, key: &str) -> Option<Accel> {
+    cache.lines().find_map(|l| {
+        let (k, v) = l.rsplit_once('=')?;
+        (k == key).then(|| if v == "kvm" { Accel::Kvm } else { Accel::Tcg })
+    })
+}
+
+/// The cache file's text with `key`'s line set to `verdict`, the other
+/// keys' lines kept (so that alternating machines does not probe again
+/// each time).
+fn with_verdict(cache: &str, key: &str, verdict: Accel) -> String {
+    let mut out: String = cache
+        .lines()
+        .filter(|l| l.rsplit_once('=').is_some_and(|(k, _)| k != key))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    out.push_str(&format!("{key}={verdict}\n"));
+    out
 }
 
 fn cache_file() -> Option<PathBuf> {
@@ -126,11 +148,13 @@ fn cache_file() -> Option<PathBuf> {
     Some(base.join("svmc").join("kvm-probe"))
 }
 
-/// Boots the tiny firmware under KVM and under TCG; true if KVM runs it
-/// correctly and is not much slower than TCG. Some hosts have a KVM that
-/// runs guests but pays dearly for every exit (a paravirtual KVM here took
-/// 2.1 s to boot the tiny image, TCG 0.1 s, and the real guest answered
-/// 10x slower under it).
+/// Boots the probe firmware ([`probe_elf`]: exits, then the tiny
+/// firmware's exit) under KVM and under TCG; true if KVM runs it correctly
+/// and is not much slower than TCG. Some hosts have a KVM that runs guests
+/// but pays dearly for every exit (a paravirtual KVM here took 2.1 s to
+/// boot the tiny image on q35, TCG 0.1 s, and the real guest answered 10x
+/// slower under it; on `microvm` the tiny image alone booted as fast under
+/// it, hence the exits in the probe).
 fn probe_kvm(qemu: &Path, machine: &Machine) -> bool {
     let start = Instant::now();
     if !run_tiny(qemu, machine, Accel::Kvm) {
@@ -167,7 +191,7 @@ fn run_tiny(qemu: &Path, machine: &Machine, accel: Accel) -> bool {
         return false;
     };
     let image = dir.path().join("tiny.elf");
-    if fs::write(&image, tiny_elf(arch)).is_err() {
+    if fs::write(&image, probe_elf(arch)).is_err() {
         return false;
     }
     let child = Command::new(qemu)
@@ -218,5 +242,19 @@ mod tests {
         let s: Vec<&str> = kvm.iter().filter_map(|s| s.to_str()).collect();
         assert!(s.windows(2).any(|w| w == ["-cpu", "host"]), "{s:?}");
         assert!(s.contains(&"virt,gic-version=max"), "{s:?}");
+    }
+
+    #[test]
+    fn probe_cache_keeps_one_verdict_per_key() {
+        let c = with_verdict("", "v4 q35 qemu 6.1", Accel::Tcg);
+        let c = with_verdict(&c, "v4 microvm qemu 6.1", Accel::Kvm);
+        assert_eq!(cached_verdict(&c, "v4 q35 qemu 6.1"), Some(Accel::Tcg));
+        assert_eq!(cached_verdict(&c, "v4 microvm qemu 6.1"), Some(Accel::Kvm));
+        assert_eq!(cached_verdict(&c, "v4 virt qemu 6.1"), None);
+        let c = with_verdict(&c, "v4 q35 qemu 6.1", Accel::Kvm);
+        assert_eq!(cached_verdict(&c, "v4 q35 qemu 6.1"), Some(Accel::Kvm));
+        assert_eq!(c.lines().count(), 2, "{c}");
+        // An older file (one line, another key) is kept and not used.
+        assert_eq!(cached_verdict("v2 qemu 6.1=kvm\n", "v4 q35 qemu 6.1"), None);
     }
 }

@@ -64,9 +64,6 @@ extern "C" fn rust_start(x0: usize) -> ! {
         Ok(p) => PLATFORM.call_once(|| p),
         Err(e) => panic!("{e}"),
     };
-    if let Some(address) = platform.pci.as_ref().and_then(virtio::find_pvpanic) {
-        power::set_pvpanic(address);
-    }
     let image = layout::image_range();
     let boot = match &platform.ram {
         Some(ram) => BootInfo {

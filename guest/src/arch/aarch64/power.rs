@@ -10,7 +10,7 @@
 //! exits too, but with status 0, so the failure shows only in the serial
 //! log.
 
-use core::sync::atomic::{AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, Ordering};
 
 use smccc::psci;
 use smccc::{Hvc, Smc};
@@ -24,12 +24,18 @@ const PVPANIC_PANICKED: u8 = 1 << 0;
 /// How long to wait for the power-off to happen.
 const POWER_OFF_WAIT_US: u64 = 1_000_000;
 
-/// Address of the pvpanic device's event register (its BAR 0), or 0.
-static PVPANIC: AtomicUsize = AtomicUsize::new(0);
+/// Set once the failure exit has started: a fault while it looks for the
+/// pvpanic device must not look again.
+static EXITING: AtomicBool = AtomicBool::new(false);
 
-/// Records where the pvpanic event register is.
-pub fn set_pvpanic(address: usize) {
-    PVPANIC.store(address, Ordering::Relaxed);
+/// The pvpanic device's event register (its BAR 0, which this assigns),
+/// looked for on PCI bus 0 on the first failure exit only.
+fn pvpanic() -> Option<usize> {
+    if EXITING.swap(true, Ordering::Relaxed) {
+        return None;
+    }
+    let host = super::platform()?.pci.as_ref()?;
+    super::virtio::find_pvpanic(host)
 }
 
 fn conduit() -> Conduit {
@@ -58,8 +64,7 @@ pub fn power_off() -> ! {
 /// resets through PSCI (QEMU with `-no-reboot` exits with status 0), and
 /// if even that fails, waits for interrupts for ever.
 pub fn exit_failure() -> ! {
-    let pvpanic = PVPANIC.load(Ordering::Relaxed);
-    if pvpanic != 0 {
+    if let Some(pvpanic) = pvpanic() {
         // SAFETY: `pvpanic` is the event register of the pvpanic PCI
         // device, whose BAR we assigned inside the bridge's window, mapped
         // as device memory; writing the event only tells QEMU we panicked.

@@ -1,18 +1,21 @@
-//! x86_64: PVH boot under QEMU (`-kernel`, q35 with SeaBIOS or microvm),
-//! COM1 console, ACPI power-off, virtio socket device on PCI.
+//! x86_64: PVH boot under QEMU (`-kernel`, q35 with SeaBIOS or microvm
+//! with qboot), COM1 console, machine facts from ACPI, ACPI power-off, the
+//! virtio socket device on virtio-mmio (microvm) or PCI (q35).
 
 use core::arch::global_asm;
 
+mod acpi;
 mod clock;
 pub mod console;
-mod pci;
 mod power;
 mod pvh;
+mod virtio;
 
 pub use clock::now_us;
-pub use pci::{DiscoveryError, VirtioTransport, find_vsock};
 pub use power::{exit_failure, power_off};
+pub use virtio::{DiscoveryError, VirtioTransport, find_vsock};
 
+use self::acpi::Acpi;
 use crate::layout;
 
 /// Architecture name as Rust spells it.
@@ -27,6 +30,14 @@ global_asm!(
     options(att_syntax)
 );
 
+static ACPI: spin::Once<Option<Acpi>> = spin::Once::new();
+
+/// What the ACPI tables said (`None` without tables), once `rust_start`
+/// has read them.
+fn acpi() -> Option<&'static Acpi> {
+    ACPI.get().and_then(Option::as_ref)
+}
+
 /// Called by `boot.s` in 64-bit mode with the stack set up.
 ///
 /// `start_info` is the physical address of PVH's `hvm_start_info`.
@@ -35,6 +46,12 @@ extern "C" fn rust_start(start_info: u64) -> ! {
     // SAFETY: the PVH boot protocol passes the address of a valid
     // `hvm_start_info` in EBX, which boot.s forwards unchanged; the memory
     // it describes (below the image, identity-mapped) is never written.
-    let boot = unsafe { pvh::boot_info(start_info) };
+    let (boot, rsdp) = unsafe { pvh::boot_info(start_info) };
+    // SAFETY: `rsdp` is the RSDP the VMM's PVH start-of-day code found
+    // (QEMU's pvh option ROM searches the EBDA and the BIOS area); the
+    // tables are identity-mapped RAM, read here before the heap (which may
+    // cover them) exists.
+    let acpi = ACPI.call_once(|| unsafe { acpi::read(rsdp) });
+    clock::init(acpi.as_ref().map_or(clock::Q35_PM_TIMER, |a| a.pm_timer));
     crate::start(boot)
 }

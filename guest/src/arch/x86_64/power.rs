@@ -1,16 +1,32 @@
 //! Leaving the VM: ACPI power-off (exit status 0) and QEMU's
 //! `isa-debug-exit` device (failure status).
+//!
+//! Power-off is the ACPI soft-off (S5) request the machine has:
+//!
+//! - a hardware-reduced machine (QEMU `microvm`): the FADT's sleep control
+//!   register, which QEMU's Generic Event Device implements at
+//!   0xFEA0_0200;
+//! - a PC (q35): the PM1a control block (the FADT's `PM1a_CNT_BLK`, 0x604
+//!   as SeaBIOS programs the ICH9 PM base).
 
 use x86_64::instructions::port::Port;
 
-/// PM1a control block on q35: the ICH9 LPC power-management base that
-/// SeaBIOS programs (0x600, QEMU's `ICH9_PMIO_BASE` default) + 4
-/// (`ICH9_PMIO_PM1_CNT`). Matches the FADT QEMU generates.
-const PM1A_CNT: u16 = 0x604;
+use super::acpi;
+
+/// PM1a control block on q35 when there are no ACPI tables: the ICH9 LPC
+/// power-management base that SeaBIOS programs (0x600, QEMU's
+/// `ICH9_PMIO_BASE` default) + 4 (`ICH9_PMIO_PM1_CNT`).
+const Q35_PM1A_CNT: u16 = 0x604;
 
 /// PM1 control value: SLP_EN (bit 13) with SLP_TYP 0, which QEMU's q35 DSDT
 /// gives for S5 (`_S5 = Package { 0, 0, 0, 0 }`): soft-off.
-const SLP_EN_S5: u16 = 1 << 13;
+const PM1_SLP_EN_S5: u16 = 1 << 13;
+
+/// Sleep control register value (ACPI 6.4, 4.8.3.7): SLP_EN (bit 5) with
+/// SLP_TYPx (bits 4:2) = 5, the S5 type of QEMU's GED
+/// (`ACPI_GED_SLP_TYP_S5` in `include/hw/acpi/generic_event_device.h`,
+/// and the `_S5` package of its DSDT).
+const SLEEP_CONTROL_S5: u8 = (1 << 5) | (5 << 2);
 
 /// `-device isa-debug-exit,iobase=0xf4,iosize=0x04`: writing v makes QEMU
 /// exit with status (v << 1) | 1.
@@ -23,18 +39,31 @@ const POWER_OFF_WAIT_US: u64 = 1_000_000;
 const FAILURE_VALUE: u32 = 1;
 
 /// Powers the VM off through ACPI; QEMU exits with status 0. If that does
-/// not work (not q35?), exits with a failure status instead.
+/// not work, exits with a failure status instead.
 pub fn power_off() -> ! {
-    // SAFETY: PM1a_CNT is the chipset's ACPI PM1 control register; writing
-    // SLP_EN|S5 only requests the power-off.
-    unsafe { Port::<u16>::new(PM1A_CNT).write(SLP_EN_S5) };
+    match super::acpi() {
+        Some(a) if a.hw_reduced && a.sleep_control != 0 => {
+            // SAFETY: the FADT's sleep control register, in the identity
+            // map; writing SLP_EN|S5 only requests the power-off.
+            unsafe { acpi::write_sleep_control(a.sleep_control, SLEEP_CONTROL_S5) };
+        }
+        acpi => {
+            let port = acpi
+                .map(|a| a.pm1a_cnt)
+                .filter(|&p| p != 0)
+                .unwrap_or(Q35_PM1A_CNT);
+            // SAFETY: PM1a_CNT is the chipset's ACPI PM1 control register;
+            // writing SLP_EN|S5 only requests the power-off.
+            unsafe { Port::<u16>::new(port).write(PM1_SLP_EN_S5) };
+        }
+    }
     // QEMU acts on the request from its main loop, not at once: give it
     // time before calling it a failure (and exiting with another status).
     let start = super::now_us();
     while super::now_us() - start < POWER_OFF_WAIT_US {
         core::hint::spin_loop();
     }
-    log::error!("ACPI power-off at port {PM1A_CNT:#x} did not take effect");
+    log::error!("ACPI power-off did not take effect");
     exit_failure()
 }
 

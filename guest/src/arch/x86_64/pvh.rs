@@ -46,14 +46,15 @@ struct MemmapEntry {
     reserved: u32,
 }
 
-/// Reads the command line and picks the heap range.
+/// Reads the command line and picks the heap range; also returns the
+/// RSDP's address (0 if the VMM gave none).
 ///
 /// # Safety
 ///
 /// `paddr` must be the address of a valid `hvm_start_info` (PVH entry EBX),
 /// whose command line and memory map stay valid and unwritten for the rest
 /// of the program, outside the heap.
-pub unsafe fn boot_info(paddr: u64) -> BootInfo {
+pub unsafe fn boot_info(paddr: u64) -> (BootInfo, u64) {
     let image = layout::image_range();
     let fallback = BootInfo {
         cmdline: "",
@@ -61,12 +62,12 @@ pub unsafe fn boot_info(paddr: u64) -> BootInfo {
         heap_from_memmap: false,
     };
     if paddr == 0 {
-        return fallback;
+        return (fallback, 0);
     }
     // SAFETY: the caller promised a valid structure at `paddr`.
     let info = unsafe { &*(paddr as *const StartInfo) };
     if info.magic != START_MAGIC {
-        return fallback;
+        return (fallback, 0);
     }
     // SAFETY: a non-zero `cmdline_paddr` points to a NUL-terminated string
     // (PVH ABI) that stays valid.
@@ -83,7 +84,7 @@ pub unsafe fn boot_info(paddr: u64) -> BootInfo {
     } else {
         None
     };
-    match heap {
+    let boot = match heap {
         Some(heap) => BootInfo {
             cmdline,
             heap,
@@ -93,7 +94,8 @@ pub unsafe fn boot_info(paddr: u64) -> BootInfo {
             cmdline,
             ..fallback
         },
-    }
+    };
+    (boot, info.rsdp_paddr)
 }
 
 /// The command line at `paddr`, or "" if absent or not UTF-8.

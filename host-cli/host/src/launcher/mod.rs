@@ -59,7 +59,9 @@ use crate::{Arch, Error, Result, machine};
 
 pub use detach::Detached;
 pub use process::{install_signal_cleanup, kill_all};
-pub use ready::{BOOT_ATTEMPTS, DEFAULT_BOOT_ATTEMPT, LINUX_BOOT_ATTEMPT, launch_ready};
+pub use ready::{
+    BOOT_ATTEMPTS, DEFAULT_BOOT_ATTEMPT, LINUX_BOOT_ATTEMPT, launch_ready, relaunches,
+};
 pub use runtime::{default_log_dir, remove_stale_runtime_dirs};
 
 /// The guest CID the device daemon gives the VM.
@@ -97,8 +99,8 @@ pub struct VmConfig {
     /// Accelerator.
     pub accel: Accel,
     /// QEMU machine type, a name from [`crate::machine::MACHINES`]; `None`
-    /// for the default of the architecture (`q35` for x86_64, `virt` for
-    /// aarch64).
+    /// for the default of the architecture (`microvm` for x86_64, `virt`
+    /// for aarch64; [`VmConfig::linux`] sets `q35`).
     pub machine: Option<String>,
     /// Guest CID.
     pub cid: u32,
@@ -164,6 +166,9 @@ impl VmConfig {
         let mut c = Self::new(arch, kernel);
         c.initrd = Some(initrd.into());
         c.cmdline = LINUX_CMDLINE.iter().map(|s| s.to_string()).collect();
+        // Its virtio and vsock drivers are the PCI ones (the kernel's
+        // virtio_pci modules), so it runs on q35 whatever the default.
+        c.machine = Some("q35".into());
         // A kernel takes seconds to boot under TCG, and its virtio driver is
         // not the one that loses its first packet: no early relaunch.
         c.boot_attempt = LINUX_BOOT_ATTEMPT;

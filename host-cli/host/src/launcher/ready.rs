@@ -2,6 +2,7 @@
 //! connection, and relaunching a VM whose boot got stuck.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use vsock_transport::Timeouts;
@@ -82,16 +83,26 @@ pub const DEFAULT_BOOT_ATTEMPT: Duration = Duration::from_secs(3);
 /// Boot attempt time of a Linux guest (it boots in about 1.5-3 s under TCG).
 pub const LINUX_BOOT_ATTEMPT: Duration = Duration::from_secs(60);
 
+/// Relaunches by [`launch_ready`] in this process so far.
+static RELAUNCHES: AtomicU64 = AtomicU64::new(0);
+
+/// How many times [`launch_ready`] has relaunched a VM in this process.
+pub fn relaunches() -> u64 {
+    RELAUNCHES.load(Ordering::Relaxed)
+}
+
 /// Launches a VM and waits for its boot connection, relaunching it when an
 /// attempt takes longer than `config.boot_attempt` and `boot_timeout` leaves
 /// room for another (at most [`BOOT_ATTEMPTS`]).
 ///
-/// Rarely (about one boot in 30 to 60 here, under load) the guest's first
-/// vsock packet is never taken by vhost-device-vsock 0.3.0: the guest's first
-/// notification can reach the daemon before it has enabled the queue, and
-/// virtio-drivers then waits for that TX buffer forever. A relaunch is the
-/// cure until the race is fixed at its source. A `boot_timeout` no longer
-/// than `config.boot_attempt` means a single attempt.
+/// The relaunch is a last resort. vhost-device-vsock 0.3.0 can lose the
+/// guest's first notification (it arrives before the daemon has enabled
+/// the queue; about one boot in 30 to 60 here, under load), after which
+/// virtio-drivers would wait for that TX buffer forever; the firmware now
+/// notifies again until the device takes the buffer (`guest/src/kick.rs`),
+/// so a relaunch means something else went wrong. Each one is logged (info
+/// level) and counted ([`relaunches`]). A `boot_timeout` no longer than
+/// `config.boot_attempt` means a single attempt.
 pub fn launch_ready(
     config: &VmConfig,
     boot_timeout: Duration,
@@ -112,8 +123,10 @@ pub fn launch_ready(
                 // Info, not a warning: the relaunch is this function's job,
                 // and host-cli's stderr stays one line on failure (`-v`
                 // shows it).
+                let total = RELAUNCHES.fetch_add(1, Ordering::Relaxed) + 1;
                 tracing::info!(
                     attempt = n,
+                    relaunches = total,
                     serial_log = %serial_log.display(),
                     "the guest did not connect within {this:?}; relaunching it"
                 );
