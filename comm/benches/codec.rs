@@ -2,7 +2,7 @@
 //! the payload, and against the array-of-integers layout (`Vec<u8>` without
 //! `serde_bytes`, as AOSP rialto's messages have it).
 //!
-//! `cargo bench -p comm` prints criterion's figures, then a summary table:
+//! `cargo bench -p svmc-comm` prints criterion's figures, then a summary table:
 //!
 //! - `ours`: `frame::encode_into` into a reused buffer + `frame::decode`
 //!   into a fresh `Request` (the payload `Vec` is allocated by the decoder).
@@ -21,10 +21,10 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use comm::frame::{self, FrameKind, HEADER_LEN};
-use comm::service::Request;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN};
+use svmc_comm::service::Request;
 
 const SIZES: [(usize, &str); 3] = [(16, "16 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];
 const MAX: u32 = frame::DEFAULT_MAX_BODY * 8;
