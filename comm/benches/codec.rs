@@ -2,7 +2,7 @@
 //! the payload, and against the array-of-integers layout (`Vec<u8>` without
 //! `serde_bytes`, as AOSP rialto's messages have it).
 //!
-//! `cargo bench -p comm` prints criterion's figures, then a summary table:
+//! `cargo bench -p svmc-comm` prints criterion's figures, then a summary table:
 //!
 //! - `ours`: the v2 `REQUEST` frame `[id, request]`:
 //!   `envelope::encode_request_into` into a reused buffer +
@@ -26,11 +26,11 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use comm::envelope::{self, RequestId};
-use comm::frame::{self, HEADER_LEN};
-use comm::service::{self, Request};
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::frame::{self, HEADER_LEN};
+use svmc_comm::service::{self, Request};
 
 const SIZES: [(usize, &str); 3] = [(16, "16 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];
 const MAX: u32 = frame::DEFAULT_MAX_BODY * 8;

@@ -13,9 +13,9 @@
 //! message inside is bad, so a server can name the request in its `ERROR`:
 //!
 //! ```
-//! use comm::envelope::{self, RequestId};
-//! use comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
-//! use comm::service::Request;
+//! use svmc_comm::envelope::{self, RequestId};
+//! use svmc_comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
+//! use svmc_comm::service::Request;
 //!
 //! let mut wire = Vec::new();
 //! envelope::encode_request_into(RequestId(7), &Request::Info, DEFAULT_MAX_BODY, &mut wire)?;
@@ -26,8 +26,8 @@
 //! // `[7, "sum"]`: the id is read although the request is unknown.
 //! let (id, request) = envelope::decode::<Request>(b"\x82\x07\x63sum");
 //! assert_eq!(id, Some(RequestId(7)));
-//! assert!(matches!(request, Err(comm::Error::UnknownVariant(_))));
-//! # Ok::<(), comm::Error>(())
+//! assert!(matches!(request, Err(svmc_comm::Error::UnknownVariant(_))));
+//! # Ok::<(), svmc_comm::Error>(())
 //! ```
 //!
 //! Nesting: the envelope array is the outermost item of the body and

@@ -100,6 +100,21 @@ pub enum Error {
         /// The receiver's maximum.
         max: u32,
     },
+    /// Our [`Protocol::NAME`](crate::Protocol::NAME) is empty or longer
+    /// than [`MAX_NAME_LEN`](crate::handshake::MAX_NAME_LEN) bytes, so no
+    /// `HELLO` can carry it (the peer would refuse the frame). Nothing was
+    /// sent; fix the protocol's name.
+    #[error(
+        "protocol name {name:?} is {len} bytes, but a HELLO carries 1 to {max} bytes (Protocol::NAME)"
+    )]
+    InvalidName {
+        /// The name.
+        name: &'static str,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit, [`MAX_NAME_LEN`](crate::handshake::MAX_NAME_LEN).
+        max: usize,
+    },
     /// A `RESPONSE` or `ERROR` carries a request id that has no request in
     /// flight: one the client never sent, or one already answered. The
     /// stream is out of step (fatal).
@@ -132,7 +147,8 @@ impl Error {
             | Self::Malformed(_)
             | Self::TrailingBytes { .. }
             | Self::Encode(_)
-            | Self::TooLargeToSend { .. } => false,
+            | Self::TooLargeToSend { .. }
+            | Self::InvalidName { .. } => false,
         }
     }
 }

@@ -117,7 +117,7 @@ impl Header {
     /// non-empty for kinds that carry a body.
     ///
     /// ```
-    /// use comm::frame::{FrameKind, Header};
+    /// use svmc_comm::frame::{FrameKind, Header};
     /// let h = Header::parse([0x02, 0, 0, 0, 9], 1024).unwrap();
     /// assert_eq!((h.kind, h.len), (FrameKind::Request, 9));
     /// assert!(Header::parse([0x02, 0, 0, 4, 1], 1024).is_err()); // 1025 > 1024
@@ -205,8 +205,8 @@ pub fn encode_into<T: Serialize + ?Sized>(
 /// One complete frame of `kind` holding `msg`, checked against `max`.
 ///
 /// ```
-/// use comm::frame::{self, FrameKind, DEFAULT_MAX_BODY};
-/// use comm::service::Request;
+/// use svmc_comm::frame::{self, FrameKind, DEFAULT_MAX_BODY};
+/// use svmc_comm::service::Request;
 /// let f = frame::encode(FrameKind::Request, &Request::Info, DEFAULT_MAX_BODY).unwrap();
 /// assert_eq!(f, [0x02, 0, 0, 0, 5, 0x64, b'i', b'n', b'f', b'o']);
 /// let back: Request = frame::decode(&f, FrameKind::Request, DEFAULT_MAX_BODY).unwrap();
@@ -242,9 +242,9 @@ pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
 /// #[derive(serde::Deserialize)]
 /// enum Req<'a> { #[serde(rename = "rev")] Reverse(#[serde(borrow)] &'a [u8]) }
 /// let body = [0xa1, 0x63, b'r', b'e', b'v', 0x43, b'a', b'b', b'c'];
-/// let Req::Reverse(bytes) = comm::frame::decode_body_borrowed(&body)?;
+/// let Req::Reverse(bytes) = svmc_comm::frame::decode_body_borrowed(&body)?;
 /// assert_eq!(bytes, b"abc");
-/// # Ok::<(), comm::Error>(())
+/// # Ok::<(), svmc_comm::Error>(())
 /// ```
 pub fn decode_body_borrowed<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T> {
     let mut de = Deserializer::new(body);
@@ -387,7 +387,8 @@ impl ProtocolError {
             Error::Remote(_)
             | Error::Encode(_)
             | Error::TooLargeToSend { .. }
-            | Error::UnexpectedId(_) => return None,
+            | Error::UnexpectedId(_)
+            | Error::InvalidName { .. } => return None,
         };
         let mut detail = e.to_string();
         truncate_utf8(&mut detail, 512);

@@ -6,6 +6,40 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::error::{Error, Result};
 
+/// Longest [`Protocol::NAME`] in bytes (`WIRE.md` §6: `tstr .size (1..64)`);
+/// names must not be empty either. [`check_name`] enforces it.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Checks that `P`'s [`Protocol::NAME`] fits a `HELLO`: 1 to
+/// [`MAX_NAME_LEN`] bytes, else [`Error::InvalidName`], which names the
+/// protocol and the limit. `vsock-transport` calls it before it sends
+/// anything on a connection.
+///
+/// ```
+/// struct Long;
+/// impl svmc_comm::Protocol for Long {
+///     const NAME: &'static str = "a name much longer than the sixty-four bytes that one HELLO frame can carry";
+///     const VERSION: u32 = 1;
+///     type Request = ();
+///     type Response = ();
+/// }
+/// let e = svmc_comm::handshake::check_name::<Long>().unwrap_err();
+/// assert!(e.to_string().contains("HELLO"), "{e}");
+/// assert!(e.to_string().contains(Long::NAME), "{e}");
+/// # use svmc_comm::Protocol as _;
+/// ```
+pub fn check_name<P: Protocol>() -> Result<()> {
+    let len = P::NAME.len();
+    if len == 0 || len > MAX_NAME_LEN {
+        return Err(Error::InvalidName {
+            name: P::NAME,
+            len,
+            max: MAX_NAME_LEN,
+        });
+    }
+    Ok(())
+}
+
 /// A request/response protocol carried by the frames of this crate.
 ///
 /// The framing, the [`Hello`] check and the request/response loops of
@@ -19,18 +53,19 @@ use crate::error::{Error, Result};
 /// #[derive(Serialize, Deserialize)]
 /// enum Pong { Pong(u32) }
 /// struct PingService;
-/// impl comm::Protocol for PingService {
+/// impl svmc_comm::Protocol for PingService {
 ///     const NAME: &'static str = "example.ping";
 ///     const VERSION: u32 = 1;
 ///     type Request = Ping;
 ///     type Response = Pong;
 /// }
-/// let hello = comm::Hello::new::<PingService>(1024);
+/// let hello = svmc_comm::Hello::new::<PingService>(1024);
 /// assert!(hello.check::<PingService>().is_ok());
 /// ```
 pub trait Protocol {
     /// A short unique name, sent in [`Hello`] so that two services on the same
-    /// port are never confused (at most 64 bytes).
+    /// port are never confused: 1 to [`MAX_NAME_LEN`] (64) bytes, checked
+    /// by [`check_name`] before a connection sends anything.
     const NAME: &'static str;
     /// The version. Peers with different versions refuse each other.
     const VERSION: u32;
@@ -88,12 +123,12 @@ impl Hello {
     /// whatever its other fields hold, never as [`Error::Malformed`].
     ///
     /// ```
-    /// use comm::service::ServiceVm;
+    /// use svmc_comm::service::ServiceVm;
     /// // {"protocol": "svmc", "version": 1, "max_body": "lots"}
     /// let body = b"\xa3\x68protocol\x64svmc\x67version\x01\x68max_body\x64lots";
     /// assert_eq!(
-    ///     comm::Hello::decode_checked::<ServiceVm>(body),
-    ///     Err(comm::Error::VersionMismatch { ours: 2, theirs: 1 })
+    ///     svmc_comm::Hello::decode_checked::<ServiceVm>(body),
+    ///     Err(svmc_comm::Error::VersionMismatch { ours: 2, theirs: 1 })
     /// );
     /// ```
     pub fn decode_checked<P: Protocol>(body: &[u8]) -> Result<Self> {

@@ -17,9 +17,9 @@
 //! encoder.
 //!
 //! ```
-//! use comm::envelope::{self, RequestId};
-//! use comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
-//! use comm::service::{Request, Response};
+//! use svmc_comm::envelope::{self, RequestId};
+//! use svmc_comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
+//! use svmc_comm::service::{Request, Response};
 //!
 //! // Client: a REQUEST frame, body `[id, request]`.
 //! let mut wire = Vec::new();
@@ -34,7 +34,7 @@
 //!     envelope::decode::<Response>(&answer[HEADER_LEN..]),
 //!     (Some(RequestId(1)), Ok(Response::Reverse(b"cba".to_vec())))
 //! );
-//! # Ok::<(), comm::Error>(())
+//! # Ok::<(), svmc_comm::Error>(())
 //! ```
 #![cfg_attr(not(feature = "std"), no_std)]
 // The README's examples run as doctests.

@@ -152,9 +152,9 @@ enum ReverseRef<'a> {
 /// [`Request`] then: errors are reported the usual way).
 ///
 /// ```
-/// use comm::envelope::{self, RequestId};
-/// use comm::frame::HEADER_LEN;
-/// use comm::service::{self, Request, Response};
+/// use svmc_comm::envelope::{self, RequestId};
+/// use svmc_comm::frame::HEADER_LEN;
+/// use svmc_comm::service::{self, Request, Response};
 ///
 /// let mut wire = Vec::new();
 /// envelope::encode_request_into(RequestId(3), &Request::Reverse(b"abc".to_vec()), 100, &mut wire)?;
@@ -165,7 +165,7 @@ enum ReverseRef<'a> {
 /// service::reverse_response_head(id, payload.len(), &mut answer);
 /// answer.extend_from_slice(&body[payload]);
 /// assert_eq!(envelope::decode::<Response>(&answer), (Some(id), Ok(Response::Reverse(b"cba".to_vec()))));
-/// # Ok::<(), comm::Error>(())
+/// # Ok::<(), svmc_comm::Error>(())
 /// ```
 pub fn reverse_payload(body: &[u8]) -> Option<(RequestId, Range<usize>)> {
     // A cheap look first: anything but `[id, {"rev": ...}]` goes the typed

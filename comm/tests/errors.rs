@@ -1,12 +1,12 @@
 //! Round trips of every message, and one test per class of malformed frame:
 //! each must be refused with its own typed error.
 
-use comm::frame::{
+use svmc_comm::frame::{
     self, DEFAULT_MAX_BODY, ERROR_MAX_BODY, FrameKind, HEADER_LEN, HELLO_MAX_BODY, Header,
     ProtocolError, ProtocolErrorCode,
 };
-use comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
-use comm::{Error, Hello, Protocol};
+use svmc_comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
+use svmc_comm::{Error, Hello, Protocol};
 
 const MAX: u32 = 1 << 20;
 
@@ -87,7 +87,7 @@ fn hello_and_protocol_error_round_trip() {
         ProtocolErrorCode::Busy,
         ProtocolErrorCode::Other(999),
     ] {
-        for id in [None, Some(comm::RequestId(u32::MAX))] {
+        for id in [None, Some(svmc_comm::RequestId(u32::MAX))] {
             let e = ProtocolError::new(code, true, "x").with_id(id);
             let f = frame::encode(FrameKind::Error, &e, MAX).unwrap();
             assert_eq!(frame::decode(&f, FrameKind::Error, MAX), Ok(e));
@@ -490,7 +490,7 @@ fn is_fatal_agrees_with_the_error_table() {
         assert!(!e.is_fatal(), "{e}");
         assert_eq!(ProtocolError::from_error(&e), None, "{e}");
     }
-    assert!(Error::UnexpectedId(comm::RequestId(3)).is_fatal());
+    assert!(Error::UnexpectedId(svmc_comm::RequestId(3)).is_fatal());
     let remote = |fatal| Error::Remote(ProtocolError::new(ProtocolErrorCode::Busy, fatal, "x"));
     assert!(remote(true).is_fatal());
     assert!(!remote(false).is_fatal());

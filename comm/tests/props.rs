@@ -2,12 +2,12 @@
 //! ciborium's own deserializer on whatever it accepts, and encode/decode
 //! round-trips arbitrary messages.
 
-use comm::Hello;
-use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
-use comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError};
 use proptest::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use svmc_comm::Hello;
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
+use svmc_comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError};
 
 const MAX: u32 = 1 << 16;
 

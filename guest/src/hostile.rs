@@ -37,13 +37,11 @@ use log::{info, warn};
 use virtio_drivers::device::socket::VsockAddr;
 use vsock_transport::framed::{recv_frame, send_frame};
 use vsock_transport::guest::{GuestVsock, HOST_CID};
-use vsock_transport::rpc::service::Service;
-use vsock_transport::rpc::{self, Ended, ServeConfig};
 use vsock_transport::{Connection, Error, Result};
 
+use crate::arch;
 use crate::hal::IdentityHal;
 use crate::kick::VsockTransport;
-use crate::{arch, service};
 
 /// The protocol name sent in `wrong-protocol` mode.
 pub const WRONG_PROTOCOL: &str = "svmc-hostile";
@@ -153,9 +151,6 @@ pub fn run(
         cid: HOST_CID,
         port: host_port,
     };
-    if mode == Mode::LostKick {
-        return serve_correctly(vsock, host, max_body);
-    }
     match vsock.connect(host, CONNECT_LOCAL_PORT) {
         Ok(id) => misbehave_logged(&mut vsock.stream(id), mode, max_body),
         Err(e @ (Error::Refused { .. } | Error::Timeout(_))) => {
@@ -180,34 +175,6 @@ pub fn run(
 pub fn lose_tx_kick() -> bool {
     static LOST: AtomicBool = AtomicBool::new(false);
     mode() == Some(Mode::LostKick) && !LOST.swap(true, Ordering::Relaxed)
-}
-
-/// `lost-kick` mode: the real service on the boot connection and then on
-/// accepted ones, powering off when asked (the first TX notification, the
-/// boot connection's request, was dropped by the transport).
-fn serve_correctly(
-    vsock: &mut GuestVsock<IdentityHal, VsockTransport>,
-    host: VsockAddr,
-    max_body: u32,
-) -> (&'static str, Error) {
-    let mut handler = Service::new(|| service::info(max_body));
-    let config = ServeConfig { max_body };
-    let mut next = match vsock.connect(host, CONNECT_LOCAL_PORT) {
-        Ok(id) => Some(id),
-        Err(e) => return ("connecting to the host", e),
-    };
-    loop {
-        let Some(id) = next.take().or_else(|| vsock.accept()) else {
-            if let Err(e) = vsock.poll_or_spin() {
-                return ("waiting for a connection", e);
-            }
-            continue;
-        };
-        match rpc::serve::<ServiceVm, _, _>(&mut vsock.stream(id), &mut handler, config) {
-            Ok(Ended::Stopped) if handler.power_off_requested() => arch::power_off(),
-            r => info!("hostile: connection ended: {r:?}"),
-        }
-    }
 }
 
 fn misbehave_logged<C: Connection>(conn: &mut C, mode: Mode, max_body: u32) {

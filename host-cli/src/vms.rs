@@ -74,7 +74,7 @@ pub fn start(
         anyhow::anyhow!("{e}; guest serial log: {}", vm.serial_log().display())
     };
     let boot: host::session::BoxConnection = Box::new(stream);
-    let client = Client::<_, ServiceVm>::handshake(boot, DEFAULT_MAX_BODY).map_err(guest_err)?;
+    let client = Client::<_, ServiceVm>::hello(boot, DEFAULT_MAX_BODY).map_err(guest_err)?;
     let max_body = client.peer_max_body();
     client.close().map_err(guest_err)?;
     // What `--vm NAME` will do: connect to the service port.

@@ -129,7 +129,7 @@ fn host_initiated_connection(ctx: &Ctx) -> R {
     let conn = vsock_transport::hybrid::connect(&uds, SERVICE_PORT, &ctx.timeouts())
         .map_err(|e| format!("connect: {e}"))?;
     frame_goodbye(vm_session.client().ok_or("no client")?.connection())?;
-    let mut c = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
+    let mut c = Client::<_, ServiceVm>::hello(conn, frame::DEFAULT_MAX_BODY)
         .map_err(|e| format!("handshake: {e}"))?;
     let r = c
         .call(&Request::Reverse(b"host".to_vec()))
@@ -146,7 +146,7 @@ type ServiceClient = Client<vsock_transport::hybrid::HybridStream, ServiceVm>;
 fn attach(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, String> {
     let conn = vsock_transport::hybrid::connect(uds, SERVICE_PORT, &ctx.timeouts())
         .map_err(|e| format!("connect: {e}"))?;
-    Client::handshake(conn, frame::DEFAULT_MAX_BODY).map_err(|e| format!("handshake: {e}"))
+    Client::hello(conn, frame::DEFAULT_MAX_BODY).map_err(|e| format!("handshake: {e}"))
 }
 
 /// Powers the session's VM off through `c` and checks QEMU's exit status 0.

@@ -294,7 +294,7 @@ fn library(h: &Hostile, mode: &str) -> R {
         let runtime = vm.runtime_dir().to_path_buf();
         let conn: BoxConnection = Box::new(stream);
         let start = Instant::now();
-        let (e, took) = match Client::<_, ServiceVm>::handshake(conn, DEFAULT_MAX_BODY) {
+        let (e, took) = match Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY) {
             Err(e) if x.stage == Stage::Hello => (e, start.elapsed()),
             Err(e) => return Err(format!("handshake: {e}")),
             Ok(_) if x.stage == Stage::Hello => return Err("the handshake succeeded".into()),
@@ -377,7 +377,7 @@ fn trickle_per_frame_deadline(h: &Hostile) -> R {
     h.checked(|| {
         let (_vm, stream) = launch_ready(&h.vm_config("trickle"), BOOT, Hostile::timeouts())
             .map_err(|e| format!("launch_ready: {e}"))?;
-        let mut c = Client::<_, ServiceVm>::handshake(stream, DEFAULT_MAX_BODY)
+        let mut c = Client::<_, ServiceVm>::hello(stream, DEFAULT_MAX_BODY)
             .map_err(|e| format!("handshake: {e}"))?;
         // Count the bytes that arrive within the deadline, through the
         // same framed reader.
@@ -441,7 +441,7 @@ fn lost_first_kick(h: &Hostile) -> R {
             .map_err(|e| format!("launch_ready: {e}"))?;
         let booted = start.elapsed();
         let conn: BoxConnection = Box::new(stream);
-        let mut client = Client::<_, ServiceVm>::handshake(conn, DEFAULT_MAX_BODY)
+        let mut client = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY)
             .map_err(|e| format!("handshake: {e}"))?;
         let r = client
             .call(&Request::Reverse(b"abc".to_vec()))

@@ -79,7 +79,7 @@ impl Hostile {
         })?;
         let n = self.served.fetch_add(1, Ordering::Relaxed);
         let payload = format!("served after hostile input #{n}").into_bytes();
-        let mut c = Client::<_, ServiceVm>::handshake(self.connect()?, frame::DEFAULT_MAX_BODY)
+        let mut c = Client::<_, ServiceVm>::hello(self.connect()?, frame::DEFAULT_MAX_BODY)
             .map_err(|e| format!("handshake on the next connection: {e}"))?;
         let r = c
             .call(&Request::Reverse(payload.clone()))
@@ -484,7 +484,7 @@ fn trickle(h: &Hostile) -> R {
                 &Timeouts::uniform(Duration::from_secs(60)),
             )
             .map_err(|e| e.to_string())?;
-            let mut cl = Client::<_, ServiceVm>::handshake(conn, frame::DEFAULT_MAX_BODY)
+            let mut cl = Client::<_, ServiceVm>::hello(conn, frame::DEFAULT_MAX_BODY)
                 .map_err(|e| format!("waiting client: {e}"))?;
             let r = cl
                 .call(&Request::Reverse(b"waited".to_vec()))
@@ -598,7 +598,7 @@ fn half_close_after_hello(h: &Hostile) -> R {
 }
 
 fn power_off(h: &Hostile) -> R {
-    let mut c = Client::<_, ServiceVm>::handshake(h.connect()?, frame::DEFAULT_MAX_BODY)
+    let mut c = Client::<_, ServiceVm>::hello(h.connect()?, frame::DEFAULT_MAX_BODY)
         .map_err(|e| e.to_string())?;
     let r = c.call(&Request::PowerOff).map_err(|e| e.to_string())?;
     ensure(r == Response::PowerOff, || format!("{r:?}"))?;

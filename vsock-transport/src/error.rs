@@ -8,8 +8,10 @@ use core::fmt;
 pub enum Step {
     /// Connecting to the peer's socket.
     Connect,
-    /// The hybrid vsock `CONNECT <port>` / `OK <port>` exchange.
-    Handshake,
+    /// The hybrid vsock `CONNECT <port>` / `OK <port>` exchange
+    /// ([`Timeouts::hybrid_connect`](crate::Timeouts)). Not to be confused
+    /// with the protocol's `HELLO` exchange, [`Step::Hello`].
+    HybridConnect,
     /// Waiting for the peer to connect to us.
     Accept,
     /// Waiting for the peer's `HELLO` frame.
@@ -24,7 +26,7 @@ impl fmt::Display for Step {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Self::Connect => "connect",
-            Self::Handshake => "hybrid vsock handshake",
+            Self::HybridConnect => "hybrid vsock CONNECT/OK exchange",
             Self::Accept => "accept",
             Self::Hello => "protocol hello",
             Self::Read => "read",
@@ -83,9 +85,10 @@ pub enum Error {
     /// while pipelined requests are unanswered. Nothing was sent.
     #[error("{0}")]
     Usage(&'static str),
-    /// The hybrid vsock handshake was answered wrongly.
-    #[error("hybrid vsock handshake failed: {0}")]
-    Handshake(String),
+    /// The hybrid vsock `CONNECT <port>` line was answered with something
+    /// other than `OK <port>` (the bytes received are in the message).
+    #[error("hybrid vsock CONNECT failed: {0}")]
+    HybridConnect(String),
     /// An AF_VSOCK peer connected from an unexpected CID.
     #[error("connection from CID {got}, expected CID {expected}")]
     UnexpectedPeer {

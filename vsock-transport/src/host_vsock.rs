@@ -17,6 +17,26 @@
 //! still be created but binding a CID or connecting fails with
 //! `EADDRNOTAVAIL`, `ENODEV` or `EAFNOSUPPORT`; those come back as
 //! [`Error::Io`] saying so, and [`is_unavailable`] recognises them.
+//!
+//! ```no_run
+//! use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
+//! use vsock_transport::comm::service::{HOST_PORT, Request, SERVICE_PORT, ServiceVm};
+//! use vsock_transport::host_vsock::{self, Listener};
+//! use vsock_transport::rpc::Client;
+//! use vsock_transport::Timeouts;
+//!
+//! // Host to guest: the guest with CID 3 serves on its service port.
+//! let conn = host_vsock::connect(3, SERVICE_PORT, &Timeouts::default())?;
+//! let mut client = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY)?;
+//! println!("{:?}", client.call(&Request::Info)?);
+//! client.close()?;
+//!
+//! // Guest to host: wait for CID 3 to connect to our port.
+//! let listener = Listener::bind(HOST_PORT, Some(3), Timeouts::default())?;
+//! let from_guest = listener.accept()?;
+//! # drop(from_guest);
+//! # Ok::<(), vsock_transport::Error>(())
+//! ```
 
 use std::io;
 
@@ -57,7 +77,7 @@ pub fn is_unavailable(e: &Error) -> bool {
 }
 
 /// Context for an OS error, with a hint when AF_VSOCK is unavailable.
-fn io_error(what: String, e: io::Error) -> Error {
+pub(crate) fn io_error(what: String, e: io::Error) -> Error {
     if e.raw_os_error()
         .is_some_and(|n| UNAVAILABLE_ERRNOS.contains(&n))
     {
@@ -204,7 +224,7 @@ pub fn connect(cid: u32, port: u32, timeouts: &Timeouts) -> Result<VsockHostStre
 }
 
 /// The error for a failed AF_VSOCK connect.
-fn map_connect_error(what: String, port: u32, e: io::Error) -> Error {
+pub(crate) fn map_connect_error(what: String, port: u32, e: io::Error) -> Error {
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED | libc::ECONNRESET) => Error::Refused { port },
         Some(libc::ETIMEDOUT) => Error::Timeout(Step::Connect),

@@ -21,8 +21,8 @@
 //! device closes the Unix connection without an answer: [`connect`] reports
 //! that at once as [`Error::Refused`]. The reply line is read one byte at a
 //! time (so that no byte of the guest's first frame is consumed), at most
-//! [`MAX_REPLY_LEN`] bytes, all within [`Timeouts::handshake`]; anything
-//! else than `OK <u32>\n` is [`Error::Handshake`] with the bytes received,
+//! [`MAX_REPLY_LEN`] bytes, all within [`Timeouts::hybrid_connect`]; anything
+//! else than `OK <u32>\n` is [`Error::HybridConnect`] with the bytes received,
 //! escaped.
 //!
 //! **Guest to host** ([`Listener`]). When the guest connects to host port
@@ -84,11 +84,25 @@ pub fn listener_path(uds_path: &Path, port: u32) -> PathBuf {
 
 /// Connects to guest port `port` through the device socket `uds_path`.
 ///
+/// ```no_run
+/// use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
+/// use vsock_transport::comm::service::{Request, ServiceVm, SERVICE_PORT};
+/// use vsock_transport::rpc::Client;
+/// use vsock_transport::{Timeouts, hybrid};
+///
+/// // The VM's vsock device socket (e.g. vhost-device-vsock's `uds-path`).
+/// let conn = hybrid::connect("/run/vm/vsock.sock".as_ref(), SERVICE_PORT, &Timeouts::default())?;
+/// let mut client = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY)?;
+/// println!("{:?}", client.call(&Request::Info)?);
+/// client.close()?;
+/// # Ok::<(), vsock_transport::Error>(())
+/// ```
+///
 /// Connecting is bounded by [`Timeouts::connect`] and the `CONNECT`/`OK`
-/// exchange by [`Timeouts::handshake`]. Errors: [`Error::Refused`] if the
+/// exchange by [`Timeouts::hybrid_connect`]. Errors: [`Error::Refused`] if the
 /// device closed the connection without a reply (nobody listens on the
-/// guest port); [`Error::Handshake`] for a wrong reply;
-/// [`Error::Timeout`]`(`[`Step::Connect`]` | `[`Step::Handshake`]`)`;
+/// guest port); [`Error::HybridConnect`] for a wrong reply;
+/// [`Error::Timeout`]`(`[`Step::Connect`]` | `[`Step::HybridConnect`]`)`;
 /// [`Error::Io`] if `uds_path` cannot be connected to (no such file, nobody
 /// listening: is the VMM or device daemon running?).
 pub fn connect(uds_path: &Path, port: u32, timeouts: &Timeouts) -> Result<HybridStream> {
@@ -114,12 +128,12 @@ pub fn connect(uds_path: &Path, port: u32, timeouts: &Timeouts) -> Result<Hybrid
     let mut stream = HostStream::new(
         socket,
         Peer::Other(format!(
-            "hybrid vsock {} (handshake for guest port {port})",
+            "hybrid vsock {} (CONNECT to guest port {port})",
             uds_path.display()
         )),
         *timeouts,
     );
-    let ok_port = handshake(&mut stream, port)?;
+    let ok_port = connect_exchange(&mut stream, port)?;
     let socket = stream.into_inner();
     Ok(HostStream::new(
         socket,
@@ -133,8 +147,8 @@ pub fn connect(uds_path: &Path, port: u32, timeouts: &Timeouts) -> Result<Hybrid
 }
 
 /// Sends `CONNECT <port>\n` and reads the `OK <n>\n` reply; returns `n`.
-fn handshake(stream: &mut HybridStream, port: u32) -> Result<u32> {
-    stream.begin(Step::Handshake);
+fn connect_exchange(stream: &mut HybridStream, port: u32) -> Result<u32> {
+    stream.begin(Step::HybridConnect);
     let refused = |e| match e {
         // The device hung up on us before answering: nobody listens on the
         // guest port.
@@ -148,7 +162,7 @@ fn handshake(stream: &mut HybridStream, port: u32) -> Result<u32> {
     let mut len = 0;
     loop {
         if len == MAX_REPLY_LEN {
-            return Err(Error::Handshake(format!(
+            return Err(Error::HybridConnect(format!(
                 "no end of line within {MAX_REPLY_LEN} bytes of the reply to CONNECT {port}: \"{}\"",
                 escape(&line)
             )));
@@ -162,7 +176,7 @@ fn handshake(stream: &mut HybridStream, port: u32) -> Result<u32> {
             if len == 0 {
                 return Err(Error::Refused { port });
             }
-            return Err(Error::Handshake(format!(
+            return Err(Error::HybridConnect(format!(
                 "connection closed after \"{}\", before the end of the reply to CONNECT {port}",
                 escape(&line[..len])
             )));
@@ -183,7 +197,7 @@ fn handshake(stream: &mut HybridStream, port: u32) -> Result<u32> {
 /// ```
 pub fn parse_reply(line: &[u8]) -> Result<u32> {
     let bad = || {
-        Error::Handshake(format!(
+        Error::HybridConnect(format!(
             "expected \"OK <port>\\n\" in reply to CONNECT, got \"{}\"",
             escape(line)
         ))
@@ -209,6 +223,25 @@ fn escape(bytes: &[u8]) -> String {
 
 /// Listens for guest-initiated connections to one host port (see the
 /// [module docs](self)).
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use std::os::unix::net::UnixStream;
+/// use vsock_transport::{Connection, Timeouts, hybrid};
+///
+/// let dir = tempfile::tempdir()?;
+/// let uds = dir.path().join("vm.vsock");
+/// let listener = hybrid::Listener::bind(&uds, 7000, Timeouts::default())?;
+/// assert_eq!(listener.path(), hybrid::listener_path(&uds, 7000));
+/// // The device connects there when the guest connects to host port 7000.
+/// let mut device = UnixStream::connect(listener.path())?;
+/// device.write_all(b"hi")?;
+/// let mut conn = listener.accept()?;
+/// let mut buf = [0; 2];
+/// assert_eq!(conn.recv(&mut buf)?, 2);
+/// assert_eq!(&buf, b"hi");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Debug)]
 pub struct Listener {
     listener: UnixListener,
@@ -260,6 +293,12 @@ impl Listener {
             .set_nonblocking(true)
             .map_err(|e| Error::io(format!("listening on {}", l.path.display()), e))?;
         Ok(l)
+    }
+
+    /// The listening socket (non-blocking), for the async listener.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn as_std(&self) -> &UnixListener {
+        &self.listener
     }
 
     /// The socket file: `<uds_path>_<port>`.

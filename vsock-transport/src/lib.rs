@@ -9,6 +9,8 @@
 //!   - `host-vsock`: module `host_vsock`, AF_VSOCK through the `vsock` crate.
 //!   - `host-hybrid`: module `hybrid`, hybrid vsock over Unix sockets
 //!     (Firecracker, Cloud Hypervisor, vhost-device-vsock).
+//!   - `tokio`: module `async_host`, both host backends on tokio and an
+//!     async client on which many tasks call at once over one connection.
 //!
 //!   Both host backends hand out the same connection type,
 //!   `host_stream::HostStream`, which gives every frame one deadline.
@@ -23,19 +25,42 @@
 //!   [`rpc::many::serve_many`] (many connections in one event loop, with a
 //!   limit and the boot-connection lifecycle), generic over any
 //!   [`comm::Protocol`]; [`rpc::service::Service`] is the svmc handler.
+//!
+//! # Features
+//!
+//! Additive: every combination builds, `--all-features` included. The
+//! guest backend is `no_std` code that needs nothing `std` forbids, so a
+//! workspace may hold a guest crate and a host crate and build both at
+//! once (the guest one still links only on a bare-metal target).
+//! [`Error`] is `#[non_exhaustive]`: a feature may add variants
+//! (`Io` with `std`, `Virtio` with `guest`) and never removes or changes
+//! one, so a `match` written for one feature set compiles with any larger
+//! one.
+//!
+//! The wire protocol crate is re-exported as [`comm`] (published as
+//! `svmc-comm`), so `vsock_transport::comm::Protocol` is the trait to
+//! implement without a second dependency line; with `guest`,
+//! virtio-drivers is re-exported as `virtio_drivers`, so the versions of
+//! `Hal` and `Transport` always match.
 #![cfg_attr(not(feature = "std"), no_std)]
 
 extern crate alloc;
 
-#[cfg(all(feature = "guest", feature = "std"))]
-compile_error!(
-    "feature `guest` is the bare-metal backend; it cannot be combined with `std` or the host backends"
-);
+pub use comm;
+
+// The README's example compiles as a doctest (it uses `hybrid`).
+#[cfg(all(doctest, feature = "host-hybrid"))]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+#[cfg(feature = "guest")]
+pub use virtio_drivers;
 
 mod error;
 pub mod framed;
 pub mod rpc;
 
+#[cfg(feature = "tokio")]
+pub mod async_host;
 #[cfg(any(feature = "guest", test))]
 mod credit;
 #[cfg(feature = "guest")]

@@ -11,7 +11,7 @@ pub struct Timeouts {
     /// Connecting to a socket.
     pub connect: Option<Duration>,
     /// The hybrid `CONNECT`/`OK` exchange.
-    pub handshake: Option<Duration>,
+    pub hybrid_connect: Option<Duration>,
     /// Waiting for a peer to connect to a listener.
     pub accept: Option<Duration>,
     /// Waiting for the peer's `HELLO`.
@@ -23,11 +23,11 @@ pub struct Timeouts {
 }
 
 impl Default for Timeouts {
-    /// 5 s for connect, handshake and hello, 30 s for accept, read and write.
+    /// 5 s for connect, the hybrid CONNECT/OK exchange and HELLO, 30 s for accept, read and write.
     fn default() -> Self {
         Self {
             connect: Some(Duration::from_secs(5)),
-            handshake: Some(Duration::from_secs(5)),
+            hybrid_connect: Some(Duration::from_secs(5)),
             accept: Some(Duration::from_secs(30)),
             hello: Some(Duration::from_secs(5)),
             read: Some(Duration::from_secs(30)),
@@ -41,7 +41,7 @@ impl Timeouts {
     pub fn uniform(t: Duration) -> Self {
         Self {
             connect: Some(t),
-            handshake: Some(t),
+            hybrid_connect: Some(t),
             accept: Some(t),
             hello: Some(t),
             read: Some(t),
@@ -53,7 +53,7 @@ impl Timeouts {
     pub fn get(&self, step: Step) -> Option<Duration> {
         match step {
             Step::Connect => self.connect,
-            Step::Handshake => self.handshake,
+            Step::HybridConnect => self.hybrid_connect,
             Step::Accept => self.accept,
             Step::Hello => self.hello,
             Step::Read => self.read,

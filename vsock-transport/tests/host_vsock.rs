@@ -267,3 +267,99 @@ fn loopback_trickling_peer_times_out() {
     drop(c);
     g.join().unwrap();
 }
+
+/// The async API (feature `tokio`) over AF_VSOCK loopback: tokio-vsock
+/// streams against the blocking server, and the async listener.
+#[cfg(feature = "tokio")]
+mod async_vsock {
+    use std::sync::Arc;
+
+    use comm::frame::DEFAULT_MAX_BODY;
+    use comm::service::{Request, Response, ServiceVm};
+    use vsock_transport::async_host::{self, Client};
+
+    use super::*;
+
+    fn reversed(b: &[u8]) -> Response {
+        Response::Reverse(b.iter().rev().copied().collect())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn loopback_async_sixteen_tasks_on_one_connection() {
+        require_loopback!();
+        let l = listener(None, timeouts());
+        let port = l.port();
+        let server = thread::spawn(move || serve_reverse(l.accept().unwrap()));
+        let s = async_host::vsock::connect(CID_LOCAL, port, &timeouts())
+            .await
+            .unwrap();
+        let client = Arc::new(
+            Client::<ServiceVm>::hello(s, DEFAULT_MAX_BODY, &timeouts())
+                .await
+                .unwrap(),
+        );
+        let tasks: Vec<_> = (0..16u32)
+            .map(|t| {
+                let client = client.clone();
+                tokio::spawn(async move {
+                    for i in 0..100u32 {
+                        let p = format!("vsock task {t} call {i}");
+                        let got = client.call(&Request::Reverse(p.clone().into())).await;
+                        assert_eq!(got.unwrap(), reversed(p.as_bytes()), "task {t} call {i}");
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        Arc::try_unwrap(client).unwrap().close().await.unwrap();
+        assert!(matches!(server.join().unwrap(), Ok(Ended::Goodbye)));
+    }
+
+    #[tokio::test]
+    async fn loopback_async_listener_checks_the_peer_cid() {
+        require_loopback!();
+        let l = async_host::vsock::Listener::bind(CID_LOCAL, PORT_ANY, Some(CID_LOCAL), timeouts())
+            .unwrap();
+        let port = l.port();
+        let guest = serving_guest(port);
+        let (s, cid) = l.accept().await.unwrap();
+        assert_eq!(cid, CID_LOCAL);
+        let client = Client::<ServiceVm>::hello(s, DEFAULT_MAX_BODY, &timeouts())
+            .await
+            .unwrap();
+        let r = Request::Reverse(b"over vsock".to_vec());
+        assert_eq!(client.call(&r).await.unwrap(), reversed(b"over vsock"));
+        client.close().await.unwrap();
+        assert!(matches!(guest.join().unwrap(), Ok(Ended::Goodbye)));
+
+        let l =
+            async_host::vsock::Listener::bind(CID_LOCAL, PORT_ANY, Some(42), timeouts()).unwrap();
+        let port = l.port();
+        let c = thread::spawn(move || host_vsock::connect(CID_LOCAL, port, &timeouts()));
+        let e = l.accept().await.unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::UnexpectedPeer {
+                    expected: 42,
+                    got: CID_LOCAL
+                }
+            ),
+            "{e:?}"
+        );
+        drop(c.join().unwrap());
+    }
+
+    #[tokio::test]
+    async fn loopback_async_connect_refused() {
+        require_loopback!();
+        // A port bound and closed again: nobody listens there now.
+        let port = listener(None, timeouts()).port();
+        let e = async_host::vsock::connect(CID_LOCAL, port, &timeouts())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Refused { .. }), "{e:?}");
+    }
+}

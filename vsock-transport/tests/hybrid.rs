@@ -167,7 +167,7 @@ fn wrong_handshake_replies_are_handshake_errors() {
             device(&uds, answer, |_| ())
         };
         let err = connect(&uds).unwrap_err();
-        let Error::Handshake(msg) = &err else {
+        let Error::HybridConnect(msg) = &err else {
             panic!("expected a handshake error for {expect:?}, got {err:?}");
         };
         assert!(msg.contains(expect), "{msg:?} should contain {expect:?}");
@@ -177,15 +177,18 @@ fn wrong_handshake_replies_are_handshake_errors() {
 }
 
 #[test]
-fn silent_device_times_out_in_handshake() {
+fn silent_device_times_out_in_hybrid_connect() {
     let (_dir, uds) = uds();
     let dev = device(&uds, Answer::Silent, |_| ());
     let t = Timeouts {
-        handshake: Some(Duration::from_millis(300)),
+        hybrid_connect: Some(Duration::from_millis(300)),
         ..timeouts()
     };
     let (r, took) = timed(|| hybrid::connect(&uds, 7001, &t));
-    assert!(matches!(r, Err(Error::Timeout(Step::Handshake))), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Timeout(Step::HybridConnect))),
+        "{r:?}"
+    );
     assert!(took >= Duration::from_millis(300), "{took:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
     dev.join().unwrap();
@@ -302,7 +305,7 @@ fn version_mismatch_is_detected_on_both_sides() {
     let (_dir, uds) = uds();
     let dev = serving_device(&uds, 7001);
     let conn = connect(&uds).unwrap();
-    let err = Client::<_, ServiceVmNext>::handshake(conn, frame::DEFAULT_MAX_BODY)
+    let err = Client::<_, ServiceVmNext>::hello(conn, frame::DEFAULT_MAX_BODY)
         .expect_err("handshake must fail");
     assert!(
         matches!(
@@ -461,7 +464,7 @@ fn version_mismatch_guest_initiated() {
     let (_dir, uds) = uds();
     let l = Listener::bind(&uds, 7000, timeouts()).unwrap();
     let g = guest(l.path().to_owned());
-    let err = Client::<_, ServiceVmNext>::handshake(l.accept().unwrap(), frame::DEFAULT_MAX_BODY)
+    let err = Client::<_, ServiceVmNext>::hello(l.accept().unwrap(), frame::DEFAULT_MAX_BODY)
         .unwrap_err();
     assert!(
         matches!(err, Error::Protocol(comm::Error::VersionMismatch { .. })),

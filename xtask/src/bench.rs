@@ -459,7 +459,7 @@ fn print_report(
     }
     if let Some(c) = codec {
         println!();
-        println!("comm codec (cargo bench -p comm):");
+        println!("comm codec (cargo bench -p svmc-comm):");
         println!("{c}");
     }
 }
@@ -795,7 +795,7 @@ fn clients_at_once(uds: &Path, port: u32, n: usize) -> Result<(f64, f64)> {
         .map(|conn| {
             let barrier = barrier.clone();
             std::thread::spawn(move || -> Result<(Instant, f64)> {
-                let c = Client::<_, comm::service::ServiceVm>::handshake(
+                let c = Client::<_, comm::service::ServiceVm>::hello(
                     conn,
                     comm::frame::DEFAULT_MAX_BODY,
                 );
@@ -1092,7 +1092,7 @@ fn codec_summary() -> Result<String> {
             "bench",
             "--quiet",
             "-p",
-            "comm",
+            crate::ci::COMM_PACKAGE,
             "--bench",
             "codec",
             "--",
@@ -1100,9 +1100,12 @@ fn codec_summary() -> Result<String> {
         ])
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("cargo bench -p comm: {e}"))?;
+        .map_err(|e| format!("cargo bench -p svmc-comm: {e}"))?;
     if !out.status.success() {
-        return Err(format!("cargo bench -p comm failed with {}", out.status));
+        return Err(format!(
+            "cargo bench -p svmc-comm failed with {}",
+            out.status
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let summary = text

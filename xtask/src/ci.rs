@@ -7,31 +7,49 @@ use host::Arch;
 use crate::e2e;
 use crate::util::{self, Result, cargo};
 
-/// `vsock-transport`'s host backends and its test doubles.
-pub const TRANSPORT_HOST_FEATURES: &str = "host-hybrid,host-vsock,test-utils";
 /// `vsock-transport`'s guest backend.
 pub const TRANSPORT_GUEST_FEATURE: &str = "guest";
-/// `comm` with `std`.
-pub const COMM_STD_FEATURE: &str = "std";
+/// The package name of `comm` (the folder): `comm` is taken on crates.io.
+pub const COMM_PACKAGE: &str = "svmc-comm";
+/// The crates published on crates.io (package names).
+pub const LIBRARY_PACKAGES: [&str; 3] = [COMM_PACKAGE, "vsock-transport", "svmc-host"];
 /// The guest's test variant that misbehaves on purpose.
 pub const HOSTILE_FEATURE: &str = "hostile";
+
+/// `-p <package>` for each of [`LIBRARY_PACKAGES`].
+pub fn library_packages() -> Vec<&'static str> {
+    LIBRARY_PACKAGES.iter().flat_map(|p| ["-p", p]).collect()
+}
 
 /// Runs every formatting, lint and doc check of CI.
 pub fn lint() -> Result<()> {
     let deny = ["--", "-D", "warnings"];
     util::run(cargo().args(["fmt", "--all", "--check"]))?;
     util::run(cargo().args(["clippy", "--all-targets"]).args(deny))?;
+    // Features are additive: every backend at once, as docs.rs builds it.
     util::run(
         cargo()
-            .args([
-                "clippy",
-                "-p",
-                "vsock-transport",
-                "--all-targets",
-                "--features",
-            ])
-            .arg(TRANSPORT_HOST_FEATURES)
+            .arg("clippy")
+            .args(library_packages())
+            .args(["--all-targets", "--all-features"])
             .args(deny),
+    )?;
+    util::run(
+        cargo()
+            .arg("doc")
+            .args(library_packages())
+            .args(["--all-features", "--no-deps", "--quiet"])
+            .env("RUSTDOCFLAGS", "-D warnings"),
+    )?;
+    // The published crates package and build from their .crate files.
+    // Together, so that cargo resolves each sibling from its local
+    // packaging registry (alone, vsock-transport and svmc-host need
+    // svmc-comm on crates.io first). --allow-dirty: also before a commit.
+    util::run(
+        cargo()
+            .arg("package")
+            .args(library_packages())
+            .args(["--allow-dirty", "--quiet"]),
     )?;
     // The QEMU suites have `test = false` (xtask runs them), so
     // --all-targets skips them.
@@ -48,7 +66,7 @@ pub fn lint() -> Result<()> {
                 .args([
                     "clippy",
                     "-p",
-                    "comm",
+                    COMM_PACKAGE,
                     "-p",
                     "vsock-transport",
                     "--features",

@@ -237,7 +237,8 @@ fn build_service() -> Result<PathBuf> {
         .join("release/examples/linux_service"))
 }
 
-/// Builds `vsock-transport`'s `host_vsock` test binary; returns its path.
+/// Builds `vsock-transport`'s `host_vsock` test binary, the async
+/// (`tokio`) AF_VSOCK tests included; returns its path.
 fn build_tests() -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
@@ -247,7 +248,8 @@ fn build_tests() -> Result<PathBuf> {
         "-p",
         "vsock-transport",
         "--features",
-        "host-vsock",
+        // With the async API's AF_VSOCK tests (`async_vsock` in it).
+        "host-vsock,tokio",
         "--test",
         "host_vsock",
     ]);

@@ -217,19 +217,35 @@ fn test() -> util::Result<()> {
     setup::setup()?;
     // Host crates: unit, integration and doc tests.
     util::run(util::cargo().args(["test"]))?;
+    // The published crates with every feature (the features are additive;
+    // this includes vsock-transport's test doubles and comm's `std`).
     util::run(
         util::cargo()
-            .args(["test", "-p", "vsock-transport", "--features"])
-            .arg(ci::TRANSPORT_HOST_FEATURES),
+            .arg("test")
+            .args(ci::library_packages())
+            .arg("--all-features"),
     )?;
-    util::run(
-        util::cargo()
-            .args(["test", "-p", "comm", "--features"])
-            .arg(ci::COMM_STD_FEATURE),
-    )?;
+    // The example program of another protocol (a key-value store) on
+    // hybrid vsock: built and run.
+    util::run(util::cargo().args([
+        "run",
+        "--quiet",
+        "-p",
+        "vsock-transport",
+        "--features",
+        "host-hybrid",
+        "--example",
+        "kv",
+    ]))?;
     // The no_std crates on the bare-metal targets.
     for arch in Arch::ALL {
-        util::run(util::cargo().args(["build", "-p", "comm", "--target", arch.target_triple()]))?;
+        util::run(util::cargo().args([
+            "build",
+            "-p",
+            ci::COMM_PACKAGE,
+            "--target",
+            arch.target_triple(),
+        ]))?;
         util::run(
             util::cargo()
                 .args(["build", "-p", "vsock-transport", "--features"])

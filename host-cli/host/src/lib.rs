@@ -8,6 +8,11 @@
 //! tests and `xtask` use the same code. Inside the workspace every crate
 //! depends on it under the name `host` (see the root `Cargo.toml`).
 
+// The README's example compiles as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 pub mod accel;
 pub mod env;
 pub mod image;

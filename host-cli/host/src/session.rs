@@ -95,11 +95,10 @@ impl Session {
                 let (vm, stream) =
                     crate::launcher::launch_ready(vm_config, config.boot_timeout, config.timeouts)?;
                 let conn: BoxConnection = Box::new(stream);
-                let client =
-                    Client::handshake(conn, config.max_body).map_err(|e| Error::Guest {
-                        source: e,
-                        serial_log: vm.serial_log().to_path_buf(),
-                    })?;
+                let client = Client::hello(conn, config.max_body).map_err(|e| Error::Guest {
+                    source: e,
+                    serial_log: vm.serial_log().to_path_buf(),
+                })?;
                 Ok(Self {
                     client: Some(client),
                     vm: Some(vm),
@@ -118,7 +117,7 @@ impl Session {
 
     fn attached(conn: BoxConnection, max_body: u32) -> Result<Self> {
         Ok(Self {
-            client: Some(Client::handshake(conn, max_body)?),
+            client: Some(Client::hello(conn, max_body)?),
             vm: None,
         })
     }

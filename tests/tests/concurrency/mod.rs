@@ -188,7 +188,7 @@ pub fn ninth_connection_gets_busy(ctx: &Ctx) -> R {
         "the guest did not close the refused connection".into()
     })?;
     // The client library reports it as a typed error.
-    match Client::<_, ServiceVm>::handshake(raw(&uds, ctx)?, frame::DEFAULT_MAX_BODY) {
+    match Client::<_, ServiceVm>::hello(raw(&uds, ctx)?, frame::DEFAULT_MAX_BODY) {
         Err(TError::Protocol(comm::Error::Remote(pe))) if pe.code == ProtocolErrorCode::Busy => {}
         Err(e) => return Err(format!("expected a busy error, got {e}")),
         Ok(_) => return Err("a 10th connection was served".into()),
@@ -363,7 +363,7 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
 fn attach_when_free(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, String> {
     let t = Instant::now();
     loop {
-        match Client::<_, ServiceVm>::handshake(raw(uds, ctx)?, frame::DEFAULT_MAX_BODY) {
+        match Client::<_, ServiceVm>::hello(raw(uds, ctx)?, frame::DEFAULT_MAX_BODY) {
             Ok(c) => return Ok(c),
             Err(TError::Protocol(comm::Error::Remote(pe)))
                 if pe.code == ProtocolErrorCode::Busy && t.elapsed() < Duration::from_secs(5) =>

@@ -106,7 +106,10 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// responses we accept. A server at its connection limit answers with a
     /// fatal `ERROR` code 7 instead: [`comm::Error::Remote`] with
     /// [`comm::frame::ProtocolErrorCode::Busy`].
-    pub fn handshake(mut conn: C, max_body: u32) -> Result<Self> {
+    ///
+    /// Fails before sending anything if `P::NAME` does not fit a `HELLO`
+    /// ([`comm::Error::InvalidName`]).
+    pub fn hello(mut conn: C, max_body: u32) -> Result<Self> {
         let mut buf = Vec::new();
         let peer_max_body = hello::<P, C>(&mut conn, max_body, &mut buf)?;
         Ok(Self {
@@ -120,6 +123,15 @@ impl<C: Connection, P: Protocol> Client<C, P> {
             poisoned: None,
             _protocol: PhantomData,
         })
+    }
+
+    /// The old name of [`Client::hello`].
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed to `hello` (the HELLO exchange); the hybrid CONNECT/OK exchange is `Step::HybridConnect`"
+    )]
+    pub fn handshake(conn: C, max_body: u32) -> Result<Self> {
+        Self::hello(conn, max_body)
     }
 
     /// The largest request body the server accepts (from its `HELLO`).
@@ -423,7 +435,7 @@ mod tests {
     /// exchange.
     fn pair() -> (Client<MockConnection, ServiceVm>, MockConnection) {
         let (a, mut b) = mock::pair();
-        let t = thread::spawn(move || Client::<_, ServiceVm>::handshake(a, DEFAULT_MAX_BODY));
+        let t = thread::spawn(move || Client::<_, ServiceVm>::hello(a, DEFAULT_MAX_BODY));
         let hello = frame::encode(
             FrameKind::Hello,
             &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
@@ -597,7 +609,7 @@ mod tests {
             b.write_all(&f).unwrap();
             b
         });
-        let mut c = Client::<_, ServiceVm>::handshake(conn, DEFAULT_MAX_BODY).unwrap();
+        let mut c = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY).unwrap();
         let mut b = srv.join().unwrap();
         b.write_all(&[3, 0, 0]).unwrap(); // part of a header
         let e = c.call(&Request::Info).unwrap_err();
@@ -617,5 +629,53 @@ mod tests {
             Err(Error::Poisoned { .. })
         ));
         c.close().unwrap();
+    }
+
+    /// A protocol whose name no HELLO can carry (WIRE.md: 1 to 64 bytes).
+    struct LongName;
+    impl Protocol for LongName {
+        const NAME: &'static str = "org.example.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.long-protocol-name.lo";
+        const VERSION: u32 = 1;
+        type Request = Request;
+        type Response = Response;
+    }
+
+    #[test]
+    fn a_name_over_64_bytes_fails_before_anything_is_sent() {
+        assert_eq!(LongName::NAME.len(), 280);
+        let (a, mut b) = mock::pair();
+        let e = Client::<_, LongName>::hello(a, DEFAULT_MAX_BODY).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Protocol(comm::Error::InvalidName {
+                    len: 280,
+                    max: 64,
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains("HELLO") && text.contains(LongName::NAME),
+            "{text}"
+        );
+        // Nothing went out: the client dropped its end, so the peer reads EOF.
+        let mut byte = [0u8; 1];
+        assert_eq!(b.recv(&mut byte).unwrap(), 0);
+
+        // The server refuses the same way, before its HELLO.
+        struct Never;
+        impl crate::rpc::Handler<LongName> for Never {
+            fn handle(&mut self, _: Request) -> (Response, crate::rpc::Then) {
+                unreachable!()
+            }
+        }
+        let (mut a, mut b) = mock::pair();
+        let e = crate::rpc::serve::<LongName, _, _>(&mut a, &mut Never, Default::default())
+            .unwrap_err();
+        assert!(e.to_string().contains(LongName::NAME), "{e}");
+        assert_eq!(b.recv(&mut byte).unwrap(), 0);
     }
 }

@@ -19,7 +19,7 @@
 //! - **Interleaving.** Each pass over the table sends what each
 //!   connection's peer has credit for, reads what has arrived for each,
 //!   and processes one complete request per connection (up to
-//!   [`SMALL_BATCH`] pipelined ones while their answers stay small, which
+//!   8 (`SMALL_BATCH`) pipelined ones while their answers stay small, which
 //!   then go out in one write); so a request on any connection waits at
 //!   most for one request (or a few tiny ones) of each other connection,
 //!   and a silent, slow or trickling client holds nobody up.
@@ -143,6 +143,8 @@ where
     E: Endpoint,
     H: Handler<P> + ?Sized,
 {
+    // A name no HELLO can carry: refuse to serve at all, before any send.
+    comm::handshake::check_name::<P>()?;
     let max_conns = config.max_conns.max(1);
     let mut slots: Vec<Slot<P, E::Id>> = Vec::new();
     if let Some(id) = boot {

@@ -62,7 +62,7 @@ pub(crate) fn serve_reverse_max(mut conn: impl Connection, max_body: u32) -> Res
 
 /// The client side of the service.
 pub(crate) fn client<C: Connection>(conn: C) -> Client<C, ServiceVm> {
-    Client::handshake(conn, frame::DEFAULT_MAX_BODY).expect("HELLO exchange")
+    Client::hello(conn, frame::DEFAULT_MAX_BODY).expect("HELLO exchange")
 }
 
 /// Reverses `payload` through `client` and checks the answer.
