@@ -9,6 +9,8 @@
 //! | `svmc.test_panic` | `1`: panic right after start-up (tests the panic path) | off           |
 //! | `svmc.hostile`    | with the `hostile` feature only: how to misbehave (the `hostile` module) | off |
 //! | `svmc.mode`       | `service` (the `svmc` protocol) or `echo` (raw byte echo, the benchmark floor) | `service` |
+//! | `svmc.max_conns`  | connections served at once, the boot connection included (at least 1) | 8 |
+//! | `svmc.idle_timeout_ms` | how long a connection must have been silent to be closed for a new one when `max_conns` are served | 5000 |
 //!
 //! Anything else, and values that do not parse, are ignored and reported
 //! as warnings once the logger is up. Parsing does not allocate: it runs
@@ -16,6 +18,12 @@
 
 use comm::service::{HOST_PORT, SERVICE_PORT};
 use log::LevelFilter;
+
+/// Default of `svmc.max_conns`.
+pub const DEFAULT_MAX_CONNS: usize = 8;
+
+/// Default of `svmc.idle_timeout_ms`.
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5000;
 
 /// How many ignored words are remembered for the warnings.
 const MAX_IGNORED: usize = 8;
@@ -44,6 +52,11 @@ pub struct Config {
     pub test_panic: bool,
     /// What connections get.
     pub mode: Mode,
+    /// Connections served at once.
+    pub max_conns: usize,
+    /// Silence after which a connection may be closed for a new one when
+    /// the table is full, in milliseconds.
+    pub idle_timeout_ms: u64,
     ignored: [Option<&'static str>; MAX_IGNORED],
     ignored_count: usize,
 }
@@ -58,6 +71,8 @@ impl Config {
             connect_timeout_ms: 200,
             test_panic: false,
             mode: Mode::Service,
+            max_conns: DEFAULT_MAX_CONNS,
+            idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             ignored: [None; MAX_IGNORED],
             ignored_count: 0,
         };
@@ -82,6 +97,14 @@ impl Config {
             "svmc.host_port" => value.parse().map(|p| self.host_port = p).is_ok(),
             "svmc.port" => value.parse().map(|p| self.service_port = p).is_ok(),
             "svmc.connect_timeout_ms" => value.parse().map(|t| self.connect_timeout_ms = t).is_ok(),
+            "svmc.max_conns" => match value.parse::<usize>() {
+                Ok(n) if n >= 1 => {
+                    self.max_conns = n;
+                    true
+                }
+                _ => false,
+            },
+            "svmc.idle_timeout_ms" => value.parse().map(|t| self.idle_timeout_ms = t).is_ok(),
             "svmc.test_panic" => value
                 .parse::<u8>()
                 .map(|v| self.test_panic = v != 0)

@@ -10,10 +10,27 @@
 use alloc::vec;
 
 use log::{debug, warn};
-use vsock_transport::Connection;
+use virtio_drivers::Hal;
+use virtio_drivers::transport::Transport;
+use vsock_transport::guest::{ConnId, GuestVsock};
+use vsock_transport::{Connection, Result};
 
 /// Largest piece read and written back at once: one full vsock packet.
 pub const CHUNK: usize = 64 * 1024;
+
+/// Echoes `boot` (if any), then every accepted connection, one at a time,
+/// for ever; returns only on a device error.
+pub fn run<H: Hal, T: Transport>(vsock: &mut GuestVsock<H, T>, boot: Option<ConnId>) -> Result<()> {
+    if let Some(id) = boot {
+        serve(&mut vsock.stream(id));
+    }
+    loop {
+        match vsock.accept() {
+            Some(id) => serve(&mut vsock.stream(id)),
+            None => vsock.poll_or_spin()?,
+        }
+    }
+}
 
 /// Echoes `conn` until the peer closes it, then shuts it down.
 pub fn serve<C: Connection>(conn: &mut C) {

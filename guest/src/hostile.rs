@@ -36,14 +36,12 @@ use comm::{Hello, Protocol};
 use log::{info, warn};
 use virtio_drivers::device::socket::VsockAddr;
 use vsock_transport::framed::{recv_frame, send_frame};
-use vsock_transport::guest::{GuestConnection, GuestVsock, HOST_CID};
-use vsock_transport::rpc::{self, Ended, ServeConfig};
+use vsock_transport::guest::{GuestVsock, HOST_CID};
 use vsock_transport::{Connection, Error, Result};
 
+use crate::arch;
 use crate::hal::IdentityHal;
 use crate::kick::VsockTransport;
-use crate::service::Service;
-use crate::{arch, cmdline};
 
 /// The protocol name sent in `wrong-protocol` mode.
 pub const WRONG_PROTOCOL: &str = "svmc-hostile";
@@ -153,11 +151,8 @@ pub fn run(
         cid: HOST_CID,
         port: host_port,
     };
-    if mode == Mode::LostKick {
-        return serve_correctly(vsock, host, max_body);
-    }
     match vsock.connect(host, CONNECT_LOCAL_PORT) {
-        Ok(mut conn) => misbehave_logged(&mut conn, mode, max_body),
+        Ok(id) => misbehave_logged(&mut vsock.stream(id), mode, max_body),
         Err(e @ (Error::Refused { .. } | Error::Timeout(_))) => {
             info!("host port {host_port}: {e}; waiting for the host to connect")
         }
@@ -165,8 +160,12 @@ pub fn run(
     }
     loop {
         match vsock.accept() {
-            Ok(mut conn) => misbehave_logged(&mut conn, mode, max_body),
-            Err(e) => return ("waiting for a connection", e),
+            Some(id) => misbehave_logged(&mut vsock.stream(id), mode, max_body),
+            None => {
+                if let Err(e) = vsock.poll_or_spin() {
+                    return ("waiting for a connection", e);
+                }
+            }
         }
     }
 }
@@ -176,40 +175,6 @@ pub fn run(
 pub fn lose_tx_kick() -> bool {
     static LOST: AtomicBool = AtomicBool::new(false);
     mode() == Some(Mode::LostKick) && !LOST.swap(true, Ordering::Relaxed)
-}
-
-/// `lost-kick` mode: the real service on the boot connection and then on
-/// accepted ones, powering off when asked (the first TX notification, the
-/// boot connection's request, was dropped by the transport).
-fn serve_correctly(
-    vsock: &mut GuestVsock<IdentityHal, VsockTransport>,
-    host: VsockAddr,
-    max_body: u32,
-) -> (&'static str, Error) {
-    let mut service = Service::new(max_body, cmdline::Mode::Service);
-    let config = ServeConfig { max_body };
-    let mut serve = |conn: &mut GuestConnection<'_, IdentityHal, VsockTransport>| match rpc::serve::<
-        ServiceVm,
-        _,
-        _,
-    >(
-        conn,
-        &mut service,
-        config,
-    ) {
-        Ok(Ended::Stopped) if service.power_off_requested() => arch::power_off(),
-        r => info!("hostile: connection ended: {r:?}"),
-    };
-    match vsock.connect(host, CONNECT_LOCAL_PORT) {
-        Ok(mut conn) => serve(&mut conn),
-        Err(e) => return ("connecting to the host", e),
-    }
-    loop {
-        match vsock.accept() {
-            Ok(mut conn) => serve(&mut conn),
-            Err(e) => return ("waiting for a connection", e),
-        }
-    }
 }
 
 fn misbehave_logged<C: Connection>(conn: &mut C, mode: Mode, max_body: u32) {

@@ -28,9 +28,27 @@
 //!
 //! Listen on the service port, connect to the host (CID 2) on the host
 //! port (its readiness signal; if refused or unanswered within
-//! `svmc.connect_timeout_ms`, go on with the listener), serve
-//! that connection, then accept and serve host-initiated connections one
-//! after another, for ever, until a `PowerOff` request.
+//! `svmc.connect_timeout_ms`, go on with the listener), then serve that
+//! connection and every host-initiated one at once, in one event loop
+//! (`vsock_transport::rpc::many::serve_many`), until a `PowerOff`
+//! request: up to `svmc.max_conns` connections (default 8, the boot
+//! connection included), interleaved; a connection over the limit gets a
+//! fatal `ERROR` busy instead of our `HELLO` unless an idle connection
+//! (silent for `svmc.idle_timeout_ms`, default 5 s, between frames) can be
+//! closed for it. In echo mode connections are echoed one at a time.
+//!
+//! # Heap budget
+//!
+//! The heap (from the RAM the VM is given) holds the device's RX buffers,
+//! then per connection slot (`max_conns`, plus the refusals and the
+//! backlog the vsock layer allows) a receive ring and the per-connection
+//! allowance of the server core (`rpc::CONNECTION_HEAP`), and a margin for
+//! fragmentation; the rest is the [`Budget`] for large requests, each of
+//! which holds `rpc::RESERVE_PER_BODY_BYTE` times its length until its
+//! answer is sent. The largest request accepted (our `HELLO`'s
+//! `max_body`) is what the budget can hold once; a request that does not
+//! fit the budget when it arrives is dropped and answered with
+//! `out_of_memory`.
 #![no_std]
 #![no_main]
 #![allow(
@@ -59,25 +77,40 @@ use comm::frame::DEFAULT_MAX_BODY;
 use comm::service::ServiceVm;
 use log::{debug, error, info, warn};
 use virtio_drivers::device::socket::VsockAddr;
-use vsock_transport::Connection;
-use vsock_transport::guest::{GuestVsock, HOST_CID, Limits};
-use vsock_transport::rpc::{self, Ended, ServeConfig};
+use vsock_transport::guest::{self, GuestVsock, HOST_CID, Limits};
+use vsock_transport::rpc::many::{self, Event, ManyConfig};
+use vsock_transport::rpc::service::Service;
+use vsock_transport::rpc::{
+    Budget, CONNECTION_HEAP, RESERVE_PER_BODY_BYTE, SMALL_BODY, ServeConfig,
+};
 
 use crate::arch::BootInfo;
 use crate::cmdline::Config;
 use crate::hal::IdentityHal;
 use crate::kick::{KickRetry, VsockTransport};
-use crate::service::Service;
 
 /// Our port for the boot-time connection to the host.
 const CONNECT_LOCAL_PORT: u32 = 49152;
 
-/// Heap bytes per byte of the largest request accepted. A `Reverse` of N
-/// bytes holds two N-byte buffers at once at its peak (request frame and
-/// decoded payload, then payload and response frame: `rpc::serve` sizes
-/// the response once and frees the request first); the third N leaves room
-/// for the device buffers and fragmentation.
-const HEAP_PER_BODY_BYTE: usize = 3;
+/// Heap kept out of the budget for fragmentation and everything else the
+/// firmware allocates: 1/16 of the heap plus 256 KiB.
+fn heap_margin(heap_size: usize) -> usize {
+    heap_size / 16 + 256 * 1024
+}
+
+/// The budget for large requests and the largest request body accepted,
+/// for a heap of `heap_size` bytes and `max_conns` connections.
+fn heap_budget(heap_size: usize, max_conns: usize, buffer_size: u32) -> (usize, u32) {
+    let slots = max_conns + many::MAX_REFUSING + guest::DEFAULT_MAX_PENDING;
+    let fixed = guest::RX_QUEUE_BYTES
+        + slots * (buffer_size as usize + CONNECTION_HEAP)
+        + heap_margin(heap_size);
+    let budget = heap_size.saturating_sub(fixed);
+    let max_body = u32::try_from(budget / RESERVE_PER_BODY_BYTE)
+        .unwrap_or(u32::MAX)
+        .clamp(SMALL_BODY, DEFAULT_MAX_BODY);
+    (budget, max_body)
+}
 
 /// Entry from the arch code (start-up steps 3 to 6).
 pub fn start(boot: BootInfo) -> ! {
@@ -162,15 +195,12 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
         ..Limits::default()
     });
     vsock.listen(config.service_port);
-
-    let max_body = u32::try_from(heap_size / HEAP_PER_BODY_BYTE)
-        .unwrap_or(u32::MAX)
-        .min(DEFAULT_MAX_BODY);
-    let serve_config = ServeConfig { max_body };
-    let mut service = Service::new(max_body, config.mode);
+    let (budget, max_body) = heap_budget(heap_size, config.max_conns, vsock.buffer_size());
 
     #[cfg(feature = "hostile")]
-    if let Some(mode) = hostile::mode() {
+    // `lost-kick` misbehaves only in its transport (kick.rs) and then
+    // serves like the real firmware, below.
+    if let Some(mode) = hostile::mode().filter(|m| *m != hostile::Mode::LostKick) {
         let (what, e) = hostile::run(&mut vsock, config.host_port, mode, max_body);
         return Err(Fatal::Vsock(what, e));
     }
@@ -178,45 +208,54 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
         cid: HOST_CID,
         port: config.host_port,
     };
-    match vsock.connect(host, CONNECT_LOCAL_PORT) {
-        Ok(mut conn) => {
+    let boot = match vsock.connect(host, CONNECT_LOCAL_PORT) {
+        Ok(id) => {
             info!("connected to host port {}", config.host_port);
-            if serve(&mut conn, &mut service, serve_config) {
-                return Ok(());
-            }
+            Some(id)
         }
         Err(e @ (vsock_transport::Error::Refused { .. } | vsock_transport::Error::Timeout(_))) => {
             info!(
                 "host port {}: {e}; waiting for the host to connect",
                 config.host_port
-            )
+            );
+            None
         }
         Err(e) => return Err(Fatal::Vsock("connecting to the host", e)),
-    }
+    };
     info!("listening on port {}", config.service_port);
-    loop {
-        let mut conn = vsock
-            .accept()
-            .map_err(|e| Fatal::Vsock("waiting for a connection", e))?;
-        if serve(&mut conn, &mut service, serve_config) {
-            return Ok(());
-        }
+    if config.mode == cmdline::Mode::Echo {
+        return echo::run(&mut vsock, boot)
+            .map_err(|e| Fatal::Vsock("waiting for a connection", e));
     }
+    info!(
+        "serving up to {} connections at once; {} KiB for large requests, max_body {max_body}",
+        config.max_conns,
+        budget / 1024
+    );
+    let many_config = ManyConfig {
+        serve: ServeConfig { max_body },
+        max_conns: config.max_conns,
+        idle_timeout_us: config.idle_timeout_ms.saturating_mul(1000),
+        budget: Budget::new(budget),
+    };
+    let mut service = Service::new(|| service::info(max_body));
+    many::serve_many::<ServiceVm, _, _>(&mut vsock, boot, &mut service, &many_config, log_event)
+        .map_err(|e| Fatal::Vsock("serving", e))?;
+    debug!("heap: {:?}", heap::stats());
+    Ok(())
 }
 
-/// Serves one connection; `true` if it ended with a `PowerOff` request.
-fn serve<C: Connection>(conn: &mut C, service: &mut Service, config: ServeConfig) -> bool {
-    if service.mode() == cmdline::Mode::Echo {
-        echo::serve(conn);
-        return false;
+fn log_event(event: Event<'_, guest::ConnId>) {
+    match event {
+        Event::Accepted(id) => debug!("connection {id}: serving"),
+        Event::Busy(id) => warn!("connection {id}: over the limit, refused as busy"),
+        Event::Dropped(id) => warn!("connection {id}: over the limit, reset"),
+        Event::Evicted(id) => info!("connection {id}: idle, closed for a new one"),
+        Event::Ended(id, Ok(ended)) => {
+            debug!("connection {id} ended: {ended:?}; heap {:?}", heap::stats())
+        }
+        Event::Ended(id, Err(e)) => warn!("connection {id} ended with an error: {e}"),
     }
-    match rpc::serve::<ServiceVm, _, _>(conn, service, config) {
-        Ok(Ended::Stopped) => return service.power_off_requested(),
-        Ok(ended) => debug!("connection ended: {ended:?}"),
-        Err(e) => warn!("connection ended with an error: {e}"),
-    }
-    debug!("heap: {:?}", heap::stats());
-    false
 }
 
 #[panic_handler]

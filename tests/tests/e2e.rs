@@ -12,6 +12,8 @@ use tests::{Ctx, ensure};
 use vsock_transport::rpc::Client;
 use vsock_transport::{Connection, Error as TError};
 
+mod concurrency;
+
 type R = Result<(), String>;
 
 fn pattern(len: usize) -> Vec<u8> {
@@ -365,6 +367,31 @@ const CASES: &[Case<Ctx>] = &[
     (
         "cli_missing_image_fails_cleanly",
         cli_missing_image_fails_cleanly,
+    ),
+    (
+        "idle_and_stalled_clients_do_not_block",
+        concurrency::idle_and_stalled_clients_do_not_block,
+    ),
+    (
+        "busy_client_does_not_starve_another",
+        concurrency::busy_client_does_not_starve_another,
+    ),
+    (
+        "ninth_connection_gets_busy",
+        concurrency::ninth_connection_gets_busy,
+    ),
+    (
+        "idle_connection_gives_way_when_full",
+        concurrency::idle_connection_gives_way_when_full,
+    ),
+    ("pipelined_burst", concurrency::pipelined_burst),
+    (
+        "reverse_8mib_next_to_others",
+        concurrency::reverse_8mib_next_to_others,
+    ),
+    (
+        "heap_back_after_many_connections",
+        concurrency::heap_back_after_many_connections,
     ),
 ];
 

@@ -10,8 +10,11 @@
 //!
 //! At start it listens on the service port, then connects to the host (CID
 //! 2, [`comm::service::HOST_PORT`]); that connection is the host's readiness
-//! signal and is served first. Then it serves host-initiated connections on
-//! [`comm::service::SERVICE_PORT`], one after another, until a `PowerOff`
+//! signal. It serves it and the host-initiated connections on
+//! [`comm::service::SERVICE_PORT`] at once, with the same handler
+//! (`rpc::service::Service`), server core and lifecycle
+//! (`rpc::many::serve_many`) as the bare-metal firmware, over non-blocking
+//! AF_VSOCK sockets and `poll(2)` ([`LinuxEndpoint`]), until a `PowerOff`
 //! request, which it answers before powering the VM off.
 //!
 //! As PID 1 (`/init` of an initramfs, which `cargo xtask` builds) it first
@@ -22,6 +25,8 @@
 //!
 //! - `svmc.host_port=N`, `svmc.port=N`: the two ports (the host's launcher
 //!   passes them);
+//! - `svmc.max_conns=N`, `svmc.idle_timeout_ms=N`: the connection limit and
+//!   idle policy, as in the firmware (defaults 8 and 5000);
 //! - `svmc.mode=vsock-tests`: instead of serving, run the test program
 //!   `/bin/vsock-tests` (the `host_vsock` tests of this crate, which need
 //!   the `vsock_loopback` module), print its output and
@@ -32,18 +37,20 @@
 //! after success; after a failure, a write to QEMU's `isa-debug-exit` port
 //! so that QEMU's exit status says so.
 
+use std::collections::BTreeMap;
 use std::fs;
-use std::io;
+use std::io::{self, Read, Write};
 use std::os::fd::AsRawFd;
 use std::process::{Command, ExitCode};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use comm::Protocol;
-use comm::service::{
-    GuestInfo, HOST_PORT, Request, Response, SERVICE_PORT, ServiceError, ServiceVm,
-};
-use vsock_transport::host_vsock::{self, CID_HOST, Listener, VsockHostStream};
-use vsock_transport::rpc::{self, Ended, Handler, ServeConfig, Then};
+use comm::service::{GuestInfo, HOST_PORT, SERVICE_PORT, ServiceVm};
+use vsock::{VsockListener, VsockStream};
+use vsock_transport::host_vsock::{self, CID_ANY, CID_HOST};
+use vsock_transport::rpc::many::{self, Endpoint, Event, ManyConfig, Recv};
+use vsock_transport::rpc::service::Service;
+use vsock_transport::rpc::{Budget, ServeConfig};
 use vsock_transport::{Error, Timeouts};
 
 /// What [`comm::service::GuestInfo::firmware`] says.
@@ -55,10 +62,10 @@ const TESTS_PROGRAM: &str = "/bin/vsock-tests";
 /// Modules to load as PID 1, one path a line.
 const MODULES_LIST: &str = "/etc/svmc-modules";
 
-/// How long closing the connection that carried the `PowerOff` answer may
-/// wait for the peer to acknowledge it (`SO_LINGER`), so that the answer
-/// is out of the VM before it powers off.
-const LINGER: Duration = Duration::from_secs(2);
+/// How long a closed connection waits for the peer to close its side too
+/// (so that our last answer, e.g. to `PowerOff`, is out of the VM) before
+/// it is reset.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 fn log(msg: std::fmt::Arguments<'_>) {
     eprintln!("svmc-linux-service: {msg}");
@@ -72,6 +79,8 @@ macro_rules! log {
 struct Config {
     host_port: u32,
     port: u32,
+    max_conns: usize,
+    idle_timeout_ms: u64,
     vsock_tests: bool,
 }
 
@@ -80,12 +89,20 @@ impl Config {
         let mut c = Self {
             host_port: HOST_PORT,
             port: SERVICE_PORT,
+            max_conns: 8,
+            idle_timeout_ms: 5000,
             vsock_tests: false,
         };
         for word in cmdline.split_whitespace() {
             match word.split_once('=') {
                 Some(("svmc.host_port", v)) => c.host_port = v.parse().unwrap_or(c.host_port),
                 Some(("svmc.port", v)) => c.port = v.parse().unwrap_or(c.port),
+                Some(("svmc.max_conns", v)) => {
+                    c.max_conns = v.parse().ok().filter(|&n| n >= 1).unwrap_or(c.max_conns)
+                }
+                Some(("svmc.idle_timeout_ms", v)) => {
+                    c.idle_timeout_ms = v.parse().unwrap_or(c.idle_timeout_ms)
+                }
                 Some(("svmc.mode", v)) => c.vsock_tests = v == "vsock-tests",
                 _ => {}
             }
@@ -94,36 +111,15 @@ impl Config {
     }
 }
 
-/// The service: reverse, info, power off.
-struct Service {
-    max_body: u32,
-    power_off: bool,
-}
-
-impl Handler<ServiceVm> for Service {
-    fn handle(&mut self, request: Request) -> (Response, Then) {
-        match request {
-            Request::Reverse(mut bytes) => {
-                bytes.reverse();
-                (Response::Reverse(bytes), Then::Continue)
-            }
-            Request::Info => (
-                Response::Info(GuestInfo {
-                    firmware: FIRMWARE.into(),
-                    firmware_version: env!("CARGO_PKG_VERSION").into(),
-                    protocol_version: ServiceVm::VERSION,
-                    arch: std::env::consts::ARCH.into(),
-                    max_body: self.max_body,
-                    heap: None,
-                }),
-                Then::Continue,
-            ),
-            Request::PowerOff => {
-                self.power_off = true;
-                (Response::PowerOff, Then::Stop)
-            }
-            _ => (Response::Err(ServiceError::Unsupported), Then::Continue),
-        }
+/// What `Info` answers.
+fn info(max_body: u32) -> GuestInfo {
+    GuestInfo {
+        firmware: FIRMWARE.into(),
+        firmware_version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: ServiceVm::VERSION,
+        arch: std::env::consts::ARCH.into(),
+        max_body,
+        heap: None,
     }
 }
 
@@ -199,69 +195,279 @@ fn load_module(path: &str) -> io::Result<()> {
 
 /// Serves until a `PowerOff` request (`Ok`), or fails.
 fn serve(config: &Config) -> vsock_transport::Result<()> {
-    // Requests may take as long as the host likes between frames, and the
-    // service waits for connections for ever; a stuck peer cannot hold a
-    // write or the HELLO exchange for ever.
-    let timeouts = Timeouts {
-        accept: None,
-        read: None,
-        ..Timeouts::uniform(Duration::from_secs(30))
-    };
-    let mut service = Service {
-        max_body: ServeConfig::default().max_body,
-        power_off: false,
-    };
+    let max_body = ServeConfig::default().max_body;
     // Listen first: a host may connect as soon as it sees us.
-    let listener = Listener::bind(config.port, Some(CID_HOST), timeouts)?;
-    match host_vsock::connect(CID_HOST, config.host_port, &timeouts) {
+    let mut endpoint = LinuxEndpoint::bind(config.port)?;
+    let timeouts = Timeouts::uniform(Duration::from_secs(30));
+    let boot = match host_vsock::connect(CID_HOST, config.host_port, &timeouts) {
         Ok(conn) => {
             log!("connected to host port {}", config.host_port);
-            if serve_one(conn, &mut service) {
-                return Ok(());
-            }
+            Some(endpoint.add(conn.into_inner())?)
         }
-        Err(e @ (Error::Refused { .. } | Error::Timeout(_))) => log!(
-            "host port {}: {e}; waiting for the host to connect",
-            config.host_port
-        ),
+        Err(e @ (Error::Refused { .. } | Error::Timeout(_))) => {
+            log!(
+                "host port {}: {e}; waiting for the host to connect",
+                config.host_port
+            );
+            None
+        }
         Err(e) => return Err(e),
+    };
+    log!(
+        "listening on port {}, up to {} connections at once",
+        config.port,
+        config.max_conns
+    );
+    let many_config = ManyConfig {
+        serve: ServeConfig { max_body },
+        max_conns: config.max_conns,
+        idle_timeout_us: config.idle_timeout_ms.saturating_mul(1000),
+        // The kernel's allocator reports failure for us.
+        budget: Budget::unlimited(),
+    };
+    let mut service = Service::new(|| info(max_body));
+    many::serve_many::<ServiceVm, _, _>(
+        &mut endpoint,
+        boot,
+        &mut service,
+        &many_config,
+        |e| match e {
+            Event::Busy(id) => log!("connection {id}: over the limit, refused as busy"),
+            Event::Dropped(id) => log!("connection {id}: over the limit, reset"),
+            Event::Evicted(id) => log!("connection {id}: idle, closed for a new one"),
+            Event::Ended(id, Err(e)) => log!("connection {id} ended with an error: {e}"),
+            Event::Accepted(_) | Event::Ended(_, Ok(_)) => {}
+        },
+    )
+}
+
+/// A connection's handle in [`LinuxEndpoint`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct ConnId(u32);
+
+impl std::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "#{}", self.0)
     }
-    log!("listening on port {}", config.port);
-    loop {
-        match listener.accept() {
-            Ok(conn) => {
-                if serve_one(conn, &mut service) {
-                    return Ok(());
+}
+
+struct Conn {
+    stream: VsockStream,
+    /// The last read found nothing: wait for `POLLIN`. (A connection whose
+    /// server takes no input now, e.g. while its answers wait, is not
+    /// polled for input, so `poll(2)` does not wake for it in a loop.)
+    want_read: bool,
+    /// The last write was short: wait for `POLLOUT` too.
+    want_write: bool,
+}
+
+/// Non-blocking AF_VSOCK connections for [`many::serve_many`]: a
+/// listener, the served connections, and the closed ones that wait
+/// (bounded) for the peer's end of the stream; [`Endpoint::idle`] sleeps in
+/// `poll(2)` until one of them is ready.
+struct LinuxEndpoint {
+    listener: VsockListener,
+    conns: BTreeMap<ConnId, Conn>,
+    closing: BTreeMap<ConnId, (VsockStream, Instant)>,
+    next: u32,
+    start: Instant,
+}
+
+/// How long [`Endpoint::idle`] sleeps at most.
+const IDLE_POLL_MS: i32 = 100;
+
+fn io_err(what: &str, e: io::Error) -> Error {
+    Error::io(what.to_string(), e)
+}
+
+impl LinuxEndpoint {
+    fn bind(port: u32) -> vsock_transport::Result<Self> {
+        let what = format!("listening on vsock port {port}");
+        let listener =
+            VsockListener::bind_with_cid_port(CID_ANY, port).map_err(|e| io_err(&what, e))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| io_err(&what, e))?;
+        Ok(Self {
+            listener,
+            conns: BTreeMap::new(),
+            closing: BTreeMap::new(),
+            next: 0,
+            start: Instant::now(),
+        })
+    }
+
+    fn add(&mut self, stream: VsockStream) -> vsock_transport::Result<ConnId> {
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| io_err("making a connection non-blocking", e))?;
+        let id = ConnId(self.next);
+        self.next += 1;
+        self.conns.insert(
+            id,
+            Conn {
+                stream,
+                want_read: true,
+                want_write: false,
+            },
+        );
+        Ok(id)
+    }
+}
+
+impl Endpoint for LinuxEndpoint {
+    type Id = ConnId;
+
+    fn poll(&mut self) -> vsock_transport::Result<bool> {
+        // No device: readiness is waited for in `idle`.
+        Ok(false)
+    }
+
+    fn accept(&mut self) -> Option<ConnId> {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, addr)) if addr.cid() == CID_HOST => match self.add(stream) {
+                    Ok(id) => return Some(id),
+                    Err(e) => log!("accepting: {e}"),
+                },
+                Ok((_, addr)) => log!("refused a connection from CID {}", addr.cid()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log!("accepting: {e}");
+                    return None;
                 }
             }
-            Err(e @ Error::UnexpectedPeer { .. }) => log!("refused a connection: {e}"),
-            Err(e) => return Err(e),
         }
     }
-}
 
-/// Serves one connection; `true` if it ended with a `PowerOff` request.
-fn serve_one(mut conn: VsockHostStream, service: &mut Service) -> bool {
-    let config = ServeConfig {
-        max_body: service.max_body,
-    };
-    match rpc::serve::<ServiceVm, _, _>(&mut conn, service, config) {
-        Ok(Ended::Stopped) if service.power_off => {
-            // Close with SO_LINGER: waits until the peer has seen the end
-            // of the stream, i.e. the answer has left the VM.
-            if let Err(e) = set_linger(&conn, LINGER) {
+    fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> vsock_transport::Result<Recv> {
+        let c = self.conns.get_mut(&id).ok_or(Error::ShutDown)?;
+        match c.stream.read(buf) {
+            Ok(0) => Ok(Recv::Eof),
+            Ok(n) => Ok(Recv::Data(n)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                c.want_read = true;
+                Ok(Recv::Empty)
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(Error::Reset),
+            Err(e) => Err(io_err("reading", e)),
+        }
+    }
+
+    fn send_some(&mut self, id: ConnId, buf: &[u8]) -> vsock_transport::Result<usize> {
+        let c = self.conns.get_mut(&id).ok_or(Error::ShutDown)?;
+        match c.stream.write(buf) {
+            Ok(n) => {
+                c.want_write = n < buf.len();
+                Ok(n)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) =>
+            {
+                c.want_write = true;
+                Ok(0)
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Err(Error::Reset)
+            }
+            Err(e) => Err(io_err("writing", e)),
+        }
+    }
+
+    fn close(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            // Our end of the stream; whatever was written still goes out.
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+            self.closing.insert(id, (c.stream, Instant::now()));
+        }
+    }
+
+    fn reset(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            // SO_LINGER 0: the close resets the connection at once.
+            if let Err(e) = set_linger(&c.stream, Duration::ZERO) {
                 log!("SO_LINGER: {e}");
             }
-            drop(conn);
-            return true;
         }
-        Ok(_) => {}
-        Err(e) => log!("connection ended with an error: {e}"),
+        self.closing.remove(&id);
     }
-    false
+
+    fn exists(&self, id: ConnId) -> bool {
+        self.conns.contains_key(&id) || self.closing.contains_key(&id)
+    }
+
+    fn tick(&mut self) {
+        let mut sink = [0u8; 4096];
+        self.closing.retain(|_, (stream, since)| {
+            if since.elapsed() >= CLOSE_WAIT {
+                return false;
+            }
+            // Drop what the peer still sends; its end of the stream (or an
+            // error) means it is done.
+            loop {
+                match stream.read(&mut sink) {
+                    Ok(0) => return false,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return false,
+                }
+            }
+        });
+    }
+
+    fn now_us(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn idle(&mut self) {
+        let mut fds = vec![libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        for c in self.conns.values_mut() {
+            let mut events = 0;
+            if std::mem::take(&mut c.want_read) {
+                events |= libc::POLLIN;
+            }
+            if c.want_write {
+                events |= libc::POLLOUT;
+            }
+            fds.push(libc::pollfd {
+                fd: c.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+        }
+        for (stream, _) in self.closing.values() {
+            fds.push(libc::pollfd {
+                fd: stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs that
+        // poll(2) only reads and writes within.
+        let _ = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, IDLE_POLL_MS) };
+    }
 }
 
-fn set_linger(conn: &VsockHostStream, t: Duration) -> io::Result<()> {
+fn set_linger(conn: &VsockStream, t: Duration) -> io::Result<()> {
     let linger = libc::linger {
         l_onoff: 1,
         l_linger: t.as_secs() as libc::c_int,
@@ -270,7 +476,7 @@ fn set_linger(conn: &VsockHostStream, t: Duration) -> io::Result<()> {
     // the call, with its exact size.
     let r = unsafe {
         libc::setsockopt(
-            conn.get_ref().as_raw_fd(),
+            conn.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_LINGER,
             (&raw const linger).cast(),

@@ -1,5 +1,6 @@
-//! Guest backend: [`Connection`] over virtio-drivers' `VsockConnectionManager`
-//! (`no_std`), for any virtio [`Hal`] and [`Transport`].
+//! Guest backend: many connections over virtio-drivers' `VirtIOSocket`
+//! (`no_std`), for any virtio [`Hal`] and [`Transport`], served by one
+//! event loop.
 //!
 //! # A short primer on virtio-vsock streams
 //!
@@ -20,37 +21,48 @@
 //! peer_free = peer_buf_alloc - (tx_cnt - peer_fwd_cnt)      (all u32, wrapping)
 //! ```
 //!
-//! Two consequences shape this module:
+//! Two consequences shape this module (the arithmetic is in `credit`,
+//! pure functions with their own tests):
 //!
 //! - **Sending.** virtio-drivers' `send()` never splits a buffer: unless the
 //!   whole buffer fits `peer_free` it fails with
 //!   `InsufficientBufferSpaceInPeer` (and asks the peer for a credit
-//!   update). [`GuestConnection::send`] therefore cuts writes into chunks of
-//!   at most `peer_free` bytes (tracked here from the events it sees) and at
-//!   most [`MAX_PACKET`], and on that error polls the device and retries.
+//!   update). [`GuestVsock::send_some`] therefore cuts writes into chunks
+//!   of at most `peer_free` bytes (tracked here from the events it sees)
+//!   and at most [`MAX_PACKET`], and returns what it could send *now*: it
+//!   never waits for credit, so a peer that does not read cannot hold the
+//!   event loop.
 //! - **Receiving.** The peer learns our `fwd_cnt` only from packets we send.
 //!   virtio-drivers' `recv()` sends none, so a receiver that only reads
 //!   would stall the sender once the buffer's worth is consumed (AOSP bug
-//!   b/292080257). [`GuestConnection::recv`] sends a credit update after
+//!   b/292080257). [`GuestVsock::recv`] sends a credit update after
 //!   consuming data, at the latest when a quarter of the buffer has been
 //!   consumed unannounced; so the sender always sees at least three
 //!   quarters of the buffer free once we have drained it.
 //!
-//! Our own buffer is the manager's per-connection ring, and the `buf_alloc`
-//! we advertise is exactly its size ([`CONNECTION_BUFFER_SIZE`] unless set
+//! Our own buffer is a per-connection ring, and the `buf_alloc` we
+//! advertise is exactly its limit ([`CONNECTION_BUFFER_SIZE`] unless set
 //! otherwise), so a peer that honours credit can never overflow it (which
-//! would lose data: `poll()` fails with `OutputBufferTooShort`).
+//! would lose data: such a peer is reset).
 //!
-//! # Connections in sequence
+//! # Many connections, one loop
 //!
-//! [`GuestVsock`] owns the device. It is polled only through
-//! [`GuestVsock::poll`], which records every event: a connection request on
-//! a listening port (the manager accepts it at once) goes into a backlog
-//! that [`GuestVsock::accept`] hands out in order; data for any connection
-//! waits in the manager's ring; a close is remembered per connection. So
-//! events for other connections that arrive while one is served are never
-//! lost. A [`GuestConnection`] borrows the [`GuestVsock`] mutably: one
-//! connection is served at a time.
+//! [`GuestVsock`] owns the device and a table of connections, each named
+//! by a [`ConnId`] handle. Nothing here blocks except [`GuestVsock::connect`]
+//! (bounded) and the [`Stream`] adapter: the caller's loop calls
+//! [`GuestVsock::poll`] (one device event: a connection request on a
+//! listening port, accepted at once, goes into a backlog that
+//! [`GuestVsock::accept`] hands out; data waits in the ring of its
+//! connection; a close is remembered), then [`GuestVsock::recv`] and
+//! [`GuestVsock::send_some`] on any connection, without waiting, and
+//! [`GuestVsock::tick`] to end shutdowns whose peer never answered. At most
+//! [`GuestVsock::set_max_pending`] accepted connections wait in the backlog;
+//! beyond that a new one is reset at once, so a flood of connection
+//! requests cannot exhaust the heap with per-connection rings.
+//!
+//! [`Stream`] is a blocking [`Connection`] over one connection of the table
+//! (the echo mode and the hostile test firmware use it: one connection at
+//! a time, the others wait in the backlog).
 //!
 //! # Bounded waits
 //!
@@ -60,6 +72,16 @@
 //! peer's `RST` after our `SHUTDOWN`. Both are bounded by [`Limits`],
 //! measured with the clock given to [`GuestVsock::set_clock`]; without one,
 //! a microsecond is counted per poll of the device.
+//!
+//! vhost-device-vsock 0.3.0 reports a failed read of the host's socket as
+//! a packet with operation 0, which virtio-drivers rejects without saying
+//! which connection it was for. [`GuestVsock::poll`] then sends a credit
+//! update on every connection: the daemon re-arms its read of each host
+//! socket, the failed one now reads as closed, and its `SHUTDOWN` arrives.
+//! [`GuestVsock::tick`] also probes every peer silent for [`PROBE_US`] the
+//! same way, for the cases where the daemon lost track of a host socket
+//! without a word. (Closing connections that stay silent anyway is a
+//! policy of the server above this layer.)
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -68,11 +90,14 @@ use core::hint::spin_loop;
 use log::{debug, trace, warn};
 use virtio_drivers::Hal;
 use virtio_drivers::device::socket::{
-    DisconnectReason, SocketError, VirtIOSocket, VsockAddr, VsockConnectionManager, VsockEvent,
+    ConnectionInfo, DisconnectReason, SocketError, VirtIOSocket, VsockAddr, VsockEvent,
     VsockEventType,
 };
 use virtio_drivers::transport::Transport;
 
+use crate::credit::Credit;
+use crate::rpc::many::Endpoint;
+pub use crate::rpc::many::Recv;
 use crate::{Connection, Error, Result, Step};
 
 /// Size of each buffer in the device's RX virtqueue: the largest packet the
@@ -83,12 +108,26 @@ use crate::{Connection, Error, Result, Step};
 /// The queue holds 8 of them: 512 KiB of heap.
 pub const RX_BUFFER_SIZE: usize = 64 * 1024;
 
+/// Heap the device's RX virtqueue holds (8 buffers, virtio-drivers'
+/// `QUEUE_SIZE`), for the caller's heap budget.
+pub const RX_QUEUE_BYTES: usize = 8 * RX_BUFFER_SIZE;
+
 /// Default per-connection receive buffer (the `buf_alloc` we advertise).
 pub const CONNECTION_BUFFER_SIZE: u32 = 256 * 1024;
 
 /// Largest `RW` packet body we send: Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`
 /// (64 KiB), which device back-ends also assume.
-pub const MAX_PACKET: usize = 64 * 1024;
+pub const MAX_PACKET: usize = crate::credit::MAX_PACKET;
+
+/// A connected peer silent for this long gets a credit update (at most
+/// one per this period): vhost-device-vsock 0.3.0 can lose track of a host
+/// socket that closed (see the module docs), and a credit update makes it
+/// look again, so the connection's `SHUTDOWN` arrives within about this
+/// time instead of never.
+pub const PROBE_US: u64 = 1_000_000;
+
+/// Default of [`GuestVsock::set_max_pending`].
+pub const DEFAULT_MAX_PENDING: usize = 4;
 
 /// Bounds on the waits that have no natural end, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,38 +135,24 @@ pub struct Limits {
     /// How long [`GuestVsock::connect`] waits for `RESPONSE` or `RST`
     /// before it gives up with [`Error::Timeout`]`(`[`Step::Connect`]`)`.
     pub connect_us: u64,
-    /// How long [`GuestConnection::shutdown`] waits for the peer's `RST`
-    /// before it resets the connection itself.
+    /// How long a connection closed with [`GuestVsock::close`] waits for
+    /// the peer's `RST` before [`GuestVsock::tick`] resets it.
     pub shutdown_us: u64,
-    /// How long a connection may go without receiving anything while
-    /// another connection waits to be served, before it is reset and
-    /// reported closed. Connections are served one at a time, and
-    /// vhost-device-vsock 0.3.0 does not tell the guest when the host side of
-    /// a connection fails (it sends a packet with operation 0, which
-    /// virtio-drivers rejects without saying which connection it was for,
-    /// instead of `RST`), so without this a dead connection would block every
-    /// later one forever.
-    pub idle_yield_us: u64,
 }
 
 impl Default for Limits {
     /// 200 ms to connect (the host answers within a few milliseconds even
-    /// under emulation), 100 ms for the shutdown handshake, 2 s of silence
-    /// before an idle connection yields to a waiting one.
+    /// under emulation), 100 ms for the shutdown handshake.
     fn default() -> Self {
         Self {
             connect_us: 200_000,
             shutdown_us: 100_000,
-            idle_yield_us: 2_000_000,
         }
     }
 }
 
 /// A monotonic clock in microseconds (any origin).
 pub type Clock = fn() -> u64;
-
-/// The connection manager as configured here.
-pub type Manager<H, T> = VsockConnectionManager<H, T, RX_BUFFER_SIZE>;
 
 /// The host's CID.
 pub const HOST_CID: u64 = 2;
@@ -138,6 +163,17 @@ fn virtio(e: impl Into<virtio_drivers::Error>) -> Error {
 
 fn is_socket_error(e: &virtio_drivers::Error, want: SocketError) -> bool {
     matches!(e, virtio_drivers::Error::SocketDeviceError(s) if *s == want)
+}
+
+/// A handle on one connection of a [`GuestVsock`]. Handles are never
+/// reused, so a stale one names no connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(u32);
+
+impl core::fmt::Display for ConnId {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "#{}", self.0)
+    }
 }
 
 /// A connection's name on our side: the peer's address and our port.
@@ -153,52 +189,56 @@ enum Phase {
     Connecting,
     /// Data may flow.
     Connected,
-    /// The peer sent `SHUTDOWN` or `RST`.
+    /// The peer sent `SHUTDOWN` (it sends nothing more; we may still send
+    /// until we close) or `RST` (gone).
     PeerClosed(DisconnectReason),
+    /// We sent `SHUTDOWN` at this time and wait for the peer's `RST`.
+    Closing(u64),
 }
 
-/// What we track per connection, beside the manager's own state.
+/// What we track per connection: the driver's header state, ours, and the
+/// receive ring.
 #[derive(Debug)]
 struct ConnState {
-    key: Key,
+    id: ConnId,
+    /// The driver's view: addresses, our `buf_alloc` and `fwd_cnt`, the
+    /// peer's credit.
+    info: ConnectionInfo,
     phase: Phase,
-    /// The peer's last `buf_alloc`.
-    peer_buf_alloc: u32,
-    /// The peer's last `fwd_cnt`.
-    peer_fwd_cnt: u32,
-    /// Body bytes we have sent.
-    tx_cnt: u32,
-    /// Body bytes consumed since our `fwd_cnt` last went to the peer.
-    unannounced: u32,
+    credit: Credit,
+    /// Received bytes not yet read; never more than our `buf_alloc`.
+    rx: VecDeque<u8>,
+    /// The peer sent more than our buffer holds (it ignored our credit):
+    /// the data is lost, so the connection is reset.
+    overrun: bool,
+    /// When we last heard from the peer or probed it ([`PROBE_US`]).
+    last_seen: u64,
 }
 
 impl ConnState {
-    fn new(key: Key, phase: Phase) -> Self {
-        Self {
-            key,
-            phase,
-            peer_buf_alloc: 0,
-            peer_fwd_cnt: 0,
-            tx_cnt: 0,
-            unannounced: 0,
+    fn key(&self) -> Key {
+        Key {
+            peer: self.info.dst,
+            local_port: self.info.src_port,
         }
-    }
-
-    /// `peer_buf_alloc - (tx_cnt - peer_fwd_cnt)`, as far as we have seen.
-    /// It can only be lower than the driver's own figure (it sees a few
-    /// events we do not), never higher.
-    fn peer_free(&self) -> u32 {
-        self.peer_buf_alloc
-            .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
     }
 }
 
 /// The guest's vsock device: listening ports, a backlog of accepted
-/// connections, and outgoing connections.
+/// connections, and the table of open connections.
+///
+/// It drives virtio-drivers' `VirtIOSocket` directly rather than through
+/// its `VsockConnectionManager`: the manager resets a connection as soon as
+/// the peer's `SHUTDOWN` has been read to the end, so a server could not
+/// send the answers to requests that came just before a half-close; here
+/// a connection lasts until we close it.
 pub struct GuestVsock<H: Hal, T: Transport> {
-    manager: Manager<H, T>,
+    driver: VirtIOSocket<H, T, RX_BUFFER_SIZE>,
+    listening: Vec<u32>,
     conns: Vec<ConnState>,
-    backlog: VecDeque<Key>,
+    backlog: VecDeque<ConnId>,
+    max_pending: usize,
+    next_id: u32,
     buffer_size: u32,
     limits: Limits,
     clock: Option<Clock>,
@@ -220,9 +260,12 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         let buffer_size = buffer_size.max(RX_BUFFER_SIZE as u32);
         let driver = VirtIOSocket::<H, T, RX_BUFFER_SIZE>::new(transport).map_err(virtio)?;
         Ok(Self {
-            manager: VsockConnectionManager::new_with_capacity(driver, buffer_size),
+            driver,
+            listening: Vec::new(),
             conns: Vec::new(),
             backlog: VecDeque::new(),
+            max_pending: DEFAULT_MAX_PENDING,
+            next_id: 0,
             buffer_size,
             limits: Limits::default(),
             clock: None,
@@ -240,14 +283,20 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         self.clock = Some(clock);
     }
 
+    /// At most `n` (at least 1) accepted connections wait in the backlog;
+    /// a connection request beyond that is reset as soon as it arrives.
+    pub fn set_max_pending(&mut self, n: usize) {
+        self.max_pending = n.max(1);
+    }
+
     /// Microseconds by the clock, or polls without one.
-    fn now(&self) -> u64 {
+    pub fn now(&self) -> u64 {
         self.clock.map_or(self.polls, |clock| clock())
     }
 
     /// The CID the device was given.
     pub fn guest_cid(&self) -> u64 {
-        self.manager.guest_cid()
+        self.driver.guest_cid()
     }
 
     /// Per-connection receive buffer size (the `buf_alloc` we advertise).
@@ -255,64 +304,72 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         self.buffer_size
     }
 
+    /// Connections in the table: served, waiting in the backlog, or
+    /// closing. Each holds a receive ring of up to
+    /// [`GuestVsock::buffer_size`] bytes.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
     /// Accepts connections on `port` from now on. They queue up until
     /// [`GuestVsock::accept`] takes them.
     pub fn listen(&mut self, port: u32) {
-        self.manager.listen(port);
+        if !self.listening.contains(&port) {
+            self.listening.push(port);
+        }
     }
 
-    /// Connects from our `local_port` to `peer` and waits for the answer.
-    /// A `RST` answer (nobody listens there) is [`Error::Refused`]; no
-    /// answer within [`Limits::connect_us`] is
-    /// [`Error::Timeout`]`(`[`Step::Connect`]`)`, and the request is reset.
-    pub fn connect(
-        &mut self,
-        peer: VsockAddr,
-        local_port: u32,
-    ) -> Result<GuestConnection<'_, H, T>> {
+    /// Connects from our `local_port` to `peer` and waits for the answer
+    /// (events for other connections are recorded meanwhile). A `RST`
+    /// answer (nobody listens there) is [`Error::Refused`]; no answer within
+    /// [`Limits::connect_us`] is [`Error::Timeout`]`(`[`Step::Connect`]`)`,
+    /// and the request is reset.
+    pub fn connect(&mut self, peer: VsockAddr, local_port: u32) -> Result<ConnId> {
         let key = Key { peer, local_port };
-        if self.state(key).is_some() {
+        if self.conns.iter().any(|s| s.key() == key) {
             return Err(virtio(SocketError::ConnectionExists));
         }
-        self.manager.connect(peer, local_port).map_err(virtio)?;
-        self.conns.push(ConnState::new(key, Phase::Connecting));
+        let info = self.new_info(key);
+        self.driver.connect(&info).map_err(virtio)?;
+        let id = self.insert(info, Phase::Connecting);
         let start = self.now();
         loop {
-            match self.state(key).map(|s| s.phase) {
+            match self.state(id).map(|s| s.phase) {
                 Some(Phase::Connected) => break,
                 Some(Phase::Connecting) if self.now() - start >= self.limits.connect_us => {
-                    let r = self.manager.force_close(peer, local_port);
-                    self.forget(key);
-                    r.map_err(virtio)?;
+                    self.finish(id, true);
                     return Err(Error::Timeout(Step::Connect));
                 }
                 Some(Phase::Connecting) => self.poll_or_spin()?,
-                Some(Phase::PeerClosed(_)) | None => {
-                    self.forget(key);
+                Some(_) | None => {
+                    self.finish(id, false);
                     return Err(Error::Refused { port: peer.port });
                 }
             }
         }
         debug!(
-            "vsock: connected to {}:{} from port {local_port}",
+            "vsock {id}: connected to {}:{} from port {local_port}",
             peer.cid, peer.port
         );
-        Ok(GuestConnection::new(self, key))
+        Ok(id)
     }
 
-    /// Waits for the next connection on a listening port. Connections that
-    /// arrived earlier (also while another one was served) come first.
-    pub fn accept(&mut self) -> Result<GuestConnection<'_, H, T>> {
-        loop {
-            if let Some(key) = self.backlog.pop_front() {
-                debug!(
-                    "vsock: accepted {}:{} on port {}",
-                    key.peer.cid, key.peer.port, key.local_port
-                );
-                return Ok(GuestConnection::new(self, key));
-            }
-            self.poll_or_spin()?;
+    /// The next connection accepted on a listening port, if one waits
+    /// (connections come in the order they arrived). Does not poll.
+    pub fn accept(&mut self) -> Option<ConnId> {
+        let id = self.backlog.pop_front()?;
+        if let Some(s) = self.state(id) {
+            debug!(
+                "vsock {id}: accepted {}:{} on port {}",
+                s.info.dst.cid, s.info.dst.port, s.info.src_port
+            );
         }
+        Some(id)
     }
 
     /// Connections accepted by the device and not yet handed out by
@@ -321,26 +378,73 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         self.backlog.len()
     }
 
+    /// The peer's address of connection `id`.
+    pub fn peer(&self, id: ConnId) -> Option<VsockAddr> {
+        self.conns.iter().find(|s| s.id == id).map(|s| s.info.dst)
+    }
+
+    /// Whether `id` is in the table and not being closed by us.
+    pub fn is_open(&self, id: ConnId) -> bool {
+        self.conns
+            .iter()
+            .any(|s| s.id == id && !matches!(s.phase, Phase::Closing(_)))
+    }
+
+    /// Whether `id` is still in the table (open or closing).
+    pub fn exists(&self, id: ConnId) -> bool {
+        self.conns.iter().any(|s| s.id == id)
+    }
+
     /// Processes at most one event from the device; `Ok(false)` if there
-    /// was none. Every blocking operation here polls through this, so no
-    /// event is lost whichever connection it belongs to.
+    /// was none.
     ///
     /// A malformed packet (bad header or length, unknown operation) is
     /// dropped with a warning: it concerns that packet only, and the driver
     /// has recycled its buffer. Other device errors are returned.
     pub fn poll(&mut self) -> Result<bool> {
         self.polls += 1;
-        match self.manager.poll() {
+        let now = self.now();
+        let guest_cid = self.driver.guest_cid();
+        let conns = &mut self.conns;
+        let cap = self.buffer_size as usize;
+        let result = self.driver.poll(|event, body| {
+            if event.destination.cid == guest_cid
+                && let Some(c) = conns.iter_mut().find(|c| {
+                    c.info.dst == event.source && c.info.src_port == event.destination.port
+                })
+            {
+                c.info.update_for_event(&event);
+                c.last_seen = now;
+                c.credit.peer_status(
+                    event.buffer_status.buffer_allocation,
+                    event.buffer_status.forward_count,
+                );
+                if let VsockEventType::Received { .. } = event.event_type {
+                    if c.rx.len() + body.len() > cap {
+                        c.overrun = true;
+                    } else {
+                        c.rx.extend(body);
+                    }
+                }
+            }
+            Ok(Some(event))
+        });
+        match result {
             Ok(Some(event)) => {
-                self.record(&event);
+                self.record(&event, guest_cid);
                 Ok(true)
             }
             Ok(None) => Ok(false),
+            Err(virtio_drivers::Error::SocketDeviceError(SocketError::InvalidOperation)) => {
+                // Operation 0: vhost-device-vsock's report of a failed read
+                // of some host socket, with the header zeroed.
+                self.probe_all();
+                Ok(true)
+            }
             Err(virtio_drivers::Error::SocketDeviceError(
                 e @ (SocketError::BufferTooShort
                 | SocketError::InvalidNumber
                 | SocketError::UnknownOperation(_)
-                | SocketError::InvalidOperation
                 | SocketError::UnexpectedDataInPacket),
             )) => {
                 warn!("vsock: dropped a malformed packet: {e}");
@@ -350,140 +454,370 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         }
     }
 
-    fn poll_or_spin(&mut self) -> Result<()> {
+    /// After a packet with operation 0 (see the module docs): a credit
+    /// update on every connected connection. vhost-device-vsock re-arms its
+    /// read of the host's socket on a credit update, and the second read of
+    /// a socket that failed returns the end of the stream, which it reports
+    /// as `SHUTDOWN`: so the connection that the zeroed packet was about
+    /// learns that it is closed, instead of staying silent for ever. For the
+    /// others it is a harmless repetition of our credit.
+    fn probe_all(&mut self) {
+        warn!(
+            "vsock: a packet with operation 0 (a failed host socket, connection unknown); \
+             probing {} connections",
+            self.conns.len()
+        );
+        for s in &self.conns {
+            if s.phase == Phase::Connected {
+                let _ = self.driver.credit_update(&s.info);
+            }
+        }
+    }
+
+    /// [`GuestVsock::poll`], and a spin-loop hint if there was nothing.
+    pub fn poll_or_spin(&mut self) -> Result<()> {
         if !self.poll()? {
             spin_loop();
         }
         Ok(())
     }
 
-    fn record(&mut self, event: &VsockEvent) {
+    fn record(&mut self, event: &VsockEvent, guest_cid: u64) {
         trace!("vsock: {event:?}");
+        if event.destination.cid != guest_cid {
+            return;
+        }
         let key = Key {
             peer: event.source,
             local_port: event.destination.port,
         };
+        let found = self.conns.iter().position(|s| s.key() == key);
         if event.event_type == VsockEventType::ConnectionRequest {
-            // The manager only passes requests for listening ports on, and
-            // has accepted them already.
-            self.forget(key);
-            let mut state = ConnState::new(key, Phase::Connected);
-            state.peer_buf_alloc = event.buffer_status.buffer_allocation;
-            state.peer_fwd_cnt = event.buffer_status.forward_count;
-            self.conns.push(state);
-            self.backlog.push_back(key);
+            // A request for a connection we still know is a new
+            // connection: the old one is gone.
+            if let Some(i) = found {
+                let old = self.conns[i].id;
+                self.forget(old);
+            }
+            let mut info = self.new_info(key);
+            info.update_for_event(event);
+            if !self.listening.contains(&key.local_port) {
+                let _ = self.driver.force_close(&info);
+                return;
+            }
+            if self.backlog.len() >= self.max_pending {
+                warn!(
+                    "vsock: {} connections already wait to be served; resetting {}:{}",
+                    self.backlog.len(),
+                    key.peer.cid,
+                    key.peer.port
+                );
+                let _ = self.driver.force_close(&info);
+                return;
+            }
+            if let Err(e) = self.driver.accept(&info) {
+                warn!("vsock: accepting {}:{}: {e}", key.peer.cid, key.peer.port);
+                return;
+            }
+            let id = self.insert(info, Phase::Connected);
+            if let Some(s) = self.state(id) {
+                s.credit.peer_status(
+                    event.buffer_status.buffer_allocation,
+                    event.buffer_status.forward_count,
+                );
+            }
+            self.backlog.push_back(id);
             return;
         }
-        let Some(state) = self.state(key) else {
+        let Some(i) = found else {
             return;
         };
-        state.peer_buf_alloc = event.buffer_status.buffer_allocation;
-        state.peer_fwd_cnt = event.buffer_status.forward_count;
+        let state = &mut self.conns[i];
+        let id = state.id;
+        if state.overrun {
+            warn!("vsock {id}: the peer sent more than our credit allowed; resetting");
+            self.finish(id, true);
+            return;
+        }
         match event.event_type {
             VsockEventType::Connected if state.phase == Phase::Connecting => {
                 state.phase = Phase::Connected;
             }
-            VsockEventType::Disconnected { reason } => state.phase = Phase::PeerClosed(reason),
+            VsockEventType::Disconnected { reason } => match state.phase {
+                // The answer to our SHUTDOWN (or the peer's own): done.
+                Phase::Closing(_) => self.finish(id, reason == DisconnectReason::Shutdown),
+                _ => state.phase = Phase::PeerClosed(reason),
+            },
+            VsockEventType::CreditRequest => {
+                if let Err(e) = self.driver.credit_update(&state.info) {
+                    warn!("vsock {id}: credit update: {e}");
+                }
+            }
             _ => {}
         }
     }
 
-    fn state(&mut self, key: Key) -> Option<&mut ConnState> {
-        find(&mut self.conns, key)
+    /// Reads what connection `id` has buffered into `buf`, without waiting,
+    /// and tells the peer about the consumed bytes when due.
+    pub fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<Recv> {
+        let state = find(&mut self.conns, id).ok_or(Error::ShutDown)?;
+        match state.phase {
+            Phase::Closing(_) => return Err(Error::ShutDown),
+            Phase::Connecting => return Ok(Recv::Empty),
+            Phase::Connected | Phase::PeerClosed(_) => {}
+        }
+        if buf.is_empty() {
+            return Ok(Recv::Empty);
+        }
+        let n = {
+            let (a, b) = state.rx.as_slices();
+            let n1 = a.len().min(buf.len());
+            buf[..n1].copy_from_slice(&a[..n1]);
+            let n2 = b.len().min(buf.len() - n1);
+            buf[n1..n1 + n2].copy_from_slice(&b[..n2]);
+            n1 + n2
+        };
+        if n == 0 {
+            return Ok(match state.phase {
+                Phase::PeerClosed(_) => Recv::Eof,
+                _ => Recv::Empty,
+            });
+        }
+        state.rx.drain(..n);
+        state.info.done_forwarding(n);
+        if state.credit.consumed(n)
+            && state.phase == Phase::Connected
+            && let Err(e) = self.driver.credit_update(&state.info)
+        {
+            return Err(virtio(e));
+        }
+        Ok(Recv::Data(n))
     }
 
-    fn forget(&mut self, key: Key) {
-        self.conns.retain(|s| s.key != key);
+    /// Sends as much of `buf` on connection `id` as the peer's credit
+    /// allows now, in packets of at most [`MAX_PACKET`] bytes; returns how
+    /// many bytes went (possibly 0). Never waits: when the credit is used
+    /// up the driver has asked the peer for an update, and a later call
+    /// (after [`GuestVsock::poll`] has seen it) goes on. After the peer's
+    /// `SHUTDOWN` we may still send until we close (half-close).
+    pub fn send_some(&mut self, id: ConnId, buf: &[u8]) -> Result<usize> {
+        let state = find(&mut self.conns, id).ok_or(Error::ShutDown)?;
+        let mut sent = 0;
+        while sent < buf.len() {
+            match state.phase {
+                Phase::PeerClosed(DisconnectReason::Reset) => return Err(Error::Reset),
+                Phase::Closing(_) => return Err(Error::ShutDown),
+                Phase::Connecting => return Ok(0),
+                Phase::Connected | Phase::PeerClosed(DisconnectReason::Shutdown) => {}
+            }
+            let n = state.credit.next_chunk(buf.len() - sent);
+            match self.driver.send(&buf[sent..sent + n], &mut state.info) {
+                Ok(()) => {
+                    state.credit.sent(n);
+                    sent += n;
+                }
+                Err(e) if is_socket_error(&e, SocketError::InsufficientBufferSpaceInPeer) => break,
+                Err(e) => return Err(virtio(e)),
+            }
+        }
+        Ok(sent)
     }
-}
 
-fn find(conns: &mut [ConnState], key: Key) -> Option<&mut ConnState> {
-    conns.iter_mut().find(|s| s.key == key)
-}
+    /// Starts closing connection `id`: `SHUTDOWN` to a peer that has not
+    /// reset it (whose `RST` answer, or [`Limits::shutdown_us`] in
+    /// [`GuestVsock::tick`], ends it), or at once if the peer has reset it
+    /// already. Whatever the peer still sends is dropped.
+    pub fn close(&mut self, id: ConnId) -> Result<()> {
+        let now = self.now();
+        let Some(state) = find(&mut self.conns, id) else {
+            return Ok(());
+        };
+        match state.phase {
+            Phase::Connected | Phase::PeerClosed(DisconnectReason::Shutdown) => {
+                state.phase = Phase::Closing(now);
+                state.rx = VecDeque::new();
+                match self.driver.shutdown(&state.info) {
+                    Ok(()) => Ok(()),
+                    Err(e) => {
+                        self.finish(id, true);
+                        Err(virtio(e))
+                    }
+                }
+            }
+            Phase::Closing(_) => Ok(()),
+            Phase::Connecting => {
+                self.finish(id, true);
+                Ok(())
+            }
+            Phase::PeerClosed(DisconnectReason::Reset) => {
+                self.finish(id, false);
+                Ok(())
+            }
+        }
+    }
 
-/// One connection of a [`GuestVsock`], accepted or connected.
-///
-/// Dropping it without [`Connection::shutdown`] resets the connection.
-pub struct GuestConnection<'a, H: Hal, T: Transport> {
-    vsock: &'a mut GuestVsock<H, T>,
-    key: Key,
-    shut: bool,
-}
+    /// Resets connection `id` at once (`RST`) and forgets it.
+    pub fn reset(&mut self, id: ConnId) {
+        let rst = self
+            .conns
+            .iter()
+            .find(|s| s.id == id)
+            .is_some_and(|s| s.phase != Phase::PeerClosed(DisconnectReason::Reset));
+        self.finish(id, rst);
+    }
 
-impl<'a, H: Hal, T: Transport> GuestConnection<'a, H, T> {
-    fn new(vsock: &'a mut GuestVsock<H, T>, key: Key) -> Self {
-        Self {
-            vsock,
-            key,
+    /// Resets the connections whose peer has not answered our `SHUTDOWN`
+    /// within [`Limits::shutdown_us`], and probes connected peers silent
+    /// for [`PROBE_US`] with a credit update.
+    pub fn tick(&mut self) {
+        let now = self.now();
+        for s in &mut self.conns {
+            if s.phase == Phase::Connected && now.wrapping_sub(s.last_seen) >= PROBE_US {
+                s.last_seen = now;
+                if let Err(e) = self.driver.credit_update(&s.info) {
+                    warn!("vsock {}: probe: {e}", s.id);
+                }
+            }
+        }
+        let limit = self.limits.shutdown_us;
+        while let Some(s) = self
+            .conns
+            .iter()
+            .find(|s| matches!(s.phase, Phase::Closing(t) if now.wrapping_sub(t) >= limit))
+        {
+            warn!(
+                "vsock {}: no RST from {}:{} after shutdown; resetting",
+                s.id, s.info.dst.cid, s.info.dst.port
+            );
+            let id = s.id;
+            self.finish(id, true);
+        }
+    }
+
+    /// A blocking [`Connection`] over connection `id`.
+    pub fn stream(&mut self, id: ConnId) -> Stream<'_, H, T> {
+        Stream {
+            vsock: self,
+            id,
             shut: false,
         }
     }
 
-    /// The peer's address.
-    pub fn peer(&self) -> VsockAddr {
-        self.key.peer
+    fn new_info(&self, key: Key) -> ConnectionInfo {
+        let mut info = ConnectionInfo::new(key.peer, key.local_port);
+        info.buf_alloc = self.buffer_size;
+        info
     }
 
-    /// Our port.
-    pub fn local_port(&self) -> u32 {
-        self.key.local_port
+    fn insert(&mut self, info: ConnectionInfo, phase: Phase) -> ConnId {
+        let last_seen = self.now();
+        let id = ConnId(self.next_id);
+        self.next_id = self.next_id.wrapping_add(1);
+        self.conns.push(ConnState {
+            id,
+            info,
+            phase,
+            credit: Credit::new(self.buffer_size),
+            rx: VecDeque::new(),
+            overrun: false,
+            last_seen,
+        });
+        id
     }
 
-    fn phase(&mut self) -> Option<Phase> {
-        let key = self.key;
-        self.vsock.state(key).map(|s| s.phase)
+    /// Forgets connection `id`, first sending `RST` if `rst`.
+    fn finish(&mut self, id: ConnId, rst: bool) {
+        if rst
+            && let Some(s) = self.conns.iter().find(|s| s.id == id)
+            && let Err(e) = self.driver.force_close(&s.info)
+        {
+            warn!("vsock {id}: reset: {e}");
+        }
+        self.forget(id);
     }
 
-    /// Frees the manager's state (sending `RST` if it still had any) and ours.
-    fn close_now(&mut self) -> Result<()> {
-        let Key { peer, local_port } = self.key;
-        let r = match self.vsock.manager.force_close(peer, local_port) {
-            Err(e) if is_socket_error(&e, SocketError::NotConnected) => Ok(()),
-            r => r.map_err(virtio),
-        };
-        self.vsock.forget(self.key);
-        r
+    fn forget(&mut self, id: ConnId) {
+        self.conns.retain(|s| s.id != id);
+        self.backlog.retain(|&b| b != id);
+    }
+
+    fn state(&mut self, id: ConnId) -> Option<&mut ConnState> {
+        find(&mut self.conns, id)
     }
 }
 
-impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
+impl<H: Hal, T: Transport> Endpoint for GuestVsock<H, T> {
+    type Id = ConnId;
+
+    fn poll(&mut self) -> Result<bool> {
+        GuestVsock::poll(self)
+    }
+    fn accept(&mut self) -> Option<ConnId> {
+        GuestVsock::accept(self)
+    }
+    fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<Recv> {
+        GuestVsock::recv(self, id, buf)
+    }
+    fn send_some(&mut self, id: ConnId, buf: &[u8]) -> Result<usize> {
+        GuestVsock::send_some(self, id, buf)
+    }
+    fn close(&mut self, id: ConnId) {
+        if let Err(e) = GuestVsock::close(self, id) {
+            warn!("vsock {id}: shutdown: {e}");
+        }
+    }
+    fn reset(&mut self, id: ConnId) {
+        GuestVsock::reset(self, id)
+    }
+    fn exists(&self, id: ConnId) -> bool {
+        GuestVsock::exists(self, id)
+    }
+    fn tick(&mut self) {
+        GuestVsock::tick(self)
+    }
+    fn now_us(&self) -> u64 {
+        self.now()
+    }
+    fn idle(&mut self) {
+        spin_loop();
+    }
+}
+
+fn find(conns: &mut [ConnState], id: ConnId) -> Option<&mut ConnState> {
+    conns.iter_mut().find(|s| s.id == id)
+}
+
+/// One connection of a [`GuestVsock`] as a blocking [`Connection`]: every
+/// call polls the device (recording events for other connections) until it
+/// can go on. While it is used, no other connection is served.
+///
+/// Dropping it without [`Connection::shutdown`] resets the connection.
+pub struct Stream<'a, H: Hal, T: Transport> {
+    vsock: &'a mut GuestVsock<H, T>,
+    id: ConnId,
+    shut: bool,
+}
+
+impl<H: Hal, T: Transport> Stream<'_, H, T> {
+    /// The connection's handle.
+    pub fn id(&self) -> ConnId {
+        self.id
+    }
+}
+
+impl<H: Hal, T: Transport> Connection for Stream<'_, H, T> {
     fn send(&mut self, buf: &[u8]) -> Result<()> {
         if self.shut {
             return Err(Error::ShutDown);
         }
-        let Key { peer, local_port } = self.key;
         let mut rest = buf;
         while !rest.is_empty() {
-            let vsock = &mut *self.vsock;
-            let state = find(&mut vsock.conns, self.key).ok_or(Error::Reset)?;
-            match state.phase {
-                Phase::PeerClosed(DisconnectReason::Reset) => return Err(Error::Reset),
-                Phase::PeerClosed(DisconnectReason::Shutdown) => return Err(Error::Closed),
-                Phase::Connecting | Phase::Connected => {}
-            }
-            // Every packet costs a round trip through the device, whatever
-            // its size, so send big ones: use the credit we know of when it
-            // covers the rest or half the peer's buffer; otherwise try a
-            // full packet, which the driver refuses while asking the peer
-            // for a credit update (we poll until it comes, below).
-            let want = rest.len().min(MAX_PACKET);
-            let free = state.peer_free() as usize;
-            let n = if free >= want || free >= (state.peer_buf_alloc as usize / 2).max(1) {
-                want.min(free)
-            } else {
-                want
-            };
-            match vsock.manager.send(peer, local_port, &rest[..n]) {
-                Ok(()) => {
-                    state.tx_cnt = state.tx_cnt.wrapping_add(n as u32);
-                    // The packet carried our fwd_cnt.
-                    state.unannounced = 0;
-                    rest = &rest[n..];
-                }
-                Err(e) if is_socket_error(&e, SocketError::InsufficientBufferSpaceInPeer) => {
-                    vsock.poll_or_spin()?;
-                }
-                Err(e) => return Err(virtio(e)),
+            let n = self.vsock.send_some(self.id, rest)?;
+            rest = &rest[n..];
+            if !rest.is_empty() {
+                self.vsock.poll_or_spin()?;
+                // Probes a peer that has gone quiet (PROBE_US).
+                self.vsock.tick();
             }
         }
         Ok(())
@@ -496,49 +830,14 @@ impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
         if buf.is_empty() {
             return Ok(0);
         }
-        let Key { peer, local_port } = self.key;
-        let threshold = self.vsock.buffer_size / 4;
-        let wait_start = self.vsock.now();
         loop {
-            let vsock = &mut *self.vsock;
-            match vsock.manager.recv(peer, local_port, buf) {
-                Ok(0) => {}
-                Ok(n) => {
-                    let Some(state) = find(&mut vsock.conns, self.key) else {
-                        return Ok(n);
-                    };
-                    state.unannounced = state.unannounced.saturating_add(n as u32);
-                    if state.unannounced >= threshold && state.phase == Phase::Connected {
-                        state.unannounced = 0;
-                        match vsock.manager.update_credit(peer, local_port) {
-                            // Drained the last bytes after the peer closed:
-                            // the manager has just dropped the connection.
-                            Err(e) if is_socket_error(&e, SocketError::NotConnected) => {}
-                            r => r.map_err(virtio)?,
-                        }
-                    }
-                    return Ok(n);
+            match self.vsock.recv(self.id, buf)? {
+                Recv::Data(n) => return Ok(n),
+                Recv::Eof => return Ok(0),
+                Recv::Empty => {
+                    self.vsock.poll_or_spin()?;
+                    self.vsock.tick();
                 }
-                // The manager drops a connection once the peer has closed
-                // it and its data are drained.
-                Err(e) if is_socket_error(&e, SocketError::NotConnected) => return Ok(0),
-                Err(e) => return Err(virtio(e)),
-            }
-            // Nothing buffered: end of stream if the peer closed (SHUTDOWN
-            // with either flag, or RST), else wait for more.
-            match self.phase() {
-                Some(Phase::PeerClosed(_)) | None => return Ok(0),
-                Some(_) => self.vsock.poll_or_spin()?,
-            }
-            if !self.vsock.backlog.is_empty()
-                && self.vsock.now().wrapping_sub(wait_start) >= self.vsock.limits.idle_yield_us
-            {
-                warn!(
-                    "vsock: {}:{} idle while another connection waits; resetting it",
-                    peer.cid, peer.port
-                );
-                self.close_now()?;
-                return Ok(0);
             }
         }
     }
@@ -548,35 +847,22 @@ impl<H: Hal, T: Transport> Connection for GuestConnection<'_, H, T> {
             return Ok(());
         }
         self.shut = true;
-        let Key { peer, local_port } = self.key;
-        if self.phase() == Some(Phase::Connected) {
-            match self.vsock.manager.shutdown(peer, local_port) {
-                Err(e) if is_socket_error(&e, SocketError::NotConnected) => {}
-                r => r.map_err(virtio)?,
-            }
-            // Wait, bounded, for the peer's RST (events for other
-            // connections are recorded meanwhile).
-            let start = self.vsock.now();
-            while self.phase() == Some(Phase::Connected) {
-                if self.vsock.now() - start >= self.vsock.limits.shutdown_us {
-                    warn!(
-                        "vsock: no RST from {}:{} after shutdown; resetting",
-                        peer.cid, peer.port
-                    );
-                    break;
-                }
-                self.vsock.poll_or_spin()?;
-            }
+        let r = self.vsock.close(self.id);
+        // Wait, bounded, for the peer's RST (events for other connections
+        // are recorded meanwhile).
+        while self.vsock.exists(self.id) {
+            self.vsock.poll_or_spin()?;
+            self.vsock.tick();
         }
-        self.close_now()
+        r
     }
 }
 
-impl<H: Hal, T: Transport> Drop for GuestConnection<'_, H, T> {
+impl<H: Hal, T: Transport> Drop for Stream<'_, H, T> {
     fn drop(&mut self) {
         if !self.shut {
             self.shut = true;
-            let _ = self.close_now();
+            self.vsock.reset(self.id);
         }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! - [`Connection`]: the one trait the rest of the code uses: send bytes,
 //!   receive bytes, shut down. Backends, chosen by cargo features:
-//!   - `guest`: module `guest`, virtio-drivers' `VsockConnectionManager`
-//!     over any virtio transport (`no_std`).
+//!   - `guest`: module `guest`, many non-blocking connections on
+//!     virtio-drivers' `VirtIOSocket` over any virtio transport (`no_std`),
+//!     with a blocking [`Connection`] adapter.
 //!   - `host-vsock`: module `host_vsock`, AF_VSOCK through the `vsock` crate.
 //!   - `host-hybrid`: module `hybrid`, hybrid vsock over Unix sockets
 //!     (Firecracker, Cloud Hypervisor, vhost-device-vsock).
@@ -19,8 +20,11 @@
 //!   receiver's size limit checked before anything is allocated.
 //! - [`rpc`]: [`rpc::Client`] (hello, then requests tied to their answers
 //!   by id, one at a time or pipelined; poisoned after a fatal error) and
-//!   [`rpc::serve`] (hello, then answer requests with a [`rpc::Handler`]),
-//!   generic over any [`comm::Protocol`]; written once for host and guest.
+//!   the server side written once: [`rpc::ServerConn`] (one connection's
+//!   rules, sans-IO), [`rpc::serve`] (one blocking connection) and
+//!   [`rpc::many::serve_many`] (many connections in one event loop, with a
+//!   limit and the boot-connection lifecycle), generic over any
+//!   [`comm::Protocol`]; [`rpc::service::Service`] is the svmc handler.
 //!
 //! # Features
 //!
@@ -57,6 +61,8 @@ pub mod rpc;
 
 #[cfg(feature = "tokio")]
 pub mod async_host;
+#[cfg(any(feature = "guest", test))]
+mod credit;
 #[cfg(feature = "guest")]
 pub mod guest;
 #[cfg(feature = "std")]

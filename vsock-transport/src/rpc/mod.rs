@@ -96,10 +96,15 @@
 //! ```
 
 mod client;
+pub mod many;
 mod server;
+pub mod service;
 
 pub use client::{Client, MAX_ABANDONED};
-pub use server::{Ended, Handler, ServeConfig, Then, serve};
+pub use server::{
+    Budget, CONNECTION_HEAP, Ended, Handler, OUTPUT_HIGH_WATER, RESERVE_PER_BODY_BYTE, SMALL_BODY,
+    ServeConfig, ServerConn, Then, serve,
+};
 
 use alloc::vec::Vec;
 

@@ -1,13 +1,55 @@
-//! The server side: `HELLO`, then answer requests with a [`Handler`].
+//! The server side of a connection, written once for every server: a
+//! sans-IO state machine ([`ServerConn`]: bytes in, frames out, calls into
+//! a [`Handler`]) that the firmware's event loop drives for many
+//! connections at once, and that [`serve`] drives over one blocking
+//! [`Connection`] (the Linux guest's service and the test doubles).
+//!
+//! The rules it implements (`comm/WIRE.md`):
+//!
+//! - Our `HELLO` goes out first. Until the client's `HELLO` has been read
+//!   and checked (protocol name and version before any other field,
+//!   [`Hello::decode_checked`]), every error is fatal: a fatal `ERROR`
+//!   frame, then close.
+//! - Each `REQUEST` `[id, request]` is answered by exactly one `RESPONSE`
+//!   `[id, response]` or one non-fatal `ERROR` carrying the id, in the
+//!   order received. Requests may be pipelined: they are read while
+//!   earlier answers are still being sent.
+//! - A response over the client's `max_body` is replaced by
+//!   [`Protocol::response_too_large`] (for svmc a `payload_too_large`
+//!   `RESPONSE`; `len` and `max` are body sizes).
+//! - A request the [`Budget`] has no room for is read and dropped (the
+//!   stream stays in step) and answered with [`Protocol::out_of_memory`].
+//! - A client's non-fatal `ERROR` frame is ignored; a fatal one ends the
+//!   connection. `GOODBYE` (or the end of the client's stream between
+//!   frames) ends it too, after the answers to every request already
+//!   received have been sent (half-close).
+//! - A frame that cannot be delimited (unknown kind, over the limit,
+//!   truncated, `GOODBYE` with a body) gets a fatal `ERROR`, then close.
+//!
+//! # Heap
+//!
+//! A connection holds at most one request body in assembly or in the
+//! handler, and stops taking further frames while more than
+//! [`OUTPUT_HIGH_WATER`] bytes of answers wait to be sent: a client that
+//! does not read its answers is held back by the transport's flow control,
+//! not by more memory. Bodies over [`SMALL_BODY`] are paid for from a
+//! [`Budget`] shared by all connections, [`RESERVE_PER_BODY_BYTE`] times
+//! their length (the request and its answer exist at once), from the
+//! header until the answer has been sent; smaller ones come out of the
+//! per-connection allowance [`CONNECTION_HEAP`].
 
+use alloc::collections::VecDeque;
+use alloc::rc::Rc;
+use alloc::string::ToString;
 use alloc::vec::Vec;
+use core::cell::Cell;
+use core::marker::PhantomData;
 
-use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
-use comm::{Protocol, RequestId, envelope};
+use comm::envelope::{self, RequestId};
+use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
+use comm::{Hello, Protocol};
 
-use super::hello;
-use crate::framed::{recv_frame, send_frame};
-use crate::{Connection, Error, Result};
+use crate::{Connection, Error, Result, Step};
 
 /// What the server does after sending a response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +66,12 @@ pub trait Handler<P: Protocol> {
     fn handle(&mut self, request: P::Request) -> (P::Response, Then);
 }
 
+impl<P: Protocol, H: Handler<P> + ?Sized> Handler<P> for &mut H {
+    fn handle(&mut self, request: P::Request) -> (P::Response, Then) {
+        (**self).handle(request)
+    }
+}
+
 /// How a served connection ended without an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {
@@ -33,6 +81,9 @@ pub enum Ended {
     Closed,
     /// The handler returned [`Then::Stop`].
     Stopped,
+    /// The server was at its connection limit: it sent `ERROR` busy
+    /// instead of its `HELLO` ([`ServerConn::busy`]).
+    Busy,
 }
 
 /// Server-side limits.
@@ -50,152 +101,1075 @@ impl Default for ServeConfig {
     }
 }
 
-/// Serves one connection: `HELLO`, then requests until `GOODBYE`, a close,
-/// a fatal protocol error or [`Then::Stop`]. The connection is shut down
-/// before returning, whatever happened.
+/// Request bodies up to this size need no [`Budget`] reservation.
+pub const SMALL_BODY: u32 = 64 * 1024;
+
+/// A connection takes no further frame while more than this many bytes of
+/// answers wait to be sent.
+pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Heap one connection may use outside the [`Budget`]: a small request,
+/// its answer, the queued answers under [`OUTPUT_HIGH_WATER`] and one more
+/// small answer, and the state itself.
+pub const CONNECTION_HEAP: usize = 2 * SMALL_BODY as usize + 2 * OUTPUT_HIGH_WATER + 4096;
+
+/// Heap bytes reserved per byte of a large request body: the body (or the
+/// message decoded from it) and the answer exist at once.
+pub const RESERVE_PER_BODY_BYTE: usize = 2;
+
+/// Queued answers are joined into one buffer up to this size.
+const COALESCE_BYTES: usize = 16 * 1024;
+
+/// Bytes of a dropped request's body kept to read its id from.
+const ID_PREFIX: usize = 32;
+
+/// Piece size when reading and dropping a request's body.
+const DISCARD_CHUNK: usize = 4096;
+
+/// Heap bytes that large requests may take, shared by the connections of
+/// one server. Cloning shares it; a [`ServerConn`] gives back what it holds
+/// when it is dropped.
+#[derive(Debug, Clone)]
+pub struct Budget(Rc<Cell<usize>>);
+
+impl Budget {
+    /// A budget of `bytes`.
+    pub fn new(bytes: usize) -> Self {
+        Self(Rc::new(Cell::new(bytes)))
+    }
+
+    /// No limit (a host process: its allocator reports failure).
+    pub fn unlimited() -> Self {
+        Self::new(usize::MAX)
+    }
+
+    /// Bytes not reserved now.
+    pub fn free(&self) -> usize {
+        self.0.get()
+    }
+
+    fn take(&self, n: usize) -> bool {
+        match self.0.get().checked_sub(n) {
+            Some(rest) => {
+                self.0.set(rest);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn give(&self, n: usize) {
+        self.0.set(self.0.get().saturating_add(n));
+    }
+}
+
+/// Where the next received bytes go.
+#[derive(Debug)]
+enum Input {
+    /// The frame header, `got` bytes of it so far.
+    Header { bytes: [u8; HEADER_LEN], got: usize },
+    /// The body of a `kind` frame, into `ServerConn::body`.
+    Body { kind: FrameKind, got: usize },
+    /// A request body nobody has memory for, read and dropped.
+    Discard {
+        len: u32,
+        left: usize,
+        prefix: [u8; ID_PREFIX],
+        prefix_len: usize,
+    },
+    /// A complete frame waits in `ServerConn::body` for
+    /// [`ServerConn::process`].
+    Ready(FrameKind),
+    /// Nothing more is read.
+    Stopped,
+}
+
+/// One queued answer.
+#[derive(Debug)]
+struct Out {
+    bytes: Vec<u8>,
+    sent: usize,
+    /// Budget to give back once it is sent.
+    reserved: usize,
+}
+
+/// The server's side of one connection, without I/O.
+///
+/// The driver repeats, in any order that suits its I/O:
+/// - send [`ServerConn::output`] and report it with [`ServerConn::sent`];
+/// - while [`ServerConn::wants_input`], receive into
+///   [`ServerConn::input_buf`] and report it with [`ServerConn::received`]
+///   (or [`ServerConn::peer_closed`] at the end of the client's stream);
+/// - [`ServerConn::process`] a complete frame (at most one per call, so a
+///   driver serving many connections is fair between them);
+///
+/// until [`ServerConn::is_done`]; then [`ServerConn::take_end`] says how it
+/// ended, and the driver closes the transport.
+pub struct ServerConn<P: Protocol> {
+    max_body: u32,
+    peer_max: u32,
+    hello_done: bool,
+    input: Input,
+    body: Vec<u8>,
+    /// Budget held by the body in `input`.
+    reserved: usize,
+    out: VecDeque<Out>,
+    out_bytes: usize,
+    budget: Budget,
+    end: Option<Result<Ended>>,
+    ignored_errors: u32,
+    _protocol: PhantomData<fn() -> P>,
+}
+
+impl<P: Protocol> core::fmt::Debug for ServerConn<P> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("ServerConn")
+            .field("hello_done", &self.hello_done)
+            .field("input", &self.input)
+            .field("out_bytes", &self.out_bytes)
+            .field("reserved", &self.reserved)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: Protocol> ServerConn<P> {
+    /// A fresh connection: our `HELLO` is queued.
+    pub fn new(config: ServeConfig, budget: Budget) -> Self {
+        let mut s = Self::empty(config, budget);
+        let mut hello = Vec::new();
+        match frame::encode_into(
+            FrameKind::Hello,
+            &Hello::new::<P>(config.max_body),
+            frame::HELLO_MAX_BODY,
+            &mut hello,
+        ) {
+            Ok(()) => s.queue(hello, 0),
+            Err(e) => s.stop(Err(e.into())),
+        }
+        s
+    }
+
+    /// A connection refused at the server's connection limit: only a fatal
+    /// `ERROR` busy is queued (instead of our `HELLO`), then it ends with
+    /// [`Ended::Busy`]. `detail` says why (e.g. the limit).
+    pub fn busy(detail: &str) -> Self {
+        let mut s = Self::empty(ServeConfig::default(), Budget::new(0));
+        let report = ProtocolError::new(ProtocolErrorCode::Busy, true, detail);
+        s.queue_error(report);
+        s.stop(Ok(Ended::Busy));
+        s
+    }
+
+    fn empty(config: ServeConfig, budget: Budget) -> Self {
+        Self {
+            max_body: config.max_body,
+            peer_max: 0,
+            hello_done: false,
+            input: Input::Header {
+                bytes: [0; HEADER_LEN],
+                got: 0,
+            },
+            body: Vec::new(),
+            reserved: 0,
+            out: VecDeque::new(),
+            out_bytes: 0,
+            budget,
+            end: None,
+            ignored_errors: 0,
+            _protocol: PhantomData,
+        }
+    }
+
+    /// Whether the client's `HELLO` has been accepted.
+    pub fn hello_done(&self) -> bool {
+        self.hello_done
+    }
+
+    /// Non-fatal `ERROR` frames from the client, ignored so far.
+    pub fn ignored_errors(&self) -> u32 {
+        self.ignored_errors
+    }
+
+    /// Whether received bytes are wanted now: `false` while a complete
+    /// frame waits for [`ServerConn::process`] and once the connection
+    /// reads no more.
+    pub fn wants_input(&self) -> bool {
+        matches!(
+            self.input,
+            Input::Header { .. } | Input::Body { .. } | Input::Discard { .. }
+        )
+    }
+
+    /// Whether no byte of the next frame has arrived yet (a driver with
+    /// per-frame deadlines starts one here).
+    pub fn at_frame_start(&self) -> bool {
+        matches!(self.input, Input::Header { got: 0, .. })
+    }
+
+    /// Whether the connection holds a frame in part or in whole (a client
+    /// with a frame in flight is not idle).
+    pub fn mid_frame(&self) -> bool {
+        !matches!(self.input, Input::Header { got: 0, .. } | Input::Stopped)
+    }
+
+    /// Where to put received bytes (empty when none are wanted).
+    pub fn input_buf(&mut self) -> &mut [u8] {
+        match &mut self.input {
+            Input::Header { bytes, got } => &mut bytes[*got..],
+            Input::Body { got, .. } => &mut self.body[*got..],
+            Input::Discard { left, .. } => {
+                let n = (*left).min(DISCARD_CHUNK);
+                self.body.resize(n, 0);
+                &mut self.body[..n]
+            }
+            Input::Ready(_) | Input::Stopped => &mut [],
+        }
+    }
+
+    /// `n` bytes were received into [`ServerConn::input_buf`].
+    pub fn received(&mut self, n: usize) {
+        match &mut self.input {
+            Input::Header { bytes, got } => {
+                *got += n;
+                if *got == HEADER_LEN {
+                    let h = *bytes;
+                    self.on_header(h);
+                }
+            }
+            Input::Body { kind, got } => {
+                *got += n;
+                if *got == self.body.len() {
+                    self.input = Input::Ready(*kind);
+                }
+            }
+            Input::Discard {
+                len,
+                left,
+                prefix,
+                prefix_len,
+            } => {
+                let keep = (ID_PREFIX - *prefix_len).min(n);
+                prefix[*prefix_len..*prefix_len + keep].copy_from_slice(&self.body[..keep]);
+                *prefix_len += keep;
+                *left -= n;
+                if *left == 0 {
+                    let (id, _) = envelope::decode::<serde::de::IgnoredAny>(&prefix[..*prefix_len]);
+                    let requested = u64::from(*len);
+                    self.body = Vec::new();
+                    self.input = Input::Header {
+                        bytes: [0; HEADER_LEN],
+                        got: 0,
+                    };
+                    match (id, P::out_of_memory(requested)) {
+                        (Some(id), Some(r)) => self.queue_response(id, &r, 0),
+                        _ => self.queue_error(
+                            ProtocolError::new(
+                                ProtocolErrorCode::TooLarge,
+                                false,
+                                "no memory for this request now: dropped",
+                            )
+                            .with_id(id),
+                        ),
+                    }
+                }
+            }
+            Input::Ready(_) | Input::Stopped => debug_assert_eq!(n, 0),
+        }
+    }
+
+    /// The client's stream ended (it closed or shut down its sending side).
+    /// Between frames that ends the connection once the queued answers are
+    /// sent; inside a frame it is a truncated frame (fatal).
+    pub fn peer_closed(&mut self) {
+        match &self.input {
+            Input::Header { got: 0, .. } if self.hello_done => self.stop(Ok(Ended::Closed)),
+            Input::Header { got: 0, .. } => self.stop(Err(Error::Closed)),
+            Input::Header { got, .. } => {
+                let got = *got;
+                self.fatal(comm::Error::Truncated {
+                    expected: HEADER_LEN,
+                    got,
+                })
+            }
+            Input::Body { got, .. } => {
+                let e = comm::Error::Truncated {
+                    expected: HEADER_LEN + self.body.len(),
+                    got: HEADER_LEN + got,
+                };
+                self.fatal(e)
+            }
+            Input::Discard { len, left, .. } => {
+                let e = comm::Error::Truncated {
+                    expected: HEADER_LEN + *len as usize,
+                    got: HEADER_LEN + *len as usize - left,
+                };
+                self.fatal(e)
+            }
+            // A frame waits: it is processed, then the end is seen again.
+            Input::Ready(_) | Input::Stopped => {}
+        }
+    }
+
+    /// The transport failed: nothing more can be sent or received.
+    pub fn transport_failed(&mut self, e: Error) {
+        self.clear_output();
+        if self.end.is_none() {
+            self.stop(Err(e));
+        } else {
+            self.input = Input::Stopped;
+        }
+    }
+
+    fn on_header(&mut self, h: [u8; HEADER_LEN]) {
+        self.input = Input::Header {
+            bytes: [0; HEADER_LEN],
+            got: 0,
+        };
+        let header = match Header::parse(h, self.max_body) {
+            Ok(header) => header,
+            Err(e @ comm::Error::Empty { .. }) if self.hello_done => {
+                // The header was all there was: still in step.
+                self.report(&e, None);
+                return;
+            }
+            Err(e) => return self.fatal(e),
+        };
+        match header.kind {
+            FrameKind::Goodbye if self.hello_done => return self.stop(Ok(Ended::Goodbye)),
+            FrameKind::Goodbye => {
+                return self.fatal(comm::Error::UnexpectedFrame {
+                    expected: FrameKind::Hello,
+                    got: FrameKind::Goodbye,
+                });
+            }
+            _ => {}
+        }
+        let len = header.len as usize;
+        if header.kind == FrameKind::Request && header.len > SMALL_BODY {
+            let want = len.saturating_mul(RESERVE_PER_BODY_BYTE);
+            if !self.budget.take(want) {
+                self.input = Input::Discard {
+                    len: header.len,
+                    left: len,
+                    prefix: [0; ID_PREFIX],
+                    prefix_len: 0,
+                };
+                return;
+            }
+            self.reserved = want;
+        }
+        // Every byte is overwritten as it arrives.
+        self.body.clear();
+        self.body.resize(len, 0);
+        self.input = Input::Body {
+            kind: header.kind,
+            got: 0,
+        };
+    }
+
+    /// Processes the complete frame that waits, if any, unless more than
+    /// [`OUTPUT_HIGH_WATER`] bytes of answers are queued. At most one frame
+    /// (one handler call) per call; `true` if one was processed.
+    pub fn process<H: Handler<P> + ?Sized>(&mut self, handler: &mut H) -> bool {
+        let Input::Ready(kind) = self.input else {
+            return false;
+        };
+        if self.out_bytes > OUTPUT_HIGH_WATER {
+            return false;
+        }
+        self.input = Input::Header {
+            bytes: [0; HEADER_LEN],
+            got: 0,
+        };
+        let body = core::mem::take(&mut self.body);
+        let reserved = core::mem::take(&mut self.reserved);
+        match kind {
+            FrameKind::Hello if !self.hello_done => match Hello::decode_checked::<P>(&body) {
+                Ok(peer) => {
+                    self.peer_max = peer.max_body;
+                    self.hello_done = true;
+                }
+                Err(e) => self.fatal(e),
+            },
+            FrameKind::Error => match frame::decode_body::<ProtocolError>(&body) {
+                Ok(pe) if pe.fatal || !self.hello_done => {
+                    self.stop(Err(comm::Error::Remote(pe).into()));
+                }
+                Ok(_) => self.ignored_errors = self.ignored_errors.saturating_add(1),
+                Err(e) => self.report(&e, None),
+            },
+            FrameKind::Request if self.hello_done => {
+                self.request(body, reserved, handler);
+                return true;
+            }
+            got => {
+                let e = comm::Error::UnexpectedFrame {
+                    expected: if self.hello_done {
+                        FrameKind::Request
+                    } else {
+                        FrameKind::Hello
+                    },
+                    got,
+                };
+                self.report(&e, None);
+            }
+        }
+        self.budget.give(reserved);
+        true
+    }
+
+    fn request<H: Handler<P> + ?Sized>(&mut self, body: Vec<u8>, reserved: usize, handler: &mut H) {
+        let (id, request) = envelope::decode::<P::Request>(&body);
+        // Free the request frame before the response exists.
+        drop(body);
+        let (id, request) = match (id, request) {
+            (Some(id), Ok(r)) => (id, r),
+            (id, Err(e)) => {
+                self.budget.give(reserved);
+                return self.report(&e, id);
+            }
+            (None, Ok(_)) => unreachable!("a decoded request always has an id"),
+        };
+        let (response, then) = handler.handle(request);
+        self.queue_response(id, &response, reserved);
+        if then == Then::Stop {
+            self.stop(Ok(Ended::Stopped));
+        }
+    }
+
+    fn queue_response(&mut self, id: RequestId, response: &P::Response, reserved: usize) {
+        let mut out = Vec::new();
+        match envelope::encode_response_into(id, response, self.peer_max, &mut out) {
+            Ok(()) => self.queue(out, reserved),
+            Err(comm::Error::TooLargeToSend { len, max }) => {
+                self.budget.give(reserved);
+                match P::response_too_large(len, max) {
+                    Some(r) => {
+                        let mut out = Vec::new();
+                        match envelope::encode_response_into(id, &r, self.peer_max, &mut out) {
+                            Ok(()) => self.queue(out, 0),
+                            Err(e) => self.report(&e, Some(id)),
+                        }
+                    }
+                    None => self.queue_error(
+                        ProtocolError::new(
+                            ProtocolErrorCode::TooLarge,
+                            false,
+                            comm::Error::TooLargeToSend { len, max }.to_string(),
+                        )
+                        .with_id(Some(id)),
+                    ),
+                }
+            }
+            Err(e) => {
+                self.budget.give(reserved);
+                self.report(&e, Some(id));
+            }
+        }
+    }
+
+    /// A non-fatal `ERROR` about the frame just read (fatal before `HELLO`).
+    fn report(&mut self, e: &comm::Error, id: Option<RequestId>) {
+        if !self.hello_done {
+            return self.fatal(e.clone());
+        }
+        let report = match ProtocolError::from_error(e) {
+            Some(r) => r,
+            None => ProtocolError::new(ProtocolErrorCode::BadMessage, false, e.to_string()),
+        };
+        let mut report = report.with_id(id);
+        report.fatal = false;
+        self.queue_error(report);
+    }
+
+    /// A fatal `ERROR` for `e`, then the end.
+    fn fatal(&mut self, e: comm::Error) {
+        if let Some(mut report) = ProtocolError::from_error(&e) {
+            report.fatal = true;
+            self.queue_error(report);
+        }
+        self.stop(Err(e.into()));
+    }
+
+    fn queue_error(&mut self, report: ProtocolError) {
+        if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
+            self.queue(f, 0);
+        }
+    }
+
+    fn queue(&mut self, bytes: Vec<u8>, reserved: usize) {
+        self.out_bytes += bytes.len();
+        // Small answers go out together: one transport write (one vsock
+        // packet) for several pipelined answers instead of one each.
+        if reserved == 0
+            && let Some(last) = self.out.back_mut()
+            && last.reserved == 0
+            && last.bytes.len() + bytes.len() <= COALESCE_BYTES
+        {
+            last.bytes.extend_from_slice(&bytes);
+            return;
+        }
+        self.out.push_back(Out {
+            bytes,
+            sent: 0,
+            reserved,
+        });
+    }
+
+    /// Reads nothing more; the connection ends with `end` once the queued
+    /// answers are sent.
+    fn stop(&mut self, end: Result<Ended>) {
+        self.input = Input::Stopped;
+        self.body = Vec::new();
+        self.budget.give(core::mem::take(&mut self.reserved));
+        if self.end.is_none() {
+            self.end = Some(end);
+        }
+    }
+
+    fn clear_output(&mut self) {
+        for o in self.out.drain(..) {
+            self.budget.give(o.reserved);
+        }
+        self.out_bytes = 0;
+    }
+
+    /// The bytes to send next (empty if none): the rest of the oldest
+    /// queued frame.
+    pub fn output(&self) -> &[u8] {
+        self.out.front().map_or(&[], |o| &o.bytes[o.sent..])
+    }
+
+    /// Bytes queued to send, in all.
+    pub fn output_len(&self) -> usize {
+        self.out_bytes
+    }
+
+    /// `n` bytes of [`ServerConn::output`] were sent.
+    pub fn sent(&mut self, n: usize) {
+        let Some(o) = self.out.front_mut() else {
+            return;
+        };
+        o.sent += n;
+        self.out_bytes -= n;
+        if o.sent == o.bytes.len() {
+            let reserved = o.reserved;
+            self.out.pop_front();
+            self.budget.give(reserved);
+        }
+    }
+
+    /// Whether the connection has ended and everything queued is sent: the
+    /// driver closes the transport now.
+    pub fn is_done(&self) -> bool {
+        self.end.is_some() && self.out.is_empty()
+    }
+
+    /// Whether the connection reads nothing more (it ends once its output
+    /// is sent).
+    pub fn is_ending(&self) -> bool {
+        self.end.is_some()
+    }
+
+    /// How the connection ended, once [`ServerConn::is_done`].
+    pub fn take_end(&mut self) -> Option<Result<Ended>> {
+        if self.is_done() {
+            self.end.take()
+        } else {
+            None
+        }
+    }
+}
+
+impl<P: Protocol> Drop for ServerConn<P> {
+    fn drop(&mut self) {
+        self.clear_output();
+        self.budget.give(core::mem::take(&mut self.reserved));
+    }
+}
+
+/// Serves one blocking connection: `HELLO`, then requests until `GOODBYE`,
+/// a close, a fatal protocol error or [`Then::Stop`]. The connection is
+/// shut down before returning, whatever happened. Each frame read has its
+/// own deadline ([`Connection::begin`]).
 pub fn serve<P, C, H>(conn: &mut C, handler: &mut H, config: ServeConfig) -> Result<Ended>
 where
     P: Protocol,
     C: Connection + ?Sized,
     H: Handler<P> + ?Sized,
 {
-    let mut buf = Vec::new();
-    let result = serve_inner::<P, C, H>(conn, handler, config, &mut buf);
-    // Free the frame buffer before the shutdown handshake.
-    drop(buf);
+    let mut s = ServerConn::<P>::new(config, Budget::unlimited());
+    let result = drive(conn, handler, &mut s);
+    // Free the buffers before the shutdown handshake.
+    drop(s);
     let _ = conn.shutdown();
     result
 }
 
-/// Reports `e` to the peer in an `ERROR` frame (best effort). `fatal`
-/// overrides the default of the error class: what decides is whether this
-/// side closes the connection afterwards.
-fn send_error<C: Connection + ?Sized>(
-    conn: &mut C,
-    e: &Error,
-    fatal: Option<bool>,
-    id: Option<RequestId>,
-) {
-    if let Error::Protocol(pe) = e
-        && let Some(mut report) = ProtocolError::from_error(pe)
-    {
-        if let Some(f) = fatal {
-            report.fatal = f;
-        }
-        report.id = id;
-        if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
-            let _ = send_frame(conn, &f);
-        }
-    }
-}
-
-fn serve_inner<P, C, H>(
-    conn: &mut C,
-    handler: &mut H,
-    config: ServeConfig,
-    buf: &mut Vec<u8>,
-) -> Result<Ended>
+fn drive<P, C, H>(conn: &mut C, handler: &mut H, s: &mut ServerConn<P>) -> Result<Ended>
 where
     P: Protocol,
     C: Connection + ?Sized,
     H: Handler<P> + ?Sized,
 {
-    let peer_max = match hello::<P, C>(conn, config.max_body, buf) {
-        Ok(m) => m,
-        Err(e) => {
-            send_error(conn, &e, Some(true), None);
-            return Err(e);
-        }
-    };
     loop {
-        let header = match recv_frame(conn, config.max_body, buf) {
-            Ok(h) => h,
-            Err(Error::Closed) => return Ok(Ended::Closed),
-            Err(e @ Error::Protocol(comm::Error::Empty { .. })) => {
-                // A zero-length body: the header was all there was, so the
-                // stream is still in step. Report it and go on.
-                send_error(conn, &e, Some(false), None);
-                continue;
+        while !s.output().is_empty() {
+            conn.begin(Step::Write);
+            let n = s.output().len();
+            if let Err(e) = conn.send(s.output()) {
+                // A fatal ERROR that cannot be delivered: report why we
+                // closed, not the failed send.
+                s.transport_failed(e);
+                break;
             }
-            Err(e) => {
-                // Too large, unknown kind, a GOODBYE with a body, truncated:
-                // the stream cannot be re-synchronised. Report it (best
-                // effort) and close.
-                send_error(conn, &e, Some(true), None);
-                return Err(e);
-            }
-        };
-        if header.kind == FrameKind::Goodbye {
-            return Ok(Ended::Goodbye);
+            s.sent(n);
         }
-        if header.kind == FrameKind::Error {
-            // A client's ERROR: not fatal, ignored; fatal, the client
-            // closes, so do we (WIRE.md R-ERR-5).
-            match frame::decode_body::<ProtocolError>(buf) {
-                Ok(pe) if !pe.fatal => continue,
-                Ok(pe) => return Err(comm::Error::Remote(pe).into()),
-                Err(e) => {
-                    send_error(conn, &Error::Protocol(e), Some(false), None);
-                    continue;
-                }
-            }
+        if let Some(end) = s.take_end() {
+            return end;
         }
-        let (id, request) = match frame::check_kind(header.kind, FrameKind::Request, buf) {
-            Ok(()) => envelope::decode::<P::Request>(buf),
-            Err(e) => (None, Err(e)),
-        };
-        let request = match request {
-            Ok(r) => r,
-            Err(e) => {
-                // Boundaries intact: report (naming the request if its id
-                // could be read) and read the next frame.
-                send_error(conn, &Error::Protocol(e), Some(false), id);
-                continue;
-            }
-        };
-        // `Ok` from the envelope always comes with its id.
-        let id = id.unwrap_or(RequestId(0));
-        // Free the request frame before the response exists, then size the
-        // response frame like the request (exact for echo-like services), so
-        // the peak is about twice the payload, not four times (no doubling
-        // of a too-small buffer).
-        let hint = buf.len() + frame::HEADER_LEN + 64;
-        *buf = Vec::new();
-        let (response, then) = handler.handle(request);
-        buf.reserve_exact(hint);
-        if let Err(e) = envelope::encode_response_into(id, &response, peer_max, buf) {
-            // A response larger than the client accepts: say so in a
-            // RESPONSE if the protocol has a way (R-REQ-5), else in a
-            // non-fatal ERROR about the request; keep serving.
-            drop(response);
-            let too_large = match e {
-                comm::Error::TooLargeToSend { len, max } => P::response_too_large(len, max),
-                _ => None,
-            };
-            if let Some(r) = too_large
-                && envelope::encode_response_into(id, &r, peer_max, buf).is_ok()
-            {
-                send_frame(conn, buf)?;
-                continue;
-            }
-            let report = match e {
-                comm::Error::TooLargeToSend { len, max } => ProtocolError::new(
-                    ProtocolErrorCode::TooLarge,
-                    false,
-                    alloc::format!("response body of {len} bytes, the client accepts {max}"),
-                ),
-                e => ProtocolError::new(ProtocolErrorCode::Other(0), false, alloc::format!("{e}")),
-            }
-            .with_id(Some(id));
-            if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
-                send_frame(conn, &f)?;
-            }
+        if s.process(handler) {
             continue;
         }
-        drop(response);
-        send_frame(conn, buf)?;
-        if then == Then::Stop {
-            return Ok(Ended::Stopped);
+        if s.wants_input() {
+            if s.at_frame_start() {
+                conn.begin(if s.hello_done() {
+                    Step::Read
+                } else {
+                    Step::Hello
+                });
+            }
+            match conn.recv(s.input_buf()) {
+                Ok(0) => s.peer_closed(),
+                Ok(n) => s.received(n),
+                Err(e) => s.transport_failed(e),
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::string::String;
+    use alloc::vec;
+
+    use comm::service::{GuestInfo, Request, Response, ServiceError, ServiceVm};
+
+    use super::*;
+    use crate::rpc::service::Service;
+
+    type Conn = ServerConn<ServiceVm>;
+
+    fn info() -> GuestInfo {
+        GuestInfo {
+            firmware: "test".into(),
+            firmware_version: "0".into(),
+            protocol_version: ServiceVm::VERSION,
+            arch: "test".into(),
+            max_body: 1 << 20,
+            heap: None,
+        }
+    }
+
+    fn hello_frame(max_body: u32) -> Vec<u8> {
+        frame::encode(
+            FrameKind::Hello,
+            &Hello::new::<ServiceVm>(max_body),
+            frame::HELLO_MAX_BODY,
+        )
+        .unwrap()
+    }
+
+    fn request(id: u32, r: &Request) -> Vec<u8> {
+        let mut out = Vec::new();
+        envelope::encode_request_into(RequestId(id), r, u32::MAX, &mut out).unwrap();
+        out
+    }
+
+    /// Feeds `bytes` (all of them, processing frames as needed, sending
+    /// output as it comes) and returns the frames sent.
+    fn feed(s: &mut Conn, h: &mut impl Handler<ServiceVm>, mut bytes: &[u8]) -> Vec<u8> {
+        let mut sent = Vec::new();
+        loop {
+            drain(s, &mut sent);
+            if s.process(h) {
+                continue;
+            }
+            if bytes.is_empty() || !s.wants_input() {
+                break;
+            }
+            let buf = s.input_buf();
+            let n = buf.len().min(bytes.len());
+            buf[..n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            s.received(n);
+        }
+        drain(s, &mut sent);
+        sent
+    }
+
+    fn drain(s: &mut Conn, sent: &mut Vec<u8>) {
+        while !s.output().is_empty() {
+            let n = s.output().len();
+            sent.extend_from_slice(s.output());
+            s.sent(n);
+        }
+    }
+
+    /// Splits a byte stream into (kind, body) frames.
+    fn frames(mut bytes: &[u8]) -> Vec<(FrameKind, Vec<u8>)> {
+        let mut v = Vec::new();
+        while !bytes.is_empty() {
+            let h = Header::parse(bytes[..HEADER_LEN].try_into().unwrap(), u32::MAX).unwrap();
+            let end = HEADER_LEN + h.len as usize;
+            v.push((h.kind, bytes[HEADER_LEN..end].to_vec()));
+            bytes = &bytes[end..];
+        }
+        v
+    }
+
+    fn response(body: &[u8]) -> (u32, Response) {
+        let (id, r) = envelope::decode::<Response>(body);
+        (id.unwrap().0, r.unwrap())
+    }
+
+    fn error(body: &[u8]) -> ProtocolError {
+        frame::decode_body(body).unwrap()
+    }
+
+    fn config() -> ServeConfig {
+        ServeConfig { max_body: 1 << 20 }
+    }
+
+    /// A connection after the HELLO exchange, our HELLO already checked.
+    fn connected(budget: &Budget, client_max: u32) -> (Conn, Service<fn() -> GuestInfo>) {
+        let mut s = Conn::new(config(), budget.clone());
+        let mut h = Service::new(info as fn() -> GuestInfo);
+        let out = frames(&feed(&mut s, &mut h, &hello_frame(client_max)));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].0, FrameKind::Hello);
+        let ours: Hello = Hello::decode_checked::<ServiceVm>(&out[0].1).unwrap();
+        assert_eq!(ours.max_body, 1 << 20);
+        assert!(s.hello_done());
+        (s, h)
+    }
+
+    #[test]
+    fn pipelined_requests_are_answered_in_order_with_their_ids() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let mut burst = Vec::new();
+        for (i, id) in [7u32, 3, 900, u32::MAX].into_iter().enumerate() {
+            burst.extend(request(id, &Request::Reverse(vec![i as u8, 1, 2])));
+        }
+        burst.extend(request(5, &Request::Info));
+        // Byte by byte: the assembler copes with any split.
+        let mut out = Vec::new();
+        for b in &burst {
+            out.extend(feed(&mut s, &mut h, core::slice::from_ref(b)));
+        }
+        let got: Vec<_> = frames(&out)
+            .into_iter()
+            .map(|(k, b)| {
+                assert_eq!(k, FrameKind::Response);
+                response(&b)
+            })
+            .collect();
+        assert_eq!(got.len(), 5);
+        assert_eq!(got[0], (7, Response::Reverse(vec![2, 1, 0])));
+        assert_eq!(got[1], (3, Response::Reverse(vec![2, 1, 1])));
+        assert_eq!(got[2].0, 900);
+        assert_eq!(got[3].0, u32::MAX);
+        assert_eq!(got[4], (5, Response::Info(info())));
+        // GOODBYE ends it cleanly.
+        assert!(feed(&mut s, &mut h, &frame::goodbye()).is_empty());
+        assert!(s.is_done());
+        assert!(matches!(s.take_end(), Some(Ok(Ended::Goodbye))));
+    }
+
+    #[test]
+    fn every_error_before_hello_is_fatal() {
+        let cases: Vec<Vec<u8>> = vec![
+            request(1, &Request::Info),
+            frame::goodbye().to_vec(),
+            vec![0x02, 0, 0, 0, 0], // empty REQUEST
+            vec![0x09, 0, 0, 0, 1, 0],
+            {
+                let mut h = hello_frame(1024);
+                h[HEADER_LEN + 10] ^= 0xff; // garbles the body
+                h
+            },
+        ];
+        for bytes in cases {
+            let mut s = Conn::new(config(), Budget::unlimited());
+            let mut h = Service::new(info as fn() -> GuestInfo);
+            let out = frames(&feed(&mut s, &mut h, &bytes));
+            assert_eq!(out[0].0, FrameKind::Hello);
+            assert_eq!(out.len(), 2, "{bytes:02x?}");
+            assert_eq!(out[1].0, FrameKind::Error);
+            assert!(error(&out[1].1).fatal, "{bytes:02x?}");
+            assert!(s.is_done());
+            assert!(matches!(s.take_end(), Some(Err(_))));
+        }
+    }
+
+    #[test]
+    fn another_version_is_refused_with_both_versions() {
+        let mut s = Conn::new(config(), Budget::unlimited());
+        let mut h = Service::new(info as fn() -> GuestInfo);
+        let old = Hello {
+            protocol: ServiceVm::NAME.into(),
+            version: 1,
+            max_body: 100,
+        };
+        let f = frame::encode(FrameKind::Hello, &old, frame::HELLO_MAX_BODY).unwrap();
+        let out = frames(&feed(&mut s, &mut h, &f));
+        let e = error(&out[1].1);
+        assert_eq!(
+            (e.code, e.fatal),
+            (ProtocolErrorCode::VersionMismatch, true)
+        );
+        let Some(Err(Error::Protocol(comm::Error::VersionMismatch { ours, theirs }))) =
+            s.take_end()
+        else {
+            panic!("not a version mismatch");
+        };
+        assert_eq!((ours, theirs), (ServiceVm::VERSION, 1));
+    }
+
+    #[test]
+    fn bad_requests_get_a_non_fatal_error_with_their_id() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        // [4, "sum"]: an unknown request.
+        let mut f = vec![0x02, 0, 0, 0, 6, 0x82, 0x04, 0x63];
+        f.extend(b"sum");
+        let out = frames(&feed(&mut s, &mut h, &f));
+        let e = error(&out[0].1);
+        assert_eq!(e.code, ProtocolErrorCode::UnknownVariant);
+        assert!(!e.fatal);
+        assert_eq!(e.id, Some(RequestId(4)));
+        // A RESPONSE from the client, an empty REQUEST: non-fatal, no id.
+        let out = frames(&feed(&mut s, &mut h, &[0x03, 0, 0, 0, 1, 0x00]));
+        assert_eq!(error(&out[0].1).code, ProtocolErrorCode::UnexpectedFrame);
+        let out = frames(&feed(&mut s, &mut h, &[0x02, 0, 0, 0, 0]));
+        assert!(!error(&out[0].1).fatal);
+        // Still serving.
+        let out = frames(&feed(&mut s, &mut h, &request(9, &Request::Info)));
+        assert_eq!(response(&out[0].1).0, 9);
+    }
+
+    #[test]
+    fn goodbye_with_a_body_is_too_large_and_fatal() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let out = frames(&feed(&mut s, &mut h, &[0x05, 0, 0, 0, 1, 0]));
+        let e = error(&out[0].1);
+        assert_eq!((e.code, e.fatal), (ProtocolErrorCode::TooLarge, true));
+        assert!(matches!(s.take_end(), Some(Err(_))));
+    }
+
+    #[test]
+    fn a_response_over_the_clients_limit_is_payload_too_large() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 100);
+        let out = frames(&feed(
+            &mut s,
+            &mut h,
+            &request(11, &Request::Reverse(vec![1; 200])),
+        ));
+        let (id, r) = response(&out[0].1);
+        assert_eq!(id, 11);
+        let Response::Err(ServiceError::PayloadTooLarge { len, max }) = r else {
+            panic!("{r:?}");
+        };
+        assert_eq!(max, 100);
+        assert_eq!(
+            len,
+            envelope::body_len(RequestId(11), &Response::Reverse(vec![1; 200])).unwrap() as u64
+        );
+    }
+
+    #[test]
+    fn a_request_without_memory_is_dropped_and_answered_out_of_memory() {
+        let budget = Budget::new(300_000);
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let big = request(21, &Request::Reverse(vec![3; 200_000]));
+        let out = frames(&feed(&mut s, &mut h, &big));
+        let (id, r) = response(&out[0].1);
+        assert_eq!(id, 21);
+        assert!(
+            matches!(r, Response::Err(ServiceError::OutOfMemory { requested }) if requested == big.len() as u64 - HEADER_LEN as u64)
+        );
+        assert_eq!(budget.free(), 300_000);
+        // In step: the next request (which fits) is served.
+        let ok = request(22, &Request::Reverse(vec![3; 100_000]));
+        let out = frames(&feed(&mut s, &mut h, &ok));
+        assert_eq!(response(&out[0].1).0, 22);
+        assert_eq!(budget.free(), 300_000);
+    }
+
+    #[test]
+    fn the_budget_is_held_until_the_answer_is_sent_and_given_back_on_drop() {
+        let budget = Budget::new(1 << 20);
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let big = request(1, &Request::Reverse(vec![3; 100_000]));
+        // Everything but the last byte: reserved from the header on.
+        let mut sent = Vec::new();
+        let mut bytes = &big[..big.len() - 1];
+        while !bytes.is_empty() {
+            let buf = s.input_buf();
+            let n = buf.len().min(bytes.len());
+            buf[..n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            s.received(n);
+        }
+        let held = (1 << 20) - budget.free();
+        assert!(held >= 200_000, "{held}");
+        s.input_buf()[0] = big[big.len() - 1];
+        s.received(1);
+        assert!(s.process(&mut h));
+        // The answer is queued, not sent: still held.
+        assert_eq!((1 << 20) - budget.free(), held);
+        s.sent(10);
+        drain(&mut s, &mut sent);
+        assert_eq!(budget.free(), 1 << 20);
+        // A connection dropped mid-request gives its reservation back.
+        s.input_buf()[..HEADER_LEN].copy_from_slice(&big[..HEADER_LEN]);
+        s.received(HEADER_LEN);
+        assert!(budget.free() < 1 << 20);
+        drop(s);
+        assert_eq!(budget.free(), 1 << 20);
+    }
+
+    #[test]
+    fn answers_wait_for_a_client_that_does_not_read() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let mut burst = request(1, &Request::Reverse(vec![0; OUTPUT_HIGH_WATER + 1]));
+        burst.extend(request(2, &Request::Info));
+        let mut bytes = &burst[..];
+        let mut processed = 0;
+        // Feed without sending anything.
+        for _ in 0..1_000_000 {
+            if s.process(&mut h) {
+                processed += 1;
+                continue;
+            }
+            if bytes.is_empty() || !s.wants_input() {
+                break;
+            }
+            let buf = s.input_buf();
+            let n = buf.len().min(bytes.len());
+            buf[..n].copy_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            s.received(n);
+        }
+        assert_eq!(
+            processed, 1,
+            "the second request waits for the first answer"
+        );
+        assert!(!s.wants_input(), "and nothing more is read meanwhile");
+        let mut sent = Vec::new();
+        drain(&mut s, &mut sent);
+        assert!(s.process(&mut h));
+        drain(&mut s, &mut sent);
+        let ids: Vec<u32> = frames(&sent).iter().map(|(_, b)| response(b).0).collect();
+        assert_eq!(ids, [1, 2]);
+    }
+
+    #[test]
+    fn client_errors_non_fatal_ignored_fatal_ends() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let e = |fatal| {
+            frame::encode(
+                FrameKind::Error,
+                &ProtocolError::new(ProtocolErrorCode::BadMessage, fatal, String::from("x")),
+                frame::ERROR_MAX_BODY,
+            )
+            .unwrap()
+        };
+        assert!(feed(&mut s, &mut h, &e(false)).is_empty());
+        assert_eq!(s.ignored_errors(), 1);
+        assert!(!s.is_ending());
+        assert!(feed(&mut s, &mut h, &e(true)).is_empty());
+        assert!(matches!(
+            s.take_end(),
+            Some(Err(Error::Protocol(comm::Error::Remote(_))))
+        ));
+    }
+
+    #[test]
+    fn half_close_still_gets_the_answers() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let mut bytes = request(1, &Request::Info);
+        bytes.extend(request(2, &Request::Info));
+        // Everything arrives, then the end of the stream; nothing is sent
+        // until the end has been seen.
+        let mut rest = &bytes[..];
+        loop {
+            if s.process(&mut h) {
+                continue;
+            }
+            if rest.is_empty() {
+                break;
+            }
+            let buf = s.input_buf();
+            let n = buf.len().min(rest.len());
+            buf[..n].copy_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            s.received(n);
+        }
+        s.peer_closed();
+        assert!(s.is_ending());
+        let mut sent = Vec::new();
+        drain(&mut s, &mut sent);
+        let ids: Vec<u32> = frames(&sent).iter().map(|(_, b)| response(b).0).collect();
+        assert_eq!(ids, [1, 2]);
+        assert!(matches!(s.take_end(), Some(Ok(Ended::Closed))));
+    }
+
+    #[test]
+    fn truncated_frame_is_fatal() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let f = request(1, &Request::Reverse(vec![1; 50]));
+        feed(&mut s, &mut h, &f[..20]);
+        s.peer_closed();
+        let mut sent = Vec::new();
+        drain(&mut s, &mut sent);
+        let out = frames(&sent);
+        assert!(error(&out[0].1).fatal);
+        assert!(matches!(
+            s.take_end(),
+            Some(Err(Error::Protocol(comm::Error::Truncated { .. })))
+        ));
+    }
+
+    #[test]
+    fn busy_sends_only_a_fatal_busy_error() {
+        let mut s = Conn::busy("8 connections");
+        let mut sent = Vec::new();
+        drain(&mut s, &mut sent);
+        let out = frames(&sent);
+        assert_eq!(out.len(), 1);
+        let e = error(&out[0].1);
+        assert_eq!((e.code, e.fatal), (ProtocolErrorCode::Busy, true));
+        assert!(!s.wants_input());
+        assert!(matches!(s.take_end(), Some(Ok(Ended::Busy))));
+    }
+
+    #[test]
+    fn power_off_answers_then_stops() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let mut bytes = request(1, &Request::PowerOff);
+        bytes.extend(request(2, &Request::Info));
+        let out = frames(&feed(&mut s, &mut h, &bytes));
+        assert_eq!(out.len(), 1);
+        assert_eq!(response(&out[0].1), (1, Response::PowerOff));
+        assert!(h.power_off_requested());
+        assert!(matches!(s.take_end(), Some(Ok(Ended::Stopped))));
     }
 }

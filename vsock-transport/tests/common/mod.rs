@@ -6,25 +6,32 @@
 use std::time::{Duration, Instant};
 
 use comm::frame::{self, FrameKind, HELLO_MAX_BODY};
-use comm::service::{Request, Response, ServiceError, ServiceVm};
+use comm::service::{GuestInfo, Request, Response, ServiceVm};
 use comm::{Hello, Protocol};
 use vsock_transport::framed::{recv_frame, recv_frame_as};
+use vsock_transport::rpc::service::Service;
 use vsock_transport::rpc::{self, Client, Ended, Handler, ServeConfig, Then};
 use vsock_transport::{Connection, Result, Step, Timeouts};
 
-/// The guest's service: reverses bytes, stops on `PowerOff`.
+/// The guest's service: the one svmc handler of the firmware and the
+/// Linux service (reverses bytes, answers `Info`, stops on `PowerOff`).
+pub(crate) fn service() -> Service<fn() -> GuestInfo> {
+    Service::new(|| GuestInfo {
+        firmware: "test-double".into(),
+        firmware_version: env!("CARGO_PKG_VERSION").into(),
+        protocol_version: ServiceVm::VERSION,
+        arch: std::env::consts::ARCH.into(),
+        max_body: frame::DEFAULT_MAX_BODY,
+        heap: None,
+    })
+}
+
+/// [`service`] as a unit value, for doubles that wrap it.
 pub(crate) struct Reverse;
 
 impl Handler<ServiceVm> for Reverse {
     fn handle(&mut self, request: Request) -> (Response, Then) {
-        match request {
-            Request::Reverse(mut bytes) => {
-                bytes.reverse();
-                (Response::Reverse(bytes), Then::Continue)
-            }
-            Request::PowerOff => (Response::PowerOff, Then::Stop),
-            _ => (Response::Err(ServiceError::Unsupported), Then::Continue),
-        }
+        service().handle(request)
     }
 }
 
@@ -45,12 +52,12 @@ pub(crate) fn timeouts() -> Timeouts {
 
 /// Serves the reverse service on `conn` with the default limits.
 pub(crate) fn serve_reverse<C: Connection>(mut conn: C) -> Result<Ended> {
-    rpc::serve::<ServiceVm, _, _>(&mut conn, &mut Reverse, ServeConfig::default())
+    rpc::serve::<ServiceVm, _, _>(&mut conn, &mut service(), ServeConfig::default())
 }
 
 /// Serves the reverse service with a small request limit.
 pub(crate) fn serve_reverse_max(mut conn: impl Connection, max_body: u32) -> Result<Ended> {
-    rpc::serve::<ServiceVm, _, _>(&mut conn, &mut Reverse, ServeConfig { max_body })
+    rpc::serve::<ServiceVm, _, _>(&mut conn, &mut service(), ServeConfig { max_body })
 }
 
 /// The client side of the service.

@@ -1,0 +1,376 @@
+//! End-to-end cases of the guest's concurrency (protocol v2): several
+//! clients at once, interleaved; the connection limit and its busy
+//! refusal; the idle policy; pipelining; the heap after many connections.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use comm::Hello;
+use comm::envelope::{self, RequestId};
+use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
+use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
+use tests::{Ctx, ensure};
+use vsock_transport::hybrid::{self, HybridStream};
+use vsock_transport::rpc::Client;
+use vsock_transport::{Connection, Error as TError};
+
+use super::{R, ServiceClient, attach, frame_goodbye, pattern, power_off_via};
+
+/// A session whose guest gets `words` on its command line.
+fn session_with(ctx: &Ctx, words: &[&str]) -> Result<host::Session, String> {
+    let mut c = ctx.vm_config();
+    c.cmdline.extend(words.iter().map(|w| w.to_string()));
+    ctx.session_with(c)
+}
+
+fn uds(s: &mut host::Session) -> Result<std::path::PathBuf, String> {
+    Ok(s.vm().ok_or("no vm")?.uds_path().to_path_buf())
+}
+
+fn raw(uds: &std::path::Path, ctx: &Ctx) -> Result<HybridStream, String> {
+    hybrid::connect(uds, SERVICE_PORT, &ctx.timeouts()).map_err(|e| format!("connect: {e}"))
+}
+
+/// Reads one frame; `None` when the guest closed the connection.
+fn read_frame<C: Connection>(c: &mut C) -> Result<Option<(FrameKind, Vec<u8>)>, String> {
+    let mut body = Vec::new();
+    match vsock_transport::framed::recv_frame(c, frame::DEFAULT_MAX_BODY, &mut body) {
+        Ok(h) => Ok(Some((h.kind, body))),
+        Err(TError::Closed | TError::Reset) => Ok(None),
+        Err(e) => Err(format!("reading: {e}")),
+    }
+}
+
+/// Our HELLO on a raw connection, and the guest's checked.
+fn raw_hello(c: &mut HybridStream) -> R {
+    let f = frame::encode(
+        FrameKind::Hello,
+        &Hello::new::<ServiceVm>(frame::DEFAULT_MAX_BODY),
+        frame::HELLO_MAX_BODY,
+    )
+    .map_err(|e| e.to_string())?;
+    c.send(&f).map_err(|e| e.to_string())?;
+    match read_frame(c)? {
+        Some((FrameKind::Hello, b)) => Hello::decode_checked::<ServiceVm>(&b)
+            .map(|_| ())
+            .map_err(|e| e.to_string()),
+        other => Err(format!("expected HELLO, got {other:?}")),
+    }
+}
+
+fn request(id: u32, r: &Request) -> Vec<u8> {
+    let mut f = Vec::new();
+    envelope::encode_request_into(RequestId(id), r, frame::DEFAULT_MAX_BODY, &mut f)
+        .expect("request");
+    f
+}
+
+fn expect_response<C: Connection>(c: &mut C, id: u32, want: &Response) -> R {
+    match read_frame(c)? {
+        Some((FrameKind::Response, b)) => {
+            let (got_id, r) = envelope::decode::<Response>(&b);
+            let r = r.map_err(|e| e.to_string())?;
+            ensure(got_id == Some(RequestId(id)) && &r == want, || {
+                format!("expected {id} {want:?}, got {got_id:?} {r:?}")
+            })
+        }
+        other => Err(format!("expected RESPONSE {id}, got {other:?}")),
+    }
+}
+
+fn reverse_call(c: &mut ServiceClient, payload: &[u8]) -> R {
+    let r = c
+        .call(&Request::Reverse(payload.to_vec()))
+        .map_err(|e| e.to_string())?;
+    let mut want = payload.to_vec();
+    want.reverse();
+    ensure(r == Response::Reverse(want), || format!("{r:?}"))
+}
+
+/// A client that is idle after its HELLO and one stalled in the middle of
+/// a frame do not hold up a third: it is served at once. Then the stalled
+/// one completes its frame and gets its answer, the idle one and the boot
+/// connection still work.
+pub fn idle_and_stalled_clients_do_not_block(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let uds = uds(&mut s)?;
+    let mut idle = attach(&uds, ctx)?;
+    let mut stalled = raw(&uds, ctx)?;
+    raw_hello(&mut stalled)?;
+    let f = request(77, &Request::Reverse(b"stalled".to_vec()));
+    stalled.send(&f[..7]).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut third = attach(&uds, ctx)?;
+    for i in 0..5u8 {
+        reverse_call(&mut third, &[i, 1, 2, 3])?;
+    }
+    let took = start.elapsed();
+    ensure(took < Duration::from_secs(1), || {
+        format!("the third client took {took:?} for HELLO and 5 requests")
+    })?;
+    stalled.send(&f[7..]).map_err(|e| e.to_string())?;
+    expect_response(&mut stalled, 77, &Response::Reverse(b"dellats".to_vec()))?;
+    reverse_call(&mut idle, b"idle")?;
+    ensure(
+        s.reverse(b"boot".to_vec()).map_err(|e| e.to_string())? == b"toob",
+        || "boot connection".into(),
+    )?;
+    println!("  third client: HELLO and 5 requests in {took:?}");
+    power_off_via(&mut third, &mut s)
+}
+
+/// A client that keeps the guest busy with 1 MiB requests does not starve
+/// another: each of its small requests waits for at most about one large
+/// request.
+pub fn busy_client_does_not_starve_another(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let uds = uds(&mut s)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU32::new(0));
+    let mut heavy = attach(&uds, ctx)?;
+    let worker = {
+        let (stop, done) = (stop.clone(), done.clone());
+        std::thread::spawn(move || -> R {
+            let big = pattern(1 << 20);
+            while !stop.load(Ordering::Relaxed) {
+                reverse_call(&mut heavy, &big)?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            heavy.close().map_err(|e| e.to_string())
+        })
+    };
+    // Let the heavy client get going.
+    let t = Instant::now();
+    while done.load(Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let mut light = attach(&uds, ctx)?;
+    let mut worst = Duration::ZERO;
+    let before = done.load(Ordering::Relaxed);
+    for i in 0..20u8 {
+        let t = Instant::now();
+        reverse_call(&mut light, &[i; 16])?;
+        worst = worst.max(t.elapsed());
+    }
+    let during = done.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    worker.join().map_err(|_| "heavy client panicked")??;
+    println!("  worst small request {worst:?}; {during} large requests meanwhile");
+    ensure(during > 0, || "the heavy client made no progress".into())?;
+    ensure(worst < Duration::from_secs(2), || {
+        format!("a small request took {worst:?} next to a busy client")
+    })?;
+    power_off_via(&mut light, &mut s)
+}
+
+/// With `svmc.max_conns=8`, the boot connection and 7 host connections
+/// fill the table; a 9th gets a fatal ERROR busy instead of HELLO and is
+/// closed; once one closes, a new one is served.
+pub fn ninth_connection_gets_busy(ctx: &Ctx) -> R {
+    let mut s = session_with(ctx, &["svmc.max_conns=8", "svmc.idle_timeout_ms=600000"])?;
+    let uds = uds(&mut s)?;
+    let mut held = Vec::new();
+    for i in 0..7 {
+        held.push(attach(&uds, ctx).map_err(|e| format!("connection {}: {e}", i + 2))?);
+    }
+    let mut ninth = raw(&uds, ctx)?;
+    let pe = match read_frame(&mut ninth)? {
+        Some((FrameKind::Error, b)) => {
+            frame::decode_body::<ProtocolError>(&b).map_err(|e| e.to_string())?
+        }
+        other => return Err(format!("expected ERROR busy, got {other:?}")),
+    };
+    ensure(pe.code == ProtocolErrorCode::Busy && pe.fatal, || {
+        format!("{pe:?}")
+    })?;
+    ensure(read_frame(&mut ninth)?.is_none(), || {
+        "the guest did not close the refused connection".into()
+    })?;
+    // The client library reports it as a typed error.
+    match Client::<_, ServiceVm>::hello(raw(&uds, ctx)?, frame::DEFAULT_MAX_BODY) {
+        Err(TError::Protocol(comm::Error::Remote(pe))) if pe.code == ProtocolErrorCode::Busy => {}
+        Err(e) => return Err(format!("expected a busy error, got {e}")),
+        Ok(_) => return Err("a 10th connection was served".into()),
+    }
+    // Everyone in the table is still served.
+    for c in held.iter_mut() {
+        reverse_call(c, b"held")?;
+    }
+    ensure(
+        s.reverse(b"boot".to_vec()).map_err(|e| e.to_string())? == b"toob",
+        || "boot connection".into(),
+    )?;
+    held.pop()
+        .ok_or("none")?
+        .close()
+        .map_err(|e| e.to_string())?;
+    let mut next = None;
+    let t = Instant::now();
+    while next.is_none() && t.elapsed() < Duration::from_secs(5) {
+        match attach(&uds, ctx) {
+            Ok(c) => next = Some(c),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+    let mut next = next.ok_or("no connection served after one closed")?;
+    reverse_call(&mut next, b"next")?;
+    power_off_via(&mut next, &mut s)
+}
+
+/// When the table is full, a connection silent for `svmc.idle_timeout_ms`
+/// gives way to a new one; a recently active one does not.
+pub fn idle_connection_gives_way_when_full(ctx: &Ctx) -> R {
+    let mut s = session_with(ctx, &["svmc.max_conns=2", "svmc.idle_timeout_ms=300"])?;
+    let uds = uds(&mut s)?;
+    frame_goodbye(s.client().ok_or("no client")?.connection())?;
+    std::thread::sleep(Duration::from_millis(100));
+    let mut old = attach(&uds, ctx)?;
+    let mut active = attach(&uds, ctx)?;
+    std::thread::sleep(Duration::from_millis(600));
+    reverse_call(&mut active, b"active")?;
+    let mut new = attach(&uds, ctx).map_err(|e| format!("the new connection: {e}"))?;
+    reverse_call(&mut new, b"new")?;
+    reverse_call(&mut active, b"still")?;
+    match old.call(&Request::Info) {
+        Err(_) => {}
+        Ok(r) => return Err(format!("the idle connection still served: {r:?}")),
+    }
+    power_off_via(&mut new, &mut s)
+}
+
+/// 64 requests sent back to back on one connection before any answer is
+/// read: all answered, in order, with their ids.
+pub fn pipelined_burst(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let uds = uds(&mut s)?;
+    let mut c = raw(&uds, ctx)?;
+    raw_hello(&mut c)?;
+    let mut burst = Vec::new();
+    let payloads: Vec<Vec<u8>> = (0..64usize).map(|i| pattern(1 + i * 97)).collect();
+    for (i, p) in payloads.iter().enumerate() {
+        burst.extend(request(1000 + i as u32, &Request::Reverse(p.clone())));
+    }
+    c.send(&burst).map_err(|e| e.to_string())?;
+    for (i, p) in payloads.iter().enumerate() {
+        let mut want = p.clone();
+        want.reverse();
+        expect_response(&mut c, 1000 + i as u32, &Response::Reverse(want))?;
+    }
+    c.send(&request(1, &Request::PowerOff))
+        .map_err(|e| e.to_string())?;
+    expect_response(&mut c, 1, &Response::PowerOff)?;
+    let status = s
+        .vm()
+        .ok_or("no vm")?
+        .wait_exit(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("exit status {status}"))
+}
+
+/// 8 MiB round trip while other clients hold connections open.
+pub fn reverse_8mib_next_to_others(ctx: &Ctx) -> R {
+    let mut s = ctx.session()?;
+    let uds = uds(&mut s)?;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        others.push(attach(&uds, ctx)?);
+    }
+    let mut c = attach(&uds, ctx)?;
+    reverse_call(&mut c, &pattern(8 << 20))?;
+    for o in others.iter_mut() {
+        reverse_call(o, b"other")?;
+    }
+    power_off_via(&mut c, &mut s)
+}
+
+/// Bytes the heap in use may differ by between two `Info` requests on
+/// fresh connections in the same state.
+const HEAP_NOISE: u64 = 1024;
+
+fn heap_used(uds: &std::path::Path, ctx: &Ctx) -> Result<u64, String> {
+    let mut c = attach(uds, ctx)?;
+    let r = c.call(&Request::Info).map_err(|e| e.to_string())?;
+    c.close().map_err(|e| e.to_string())?;
+    match r {
+        Response::Info(i) => Ok(i.heap.ok_or("no heap figures")?.used),
+        other => Err(format!("{other:?}")),
+    }
+}
+
+/// After many connections (served at once, ended by GOODBYE, by a close,
+/// mid-frame, refused as busy) the heap in use is back where it was.
+pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
+    if ctx.guest == host::Guest::Linux {
+        println!("  (the Linux service reports no heap figures: connections only)");
+    }
+    let mut s = session_with(ctx, &["svmc.max_conns=8", "svmc.idle_timeout_ms=600000"])?;
+    let uds = uds(&mut s)?;
+    frame_goodbye(s.client().ok_or("no client")?.connection())?;
+    let round = |n: usize| -> R {
+        let mut conns = Vec::new();
+        for _ in 0..n {
+            // The guest may not have seen the previous round's closes yet.
+            conns.push(attach_when_free(&uds, ctx)?);
+        }
+        for (i, c) in conns.iter_mut().enumerate() {
+            reverse_call(c, &pattern(100 + i * 10_000))?;
+        }
+        // One over the limit, refused.
+        let _ = read_frame(&mut raw(&uds, ctx)?);
+        // One dropped in the middle of a large frame.
+        let mut mid = raw(&uds, ctx)?;
+        let _ = raw_hello(&mut mid);
+        let f = request(5, &Request::Reverse(pattern(300_000)));
+        let _ = mid.send(&f[..f.len() / 2]);
+        drop(mid);
+        for (i, c) in conns.into_iter().enumerate() {
+            if i % 2 == 0 {
+                c.close().map_err(|e| e.to_string())?;
+            } else {
+                drop(c);
+            }
+        }
+        Ok(())
+    };
+    // Warm up (the tables reach their size), then measure.
+    round(8)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let base = if ctx.guest == host::Guest::Firmware {
+        Some(heap_used(&uds, ctx)?)
+    } else {
+        None
+    };
+    for _ in 0..10 {
+        round(8)?;
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(base) = base {
+        let after = heap_used(&uds, ctx)?;
+        println!("  heap in use {base} before, {after} after 10 rounds of 10 connections");
+        // A few bytes either way: the receive ring of the connection that
+        // asks grows with how its bytes were cut into packets. A leak of
+        // anything per connection would be over 100 connections' worth.
+        ensure(after.abs_diff(base) <= HEAP_NOISE, || {
+            format!("heap in use {base} before, {after} after")
+        })?;
+    }
+    let mut c = attach_when_free(&uds, ctx)?;
+    power_off_via(&mut c, &mut s)
+}
+
+/// [`attach`], retried for up to 5 s while the guest answers busy.
+fn attach_when_free(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, String> {
+    let t = Instant::now();
+    loop {
+        match Client::<_, ServiceVm>::hello(raw(uds, ctx)?, frame::DEFAULT_MAX_BODY) {
+            Ok(c) => return Ok(c),
+            Err(TError::Protocol(comm::Error::Remote(pe)))
+                if pe.code == ProtocolErrorCode::Busy && t.elapsed() < Duration::from_secs(5) =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(format!("handshake: {e}")),
+        }
+    }
+}

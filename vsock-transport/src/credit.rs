@@ -1,0 +1,163 @@
+//! Per-connection credit accounting of a virtio-vsock stream, as pure
+//! functions (no device): what may be sent now, and when our consumption
+//! must be announced.
+//!
+//! ```text
+//! peer_free = peer_buf_alloc - (tx_cnt - peer_fwd_cnt)      (all u32, wrapping)
+//! ```
+//!
+//! See the module docs of `guest` for why both directions need care with
+//! virtio-drivers 0.13. Compiled for the `guest` feature, and for the
+//! tests of every build, so the host's `cargo test` checks it.
+
+/// Largest `RW` packet body we send: Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`
+/// (64 KiB), which device back-ends also assume.
+pub(crate) const MAX_PACKET: usize = 64 * 1024;
+
+/// What we know of one connection's credit, in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Credit {
+    /// The peer's last `buf_alloc`.
+    pub(crate) peer_buf_alloc: u32,
+    /// The peer's last `fwd_cnt`.
+    pub(crate) peer_fwd_cnt: u32,
+    /// Body bytes we have sent.
+    pub(crate) tx_cnt: u32,
+    /// Body bytes consumed since our `fwd_cnt` last went to the peer.
+    pub(crate) unannounced: u32,
+    /// Our own receive buffer (the `buf_alloc` we advertise).
+    pub(crate) buffer_size: u32,
+}
+
+impl Credit {
+    /// A connection whose peer has advertised nothing yet.
+    pub(crate) fn new(buffer_size: u32) -> Self {
+        Self {
+            peer_buf_alloc: 0,
+            peer_fwd_cnt: 0,
+            tx_cnt: 0,
+            unannounced: 0,
+            buffer_size,
+        }
+    }
+
+    /// Takes the peer's `buf_alloc` and `fwd_cnt` from a packet header.
+    pub(crate) fn peer_status(&mut self, buf_alloc: u32, fwd_cnt: u32) {
+        self.peer_buf_alloc = buf_alloc;
+        self.peer_fwd_cnt = fwd_cnt;
+    }
+
+    /// `peer_buf_alloc - (tx_cnt - peer_fwd_cnt)`, as far as we have seen.
+    /// It can only be lower than the driver's own figure (it sees a few
+    /// events we do not, such as `CREDIT_REQUEST`), never higher; a peer
+    /// that shrank its buffer below what is in flight gives 0.
+    pub(crate) fn peer_free(&self) -> u32 {
+        self.peer_buf_alloc
+            .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
+    }
+
+    /// How many of `pending` bytes to offer the driver in the next `RW`
+    /// packet (0 only if `pending` is 0).
+    ///
+    /// Every packet costs a round trip through the device, whatever its
+    /// size, so send big ones: the credit we know of when it covers the
+    /// rest or half the peer's buffer; otherwise a full packet, which the
+    /// driver refuses while asking the peer for a credit update (once: it
+    /// keeps a pending flag), so the caller tries again after the next
+    /// events without busy-sending small packets.
+    pub(crate) fn next_chunk(&self, pending: usize) -> usize {
+        let want = pending.min(MAX_PACKET);
+        let free = self.peer_free() as usize;
+        if free >= want || free >= (self.peer_buf_alloc as usize / 2).max(1) {
+            want.min(free)
+        } else {
+            want
+        }
+    }
+
+    /// Records `n` bytes sent in one packet (which carried our `fwd_cnt`,
+    /// so nothing is unannounced any more).
+    pub(crate) fn sent(&mut self, n: usize) {
+        self.tx_cnt = self.tx_cnt.wrapping_add(n as u32);
+        self.unannounced = 0;
+    }
+
+    /// Records `n` bytes consumed from our buffer; `true` if a credit
+    /// update is due now: a quarter of our buffer consumed unannounced, so
+    /// the sender always sees at least three quarters of it free once we
+    /// have drained it.
+    pub(crate) fn consumed(&mut self, n: usize) -> bool {
+        self.unannounced = self.unannounced.saturating_add(n as u32);
+        if self.unannounced >= (self.buffer_size / 4).max(1) {
+            self.unannounced = 0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn credit(buf_alloc: u32, fwd_cnt: u32, tx_cnt: u32) -> Credit {
+        let mut c = Credit::new(256 * 1024);
+        c.peer_status(buf_alloc, fwd_cnt);
+        c.tx_cnt = tx_cnt;
+        c
+    }
+
+    #[test]
+    fn peer_free_follows_the_formula() {
+        assert_eq!(credit(65536, 0, 0).peer_free(), 65536);
+        assert_eq!(credit(65536, 1000, 5000).peer_free(), 65536 - 4000);
+        // Counters wrap.
+        assert_eq!(credit(65536, u32::MAX - 9, 10).peer_free(), 65536 - 20);
+        // A peer that shrank its buffer below what is in flight.
+        assert_eq!(credit(100, 0, 200).peer_free(), 0);
+    }
+
+    #[test]
+    fn chunks_never_exceed_a_packet_or_known_credit_when_it_is_ample() {
+        let c = credit(256 * 1024, 0, 0);
+        assert_eq!(c.next_chunk(1_000_000), MAX_PACKET);
+        assert_eq!(c.next_chunk(10), 10);
+        assert_eq!(c.next_chunk(0), 0);
+        // Half the peer's buffer free: send what fits.
+        let c = credit(65536, 0, 30000);
+        assert_eq!(c.next_chunk(1_000_000), 35536);
+        // The rest fits.
+        let c = credit(65536, 0, 60000);
+        assert_eq!(c.next_chunk(100), 100);
+    }
+
+    #[test]
+    fn little_credit_offers_a_full_packet_to_trigger_a_credit_request() {
+        let c = credit(65536, 0, 60000);
+        assert_eq!(c.next_chunk(1_000_000), MAX_PACKET);
+        let c = credit(0, 0, 0);
+        assert_eq!(c.next_chunk(5), 5);
+    }
+
+    #[test]
+    fn sent_counts_and_announces() {
+        let mut c = credit(65536, 0, 0);
+        c.unannounced = 7;
+        c.sent(1000);
+        assert_eq!((c.tx_cnt, c.unannounced, c.peer_free()), (1000, 0, 64536));
+        c.tx_cnt = u32::MAX;
+        c.sent(2);
+        assert_eq!(c.tx_cnt, 1);
+    }
+
+    #[test]
+    fn credit_update_due_every_quarter_buffer() {
+        let mut c = Credit::new(1024);
+        assert!(!c.consumed(100));
+        assert!(!c.consumed(155));
+        assert!(c.consumed(1));
+        assert_eq!(c.unannounced, 0);
+        assert!(c.consumed(5000));
+    }
+}
