@@ -81,6 +81,11 @@ pub enum Ended {
     Closed,
     /// The handler returned [`Then::Stop`].
     Stopped,
+    /// The client sent nothing within the read timeout
+    /// ([`crate::Timeouts::read`]) after its last frame: an idle client is
+    /// an ending, not an error (the stream was in step). Only [`serve`]
+    /// reports it; the guest's many-connection server has its own policy.
+    IdleTimeout,
     /// The server was at its connection limit: it sent `ERROR` busy
     /// instead of its `HELLO` ([`ServerConn::busy`]).
     Busy,
@@ -741,6 +746,13 @@ where
             match conn.recv(s.input_buf()) {
                 Ok(0) => s.peer_closed(),
                 Ok(n) => s.received(n),
+                // No byte of a next frame within the read timeout, and
+                // nothing left to answer or send: the client is idle.
+                Err(Error::Timeout(Step::Read))
+                    if s.hello_done() && s.at_frame_start() && s.output().is_empty() =>
+                {
+                    return Ok(Ended::IdleTimeout);
+                }
                 Err(e) => s.transport_failed(e),
             }
         }
