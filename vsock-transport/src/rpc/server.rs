@@ -60,7 +60,8 @@ pub enum Then {
     Stop,
 }
 
-/// Processes requests on the server side.
+/// Processes requests on the server side. The [`rpc` module's
+/// example](crate::rpc#example) implements one and serves it.
 pub trait Handler<P: Protocol> {
     /// Answers one request. Failures to process it are responses too.
     fn handle(&mut self, request: P::Request) -> (P::Response, Then);
@@ -696,7 +697,9 @@ impl<P: Protocol> Drop for ServerConn<P> {
 /// Serves one blocking connection: `HELLO`, then requests until `GOODBYE`,
 /// a close, a fatal protocol error or [`Then::Stop`]. The connection is
 /// shut down before returning, whatever happened. Each frame read has its
-/// own deadline ([`Connection::begin`]).
+/// own deadline ([`Connection::begin`]); a client silent between frames
+/// for the read timeout ends it with [`Ended::IdleTimeout`]. Example: the
+/// [`rpc` module's](crate::rpc#example).
 pub fn serve<P, C, H>(conn: &mut C, handler: &mut H, config: ServeConfig) -> Result<Ended>
 where
     P: Protocol,
