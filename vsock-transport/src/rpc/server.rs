@@ -239,9 +239,15 @@ impl<P: Protocol> core::fmt::Debug for ServerConn<P> {
 }
 
 impl<P: Protocol> ServerConn<P> {
-    /// A fresh connection: our `HELLO` is queued.
+    /// A fresh connection: our `HELLO` is queued. A `P::NAME` that no
+    /// `HELLO` can carry ends it at once, before anything is sent, with
+    /// [`comm::Error::InvalidName`].
     pub fn new(config: ServeConfig, budget: Budget) -> Self {
         let mut s = Self::empty(config, budget);
+        if let Err(e) = comm::handshake::check_name::<P>() {
+            s.stop(Err(e.into()));
+            return s;
+        }
         let mut hello = Vec::new();
         match frame::encode_into(
             FrameKind::Hello,
