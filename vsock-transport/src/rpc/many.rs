@@ -143,6 +143,8 @@ where
     E: Endpoint,
     H: Handler<P> + ?Sized,
 {
+    // A name no HELLO can carry: refuse to serve at all, before any send.
+    comm::handshake::check_name::<P>()?;
     let max_conns = config.max_conns.max(1);
     let mut slots: Vec<Slot<P, E::Id>> = Vec::new();
     if let Some(id) = boot {

@@ -712,6 +712,11 @@ where
     C: Connection + ?Sized,
     H: Handler<P> + ?Sized,
 {
+    // A name no HELLO can carry fails here, before anything is sent.
+    if let Err(e) = comm::handshake::check_name::<P>() {
+        let _ = conn.shutdown();
+        return Err(e.into());
+    }
     let mut s = ServerConn::<P>::new(config, Budget::unlimited());
     let result = drive(conn, handler, &mut s);
     // Free the buffers before the shutdown handshake.
