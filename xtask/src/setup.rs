@@ -92,62 +92,37 @@ fn qemu() -> Result<()> {
 }
 
 fn daemon() -> Result<()> {
-    let tools = root().join(".tools");
-    let bin = tools.join("bin").join(host::tools::DAEMON);
-    if bin.is_file()
-        && output(Command::new(&bin).arg("--version")).is_some_and(|v| v.contains(DAEMON_VERSION))
-    {
-        return Ok(());
-    }
-    eprintln!(
-        "xtask: building vhost-device-vsock {DAEMON_VERSION} into {}",
-        tools.display()
-    );
-    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args([
-        "install",
+    cargo_install(
         "vhost-device-vsock",
-        "--version",
+        host::tools::DAEMON,
         DAEMON_VERSION,
-        "--locked",
-        "--root",
-    ])
-    .arg(&tools)
-    .current_dir(root());
-    run(&mut cmd).map_err(|e| {
-        format!(
-            "{e}\nCould not build vhost-device-vsock; it needs crates.io and a C compiler. Run by hand: {}",
-            show(&cmd)
-        )
-    })
+        "it needs crates.io and a C compiler",
+    )
 }
 
 fn cddl() -> Result<()> {
+    cargo_install("cddl", "cddl", CDDL_VERSION, "it needs crates.io")
+}
+
+/// `cargo install --locked` of `krate` at `version` into `.tools/`,
+/// unless `.tools/bin/<bin>` already reports that version; `needs` says
+/// what the build needs, for the error.
+fn cargo_install(krate: &str, bin: &str, version: &str, needs: &str) -> Result<()> {
     let tools = root().join(".tools");
-    let bin = tools.join("bin").join("cddl");
-    if bin.is_file()
-        && output(Command::new(&bin).arg("--version")).is_some_and(|v| v.contains(CDDL_VERSION))
+    let path = tools.join("bin").join(bin);
+    if path.is_file()
+        && output(Command::new(&path).arg("--version")).is_some_and(|v| v.contains(version))
     {
         return Ok(());
     }
-    eprintln!(
-        "xtask: building the cddl {CDDL_VERSION} CLI into {}",
-        tools.display()
-    );
+    eprintln!("xtask: building {krate} {version} into {}", tools.display());
     let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
-    cmd.args([
-        "install",
-        "cddl",
-        "--version",
-        CDDL_VERSION,
-        "--locked",
-        "--root",
-    ])
-    .arg(&tools)
-    .current_dir(root());
+    cmd.args(["install", krate, "--version", version, "--locked", "--root"])
+        .arg(&tools)
+        .current_dir(root());
     run(&mut cmd).map_err(|e| {
         format!(
-            "{e}\nCould not build the cddl CLI; it needs crates.io. Run by hand: {}",
+            "{e}\nCould not build {krate}; {needs}. Run by hand: {}",
             show(&cmd)
         )
     })

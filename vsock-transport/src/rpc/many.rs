@@ -19,7 +19,7 @@
 //! - **Interleaving.** Each pass over the table sends what each
 //!   connection's peer has credit for, reads what has arrived for each,
 //!   and processes one complete request per connection (up to
-//!   `SMALL_BATCH` (8) pipelined ones while their answers stay small, which
+//!   8 (`SMALL_BATCH`) pipelined ones while their answers stay small, which
 //!   then go out in one write); so a request on any connection waits at
 //!   most for one request (or a few tiny ones) of each other connection,
 //!   and a silent, slow or trickling client holds nobody up.
