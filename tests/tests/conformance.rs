@@ -432,47 +432,16 @@ fn r_conn_3_boot_connection_is_served_alongside(p: &Peer) -> R {
 
 /// Connections the earlier cases closed hold a server slot until the
 /// server has seen their close (R-CONN-3: about a second here, longer on a
-/// loaded machine). Before a case fills the table, wait until the whole
-/// table is free: open `max_conns` connections, and if one is refused as
-/// busy, end them all and try again, for at most 10 s. The slots this
-/// takes are ended with `GOODBYE`, which the server sees at once.
-fn settle(p: &Peer) -> R {
-    let start = Instant::now();
-    loop {
-        thread::sleep(Duration::from_millis(300));
-        let mut conns = Vec::new();
-        let mut refused = None;
-        for i in 0..p.max_conns {
-            let mut c = p.connect()?;
-            c.send_msg(FrameKind::Hello, &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY))?;
-            match c.expect_hello_within(PROMPT) {
-                Ok(_) => conns.push(c),
-                Err(e) => {
-                    refused = Some(format!("connection {i}: {e}"));
-                    break;
-                }
-            }
-        }
-        for c in conns {
-            c.goodbye()?;
-        }
-        match refused {
-            None => {
-                // Let the server finish those closes.
-                thread::sleep(Duration::from_millis(300));
-                return Ok(());
-            }
-            Some(e) if start.elapsed() > Duration::from_secs(10) => {
-                return Err(format!("the table never became free within 10 s: {e}"));
-            }
-            Some(_) => {}
-        }
-    }
+/// loaded machine: the firmware probes a peer silent for 1 s, and the
+/// device daemon answers when it is scheduled). Give it that time before
+/// filling the table: 1 s was too short once in a loaded CI run.
+fn settle() {
+    thread::sleep(Duration::from_secs(3));
 }
 
 /// R-CONN-3: `max_conns` connections at once, each served.
 fn r_conn_3_eight_connections_at_once(p: &Peer) -> R {
-    settle(p)?;
+    settle();
     let mut conns = Vec::new();
     for _ in 0..p.max_conns {
         let mut c = p.connect()?;
@@ -523,7 +492,7 @@ fn r_conn_4_stalled_client_does_not_block_another(p: &Peer) -> R {
 /// R-CONN-5: over the limit, `ERROR` busy (7, fatal) instead of `HELLO`,
 /// then the close; a freed slot serves again.
 fn r_conn_5_busy_over_the_limit(p: &Peer) -> R {
-    settle(p)?;
+    settle();
     let mut conns = Vec::new();
     for i in 0..p.max_conns {
         let mut c = p.connect()?;
