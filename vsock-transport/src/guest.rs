@@ -2,6 +2,45 @@
 //! (`no_std`), for any virtio [`Hal`] and [`Transport`], served by one
 //! event loop.
 //!
+//! The virtio-drivers types this API takes ([`Hal`], [`Transport`],
+//! [`VsockAddr`]) are re-exported here (and the crate as
+//! `vsock_transport::virtio_drivers`), so a firmware's versions match.
+//! A firmware finds its transport (virtio-mmio or PCI), then:
+//!
+//! ```no_run
+//! use vsock_transport::comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
+//! use vsock_transport::guest::{GuestVsock, Hal, Transport};
+//! use vsock_transport::rpc::many::{self, ManyConfig};
+//! use vsock_transport::rpc::{Budget, Handler, ServeConfig, Then};
+//!
+//! struct Reverse;
+//! impl Handler<ServiceVm> for Reverse {
+//!     fn handle(&mut self, request: Request) -> (Response, Then) {
+//!         match request {
+//!             Request::Reverse(mut b) => { b.reverse(); (Response::Reverse(b), Then::Continue) }
+//!             _ => (Response::PowerOff, Then::Stop),
+//!         }
+//!     }
+//! }
+//!
+//! /// Serves up to 4 host connections at once until a handler stops.
+//! fn serve<H: Hal, T: Transport>(transport: T) -> vsock_transport::Result<()> {
+//!     let mut vsock = GuestVsock::<H, T>::new(transport)?;
+//!     vsock.listen(SERVICE_PORT);
+//!     let config = ManyConfig {
+//!         serve: ServeConfig::default(),
+//!         max_conns: 4,
+//!         idle_timeout_us: 10_000_000,
+//!         budget: Budget::new(4 << 20),
+//!     };
+//!     many::serve_many::<ServiceVm, _, _>(&mut vsock, None, &mut Reverse, &config, |_| {})
+//! }
+//! ```
+//!
+//! One connection at a time works too: [`GuestVsock::accept`], then
+//! [`GuestVsock::stream`] is a blocking [`Connection`] for
+//! [`crate::rpc::serve`] or [`crate::rpc::Client`].
+//!
 //! # A short primer on virtio-vsock streams
 //!
 //! (virtio spec 1.2, section 5.10 "Socket Device"; Linux
@@ -88,17 +127,17 @@ use alloc::vec::Vec;
 use core::hint::spin_loop;
 
 use log::{debug, trace, warn};
-use virtio_drivers::Hal;
 use virtio_drivers::device::socket::{
-    ConnectionInfo, DisconnectReason, SocketError, VirtIOSocket, VsockAddr, VsockEvent,
-    VsockEventType,
+    ConnectionInfo, DisconnectReason, SocketError, VirtIOSocket, VsockEvent, VsockEventType,
 };
-use virtio_drivers::transport::Transport;
 
 use crate::credit::Credit;
 use crate::rpc::many::Endpoint;
 pub use crate::rpc::many::Recv;
 use crate::{Connection, Error, Result, Step};
+pub use virtio_drivers::Hal;
+pub use virtio_drivers::device::socket::VsockAddr;
+pub use virtio_drivers::transport::Transport;
 
 /// Size of each buffer in the device's RX virtqueue: the largest packet the
 /// device can deliver in one go. virtio-drivers' default of 512 bytes made a

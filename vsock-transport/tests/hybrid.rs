@@ -376,6 +376,25 @@ fn guest(path: PathBuf) -> JoinHandle<vsock_transport::Result<Ended>> {
 }
 
 #[test]
+fn an_idle_client_ends_serve_with_idle_timeout() {
+    let (_dir, uds) = uds();
+    let dev = device(&uds, Answer::Ok(7001), |s| {
+        let mut conn = guest_conn(s);
+        conn.set_timeouts(Timeouts {
+            read: Some(Duration::from_millis(200)),
+            ..timeouts()
+        });
+        serve_reverse(conn)
+    });
+    let mut c = client(hybrid::connect(&uds, 7001, &timeouts()).unwrap());
+    check_reverse(&mut c, b"then silence");
+    // The client says nothing more: an ending, not an error.
+    let (_, served) = dev.join().unwrap();
+    let ended = served.expect("served");
+    assert!(matches!(ended, Ok(Ended::IdleTimeout)), "{ended:?}");
+}
+
+#[test]
 fn guest_connects_to_host_listener() {
     let (_dir, uds) = uds();
     let l = Listener::bind(&uds, 7000, timeouts()).unwrap();

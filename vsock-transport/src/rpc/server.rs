@@ -66,7 +66,8 @@ pub enum Then {
     Stop,
 }
 
-/// Processes requests on the server side.
+/// Processes requests on the server side. The [`rpc` module's
+/// example](crate::rpc#example) implements one and serves it.
 pub trait Handler<P: Protocol> {
     /// Answers one request. Failures to process it are responses too.
     fn handle(&mut self, request: P::Request) -> (P::Response, Then);
@@ -112,6 +113,11 @@ pub enum Ended {
     Closed,
     /// The handler returned [`Then::Stop`].
     Stopped,
+    /// The client sent nothing within the read timeout
+    /// ([`crate::Timeouts::read`]) after its last frame: an idle client is
+    /// an ending, not an error (the stream was in step). Only [`serve`]
+    /// reports it; the guest's many-connection server has its own policy.
+    IdleTimeout,
     /// The server was at its connection limit: it sent `ERROR` busy
     /// instead of its `HELLO` ([`ServerConn::busy`]).
     Busy,
@@ -290,9 +296,15 @@ impl<P: Protocol> core::fmt::Debug for ServerConn<P> {
 }
 
 impl<P: Protocol> ServerConn<P> {
-    /// A fresh connection: our `HELLO` is queued.
+    /// A fresh connection: our `HELLO` is queued. A `P::NAME` that no
+    /// `HELLO` can carry ends it at once, before anything is sent, with
+    /// [`comm::Error::InvalidName`].
     pub fn new(config: ServeConfig, budget: Budget) -> Self {
         let mut s = Self::empty(config, budget);
+        if let Err(e) = comm::handshake::check_name::<P>() {
+            s.stop(Err(e.into()));
+            return s;
+        }
         let mut hello = Vec::new();
         match frame::encode_into(
             FrameKind::Hello,
@@ -869,7 +881,9 @@ impl<P: Protocol> Drop for ServerConn<P> {
 /// Serves one blocking connection: `HELLO`, then requests until `GOODBYE`,
 /// a close, a fatal protocol error or [`Then::Stop`]. The connection is
 /// shut down before returning, whatever happened. Each frame read has its
-/// own deadline ([`Connection::begin`]).
+/// own deadline ([`Connection::begin`]); a client silent between frames
+/// for the read timeout ends it with [`Ended::IdleTimeout`]. Example: the
+/// [`rpc` module's](crate::rpc#example).
 pub fn serve<P, C, H>(conn: &mut C, handler: &mut H, config: ServeConfig) -> Result<Ended>
 where
     P: Protocol,
@@ -924,6 +938,13 @@ where
             match conn.recv(s.input_buf()) {
                 Ok(0) => s.peer_closed(),
                 Ok(n) => s.received(n),
+                // No byte of a next frame within the read timeout, and
+                // nothing left to answer or send: the client is idle.
+                Err(Error::Timeout(Step::Read))
+                    if s.hello_done() && s.at_frame_start() && s.output().is_empty() =>
+                {
+                    return Ok(Ended::IdleTimeout);
+                }
                 Err(e) => s.transport_failed(e),
             }
         }
