@@ -71,13 +71,7 @@ pub const SUITES: &[Suite] = &[
         "launcher faults with hand-made firmware images (hanging, crashing, wrong ELF); \
          host-side code, covered by the firmware run",
     ),
-    Suite::new("hostile_host").not_for_linux(
-        "not yet for Linux: 25 of its 28 cases pass against linux_service, but \
-         close_right_after_ok, reset_with_unread_hello and burst_of_abrupt_closes need the \
-         firmware's idle-yield policy (drop an idle connection after 2 s when another one \
-         waits): in the Linux guest those host-side closes do not end the connection, and \
-         linux_service waits out its 30 s HELLO timeout",
-    ),
+    Suite::new("hostile_host"),
     Suite::new("hostile_guest").not_for_linux("needs the misbehaving firmware variant"),
     Suite::new("cli_vm").not_for_linux(
         "host-cli start/list/stop and the VM registry are host-side and the same for both \
