@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
+use svmc_comm::Protocol;
 use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::{self, HEADER_LEN};
-use svmc_comm::Protocol;
 use svmc_comm::service::{self, Request, ServiceVm};
 
 const SIZES: [(usize, &str); 3] = [(16, "16 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];

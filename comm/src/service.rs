@@ -221,7 +221,9 @@ fn unit_at<T: Copy>(body: &[u8], pos: usize, names: &[(&[u8], T)]) -> Option<T> 
     let rest = body.get(pos..)?;
     names
         .iter()
-        .find(|(n, _)| rest.len() == n.len() + 1 && rest[0] == 0x60 | n.len() as u8 && &rest[1..] == *n)
+        .find(|(n, _)| {
+            rest.len() == n.len() + 1 && rest[0] == 0x60 | n.len() as u8 && &rest[1..] == *n
+        })
         .map(|&(_, v)| v)
 }
 

@@ -54,7 +54,17 @@ fn head(major: u8, arg: u64, w: u8) -> Vec<u8> {
         2 if arg <= 0xffff_ffff => [&[m | 26][..], &(arg as u32).to_be_bytes()].concat(),
         3 => [&[m | 27][..], &arg.to_be_bytes()].concat(),
         _ if arg < 24 => vec![m | arg as u8],
-        _ => head(major, arg, if arg <= 0xff { 0 } else if arg <= 0xffff { 1 } else { 2 }),
+        _ => head(
+            major,
+            arg,
+            if arg <= 0xff {
+                0
+            } else if arg <= 0xffff {
+                1
+            } else {
+                2
+            },
+        ),
     }
 }
 
