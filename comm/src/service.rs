@@ -215,16 +215,14 @@ fn id_at(body: &[u8]) -> Option<(RequestId, usize)> {
     Some((RequestId(u32::try_from(id).ok()?), pos))
 }
 
-/// The unit variant named by the text string `body[pos..]` (the whole
-/// rest of the body), if it is one of `names`.
-fn unit_at<T: Copy>(body: &[u8], pos: usize, names: &[(&[u8], T)]) -> Option<T> {
+/// Which of `names` the text string `body[pos..]` (the whole rest of the
+/// body, in its shortest form) is, if any.
+fn unit_at(body: &[u8], pos: usize, names: &[&[u8]]) -> Option<usize> {
     let rest = body.get(pos..)?;
+    let (&head, name) = rest.split_first()?;
     names
         .iter()
-        .find(|(n, _)| {
-            rest.len() == n.len() + 1 && rest[0] == 0x60 | n.len() as u8 && &rest[1..] == *n
-        })
-        .map(|&(_, v)| v)
+        .position(|n| n.len() < 24 && head == 0x60 | n.len() as u8 && name == *n)
 }
 
 /// Appends to `out` the bytes of the `RESPONSE` body `[id, {"rev":
@@ -304,10 +302,10 @@ pub fn decode_request(body: &[u8]) -> (Option<RequestId>, Result<Request>) {
         return (Some(id), Ok(Request::Reverse(body[payload].to_vec())));
     }
     if let Some((id, pos)) = id_at(body) {
-        let names: [(&[u8], fn() -> Request); 2] =
-            [(b"info", || Request::Info), (b"off", || Request::PowerOff)];
-        if let Some(make) = unit_at(body, pos, &names) {
-            return (Some(id), Ok(make()));
+        match unit_at(body, pos, &[b"info", b"off"]) {
+            Some(0) => return (Some(id), Ok(Request::Info)),
+            Some(_) => return (Some(id), Ok(Request::PowerOff)),
+            None => {}
         }
     }
     envelope::decode(body)
@@ -320,10 +318,10 @@ pub fn decode_response(body: &[u8]) -> (Option<RequestId>, Result<Response>) {
     if let Some((id, payload)) = reverse_payload(body) {
         return (Some(id), Ok(Response::Reverse(body[payload].to_vec())));
     }
-    if let Some((id, pos)) = id_at(body) {
-        if unit_at(body, pos, &[(b"off", ())]).is_some() {
-            return (Some(id), Ok(Response::PowerOff));
-        }
+    if let Some((id, pos)) = id_at(body)
+        && unit_at(body, pos, &[b"off"]).is_some()
+    {
+        return (Some(id), Ok(Response::PowerOff));
     }
     envelope::decode(body)
 }
