@@ -4,21 +4,33 @@
 //!
 //! `cargo bench -p svmc-comm` prints criterion's figures, then a summary table:
 //!
-//! - `ours`: the v2 `REQUEST` frame `[id, request]`:
-//!   `envelope::encode_request_into` into a reused buffer +
-//!   `envelope::decode` into a fresh `Request` (the payload `Vec` is
-//!   allocated by the decoder).
-//! - `in place`: the same encode + `service::reverse_payload`, the
-//!   borrowed decode with which the guest answers a `Reverse` in its
-//!   receive buffer (no payload copy on the decoding side).
+//! - `ours`: what a host `rpc::Client` does per request, sender and
+//!   receiver together. Encode: `ServiceVm::encode_request`
+//!   (`service::encode_request_parts`) writes the frame's head bytes into
+//!   a reused buffer and returns the payload borrowed; head + payload are
+//!   the bytes that go on the wire (the client sends them with one
+//!   vectored write). Decode: `ServiceVm::decode_request`
+//!   (`service::decode_request`) of that frame's body, as the receiver
+//!   holds it after reading it, into a fresh owned `Request` (payload
+//!   `Vec` allocated by the decoder). One payload copy in all.
+//! - `one buf`: the same, but the frame is written whole into one reused
+//!   buffer (head, then the payload copied after it) and decoded from
+//!   there: a sender that needs the frame contiguous. Two payload copies.
+//! - `serde`: the generic path, `envelope::encode_request_into` +
+//!   `envelope::decode::<Request>` (serde + ciborium; what other protocols
+//!   use). Two payload copies.
+//! - `in place`: the `ours` encode + `service::reverse_payload` on the
+//!   received body, the borrowed decode with which the guest answers a
+//!   `Reverse` in its receive buffer (no payload copy at all).
 //! - `to_vec`: `payload.to_vec()`, one allocation + one copy. This is the
-//!   **baseline** of the `ours/memcpy` ratio: decoding has to produce an
+//!   **baseline** of the `x/to_vec` ratios: decoding has to produce an
 //!   owned `Vec` too.
 //! - `copy`: `copy_from_slice` into a preallocated buffer, a pure copy.
-//! - `array`: the same frame code with `Reverse(Vec<u8>)` as an array of
+//! - `array`: the generic path with `Reverse(Vec<u8>)` as an array of
 //!   integers.
-//! - `ciborium-stream`: our encoder + ciborium's own `from_reader`, which is
-//!   what `comm` decoded with before its slice deserializer (src/de.rs).
+//! - `ciborium-stream`: the generic encoder + ciborium's own `from_reader`,
+//!   which is what `comm` decoded with before its slice deserializer
+//!   (src/de.rs).
 //!
 //! Targets (issue 15): `ours` within 2.0x `to_vec` at 1 MiB and 4x at
 //! 4 KiB; wire overhead at most 16 bytes per message.
@@ -28,9 +40,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
+use svmc_comm::Protocol;
 use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::{self, HEADER_LEN};
-use svmc_comm::service::{self, Request};
+use svmc_comm::service::{self, Request, ServiceVm};
 
 const SIZES: [(usize, &str); 3] = [(16, "16 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];
 const MAX: u32 = frame::DEFAULT_MAX_BODY * 8;
@@ -46,7 +59,47 @@ fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 + 7) as u8).collect()
 }
 
-fn ours(buf: &mut Vec<u8>, req: &Request) -> Request {
+/// The frame `ours` sends, and its body as the receiver holds it.
+struct Wire {
+    head: Vec<u8>,
+    received: Vec<u8>,
+}
+
+impl Wire {
+    fn new(req: &Request) -> Self {
+        let mut head = Vec::new();
+        let tail = ServiceVm::encode_request(RequestId(7), req, MAX, &mut head).unwrap();
+        let received = [&head[..], tail].concat();
+        let mut generic = Vec::new();
+        envelope::encode_request_into(RequestId(7), req, MAX, &mut generic).unwrap();
+        assert_eq!(received, generic, "the parts are the generic encoding");
+        Self { head, received }
+    }
+}
+
+/// Encode as the client sends (head + borrowed payload), decode the
+/// received frame into an owned `Request`.
+fn ours(w: &mut Wire, req: &Request) -> Request {
+    w.head.clear();
+    let tail = ServiceVm::encode_request(RequestId(7), req, MAX, &mut w.head).unwrap();
+    black_box((&w.head, tail));
+    let (id, r) = ServiceVm::decode_request(&w.received[HEADER_LEN..]);
+    assert_eq!(id, Some(RequestId(7)));
+    r.unwrap()
+}
+
+/// The same frame written whole into one buffer and decoded from it.
+fn one_buf(buf: &mut Vec<u8>, req: &Request) -> Request {
+    buf.clear();
+    let tail = ServiceVm::encode_request(RequestId(7), req, MAX, buf).unwrap();
+    buf.extend_from_slice(tail);
+    let (id, r) = ServiceVm::decode_request(&buf[HEADER_LEN..]);
+    assert_eq!(id, Some(RequestId(7)));
+    r.unwrap()
+}
+
+/// The generic serde path, both ways.
+fn serde_path(buf: &mut Vec<u8>, req: &Request) -> Request {
     buf.clear();
     envelope::encode_request_into(RequestId(7), req, MAX, buf).unwrap();
     let (id, r) = envelope::decode::<Request>(&buf[HEADER_LEN..]);
@@ -54,11 +107,13 @@ fn ours(buf: &mut Vec<u8>, req: &Request) -> Request {
     r.unwrap()
 }
 
-/// Encode, then find the payload where it lies (the guest's decode).
-fn in_place(buf: &mut Vec<u8>, req: &Request) -> usize {
-    buf.clear();
-    envelope::encode_request_into(RequestId(7), req, MAX, buf).unwrap();
-    let (_, payload) = service::reverse_payload(&buf[HEADER_LEN..]).unwrap();
+/// Encode as `ours`, then find the payload where it lies in the received
+/// body (the guest's decode).
+fn in_place(w: &mut Wire, req: &Request) -> usize {
+    w.head.clear();
+    let tail = ServiceVm::encode_request(RequestId(7), req, MAX, &mut w.head).unwrap();
+    black_box((&w.head, tail));
+    let (_, payload) = service::reverse_payload(&w.received[HEADER_LEN..]).unwrap();
     payload.len()
 }
 
@@ -82,6 +137,7 @@ fn criterion_benches(c: &mut Criterion) {
         let data = payload(n);
         let req = Request::Reverse(data.clone());
         let areq = ArrayRequest::Reverse(data.clone());
+        let mut wire = Wire::new(&req);
         let mut buf = Vec::new();
         let mut dst = vec![0u8; n];
         let mut g = c.benchmark_group(format!("reverse {label}"));
@@ -90,10 +146,16 @@ fn criterion_benches(c: &mut Criterion) {
             g.sample_size(10);
         }
         g.bench_function(BenchmarkId::new("ours", n), |b| {
-            b.iter(|| ours(&mut buf, black_box(&req)))
+            b.iter(|| ours(&mut wire, black_box(&req)))
+        });
+        g.bench_function(BenchmarkId::new("one_buf", n), |b| {
+            b.iter(|| one_buf(&mut buf, black_box(&req)))
+        });
+        g.bench_function(BenchmarkId::new("serde", n), |b| {
+            b.iter(|| serde_path(&mut buf, black_box(&req)))
         });
         g.bench_function(BenchmarkId::new("in_place", n), |b| {
-            b.iter(|| in_place(&mut buf, black_box(&req)))
+            b.iter(|| in_place(&mut wire, black_box(&req)))
         });
         g.bench_function(BenchmarkId::new("to_vec", n), |b| {
             b.iter(|| black_box(&data).to_vec())
@@ -145,18 +207,21 @@ fn summary() {
     println!();
     println!("Summary (best of 8 batches; baseline memcpy = to_vec, a fresh Vec)");
     println!(
-        "{:>6} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>11} {:>11} {:>9} {:>10} | {:>8} {:>8}",
+        "{:>6} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>11} {:>11} {:>11} {:>11} {:>10} | {:>8} {:>8}",
         "size",
         "ours",
+        "one buf",
+        "serde",
         "in place",
         "to_vec",
         "copy",
         "array",
         "cib-stream",
         "ours/to_vec",
+        "1buf/to_vec",
+        "serde/to_vc",
         "inpl/to_vec",
-        "ours/copy",
-        "array/ours",
+        "array/serde",
         "overhead",
         "array ovh"
     );
@@ -164,13 +229,20 @@ fn summary() {
         let data = payload(n);
         let req = Request::Reverse(data.clone());
         let areq = ArrayRequest::Reverse(data.clone());
+        let mut wire = Wire::new(&req);
         let mut buf = Vec::new();
         let mut dst = vec![0u8; n];
         let t_ours = time(budget, || {
-            black_box(ours(&mut buf, black_box(&req)));
+            black_box(ours(&mut wire, black_box(&req)));
+        });
+        let t_one = time(budget, || {
+            black_box(one_buf(&mut buf, black_box(&req)));
+        });
+        let t_serde = time(budget, || {
+            black_box(serde_path(&mut buf, black_box(&req)));
         });
         let t_inpl = time(budget, || {
-            black_box(in_place(&mut buf, black_box(&req)));
+            black_box(in_place(&mut wire, black_box(&req)));
         });
         let t_vec = time(budget, || {
             black_box(black_box(&data).to_vec());
@@ -185,31 +257,35 @@ fn summary() {
         let t_stream = time(budget, || {
             black_box(ciborium_stream(&mut buf, black_box(&req)));
         });
-        let mut wire = Vec::new();
-        envelope::encode_request_into(RequestId(7), &req, MAX, &mut wire).unwrap();
-        let ovh = wire.len() - n;
-        wire.clear();
-        envelope::encode_request_into(RequestId(7), &areq, MAX, &mut wire).unwrap();
-        let aovh = wire.len() as i64 - n as i64;
+        let ovh = wire.received.len() - n;
+        let mut awire = Vec::new();
+        envelope::encode_request_into(RequestId(7), &areq, MAX, &mut awire).unwrap();
+        let aovh = awire.len() as i64 - n as i64;
         let r = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64();
         println!(
-            "{label:>6} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10.2}x {:>10.2}x {:>8.2}x {:>9.1}x | {:>6} B {:>6} B",
+            "{label:>6} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>10.2}x {:>10.2}x {:>10.2}x {:>10.2}x {:>9.1}x | {:>6} B {:>6} B",
             fmt(t_ours),
+            fmt(t_one),
+            fmt(t_serde),
             fmt(t_inpl),
             fmt(t_vec),
             fmt(t_copy),
             fmt(t_array),
             fmt(t_stream),
             r(t_ours, t_vec),
+            r(t_one, t_vec),
+            r(t_serde, t_vec),
             r(t_inpl, t_vec),
-            r(t_ours, t_copy),
-            r(t_array, t_ours),
+            r(t_array, t_serde),
             ovh,
             aovh,
         );
     }
     println!(
         "overhead = frame length - payload length (header 5 + [id] 2..6 + map 1 + \"rev\" 4 + bstr head 1..9)"
+    );
+    println!(
+        "ours = ServiceVm::encode_request (head bytes + borrowed payload, sent with one vectored write) + ServiceVm::decode_request of the received body into an owned Request"
     );
     println!("targets: ours/to_vec <= 2.00x at 1 MiB, <= 4.00x at 4 KiB");
 }

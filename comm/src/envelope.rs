@@ -118,6 +118,84 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> (Option<RequestId>, Res
     (id.map(RequestId), msg)
 }
 
+/// Appends the shortest CBOR head of major type `major` (0 to 7) with
+/// argument `arg`: what ciborium's encoder writes for a uint, a string's
+/// or an array's length.
+pub(crate) fn push_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+    let m = major << 5;
+    if arg < 24 {
+        out.push(m | arg as u8);
+    } else if arg <= 0xff {
+        out.extend_from_slice(&[m | 24, arg as u8]);
+    } else if arg <= 0xffff {
+        let b = (arg as u16).to_be_bytes();
+        out.extend_from_slice(&[m | 25, b[0], b[1]]);
+    } else if arg <= 0xffff_ffff {
+        let b = (arg as u32).to_be_bytes();
+        out.extend_from_slice(&[m | 26, b[0], b[1], b[2], b[3]]);
+    } else {
+        out.push(m | 27);
+        out.extend_from_slice(&arg.to_be_bytes());
+    }
+}
+
+/// Reads a definite CBOR head at `body[*pos..]` (any width, as the generic
+/// decoder accepts): its major type and argument, and moves `pos` past it.
+/// `None` for an indefinite length, a reserved width or the end of `body`.
+pub(crate) fn read_head(body: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
+    let first = *body.get(*pos)?;
+    let info = first & 0x1f;
+    let width = match info {
+        0..=23 => 0,
+        24 => 1,
+        25 => 2,
+        26 => 4,
+        27 => 8,
+        _ => return None,
+    };
+    let start = *pos + 1;
+    let arg = if width == 0 {
+        u64::from(info)
+    } else {
+        let bytes = body.get(start..start + width)?;
+        bytes.iter().fold(0, |a, &b| (a << 8) | u64::from(b))
+    };
+    *pos = start + width;
+    Some((first >> 5, arg))
+}
+
+/// Writes the frame header of `kind` and the body head `[id, ` (then
+/// `msg_head`, e.g. a variant name and a byte-string head) for a body whose
+/// remaining `tail` bytes the caller sends after `out`. Checks the body
+/// length against `max` (or the fixed limit of `kind`) like
+/// [`frame::encode_into`], leaving `out` unchanged on error.
+pub(crate) fn push_frame_head(
+    kind: FrameKind,
+    id: RequestId,
+    msg_head: impl FnOnce(&mut Vec<u8>),
+    tail: usize,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<()> {
+    let start = out.len();
+    out.extend_from_slice(&[0; frame::HEADER_LEN]);
+    out.push(0x82);
+    push_head(out, 0, id.0.into());
+    msg_head(out);
+    let len = (out.len() - start - frame::HEADER_LEN) as u64 + tail as u64;
+    let limit = kind.max_body(max);
+    if len > u64::from(limit) {
+        out.truncate(start);
+        return Err(Error::TooLargeToSend { len, max: limit });
+    }
+    let header = frame::Header {
+        kind,
+        len: len as u32,
+    };
+    out[start..start + frame::HEADER_LEN].copy_from_slice(&header.to_bytes());
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use alloc::vec;

@@ -1,9 +1,11 @@
 //! The version check at connection start, and the trait that names a protocol.
 
 use alloc::string::String;
+use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use crate::envelope::{self, RequestId};
 use crate::error::{Error, Result};
 
 /// Longest [`Protocol::NAME`] in bytes (`WIRE.md` §6: `tstr .size (1..64)`);
@@ -89,6 +91,49 @@ pub trait Protocol {
     fn out_of_memory(requested: u64) -> Option<Self::Response> {
         let _ = requested;
         None
+    }
+
+    /// Appends the `REQUEST` frame of `request` with id `id` to `out`,
+    /// except for a tail of it that is returned borrowed from `request`:
+    /// the frame is the bytes appended to `out`, then the tail (a sender
+    /// writes both with one vectored write, without copying the tail).
+    ///
+    /// The default is [`envelope::encode_request_into`] and an empty tail.
+    /// A protocol may write its own messages directly (as
+    /// [`crate::service::ServiceVm`] does for a `Reverse`): the bytes must
+    /// be the default's, and so must the errors.
+    fn encode_request<'a>(
+        id: RequestId,
+        request: &'a Self::Request,
+        max: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        envelope::encode_request_into(id, request, max, out)?;
+        Ok(&[])
+    }
+
+    /// [`Protocol::encode_request`] for a `RESPONSE`; the default is
+    /// [`envelope::encode_response_into`] and an empty tail.
+    fn encode_response<'a>(
+        id: RequestId,
+        response: &'a Self::Response,
+        max: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        envelope::encode_response_into(id, response, max, out)?;
+        Ok(&[])
+    }
+
+    /// Decodes a `REQUEST` body. The default is [`envelope::decode`]; an
+    /// override must return what it returns, for every input.
+    fn decode_request(body: &[u8]) -> (Option<RequestId>, Result<Self::Request>) {
+        envelope::decode(body)
+    }
+
+    /// Decodes a `RESPONSE` body. The default is [`envelope::decode`]; an
+    /// override must return what it returns, for every input.
+    fn decode_response(body: &[u8]) -> (Option<RequestId>, Result<Self::Response>) {
+        envelope::decode(body)
     }
 }
 

@@ -7,6 +7,8 @@ use core::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{self, RequestId};
+use crate::error::Result;
+use crate::frame::FrameKind;
 use crate::handshake::Protocol;
 
 /// vsock port on the host (CID 2) that the guest connects to at boot. Its
@@ -40,6 +42,32 @@ impl Protocol for ServiceVm {
 
     fn out_of_memory(requested: u64) -> Option<Response> {
         Some(Response::Err(ServiceError::OutOfMemory { requested }))
+    }
+
+    fn encode_request<'a>(
+        id: RequestId,
+        request: &'a Request,
+        max: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        encode_request_parts(id, request, max, out)
+    }
+
+    fn encode_response<'a>(
+        id: RequestId,
+        response: &'a Response,
+        max: u32,
+        out: &mut Vec<u8>,
+    ) -> Result<&'a [u8]> {
+        encode_response_parts(id, response, max, out)
+    }
+
+    fn decode_request(body: &[u8]) -> (Option<RequestId>, Result<Request>) {
+        decode_request(body)
+    }
+
+    fn decode_response(body: &[u8]) -> (Option<RequestId>, Result<Response>) {
+        decode_response(body)
     }
 }
 
@@ -136,20 +164,14 @@ pub enum ServiceError {
     Internal(String),
 }
 
-/// [`Request::Reverse`] borrowing its payload from the body.
-#[derive(Deserialize)]
-enum ReverseRef<'a> {
-    #[serde(rename = "rev")]
-    Reverse(&'a [u8]),
-}
-
-/// If `body` (a `REQUEST` body `[id, request]`) is a well-formed
-/// [`Request::Reverse`] whose payload lies in one piece in `body` (a
-/// definite-length byte string, which is what every encoder here writes),
-/// its id and where its payload is: a server can reverse it where it lies
-/// and answer with [`reverse_response_head`] and that range, without
-/// decoding it into a [`Request`]. `None` for anything else (decode it as a
-/// [`Request`] then: errors are reported the usual way).
+/// If `body` (a `REQUEST` body `[id, request]`) is a [`Request::Reverse`]
+/// in the form this crate's encoder writes it (definite lengths, no tags;
+/// any width of id and length is fine), its id and where its payload is: a
+/// server can reverse it where it lies and answer with
+/// [`reverse_response_head`] and that range, without decoding it into a
+/// [`Request`]. `None` for anything else (decode it as a [`Request`] then:
+/// it may still be a `Reverse`, e.g. with a tagged id or a chunked payload,
+/// and errors are reported the usual way).
 ///
 /// ```
 /// use svmc_comm::envelope::{self, RequestId};
@@ -168,17 +190,39 @@ enum ReverseRef<'a> {
 /// # Ok::<(), svmc_comm::Error>(())
 /// ```
 pub fn reverse_payload(body: &[u8]) -> Option<(RequestId, Range<usize>)> {
-    // A cheap look first: anything but `[id, {"rev": ...}]` goes the typed
-    // way without a failed decode (and its error message) here.
-    if !body.windows(4).take(8).any(|w| w == b"\x63rev") {
+    let (id, mut pos) = id_at(body)?;
+    if body.get(pos..pos + 5)? != b"\xa1\x63rev" {
         return None;
     }
-    let (id, request) = envelope::decode::<ReverseRef<'_>>(body);
-    let (Some(id), Ok(ReverseRef::Reverse(payload))) = (id, request) else {
+    pos += 5;
+    let (2, len) = envelope::read_head(body, &mut pos)? else {
         return None;
     };
-    let start = (payload.as_ptr() as usize).checked_sub(body.as_ptr() as usize)?;
-    Some((id, start..start + payload.len()))
+    // Exactly the rest of the body: a longer length is cut short, a
+    // shorter one leaves trailing bytes; both are the typed path's errors.
+    (len == (body.len() - pos) as u64).then_some((id, pos..body.len()))
+}
+
+/// `[id, ` at the start of a body: the id and the offset after it.
+fn id_at(body: &[u8]) -> Option<(RequestId, usize)> {
+    if *body.first()? != 0x82 {
+        return None;
+    }
+    let mut pos = 1;
+    let (0, id) = envelope::read_head(body, &mut pos)? else {
+        return None;
+    };
+    Some((RequestId(u32::try_from(id).ok()?), pos))
+}
+
+/// Which of `names` the text string `body[pos..]` (the whole rest of the
+/// body, in its shortest form) is, if any.
+fn unit_at(body: &[u8], pos: usize, names: &[&[u8]]) -> Option<usize> {
+    let rest = body.get(pos..)?;
+    let (&head, name) = rest.split_first()?;
+    names
+        .iter()
+        .position(|n| n.len() < 24 && head == 0x60 | n.len() as u8 && name == *n)
 }
 
 /// Appends to `out` the bytes of the `RESPONSE` body `[id, {"rev":
@@ -186,14 +230,100 @@ pub fn reverse_payload(body: &[u8]) -> Option<(RequestId, Range<usize>)> {
 /// bytes and the payload (at most [`REVERSE_OVERHEAD`] bytes of them).
 /// They are what encoding [`Response::Reverse`] writes.
 pub fn reverse_response_head(id: RequestId, len: usize, out: &mut Vec<u8>) {
-    use ciborium_ll::{Encoder, Header};
-    let mut enc = Encoder::from(out);
-    // Writing to a `Vec` cannot fail.
-    let _ = enc.push(Header::Array(Some(2)));
-    let _ = enc.push(Header::Positive(id.0.into()));
-    let _ = enc.push(Header::Map(Some(1)));
-    let _ = enc.text("rev", None);
-    let _ = enc.push(Header::Bytes(Some(len)));
+    out.push(0x82);
+    envelope::push_head(out, 0, id.0.into());
+    reverse_head(len, out);
+}
+
+/// `{"rev": ` and the head of a byte string of `len` bytes.
+fn reverse_head(len: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"\xa1\x63rev");
+    envelope::push_head(out, 2, len as u64);
+}
+
+/// [`envelope::encode_request_into`] for a [`Request`], except that a
+/// `Reverse` payload is not copied: it is returned, and the frame is the
+/// bytes appended to `out` followed by it (send both with one vectored
+/// write). Other requests are appended whole and the tail is empty. The
+/// bytes and errors are [`envelope::encode_request_into`]'s.
+///
+/// ```
+/// use svmc_comm::envelope::{self, RequestId};
+/// use svmc_comm::service::{self, Request};
+///
+/// let request = Request::Reverse(b"abc".to_vec());
+/// let mut head = Vec::new();
+/// let tail = service::encode_request_parts(RequestId(1), &request, 100, &mut head)?;
+/// let mut whole = Vec::new();
+/// envelope::encode_request_into(RequestId(1), &request, 100, &mut whole)?;
+/// assert_eq!([&head[..], tail].concat(), whole);
+/// # Ok::<(), svmc_comm::Error>(())
+/// ```
+pub fn encode_request_parts<'a>(
+    id: RequestId,
+    request: &'a Request,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    match request {
+        Request::Reverse(payload) => {
+            let head = |o: &mut Vec<u8>| reverse_head(payload.len(), o);
+            envelope::push_frame_head(FrameKind::Request, id, head, payload.len(), max, out)?;
+            Ok(payload)
+        }
+        other => envelope::encode_request_into(id, other, max, out).map(|()| &[][..]),
+    }
+}
+
+/// [`encode_request_parts`] for a [`Response`]: a `Reverse` payload is the
+/// tail, anything else is appended whole.
+pub fn encode_response_parts<'a>(
+    id: RequestId,
+    response: &'a Response,
+    max: u32,
+    out: &mut Vec<u8>,
+) -> Result<&'a [u8]> {
+    match response {
+        Response::Reverse(payload) => {
+            let head = |o: &mut Vec<u8>| reverse_head(payload.len(), o);
+            envelope::push_frame_head(FrameKind::Response, id, head, payload.len(), max, out)?;
+            Ok(payload)
+        }
+        other => envelope::encode_response_into(id, other, max, out).map(|()| &[][..]),
+    }
+}
+
+/// [`envelope::decode`]`::<Request>`, with the same result for every input,
+/// faster for the requests this crate's encoder writes: a `Reverse` is
+/// read without serde (its payload copied once into a `Vec` of exactly its
+/// length), `info` and `off` by name. Anything else goes the generic way.
+pub fn decode_request(body: &[u8]) -> (Option<RequestId>, Result<Request>) {
+    if let Some((id, payload)) = reverse_payload(body) {
+        return (Some(id), Ok(Request::Reverse(body[payload].to_vec())));
+    }
+    if let Some((id, pos)) = id_at(body) {
+        match unit_at(body, pos, &[b"info", b"off"]) {
+            Some(0) => return (Some(id), Ok(Request::Info)),
+            Some(_) => return (Some(id), Ok(Request::PowerOff)),
+            None => {}
+        }
+    }
+    envelope::decode(body)
+}
+
+/// [`decode_request`] for a [`Response`]: `Reverse` and `off` directly,
+/// anything else the generic way.
+pub fn decode_response(body: &[u8]) -> (Option<RequestId>, Result<Response>) {
+    // A response body has the shape of a request body.
+    if let Some((id, payload)) = reverse_payload(body) {
+        return (Some(id), Ok(Response::Reverse(body[payload].to_vec())));
+    }
+    if let Some((id, pos)) = id_at(body)
+        && unit_at(body, pos, &[b"off"]).is_some()
+    {
+        return (Some(id), Ok(Response::PowerOff));
+    }
+    envelope::decode(body)
 }
 
 #[cfg(test)]

@@ -81,3 +81,19 @@ pub fn send_frame<C: Connection + ?Sized>(conn: &mut C, frame: &[u8]) -> Result<
     conn.begin(Step::Write);
     conn.send(frame)
 }
+
+/// Writes one frame given as its head bytes and a tail sent from where it
+/// lies (e.g. a payload returned by [`comm::Protocol::encode_request`]),
+/// with one [`Connection::send_vectored`].
+pub fn send_frame_parts<C: Connection + ?Sized>(
+    conn: &mut C,
+    head: &[u8],
+    tail: &[u8],
+) -> Result<()> {
+    conn.begin(Step::Write);
+    if tail.is_empty() {
+        conn.send(head)
+    } else {
+        conn.send_vectored(&[head, tail])
+    }
+}

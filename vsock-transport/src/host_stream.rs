@@ -273,6 +273,25 @@ impl<S: Socket> HostStream<S> {
     }
 }
 
+impl<S: Socket> HostStream<S> {
+    /// What a failed send means: `None` to try again (an interrupt, or a
+    /// socket timeout that `arm` checks against the deadline), else the
+    /// error. `sent` bytes of the frame went out before it.
+    fn send_error(&self, e: io::Error, sent: usize) -> Option<Error> {
+        match e.kind() {
+            io::ErrorKind::Interrupted => None,
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => None,
+            io::ErrorKind::ConnectionReset => Some(Error::Reset),
+            io::ErrorKind::BrokenPipe if sent == 0 => Some(Error::Closed),
+            io::ErrorKind::BrokenPipe => Some(Error::Reset),
+            _ => {
+                let step = self.step(Dir::Write);
+                Some(Error::io(format!("{step}: sending to {}", self.peer), e))
+            }
+        }
+    }
+}
+
 impl<S: Socket> Connection for HostStream<S> {
     fn send(&mut self, buf: &[u8]) -> Result<()> {
         if self.shut_down {
@@ -285,19 +304,43 @@ impl<S: Socket> Connection for HostStream<S> {
             match send_nosignal(fd, &buf[sent..]) {
                 Ok(0) => return Err(Error::Closed),
                 Ok(n) => sent += n,
-                Err(e) => match e.kind() {
-                    io::ErrorKind::Interrupted => {}
-                    // The socket timeout fired: `arm` tells whether the
-                    // deadline has passed or re-arms it.
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {}
-                    io::ErrorKind::ConnectionReset => return Err(Error::Reset),
-                    io::ErrorKind::BrokenPipe if sent == 0 => return Err(Error::Closed),
-                    io::ErrorKind::BrokenPipe => return Err(Error::Reset),
-                    _ => {
-                        let step = self.step(Dir::Write);
-                        return Err(Error::io(format!("{step}: sending to {}", self.peer), e));
+                Err(e) => {
+                    if let Some(e) = self.send_error(e, sent) {
+                        return Err(e);
                     }
-                },
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// One `sendmsg` for all of `bufs` (again for what is left after a
+    /// short write).
+    fn send_vectored(&mut self, bufs: &[&[u8]]) -> Result<()> {
+        if self.shut_down {
+            return Err(Error::ShutDown);
+        }
+        let fd = self.socket.as_raw_fd();
+        let mut slices: Vec<io::IoSlice<'_>> = bufs
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| io::IoSlice::new(b))
+            .collect();
+        let mut left = &mut slices[..];
+        let mut sent = 0;
+        while !left.is_empty() {
+            self.arm(Dir::Write)?;
+            match sendmsg_nosignal(fd, left) {
+                Ok(0) => return Err(Error::Closed),
+                Ok(n) => {
+                    sent += n;
+                    io::IoSlice::advance_slices(&mut left, n);
+                }
+                Err(e) => {
+                    if let Some(e) = self.send_error(e, sent) {
+                        return Err(e);
+                    }
+                }
             }
         }
         Ok(())
@@ -352,6 +395,18 @@ impl<S: Socket> Connection for HostStream<S> {
 fn send_nosignal(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
     use nix::sys::socket::{MsgFlags, send};
     Ok(send(fd, buf, MsgFlags::MSG_NOSIGNAL)?)
+}
+
+/// `sendmsg(2)` of `bufs` without `SIGPIPE`.
+fn sendmsg_nosignal(fd: RawFd, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, UnixAddr, sendmsg};
+    Ok(sendmsg::<UnixAddr>(
+        fd,
+        bufs,
+        &[],
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?)
 }
 
 /// Socket set-up helpers shared by the backends, on `nix`.

@@ -88,6 +88,19 @@ pub trait Connection {
     /// Sends all of `buf`, or fails.
     fn send(&mut self, buf: &[u8]) -> Result<()>;
 
+    /// Sends all of `bufs`, one after the other, as one run of bytes on
+    /// the stream, or fails. A frame's head and its payload go out this
+    /// way without being copied into one buffer first
+    /// ([`framed::send_frame_parts`]). The default sends them one by one
+    /// with [`Connection::send`]; the host backends make one vectored
+    /// write (`sendmsg`) of them.
+    fn send_vectored(&mut self, bufs: &[&[u8]]) -> Result<()> {
+        for buf in bufs.iter().filter(|b| !b.is_empty()) {
+            self.send(buf)?;
+        }
+        Ok(())
+    }
+
     /// Receives at least one and at most `buf.len()` bytes, blocking until
     /// some arrive. `Ok(0)` means the peer closed its side of the stream.
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize>;
@@ -109,6 +122,9 @@ impl<C: Connection + ?Sized> Connection for &mut C {
     fn send(&mut self, buf: &[u8]) -> Result<()> {
         (**self).send(buf)
     }
+    fn send_vectored(&mut self, bufs: &[&[u8]]) -> Result<()> {
+        (**self).send_vectored(bufs)
+    }
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
         (**self).recv(buf)
     }
@@ -123,6 +139,9 @@ impl<C: Connection + ?Sized> Connection for &mut C {
 impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
     fn send(&mut self, buf: &[u8]) -> Result<()> {
         (**self).send(buf)
+    }
+    fn send_vectored(&mut self, bufs: &[&[u8]]) -> Result<()> {
+        (**self).send_vectored(bufs)
     }
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
         (**self).recv(buf)

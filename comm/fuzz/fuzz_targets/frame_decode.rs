@@ -2,12 +2,15 @@
 //! `REQUEST`, `RESPONSE` and `HELLO` frames, and `decode_body` of each
 //! message type. Nothing may panic; whatever decodes must re-encode to a
 //! frame that decodes to the same value; and whatever our slice deserializer
-//! accepts, ciborium's own deserializer must accept as the same value.
+//! accepts, ciborium's own deserializer must accept as the same value. The
+//! direct codec of `service` must return what the generic `envelope` path
+//! returns, value and error alike.
 #![no_main]
 
 use comm::Hello;
 use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
-use comm::service::{Request, Response};
+use comm::envelope;
+use comm::service::{self, Request, Response};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -43,4 +46,6 @@ fuzz_target!(|data: &[u8]| {
     check::<Response>(data, FrameKind::Response);
     check::<Hello>(data, FrameKind::Hello);
     check::<ProtocolError>(data, FrameKind::Error);
+    assert_eq!(service::decode_request(data), envelope::decode::<Request>(data));
+    assert_eq!(service::decode_response(data), envelope::decode::<Response>(data));
 });

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
-use comm::{Hello, Protocol, RequestId, envelope};
+use comm::{Hello, Protocol, RequestId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -323,7 +323,10 @@ where
             queued: false,
         };
         let mut f = Vec::new();
-        envelope::encode_request_into(id, request, self.peer_max_body, &mut f)?;
+        // The frame is queued whole: the tail (a payload) is copied once.
+        let tail = P::encode_request(id, request, self.peer_max_body, &mut f)?;
+        f.reserve_exact(tail.len());
+        f.extend_from_slice(tail);
         if self.frames.send(Command::Request(id, f)).await.is_err() {
             return Err(self.ended_error());
         }
@@ -464,7 +467,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
         };
         let (id, answer): (Option<RequestId>, Answer<P>) = match header.kind {
             FrameKind::Response => {
-                let (id, r) = envelope::decode::<P::Response>(&body);
+                let (id, r) = P::decode_response(&body);
                 (id, r.map_err(Error::from))
             }
             FrameKind::Error => match frame::decode_body::<ProtocolError>(&body) {

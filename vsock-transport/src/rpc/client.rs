@@ -8,10 +8,10 @@ use core::fmt;
 use core::marker::PhantomData;
 
 use comm::frame::{self, FrameKind, ProtocolError};
-use comm::{Protocol, RequestId, envelope};
+use comm::{Protocol, RequestId};
 
 use super::hello;
-use crate::framed::{recv_frame, send_frame};
+use crate::framed::{recv_frame, send_frame, send_frame_parts};
 use crate::{Connection, Error, Result, Step};
 
 /// How many abandoned requests (timed out, answer still due) a client
@@ -272,8 +272,10 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         self.check_usable()?;
         let id = self.fresh_id();
         self.buf.clear();
-        envelope::encode_request_into(id, request, self.peer_max_body, &mut self.buf)?;
-        if let Err(e) = send_frame(&mut self.conn, &self.buf) {
+        // The payload, if the protocol returns one as the tail, is sent
+        // from where it lies: one vectored write, no copy into `buf`.
+        let tail = P::encode_request(id, request, self.peer_max_body, &mut self.buf)?;
+        if let Err(e) = send_frame_parts(&mut self.conn, &self.buf, tail) {
             return Err(self.failed(e));
         }
         self.in_flight.push_back(Slot {
@@ -304,7 +306,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
             };
             let (id, answer) = match header.kind {
                 FrameKind::Response => {
-                    let (id, r) = envelope::decode::<P::Response>(&self.buf);
+                    let (id, r) = P::decode_response(&self.buf);
                     (id, r.map_err(Error::from))
                 }
                 FrameKind::Error => match frame::decode_body::<ProtocolError>(&self.buf) {
@@ -425,6 +427,7 @@ mod tests {
     use std::time::Duration;
 
     use comm::Hello;
+    use comm::envelope;
     use comm::frame::{DEFAULT_MAX_BODY, ProtocolErrorCode};
     use comm::service::{Request, Response, ServiceVm};
 
@@ -629,6 +632,71 @@ mod tests {
             Err(Error::Poisoned { .. })
         ));
         c.close().unwrap();
+    }
+
+    #[test]
+    fn a_reverse_sent_from_its_parts_is_the_generic_encoding() {
+        use crate::host_stream::{HostStream, Peer};
+        let (a, mut b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let conn = HostStream::new(a, Peer::Other("test".into()), crate::Timeouts::default());
+        let srv = thread::spawn(move || {
+            let mut f = Vec::new();
+            frame::encode_into(
+                FrameKind::Hello,
+                &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
+                DEFAULT_MAX_BODY,
+                &mut f,
+            )
+            .unwrap();
+            b.write_all(&f).unwrap();
+            let mut hello = Vec::new();
+            recv_frame(&mut MockStream(&mut b), DEFAULT_MAX_BODY, &mut hello).unwrap();
+            let mut body = Vec::new();
+            let h = recv_frame(&mut MockStream(&mut b), DEFAULT_MAX_BODY, &mut body).unwrap();
+            assert_eq!(h.kind, FrameKind::Request);
+            let mut raw = h.to_bytes().to_vec();
+            raw.extend_from_slice(&body);
+            let (id, r) = envelope::decode::<Request>(&body);
+            let Ok(Request::Reverse(mut p)) = r else {
+                panic!("{r:?}")
+            };
+            p.reverse();
+            let mut f = Vec::new();
+            envelope::encode_response_into(id.unwrap(), &Response::Reverse(p), u32::MAX, &mut f)
+                .unwrap();
+            b.write_all(&f).unwrap();
+            raw
+        });
+        let mut c = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY).unwrap();
+        // Larger than a socket buffer: sendmsg writes short, the rest follows.
+        let payload: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7) as u8).collect();
+        let request = Request::Reverse(payload.clone());
+        let answer = c.call(&request).unwrap();
+        let mut want = Vec::new();
+        envelope::encode_request_into(RequestId(1), &request, u32::MAX, &mut want).unwrap();
+        assert_eq!(
+            srv.join().unwrap(),
+            want,
+            "the generic encoding, byte for byte"
+        );
+        let mut reversed = payload;
+        reversed.reverse();
+        assert_eq!(answer, Response::Reverse(reversed));
+    }
+
+    /// A `Connection` on a raw Unix socket, for the test server above.
+    struct MockStream<'a>(&'a mut std::os::unix::net::UnixStream);
+
+    impl Connection for MockStream<'_> {
+        fn send(&mut self, buf: &[u8]) -> Result<()> {
+            self.0.write_all(buf).map_err(|e| Error::io("send", e))
+        }
+        fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+            std::io::Read::read(self.0, buf).map_err(|e| Error::io("recv", e))
+        }
+        fn shutdown(&mut self) -> Result<()> {
+            Ok(())
+        }
     }
 
     /// A protocol whose name no HELLO can carry (WIRE.md: 1 to 64 bytes).
