@@ -2,7 +2,7 @@
 //!
 //! | key               | value                                   | default                      |
 //! |-------------------|-----------------------------------------|------------------------------|
-//! | `svmc.log`        | `off`, `error`, `warn`, `info`, `debug`, `trace` | `info`              |
+//! | `svmc.log`        | `off`, `error`, `warn`, `info`, `debug`, `trace` (the default image has debug and trace compiled out: it logs at info and warns; `cargo xtask build-image --verbose` builds one with them) | `info` |
 //! | `svmc.host_port`  | host vsock port to connect to at boot   | `comm::service::HOST_PORT`   |
 //! | `svmc.port`       | vsock port the guest listens on         | `comm::service::SERVICE_PORT`|
 //! | `svmc.connect_timeout_ms` | how long to wait for the host to answer the boot-time connection | 200 |
