@@ -155,7 +155,7 @@ pub fn start(boot: BootInfo) -> ! {
     );
     let (ignored, count) = config.ignored();
     for word in ignored {
-        warn!("cmdline: ignoring {word:?} (unknown key or invalid value)");
+        warn!("cmdline: ignoring '{word}' (unknown key or invalid value)");
     }
     if count > 8 {
         warn!("cmdline: {} more words ignored", count - 8);
