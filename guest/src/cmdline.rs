@@ -8,7 +8,7 @@
 //! | `svmc.connect_timeout_ms` | how long to wait for the host to answer the boot-time connection | 200 |
 //! | `svmc.test_panic` | `1`: panic right after start-up (tests the panic path) | off           |
 //! | `svmc.hostile`    | with the `hostile` feature only: how to misbehave (the `hostile` module) | off |
-//! | `svmc.mode`       | `service` (the `svmc` protocol), `echo` (raw byte echo) or `raw-reverse` (raw store-and-forward reverse), the benchmark floors | `service` |
+//! | `svmc.mode`       | `service` (the `svmc` protocol), or with the `floors` feature only (not in the default image) `echo` (raw byte echo) or `raw-reverse` (raw store-and-forward reverse), the benchmark floors | `service` |
 //! | `svmc.max_conns`  | connections served at once, the boot connection included (at least 1) | 8 |
 //! | `svmc.idle_timeout_ms` | how long a connection must have been silent to be closed for a new one when `max_conns` are served | 5000 |
 //!
@@ -33,9 +33,12 @@ const MAX_IGNORED: usize = 8;
 pub enum Mode {
     /// Serve the `svmc` protocol.
     Service,
-    /// Echo raw bytes ([`crate::echo`]).
+    /// Echo raw bytes (`crate::echo`, `floors` feature).
+    #[cfg(feature = "floors")]
     Echo,
-    /// Reverse length-prefixed raw messages ([`crate::raw_reverse`]).
+    /// Reverse length-prefixed raw messages (`crate::raw_reverse`,
+    /// `floors` feature).
+    #[cfg(feature = "floors")]
     RawReverse,
 }
 
@@ -116,10 +119,12 @@ impl Config {
                     self.mode = Mode::Service;
                     true
                 }
+                #[cfg(feature = "floors")]
                 "echo" => {
                     self.mode = Mode::Echo;
                     true
                 }
+                #[cfg(feature = "floors")]
                 "raw-reverse" => {
                     self.mode = Mode::RawReverse;
                     true
