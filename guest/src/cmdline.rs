@@ -28,6 +28,16 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5000;
 /// How many ignored words are remembered for the warnings.
 const MAX_IGNORED: usize = 8;
 
+/// A decimal number that fits `T`: one `u64` parser for every key (each
+/// `str::parse` type would be its own copy in the image).
+fn number<T: TryFrom<u64>>(value: &str) -> Option<T> {
+    #[inline(never)]
+    fn parse(value: &str) -> Option<u64> {
+        value.parse().ok()
+    }
+    parse(value)?.try_into().ok()
+}
+
 /// What the firmware does with each connection (`svmc.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -99,21 +109,22 @@ impl Config {
         };
         match key {
             "svmc.log" => value.parse().map(|l| self.log_level = l).is_ok(),
-            "svmc.host_port" => value.parse().map(|p| self.host_port = p).is_ok(),
-            "svmc.port" => value.parse().map(|p| self.service_port = p).is_ok(),
-            "svmc.connect_timeout_ms" => value.parse().map(|t| self.connect_timeout_ms = t).is_ok(),
-            "svmc.max_conns" => match value.parse::<usize>() {
-                Ok(n) if n >= 1 => {
+            "svmc.host_port" => number(value).map(|p| self.host_port = p).is_some(),
+            "svmc.port" => number(value).map(|p| self.service_port = p).is_some(),
+            "svmc.connect_timeout_ms" => {
+                number(value).map(|t| self.connect_timeout_ms = t).is_some()
+            }
+            "svmc.max_conns" => match number::<usize>(value) {
+                Some(n) if n >= 1 => {
                     self.max_conns = n;
                     true
                 }
                 _ => false,
             },
-            "svmc.idle_timeout_ms" => value.parse().map(|t| self.idle_timeout_ms = t).is_ok(),
-            "svmc.test_panic" => value
-                .parse::<u8>()
+            "svmc.idle_timeout_ms" => number(value).map(|t| self.idle_timeout_ms = t).is_some(),
+            "svmc.test_panic" => number::<u8>(value)
                 .map(|v| self.test_panic = v != 0)
-                .is_ok(),
+                .is_some(),
             "svmc.mode" => match value {
                 "service" => {
                     self.mode = Mode::Service;
