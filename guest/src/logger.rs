@@ -48,7 +48,7 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level.min(STATIC_MAX_LEVEL));
     if level > STATIC_MAX_LEVEL {
         log::warn!(
-            "svmc.log={}: this image logs at most at {} (build a verbose one with `cargo xtask build-image --verbose`)",
+            "svmc.log asks for {}: this image logs at most at {} (`cargo xtask build-image --verbose` builds one with all levels)",
             level.as_str(),
             STATIC_MAX_LEVEL.as_str()
         );
