@@ -104,7 +104,7 @@ impl fmt::Display for Short<'_> {
             U::Signed(i) => write!(f, "integer `{i}`"),
             U::Float(_) => f.write_str("floating point"),
             U::Char(c) => write!(f, "character `{c}`"),
-            U::Str(s) => write!(f, "string {s:?}"),
+            U::Str(s) => write!(f, "string {}", crate::error::Quoted(s)),
             U::Bytes(_) => f.write_str("byte array"),
             U::Unit => f.write_str("unit value"),
             U::Option => f.write_str("Option value"),

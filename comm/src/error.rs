@@ -1,6 +1,7 @@
 //! The one error type of this crate.
 
 use alloc::string::String;
+use core::fmt;
 
 use crate::frame::FrameKind;
 
@@ -67,7 +68,11 @@ pub enum Error {
         extra: usize,
     },
     /// The peer speaks another protocol over this port.
-    #[error("protocol mismatch: we speak {ours:?}, the peer speaks {theirs:?}")]
+    #[error(
+        "protocol mismatch: we speak {}, the peer speaks {}",
+        Quoted(ours),
+        Quoted(theirs)
+    )]
     ProtocolMismatch {
         /// Our protocol name.
         ours: &'static str,
@@ -105,7 +110,8 @@ pub enum Error {
     /// `HELLO` can carry it (the peer would refuse the frame). Nothing was
     /// sent; fix the protocol's name.
     #[error(
-        "protocol name {name:?} is {len} bytes, but a HELLO carries 1 to {max} bytes (Protocol::NAME)"
+        "protocol name {} is {len} bytes, but a HELLO carries 1 to {max} bytes (Protocol::NAME)",
+        Quoted(name)
     )]
     InvalidName {
         /// The name.
@@ -155,3 +161,53 @@ impl Error {
 
 /// `Result` with this crate's [`Error`].
 pub type Result<T> = core::result::Result<T, Error>;
+
+/// A string in double quotes with `"`, `\` and every character outside
+/// printable ASCII escaped (`\n`, `\r`, `\t`, `\0`, else `\u{hex}`): what
+/// `{:?}` prints for ASCII text, without the Unicode tables `{:?}` pulls
+/// into the guest image (~7 KiB with its formatting code). For strings
+/// from the peer in error messages: they cannot break a log line.
+pub(crate) struct Quoted<'a>(pub(crate) &'a str);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        use fmt::Write;
+        f.write_char('"')?;
+        // No slicing that can panic: the panic path alone pulls `{:?}` for
+        // `char` and its tables back in.
+        let s = self.0;
+        let mut start = 0;
+        for (i, c) in s.char_indices() {
+            if (' '..='~').contains(&c) && c != '"' && c != '\\' {
+                continue;
+            }
+            f.write_str(s.get(start..i).unwrap_or_default())?;
+            match c {
+                '"' | '\\' => write!(f, "\\{c}")?,
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                '\t' => f.write_str("\\t")?,
+                '\0' => f.write_str("\\0")?,
+                _ => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+            }
+            start = i + c.len_utf8();
+        }
+        f.write_str(s.get(start..).unwrap_or_default())?;
+        f.write_char('"')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use alloc::format;
+
+    use super::Quoted;
+
+    #[test]
+    fn quoted_matches_debug_for_ascii_and_escapes_the_rest() {
+        for s in ["svmc", "", "a\"b\\c", "x\n\r\ty", "\u{7f}\u{0}"] {
+            assert_eq!(format!("{}", Quoted(s)), format!("{s:?}"), "{s:?}");
+        }
+        assert_eq!(format!("{}", Quoted("é\u{1b}[2J")), "\"\\u{e9}\\u{1b}[2J\"");
+    }
+}

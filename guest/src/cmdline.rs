@@ -2,13 +2,13 @@
 //!
 //! | key               | value                                   | default                      |
 //! |-------------------|-----------------------------------------|------------------------------|
-//! | `svmc.log`        | `off`, `error`, `warn`, `info`, `debug`, `trace` | `info`              |
+//! | `svmc.log`        | `off`, `error`, `warn`, `info`, `debug`, `trace` (the default image has debug and trace compiled out: it logs at info and warns; `cargo xtask build-image --verbose` builds one with them) | `info` |
 //! | `svmc.host_port`  | host vsock port to connect to at boot   | `comm::service::HOST_PORT`   |
 //! | `svmc.port`       | vsock port the guest listens on         | `comm::service::SERVICE_PORT`|
 //! | `svmc.connect_timeout_ms` | how long to wait for the host to answer the boot-time connection | 200 |
 //! | `svmc.test_panic` | `1`: panic right after start-up (tests the panic path) | off           |
 //! | `svmc.hostile`    | with the `hostile` feature only: how to misbehave (the `hostile` module) | off |
-//! | `svmc.mode`       | `service` (the `svmc` protocol), `echo` (raw byte echo) or `raw-reverse` (raw store-and-forward reverse), the benchmark floors | `service` |
+//! | `svmc.mode`       | `service` (the `svmc` protocol), or with the `floors` feature only (not in the default image) `echo` (raw byte echo) or `raw-reverse` (raw store-and-forward reverse), the benchmark floors | `service` |
 //! | `svmc.max_conns`  | connections served at once, the boot connection included (at least 1) | 8 |
 //! | `svmc.idle_timeout_ms` | how long a connection must have been silent to be closed for a new one when `max_conns` are served | 5000 |
 //!
@@ -28,14 +28,27 @@ pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5000;
 /// How many ignored words are remembered for the warnings.
 const MAX_IGNORED: usize = 8;
 
+/// A decimal number that fits `T`: one `u64` parser for every key (each
+/// `str::parse` type would be its own copy in the image).
+fn number<T: TryFrom<u64>>(value: &str) -> Option<T> {
+    #[inline(never)]
+    fn parse(value: &str) -> Option<u64> {
+        value.parse().ok()
+    }
+    parse(value)?.try_into().ok()
+}
+
 /// What the firmware does with each connection (`svmc.mode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Serve the `svmc` protocol.
     Service,
-    /// Echo raw bytes ([`crate::echo`]).
+    /// Echo raw bytes (`crate::echo`, `floors` feature).
+    #[cfg(feature = "floors")]
     Echo,
-    /// Reverse length-prefixed raw messages ([`crate::raw_reverse`]).
+    /// Reverse length-prefixed raw messages (`crate::raw_reverse`,
+    /// `floors` feature).
+    #[cfg(feature = "floors")]
     RawReverse,
 }
 
@@ -96,30 +109,33 @@ impl Config {
         };
         match key {
             "svmc.log" => value.parse().map(|l| self.log_level = l).is_ok(),
-            "svmc.host_port" => value.parse().map(|p| self.host_port = p).is_ok(),
-            "svmc.port" => value.parse().map(|p| self.service_port = p).is_ok(),
-            "svmc.connect_timeout_ms" => value.parse().map(|t| self.connect_timeout_ms = t).is_ok(),
-            "svmc.max_conns" => match value.parse::<usize>() {
-                Ok(n) if n >= 1 => {
+            "svmc.host_port" => number(value).map(|p| self.host_port = p).is_some(),
+            "svmc.port" => number(value).map(|p| self.service_port = p).is_some(),
+            "svmc.connect_timeout_ms" => {
+                number(value).map(|t| self.connect_timeout_ms = t).is_some()
+            }
+            "svmc.max_conns" => match number::<usize>(value) {
+                Some(n) if n >= 1 => {
                     self.max_conns = n;
                     true
                 }
                 _ => false,
             },
-            "svmc.idle_timeout_ms" => value.parse().map(|t| self.idle_timeout_ms = t).is_ok(),
-            "svmc.test_panic" => value
-                .parse::<u8>()
+            "svmc.idle_timeout_ms" => number(value).map(|t| self.idle_timeout_ms = t).is_some(),
+            "svmc.test_panic" => number::<u8>(value)
                 .map(|v| self.test_panic = v != 0)
-                .is_ok(),
+                .is_some(),
             "svmc.mode" => match value {
                 "service" => {
                     self.mode = Mode::Service;
                     true
                 }
+                #[cfg(feature = "floors")]
                 "echo" => {
                     self.mode = Mode::Echo;
                     true
                 }
+                #[cfg(feature = "floors")]
                 "raw-reverse" => {
                     self.mode = Mode::RawReverse;
                     true

@@ -1,7 +1,11 @@
 //! A `log` logger on the architecture's console: one line per record,
 //! `[LEVEL] message`, written under the console lock so lines never mix.
+//!
+//! Levels above `log::STATIC_MAX_LEVEL` are compiled out: debug and trace
+//! in the default image (the guest's `quiet` feature); [`init`] caps the
+//! level there and says so.
 
-use log::{LevelFilter, Log, Metadata, Record};
+use log::{Level, LevelFilter, Log, Metadata, Record, STATIC_MAX_LEVEL};
 
 use crate::arch::console;
 
@@ -14,8 +18,19 @@ impl Log for ConsoleLogger {
 
     fn log(&self, record: &Record<'_>) {
         if self.enabled(record.metadata()) {
+            // The level's name padded to 5 by hand: `{:>5}` pulls in
+            // `Formatter::pad`.
+            let prefix = match record.level() {
+                Level::Error => "[ERROR] ",
+                Level::Warn => "[ WARN] ",
+                Level::Info => "[ INFO] ",
+                Level::Debug => "[DEBUG] ",
+                Level::Trace => "[TRACE] ",
+            };
             console::with(|w| {
-                let _ = writeln!(w, "[{:>5}] {}", record.level(), record.args());
+                let _ = w.write_str(prefix);
+                let _ = w.write_fmt(*record.args());
+                let _ = w.write_str("\n");
             });
         }
     }
@@ -25,9 +40,17 @@ impl Log for ConsoleLogger {
 
 static LOGGER: ConsoleLogger = ConsoleLogger;
 
-/// Installs the logger with `level`. Needs the console initialised.
+/// Installs the logger with `level`, or the most verbose level compiled
+/// in if that is less (and then warns). Needs the console initialised.
 pub fn init(level: LevelFilter) {
     // Fails only if a logger is already set: then that one stays.
     let _ = log::set_logger(&LOGGER);
-    log::set_max_level(level);
+    log::set_max_level(level.min(STATIC_MAX_LEVEL));
+    if level > STATIC_MAX_LEVEL {
+        log::warn!(
+            "svmc.log asks for {}: this image logs at most at {} (`cargo xtask build-image --verbose` builds one with all levels)",
+            level.as_str(),
+            STATIC_MAX_LEVEL.as_str()
+        );
+    }
 }

@@ -36,7 +36,8 @@
 //! fatal `ERROR` busy instead of our `HELLO` unless an idle connection
 //! (silent for `svmc.idle_timeout_ms`, default 5 s, between frames) can be
 //! closed for it. In the raw modes (`echo`, `raw-reverse`: the benchmark
-//! floors) connections are served one at a time.
+//! floors, in the image built with the `floors` feature only) connections
+//! are served one at a time.
 //!
 //! # Heap budget
 //!
@@ -62,6 +63,7 @@ extern crate alloc;
 
 mod arch;
 mod cmdline;
+#[cfg(feature = "floors")]
 mod echo;
 mod hal;
 mod heap;
@@ -70,6 +72,7 @@ mod hostile;
 mod kick;
 mod layout;
 mod logger;
+#[cfg(feature = "floors")]
 mod raw_reverse;
 mod service;
 
@@ -155,7 +158,7 @@ pub fn start(boot: BootInfo) -> ! {
     );
     let (ignored, count) = config.ignored();
     for word in ignored {
-        warn!("cmdline: ignoring {word:?} (unknown key or invalid value)");
+        warn!("cmdline: ignoring '{word}' (unknown key or invalid value)");
     }
     if count > 8 {
         warn!("cmdline: {} more words ignored", count - 8);
@@ -232,10 +235,12 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
         Err(e) => return Err(Fatal::Vsock("connecting to the host", e)),
     };
     info!("listening on port {}", config.service_port);
+    #[cfg(feature = "floors")]
     if config.mode == cmdline::Mode::Echo {
         return echo::run(&mut vsock, boot)
             .map_err(|e| Fatal::Vsock("waiting for a connection", e));
     }
+    #[cfg(feature = "floors")]
     if config.mode == cmdline::Mode::RawReverse {
         return raw_reverse::run(&mut vsock, boot, max_body)
             .map_err(|e| Fatal::Vsock("waiting for a connection", e));

@@ -15,6 +15,9 @@ pub const COMM_PACKAGE: &str = "svmc-comm";
 pub const LIBRARY_PACKAGES: [&str; 3] = [COMM_PACKAGE, "vsock-transport", "svmc-host"];
 /// The guest's test variant that misbehaves on purpose.
 pub const HOSTILE_FEATURE: &str = "hostile";
+/// The guest feature of the benchmark floors' image (`svmc.mode=echo`,
+/// `raw-reverse`).
+pub const FLOORS_FEATURE: &str = "floors";
 
 /// `-p <package>` for each of [`LIBRARY_PACKAGES`].
 pub fn library_packages() -> Vec<&'static str> {
@@ -75,7 +78,7 @@ pub fn lint() -> Result<()> {
                 .args(["--target", target])
                 .args(deny),
         )?;
-        for features in [None, Some(HOSTILE_FEATURE)] {
+        for features in [None, Some(HOSTILE_FEATURE), Some(FLOORS_FEATURE)] {
             let mut c = cargo();
             c.args(["clippy", "-p", "guest", "--target", target, "--profile"])
                 .arg(crate::image::PROFILE);

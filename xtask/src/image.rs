@@ -12,6 +12,11 @@ pub const PROFILE: &str = "guest";
 /// Builds the guest for `arch` with extra cargo `features` and returns the
 /// ELF's path.
 pub fn build(arch: Arch, features: &[&str]) -> Result<PathBuf> {
+    build_with(arch, features, true)
+}
+
+/// [`build`], optionally without the guest's default features.
+fn build_with(arch: Arch, features: &[&str], default_features: bool) -> Result<PathBuf> {
     let mut cmd = cargo();
     cmd.args([
         "build",
@@ -24,6 +29,9 @@ pub fn build(arch: Arch, features: &[&str]) -> Result<PathBuf> {
     ]);
     if !features.is_empty() {
         cmd.arg("--features").arg(features.join(","));
+    }
+    if !default_features {
+        cmd.arg("--no-default-features");
     }
     run(&mut cmd)?;
     let path = target_dir()
@@ -47,6 +55,19 @@ pub fn build(arch: Arch, features: &[&str]) -> Result<PathBuf> {
 pub fn build_variant(arch: Arch, feature: &str) -> Result<PathBuf> {
     let built = build(arch, &[feature])?;
     let variant = built.with_file_name(format!("guest-{feature}"));
+    std::fs::copy(&built, &variant)
+        .map_err(|e| format!("copying {} to {}: {e}", built.display(), variant.display()))?;
+    build(arch, &[])?;
+    Ok(variant)
+}
+
+/// Builds the guest for `arch` without its default `quiet` feature (debug
+/// and trace logs compiled in), copies it to `guest-verbose` next to the
+/// default image and returns that path; the default image is rebuilt
+/// afterwards, as in [`build_variant`].
+pub fn build_verbose(arch: Arch) -> Result<PathBuf> {
+    let built = build_with(arch, &[], false)?;
+    let variant = built.with_file_name("guest-verbose");
     std::fs::copy(&built, &variant)
         .map_err(|e| format!("copying {} to {}: {e}", built.display(), variant.display()))?;
     build(arch, &[])?;

@@ -22,6 +22,8 @@ Commands:
                                QEMU (apt-get), vhost-device-vsock 0.3.0 and the cddl 0.10.7
                                CLI (cargo install into .tools/)
   build-image [--arch A]       build the release guest image and print its path (default x86_64)
+  build-image --verbose        the same with debug and trace logs compiled in (`svmc.log=debug`),
+                               as guest-verbose next to it
   build-image --guest linux    fetch Debian's cloud kernel, build the Linux test VM (kernel,
                                initramfs with the linux_service example as /init) into target/linux
   run-e2e [--arch A|all] [--machine M] [--suite S]... [FILTER]
@@ -123,12 +125,17 @@ fn build_image(args: &[String]) -> util::Result<()> {
         return Ok(());
     }
     let (archs, rest) = archs(&args, &[Arch::X86_64])?;
-    if let Some(extra) = rest.first() {
+    let verbose = rest.iter().any(|a| a == "--verbose");
+    if let Some(extra) = rest.iter().find(|a| *a != "--verbose") {
         return Err(format!("unexpected argument {extra:?}"));
     }
     setup::setup()?;
     for arch in archs {
-        let path = image::build(arch, &[])?;
+        let path = if verbose {
+            image::build_verbose(arch)?
+        } else {
+            image::build(arch, &[])?
+        };
         println!("{}", path.display());
     }
     Ok(())

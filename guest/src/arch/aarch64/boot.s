@@ -22,7 +22,8 @@
  *   TCR       mmu::TCR_EL1
  *   SCTLR_SET mmu::SCTLR_SET   (bits set in SCTLR_EL1)
  *   SCTLR_CLR mmu::SCTLR_CLEAR (bits cleared in SCTLR_EL1)
- * and the symbol IDMAP (mmu::IDMAP, the level-1 table).
+ *   DEVICE_BLOCK, NORMAL_BLOCK   mmu::DEVICE_BLOCK, mmu::NORMAL_BLOCK
+ *   RAM_FIRST, RAM_SPAN          the RAM blocks: RAM_FIRST ..= RAM_FIRST + RAM_SPAN
  */
 
 .section .text.boot, "ax"
@@ -54,9 +55,25 @@ _start:
     ldr x9, ={TCR}
     msr tcr_el1, x9
 
+    /* The level-1 identity map (mmu.rs) in .bss: entry i (0..512) maps
+     * the 1 GiB at i << 30 as a NORMAL_BLOCK if i is a RAM block, else as
+     * a DEVICE_BLOCK. Aligned 8-byte stores only: the MMU is off. */
+    adrp x9, idmap
+    add x9, x9, :lo12:idmap
+    mov x10, #0
+    ldr x11, ={DEVICE_BLOCK}
+    ldr x12, ={NORMAL_BLOCK}
+1:  sub x13, x10, #{RAM_FIRST}
+    cmp x13, #{RAM_SPAN}
+    csel x14, x12, x11, ls      /* unsigned: i - RAM_FIRST <= RAM_SPAN */
+    orr x14, x14, x10, lsl #30
+    str x14, [x9, x10, lsl #3]
+    add x10, x10, #1
+    cmp x10, #512
+    b.ne 1b
+    dsb ish
+
     /* TTBR0_EL1 = the level-1 table (ASID 0, CnP 0). */
-    adrp x9, {IDMAP}
-    add x9, x9, :lo12:{IDMAP}
     msr ttbr0_el1, x9
 
     /* No stale translations from before (QEMU starts clean, hardware may
@@ -124,6 +141,11 @@ exception_vectors:
     vector 13
     vector 14
     vector 15
+
+.section .bss.idmap, "aw", @nobits
+.balign 4096
+idmap:
+    .skip 512 * 8
 
 .section .bss.stack, "aw", @nobits
 .balign 4096

@@ -24,5 +24,14 @@ pub fn now_us() -> u64 {
     if hz == 0 {
         return 0;
     }
-    (u128::from(ticks) * 1_000_000 / u128::from(hz)) as u64
+    // In u64: whole seconds, then the remainder (< hz, so `rem * 1e6`
+    // fits for any rate up to 18 THz; CNTFRQ is 1 GHz at most in
+    // practice). A u128 division is a library call (~800 bytes of
+    // compiler-builtins) on every clock read.
+    let (secs, rem) = (ticks / hz, ticks % hz);
+    let sub_us = match rem.checked_mul(1_000_000) {
+        Some(r) => r / hz,
+        None => rem / (hz / 1_000_000),
+    };
+    secs.saturating_mul(1_000_000).saturating_add(sub_us)
 }

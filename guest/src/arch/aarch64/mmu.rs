@@ -3,11 +3,13 @@
 //!
 //! One level-1 table of 1 GiB blocks (4 KiB granule, 39-bit virtual
 //! addresses, so the walk starts at level 1 and 512 entries cover 512 GiB),
-//! built at compile time: it needs no allocator and no code running with
-//! the MMU off (where every data access is Device memory and an unaligned
-//! access faults). The `aarch64-paging` crate builds tables at run time from
-//! the heap, which does not exist yet at that point; for a fixed 1 GiB
-//! granular map of QEMU `virt` a constant table is simpler.
+//! written by `boot.s` into `.bss` before it turns the MMU on: a loop of
+//! aligned 8-byte stores (with the MMU off every data access is Device
+//! memory, where an unaligned access faults, so no Rust code runs there),
+//! from the two descriptors and the RAM block range below. A table built at
+//! compile time would be 4 KiB of the image file; the `aarch64-paging`
+//! crate builds tables at run time from the heap, which does not exist yet
+//! at that point.
 //!
 //! | entries   | physical range       | what is there on `virt`                                   | attributes     |
 //! |-----------|----------------------|-----------------------------------------------------------|----------------|
@@ -19,7 +21,7 @@
 //! touches them (the heap is sized from `/memory`), and QEMU's TCG does not
 //! speculate.
 //!
-//! The loader wrote the table with the caches off and the walk reads it
+//! `boot.s` writes the table with the caches off and the walk reads it
 //! through them; QEMU has no cache model, so no maintenance is needed there.
 
 /// `MAIR_EL1` attribute index of device memory.
@@ -73,37 +75,18 @@ const fn attr_index(index: u64) -> u64 {
     index << 2
 }
 
-/// A device-memory block: Device-nGnRE, never executable.
-const DEVICE_BLOCK: u64 = BLOCK | AF | attr_index(ATTR_DEVICE) | PXN | UXN;
+/// A device-memory block: Device-nGnRE, never executable (`boot.s` ORs
+/// in the block's address).
+pub const DEVICE_BLOCK: u64 = BLOCK | AF | attr_index(ATTR_DEVICE) | PXN | UXN;
 /// A RAM block: Normal write-back, inner shareable, executable at EL1.
-const NORMAL_BLOCK: u64 = BLOCK | AF | SH_INNER | attr_index(ATTR_NORMAL) | UXN;
+pub const NORMAL_BLOCK: u64 = BLOCK | AF | SH_INNER | attr_index(ATTR_NORMAL) | UXN;
 
 /// Size of a level-1 block.
 const GIB: u64 = 1 << 30;
-/// First and last 1 GiB block of RAM (see the table in the module doc).
-const RAM_BLOCKS: core::ops::RangeInclusive<usize> = 1..=255;
+/// First 1 GiB block of RAM (see the table in the module doc).
+pub const RAM_FIRST_BLOCK: u64 = 1;
+/// Last 1 GiB block of RAM.
+pub const RAM_LAST_BLOCK: u64 = 255;
 
-/// End of the identity map: 512 GiB.
+/// End of the identity map: 512 GiB (512 entries).
 pub const IDENTITY_MAP_END: u64 = 512 * GIB;
-
-/// A translation table: 512 descriptors, 4 KiB aligned.
-#[repr(C, align(4096))]
-pub struct Table([u64; 512]);
-
-const fn build() -> Table {
-    let mut t = [0u64; 512];
-    let mut i = 0;
-    while i < 512 {
-        let attrs = if i >= *RAM_BLOCKS.start() && i <= *RAM_BLOCKS.end() {
-            NORMAL_BLOCK
-        } else {
-            DEVICE_BLOCK
-        };
-        t[i] = (i as u64 * GIB) | attrs;
-        i += 1;
-    }
-    Table(t)
-}
-
-/// The level-1 table `boot.s` loads into `TTBR0_EL1`. Never written.
-pub static IDMAP: Table = build();

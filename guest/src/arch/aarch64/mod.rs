@@ -38,7 +38,10 @@ global_asm!(
     TCR = const mmu::TCR_EL1,
     SCTLR_SET = const mmu::SCTLR_SET,
     SCTLR_CLR = const mmu::SCTLR_CLEAR,
-    IDMAP = sym mmu::IDMAP,
+    DEVICE_BLOCK = const mmu::DEVICE_BLOCK,
+    NORMAL_BLOCK = const mmu::NORMAL_BLOCK,
+    RAM_FIRST = const mmu::RAM_FIRST_BLOCK,
+    RAM_SPAN = const mmu::RAM_LAST_BLOCK - mmu::RAM_FIRST_BLOCK,
     STACK_SIZE = const layout::STACK_SIZE,
     EXCEPTION_STACK_SIZE = const EXCEPTION_STACK_SIZE,
 );
