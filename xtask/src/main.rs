@@ -7,6 +7,7 @@ mod docs;
 mod e2e;
 mod image;
 mod linux;
+mod qmp;
 mod setup;
 mod util;
 
