@@ -161,6 +161,10 @@ pub const RESERVE_PER_BODY_BYTE: usize = 1;
 /// Queued answers are joined into one buffer up to this size.
 const COALESCE_BYTES: usize = 16 * 1024;
 
+/// Largest capacity of an answer buffer kept for the next answer
+/// ([`ServerConn`]'s `spare`).
+const SPARE_MAX: usize = COALESCE_BYTES + 64;
+
 /// Bytes of a dropped request's body kept to read its id from.
 const ID_PREFIX: usize = 32;
 
@@ -278,6 +282,11 @@ pub struct ServerConn<P: Protocol> {
     body: Vec<u8>,
     /// Length of the frame body in `body`.
     body_len: usize,
+    /// The buffer of the last answer sent (cleared, at most [`SPARE_MAX`]
+    /// bytes of capacity), for the next answer: a small request is then
+    /// answered without an allocation. Kept only while no answer is
+    /// queued, so it never adds to the queue's memory.
+    spare: Vec<u8>,
     /// Budget held by `body`'s allocation.
     reserved: usize,
     out: VecDeque<Out>,
@@ -344,6 +353,7 @@ impl<P: Protocol> ServerConn<P> {
             },
             body: Vec::new(),
             body_len: 0,
+            spare: Vec::new(),
             reserved: 0,
             out: VecDeque::new(),
             out_bytes: 0,
@@ -627,11 +637,12 @@ impl<P: Protocol> ServerConn<P> {
         mut reserved: usize,
         handler: &mut H,
     ) {
-        let mut head = Vec::with_capacity(HEADER_LEN + 16);
+        let mut head = self.take_spare();
         head.extend_from_slice(&[0; HEADER_LEN]);
         if let Some(answer) = handler.handle_in_place(&mut body[..len], &mut head) {
             return self.answer_in_place(answer, head, body, len, reserved);
         }
+        self.recycle(head);
         // The typed way: the decoded request and its answer need as much
         // again as a large body.
         if len > SMALL_BODY as usize {
@@ -713,7 +724,7 @@ impl<P: Protocol> ServerConn<P> {
     }
 
     fn queue_response(&mut self, id: RequestId, response: &P::Response, reserved: usize) {
-        let mut out = Vec::new();
+        let mut out = self.take_spare();
         match envelope::encode_response_into(id, response, self.peer_max, &mut out) {
             Ok(()) => self.queue(out, reserved),
             Err(comm::Error::TooLargeToSend { len, max }) => {
@@ -804,7 +815,25 @@ impl<P: Protocol> ServerConn<P> {
             last.bytes.extend_from_slice(&out.bytes);
             return;
         }
+        // Whatever it is built from, a queued answer ends the spare's
+        // keeping (see `spare`).
+        self.spare = Vec::new();
         self.out.push_back(out);
+    }
+
+    /// The spare answer buffer (empty, or a new one).
+    fn take_spare(&mut self) -> Vec<u8> {
+        let mut v = core::mem::take(&mut self.spare);
+        v.clear();
+        v
+    }
+
+    /// Keeps `v` as the spare answer buffer if nothing is queued and it is
+    /// small; else frees it.
+    fn recycle(&mut self, v: Vec<u8>) {
+        if self.out.is_empty() && v.capacity() <= SPARE_MAX {
+            self.spare = v;
+        }
     }
 
     /// `body`, the buffer of an answer in place that needs it no more,
@@ -863,6 +892,7 @@ impl<P: Protocol> ServerConn<P> {
                 Some((body, _)) => self.take_back(body, o.reserved),
                 None => self.budget.give(o.reserved),
             }
+            self.recycle(o.bytes);
         }
     }
 
