@@ -940,38 +940,39 @@ fn measure_against_raw(base: &VmConfig, reps: usize) -> Result<Against> {
     // One repetition of figure `f` (0: round trip, 1.. : throughput) on
     // one side, after one untimed 16-byte round trip (the side has just
     // been resumed).
-    let mut run = |side: usize, f: usize, s: &mut Session, conn: &mut HybridStream| -> Result<f64> {
-        if side == 0 {
-            s.reverse(small.clone())
-                .map_err(|e| format!("protocol VM: {e}"))?;
-        } else {
-            raw_reverse_once(conn, &raw_small, &mut back, &raw_small_expect)?;
-        }
-        match (side, f) {
-            (0, 0) => service_rt(s),
-            (0, f) => {
-                let (data, expect, _, _) = &sizes[f - 1];
-                service_tp(s, data, expect, SIZES[f - 1].2)
+    let mut run =
+        |side: usize, f: usize, s: &mut Session, conn: &mut HybridStream| -> Result<f64> {
+            if side == 0 {
+                s.reverse(small.clone())
+                    .map_err(|e| format!("protocol VM: {e}"))?;
+            } else {
+                raw_reverse_once(conn, &raw_small, &mut back, &raw_small_expect)?;
             }
-            (_, 0) => {
-                let start = Instant::now();
-                for _ in 0..RT_REQUESTS {
-                    raw_reverse_once(conn, &raw_small, &mut back, &raw_small_expect)?;
+            match (side, f) {
+                (0, 0) => service_rt(s),
+                (0, f) => {
+                    let (data, expect, _, _) = &sizes[f - 1];
+                    service_tp(s, data, expect, SIZES[f - 1].2)
                 }
-                Ok(RT_REQUESTS as f64 / start.elapsed().as_secs_f64())
-            }
-            (_, f) => {
-                let (data, _, msg, expect) = &sizes[f - 1];
-                let times = SIZES[f - 1].2;
-                let back = &mut big_back[..msg.len()];
-                let start = Instant::now();
-                for _ in 0..times {
-                    raw_reverse_once(conn, msg, back, expect)?;
+                (_, 0) => {
+                    let start = Instant::now();
+                    for _ in 0..RT_REQUESTS {
+                        raw_reverse_once(conn, &raw_small, &mut back, &raw_small_expect)?;
+                    }
+                    Ok(RT_REQUESTS as f64 / start.elapsed().as_secs_f64())
                 }
-                Ok((data.len() * times) as f64 / 1e6 / start.elapsed().as_secs_f64())
+                (_, f) => {
+                    let (data, _, msg, expect) = &sizes[f - 1];
+                    let times = SIZES[f - 1].2;
+                    let back = &mut big_back[..msg.len()];
+                    let start = Instant::now();
+                    for _ in 0..times {
+                        raw_reverse_once(conn, msg, back, expect)?;
+                    }
+                    Ok((data.len() * times) as f64 / 1e6 / start.elapsed().as_secs_f64())
+                }
             }
-        }
-    };
+        };
     let mut samples = vec![(Vec::new(), Vec::new()); 1 + SIZES.len()];
     for f in 0..samples.len() {
         for rep in 0..=reps * PAIRS_PER_REP {
@@ -1004,10 +1005,7 @@ fn measure_against_raw(base: &VmConfig, reps: usize) -> Result<Against> {
     let mut tp = it.map(|(a, b)| Pair::inverse_ratio(a, b));
     Ok(Against {
         rt,
-        tp: [
-            tp.next().expect("1 MiB"),
-            tp.next().expect("8 MiB"),
-        ],
+        tp: [tp.next().expect("1 MiB"), tp.next().expect("8 MiB")],
     })
 }
 

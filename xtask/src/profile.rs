@@ -254,7 +254,11 @@ fn report(elf: &Path, pcs: &[u64], top: usize) -> Result<()> {
     }
     let total = pcs.len().max(1) as f64;
     println!("\nby function (as compiled: inlined code counts for its caller):");
-    print_top(by_sym.into_iter().map(|(k, v)| (k.to_string(), v)), total, top);
+    print_top(
+        by_sym.into_iter().map(|(k, v)| (k.to_string(), v)),
+        total,
+        top,
+    );
 
     let mut distinct: Vec<u64> = pcs.to_vec();
     distinct.sort_unstable();
@@ -275,8 +279,45 @@ fn report(elf: &Path, pcs: &[u64], top: usize) -> Result<()> {
     Ok(())
 }
 
+/// A legacy-mangled Rust name that the tools left partly encoded
+/// (`_$LT$a..B$u20$as$u20$C$GT$::f::h0123456789abcdef`), readable.
+fn tidy(name: &str) -> String {
+    let mut s = name
+        .strip_prefix('_')
+        .filter(|r| r.starts_with('$'))
+        .unwrap_or(name)
+        .to_string();
+    for (from, to) in [
+        ("$LT$", "<"),
+        ("$GT$", ">"),
+        ("$u20$", " "),
+        ("$RF$", "&"),
+        ("$BP$", "*"),
+        ("$C$", ","),
+        ("$LP$", "("),
+        ("$RP$", ")"),
+        ("$u7b$", "{"),
+        ("$u7d$", "}"),
+        ("..", "::"),
+    ] {
+        s = s.replace(from, to);
+    }
+    // The hash suffix.
+    if let Some((head, hash)) = s.rsplit_once("::h")
+        && hash.len() == 16
+        && hash.chars().all(|c| c.is_ascii_hexdigit())
+    {
+        s = head.to_string();
+    }
+    s
+}
+
 fn print_top(counts: impl Iterator<Item = (String, usize)>, total: f64, top: usize) {
-    let mut v: Vec<(String, usize)> = counts.collect();
+    let mut merged: BTreeMap<String, usize> = BTreeMap::new();
+    for (name, n) in counts {
+        *merged.entry(tidy(&name)).or_default() += n;
+    }
+    let mut v: Vec<(String, usize)> = merged.into_iter().collect();
     v.sort_by(|a, b| b.1.cmp(&a.1));
     for (name, n) in v.into_iter().take(top) {
         let mut name = name;
@@ -289,8 +330,12 @@ fn print_top(counts: impl Iterator<Item = (String, usize)>, total: f64, top: usi
 
 /// Text symbols of `elf`, sorted by address.
 fn symbols(elf: &Path) -> Result<Vec<(u64, String)>> {
-    let out = util::output(Command::new("llvm-nm").args(["-n", "-C", "--defined-only"]).arg(elf))
-        .ok_or("llvm-nm failed (install llvm)")?;
+    let out = util::output(
+        Command::new("llvm-nm")
+            .args(["-n", "-C", "--defined-only"])
+            .arg(elf),
+    )
+    .ok_or("llvm-nm failed (install llvm)")?;
     let mut v: Vec<(u64, String)> = out
         .lines()
         .filter_map(|l| {
@@ -344,6 +389,17 @@ fn symbolize(elf: &Path, pcs: &[u64]) -> Result<BTreeMap<u64, (String, String)>>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_names_are_readable() {
+        assert_eq!(
+            tidy(
+                "_$LT$guest..kick..KickRetry$LT$T$GT$$u20$as$u20$virtio_drivers..transport..Transport$GT$::notify::hbd791e1bba3ea5ad"
+            ),
+            "<guest::kick::KickRetry<T> as virtio_drivers::transport::Transport>::notify"
+        );
+        assert_eq!(tidy("memcpy"), "memcpy");
+    }
 
     #[test]
     fn sizes_with_units() {
