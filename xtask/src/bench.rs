@@ -924,7 +924,9 @@ fn measure_against_raw(base: &VmConfig, reps: usize) -> Result<Against> {
     };
     let raw_small_expect = raw_expect(&small);
     let mut back = vec![0u8; raw_small.len()];
-    let sizes: Vec<(Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)> = SIZES
+    // Per size: the payload, its reverse, the raw message and its answer.
+    type Case = (Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+    let sizes: Vec<Case> = SIZES
         .iter()
         .map(|&(n, _, _)| {
             let data = payload(n);
@@ -974,7 +976,7 @@ fn measure_against_raw(base: &VmConfig, reps: usize) -> Result<Against> {
             }
         };
     let mut samples = vec![(Vec::new(), Vec::new()); 1 + SIZES.len()];
-    for f in 0..samples.len() {
+    for (f, sample) in samples.iter_mut().enumerate() {
         for rep in 0..=reps * PAIRS_PER_REP {
             let order = if rep % 2 == 0 { [0, 1] } else { [1, 0] };
             let mut got = [0f64; 2];
@@ -988,8 +990,8 @@ fn measure_against_raw(base: &VmConfig, reps: usize) -> Result<Against> {
             }
             // Repetition 0 warms both up.
             if rep > 0 {
-                samples[f].0.push(got[0]);
-                samples[f].1.push(got[1]);
+                sample.0.push(got[0]);
+                sample.1.push(got[1]);
             }
         }
     }

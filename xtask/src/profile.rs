@@ -318,7 +318,7 @@ fn print_top(counts: impl Iterator<Item = (String, usize)>, total: f64, top: usi
         *merged.entry(tidy(&name)).or_default() += n;
     }
     let mut v: Vec<(String, usize)> = merged.into_iter().collect();
-    v.sort_by(|a, b| b.1.cmp(&a.1));
+    v.sort_by_key(|e| core::cmp::Reverse(e.1));
     for (name, n) in v.into_iter().take(top) {
         let mut name = name;
         if name.chars().count() > 140 {
