@@ -84,17 +84,24 @@ static HEAP: CountingHeap = CountingHeap {
     peak: AtomicUsize::new(0),
 };
 
-/// Gives `range` to the allocator; returns the usable size.
+/// Gives `range` and `low` (a second range, possibly empty) to the
+/// allocator; returns the usable size of both.
 ///
 /// # Safety
 ///
-/// `range` must be RAM, identity-mapped, writable, used by nothing else for
-/// the rest of the program, and this must be called once.
-pub unsafe fn init(range: Range<usize>) -> usize {
-    let span = Span::from_base_size(range.start as *mut u8, range.len());
-    // SAFETY: the caller promised the memory is ours alone and valid.
-    let claimed = unsafe { HEAP.talc.lock().claim(span) };
-    let size = claimed.map(|s| s.size()).unwrap_or(0);
+/// Both ranges must be RAM, identity-mapped, writable, disjoint, used by
+/// nothing else for the rest of the program, and this must be called once.
+pub unsafe fn init(range: Range<usize>, low: Range<usize>) -> usize {
+    let mut size = 0;
+    for r in [range, low] {
+        if r.is_empty() {
+            continue;
+        }
+        let span = Span::from_base_size(r.start as *mut u8, r.len());
+        // SAFETY: the caller promised the memory is ours alone and valid.
+        let claimed = unsafe { HEAP.talc.lock().claim(span) };
+        size += claimed.map(|s| s.size()).unwrap_or(0);
+    }
     HEAP.size.store(size, Ordering::Relaxed);
     size
 }

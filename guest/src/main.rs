@@ -127,19 +127,22 @@ fn heap_budget(heap_size: usize, max_conns: usize, buffer_size: u32) -> (usize, 
 /// Entry from the arch code (start-up steps 3 to 6).
 pub fn start(boot: BootInfo) -> ! {
     let config = Config::parse(boot.cmdline);
-    // SAFETY: `boot.heap` is RAM above the image that nothing else uses
-    // (arch boot code), and this is the only call.
-    let heap_size = unsafe { heap::init(boot.heap.clone()) };
+    // SAFETY: `boot.heap` is RAM above the image and `boot.heap_low` RAM
+    // below it that nothing else uses (arch boot code), and this is the
+    // only call.
+    let heap_size = unsafe { heap::init(boot.heap.clone(), boot.heap_low.clone()) };
     arch::console::init();
     logger::init(config.log_level);
 
     info!(
-        "{} {} ({}), heap {} KiB at {:#x}{}",
+        "{} {} ({}), heap {} KiB at {:#x} (+{} KiB at {:#x}){}",
         service::FIRMWARE,
         env!("CARGO_PKG_VERSION"),
         arch::NAME,
         heap_size / 1024,
         boot.heap.start,
+        boot.heap_low.len() / 1024,
+        boot.heap_low.start,
         if boot.heap_from_memmap {
             ""
         } else {

@@ -12,7 +12,8 @@
 //! send do not overlap.
 //!
 //! The buffer is kept between messages and grows to the largest message
-//! seen (only the growth is zeroed), as the service's receive buffer does;
+//! seen (only growth beyond the largest so far is zeroed), as the
+//! service's receive buffer does;
 //! a message larger than the heap can hold ends the connection.
 
 use alloc::vec::Vec;
@@ -74,13 +75,17 @@ fn one<C: Connection>(conn: &mut C, buf: &mut Vec<u8>, max_len: u32) -> Result<b
         warn!("raw-reverse: a message of {n} bytes is over the limit of {max_len}");
         return Err(Error::ShutDown);
     }
-    buf.resize(PREFIX + n as usize, 0);
-    buf[..PREFIX].copy_from_slice(&len);
-    if !recv_exact(conn, &mut buf[PREFIX..])? && n > 0 {
+    let end = PREFIX + n as usize;
+    if buf.len() < end {
+        buf.resize(end, 0);
+    }
+    let msg = &mut buf[..end];
+    msg[..PREFIX].copy_from_slice(&len);
+    if !recv_exact(conn, &mut msg[PREFIX..])? && n > 0 {
         return Err(Error::Closed);
     }
-    reverse(&mut buf[PREFIX..]);
-    conn.send(buf)?;
+    reverse(&mut msg[PREFIX..]);
+    conn.send(msg)?;
     Ok(true)
 }
 

@@ -817,6 +817,9 @@ impl<H: Hal, T: Transport> Endpoint for GuestVsock<H, T> {
     fn now_us(&self) -> u64 {
         self.now()
     }
+    fn unread(&self) -> usize {
+        self.conns.iter().map(|s| s.rx.len()).sum()
+    }
     fn idle(&mut self) {
         spin_loop();
     }

@@ -7,6 +7,8 @@ mod docs;
 mod e2e;
 mod image;
 mod linux;
+mod profile;
+mod qmp;
 mod setup;
 mod util;
 
@@ -37,7 +39,11 @@ Commands:
                                (200 launch cycles, 100,000 requests on one connection, 4 VMs at once)
   bench [--arch A] [--reps N] [--no-codec] [--no-microvm] [--no-mem]
                                boot, round-trip, throughput, size and memory figures next to
-                               their floors (QEMU alone, the guest's raw echo mode); see BENCHMARKS.md
+                               their floors (QEMU alone, the guest's raw reverse and echo modes);
+                               see BENCHMARKS.md
+  profile [--arch A] [--mode service|raw-reverse] [--size N] [--samples N] [--interval-ms M]
+                               sample the guest's PC through QMP while the host repeats N-byte
+                               reverses, mapped to the symbols of an unstripped build; see BENCHMARKS.md
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
   dist-docs [--out DIR]        host-cli's shell completions (bash, zsh, fish, elvish, PowerShell)
                                and man pages, from its clap definition, into target/dist
@@ -59,6 +65,7 @@ fn main() -> ExitCode {
         Some("run-e2e") => run_e2e(&args[1..]),
         Some("soak") => soak(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("profile") => profile::run(&args[1..]),
         Some("demo") => demo(),
         Some("test") => test(),
         Some("lint") => ci::lint(),

@@ -34,6 +34,18 @@ pub fn run(cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// Runs `cmd` without echoing it, and fails with its status.
+pub fn run_quiet(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .map_err(|e| format!("could not run {}: {e}", show(cmd)))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("`{}` failed with {status}", show(cmd)))
+    }
+}
+
 /// Runs `cmd` quietly and returns its stdout if it succeeded.
 pub fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;

@@ -37,4 +37,7 @@ pub struct BootInfo {
     pub heap: Range<usize>,
     /// Whether `heap` came from the VMM's memory map (else a fixed size).
     pub heap_from_memmap: bool,
+    /// More RAM for the heap below the image, if any (empty if none): on
+    /// aarch64 `virt`, what lies between the device tree and the image.
+    pub heap_low: Range<usize>,
 }

@@ -161,6 +161,10 @@ pub const RESERVE_PER_BODY_BYTE: usize = 1;
 /// Queued answers are joined into one buffer up to this size.
 const COALESCE_BYTES: usize = 16 * 1024;
 
+/// Largest capacity of an answer buffer kept for the next answer
+/// ([`ServerConn`]'s `spare`).
+const SPARE_MAX: usize = COALESCE_BYTES + 64;
+
 /// Bytes of a dropped request's body kept to read its id from.
 const ID_PREFIX: usize = 32;
 
@@ -272,8 +276,17 @@ pub struct ServerConn<P: Protocol> {
     input: Input,
     /// The receive buffer of frame bodies, kept between frames (and taken
     /// back after an answer in place has been sent from it), so that a
-    /// body is neither allocated nor zeroed again unless it is larger.
+    /// body is neither allocated nor zeroed again unless it is larger than
+    /// any before: its length is the largest body so far (all of it
+    /// initialised), the frame is its first `body_len` bytes.
     body: Vec<u8>,
+    /// Length of the frame body in `body`.
+    body_len: usize,
+    /// The buffer of the last answer sent (cleared, at most [`SPARE_MAX`]
+    /// bytes of capacity), for the next answer: a small request is then
+    /// answered without an allocation. Kept only while no answer is
+    /// queued, so it never adds to the queue's memory.
+    spare: Vec<u8>,
     /// Budget held by `body`'s allocation.
     reserved: usize,
     out: VecDeque<Out>,
@@ -339,6 +352,8 @@ impl<P: Protocol> ServerConn<P> {
                 got: 0,
             },
             body: Vec::new(),
+            body_len: 0,
+            spare: Vec::new(),
             reserved: 0,
             out: VecDeque::new(),
             out_bytes: 0,
@@ -385,10 +400,12 @@ impl<P: Protocol> ServerConn<P> {
     pub fn input_buf(&mut self) -> &mut [u8] {
         match &mut self.input {
             Input::Header { bytes, got } => &mut bytes[*got..],
-            Input::Body { got, .. } => &mut self.body[*got..],
+            Input::Body { got, .. } => &mut self.body[*got..self.body_len],
             Input::Discard { left, .. } => {
                 let n = (*left).min(DISCARD_CHUNK);
-                self.body.resize(n, 0);
+                if self.body.len() < n {
+                    self.body.resize(n, 0);
+                }
                 &mut self.body[..n]
             }
             Input::Ready(_) | Input::Stopped => &mut [],
@@ -407,7 +424,7 @@ impl<P: Protocol> ServerConn<P> {
             }
             Input::Body { kind, got } => {
                 *got += n;
-                if *got == self.body.len() {
+                if *got == self.body_len {
                     self.input = Input::Ready(*kind);
                 }
             }
@@ -425,6 +442,7 @@ impl<P: Protocol> ServerConn<P> {
                     let (id, _) = envelope::decode::<serde::de::IgnoredAny>(&prefix[..*prefix_len]);
                     let requested = u64::from(*len);
                     self.body = Vec::new();
+                    self.body_len = 0;
                     self.input = Input::Header {
                         bytes: [0; HEADER_LEN],
                         got: 0,
@@ -452,7 +470,7 @@ impl<P: Protocol> ServerConn<P> {
             }
             Input::Body { got, .. } => {
                 let e = comm::Error::Truncated {
-                    expected: HEADER_LEN + self.body.len(),
+                    expected: HEADER_LEN + self.body_len,
                     got: HEADER_LEN + got,
                 };
                 self.fatal(e)
@@ -523,10 +541,13 @@ impl<P: Protocol> ServerConn<P> {
             }
         }
         // Every byte is overwritten as it arrives, so what the buffer held
-        // (the previous frame) stays and only growth is zeroed: no pass
-        // over a large body (megabytes of memset are milliseconds under
-        // emulation).
-        self.body.resize(len, 0);
+        // (earlier frames) stays and only growth beyond the largest body
+        // so far is zeroed: no pass over a large body, also after smaller
+        // ones (megabytes of memset are milliseconds under emulation).
+        if self.body.len() < len {
+            self.body.resize(len, 0);
+        }
+        self.body_len = len;
         self.input = Input::Body {
             kind: header.kind,
             got: 0,
@@ -549,11 +570,12 @@ impl<P: Protocol> ServerConn<P> {
         };
         if kind == FrameKind::Request && self.hello_done {
             let body = core::mem::take(&mut self.body);
+            let len = core::mem::take(&mut self.body_len);
             let reserved = core::mem::take(&mut self.reserved);
-            self.request(body, reserved, handler);
+            self.request(body, len, reserved, handler);
             return true;
         }
-        let body = &self.body;
+        let body = &self.body[..self.body_len];
         match kind {
             FrameKind::Hello if !self.hello_done => match Hello::decode_checked::<P>(body) {
                 Ok(peer) => {
@@ -603,33 +625,37 @@ impl<P: Protocol> ServerConn<P> {
     /// Frees the receive buffer and gives back what it held of the budget.
     fn release_body(&mut self) {
         self.body = Vec::new();
+        self.body_len = 0;
         self.budget.give(core::mem::take(&mut self.reserved));
     }
 
+    /// Answers the request in the first `len` bytes of `body`.
     fn request<H: Handler<P> + ?Sized>(
         &mut self,
         mut body: Vec<u8>,
+        len: usize,
         mut reserved: usize,
         handler: &mut H,
     ) {
-        let mut head = Vec::with_capacity(HEADER_LEN + 16);
+        let mut head = self.take_spare();
         head.extend_from_slice(&[0; HEADER_LEN]);
-        if let Some(answer) = handler.handle_in_place(&mut body, &mut head) {
-            return self.answer_in_place(answer, head, body, reserved);
+        if let Some(answer) = handler.handle_in_place(&mut body[..len], &mut head) {
+            return self.answer_in_place(answer, head, body, len, reserved);
         }
+        self.recycle(head);
         // The typed way: the decoded request and its answer need as much
         // again as a large body.
-        if body.len() > SMALL_BODY as usize {
-            let more = body.len();
+        if len > SMALL_BODY as usize {
+            let more = len;
             if !self.budget.take(more) {
-                let (id, _) = envelope::decode::<serde::de::IgnoredAny>(&body);
+                let (id, _) = envelope::decode::<serde::de::IgnoredAny>(&body[..len]);
                 drop(body);
                 self.budget.give(reserved);
                 return self.no_memory(id, more as u64);
             }
             reserved += more;
         }
-        let (id, request) = envelope::decode::<P::Request>(&body);
+        let (id, request) = envelope::decode::<P::Request>(&body[..len]);
         // Free the request frame before the response exists.
         drop(body);
         let (id, request) = match (id, request) {
@@ -647,17 +673,19 @@ impl<P: Protocol> ServerConn<P> {
         }
     }
 
-    /// Queues the answer `handle_in_place` made in `body`.
+    /// Queues the answer `handle_in_place` made in the first `frame_len`
+    /// bytes of `body`.
     fn answer_in_place(
         &mut self,
         answer: InPlace,
         mut head: Vec<u8>,
         body: Vec<u8>,
+        frame_len: usize,
         reserved: usize,
     ) {
         let InPlace { id, payload, then } = answer;
         let len = head.len() - HEADER_LEN + payload.len();
-        if payload.end > body.len() || len > self.peer_max as usize {
+        if payload.end > frame_len || len > self.peer_max as usize {
             // Too large for the client (or a handler's mistake): answered
             // as a typed response would be.
             self.body = body;
@@ -696,7 +724,7 @@ impl<P: Protocol> ServerConn<P> {
     }
 
     fn queue_response(&mut self, id: RequestId, response: &P::Response, reserved: usize) {
-        let mut out = Vec::new();
+        let mut out = self.take_spare();
         match envelope::encode_response_into(id, response, self.peer_max, &mut out) {
             Ok(()) => self.queue(out, reserved),
             Err(comm::Error::TooLargeToSend { len, max }) => {
@@ -787,7 +815,25 @@ impl<P: Protocol> ServerConn<P> {
             last.bytes.extend_from_slice(&out.bytes);
             return;
         }
+        // Whatever it is built from, a queued answer ends the spare's
+        // keeping (see `spare`).
+        self.spare = Vec::new();
         self.out.push_back(out);
+    }
+
+    /// The spare answer buffer (empty, or a new one).
+    fn take_spare(&mut self) -> Vec<u8> {
+        let mut v = core::mem::take(&mut self.spare);
+        v.clear();
+        v
+    }
+
+    /// Keeps `v` as the spare answer buffer if nothing is queued and it is
+    /// small; else frees it.
+    fn recycle(&mut self, v: Vec<u8>) {
+        if self.out.is_empty() && v.capacity() <= SPARE_MAX {
+            self.spare = v;
+        }
     }
 
     /// `body`, the buffer of an answer in place that needs it no more,
@@ -846,6 +892,7 @@ impl<P: Protocol> ServerConn<P> {
                 Some((body, _)) => self.take_back(body, o.reserved),
                 None => self.budget.give(o.reserved),
             }
+            self.recycle(o.bytes);
         }
     }
 
@@ -1088,6 +1135,41 @@ mod tests {
         assert!(feed(&mut s, &mut h, &frame::goodbye()).is_empty());
         assert!(s.is_done());
         assert!(matches!(s.take_end(), Some(Ok(Ended::Goodbye))));
+    }
+
+    #[test]
+    fn bodies_of_every_size_in_turn_are_answered_exactly() {
+        // The receive buffer keeps the largest body's length: a smaller
+        // frame after a larger one must see only its own bytes, typed or
+        // in place, and the budget comes back whole.
+        let budget = Budget::new(1 << 20);
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let big = |seed: u8, n: usize| -> Vec<u8> {
+            (0..n).map(|i| (i as u8).wrapping_mul(seed)).collect()
+        };
+        let sizes = [200_000usize, 3, 0, 70_000, 200_000, 17, 66_000];
+        for (i, &n) in sizes.iter().enumerate() {
+            let data = big(i as u8 + 3, n);
+            let id = i as u32;
+            let out = frames(&feed(
+                &mut s,
+                &mut h,
+                &request(id, &Request::Reverse(data.clone())),
+            ));
+            let mut want = data;
+            want.reverse();
+            assert_eq!(out.len(), 1, "size {n}");
+            assert_eq!(
+                response(&out[0].1),
+                (id, Response::Reverse(want)),
+                "size {n}"
+            );
+            // A typed request after it.
+            let out = frames(&feed(&mut s, &mut h, &request(100 + id, &Request::Info)));
+            assert_eq!(response(&out[0].1), (100 + id, Response::Info(info())));
+        }
+        drop(s);
+        assert_eq!(budget.free(), 1 << 20);
     }
 
     #[test]

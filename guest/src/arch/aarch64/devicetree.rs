@@ -46,6 +46,8 @@ pub struct Platform {
     pub bootargs: &'static str,
     /// The RAM region holding the image.
     pub ram: Option<Range<usize>>,
+    /// Where the device tree blob itself lies.
+    pub blob: Range<usize>,
     /// PL011 registers.
     pub uart: usize,
     /// PSCI conduit, if there is a `/psci` node.
@@ -100,7 +102,9 @@ pub unsafe fn parse(address: usize) -> Result<Platform, DtError> {
     // SAFETY: as above; `total` bytes lie below the image and are never
     // written, so a `'static` shared slice is sound.
     let blob: &'static [u8] = unsafe { core::slice::from_raw_parts(address as *const u8, total) };
-    platform(blob).ok_or(DtError::Malformed)
+    let mut p = platform(blob).ok_or(DtError::Malformed)?;
+    p.blob = address..address + total;
+    Ok(p)
 }
 
 /// Structure block tokens (Devicetree Specification 0.4, 5.4.1).
@@ -174,6 +178,7 @@ fn platform(blob: &'static [u8]) -> Option<Platform> {
     let mut p = Platform {
         bootargs: "",
         ram: None,
+        blob: 0..0,
         uart: DEFAULT_UART,
         psci: None,
         virtio_mmio: [None; MAX_MMIO],

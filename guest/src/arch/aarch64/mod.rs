@@ -73,14 +73,35 @@ extern "C" fn rust_start(x0: usize) -> ! {
             cmdline: platform.bootargs,
             heap: image.end..ram.end.min(IDENTITY_MAP_END as usize),
             heap_from_memmap: true,
+            heap_low: below_image(ram, &platform.blob, &image),
         },
         None => BootInfo {
             cmdline: platform.bootargs,
             heap: image.end..image.end + FALLBACK_HEAP_SIZE,
             heap_from_memmap: false,
+            heap_low: 0..0,
         },
     };
     crate::start(boot)
+}
+
+/// The RAM between the end of the device tree (`blob`, kept: the command
+/// line points into it) and the image, page-aligned, when the device tree
+/// is in the RAM region below the image (QEMU: 1 MiB of blob at the base
+/// of RAM, the image at +2 MiB, so 1 MiB that nothing else uses); empty
+/// otherwise.
+fn below_image(
+    ram: &core::ops::Range<usize>,
+    blob: &core::ops::Range<usize>,
+    image: &core::ops::Range<usize>,
+) -> core::ops::Range<usize> {
+    const PAGE: usize = 4096;
+    let start = blob.end.next_multiple_of(PAGE);
+    if ram.start <= blob.start && start < image.start && image.start <= ram.end {
+        start..image.start
+    } else {
+        0..0
+    }
 }
 
 /// Names of the vector table's entries, by index (see `boot.s`).

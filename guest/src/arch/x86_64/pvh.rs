@@ -60,6 +60,7 @@ pub unsafe fn boot_info(paddr: u64) -> (BootInfo, u64) {
         cmdline: "",
         heap: image.end..image.end + FALLBACK_HEAP_SIZE,
         heap_from_memmap: false,
+        heap_low: 0..0,
     };
     if paddr == 0 {
         return (fallback, 0);
@@ -89,6 +90,7 @@ pub unsafe fn boot_info(paddr: u64) -> (BootInfo, u64) {
             cmdline,
             heap,
             heap_from_memmap: true,
+            heap_low: 0..0,
         },
         None => BootInfo {
             cmdline,
