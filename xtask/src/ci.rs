@@ -24,6 +24,47 @@ pub fn library_packages() -> Vec<&'static str> {
     LIBRARY_PACKAGES.iter().flat_map(|p| ["-p", p]).collect()
 }
 
+/// Removes cargo's unpacked copies of [`LIBRARY_PACKAGES`] from
+/// `$CARGO_HOME/registry/src`. `cargo package` verifies each crate against
+/// its siblings' `.crate` files through a local registry, and cargo unpacks
+/// a registry crate once per registry path and version: it never unpacks
+/// it again when the `.crate` changes. A second `cargo xtask lint` in the
+/// same directory, after a change to `svmc-comm`'s API, would verify
+/// `vsock-transport` against the old `svmc-comm` and fail. An unpacked
+/// copy is only a cache (cargo unpacks it again from the `.crate`), so
+/// removing it is always safe.
+fn forget_packaged_sources() -> Result<()> {
+    let home = match std::env::var_os("CARGO_HOME") {
+        Some(h) => std::path::PathBuf::from(h),
+        None => match std::env::var_os("HOME") {
+            Some(h) => std::path::PathBuf::from(h).join(".cargo"),
+            None => return Ok(()),
+        },
+    };
+    let Ok(registries) = std::fs::read_dir(home.join("registry").join("src")) else {
+        return Ok(());
+    };
+    for registry in registries.flatten() {
+        let Ok(crates) = std::fs::read_dir(registry.path()) else {
+            continue;
+        };
+        for krate in crates.flatten() {
+            let name = krate.file_name();
+            let name = name.to_string_lossy();
+            let ours = LIBRARY_PACKAGES.iter().any(|p| {
+                name.strip_prefix(p)
+                    .and_then(|v| v.strip_prefix('-'))
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            });
+            if ours {
+                std::fs::remove_dir_all(krate.path())
+                    .map_err(|e| format!("{}: {e}", krate.path().display()))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs every formatting, lint and doc check of CI.
 pub fn lint() -> Result<()> {
     let deny = ["--", "-D", "warnings"];
@@ -48,11 +89,27 @@ pub fn lint() -> Result<()> {
     // Together, so that cargo resolves each sibling from its local
     // packaging registry (alone, vsock-transport and svmc-host need
     // svmc-comm on crates.io first). --allow-dirty: also before a commit.
+    //
+    // Cargo takes a registry crate's build as fresh by name and version,
+    // whatever its content: verifying against siblings packaged earlier
+    // would reuse their old builds. So the packaging has a target
+    // directory of its own in which the three are always rebuilt.
+    forget_packaged_sources()?;
+    let package_dir = crate::image::target_dir().join("package-check");
+    util::run(
+        cargo()
+            .arg("clean")
+            .args(library_packages())
+            .arg("--target-dir")
+            .arg(&package_dir)
+            .arg("--quiet"),
+    )?;
     util::run(
         cargo()
             .arg("package")
             .args(library_packages())
-            .args(["--allow-dirty", "--quiet"]),
+            .args(["--allow-dirty", "--quiet", "--target-dir"])
+            .arg(&package_dir),
     )?;
     // The QEMU suites have `test = false` (xtask runs them), so
     // --all-targets skips them.
