@@ -393,6 +393,14 @@ const CASES: &[Case<Ctx>] = &[
         "heap_back_after_many_connections",
         concurrency::heap_back_after_many_connections,
     ),
+    (
+        "dropped_connections_free_their_slots",
+        concurrency::dropped_connections_free_their_slots,
+    ),
+    (
+        "half_closed_connections_free_their_slots",
+        concurrency::half_closed_connections_free_their_slots,
+    ),
 ];
 
 fn main() {

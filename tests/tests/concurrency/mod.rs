@@ -374,3 +374,127 @@ fn attach_when_free(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, S
         }
     }
 }
+
+/// How long, at most, the whole refill of [`refill_after_closes`] may take
+/// from the moment the old clients closed: the server's bound on seeing a
+/// close it is not told of (WIRE.md R-CONN-3, 1 s) and time for 8 HELLOs
+/// under TCG on a loaded machine.
+const REFILL: Duration = Duration::from_secs(4);
+
+/// Fills the table (boot connection ended, `max_conns` host connections
+/// with HELLO done), lets `close` end every one of them without a
+/// `GOODBYE`, then at once opens `max_conns` new ones: each must get
+/// `HELLO`, not `busy`, although the guest may not have seen the closes
+/// yet when they arrive (WIRE.md R-CONN-3). `close` gets each old
+/// connection's socket and returns what the test keeps of it.
+fn refill_after_closes(
+    ctx: &Ctx,
+    close: impl Fn(std::os::unix::net::UnixStream) -> Option<std::os::unix::net::UnixStream>,
+) -> R {
+    const MAX: usize = 8;
+    let mut s = session_with(ctx, &["svmc.max_conns=8", "svmc.idle_timeout_ms=600000"])?;
+    let uds = uds(&mut s)?;
+    frame_goodbye(s.client().ok_or("no client")?.connection())?;
+    // The first fill waits for the boot connection's slot (its GOODBYE
+    // is read asynchronously); that is not what is checked here.
+    let mut old = Vec::new();
+    for i in 0..MAX {
+        let c = attach_when_free(&uds, ctx).map_err(|e| format!("old connection {i}: {e}"))?;
+        old.push(c.into_inner());
+    }
+    // One more is refused: the table is full.
+    match Client::<_, ServiceVm>::hello(raw(&uds, ctx)?, frame::DEFAULT_MAX_BODY) {
+        Err(TError::Protocol(comm::Error::Remote(pe))) if pe.code == ProtocolErrorCode::Busy => {}
+        Err(e) => return Err(format!("expected busy over a full table, got {e}")),
+        Ok(_) => return Err("a connection over the limit was served".into()),
+    }
+    let start = Instant::now();
+    let kept: Vec<_> = old
+        .into_iter()
+        .filter_map(|c| close(c.into_inner()))
+        .collect();
+    let mut new = Vec::new();
+    let hello = frame::encode(
+        FrameKind::Hello,
+        &Hello::new::<ServiceVm>(frame::DEFAULT_MAX_BODY),
+        frame::HELLO_MAX_BODY,
+    )
+    .map_err(|e| e.to_string())?;
+    for i in 0..MAX {
+        let mut c = raw(&uds, ctx).map_err(|e| format!("new connection {i}: {e}"))?;
+        c.send(&hello)
+            .map_err(|e| format!("new connection {i}: sending HELLO: {e}"))?;
+        new.push(c);
+    }
+    for (i, c) in new.iter_mut().enumerate() {
+        let got = read_frame(c).map_err(|e| format!("new connection {i}: {e}"))?;
+        match got {
+            Some((FrameKind::Hello, _)) => {}
+            Some((FrameKind::Error, b)) => {
+                let pe = frame::decode_body::<ProtocolError>(&b).map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "new connection {i} of {MAX} refused {:?} {:?} after {:?}, \
+                     although the {MAX} old ones were closed",
+                    pe.code,
+                    pe.detail,
+                    start.elapsed()
+                ));
+            }
+            other => return Err(format!("new connection {i}: expected HELLO, got {other:?}")),
+        }
+    }
+    let took = start.elapsed();
+    println!("  {MAX} closed, {MAX} new ones served in {took:?}");
+    ensure(took < REFILL, || {
+        format!("{MAX} new connections took {took:?} to be served")
+    })?;
+    // A half-closed old connection was closed by the server (R-END-2).
+    for (i, mut k) in kept.into_iter().enumerate() {
+        use std::io::{ErrorKind, Read};
+        k.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut b = [0u8; 64];
+        match k.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Ok(n) => return Err(format!("old connection {i}: {n} bytes after its shutdown")),
+            Err(e) => return Err(format!("old connection {i} not closed by the guest: {e}")),
+        }
+    }
+    // Every new one is served.
+    for (i, c) in new.iter_mut().enumerate() {
+        let p = pattern(10 + i);
+        c.send(&request(i as u32, &Request::Reverse(p.clone())))
+            .map_err(|e| e.to_string())?;
+        let mut want = p;
+        want.reverse();
+        expect_response(c, i as u32, &Response::Reverse(want))?;
+    }
+    let mut last = new.pop().ok_or("none")?;
+    last.send(&request(99, &Request::PowerOff))
+        .map_err(|e| e.to_string())?;
+    expect_response(&mut last, 99, &Response::PowerOff)?;
+    let status = s
+        .vm()
+        .ok_or("no vm")?
+        .wait_exit(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("exit status {status}"))
+}
+
+/// [`refill_after_closes`] with clients that drop their sockets.
+pub fn dropped_connections_free_their_slots(ctx: &Ctx) -> R {
+    refill_after_closes(ctx, |c| {
+        drop(c);
+        None
+    })
+}
+
+/// [`refill_after_closes`] with clients that shut down their sending side
+/// (no `GOODBYE`) and wait for the server's close.
+pub fn half_closed_connections_free_their_slots(ctx: &Ctx) -> R {
+    refill_after_closes(ctx, |c| {
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        Some(c)
+    })
+}
