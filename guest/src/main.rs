@@ -44,9 +44,9 @@
 //!
 //! The heap (from the RAM the VM is given) holds the device's RX buffers,
 //! then per connection slot (`max_conns`, plus the refusals, the
-//! connections held over the limit and the backlog the vsock layer allows) a receive ring and the per-connection
-//! allowance of the server core (`rpc::CONNECTION_HEAP`), and a margin for
-//! fragmentation; the rest is the [`Budget`] for large requests, each of
+//! connections held over the limit and the backlog the vsock layer
+//! allows) a receive ring and the per-connection allowance of the server
+//! core (`rpc::CONNECTION_HEAP`), and a margin for fragmentation; the rest is the [`Budget`] for large requests, each of
 //! which holds `rpc::RESERVE_PER_BODY_BYTE` times its length (1: a
 //! `Reverse` is answered in place, in its receive buffer, which the
 //! connection keeps for the next request). The largest request accepted (our `HELLO`'s
