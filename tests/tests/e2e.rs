@@ -401,6 +401,10 @@ const CASES: &[Case<Ctx>] = &[
         "half_closed_connections_free_their_slots",
         concurrency::half_closed_connections_free_their_slots,
     ),
+    (
+        "dropped_with_answers_due_free_their_slots",
+        concurrency::dropped_with_answers_due_free_their_slots,
+    ),
 ];
 
 fn main() {

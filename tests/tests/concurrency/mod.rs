@@ -473,3 +473,15 @@ pub fn half_closed_connections_free_their_slots(ctx: &Ctx) -> R {
         Some(c)
     })
 }
+
+/// [`refill_after_closes`] with clients that drop their sockets right
+/// after sending a 1 MiB request, whose answer the guest can then never
+/// deliver.
+pub fn dropped_with_answers_due_free_their_slots(ctx: &Ctx) -> R {
+    refill_after_closes(ctx, |mut c| {
+        use std::io::Write;
+        let _ = c.write_all(&request(7, &Request::Reverse(pattern(1 << 20))));
+        drop(c);
+        None
+    })
+}
