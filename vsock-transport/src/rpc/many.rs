@@ -22,7 +22,12 @@
 //!   received for [`ManyConfig::idle_timeout_us`] (the one silent for
 //!   longest is closed). If there is none, the new connection gets a fatal
 //!   `ERROR` busy (code 7) instead of the server's `HELLO` and is closed
-//!   ([`ServerConn::busy`]). At most [`MAX_HELD`] connections are held at
+//!   ([`ServerConn::busy`]). While a connection is held, a served one
+//!   whose client has closed its side ([`Endpoint::peer_closed`]) with
+//!   answers still due, none of which it takes for half the hold, is
+//!   given up (vhost-device-vsock 0.3.0 silently drops what it cannot
+//!   write to a closed host socket and returns no credit, so such answers
+//!   would wait for ever). At most [`MAX_HELD`] connections are held at
 //!   once (more are decided at once) and at most [`MAX_REFUSING`]
 //!   refusals are in progress at once; beyond that a connection is reset
 //!   without a word.
@@ -61,6 +66,12 @@ pub const HOLD_US: u64 = 500_000;
 /// keeps for an open connection (the guest: a receive ring), so a
 /// firmware's heap budget counts them.
 pub const MAX_HELD: usize = 8;
+
+/// While a connection is held, a served one whose peer has closed
+/// ([`Endpoint::peer_closed`]) and that takes none of its answers for
+/// this many microseconds is given up (its answers dropped), so that it
+/// frees its slot within the hold.
+const STUCK_US: u64 = HOLD_US / 2;
 
 /// Served connections are probed ([`Endpoint::probe`]) at most once per
 /// this many microseconds while connections are held.
@@ -108,6 +119,13 @@ pub trait Endpoint {
     fn exists(&self, id: Self::Id) -> bool;
     /// Ends closes whose peer does not answer.
     fn tick(&mut self);
+    /// Whether the peer of `id` has closed its side (it sends nothing
+    /// more). The default, `false`, means "not known": such connections
+    /// are never given up for a newcomer (see [`HOLD_US`]).
+    fn peer_closed(&self, id: Self::Id) -> bool {
+        let _ = id;
+        false
+    }
     /// Asks the device to find out at once whether the peer of `id` is
     /// still there, if it may not know (the guest: vhost-device-vsock can
     /// lose track of a host socket that closed; a credit update makes it
@@ -163,6 +181,9 @@ struct Slot<P: Protocol, Id> {
     /// Counted against the limit (not a busy refusal).
     served: bool,
     last_rx: u64,
+    /// While a newcomer is held: since when the peer has closed with
+    /// this many bytes of answers waiting, none of them taken.
+    stuck: Option<(u64, usize)>,
 }
 
 /// A new connection that found the table full, since this time.
@@ -199,6 +220,7 @@ where
             conn: ServerConn::new(config.serve, config.budget.clone()),
             served: true,
             last_rx: endpoint.now_us(),
+            stuck: None,
         });
     }
     let mut held: Vec<Held<E::Id>> = Vec::new();
@@ -356,6 +378,29 @@ where
         admit(endpoint, slots, h.id, max_conns, config, report);
         moved = true;
     }
+    // A connection whose client closed while answers were due, and that
+    // takes none of them for STUCK_US (vhost-device-vsock drops what it
+    // cannot write to a closed host socket, and returns no credit), would
+    // hold its slot for ever: give it up (R-END-2 lets a server drop the
+    // answers after a close without GOODBYE).
+    for s in slots.iter_mut().filter(|s| s.served) {
+        let pending = s.conn.output_len();
+        if pending == 0 || !endpoint.peer_closed(s.id) {
+            s.stuck = None;
+            continue;
+        }
+        match s.stuck {
+            Some((since, len)) if len == pending => {
+                if now.wrapping_sub(since) >= STUCK_US {
+                    s.conn
+                        .transport_failed(crate::Error::Timeout(crate::Step::Write));
+                    s.stuck = None;
+                    moved = true;
+                }
+            }
+            _ => s.stuck = Some((now, pending)),
+        }
+    }
     for h in held.iter_mut().filter(|h| !h.reported) {
         h.reported = true;
         report(Event::Held(h.id));
@@ -418,6 +463,7 @@ fn admit<P, E>(
                         conn: ServerConn::busy(&busy_detail(max_conns)),
                         served: false,
                         last_rx: now,
+                        stuck: None,
                     });
                 }
                 return;
@@ -430,6 +476,7 @@ fn admit<P, E>(
         conn: ServerConn::new(config.serve, config.budget.clone()),
         served: true,
         last_rx: now,
+        stuck: None,
     });
 }
 
@@ -646,6 +693,11 @@ mod tests {
             !self.st.borrow().conns[&id.0].closed
         }
         fn tick(&mut self) {}
+        fn peer_closed(&self, id: Id) -> bool {
+            let st = self.st.borrow();
+            let c = &st.conns[&id.0];
+            c.eof && c.inbox.is_empty()
+        }
         fn probe(&mut self, id: Id) {
             let mut st = self.st.borrow_mut();
             let c = st.conns.get_mut(&id.0).unwrap();
@@ -925,6 +977,51 @@ mod tests {
         assert_eq!(st.frames(2)[0].0, FrameKind::Hello);
         assert_eq!(st.frames(3)[0].0, FrameKind::Hello);
         assert_eq!(st.responses(3), [1]);
+    }
+
+    /// 1 does not read its answer; at pass 10 it has closed (`gone`) or
+    /// not, and 2 arrives at the full table: the pass 2 got its first frame.
+    fn newcomer_next_to_a_client_that_does_not_read(gone: bool) -> (St, u64) {
+        let first = Rc::new(RefCell::new(0));
+        let at = first.clone();
+        let st = run(
+            2,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.connect(1);
+                    st.send(1, &hello());
+                    st.send(1, &request(1, &Request::Reverse(vec![7; 100_000])));
+                    st.conns.get_mut(&1).unwrap().credit = 1000;
+                }
+                10 => {
+                    st.conns.get_mut(&1).unwrap().eof = gone;
+                    st.connect(2);
+                    st.send(2, &hello());
+                }
+                p if p > 10 && *at.borrow() == 0 && !st.frames(2).is_empty() => {
+                    *at.borrow_mut() = p;
+                    st.send(0, &request(9, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        let at = *first.borrow();
+        (st, at)
+    }
+
+    #[test]
+    fn a_closed_client_with_answers_due_gives_way_within_the_hold() {
+        let (st, at) = newcomer_next_to_a_client_that_does_not_read(true);
+        assert_eq!(st.frames(2)[0].0, FrameKind::Hello);
+        let stuck = STUCK_US / 1000;
+        assert!(at > 10 + stuck && at < 10 + HOLD, "2 served at pass {at}");
+        assert!(st.conns[&1].closed);
+        // A live client that does not read keeps its slot.
+        let (st, at) = newcomer_next_to_a_client_that_does_not_read(false);
+        assert_eq!(error(&st.frames(2)[0].1).code, ProtocolErrorCode::Busy);
+        assert!(at >= 10 + HOLD, "2 refused at pass {at}");
     }
 
     #[test]
