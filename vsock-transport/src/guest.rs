@@ -837,6 +837,11 @@ impl<H: Hal, T: Transport> Endpoint for GuestVsock<H, T> {
     fn probe(&mut self, id: ConnId) {
         GuestVsock::probe(self, id)
     }
+    fn peer_closed(&self, id: ConnId) -> bool {
+        self.conns
+            .iter()
+            .any(|s| s.id == id && matches!(s.phase, Phase::PeerClosed(_)))
+    }
     fn now_us(&self) -> u64 {
         self.now()
     }
