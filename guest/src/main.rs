@@ -32,8 +32,10 @@
 //! connection and every host-initiated one at once, in one event loop
 //! (`vsock_transport::rpc::many::serve_many`), until a `PowerOff`
 //! request: up to `svmc.max_conns` connections (default 8, the boot
-//! connection included), interleaved; a connection over the limit gets a
-//! fatal `ERROR` busy instead of our `HELLO` unless an idle connection
+//! connection included), interleaved; a connection over the limit is held
+//! for up to 500 ms while the served ones are probed for closes the device
+//! has not reported yet (`many::HOLD_US`), and then gets a fatal `ERROR`
+//! busy instead of our `HELLO` unless a slot freed or an idle connection
 //! (silent for `svmc.idle_timeout_ms`, default 5 s, between frames) can be
 //! closed for it. In the raw modes (`echo`, `raw-reverse`: the benchmark
 //! floors, in the image built with the `floors` feature only) connections
@@ -42,10 +44,10 @@
 //! # Heap budget
 //!
 //! The heap (from the RAM the VM is given) holds the device's RX buffers,
-//! then per connection slot (`max_conns`, plus the refusals and the
-//! backlog the vsock layer allows) a receive ring and the per-connection
-//! allowance of the server core (`rpc::CONNECTION_HEAP`), and a margin for
-//! fragmentation; the rest is the [`Budget`] for large requests, each of
+//! then per connection slot (`max_conns`, plus the refusals, the
+//! connections held over the limit and the backlog the vsock layer
+//! allows) a receive ring and the per-connection allowance of the server
+//! core (`rpc::CONNECTION_HEAP`), and a margin for fragmentation; the rest is the [`Budget`] for large requests, each of
 //! which holds `rpc::RESERVE_PER_BODY_BYTE` times its length (1: a
 //! `Reverse` is answered in place, in its receive buffer, which the
 //! connection keeps for the next request). The largest request accepted (our `HELLO`'s
@@ -110,9 +112,9 @@ fn heap_margin(heap_size: usize) -> usize {
 /// for a heap of `heap_size` bytes and `max_conns` connections.
 fn heap_budget(heap_size: usize, max_conns: usize, buffer_size: u32) -> (usize, u32) {
     // Every connection in the table has a receive ring; the served ones
-    // also the server core's allowance. Refusals and the backlog hold a
-    // ring and no more than a small frame.
-    let waiting = many::MAX_REFUSING + guest::DEFAULT_MAX_PENDING;
+    // also the server core's allowance. Refusals, connections held over
+    // the limit and the backlog hold a ring and no more than a small frame.
+    let waiting = many::MAX_REFUSING + many::MAX_HELD + guest::DEFAULT_MAX_PENDING;
     let fixed = guest::RX_QUEUE_BYTES
         + max_conns * (buffer_size as usize + CONNECTION_HEAP)
         + waiting * (buffer_size as usize + 4096)
@@ -269,6 +271,7 @@ fn main(config: &Config, heap_size: usize) -> Result<(), Fatal> {
 fn log_event(event: Event<'_, guest::ConnId>) {
     match event {
         Event::Accepted(id) => debug!("connection {id}: serving"),
+        Event::Held(id) => debug!("connection {id}: table full, held while probing for closes"),
         Event::Busy(id) => warn!("connection {id}: over the limit, refused as busy"),
         Event::Dropped(id) => warn!("connection {id}: over the limit, reset"),
         Event::Evicted(id) => info!("connection {id}: idle, closed for a new one"),

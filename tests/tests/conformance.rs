@@ -430,44 +430,26 @@ fn r_conn_3_boot_connection_is_served_alongside(p: &Peer) -> R {
     c.goodbye()
 }
 
-/// Connections the earlier cases closed hold a server slot until the
-/// server has seen their close (R-CONN-3: about a second here, longer on a
-/// loaded machine: the firmware probes a peer silent for 1 s, and the
-/// device daemon answers when it is scheduled). Give it that time before
-/// filling the table: 1 s was too short once in a loaded CI run.
-fn settle() {
-    thread::sleep(Duration::from_secs(3));
-}
+/// How long a server at its limit may hold a new connection before it
+/// answers `HELLO` or `busy` (R-CONN-5, R-CONN-7).
+const HOLD: Duration = Duration::from_secs(1);
 
-/// A connection that got its `HELLO`. A `busy` refusal is retried every
-/// 300 ms for up to 10 s: a slot of a connection an earlier case closed
-/// stays taken until the server has seen that close (R-CONN-3), which
-/// took over 3 s on a loaded machine. A refused connection is closed by
-/// the server itself, so retrying holds no slot.
-fn hello_when_free<'a>(p: &'a Peer, what: &str) -> Result<Raw<'a>, String> {
-    let start = Instant::now();
-    loop {
-        let mut c = p.connect()?;
-        c.send_msg(FrameKind::Hello, &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY))?;
-        match c.expect_hello_within(PROMPT) {
-            Ok(_) => return Ok(c),
-            Err(e) if e.contains("Busy") && start.elapsed() < Duration::from_secs(10) => {
-                thread::sleep(Duration::from_millis(300));
-            }
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
-    }
+/// A connection that got its `HELLO` within [`HOLD`] and [`PROMPT`], with
+/// no wait and no retry: the connections the earlier cases closed,
+/// however they closed them, no longer count (R-CONN-7).
+fn hello_now<'a>(p: &'a Peer, what: &str) -> Result<Raw<'a>, String> {
+    let mut c = p.connect()?;
+    c.send_msg(FrameKind::Hello, &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY))?;
+    c.expect_hello_within(HOLD + PROMPT)
+        .map_err(|e| format!("{what}: {e}"))?;
+    Ok(c)
 }
 
 /// R-CONN-3: `max_conns` connections at once, each served.
 fn r_conn_3_eight_connections_at_once(p: &Peer) -> R {
-    settle();
     let mut conns = Vec::new();
     for i in 0..p.max_conns {
-        conns.push(hello_when_free(
-            p,
-            &format!("connection {i} of {}", p.max_conns),
-        )?);
+        conns.push(hello_now(p, &format!("connection {i} of {}", p.max_conns))?);
     }
     // Answered in any order of connections.
     for (i, c) in conns.iter_mut().enumerate().rev() {
@@ -507,40 +489,75 @@ fn r_conn_4_stalled_client_does_not_block_another(p: &Peer) -> R {
 }
 
 /// R-CONN-5: over the limit, `ERROR` busy (7, fatal) instead of `HELLO`,
-/// then the close; a freed slot serves again.
+/// then the close; a freed slot serves again at once.
 fn r_conn_5_busy_over_the_limit(p: &Peer) -> R {
-    settle();
     let mut conns = Vec::new();
     for i in 0..p.max_conns {
-        conns.push(hello_when_free(
-            p,
-            &format!("connection {i} of {}", p.max_conns),
-        )?);
+        conns.push(hello_now(p, &format!("connection {i} of {}", p.max_conns))?);
     }
     let mut over = p.connect()?;
     over.send_msg(FrameKind::Hello, &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY))?;
     over.expect_error(ProtocolErrorCode::Busy, true, Some(None))
         .map_err(|e| format!("connection {} over the limit: {e}", p.max_conns + 1))?;
     conns.pop().ok_or("none")?.goodbye()?;
-    // The server notices the close; a new connection then gets a slot.
-    let start = Instant::now();
-    loop {
-        let mut c = p.connect()?;
-        c.send_msg(FrameKind::Hello, &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY))?;
-        match c.expect_hello() {
-            Ok(_) => {
-                c.expect_usable(5)?;
-                c.goodbye()?;
-                break;
+    // The freed slot serves a new connection at once (R-CONN-7).
+    let mut c = hello_now(p, "after a slot was freed")?;
+    c.expect_usable(5)?;
+    c.goodbye()?;
+    for c in conns {
+        c.goodbye()?;
+    }
+    Ok(())
+}
+
+/// R-CONN-7: `max_conns` connections closed without `GOODBYE` (dropped
+/// between frames, dropped in the middle of a frame, their sending side
+/// shut down) stop counting: `max_conns` new ones opened at once, right
+/// after the closes, each get `HELLO` within [`HOLD`] and [`PROMPT`]
+/// (not `busy`) and are served; the half-closed ones are closed by the
+/// server (R-END-2).
+fn r_conn_7_closed_connections_stop_counting(p: &Peer) -> R {
+    let mut old = Vec::new();
+    for i in 0..p.max_conns {
+        let mut c = hello_now(p, &format!("old connection {i} of {}", p.max_conns))?;
+        c.expect_usable(1)?;
+        old.push(c);
+    }
+    let mut half_closed = Vec::new();
+    for (i, mut c) in old.into_iter().enumerate() {
+        match i % 3 {
+            0 => drop(c),
+            1 => {
+                let f = request_frame(p, 2, &Request::Reverse(vec![7; 1000]));
+                c.send(&f[..HEADER_LEN + 10])?;
+                drop(c);
             }
-            Err(e) if start.elapsed() < ANSWER => {
-                let _ = e;
-                thread::sleep(Duration::from_millis(100));
+            _ => {
+                c.s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+                half_closed.push(c);
             }
-            Err(e) => return Err(format!("after a slot was freed: {e}")),
         }
     }
-    for c in conns {
+    let mut new = Vec::new();
+    for _ in 0..p.max_conns {
+        let mut c = p.connect()?;
+        c.send_msg(FrameKind::Hello, &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY))?;
+        new.push(c);
+    }
+    for (i, c) in new.iter_mut().enumerate() {
+        c.expect_hello_within(HOLD + PROMPT).map_err(|e| {
+            format!(
+                "new connection {i} of {}, right after the old ones closed: {e}",
+                p.max_conns
+            )
+        })?;
+    }
+    for (i, c) in half_closed.iter_mut().enumerate() {
+        c.expect_close()
+            .map_err(|e| format!("half-closed connection {i}: {e}"))?;
+    }
+    for (i, mut c) in new.into_iter().enumerate() {
+        c.expect_usable(10 + i as u32)?;
         c.goodbye()?;
     }
     Ok(())
@@ -1272,6 +1289,10 @@ const CASES: &[Case<Peer>] = &[
     (
         "r_conn_6_idle_connection_is_kept",
         r_conn_6_idle_connection_is_kept,
+    ),
+    (
+        "r_conn_7_closed_connections_stop_counting",
+        r_conn_7_closed_connections_stop_counting,
     ),
     ("r_end_3_power_off", r_end_3_power_off),
     ("cddl_every_captured_body", cddl_every_captured_body),

@@ -393,6 +393,18 @@ const CASES: &[Case<Ctx>] = &[
         "heap_back_after_many_connections",
         concurrency::heap_back_after_many_connections,
     ),
+    (
+        "dropped_connections_free_their_slots",
+        concurrency::dropped_connections_free_their_slots,
+    ),
+    (
+        "half_closed_connections_free_their_slots",
+        concurrency::half_closed_connections_free_their_slots,
+    ),
+    (
+        "dropped_with_answers_due_free_their_slots",
+        concurrency::dropped_with_answers_due_free_their_slots,
+    ),
 ];
 
 fn main() {

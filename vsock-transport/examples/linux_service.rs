@@ -236,7 +236,7 @@ fn serve(config: &Config) -> vsock_transport::Result<()> {
             Event::Dropped(id) => log!("connection {id}: over the limit, reset"),
             Event::Evicted(id) => log!("connection {id}: idle, closed for a new one"),
             Event::Ended(id, Err(e)) => log!("connection {id} ended with an error: {e}"),
-            Event::Accepted(_) | Event::Ended(_, Ok(_)) => {}
+            Event::Accepted(_) | Event::Held(_) | Event::Ended(_, Ok(_)) => {}
         },
     )
 }
@@ -259,6 +259,38 @@ struct Conn {
     want_read: bool,
     /// The last write was short: wait for `POLLOUT` too.
     want_write: bool,
+    /// The receive buffer we last set (`SO_VM_SOCKETS_BUFFER_SIZE`); a
+    /// probe grows it by one byte ([`LinuxEndpoint::probe`]).
+    buffer: u64,
+}
+
+/// `setsockopt(2)` level and options of AF_VSOCK
+/// (`include/uapi/linux/vm_sockets.h`).
+const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
+const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
+
+/// The kernel's default receive buffer of a vsock connection (256 KiB) and
+/// how far probes may grow it, one byte each.
+const BUFFER: u64 = 256 * 1024;
+const PROBE_BYTES: u64 = 64 * 1024;
+
+fn set_vsock_u64(conn: &VsockStream, option: libc::c_int, value: u64) -> io::Result<()> {
+    // SAFETY: a valid socket fd and a pointer to a u64 that lives for the
+    // call, with its exact size (the type these options take).
+    let r = unsafe {
+        libc::setsockopt(
+            conn.as_raw_fd(),
+            libc::AF_VSOCK,
+            option,
+            (&raw const value).cast(),
+            size_of::<u64>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 /// Non-blocking AF_VSOCK connections for [`many::serve_many`]: a
@@ -301,6 +333,12 @@ impl LinuxEndpoint {
         stream
             .set_nonblocking(true)
             .map_err(|e| io_err("making a connection non-blocking", e))?;
+        // Room for the probes to grow the buffer (never to shrink it: the
+        // kernel drops what a peer sent beyond the buffer it was told of).
+        if let Err(e) = set_vsock_u64(&stream, SO_VM_SOCKETS_BUFFER_MAX_SIZE, BUFFER + PROBE_BYTES)
+        {
+            log!("vsock: raising the buffer limit: {e}");
+        }
         let id = ConnId(self.next);
         self.next += 1;
         self.conns.insert(
@@ -309,6 +347,7 @@ impl LinuxEndpoint {
                 stream,
                 want_read: true,
                 want_write: false,
+                buffer: BUFFER,
             },
         );
         Ok(id)
@@ -428,6 +467,23 @@ impl Endpoint for LinuxEndpoint {
                 }
             }
         });
+    }
+
+    /// A credit update on `id`'s connection: the kernel sends one when the
+    /// receive buffer size changes (Linux 5.5, "vsock/virtio: send a
+    /// credit update when buffer size is changed"), so the buffer grows by
+    /// one byte, up to [`PROBE_BYTES`] probes per connection. It makes
+    /// vhost-device-vsock 0.3.0 look at a host socket it lost track of,
+    /// whose close the kernel then reports.
+    fn probe(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.get_mut(&id)
+            && c.buffer < BUFFER + PROBE_BYTES
+        {
+            c.buffer += 1;
+            if let Err(e) = set_vsock_u64(&c.stream, SO_VM_SOCKETS_BUFFER_SIZE, c.buffer) {
+                log!("vsock {id}: probe: {e}");
+            }
+        }
     }
 
     fn now_us(&self) -> u64 {

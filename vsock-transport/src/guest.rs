@@ -119,7 +119,9 @@
 //! socket, the failed one now reads as closed, and its `SHUTDOWN` arrives.
 //! [`GuestVsock::tick`] also probes every peer silent for [`PROBE_US`] the
 //! same way, for the cases where the daemon lost track of a host socket
-//! without a word. (Closing connections that stay silent anyway is a
+//! without a word, and [`GuestVsock::probe`] probes one at once (the
+//! server does, for every served connection, when a new one finds its
+//! table full). (Closing connections that stay silent anyway is a
 //! policy of the server above this layer.)
 
 use alloc::collections::VecDeque;
@@ -733,6 +735,24 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         }
     }
 
+    /// Sends a credit update on connection `id` now, if it is connected:
+    /// vhost-device-vsock 0.3.0 then looks at the host's socket again, so
+    /// a socket the host closed without it noticing is reported
+    /// (`SHUTDOWN`) within its answer time (see the module docs). The
+    /// server calls it for every served connection when a new one finds
+    /// the table full.
+    pub fn probe(&mut self, id: ConnId) {
+        let now = self.now();
+        if let Some(s) = self.conns.iter_mut().find(|s| s.id == id)
+            && s.phase == Phase::Connected
+        {
+            s.last_seen = now;
+            if let Err(e) = self.driver.credit_update(&s.info) {
+                warn!("vsock {id}: probe: {e}");
+            }
+        }
+    }
+
     /// A blocking [`Connection`] over connection `id`.
     pub fn stream(&mut self, id: ConnId) -> Stream<'_, H, T> {
         Stream {
@@ -813,6 +833,14 @@ impl<H: Hal, T: Transport> Endpoint for GuestVsock<H, T> {
     }
     fn tick(&mut self) {
         GuestVsock::tick(self)
+    }
+    fn probe(&mut self, id: ConnId) {
+        GuestVsock::probe(self, id)
+    }
+    fn peer_closed(&self, id: ConnId) -> bool {
+        self.conns
+            .iter()
+            .any(|s| s.id == id && matches!(s.phase, Phase::PeerClosed(_)))
     }
     fn now_us(&self) -> u64 {
         self.now()

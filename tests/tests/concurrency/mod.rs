@@ -166,7 +166,7 @@ pub fn busy_client_does_not_starve_another(ctx: &Ctx) -> R {
 
 /// With `svmc.max_conns=8`, the boot connection and 7 host connections
 /// fill the table; a 9th gets a fatal ERROR busy instead of HELLO and is
-/// closed; once one closes, a new one is served.
+/// closed; once one closes, a new one is served at once.
 pub fn ninth_connection_gets_busy(ctx: &Ctx) -> R {
     let mut s = session_with(ctx, &["svmc.max_conns=8", "svmc.idle_timeout_ms=600000"])?;
     let uds = uds(&mut s)?;
@@ -205,15 +205,8 @@ pub fn ninth_connection_gets_busy(ctx: &Ctx) -> R {
         .ok_or("none")?
         .close()
         .map_err(|e| e.to_string())?;
-    let mut next = None;
-    let t = Instant::now();
-    while next.is_none() && t.elapsed() < Duration::from_secs(5) {
-        match attach(&uds, ctx) {
-            Ok(c) => next = Some(c),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    }
-    let mut next = next.ok_or("no connection served after one closed")?;
+    // The freed slot serves the next one at once (R-CONN-7).
+    let mut next = attach(&uds, ctx).map_err(|e| format!("after one closed: {e}"))?;
     reverse_call(&mut next, b"next")?;
     power_off_via(&mut next, &mut s)
 }
@@ -310,8 +303,8 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
     let round = |n: usize| -> R {
         let mut conns = Vec::new();
         for _ in 0..n {
-            // The guest may not have seen the previous round's closes yet.
-            conns.push(attach_when_free(&uds, ctx)?);
+            // The previous round's closes no longer count (R-CONN-7).
+            conns.push(attach(&uds, ctx)?);
         }
         for (i, c) in conns.iter_mut().enumerate() {
             reverse_call(c, &pattern(100 + i * 10_000))?;
@@ -355,22 +348,140 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
             format!("heap in use {base} before, {after} after")
         })?;
     }
-    let mut c = attach_when_free(&uds, ctx)?;
+    let mut c = attach(&uds, ctx)?;
     power_off_via(&mut c, &mut s)
 }
 
-/// [`attach`], retried for up to 5 s while the guest answers busy.
-fn attach_when_free(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, String> {
-    let t = Instant::now();
-    loop {
-        match Client::<_, ServiceVm>::hello(raw(uds, ctx)?, frame::DEFAULT_MAX_BODY) {
-            Ok(c) => return Ok(c),
-            Err(TError::Protocol(comm::Error::Remote(pe)))
-                if pe.code == ProtocolErrorCode::Busy && t.elapsed() < Duration::from_secs(5) =>
-            {
-                std::thread::sleep(Duration::from_millis(20));
+/// How long, at most, the whole refill of [`refill_after_closes`] may take
+/// from the moment the old clients closed: the longest a server may hold
+/// a new connection (WIRE.md R-CONN-5, R-CONN-7: 1 s) and time for 8
+/// HELLOs under TCG on a loaded machine.
+const REFILL: Duration = Duration::from_secs(4);
+
+/// Fills the table (boot connection ended, `max_conns` host connections
+/// with HELLO done), lets `close` end every one of them without a
+/// `GOODBYE`, then at once opens `max_conns` new ones: each must get
+/// `HELLO`, not `busy`, although the guest may not have seen the closes
+/// yet when they arrive (WIRE.md R-CONN-7). `close` gets each old
+/// connection's socket and returns what the test keeps of it.
+fn refill_after_closes(
+    ctx: &Ctx,
+    close: impl Fn(std::os::unix::net::UnixStream) -> Option<std::os::unix::net::UnixStream>,
+) -> R {
+    const MAX: usize = 8;
+    let mut s = session_with(ctx, &["svmc.max_conns=8", "svmc.idle_timeout_ms=600000"])?;
+    let uds = uds(&mut s)?;
+    frame_goodbye(s.client().ok_or("no client")?.connection())?;
+    let mut old = Vec::new();
+    for i in 0..MAX {
+        let c = attach(&uds, ctx).map_err(|e| format!("old connection {i}: {e}"))?;
+        old.push(c.into_inner());
+    }
+    // One more is refused: the table is full.
+    match Client::<_, ServiceVm>::hello(raw(&uds, ctx)?, frame::DEFAULT_MAX_BODY) {
+        Err(TError::Protocol(comm::Error::Remote(pe))) if pe.code == ProtocolErrorCode::Busy => {}
+        Err(e) => return Err(format!("expected busy over a full table, got {e}")),
+        Ok(_) => return Err("a connection over the limit was served".into()),
+    }
+    let start = Instant::now();
+    let kept: Vec<_> = old
+        .into_iter()
+        .filter_map(|c| close(c.into_inner()))
+        .collect();
+    let mut new = Vec::new();
+    let hello = frame::encode(
+        FrameKind::Hello,
+        &Hello::new::<ServiceVm>(frame::DEFAULT_MAX_BODY),
+        frame::HELLO_MAX_BODY,
+    )
+    .map_err(|e| e.to_string())?;
+    for i in 0..MAX {
+        let mut c = raw(&uds, ctx).map_err(|e| format!("new connection {i}: {e}"))?;
+        c.send(&hello)
+            .map_err(|e| format!("new connection {i}: sending HELLO: {e}"))?;
+        new.push(c);
+    }
+    for (i, c) in new.iter_mut().enumerate() {
+        let got = read_frame(c).map_err(|e| format!("new connection {i}: {e}"))?;
+        match got {
+            Some((FrameKind::Hello, _)) => {}
+            Some((FrameKind::Error, b)) => {
+                let pe = frame::decode_body::<ProtocolError>(&b).map_err(|e| e.to_string())?;
+                return Err(format!(
+                    "new connection {i} of {MAX} refused {:?} {:?} after {:?}, \
+                     although the {MAX} old ones were closed",
+                    pe.code,
+                    pe.detail,
+                    start.elapsed()
+                ));
             }
-            Err(e) => return Err(format!("handshake: {e}")),
+            other => return Err(format!("new connection {i}: expected HELLO, got {other:?}")),
         }
     }
+    let took = start.elapsed();
+    println!("  {MAX} closed, {MAX} new ones served in {took:?}");
+    ensure(took < REFILL, || {
+        format!("{MAX} new connections took {took:?} to be served")
+    })?;
+    // A half-closed old connection was closed by the server (R-END-2).
+    for (i, mut k) in kept.into_iter().enumerate() {
+        use std::io::{ErrorKind, Read};
+        k.set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        let mut b = [0u8; 64];
+        match k.read(&mut b) {
+            Ok(0) => {}
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+            Ok(n) => return Err(format!("old connection {i}: {n} bytes after its shutdown")),
+            Err(e) => return Err(format!("old connection {i} not closed by the guest: {e}")),
+        }
+    }
+    // Every new one is served.
+    for (i, c) in new.iter_mut().enumerate() {
+        let p = pattern(10 + i);
+        c.send(&request(i as u32, &Request::Reverse(p.clone())))
+            .map_err(|e| e.to_string())?;
+        let mut want = p;
+        want.reverse();
+        expect_response(c, i as u32, &Response::Reverse(want))?;
+    }
+    let mut last = new.pop().ok_or("none")?;
+    last.send(&request(99, &Request::PowerOff))
+        .map_err(|e| e.to_string())?;
+    expect_response(&mut last, 99, &Response::PowerOff)?;
+    let status = s
+        .vm()
+        .ok_or("no vm")?
+        .wait_exit(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?;
+    ensure(status.success(), || format!("exit status {status}"))
+}
+
+/// [`refill_after_closes`] with clients that drop their sockets.
+pub fn dropped_connections_free_their_slots(ctx: &Ctx) -> R {
+    refill_after_closes(ctx, |c| {
+        drop(c);
+        None
+    })
+}
+
+/// [`refill_after_closes`] with clients that shut down their sending side
+/// (no `GOODBYE`) and wait for the server's close.
+pub fn half_closed_connections_free_their_slots(ctx: &Ctx) -> R {
+    refill_after_closes(ctx, |c| {
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        Some(c)
+    })
+}
+
+/// [`refill_after_closes`] with clients that drop their sockets right
+/// after sending a 1 MiB request, whose answer the guest can then never
+/// deliver.
+pub fn dropped_with_answers_due_free_their_slots(ctx: &Ctx) -> R {
+    refill_after_closes(ctx, |mut c| {
+        use std::io::Write;
+        let _ = c.write_all(&request(7, &Request::Reverse(pattern(1 << 20))));
+        drop(c);
+        None
+    })
 }

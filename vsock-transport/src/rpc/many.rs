@@ -8,14 +8,29 @@
 //!
 //! - **Limit.** At most [`ManyConfig::max_conns`] connections are served
 //!   at once, the boot connection included.
-//! - **Over the limit.** A new connection first tries to displace an idle
-//!   one: a served connection with no frame in part or in whole, nothing
-//!   left to send, and nothing received for [`ManyConfig::idle_timeout_us`]
-//!   (the one silent for longest is closed). If there is none, the new
-//!   connection gets a fatal `ERROR` busy (code 7) instead of the server's
-//!   `HELLO` and is closed ([`ServerConn::busy`]). At most
-//!   [`MAX_REFUSING`] such refusals are in progress at once; beyond that a
-//!   connection is reset without a word.
+//! - **Closes first.** A new connection that finds the table full is
+//!   decided only after the pass has handed every served connection what
+//!   the endpoint saw for it, so a connection whose client closed it is
+//!   gone before the newcomer is counted.
+//! - **Over the limit.** A new connection that finds the table full is
+//!   held (no `HELLO`, no refusal yet) for up to [`HOLD_US`], and every
+//!   served connection is probed ([`Endpoint::probe`]): a client may have
+//!   closed one without the endpoint knowing yet. As soon as a slot frees,
+//!   the oldest held connection is admitted. At the end of the hold it
+//!   first tries to displace an idle connection: a served connection with
+//!   no frame in part or in whole, nothing left to send, and nothing
+//!   received for [`ManyConfig::idle_timeout_us`] (the one silent for
+//!   longest is closed). If there is none, the new connection gets a fatal
+//!   `ERROR` busy (code 7) instead of the server's `HELLO` and is closed
+//!   ([`ServerConn::busy`]). While a connection is held, a served one
+//!   whose client has closed its side ([`Endpoint::peer_closed`]) with
+//!   answers still due, none of which it takes for half the hold, is
+//!   given up (vhost-device-vsock 0.3.0 silently drops what it cannot
+//!   write to a closed host socket and returns no credit, so such answers
+//!   would wait for ever). At most [`MAX_HELD`] connections are held at
+//!   once (more are decided at once) and at most [`MAX_REFUSING`]
+//!   refusals are in progress at once; beyond that a connection is reset
+//!   without a word.
 //! - **Interleaving.** Each pass over the table sends what each
 //!   connection's peer has credit for, reads what has arrived for each,
 //!   and processes one complete request per connection (up to
@@ -40,6 +55,27 @@ use crate::Result;
 /// At most this many connections over the limit are being refused (sent
 /// `ERROR` busy) at once; more are reset at once.
 pub const MAX_REFUSING: usize = 2;
+
+/// How long, at most, a new connection that finds the table full waits
+/// (held: no `HELLO`, no refusal) for a served connection to turn out
+/// closed, in microseconds.
+pub const HOLD_US: u64 = 500_000;
+
+/// At most this many new connections are held at once ([`HOLD_US`]); one
+/// more over the limit is decided at once. Each holds what the endpoint
+/// keeps for an open connection (the guest: a receive ring), so a
+/// firmware's heap budget counts them.
+pub const MAX_HELD: usize = 8;
+
+/// While a connection is held, a served one whose peer has closed
+/// ([`Endpoint::peer_closed`]) and that takes none of its answers for
+/// this many microseconds is given up (its answers dropped), so that it
+/// frees its slot within the hold.
+const STUCK_US: u64 = HOLD_US / 2;
+
+/// Served connections are probed ([`Endpoint::probe`]) at most once per
+/// this many microseconds while connections are held.
+const PROBE_EVERY_US: u64 = 50_000;
 
 /// Requests of one connection processed in one pass, at most, while their
 /// answers stay under [`SMALL_ANSWERS`] bytes.
@@ -93,6 +129,21 @@ pub trait Endpoint {
     fn exists(&self, id: Self::Id) -> bool;
     /// Ends closes whose peer does not answer.
     fn tick(&mut self);
+    /// Whether the peer of `id` has closed its side (it sends nothing
+    /// more). The default, `false`, means "not known": such connections
+    /// are never given up for a newcomer (see [`HOLD_US`]).
+    fn peer_closed(&self, id: Self::Id) -> bool {
+        let _ = id;
+        false
+    }
+    /// Asks the device to find out at once whether the peer of `id` is
+    /// still there, if it may not know (the guest: vhost-device-vsock can
+    /// lose track of a host socket that closed; a credit update makes it
+    /// look again). A close found is then reported as usual. The default
+    /// does nothing: an endpoint whose kernel knows every close at once.
+    fn probe(&mut self, id: Self::Id) {
+        let _ = id;
+    }
     /// Microseconds on a monotonic clock.
     fn now_us(&self) -> u64;
     /// Received bytes not yet read, over all connections: the loop reads
@@ -126,6 +177,10 @@ pub struct ManyConfig {
 pub enum Event<'a, Id> {
     /// A connection is served.
     Accepted(Id),
+    /// A connection over the limit is held while the served ones are
+    /// probed for closes (at most [`HOLD_US`]); then it is served, or
+    /// refused.
+    Held(Id),
     /// A connection over the limit is refused with `ERROR` busy.
     Busy(Id),
     /// A connection over the limit is reset: too many refusals at once.
@@ -142,6 +197,17 @@ struct Slot<P: Protocol, Id> {
     /// Counted against the limit (not a busy refusal).
     served: bool,
     last_rx: u64,
+    /// While a newcomer is held: since when the peer has closed with
+    /// this many bytes of answers waiting, none of them taken.
+    stuck: Option<(u64, usize)>,
+}
+
+/// A new connection that found the table full, since this time.
+struct Held<Id> {
+    id: Id,
+    since: u64,
+    /// [`Event::Held`] was reported.
+    reported: bool,
 }
 
 /// Serves `boot` (if any) and every connection `endpoint` accepts until
@@ -170,17 +236,30 @@ where
             conn: ServerConn::new(config.serve, config.budget.clone()),
             served: true,
             last_rx: endpoint.now_us(),
+            stuck: None,
         });
     }
+    let mut held: Vec<Held<E::Id>> = Vec::new();
+    // When the served connections were last probed for the held ones.
+    let mut probed: Option<u64> = None;
     let mut stopped = false;
     while !stopped {
         let mut busy = false;
         for _ in 0..EVENTS_PER_PASS {
-            // Accepted connections are admitted (or refused) at once, so
-            // that a burst of them never piles up in the endpoint.
+            // Accepted connections are taken at once, so that a burst of
+            // them never piles up in the endpoint; they are admitted (or
+            // held, or refused) after this pass has seen the closes.
             while let Some(id) = endpoint.accept() {
                 busy = true;
-                admit(endpoint, &mut slots, id, max_conns, config, &mut report);
+                arrive(
+                    endpoint,
+                    &mut slots,
+                    &mut held,
+                    id,
+                    max_conns,
+                    config,
+                    &mut report,
+                );
             }
             if !endpoint.poll()? {
                 break;
@@ -192,7 +271,15 @@ where
         }
         while let Some(id) = endpoint.accept() {
             busy = true;
-            admit(endpoint, &mut slots, id, max_conns, config, &mut report);
+            arrive(
+                endpoint,
+                &mut slots,
+                &mut held,
+                id,
+                max_conns,
+                config,
+                &mut report,
+            );
         }
         let mut i = 0;
         while i < slots.len() {
@@ -209,6 +296,15 @@ where
             }
             i += 1;
         }
+        busy |= decide(
+            endpoint,
+            &mut slots,
+            &mut held,
+            &mut probed,
+            max_conns,
+            config,
+            &mut report,
+        );
         endpoint.tick();
         if !busy {
             endpoint.idle();
@@ -220,6 +316,9 @@ where
     for slot in slots.drain(..) {
         endpoint.close(slot.id);
         closing.push(slot.id);
+    }
+    for h in held.drain(..) {
+        endpoint.reset(h.id);
     }
     while let Some(id) = endpoint.accept() {
         endpoint.reset(id);
@@ -233,6 +332,113 @@ where
     Ok(())
 }
 
+/// A connection just accepted: served at once if there is room; else held
+/// until the end of the pass at least (so that the closes the pass saw
+/// count first), or decided at once when [`MAX_HELD`] are held already.
+fn arrive<P, E>(
+    endpoint: &mut E,
+    slots: &mut Vec<Slot<P, E::Id>>,
+    held: &mut Vec<Held<E::Id>>,
+    id: E::Id,
+    max_conns: usize,
+    config: &ManyConfig,
+    report: &mut impl FnMut(Event<'_, E::Id>),
+) where
+    P: Protocol,
+    E: Endpoint,
+{
+    if served(slots) < max_conns && held.is_empty() {
+        admit(endpoint, slots, id, max_conns, config, report);
+    } else if held.len() < MAX_HELD {
+        held.push(Held {
+            id,
+            since: endpoint.now_us(),
+            reported: false,
+        });
+    } else {
+        admit(endpoint, slots, id, max_conns, config, report);
+    }
+}
+
+/// Served connections, counted against the limit.
+fn served<P: Protocol, Id>(slots: &[Slot<P, Id>]) -> usize {
+    slots.iter().filter(|s| s.served).count()
+}
+
+/// Decides the held connections, oldest first: admitted while there is
+/// room; then, while the table is full, kept for up to [`HOLD_US`] with
+/// the served connections probed (at most once per [`PROBE_EVERY_US`]),
+/// and decided by [`admit`] (displacement or refusal) when that is over.
+/// `true` if any was decided or a probe went out.
+fn decide<P, E>(
+    endpoint: &mut E,
+    slots: &mut Vec<Slot<P, E::Id>>,
+    held: &mut Vec<Held<E::Id>>,
+    probed: &mut Option<u64>,
+    max_conns: usize,
+    config: &ManyConfig,
+    report: &mut impl FnMut(Event<'_, E::Id>),
+) -> bool
+where
+    P: Protocol,
+    E: Endpoint,
+{
+    if held.is_empty() {
+        return false;
+    }
+    let now = endpoint.now_us();
+    let mut moved = false;
+    while let Some(h) = held.first() {
+        let full = served(slots) >= max_conns;
+        if full && now.wrapping_sub(h.since) < HOLD_US {
+            break;
+        }
+        let h = held.remove(0);
+        admit(endpoint, slots, h.id, max_conns, config, report);
+        moved = true;
+    }
+    // A connection whose client closed while answers were due, and that
+    // takes none of them for STUCK_US (vhost-device-vsock drops what it
+    // cannot write to a closed host socket, and returns no credit), would
+    // hold its slot for ever: give it up (R-END-2 lets a server drop the
+    // answers after a close without GOODBYE).
+    for s in slots.iter_mut().filter(|s| s.served) {
+        let pending = s.conn.output_len();
+        if pending == 0 || !endpoint.peer_closed(s.id) {
+            s.stuck = None;
+            continue;
+        }
+        match s.stuck {
+            Some((since, len)) if len == pending => {
+                if now.wrapping_sub(since) >= STUCK_US {
+                    s.conn
+                        .transport_failed(crate::Error::Timeout(crate::Step::Write));
+                    s.stuck = None;
+                    moved = true;
+                }
+            }
+            _ => s.stuck = Some((now, pending)),
+        }
+    }
+    for h in held.iter_mut().filter(|h| !h.reported) {
+        h.reported = true;
+        report(Event::Held(h.id));
+    }
+    // Whoever is left waits for a close: probe every served connection,
+    // once after the newest one arrived and at most once per period.
+    if let Some(newest) = held.last().map(|h| h.since)
+        && probed.is_none_or(|t| t < newest && now.wrapping_sub(t) >= PROBE_EVERY_US)
+    {
+        for s in slots.iter().filter(|s| s.served) {
+            endpoint.probe(s.id);
+        }
+        *probed = Some(now);
+        moved = true;
+    }
+    moved
+}
+
+/// Serves `id`, displaces an idle connection for it, or refuses it.
 fn admit<P, E>(
     endpoint: &mut E,
     slots: &mut Vec<Slot<P, E::Id>>,
@@ -276,6 +482,7 @@ fn admit<P, E>(
                         conn: ServerConn::busy(&busy_detail(max_conns)),
                         served: false,
                         last_rx: now,
+                        stuck: None,
                     });
                 }
                 return;
@@ -288,6 +495,7 @@ fn admit<P, E>(
         conn: ServerConn::new(config.serve, config.budget.clone()),
         served: true,
         last_rx: now,
+        stuck: None,
     });
 }
 
@@ -393,6 +601,10 @@ mod tests {
         credit: usize,
         closed: bool,
         reset: bool,
+        /// The client closed, and the endpoint reports it once probed.
+        silently_closed: bool,
+        /// Probes received.
+        probes: u32,
     }
 
     #[derive(Default)]
@@ -500,6 +712,17 @@ mod tests {
             !self.st.borrow().conns[&id.0].closed
         }
         fn tick(&mut self) {}
+        fn peer_closed(&self, id: Id) -> bool {
+            let st = self.st.borrow();
+            let c = &st.conns[&id.0];
+            c.eof && c.inbox.is_empty()
+        }
+        fn probe(&mut self, id: Id) {
+            let mut st = self.st.borrow_mut();
+            let c = st.conns.get_mut(&id.0).unwrap();
+            c.probes += 1;
+            c.eof |= c.silently_closed;
+        }
         fn now_us(&self) -> u64 {
             self.st.borrow().pass * 1000
         }
@@ -632,8 +855,11 @@ mod tests {
         frame::decode_body(body).unwrap()
     }
 
+    /// Passes of the fake (1 ms each) a new connection is held at most.
+    const HOLD: u64 = HOLD_US / 1000;
+
     #[test]
-    fn over_the_limit_busy_then_reset_when_refusals_pile_up() {
+    fn over_the_limit_held_then_busy_then_reset_when_refusals_pile_up() {
         let st = run(
             2,
             u64::MAX,
@@ -643,11 +869,16 @@ mod tests {
                     st.connect(1);
                     st.send(1, &hello());
                 }
-                3 => {
-                    // 2 is refused and reads its busy ERROR.
-                    st.connect(2);
+                // 2 is held, then refused, and reads its busy ERROR.
+                3 => st.connect(2),
+                p if p == 3 + HOLD - 10 => {
+                    // Held: neither HELLO nor busy yet, and the served
+                    // connections were probed.
+                    assert!(st.conns[&2].out.is_empty() && !st.conns[&2].closed);
+                    assert!(st.conns[&0].probes > 0 && st.conns[&1].probes > 0);
+                    assert_eq!(st.conns[&2].probes, 0);
                 }
-                5 => {
+                p if p == 3 + HOLD + 10 => {
                     // 3 and 4 read nothing: their refusals stay in
                     // progress; 5 is one too many and is reset.
                     for id in [3, 4, 5] {
@@ -655,11 +886,11 @@ mod tests {
                         st.conns.get_mut(&id).unwrap().credit = 0;
                     }
                 }
-                8 => {
+                p if p == 3 + 2 * HOLD + 30 => {
                     st.conns.get_mut(&3).unwrap().credit = usize::MAX;
                     st.conns.get_mut(&4).unwrap().credit = usize::MAX;
                 }
-                12 => st.send(1, &request(1, &Request::PowerOff)),
+                p if p == 3 + 2 * HOLD + 40 => st.send(1, &request(1, &Request::PowerOff)),
                 _ => {}
             }),
         );
@@ -676,22 +907,26 @@ mod tests {
 
     #[test]
     fn an_idle_connection_gives_way_only_when_full_and_silent_long_enough() {
+        // Idle after 1000 passes; a new connection is held for HOLD (500).
         let st = run(
             2,
-            10_000,
+            1_000_000,
             Box::new(move |st: &mut St| match st.pass {
                 1 => {
                     st.send(0, &hello());
                     st.connect(1);
                     st.send(1, &hello());
                 }
-                // 5 ms later: nobody has been silent for 10 ms: busy.
+                // At the end of its hold nobody has been silent for 1 s:
+                // busy.
                 5 => st.connect(2),
-                // Connection 1 speaks at pass 10; at pass 20 the boot
-                // connection has been silent for 19 ms, 1 for 10 ms.
-                10 => st.send(1, &request(1, &Request::Info)),
-                20 => st.connect(3),
-                25 => {
+                // Connection 1 speaks at pass 700; when 3's hold ends at
+                // pass 1600, the boot connection has been silent for
+                // 1.6 s, 1 for 0.9 s.
+                700 => st.send(1, &request(1, &Request::Info)),
+                1100 => st.connect(3),
+                p if p == 1100 + HOLD - 10 => assert!(!st.conns[&0].closed),
+                p if p == 1100 + HOLD + 10 => {
                     st.send(3, &hello());
                     st.send(3, &request(2, &Request::PowerOff));
                 }
@@ -716,12 +951,96 @@ mod tests {
                     st.send(0, &request(1, &Request::Info)[..3]);
                 }
                 20 => st.connect(1),
-                25 => st.send(0, &request(1, &Request::PowerOff)[3..]),
+                p if p == 20 + HOLD + 10 => st.send(0, &request(1, &Request::PowerOff)[3..]),
                 _ => {}
             }),
         );
         assert_eq!(error(&st.frames(1)[0].1).code, ProtocolErrorCode::Busy);
         assert!(!st.conns[&0].reset);
+    }
+
+    #[test]
+    fn closes_free_slots_for_new_connections_at_once() {
+        let first = Rc::new(RefCell::new(None));
+        let at = first.clone();
+        let st = run(
+            2,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.connect(1);
+                    st.send(1, &hello());
+                }
+                5 => {
+                    // The client of 1 is gone, but the endpoint learns it
+                    // only when probed; 2 arrives at a full table.
+                    st.conns.get_mut(&1).unwrap().silently_closed = true;
+                    st.connect(2);
+                    st.send(2, &hello());
+                }
+                p if p > 5 && at.borrow().is_none() && !st.frames(2).is_empty() => {
+                    *at.borrow_mut() = Some(p);
+                    // A close the endpoint reports in the very pass a new
+                    // connection arrives frees its slot for it.
+                    st.conns.get_mut(&0).unwrap().eof = true;
+                    st.connect(3);
+                    st.send(3, &hello());
+                    st.send(3, &request(1, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        let at = first.borrow().unwrap();
+        assert!(at <= 8, "2 served at pass {at}");
+        assert_eq!(st.frames(2)[0].0, FrameKind::Hello);
+        assert_eq!(st.frames(3)[0].0, FrameKind::Hello);
+        assert_eq!(st.responses(3), [1]);
+    }
+
+    /// 1 does not read its answer; at pass 10 it has closed (`gone`) or
+    /// not, and 2 arrives at the full table: the pass 2 got its first frame.
+    fn newcomer_next_to_a_client_that_does_not_read(gone: bool) -> (St, u64) {
+        let first = Rc::new(RefCell::new(0));
+        let at = first.clone();
+        let st = run(
+            2,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.connect(1);
+                    st.send(1, &hello());
+                    st.send(1, &request(1, &Request::Reverse(vec![7; 100_000])));
+                    st.conns.get_mut(&1).unwrap().credit = 1000;
+                }
+                10 => {
+                    st.conns.get_mut(&1).unwrap().eof = gone;
+                    st.connect(2);
+                    st.send(2, &hello());
+                }
+                p if p > 10 && *at.borrow() == 0 && !st.frames(2).is_empty() => {
+                    *at.borrow_mut() = p;
+                    st.send(0, &request(9, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        let at = *first.borrow();
+        (st, at)
+    }
+
+    #[test]
+    fn a_closed_client_with_answers_due_gives_way_within_the_hold() {
+        let (st, at) = newcomer_next_to_a_client_that_does_not_read(true);
+        assert_eq!(st.frames(2)[0].0, FrameKind::Hello);
+        let stuck = STUCK_US / 1000;
+        assert!(at > 10 + stuck && at < 10 + HOLD, "2 served at pass {at}");
+        assert!(st.conns[&1].closed);
+        // A live client that does not read keeps its slot.
+        let (st, at) = newcomer_next_to_a_client_that_does_not_read(false);
+        assert_eq!(error(&st.frames(2)[0].1).code, ProtocolErrorCode::Busy);
+        assert!(at >= 10 + HOLD, "2 refused at pass {at}");
     }
 
     #[test]
