@@ -279,6 +279,7 @@ fn log_event(event: Event<'_, guest::ConnId>) {
             debug!("connection {id} ended: {ended:?}; heap {:?}", heap::stats())
         }
         Event::Ended(id, Err(e)) => warn!("connection {id} ended with an error: {e}"),
+        _ => {}
     }
 }
 

@@ -172,8 +172,10 @@ pub struct ManyConfig {
     pub budget: Budget,
 }
 
-/// What happened, for the caller's log.
+/// What happened, for the caller's log. New kinds of event may be added
+/// in a minor release: a `match` needs a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Event<'a, Id> {
     /// A connection is served.
     Accepted(Id),
