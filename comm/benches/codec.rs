@@ -7,19 +7,21 @@
 //! - `ours`: what a host `rpc::Client` does per request, sender and
 //!   receiver together. Encode: `ServiceVm::encode_request`
 //!   (`service::encode_request_parts`) writes the frame's head bytes into
-//!   a reused buffer and returns the payload borrowed; head + payload are
-//!   the bytes that go on the wire (the client sends them with one
-//!   vectored write). Decode: `ServiceVm::decode_request`
-//!   (`service::decode_request`) of that frame's body, as the receiver
-//!   holds it after reading it, into a fresh owned `Request` (payload
-//!   `Vec` allocated by the decoder). One payload copy in all.
-//! - `one buf`: the same, but the frame is written whole into one reused
-//!   buffer (head, then the payload copied after it) and decoded from
-//!   there: a sender that needs the frame contiguous. Two payload copies.
+//!   a reused buffer and the client copies the payload after them (it
+//!   sends the frame whole: see `gather`). Decode:
+//!   `ServiceVm::decode_request` (`service::decode_request`) of that
+//!   frame's body into a fresh owned `Request` (payload `Vec` allocated by
+//!   the decoder). Two payload copies, so 2.0x `to_vec` is its floor at
+//!   1 MiB.
+//! - `gather`: the same, without the copy into the buffer: the head bytes
+//!   and the payload borrowed, as a sender that writes both with one
+//!   vectored write has them (`framed::send_frame_parts`). One payload
+//!   copy. `rpc::Client` does not send this way: end to end against the
+//!   firmware it measured about 2x slower (BENCHMARKS.md).
 //! - `serde`: the generic path, `envelope::encode_request_into` +
 //!   `envelope::decode::<Request>` (serde + ciborium; what other protocols
 //!   use). Two payload copies.
-//! - `in place`: the `ours` encode + `service::reverse_payload` on the
+//! - `in place`: the `gather` encode + `service::reverse_payload` on the
 //!   received body, the borrowed decode with which the guest answers a
 //!   `Reverse` in its receive buffer (no payload copy at all).
 //! - `to_vec`: `payload.to_vec()`, one allocation + one copy. This is the
@@ -59,7 +61,7 @@ fn payload(n: usize) -> Vec<u8> {
     (0..n).map(|i| (i * 31 + 7) as u8).collect()
 }
 
-/// The frame `ours` sends, and its body as the receiver holds it.
+/// The frame `gather` sends, and its body as the receiver holds it.
 struct Wire {
     head: Vec<u8>,
     received: Vec<u8>,
@@ -77,9 +79,9 @@ impl Wire {
     }
 }
 
-/// Encode as the client sends (head + borrowed payload), decode the
+/// Encode as head + borrowed payload (a gathering sender), decode the
 /// received frame into an owned `Request`.
-fn ours(w: &mut Wire, req: &Request) -> Request {
+fn gather(w: &mut Wire, req: &Request) -> Request {
     w.head.clear();
     let tail = ServiceVm::encode_request(RequestId(7), req, MAX, &mut w.head).unwrap();
     black_box((&w.head, tail));
@@ -88,8 +90,9 @@ fn ours(w: &mut Wire, req: &Request) -> Request {
     r.unwrap()
 }
 
-/// The same frame written whole into one buffer and decoded from it.
-fn one_buf(buf: &mut Vec<u8>, req: &Request) -> Request {
+/// The same frame written whole into one buffer, as `rpc::Client` sends
+/// it, and decoded from it.
+fn ours(buf: &mut Vec<u8>, req: &Request) -> Request {
     buf.clear();
     let tail = ServiceVm::encode_request(RequestId(7), req, MAX, buf).unwrap();
     buf.extend_from_slice(tail);
@@ -107,7 +110,7 @@ fn serde_path(buf: &mut Vec<u8>, req: &Request) -> Request {
     r.unwrap()
 }
 
-/// Encode as `ours`, then find the payload where it lies in the received
+/// Encode as `gather`, then find the payload where it lies in the received
 /// body (the guest's decode).
 fn in_place(w: &mut Wire, req: &Request) -> usize {
     w.head.clear();
@@ -146,10 +149,10 @@ fn criterion_benches(c: &mut Criterion) {
             g.sample_size(10);
         }
         g.bench_function(BenchmarkId::new("ours", n), |b| {
-            b.iter(|| ours(&mut wire, black_box(&req)))
+            b.iter(|| ours(&mut buf, black_box(&req)))
         });
-        g.bench_function(BenchmarkId::new("one_buf", n), |b| {
-            b.iter(|| one_buf(&mut buf, black_box(&req)))
+        g.bench_function(BenchmarkId::new("gather", n), |b| {
+            b.iter(|| gather(&mut wire, black_box(&req)))
         });
         g.bench_function(BenchmarkId::new("serde", n), |b| {
             b.iter(|| serde_path(&mut buf, black_box(&req)))
@@ -210,7 +213,7 @@ fn summary() {
         "{:>6} | {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10} | {:>11} {:>11} {:>11} {:>11} {:>10} | {:>8} {:>8}",
         "size",
         "ours",
-        "one buf",
+        "gather",
         "serde",
         "in place",
         "to_vec",
@@ -218,7 +221,7 @@ fn summary() {
         "array",
         "cib-stream",
         "ours/to_vec",
-        "1buf/to_vec",
+        "gath/to_vec",
         "serde/to_vc",
         "inpl/to_vec",
         "array/serde",
@@ -233,10 +236,10 @@ fn summary() {
         let mut buf = Vec::new();
         let mut dst = vec![0u8; n];
         let t_ours = time(budget, || {
-            black_box(ours(&mut wire, black_box(&req)));
+            black_box(ours(&mut buf, black_box(&req)));
         });
         let t_one = time(budget, || {
-            black_box(one_buf(&mut buf, black_box(&req)));
+            black_box(gather(&mut wire, black_box(&req)));
         });
         let t_serde = time(budget, || {
             black_box(serde_path(&mut buf, black_box(&req)));
@@ -285,7 +288,7 @@ fn summary() {
         "overhead = frame length - payload length (header 5 + [id] 2..6 + map 1 + \"rev\" 4 + bstr head 1..9)"
     );
     println!(
-        "ours = ServiceVm::encode_request (head bytes + borrowed payload, sent with one vectored write) + ServiceVm::decode_request of the received body into an owned Request"
+        "ours = ServiceVm::encode_request + the payload copied after the head (the frame rpc::Client sends) + ServiceVm::decode_request into an owned Request; gather = the same without that copy (head + borrowed payload)"
     );
     println!("targets: ours/to_vec <= 2.00x at 1 MiB, <= 4.00x at 4 KiB");
 }
