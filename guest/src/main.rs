@@ -44,10 +44,12 @@
 //! # Heap budget
 //!
 //! The heap (from the RAM the VM is given) holds the device's RX buffers,
-//! then per connection slot (`max_conns`, plus the refusals, the
-//! connections held over the limit and the backlog the vsock layer
-//! allows) a receive ring and the per-connection allowance of the server
-//! core (`rpc::CONNECTION_HEAP`), and a margin for fragmentation; the rest is the [`Budget`] for large requests, each of
+//! then per served connection (`max_conns`) a receive ring and the
+//! per-connection allowance of the server core (`rpc::CONNECTION_HEAP`),
+//! per connection not served yet (the refusals, the connections held over
+//! the limit and the backlog the vsock layer allows) a ring of the small
+//! window it is accepted with (`guest::ACCEPT_WINDOW`) and a small frame,
+//! and a margin for fragmentation; the rest is the [`Budget`] for large requests, each of
 //! which holds `rpc::RESERVE_PER_BODY_BYTE` times its length (1: a
 //! `Reverse` is answered in place, in its receive buffer, which the
 //! connection keeps for the next request). The largest request accepted (our `HELLO`'s
@@ -113,11 +115,14 @@ fn heap_margin(heap_size: usize) -> usize {
 fn heap_budget(heap_size: usize, max_conns: usize, buffer_size: u32) -> (usize, u32) {
     // Every connection in the table has a receive ring; the served ones
     // also the server core's allowance. Refusals, connections held over
-    // the limit and the backlog hold a ring and no more than a small frame.
+    // the limit and the backlog are not served: their ring holds at most
+    // the small window they were accepted with (`guest::ACCEPT_WINDOW`,
+    // grown to `buffer_size` only when served), and they hold no more
+    // than a small frame.
     let waiting = many::MAX_REFUSING + many::MAX_HELD + guest::DEFAULT_MAX_PENDING;
     let fixed = guest::RX_QUEUE_BYTES
         + max_conns * (buffer_size as usize + CONNECTION_HEAP)
-        + waiting * (buffer_size as usize + 4096)
+        + waiting * (guest::ACCEPT_WINDOW as usize + 4096)
         + heap_margin(heap_size);
     let budget = heap_size.saturating_sub(fixed);
     let max_body = u32::try_from(budget / RESERVE_PER_BODY_BYTE)

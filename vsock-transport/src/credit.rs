@@ -25,7 +25,9 @@ pub(crate) struct Credit {
     pub(crate) tx_cnt: u32,
     /// Body bytes consumed since our `fwd_cnt` last went to the peer.
     pub(crate) unannounced: u32,
-    /// Our own receive buffer (the `buf_alloc` we advertise).
+    /// Our own receive buffer (the `buf_alloc` we advertise). It only
+    /// grows ([`Credit::grow`]), so the peer, whose credit follows the
+    /// latest value it saw, never has more in flight than it allows.
     pub(crate) buffer_size: u32,
 }
 
@@ -80,6 +82,41 @@ impl Credit {
     pub(crate) fn sent(&mut self, n: usize) {
         self.tx_cnt = self.tx_cnt.wrapping_add(n as u32);
         self.unannounced = 0;
+    }
+
+    /// Raises our buffer to `buffer_size` (never lowers it: the peer may
+    /// already have sent what the larger window allowed); `true` if it
+    /// grew, so the peer must be told (a credit update).
+    pub(crate) fn grow(&mut self, buffer_size: u32) -> bool {
+        if buffer_size > self.buffer_size {
+            self.buffer_size = buffer_size;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether `n` more received bytes fit our buffer, which holds
+    /// `buffered` unread ones. A peer that honours the credit we
+    /// advertised never sends more; one that does has lost data.
+    pub(crate) fn fits(&self, buffered: usize, n: usize) -> bool {
+        buffered.saturating_add(n) <= self.buffer_size as usize
+    }
+
+    /// Capacity for a receive ring of capacity `capacity` that must hold
+    /// `needed` bytes (which [`Credit::fits`]): the usual doubling, but
+    /// never beyond our buffer, so a ring holds no more heap than the
+    /// `buf_alloc` we advertised.
+    pub(crate) fn ring_capacity(&self, capacity: usize, needed: usize) -> usize {
+        if needed <= capacity {
+            capacity
+        } else {
+            capacity
+                .saturating_mul(2)
+                .max(needed)
+                .min(self.buffer_size as usize)
+                .max(needed)
+        }
     }
 
     /// Records `n` bytes consumed from our buffer; `true` if a credit
@@ -149,6 +186,46 @@ mod tests {
         c.tx_cnt = u32::MAX;
         c.sent(2);
         assert_eq!(c.tx_cnt, 1);
+    }
+
+    #[test]
+    fn a_window_grows_but_never_shrinks() {
+        let mut c = Credit::new(4096);
+        assert!(c.fits(4000, 96));
+        assert!(!c.fits(4000, 97));
+        assert!(!c.fits(usize::MAX, 1));
+        assert!(c.grow(256 * 1024));
+        assert_eq!(c.buffer_size, 256 * 1024);
+        assert!(c.fits(4000, 97));
+        assert!(c.fits(0, 256 * 1024));
+        assert!(!c.fits(1, 256 * 1024));
+        // Already that large, or asked to shrink: nothing to announce.
+        assert!(!c.grow(256 * 1024));
+        assert!(!c.grow(4096));
+        assert_eq!(c.buffer_size, 256 * 1024);
+    }
+
+    #[test]
+    fn a_ring_doubles_up_to_the_window_only() {
+        let mut c = Credit::new(4096);
+        assert_eq!(c.ring_capacity(0, 300), 300);
+        assert_eq!(c.ring_capacity(300, 200), 300);
+        assert_eq!(c.ring_capacity(300, 301), 600);
+        assert_eq!(c.ring_capacity(2400, 2401), 4096);
+        assert_eq!(c.ring_capacity(1000, 3000), 3000);
+        c.grow(256 * 1024);
+        assert_eq!(c.ring_capacity(4096, 4097), 8192);
+        assert_eq!(c.ring_capacity(192 * 1024, 192 * 1024 + 1), 256 * 1024);
+    }
+
+    #[test]
+    fn credit_updates_follow_the_grown_window() {
+        let mut c = Credit::new(4096);
+        assert!(c.consumed(1024));
+        c.grow(256 * 1024);
+        assert!(!c.consumed(1024));
+        assert!(!c.consumed(64 * 1024 - 1025));
+        assert!(c.consumed(1));
     }
 
     #[test]

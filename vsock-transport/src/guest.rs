@@ -80,9 +80,15 @@
 //!   quarters of the buffer free once we have drained it.
 //!
 //! Our own buffer is a per-connection ring, and the `buf_alloc` we
-//! advertise is exactly its limit ([`CONNECTION_BUFFER_SIZE`] unless set
-//! otherwise), so a peer that honours credit can never overflow it (which
-//! would lose data: such a peer is reset).
+//! advertise is exactly its limit, so a peer that honours credit can never
+//! overflow it (which would lose data: such a peer is reset). A connection
+//! we make gets the full [`GuestVsock::buffer_size`]
+//! ([`CONNECTION_BUFFER_SIZE`] unless set otherwise) at once; one we
+//! accept starts with [`ACCEPT_WINDOW`] (room for a `HELLO` and a small
+//! frame), so connections that wait in the backlog, are held or are being
+//! refused cost little heap each, and gets the full buffer, with a credit
+//! update, only when it is served ([`GuestVsock::serve`]). The window only
+//! grows: the peer's credit follows the latest `buf_alloc` it saw.
 //!
 //! # Many connections, one loop
 //!
@@ -153,8 +159,16 @@ pub const RX_BUFFER_SIZE: usize = 64 * 1024;
 /// `QUEUE_SIZE`), for the caller's heap budget.
 pub const RX_QUEUE_BYTES: usize = 8 * RX_BUFFER_SIZE;
 
-/// Default per-connection receive buffer (the `buf_alloc` we advertise).
+/// Default per-connection receive buffer (the `buf_alloc` we advertise
+/// for a served connection).
 pub const CONNECTION_BUFFER_SIZE: u32 = 256 * 1024;
+
+/// Receive buffer (the `buf_alloc` we advertise) of an accepted connection
+/// until it is served ([`GuestVsock::serve`]): a `HELLO` (at most
+/// `comm::frame::HELLO_MAX_BODY` bytes of body) and a small frame fit, so
+/// a waiting or refused client can say hello and read its answer, but not
+/// make us buffer more.
+pub const ACCEPT_WINDOW: u32 = 4096;
 
 /// Largest `RW` packet body we send: Linux's `VIRTIO_VSOCK_MAX_PKT_BUF_SIZE`
 /// (64 KiB), which device back-ends also assume.
@@ -247,7 +261,8 @@ struct ConnState {
     info: ConnectionInfo,
     phase: Phase,
     credit: Credit,
-    /// Received bytes not yet read; never more than our `buf_alloc`.
+    /// Received bytes not yet read; never more than our `buf_alloc`
+    /// (`credit.buffer_size`).
     rx: VecDeque<u8>,
     /// The peer sent more than our buffer holds (it ignored our credit):
     /// the data is lost, so the connection is reset.
@@ -340,14 +355,16 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         self.driver.guest_cid()
     }
 
-    /// Per-connection receive buffer size (the `buf_alloc` we advertise).
+    /// Per-connection receive buffer size (the `buf_alloc` we advertise
+    /// for a served connection; [`ACCEPT_WINDOW`] before).
     pub fn buffer_size(&self) -> u32 {
         self.buffer_size
     }
 
     /// Connections in the table: served, waiting in the backlog, or
     /// closing. Each holds a receive ring of up to
-    /// [`GuestVsock::buffer_size`] bytes.
+    /// [`GuestVsock::buffer_size`] bytes once served, [`ACCEPT_WINDOW`]
+    /// before.
     pub fn len(&self) -> usize {
         self.conns.len()
     }
@@ -375,7 +392,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         if self.conns.iter().any(|s| s.key() == key) {
             return Err(virtio(SocketError::ConnectionExists));
         }
-        let info = self.new_info(key);
+        let info = self.new_info(key, self.buffer_size);
         self.driver.connect(&info).map_err(virtio)?;
         let id = self.insert(info, Phase::Connecting);
         let start = self.now();
@@ -447,7 +464,6 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         let now = self.now();
         let guest_cid = self.driver.guest_cid();
         let conns = &mut self.conns;
-        let cap = self.buffer_size as usize;
         let result = self.driver.poll(|event, body| {
             if event.destination.cid == guest_cid
                 && let Some(c) = conns.iter_mut().find(|c| {
@@ -461,9 +477,12 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                     event.buffer_status.forward_count,
                 );
                 if let VsockEventType::Received { .. } = event.event_type {
-                    if c.rx.len() + body.len() > cap {
+                    if !c.credit.fits(c.rx.len(), body.len()) {
                         c.overrun = true;
                     } else {
+                        let needed = c.rx.len() + body.len();
+                        let capacity = c.credit.ring_capacity(c.rx.capacity(), needed);
+                        c.rx.reserve_exact(capacity - c.rx.len());
                         c.rx.extend(body);
                     }
                 }
@@ -540,7 +559,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                 let old = self.conns[i].id;
                 self.forget(old);
             }
-            let mut info = self.new_info(key);
+            let mut info = self.new_info(key, ACCEPT_WINDOW.min(self.buffer_size));
             info.update_for_event(event);
             if !self.listening.contains(&key.local_port) {
                 let _ = self.driver.force_close(&info);
@@ -753,8 +772,30 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         }
     }
 
-    /// A blocking [`Connection`] over connection `id`.
+    /// Connection `id` is served: its receive buffer grows from
+    /// [`ACCEPT_WINDOW`] to [`GuestVsock::buffer_size`], and a credit
+    /// update tells the peer. Nothing happens if it has the full buffer
+    /// already (a connection we made, or served before) or is gone.
+    pub fn serve(&mut self, id: ConnId) {
+        let size = self.buffer_size;
+        let Some(s) = find(&mut self.conns, id) else {
+            return;
+        };
+        if !s.credit.grow(size) {
+            return;
+        }
+        s.info.buf_alloc = size;
+        if s.phase == Phase::Connected
+            && let Err(e) = self.driver.credit_update(&s.info)
+        {
+            warn!("vsock {id}: credit update: {e}");
+        }
+    }
+
+    /// A blocking [`Connection`] over connection `id`, which is served
+    /// from now on ([`GuestVsock::serve`]).
     pub fn stream(&mut self, id: ConnId) -> Stream<'_, H, T> {
+        self.serve(id);
         Stream {
             vsock: self,
             id,
@@ -762,21 +803,23 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         }
     }
 
-    fn new_info(&self, key: Key) -> ConnectionInfo {
+    /// A connection's header state, advertising `buf_alloc` bytes.
+    fn new_info(&self, key: Key, buf_alloc: u32) -> ConnectionInfo {
         let mut info = ConnectionInfo::new(key.peer, key.local_port);
-        info.buf_alloc = self.buffer_size;
+        info.buf_alloc = buf_alloc;
         info
     }
 
     fn insert(&mut self, info: ConnectionInfo, phase: Phase) -> ConnId {
         let last_seen = self.now();
+        let credit = Credit::new(info.buf_alloc);
         let id = ConnId(self.next_id);
         self.next_id = self.next_id.wrapping_add(1);
         self.conns.push(ConnState {
             id,
             info,
             phase,
-            credit: Credit::new(self.buffer_size),
+            credit,
             rx: VecDeque::new(),
             overrun: false,
             last_seen,
@@ -836,6 +879,9 @@ impl<H: Hal, T: Transport> Endpoint for GuestVsock<H, T> {
     }
     fn probe(&mut self, id: ConnId) {
         GuestVsock::probe(self, id)
+    }
+    fn serve(&mut self, id: ConnId) {
+        GuestVsock::serve(self, id)
     }
     fn peer_closed(&self, id: ConnId) -> bool {
         self.conns

@@ -63,8 +63,9 @@ pub const HOLD_US: u64 = 500_000;
 
 /// At most this many new connections are held at once ([`HOLD_US`]); one
 /// more over the limit is decided at once. Each holds what the endpoint
-/// keeps for an open connection (the guest: a receive ring), so a
-/// firmware's heap budget counts them.
+/// keeps for a connection not served yet (the guest: a receive ring of
+/// `guest::ACCEPT_WINDOW` bytes, grown by [`Endpoint::serve`] only once it
+/// is served), so a firmware's heap budget counts them.
 pub const MAX_HELD: usize = 8;
 
 /// While a connection is held, a served one whose peer has closed
@@ -142,6 +143,14 @@ pub trait Endpoint {
     /// look again). A close found is then reported as usual. The default
     /// does nothing: an endpoint whose kernel knows every close at once.
     fn probe(&mut self, id: Self::Id) {
+        let _ = id;
+    }
+    /// Connection `id` is served from now on (the boot connection, or one
+    /// admitted, at once or after a hold); until then it is waiting, held
+    /// or being refused, and the endpoint may keep its receive buffer
+    /// small (the guest advertises `guest::ACCEPT_WINDOW` bytes of credit
+    /// and now grows it to the full buffer). The default does nothing.
+    fn serve(&mut self, id: Self::Id) {
         let _ = id;
     }
     /// Microseconds on a monotonic clock.
@@ -233,6 +242,7 @@ where
     let mut slots: Vec<Slot<P, E::Id>> = Vec::new();
     if let Some(id) = boot {
         report(Event::Accepted(id));
+        endpoint.serve(id);
         slots.push(Slot {
             id,
             conn: ServerConn::new(config.serve, config.budget.clone()),
@@ -492,6 +502,7 @@ fn admit<P, E>(
         }
     }
     report(Event::Accepted(id));
+    endpoint.serve(id);
     slots.push(Slot {
         id,
         conn: ServerConn::new(config.serve, config.budget.clone()),
@@ -607,6 +618,8 @@ mod tests {
         silently_closed: bool,
         /// Probes received.
         probes: u32,
+        /// [`Endpoint::serve`] was called.
+        served: bool,
     }
 
     #[derive(Default)]
@@ -724,6 +737,12 @@ mod tests {
             let c = st.conns.get_mut(&id.0).unwrap();
             c.probes += 1;
             c.eof |= c.silently_closed;
+        }
+        fn serve(&mut self, id: Id) {
+            let mut st = self.st.borrow_mut();
+            let c = st.conns.get_mut(&id.0).unwrap();
+            assert!(!c.closed && !c.served, "{id} served twice or closed");
+            c.served = true;
         }
         fn now_us(&self) -> u64 {
             self.st.borrow().pass * 1000
@@ -877,6 +896,7 @@ mod tests {
                     // Held: neither HELLO nor busy yet, and the served
                     // connections were probed.
                     assert!(st.conns[&2].out.is_empty() && !st.conns[&2].closed);
+                    assert!(!st.conns[&2].served);
                     assert!(st.conns[&0].probes > 0 && st.conns[&1].probes > 0);
                     assert_eq!(st.conns[&2].probes, 0);
                 }
@@ -902,8 +922,11 @@ mod tests {
             let e = error(&f[0].1);
             assert_eq!((e.code, e.fatal), (ProtocolErrorCode::Busy, true));
             assert!(st.conns[&id].closed && !st.conns[&id].reset);
+            assert!(!st.conns[&id].served, "refused {id} got the full window");
         }
         assert!(st.conns[&5].reset && st.conns[&5].out.is_empty());
+        assert!(!st.conns[&5].served);
+        assert!(st.conns[&0].served && st.conns[&1].served);
         assert_eq!(st.responses(1), [1]);
     }
 
@@ -997,6 +1020,8 @@ mod tests {
         assert!(at <= 8, "2 served at pass {at}");
         assert_eq!(st.frames(2)[0].0, FrameKind::Hello);
         assert_eq!(st.frames(3)[0].0, FrameKind::Hello);
+        // 2 was held, then admitted: served like any other.
+        assert!(st.conns[&2].served && st.conns[&3].served);
         assert_eq!(st.responses(3), [1]);
     }
 
