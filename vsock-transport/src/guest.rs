@@ -174,6 +174,14 @@ pub const ACCEPT_WINDOW: u32 = 4096;
 /// (64 KiB), which device back-ends also assume.
 pub const MAX_PACKET: usize = crate::credit::MAX_PACKET;
 
+/// A `REQUEST` for a connection we know that comes within this many
+/// microseconds of the first is the same request again, and is ignored
+/// (seen behind vhost-device-vsock 0.3.0, which never reuses a host port
+/// while it knows the connection, so a repeat cannot be a new one). A
+/// later one is a new connection on a reused port (the Linux host
+/// allocates ephemeral ports again): the old connection is gone.
+const DUPLICATE_REQUEST_US: u64 = 1_000_000;
+
 /// A connected peer silent for this long gets a credit update (at most
 /// one per this period): vhost-device-vsock 0.3.0 can lose track of a host
 /// socket that closed (see the module docs), and a credit update makes it
@@ -269,6 +277,8 @@ struct ConnState {
     overrun: bool,
     /// When we last heard from the peer or probed it ([`PROBE_US`]).
     last_seen: u64,
+    /// When the connection was made (accepted or requested).
+    accepted_at: u64,
 }
 
 impl ConnState {
@@ -553,10 +563,23 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         };
         let found = self.conns.iter().position(|s| s.key() == key);
         if event.event_type == VsockEventType::ConnectionRequest {
-            // A request for a connection we still know is a new
-            // connection: the old one is gone.
             if let Some(i) = found {
-                let old = self.conns[i].id;
+                let old = &self.conns[i];
+                let age = self.now().wrapping_sub(old.accepted_at);
+                if age < DUPLICATE_REQUEST_US {
+                    // The same connection again: answering it twice makes
+                    // vhost-device-vsock 0.3.0 write a second `OK` line
+                    // into the host's stream, and forgetting the first
+                    // loses what it holds.
+                    warn!(
+                        "vsock {}: a second REQUEST from {}:{} {} us after the first: ignored",
+                        old.id, key.peer.cid, key.peer.port, age
+                    );
+                    return;
+                }
+                // Later, a request for a connection we still know is a
+                // new connection on a reused port: the old one is gone.
+                let old = old.id;
                 self.forget(old);
             }
             let mut info = self.new_info(key, ACCEPT_WINDOW.min(self.buffer_size));
@@ -823,6 +846,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             rx: VecDeque::new(),
             overrun: false,
             last_seen,
+            accepted_at: last_seen,
         });
         id
     }
