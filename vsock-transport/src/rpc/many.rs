@@ -74,6 +74,13 @@ pub const MAX_HELD: usize = 8;
 /// frees its slot within the hold.
 const STUCK_US: u64 = HOLD_US / 2;
 
+/// A receive buffer kept after a large request (for the next one: no
+/// allocation, no zero-fill) is given back with its share of the budget
+/// once its connection has been silent for this many microseconds, so a
+/// client that sent one large request and went quiet does not keep the
+/// budget from the other connections.
+pub const KEEP_BODY_US: u64 = 100_000;
+
 /// Served connections are probed ([`Endpoint::probe`]) at most once per
 /// this many microseconds while connections are held.
 const PROBE_EVERY_US: u64 = 50_000;
@@ -293,10 +300,15 @@ where
                 &mut report,
             );
         }
+        let now = endpoint.now_us();
         let mut i = 0;
         while i < slots.len() {
             let slot = &mut slots[i];
             busy |= step(endpoint, slot, handler);
+            // (`last_rx` may be later than `now`: it was read in `step`.)
+            if now.saturating_sub(slot.last_rx) >= KEEP_BODY_US {
+                slot.conn.release_idle_body();
+            }
             if slot.conn.is_done() {
                 let end = slot.conn.take_end().unwrap_or(Ok(Ended::Closed));
                 report(Event::Ended(slot.id, &end));

@@ -40,8 +40,11 @@
 //! [`CONNECTION_HEAP`]. The receive buffer is kept between frames, and an
 //! answer in place ([`Handler::handle_in_place`]) is sent from it and then
 //! gives it back, so a connection keeps the budget of its largest request
-//! so far until it needs a larger buffer or ends (no allocation and no
-//! zero-fill per request).
+//! so far until it needs a larger buffer, ends, or its driver gives the
+//! buffer back with [`ServerConn::release_idle_body`] (`serve_many` does
+//! once the connection has been silent for a while): no allocation and no
+//! zero-fill per request on a busy connection, and no budget kept from
+//! the others by a quiet one.
 
 use alloc::collections::VecDeque;
 use alloc::rc::Rc;
@@ -620,6 +623,18 @@ impl<P: Protocol> ServerConn<P> {
                 .with_id(id),
             ),
         }
+    }
+
+    /// Gives back the receive buffer kept after a large request, with its
+    /// share of the [`Budget`], if no byte of a next frame has arrived;
+    /// `true` if it held one. A driver calls it for a connection that has
+    /// gone quiet, so that it does not keep the budget from the others.
+    pub fn release_idle_body(&mut self) -> bool {
+        if self.reserved == 0 || !self.at_frame_start() {
+            return false;
+        }
+        self.release_body();
+        true
     }
 
     /// Frees the receive buffer and gives back what it held of the budget.
@@ -1295,7 +1310,7 @@ mod tests {
             (22, Response::Reverse(vec![3; 100_000]))
         );
         // The connection keeps its receive buffer, and the budget for it,
-        // until it ends.
+        // until it ends (or its driver finds it quiet).
         assert_eq!(budget.free(), 150_000 - (ok.len() - HEADER_LEN));
         drop(s);
         assert_eq!(budget.free(), 150_000);
@@ -1328,6 +1343,22 @@ mod tests {
         // Answered in place: the buffer is the connection's receive buffer
         // again, with its share of the budget.
         assert_eq!((1 << 20) - budget.free(), held);
+        // Until its driver finds the connection quiet and takes it back.
+        assert!(s.release_idle_body());
+        assert_eq!(budget.free(), 1 << 20);
+        assert!(!s.release_idle_body());
+        // Not in the middle of a frame: the reservation stays.
+        s.input_buf()[..HEADER_LEN].copy_from_slice(&big[..HEADER_LEN]);
+        s.received(HEADER_LEN);
+        assert_eq!((1 << 20) - budget.free(), held);
+        assert!(!s.release_idle_body());
+        assert_eq!((1 << 20) - budget.free(), held);
+        drop(s);
+        assert_eq!(budget.free(), 1 << 20);
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let mut sent = Vec::new();
+        feed(&mut s, &mut h, &big);
+        drain(&mut s, &mut sent);
         // A connection dropped mid-request gives its reservation back.
         s.input_buf()[..HEADER_LEN].copy_from_slice(&big[..HEADER_LEN]);
         s.received(HEADER_LEN);
