@@ -79,8 +79,12 @@ pub trait Handler<P: Protocol> {
     /// of [`Handler::handle`]: the answer's body is the bytes it appends to
     /// `head` followed by `body[payload]` (which it may have changed in
     /// place), so a large payload is neither decoded into a
-    /// [`Protocol::Request`] nor encoded again. `None` (the default) leaves
-    /// `body` as it was and the request goes to [`Handler::handle`].
+    /// [`Protocol::Request`] nor encoded again. `head` starts with the
+    /// frame header's placeholder bytes (`HEADER_LEN` of them), which the
+    /// server fills in: append after them, do not remove them; `payload`
+    /// must be a range within `body` (else the request is answered as too
+    /// large). `None` (the default) leaves `body` as it was and the request
+    /// goes to [`Handler::handle`].
     fn handle_in_place(&mut self, body: &mut [u8], head: &mut Vec<u8>) -> Option<InPlace> {
         let _ = (body, head);
         None
@@ -699,8 +703,11 @@ impl<P: Protocol> ServerConn<P> {
         reserved: usize,
     ) {
         let InPlace { id, payload, then } = answer;
-        let len = head.len() - HEADER_LEN + payload.len();
-        if payload.end > frame_len || len > self.peer_max as usize {
+        // A handler that removed the header's placeholder or gave a range
+        // outside the body made a mistake: answered as too large below.
+        let bad = head.len() < HEADER_LEN || payload.start > payload.end || payload.end > frame_len;
+        let len = head.len().saturating_sub(HEADER_LEN) + payload.len();
+        if bad || len > self.peer_max as usize {
             // Too large for the client (or a handler's mistake): answered
             // as a typed response would be.
             self.body = body;
