@@ -96,7 +96,9 @@ pub trait Protocol {
     /// Appends the `REQUEST` frame of `request` with id `id` to `out`,
     /// except for a tail of it that is returned borrowed from `request`:
     /// the frame is the bytes appended to `out`, then the tail (a sender
-    /// writes both with one vectored write, without copying the tail).
+    /// may write both with one vectored write, without copying the tail;
+    /// `rpc::Client` copies the tail after the head and sends the frame
+    /// whole, which measured faster against the firmware).
     ///
     /// The default is [`envelope::encode_request_into`] and an empty tail.
     /// A protocol may write its own messages directly (as

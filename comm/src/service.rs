@@ -243,8 +243,8 @@ fn reverse_head(len: usize, out: &mut Vec<u8>) {
 
 /// [`envelope::encode_request_into`] for a [`Request`], except that a
 /// `Reverse` payload is not copied: it is returned, and the frame is the
-/// bytes appended to `out` followed by it (send both with one vectored
-/// write). Other requests are appended whole and the tail is empty. The
+/// bytes appended to `out` followed by it (a sender may write both with
+/// one vectored write). Other requests are appended whole and the tail is empty. The
 /// bytes and errors are [`envelope::encode_request_into`]'s.
 ///
 /// ```

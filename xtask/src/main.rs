@@ -42,8 +42,9 @@ Commands:
                                their floors (QEMU alone, the guest's raw reverse and echo modes);
                                see BENCHMARKS.md
   profile [--arch A] [--mode service|raw-reverse] [--size N] [--samples N] [--interval-ms M]
-                               sample the guest's PC through QMP while the host repeats N-byte
-                               reverses, mapped to the symbols of an unstripped build; see BENCHMARKS.md
+          [--top N]            sample the guest's PC through QMP while the host repeats N-byte
+                               reverses, mapped to the symbols of an unstripped build (the N
+                               busiest functions and lines); see BENCHMARKS.md
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
   dist-docs [--out DIR]        host-cli's shell completions (bash, zsh, fish, elvish, PowerShell)
                                and man pages, from its clap definition, into target/dist

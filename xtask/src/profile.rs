@@ -78,7 +78,8 @@ fn parse(args: &[String]) -> Result<Opts> {
             "--interval-ms" => {
                 let v = value("--interval-ms")?;
                 let ms: f64 = v.parse().map_err(|_| format!("bad --interval-ms {v:?}"))?;
-                o.interval = Duration::from_secs_f64(ms / 1e3);
+                o.interval = Duration::try_from_secs_f64(ms / 1e3)
+                    .map_err(|_| format!("bad --interval-ms {v:?}: not a duration"))?;
             }
             "--top" => {
                 let v = value("--top")?;
