@@ -78,8 +78,10 @@ const STUCK_US: u64 = HOLD_US / 2;
 /// allocation, no zero-fill) is given back with its share of the budget
 /// once its connection has been silent for this many microseconds, so a
 /// client that sent one large request and went quiet does not keep the
-/// budget from the other connections.
-pub const KEEP_BODY_US: u64 = 100_000;
+/// budget from the other connections for longer than that. (Long enough
+/// that a client pausing between large requests, e.g. to prepare the
+/// next one, does not pay the buffer's allocation and zero-fill again.)
+pub const KEEP_BODY_US: u64 = 1_000_000;
 
 /// Served connections are probed ([`Endpoint::probe`]) at most once per
 /// this many microseconds while connections are held.
