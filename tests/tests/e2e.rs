@@ -149,16 +149,22 @@ fn attach(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, String> {
     Client::hello(conn, frame::DEFAULT_MAX_BODY).map_err(|e| format!("handshake: {e}"))
 }
 
-/// Powers the session's VM off through `c` and checks QEMU's exit status 0.
-fn power_off_via(c: &mut ServiceClient, s: &mut host::Session) -> R {
-    let r = c.call(&Request::PowerOff).map_err(|e| e.to_string())?;
-    ensure(r == Response::PowerOff, || format!("{r:?}"))?;
+/// Waits (up to 20 s) for the session's VM to exit and checks QEMU's exit
+/// status 0 (WIRE.md R-END-3, after a `PowerOff`).
+fn expect_clean_exit(s: &mut host::Session) -> R {
     let status = s
         .vm()
         .ok_or("no vm")?
         .wait_exit(Duration::from_secs(20))
         .map_err(|e| e.to_string())?;
     ensure(status.success(), || format!("exit status {status}"))
+}
+
+/// Powers the session's VM off through `c` and checks QEMU's exit status 0.
+fn power_off_via(c: &mut ServiceClient, s: &mut host::Session) -> R {
+    let r = c.call(&Request::PowerOff).map_err(|e| e.to_string())?;
+    ensure(r == Response::PowerOff, || format!("{r:?}"))?;
+    expect_clean_exit(s)
 }
 
 fn frame_goodbye<C: Connection + ?Sized>(c: &mut C) -> R {
@@ -319,12 +325,7 @@ fn cli_attach_to_running_vm(ctx: &Ctx) -> R {
     })?;
     let out = host_cli(ctx, &["--attach-uds", &uds, "power-off"])?;
     cli_succeeded(&out)?;
-    let status = s
-        .vm()
-        .ok_or("no vm")?
-        .wait_exit(Duration::from_secs(20))
-        .map_err(|e| e.to_string())?;
-    ensure(status.success(), || format!("exit status {status}"))
+    expect_clean_exit(&mut s)
 }
 
 fn cli_missing_image_fails_cleanly(ctx: &Ctx) -> R {

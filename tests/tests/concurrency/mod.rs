@@ -15,7 +15,7 @@ use vsock_transport::hybrid::{self, HybridStream};
 use vsock_transport::rpc::Client;
 use vsock_transport::{Connection, Error as TError};
 
-use super::{R, ServiceClient, attach, frame_goodbye, pattern, power_off_via};
+use super::{R, ServiceClient, attach, expect_clean_exit, frame_goodbye, pattern, power_off_via};
 
 /// A session whose guest gets `words` on its command line.
 fn session_with(ctx: &Ctx, words: &[&str]) -> Result<host::Session, String> {
@@ -253,12 +253,7 @@ pub fn pipelined_burst(ctx: &Ctx) -> R {
     c.send(&request(1, &Request::PowerOff))
         .map_err(|e| e.to_string())?;
     expect_response(&mut c, 1, &Response::PowerOff)?;
-    let status = s
-        .vm()
-        .ok_or("no vm")?
-        .wait_exit(Duration::from_secs(20))
-        .map_err(|e| e.to_string())?;
-    ensure(status.success(), || format!("exit status {status}"))
+    expect_clean_exit(&mut s)
 }
 
 /// 8 MiB round trip while other clients hold connections open.
@@ -449,12 +444,7 @@ fn refill_after_closes(
     last.send(&request(99, &Request::PowerOff))
         .map_err(|e| e.to_string())?;
     expect_response(&mut last, 99, &Response::PowerOff)?;
-    let status = s
-        .vm()
-        .ok_or("no vm")?
-        .wait_exit(Duration::from_secs(20))
-        .map_err(|e| e.to_string())?;
-    ensure(status.success(), || format!("exit status {status}"))
+    expect_clean_exit(&mut s)
 }
 
 /// [`refill_after_closes`] with clients that drop their sockets.
