@@ -102,8 +102,8 @@ pub mod service;
 
 pub use client::{Client, MAX_ABANDONED};
 pub use server::{
-    Budget, CONNECTION_HEAP, Ended, Handler, InPlace, OUTPUT_HIGH_WATER, RESERVE_PER_BODY_BYTE,
-    SMALL_BODY, ServeConfig, ServerConn, Then, serve,
+    Budget, CONNECTION_HEAP, Ended, Handler, InPlace, OUTPUT_HIGH_WATER, REFUSAL_ROOM,
+    RESERVE_PER_BODY_BYTE, SMALL_BODY, ServeConfig, ServerConn, Then, serve,
 };
 
 use alloc::vec::Vec;

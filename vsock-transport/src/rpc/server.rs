@@ -29,10 +29,17 @@
 //! # Heap
 //!
 //! A connection holds at most one request body in assembly or in the
-//! handler, and stops taking further frames while more than
-//! [`OUTPUT_HIGH_WATER`] bytes of answers wait to be sent: a client that
-//! does not read its answers is held back by the transport's flow control,
-//! not by more memory. Bodies over [`SMALL_BODY`] are paid for from a
+//! handler. It goes on reading while its answers wait to be sent (WIRE.md
+//! §4.1, flow control): a request of at most [`SMALL_BODY`] bytes that
+//! arrives while more than [`OUTPUT_HIGH_WATER`] bytes of such small
+//! answers wait is read, dropped and refused ([`Protocol::out_of_memory`]),
+//! and only a client that leaves [`REFUSAL_ROOM`] more bytes of refusals
+//! unread is held back by the transport's flow control. Never to stop
+//! reading a client that reads is what keeps the connection from wedging
+//! behind vhost-device-vsock 0.3.0, which writes a connection's answers to
+//! the host only while it has nothing more to read from it (see
+//! `comm/WIRE.md` and the guest module's docs). Bodies over [`SMALL_BODY`]
+//! are paid for from a
 //! [`Budget`] shared by all connections, [`RESERVE_PER_BODY_BYTE`] times
 //! their length from the header on (twice that for a request that is
 //! decoded for [`Handler::handle`]: the request and its answer exist at
@@ -148,14 +155,25 @@ impl Default for ServeConfig {
 /// Request bodies up to this size need no [`Budget`] reservation.
 pub const SMALL_BODY: u32 = 64 * 1024;
 
-/// A connection takes no further frame while more than this many bytes of
-/// answers wait to be sent.
+/// Answers to requests of at most [`SMALL_BODY`] bytes (and `ERROR`s) that
+/// one connection may have waiting to be sent: while more wait, a further
+/// small request is read and dropped and answered with
+/// [`Protocol::out_of_memory`] (WIRE.md R-FLOW-2). Answers to larger
+/// requests are paid for from the [`Budget`] instead.
 pub const OUTPUT_HIGH_WATER: usize = 64 * 1024;
+
+/// Room for the refusals (and `ERROR`s) a connection queues beyond
+/// [`OUTPUT_HIGH_WATER`]; once that is full too, it reads nothing more
+/// until its client has taken some of its answers (WIRE.md R-FLOW-3:
+/// about 600 refusals, far more than any client keeps in flight).
+pub const REFUSAL_ROOM: usize = 32 * 1024;
 
 /// Heap one connection may use outside the [`Budget`]: a small request,
 /// its answer, the queued answers under [`OUTPUT_HIGH_WATER`] and one more
-/// small answer, and the state itself.
-pub const CONNECTION_HEAP: usize = 2 * SMALL_BODY as usize + 2 * OUTPUT_HIGH_WATER + 4096;
+/// small answer, the refusals after them ([`REFUSAL_ROOM`]), and the state
+/// itself.
+pub const CONNECTION_HEAP: usize =
+    2 * SMALL_BODY as usize + 2 * OUTPUT_HIGH_WATER + REFUSAL_ROOM + 4096;
 
 /// Heap bytes reserved per byte of a large request body from its header
 /// on: the body, in which an answer in place ([`Handler::handle_in_place`])
@@ -249,6 +267,12 @@ struct Out {
 }
 
 impl Out {
+    /// Paid for by the connection's own allowance, not the budget: counted
+    /// in `ServerConn::loose_bytes`.
+    fn is_loose(&self) -> bool {
+        self.reserved == 0 && self.body.is_none()
+    }
+
     fn len(&self) -> usize {
         self.bytes.len() + self.body.as_ref().map_or(0, |(_, r)| r.len())
     }
@@ -298,6 +322,8 @@ pub struct ServerConn<P: Protocol> {
     reserved: usize,
     out: VecDeque<Out>,
     out_bytes: usize,
+    /// Bytes of `out` not paid for by the budget ([`Out::is_loose`]).
+    loose_bytes: usize,
     budget: Budget,
     end: Option<Result<Ended>>,
     ignored_errors: u32,
@@ -310,6 +336,7 @@ impl<P: Protocol> core::fmt::Debug for ServerConn<P> {
             .field("hello_done", &self.hello_done)
             .field("input", &self.input)
             .field("out_bytes", &self.out_bytes)
+            .field("loose_bytes", &self.loose_bytes)
             .field("reserved", &self.reserved)
             .finish_non_exhaustive()
     }
@@ -364,6 +391,7 @@ impl<P: Protocol> ServerConn<P> {
             reserved: 0,
             out: VecDeque::new(),
             out_bytes: 0,
+            loose_bytes: 0,
             budget,
             end: None,
             ignored_errors: 0,
@@ -382,13 +410,16 @@ impl<P: Protocol> ServerConn<P> {
     }
 
     /// Whether received bytes are wanted now: `false` while a complete
-    /// frame waits for [`ServerConn::process`] and once the connection
+    /// frame waits for [`ServerConn::process`], between frames while the
+    /// client leaves more than [`OUTPUT_HIGH_WATER`] + [`REFUSAL_ROOM`]
+    /// bytes of small answers and refusals unread, and once the connection
     /// reads no more.
     pub fn wants_input(&self) -> bool {
-        matches!(
-            self.input,
-            Input::Header { .. } | Input::Body { .. } | Input::Discard { .. }
-        )
+        match self.input {
+            Input::Header { got: 0, .. } => self.loose_bytes <= OUTPUT_HIGH_WATER + REFUSAL_ROOM,
+            Input::Header { .. } | Input::Body { .. } | Input::Discard { .. } => true,
+            Input::Ready(_) | Input::Stopped => false,
+        }
     }
 
     /// Whether no byte of the next frame has arrived yet (a driver with
@@ -529,6 +560,25 @@ impl<P: Protocol> ServerConn<P> {
             _ => {}
         }
         let len = header.len as usize;
+        if header.kind == FrameKind::Request
+            && self.hello_done
+            && header.len <= SMALL_BODY
+            && self.loose_bytes > OUTPUT_HIGH_WATER
+        {
+            // The client leaves its answers unread: no room for another
+            // small one. Read and drop the request, and refuse it (R-FLOW-2)
+            // rather than stop reading: a server that stops reading while
+            // its answers cannot leave wedges the connection
+            // (vhost-device-vsock 0.3.0 writes a connection's answers to
+            // the host only while it has nothing to read from it).
+            self.input = Input::Discard {
+                len: header.len,
+                left: len,
+                prefix: [0; ID_PREFIX],
+                prefix_len: 0,
+            };
+            return;
+        }
         if header.kind == FrameKind::Request && header.len > SMALL_BODY {
             let want = len.saturating_mul(RESERVE_PER_BODY_BYTE);
             if want > self.reserved {
@@ -561,16 +611,13 @@ impl<P: Protocol> ServerConn<P> {
         };
     }
 
-    /// Processes the complete frame that waits, if any, unless more than
-    /// [`OUTPUT_HIGH_WATER`] bytes of answers are queued. At most one frame
-    /// (one handler call) per call; `true` if one was processed.
+    /// Processes the complete frame that waits, if any. At most one frame
+    /// (one handler call) per call; `true` if one was processed. (Whether
+    /// there is room for its answer was decided from its header.)
     pub fn process<H: Handler<P> + ?Sized>(&mut self, handler: &mut H) -> bool {
         let Input::Ready(kind) = self.input else {
             return false;
         };
-        if self.out_bytes > OUTPUT_HIGH_WATER {
-            return false;
-        }
         self.input = Input::Header {
             bytes: [0; HEADER_LEN],
             got: 0,
@@ -825,6 +872,9 @@ impl<P: Protocol> ServerConn<P> {
             self.take_back(body, core::mem::take(&mut out.reserved));
         }
         self.out_bytes += out.len();
+        if out.is_loose() {
+            self.loose_bytes += out.len();
+        }
         // Small answers go out together: one transport write (one vsock
         // packet) for several pipelined answers instead of one each.
         if out.reserved == 0
@@ -886,6 +936,7 @@ impl<P: Protocol> ServerConn<P> {
             self.budget.give(o.reserved);
         }
         self.out_bytes = 0;
+        self.loose_bytes = 0;
     }
 
     /// The bytes to send next (empty if none): the rest of the oldest
@@ -906,6 +957,9 @@ impl<P: Protocol> ServerConn<P> {
         };
         o.sent += n;
         self.out_bytes -= n;
+        if o.is_loose() {
+            self.loose_bytes -= n;
+        }
         if o.sent == o.len() {
             let Some(o) = self.out.pop_front() else {
                 return;
@@ -1374,17 +1428,16 @@ mod tests {
         assert_eq!(budget.free(), 1 << 20);
     }
 
-    #[test]
-    fn answers_wait_for_a_client_that_does_not_read() {
-        let budget = Budget::unlimited();
-        let (mut s, mut h) = connected(&budget, 1 << 20);
-        let mut burst = request(1, &Request::Reverse(vec![0; OUTPUT_HIGH_WATER + 1]));
-        burst.extend(request(2, &Request::Info));
-        let mut bytes = &burst[..];
+    /// Feeds `bytes` without sending anything (a client that writes and
+    /// does not read); returns the requests processed and the bytes left.
+    fn feed_unread(
+        s: &mut Conn,
+        h: &mut impl Handler<ServiceVm>,
+        mut bytes: &[u8],
+    ) -> (usize, usize) {
         let mut processed = 0;
-        // Feed without sending anything.
-        for _ in 0..1_000_000 {
-            if s.process(&mut h) {
+        loop {
+            if s.process(h) {
                 processed += 1;
                 continue;
             }
@@ -1397,17 +1450,73 @@ mod tests {
             bytes = &bytes[n..];
             s.received(n);
         }
-        assert_eq!(
-            processed, 1,
-            "the second request waits for the first answer"
-        );
-        assert!(!s.wants_input(), "and nothing more is read meanwhile");
+        (processed, bytes.len())
+    }
+
+    #[test]
+    fn a_client_that_does_not_read_gets_every_answer_or_a_refusal() {
+        // Pipelined answers never stop the reading (a server that stops
+        // reading while its answers cannot leave wedges the connection):
+        // small requests are answered while their answers fit
+        // OUTPUT_HIGH_WATER, refused after, large ones as the budget allows.
+        let budget = Budget::new(5 << 18);
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let mut burst = Vec::new();
+        for id in 0..40u32 {
+            burst.extend(request(id, &Request::Reverse(vec![id as u8; 4096])));
+        }
+        for id in 100..104u32 {
+            burst.extend(request(id, &Request::Reverse(vec![id as u8; 1 << 19])));
+        }
+        burst.extend(request(200, &Request::Info));
+        let (processed, left) = feed_unread(&mut s, &mut h, &burst);
+        assert_eq!(left, 0, "every byte was read without a byte sent");
+        assert!(processed < 45);
         let mut sent = Vec::new();
         drain(&mut s, &mut sent);
-        assert!(s.process(&mut h));
+        let got = frames(&sent);
+        assert_eq!(got.len(), 45, "exactly one answer each");
+        let mut answered = 0;
+        for ((_, body), want) in got.iter().zip((0..40).chain(100..104).chain([200])) {
+            let (id, r) = response(body);
+            assert_eq!(id, want, "in order");
+            match r {
+                Response::Err(ServiceError::OutOfMemory { requested }) => {
+                    assert!(requested > 0)
+                }
+                Response::Reverse(b) => {
+                    assert!(b.iter().all(|&x| x == want as u8));
+                    answered += 1;
+                }
+                Response::Info(_) => answered += 1,
+                other => panic!("{other:?}"),
+            }
+        }
+        // 16 small answers fit the high water, two of 512 KiB the budget.
+        assert!(answered >= 16 + 2, "{answered} answered");
+        assert!(answered < 45, "{answered}: nothing was refused");
+        drop(s);
+        assert_eq!(budget.free(), 5 << 18);
+    }
+
+    #[test]
+    fn refusals_pile_up_to_their_room_then_reading_stops() {
+        let budget = Budget::unlimited();
+        let (mut s, mut h) = connected(&budget, 1 << 20);
+        let mut burst = Vec::new();
+        for id in 0..5000u32 {
+            burst.extend(request(id, &Request::Reverse(vec![1; 1000])));
+        }
+        let (_, left) = feed_unread(&mut s, &mut h, &burst);
+        assert!(left > 0, "a client that never reads is held back");
+        assert!(!s.wants_input());
+        assert!(s.output_len() <= OUTPUT_HIGH_WATER + REFUSAL_ROOM + 2048);
+        // Once it reads, the rest is read and answered, one answer each.
+        let mut sent = Vec::new();
         drain(&mut s, &mut sent);
+        sent.extend(feed(&mut s, &mut h, &burst[burst.len() - left..]));
         let ids: Vec<u32> = frames(&sent).iter().map(|(_, b)| response(b).0).collect();
-        assert_eq!(ids, [1, 2]);
+        assert_eq!(ids, (0..5000).collect::<Vec<_>>());
     }
 
     #[test]
