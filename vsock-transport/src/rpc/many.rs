@@ -22,15 +22,17 @@
 //!   received for [`ManyConfig::idle_timeout_us`] (the one silent for
 //!   longest is closed). If there is none, the new connection gets a fatal
 //!   `ERROR` busy (code 7) instead of the server's `HELLO` and is closed
-//!   ([`ServerConn::busy`]). While a connection is held, a served one
-//!   whose client has closed its side ([`Endpoint::peer_closed`]) with
-//!   answers still due, none of which it takes for half the hold, is
-//!   given up (vhost-device-vsock 0.3.0 silently drops what it cannot
-//!   write to a closed host socket and returns no credit, so such answers
-//!   would wait for ever). At most [`MAX_HELD`] connections are held at
+//!   ([`ServerConn::busy`]). At most [`MAX_HELD`] connections are held at
 //!   once (more are decided at once) and at most [`MAX_REFUSING`]
-//!   refusals are in progress at once; beyond that a connection is reset
-//!   without a word.
+//!   refusals are in progress at once (as many as can be held, so that
+//!   every newcomer that was held gets its `busy`); beyond that a
+//!   connection is reset without a word.
+//! - **Closed with answers due.** A served connection whose client has
+//!   closed its side ([`Endpoint::peer_closed`]) with answers still due,
+//!   none of which it takes for [`STUCK_US`], is given up, held newcomers
+//!   or not (vhost-device-vsock 0.3.0 silently drops what it cannot write
+//!   to a closed host socket and returns no credit, so such answers would
+//!   wait, and keep the slot, for ever).
 //! - **Interleaving.** Each pass over the table sends what each
 //!   connection's peer has credit for, reads what has arrived for each,
 //!   and processes one complete request per connection (up to
@@ -53,8 +55,10 @@ use super::{Budget, Ended, Handler, ServeConfig, ServerConn};
 use crate::Result;
 
 /// At most this many connections over the limit are being refused (sent
-/// `ERROR` busy) at once; more are reset at once.
-pub const MAX_REFUSING: usize = 2;
+/// `ERROR` busy) at once; more are reset at once. As many as can be held
+/// ([`MAX_HELD`]): a burst of newcomers that were all held all get the
+/// same typed refusal, not a refusal for some and a reset for others.
+pub const MAX_REFUSING: usize = MAX_HELD;
 
 /// How long, at most, a new connection that finds the table full waits
 /// (held: no `HELLO`, no refusal) for a served connection to turn out
@@ -68,11 +72,11 @@ pub const HOLD_US: u64 = 500_000;
 /// is served), so a firmware's heap budget counts them.
 pub const MAX_HELD: usize = 8;
 
-/// While a connection is held, a served one whose peer has closed
-/// ([`Endpoint::peer_closed`]) and that takes none of its answers for
-/// this many microseconds is given up (its answers dropped), so that it
-/// frees its slot within the hold.
-const STUCK_US: u64 = HOLD_US / 2;
+/// A served connection whose peer has closed ([`Endpoint::peer_closed`])
+/// and that takes none of its answers for this many microseconds is given
+/// up (its answers dropped), so that it frees its slot, within the hold of
+/// a newcomer waiting for it.
+pub const STUCK_US: u64 = HOLD_US / 2;
 
 /// A receive buffer kept after a large request (for the next one: no
 /// allocation, no zero-fill) is given back with its share of the budget
@@ -409,11 +413,11 @@ where
     P: Protocol,
     E: Endpoint,
 {
-    if held.is_empty() {
-        return false;
-    }
     let now = endpoint.now_us();
-    let mut moved = false;
+    let mut moved = give_up_stuck(endpoint, slots, now);
+    if held.is_empty() {
+        return moved;
+    }
     while let Some(h) = held.first() {
         let full = served(slots) >= max_conns;
         if full && now.wrapping_sub(h.since) < HOLD_US {
@@ -423,11 +427,36 @@ where
         admit(endpoint, slots, h.id, max_conns, config, report);
         moved = true;
     }
-    // A connection whose client closed while answers were due, and that
-    // takes none of them for STUCK_US (vhost-device-vsock drops what it
-    // cannot write to a closed host socket, and returns no credit), would
-    // hold its slot for ever: give it up (R-END-2 lets a server drop the
-    // answers after a close without GOODBYE).
+    for h in held.iter_mut().filter(|h| !h.reported) {
+        h.reported = true;
+        report(Event::Held(h.id));
+    }
+    // Whoever is left waits for a close: probe every served connection,
+    // once after the newest one arrived and at most once per period.
+    if let Some(newest) = held.last().map(|h| h.since)
+        && probed.is_none_or(|t| t < newest && now.wrapping_sub(t) >= PROBE_EVERY_US)
+    {
+        for s in slots.iter().filter(|s| s.served) {
+            endpoint.probe(s.id);
+        }
+        *probed = Some(now);
+        moved = true;
+    }
+    moved
+}
+
+/// Gives up the served connections whose client closed while answers were
+/// due and that took none of them for [`STUCK_US`]: vhost-device-vsock
+/// drops what it cannot write to a closed host socket and returns no
+/// credit, so such answers would hold the slot for ever (R-CONN-7; R-END-2
+/// lets a server drop the answers after a close without `GOODBYE`). `true`
+/// if one was given up.
+fn give_up_stuck<P, E>(endpoint: &mut E, slots: &mut [Slot<P, E::Id>], now: u64) -> bool
+where
+    P: Protocol,
+    E: Endpoint,
+{
+    let mut moved = false;
     for s in slots.iter_mut().filter(|s| s.served) {
         let pending = s.conn.output_len();
         if pending == 0 || !endpoint.peer_closed(s.id) {
@@ -445,21 +474,6 @@ where
             }
             _ => s.stuck = Some((now, pending)),
         }
-    }
-    for h in held.iter_mut().filter(|h| !h.reported) {
-        h.reported = true;
-        report(Event::Held(h.id));
-    }
-    // Whoever is left waits for a close: probe every served connection,
-    // once after the newest one arrived and at most once per period.
-    if let Some(newest) = held.last().map(|h| h.since)
-        && probed.is_none_or(|t| t < newest && now.wrapping_sub(t) >= PROBE_EVERY_US)
-    {
-        for s in slots.iter().filter(|s| s.served) {
-            endpoint.probe(s.id);
-        }
-        *probed = Some(now);
-        moved = true;
     }
     moved
 }
@@ -915,31 +929,41 @@ mod tests {
                     assert_eq!(st.conns[&2].probes, 0);
                 }
                 p if p == 3 + HOLD + 10 => {
-                    // 3 and 4 read nothing: their refusals stay in
-                    // progress; 5 is one too many and is reset.
-                    for id in [3, 4, 5] {
+                    // MAX_REFUSING + 1 newcomers read nothing: their
+                    // refusals stay in progress, and one is too many and
+                    // is reset.
+                    for id in 3..3 + MAX_REFUSING as u32 + 1 {
                         st.connect(id);
                         st.conns.get_mut(&id).unwrap().credit = 0;
                     }
                 }
                 p if p == 3 + 2 * HOLD + 30 => {
-                    st.conns.get_mut(&3).unwrap().credit = usize::MAX;
-                    st.conns.get_mut(&4).unwrap().credit = usize::MAX;
+                    for id in 3..3 + MAX_REFUSING as u32 + 1 {
+                        st.conns.get_mut(&id).unwrap().credit = usize::MAX;
+                    }
                 }
                 p if p == 3 + 2 * HOLD + 40 => st.send(1, &request(1, &Request::PowerOff)),
                 _ => {}
             }),
         );
-        for id in [2, 3, 4] {
+        let mut reset = 0;
+        for id in 2..3 + MAX_REFUSING as u32 + 1 {
+            assert!(!st.conns[&id].served, "refused {id} got the full window");
+            if st.conns[&id].reset {
+                assert!(st.conns[&id].out.is_empty());
+                reset += 1;
+                continue;
+            }
             let f = st.frames(id);
             assert_eq!(f.len(), 1, "connection {id}");
             let e = error(&f[0].1);
             assert_eq!((e.code, e.fatal), (ProtocolErrorCode::Busy, true));
-            assert!(st.conns[&id].closed && !st.conns[&id].reset);
-            assert!(!st.conns[&id].served, "refused {id} got the full window");
+            assert!(st.conns[&id].closed);
         }
-        assert!(st.conns[&5].reset && st.conns[&5].out.is_empty());
-        assert!(!st.conns[&5].served);
+        assert_eq!(
+            reset, 1,
+            "one over MAX_REFUSING is reset, the others refused"
+        );
         assert!(st.conns[&0].served && st.conns[&1].served);
         assert_eq!(st.responses(1), [1]);
     }
@@ -1082,6 +1106,32 @@ mod tests {
         let (st, at) = newcomer_next_to_a_client_that_does_not_read(false);
         assert_eq!(error(&st.frames(2)[0].1).code, ProtocolErrorCode::Busy);
         assert!(at >= 10 + HOLD, "2 refused at pass {at}");
+    }
+
+    #[test]
+    fn a_closed_client_with_answers_due_frees_its_slot_without_a_newcomer() {
+        let stuck = STUCK_US / 1000;
+        let st = run(
+            8,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.connect(1);
+                    st.send(1, &hello());
+                    st.send(1, &request(1, &Request::Reverse(vec![7; 100_000])));
+                    st.conns.get_mut(&1).unwrap().credit = 1000;
+                }
+                10 => st.conns.get_mut(&1).unwrap().eof = true,
+                p if p == 10 + stuck - 20 => assert!(!st.conns[&1].closed, "too early"),
+                p if p == 10 + stuck + 20 => {
+                    assert!(st.conns[&1].closed, "given up after STUCK_US");
+                    st.send(0, &request(9, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        assert_eq!(st.responses(0), [9]);
     }
 
     #[test]
