@@ -129,6 +129,19 @@
 //! server does, for every served connection, when a new one finds its
 //! table full). (Closing connections that stay silent anyway is a
 //! policy of the server above this layer.)
+//!
+//! vhost-device-vsock 0.3.0 writes what we send on a connection to the
+//! host's socket at once if it can; what does not fit waits in its buffer
+//! (as much as the credit it gives us) and is written only on an epoll
+//! event that says the socket is writable and *not* readable
+//! (`vhu_vsock_thread.rs`, `handle_event`; a readable one goes to the read
+//! path instead), or, after a partial write, not at all if re-arming the
+//! event fails ("Failed to re-enable EPOLLOUT"). So while the host has
+//! bytes for us that we do not take, our answers stay in the daemon: the
+//! server above never stops reading a client that reads (WIRE.md §4.1),
+//! and [`GuestVsock::tick`] nudges a connection whose credit has let
+//! nothing through for [`NUDGE_US`] with a credit update, which re-arms the
+//! event.
 
 use alloc::collections::VecDeque;
 use alloc::vec::Vec;
@@ -188,6 +201,15 @@ const DUPLICATE_REQUEST_US: u64 = 1_000_000;
 /// look again, so the connection's `SHUTDOWN` arrives within about this
 /// time instead of never.
 pub const PROBE_US: u64 = 1_000_000;
+
+/// A connection with bytes to send that the peer's credit has let none of
+/// through for this long gets a credit update (at most one per this
+/// period). vhost-device-vsock 0.3.0 can leave the answers it holds for a
+/// host socket unwritten: it writes them only on an "only writable" epoll
+/// event, and after a partial write it may fail to re-arm that event at
+/// all ("Failed to re-enable EPOLLOUT"); a credit update from us re-arms
+/// it (see the module docs), so the stall ends within about this time.
+pub const NUDGE_US: u64 = 20_000;
 
 /// Default of [`GuestVsock::set_max_pending`].
 pub const DEFAULT_MAX_PENDING: usize = 4;
@@ -279,6 +301,11 @@ struct ConnState {
     last_seen: u64,
     /// When the connection was made (accepted or requested).
     accepted_at: u64,
+    /// Since when bytes wait to be sent that the peer's credit lets none
+    /// of through ([`NUDGE_US`]).
+    starved_since: Option<u64>,
+    /// When we last nudged the peer about it.
+    nudged_at: u64,
 }
 
 impl ConnState {
@@ -684,7 +711,23 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// (after [`GuestVsock::poll`] has seen it) goes on. After the peer's
     /// `SHUTDOWN` we may still send until we close (half-close).
     pub fn send_some(&mut self, id: ConnId, buf: &[u8]) -> Result<usize> {
+        let now = self.now();
         let state = find(&mut self.conns, id).ok_or(Error::ShutDown)?;
+        let sent = Self::send_chunks(&mut self.driver, state, buf)?;
+        if sent > 0 || buf.is_empty() {
+            state.starved_since = None;
+        } else if state.starved_since.is_none() {
+            state.starved_since = Some(now);
+        }
+        Ok(sent)
+    }
+
+    /// [`GuestVsock::send_some`]'s packets.
+    fn send_chunks(
+        driver: &mut VirtIOSocket<H, T, RX_BUFFER_SIZE>,
+        state: &mut ConnState,
+        buf: &[u8],
+    ) -> Result<usize> {
         let mut sent = 0;
         while sent < buf.len() {
             match state.phase {
@@ -694,7 +737,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                 Phase::Connected | Phase::PeerClosed(DisconnectReason::Shutdown) => {}
             }
             let n = state.credit.next_chunk(buf.len() - sent);
-            match self.driver.send(&buf[sent..sent + n], &mut state.info) {
+            match driver.send(&buf[sent..sent + n], &mut state.info) {
                 Ok(()) => {
                     state.credit.sent(n);
                     sent += n;
@@ -750,15 +793,29 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     }
 
     /// Resets the connections whose peer has not answered our `SHUTDOWN`
-    /// within [`Limits::shutdown_us`], and probes connected peers silent
-    /// for [`PROBE_US`] with a credit update.
+    /// within [`Limits::shutdown_us`], probes connected peers silent for
+    /// [`PROBE_US`] with a credit update, and nudges the same way those
+    /// whose credit has let nothing through for [`NUDGE_US`].
     pub fn tick(&mut self) {
         let now = self.now();
         for s in &mut self.conns {
-            if s.phase == Phase::Connected && now.wrapping_sub(s.last_seen) >= PROBE_US {
+            if s.phase != Phase::Connected {
+                continue;
+            }
+            if now.wrapping_sub(s.last_seen) >= PROBE_US {
                 s.last_seen = now;
+                s.nudged_at = now;
                 if let Err(e) = self.driver.credit_update(&s.info) {
                     warn!("vsock {}: probe: {e}", s.id);
+                }
+            } else if s
+                .starved_since
+                .is_some_and(|t| now.wrapping_sub(t) >= NUDGE_US)
+                && now.wrapping_sub(s.nudged_at) >= NUDGE_US
+            {
+                s.nudged_at = now;
+                if let Err(e) = self.driver.credit_update(&s.info) {
+                    warn!("vsock {}: nudge: {e}", s.id);
                 }
             }
         }
@@ -847,6 +904,8 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             overrun: false,
             last_seen,
             accepted_at: last_seen,
+            starved_since: None,
+            nudged_at: last_seen,
         });
         id
     }
