@@ -837,6 +837,147 @@ fn r_id_5_eight_pipelined_requests(p: &Peer) -> R {
 }
 
 // ---------------------------------------------------------------------------
+// §4.1 flow control
+
+/// How long the write of a pipelined burst may take while nothing is read
+/// (megabytes through the emulated device).
+const BURST_WRITE: Duration = Duration::from_secs(30);
+
+/// Sends `sizes.len()` reverse requests (ids from 1), then `GOODBYE` if
+/// `goodbye`, all written before a byte is read: the write has to complete
+/// (R-FLOW-1: the server keeps reading). Then every request gets its
+/// answer, in order: the reversed bytes or `out_of_memory` (R-FLOW-2).
+/// Returns how many were refused.
+fn burst_without_reading(p: &Peer, sizes: &[usize], goodbye: bool) -> Result<usize, String> {
+    let (mut c, max) = p.hello_with(DEFAULT_MAX_BODY)?;
+    let payloads: Vec<Vec<u8>> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let mut v = pattern(n.min(max as usize - 64));
+            v[0] = i as u8;
+            v
+        })
+        .collect();
+    let mut batch = Vec::new();
+    for (i, b) in payloads.iter().enumerate() {
+        batch.extend(request_frame(p, i as u32 + 1, &Request::Reverse(b.clone())));
+    }
+    if goodbye {
+        batch.extend(frame::goodbye());
+    }
+    let total = batch.len();
+    let mut w = c.s.try_clone().map_err(|e| e.to_string())?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let _ = tx.send(w.write_all(&batch));
+    });
+    match rx.recv_timeout(BURST_WRITE) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("writing {total} bytes of requests: {e}")),
+        Err(_) => {
+            return Err(format!(
+                "the server stopped reading: {total} bytes of pipelined requests not \
+                 written within {BURST_WRITE:?}"
+            ));
+        }
+    }
+    let mut refused = 0;
+    for (i, b) in payloads.iter().enumerate() {
+        let id = i as u32 + 1;
+        let r = c
+            .expect_response_within(id, Duration::from_secs(30))
+            .map_err(|e| format!("answer {id} of {}: {e}", sizes.len()))?;
+        match r {
+            Response::Err(ServiceError::OutOfMemory { requested }) => {
+                ensure(requested > 0, || "out_of_memory of 0 bytes".into())?;
+                refused += 1;
+            }
+            r => expect_reversed(r, b).map_err(|e| format!("answer {id}: {e}"))?,
+        }
+    }
+    if goodbye {
+        c.expect_close()?;
+    } else {
+        c.expect_usable(1000)?;
+        c.goodbye()?;
+    }
+    Ok(refused)
+}
+
+/// R-ID-5, R-FLOW-1, R-FLOW-2: 8 pipelined requests of 128 KiB, then of
+/// 1 MiB, written before anything is read: the writes complete and every
+/// request gets its answer or `out_of_memory`; the 128 KiB ones (1 MiB in
+/// all, R-FLOW-2's guarantee) are all answered.
+fn r_flow_1_large_pipelined_requests_without_reading(p: &Peer) -> R {
+    let refused = burst_without_reading(p, &[128 << 10; 8], false)?;
+    ensure(refused == 0, || {
+        format!("{refused} of 8 requests of 128 KiB refused")
+    })?;
+    let refused = burst_without_reading(p, &[1 << 20; 8], false)?;
+    println!(
+        "    8 x 1 MiB: {} answered, {refused} out_of_memory",
+        8 - refused
+    );
+    Ok(())
+}
+
+/// R-FLOW-2: 600 small requests written before anything is read: each
+/// gets one answer, reversed or `out_of_memory`, and the connection goes on.
+fn r_flow_2_many_small_requests_without_reading(p: &Peer) -> R {
+    let refused = burst_without_reading(p, &[2000; 600], false)?;
+    println!(
+        "    600 x 2000 B: {} answered, {refused} out_of_memory",
+        600 - refused
+    );
+    ensure(refused < 600 - 16, || "fewer than 16 answered".into())
+}
+
+/// R-END-2, R-FLOW-1: 4 MiB of requests and `GOODBYE` in one write: all
+/// answered (or refused), then the close.
+fn r_end_2_answers_after_goodbye_with_megabytes_due(p: &Peer) -> R {
+    let refused = burst_without_reading(p, &[300_000, 300_000, 300_000, 300_000], true)?;
+    ensure(refused == 0, || format!("{refused} of 4 x 300 KB refused"))?;
+    burst_without_reading(p, &[1 << 20; 4], true).map(drop)
+}
+
+/// R-CONN-7: connections closed by their client with megabytes of answers
+/// due (requests sent, nothing read) stop counting: the client then opens
+/// as many new connections as the limit allows, and each gets `HELLO`.
+fn r_conn_7_closed_with_answers_due_stop_counting(p: &Peer) -> R {
+    for _ in 0..2 {
+        let mut gone = Vec::new();
+        for _ in 0..p.max_conns {
+            let mut c = p.hello()?;
+            let mut batch = Vec::new();
+            for id in 1..=2 {
+                batch.extend(request_frame(p, id, &Request::Reverse(pattern(1 << 20))));
+            }
+            c.send(&batch)?;
+            gone.push(c);
+        }
+        // Some of the answers are under way; the client goes away.
+        thread::sleep(Duration::from_millis(200));
+        drop(gone);
+        let mut fresh = Vec::new();
+        for _ in 0..p.max_conns {
+            let mut c = p.connect()?;
+            c.send_msg(FrameKind::Hello, &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY))?;
+            fresh.push(c);
+        }
+        for (i, c) in fresh.iter_mut().enumerate() {
+            c.expect_hello_within(Duration::from_secs(1) + PROMPT)
+                .map_err(|e| format!("new connection {i} after the closes: {e}"))?;
+        }
+        for (i, mut c) in fresh.into_iter().enumerate() {
+            c.expect_usable(i as u32)?;
+            c.goodbye()?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
 // §3.3 what a server answers
 
 /// R-REQ-2, R-ERR-2: bad requests get non-fatal `ERROR`s 3 and 4 with
@@ -1272,6 +1413,18 @@ const CASES: &[Case<Peer>] = &[
         r_id_5_eight_pipelined_requests,
     ),
     (
+        "r_flow_1_large_pipelined_requests_without_reading",
+        r_flow_1_large_pipelined_requests_without_reading,
+    ),
+    (
+        "r_flow_2_many_small_requests_without_reading",
+        r_flow_2_many_small_requests_without_reading,
+    ),
+    (
+        "r_end_2_answers_after_goodbye_with_megabytes_due",
+        r_end_2_answers_after_goodbye_with_megabytes_due,
+    ),
+    (
         "r_req_2_bad_requests_are_not_fatal",
         r_req_2_bad_requests_are_not_fatal,
     ),
@@ -1337,6 +1490,10 @@ const CASES: &[Case<Peer>] = &[
     (
         "r_conn_7_closed_connections_stop_counting",
         r_conn_7_closed_connections_stop_counting,
+    ),
+    (
+        "r_conn_7_closed_with_answers_due_stop_counting",
+        r_conn_7_closed_with_answers_due_stop_counting,
     ),
     ("r_end_3_power_off", r_end_3_power_off),
     ("cddl_every_captured_body", cddl_every_captured_body),
