@@ -81,6 +81,9 @@ pub const SUITES: &[Suite] = &[
         "host-cli start/list/stop and the VM registry are host-side and the same for both \
          guests; each case boots one to three VMs, about 3 s per Linux boot here",
     ),
+    // Concurrent and pipelined traffic (WIRE.md §4.1), repeated
+    // `LOAD_REPS` times.
+    Suite::new("load"),
     Suite::new("soak").not_for_linux(
         "not run for Linux to keep CI time (launch cycles, 10,000 requests, several VMs at \
          once, a thread pool of VMs; about 3 s per Linux boot here); e2e covers every request \
@@ -171,6 +174,14 @@ pub const SOAK_POOL_REQUESTS: SoakSize = SoakSize {
     var: "SVMC_SOAK_POOL_REQUESTS",
     ci: 20,
     full: 200,
+};
+
+/// Repetitions of each case of the `load` suite (`SVMC_LOAD_REPS`; the
+/// full size is for a manual run with the variable set).
+pub const LOAD_REPS: SoakSize = SoakSize {
+    var: "SVMC_LOAD_REPS",
+    ci: 3,
+    full: 20,
 };
 
 /// Every soak size.
