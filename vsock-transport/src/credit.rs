@@ -58,8 +58,26 @@ impl Credit {
             .saturating_sub(self.tx_cnt.wrapping_sub(self.peer_fwd_cnt))
     }
 
+    /// Whether `fwd_cnt` from a packet of the peer can be the peer's: its
+    /// count of forwarded bytes never goes back and never exceeds what we
+    /// sent. A packet that fails this is stale: vhost-device-vsock 0.3.0
+    /// hands the guest an RX buffer it did not write (its `recv_pkt` for a
+    /// connection that is gone returns `Ok` without touching the buffer),
+    /// so the guest reads the header of whatever packet that buffer held
+    /// before, an older one. Taking its `fwd_cnt` would move the credit
+    /// back, and virtio-drivers 0.13 computes the peer's free space with
+    /// wrapping `u32` arithmetic: once more than `buf_alloc` is counted in
+    /// flight it sees almost 4 GiB free, sends what the peer has no room
+    /// for, and the daemon drops it (`LocalTxBufFull`): bytes lost from the
+    /// middle of a stream.
+    pub(crate) fn plausible(&self, fwd_cnt: u32) -> bool {
+        self.tx_cnt.wrapping_sub(fwd_cnt) <= self.tx_cnt.wrapping_sub(self.peer_fwd_cnt)
+    }
+
     /// How many of `pending` bytes to offer the driver in the next `RW`
-    /// packet (0 only if `pending` is 0).
+    /// packet (0 if `pending` is 0, or if more than the peer's buffer is in
+    /// flight: a peer that shrank its buffer, for which virtio-drivers'
+    /// wrapping arithmetic would see room that is not there).
     ///
     /// Every packet costs a round trip through the device, whatever its
     /// size, so send big ones: the credit we know of when it covers the
@@ -68,6 +86,9 @@ impl Credit {
     /// keeps a pending flag), so the caller tries again after the next
     /// events without busy-sending small packets.
     pub(crate) fn next_chunk(&self, pending: usize) -> usize {
+        if self.tx_cnt.wrapping_sub(self.peer_fwd_cnt) > self.peer_buf_alloc {
+            return 0;
+        }
         let want = pending.min(MAX_PACKET);
         let free = self.peer_free() as usize;
         if free >= want || free >= (self.peer_buf_alloc as usize / 2).max(1) {
@@ -175,6 +196,35 @@ mod tests {
         assert_eq!(c.next_chunk(1_000_000), MAX_PACKET);
         let c = credit(0, 0, 0);
         assert_eq!(c.next_chunk(5), 5);
+    }
+
+    #[test]
+    fn more_in_flight_than_the_peer_holds_sends_nothing() {
+        assert_eq!(credit(100, 0, 200).next_chunk(1000), 0);
+        assert_eq!(credit(65536, u32::MAX - 9, 65536).next_chunk(5), 0);
+        assert_eq!(credit(65536, u32::MAX - 9, 65526).next_chunk(5), 5);
+    }
+
+    #[test]
+    fn a_forward_count_that_goes_back_or_past_what_we_sent_is_stale() {
+        let c = credit(65536, 1000, 5000);
+        assert!(c.plausible(1000));
+        assert!(c.plausible(3000));
+        assert!(c.plausible(5000));
+        assert!(!c.plausible(999), "goes back");
+        assert!(!c.plausible(0));
+        assert!(!c.plausible(5001), "more than we sent");
+        // Across the wrap of the counters.
+        let c = credit(65536, u32::MAX - 5, 10);
+        assert!(c.plausible(u32::MAX - 5));
+        assert!(c.plausible(3));
+        assert!(c.plausible(10));
+        assert!(!c.plausible(11));
+        assert!(!c.plausible(u32::MAX - 6));
+        // A fresh connection: only 0.
+        let c = Credit::new(4096);
+        assert!(c.plausible(0));
+        assert!(!c.plausible(1));
     }
 
     #[test]

@@ -130,6 +130,18 @@
 //! table full). (Closing connections that stay silent anyway is a
 //! policy of the server above this layer.)
 //!
+//! vhost-device-vsock 0.3.0 also hands back RX buffers it did not write:
+//! its `recv_pkt` for a connection that is already gone returns `Ok`
+//! without touching the buffer, with a used length of one header, so the
+//! guest reads the header of whatever packet that buffer held before. An
+//! old `RW` header then fails virtio-drivers' length check (dropped, and
+//! counted, as malformed); an old control packet is recognised by a
+//! credit count that goes back (`Credit::plausible`) and dropped
+//! ([`GuestVsock::stale_packets`]). Taking its credit would let
+//! virtio-drivers' wrapping arithmetic send more than the daemon has room
+//! for, and the daemon drops what does not fit: bytes lost from the middle
+//! of an answer.
+//!
 //! vhost-device-vsock 0.3.0 writes what we send on a connection to the
 //! host's socket at once if it can; what does not fit waits in its buffer
 //! (as much as the credit it gives us) and is written only on an epoll
@@ -337,6 +349,12 @@ pub struct GuestVsock<H: Hal, T: Transport> {
     clock: Option<Clock>,
     /// Polls so far: the time base when there is no clock.
     polls: u64,
+    /// Stale packets dropped ([`GuestVsock::stale_packets`]).
+    stale_packets: u64,
+    /// Malformed packets dropped (logged at powers of two).
+    malformed_packets: u64,
+    /// Packets with operation 0 (logged at powers of two).
+    op0_packets: u64,
 }
 
 impl<H: Hal, T: Transport> GuestVsock<H, T> {
@@ -363,6 +381,9 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             limits: Limits::default(),
             clock: None,
             polls: 0,
+            stale_packets: 0,
+            malformed_packets: 0,
+            op0_packets: 0,
         })
     }
 
@@ -385,6 +406,13 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// Microseconds by the clock, or polls without one.
     pub fn now(&self) -> u64 {
         self.clock.map_or(self.polls, |clock| clock())
+    }
+
+    /// Stale packets dropped so far: RX buffers the device handed back
+    /// without writing them, whose old header carried a credit count that
+    /// goes back (vhost-device-vsock 0.3.0; see the module docs).
+    pub fn stale_packets(&self) -> u64 {
+        self.stale_packets
     }
 
     /// The CID the device was given.
@@ -501,12 +529,19 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         let now = self.now();
         let guest_cid = self.driver.guest_cid();
         let conns = &mut self.conns;
+        let mut stale = None;
         let result = self.driver.poll(|event, body| {
             if event.destination.cid == guest_cid
                 && let Some(c) = conns.iter_mut().find(|c| {
                     c.info.dst == event.source && c.info.src_port == event.destination.port
                 })
             {
+                if !c.credit.plausible(event.buffer_status.forward_count) {
+                    // An RX buffer the device did not write (see
+                    // `Credit::plausible`): an old packet, not news.
+                    stale = Some((c.id, event.buffer_status.forward_count));
+                    return Ok(None);
+                }
                 c.info.update_for_event(&event);
                 c.last_seen = now;
                 c.credit.peer_status(
@@ -526,6 +561,11 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             }
             Ok(Some(event))
         });
+        if let Some((id, fwd_cnt)) = stale {
+            debug!("vsock {id}: dropped a stale packet (fwd_cnt {fwd_cnt} goes back)");
+            self.stale_packets = self.stale_packets.wrapping_add(1);
+            return Ok(true);
+        }
         match result {
             Ok(Some(event)) => {
                 self.record(&event, guest_cid);
@@ -544,7 +584,16 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                 | SocketError::UnknownOperation(_)
                 | SocketError::UnexpectedDataInPacket),
             )) => {
-                warn!("vsock: dropped a malformed packet: {e}");
+                // vhost-device-vsock 0.3.0 hands back RX buffers it did
+                // not write (see `Credit::plausible`): an old RW header
+                // whose length the used length does not cover.
+                self.malformed_packets = self.malformed_packets.wrapping_add(1);
+                if self.malformed_packets.is_power_of_two() {
+                    warn!(
+                        "vsock: dropped a malformed packet: {e} ({} so far)",
+                        self.malformed_packets
+                    );
+                }
                 Ok(true)
             }
             Err(e) => Err(virtio(e)),
@@ -559,11 +608,15 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// learns that it is closed, instead of staying silent for ever. For the
     /// others it is a harmless repetition of our credit.
     fn probe_all(&mut self) {
-        warn!(
-            "vsock: a packet with operation 0 (a failed host socket, connection unknown); \
-             probing {} connections",
-            self.conns.len()
-        );
+        self.op0_packets = self.op0_packets.wrapping_add(1);
+        if self.op0_packets.is_power_of_two() {
+            warn!(
+                "vsock: a packet with operation 0 (a failed host socket, connection unknown; \
+                 {} so far); probing {} connections",
+                self.op0_packets,
+                self.conns.len()
+            );
+        }
         for s in &self.conns {
             if s.phase == Phase::Connected {
                 let _ = self.driver.credit_update(&s.info);
