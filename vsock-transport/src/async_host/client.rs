@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{AsyncStream, within};
+#[allow(deprecated)] // this client still forgets abandoned ids beyond it
 use crate::rpc::MAX_ABANDONED;
 use crate::{Error, Result, Step, Timeouts};
 
@@ -393,6 +394,7 @@ impl<P: Protocol> Pending<'_, P> {
 }
 
 impl<P: Protocol> Drop for Pending<'_, P> {
+    #[allow(deprecated)] // MAX_ABANDONED
     fn drop(&mut self) {
         let mut st = self.shared.lock();
         if st.waiting.remove(&self.id).is_none() || !self.queued || st.ended.is_some() {
