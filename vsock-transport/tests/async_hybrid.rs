@@ -3,29 +3,42 @@
 //! device played by the test, many tasks on one connection, cancellation,
 //! timeouts, a server that closes.
 
+use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::Poll;
 use std::thread;
 use std::time::Duration;
 
 use comm::frame::DEFAULT_MAX_BODY;
 use comm::service::{Request, Response, ServiceVm};
+use tokio::sync::mpsc;
 use vsock_transport::async_host::{self, Client};
 use vsock_transport::host_stream::{HostStream, Peer};
 use vsock_transport::rpc::{self, Ended, Handler, Then};
 use vsock_transport::{Error, Step, Timeouts};
 
-/// Reverses bytes; a payload starting with `slow` is answered after 300 ms.
-struct SlowReverse;
+/// Reverses bytes; a payload starting with `slow` is answered after
+/// 300 ms, one starting with `lazy` after 1 s. With `seen`, sends the first
+/// 16 bytes of every payload there as it arrives (what the server received).
+#[derive(Default)]
+struct SlowReverse {
+    seen: Option<mpsc::UnboundedSender<Vec<u8>>>,
+}
 
 impl Handler<ServiceVm> for SlowReverse {
     fn handle(&mut self, request: Request) -> (Response, Then) {
         match request {
             Request::Reverse(mut b) => {
+                if let Some(seen) = &self.seen {
+                    let _ = seen.send(b[..b.len().min(16)].to_vec());
+                }
                 if b.starts_with(b"slow") {
                     thread::sleep(Duration::from_millis(300));
+                } else if b.starts_with(b"lazy") {
+                    thread::sleep(Duration::from_secs(1));
                 }
                 b.reverse();
                 (Response::Reverse(b), Then::Continue)
@@ -39,10 +52,16 @@ fn timeouts() -> Timeouts {
     Timeouts::uniform(Duration::from_secs(10))
 }
 
+type Device = thread::JoinHandle<Option<vsock_transport::Result<Ended>>>;
+
 /// Plays the VM's vsock device on `uds`: accepts one connection, answers
 /// `CONNECT <port>` with `OK <port>` and serves it (or, with `refuse`,
 /// hangs up as a device does when nobody listens on the port).
-fn device(uds: &Path, refuse: bool) -> thread::JoinHandle<Option<vsock_transport::Result<Ended>>> {
+fn device(uds: &Path, refuse: bool) -> Device {
+    device_with(uds, refuse, SlowReverse::default())
+}
+
+fn device_with(uds: &Path, refuse: bool, mut handler: SlowReverse) -> Device {
     let listener = UnixListener::bind(uds).unwrap();
     thread::spawn(move || {
         let (s, _) = listener.accept().unwrap();
@@ -57,20 +76,27 @@ fn device(uds: &Path, refuse: bool) -> thread::JoinHandle<Option<vsock_transport
         let mut conn = HostStream::new(s, Peer::Other("test device".into()), timeouts());
         Some(rpc::serve::<ServiceVm, _, _>(
             &mut conn,
-            &mut SlowReverse,
+            &mut handler,
             Default::default(),
         ))
     })
 }
 
-async fn connected(
-    dir: &Path,
-) -> (
-    Client<ServiceVm>,
-    thread::JoinHandle<Option<vsock_transport::Result<Ended>>>,
-) {
+async fn connected(dir: &Path) -> (Client<ServiceVm>, Device) {
+    connected_with(dir, SlowReverse::default()).await
+}
+
+/// A client, its device, and what the server receives (the first 16 bytes
+/// of each payload, in order).
+async fn recorded(dir: &Path) -> (Client<ServiceVm>, Device, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (client, dev) = connected_with(dir, SlowReverse { seen: Some(tx) }).await;
+    (client, dev, rx)
+}
+
+async fn connected_with(dir: &Path, handler: SlowReverse) -> (Client<ServiceVm>, Device) {
     let uds = dir.join("vm.vsock");
-    let dev = device(&uds, false);
+    let dev = device_with(&uds, false, handler);
     let stream = async_host::hybrid::connect(&uds, 7001, &timeouts())
         .await
         .unwrap();
@@ -136,6 +162,106 @@ async fn a_dropped_call_leaves_the_connection_in_step() {
     assert_eq!(client.discarded(), 1, "the late answer was discarded by id");
     assert!(!client.is_closed());
     client.close().await.unwrap();
+    assert!(matches!(dev.join().unwrap(), Some(Ok(Ended::Goodbye))));
+}
+
+/// Everything `seen` holds now.
+fn drain(seen: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| seen.try_recv().ok()).collect()
+}
+
+/// Starts `n` calls at once, each cancelled after `timeout`; returns how
+/// many were answered in time.
+async fn cancelled_calls(client: &Arc<Client<ServiceVm>>, n: u32, timeout: Duration) -> usize {
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = client.clone();
+        calls.spawn(async move {
+            let payload = format!("cancel {i}");
+            tokio::time::timeout(timeout, client.call(&rev(payload.as_bytes())))
+                .await
+                .map(|answer| assert_eq!(answer.unwrap(), reversed(payload.as_bytes())))
+                .is_ok()
+        });
+    }
+    calls.join_all().await.into_iter().filter(|&ok| ok).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_hundred_cancelled_calls_leave_the_connection_usable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, dev, mut seen) = recorded(dir.path()).await;
+    let client = Arc::new(client);
+    let mut received = Vec::new();
+    // As a user would: each call in `timeout(1 ms)`.
+    let mut answered = cancelled_calls(&client, 300, Duration::from_millis(1)).await;
+    // While the server sleeps, 300 calls are written and then cancelled:
+    // far more abandoned ids than the 64 a client used to remember.
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(&rev(b"slow")).await }
+    });
+    while !received.iter().any(|p| p == b"slow") {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        received.extend(drain(&mut seen));
+    }
+    answered += cancelled_calls(&client, 300, Duration::from_millis(100)).await;
+    assert_eq!(slow.await.unwrap().unwrap(), reversed(b"slow"));
+    // The connection goes on; the late answers came before this one's.
+    assert_eq!(
+        client.call(&rev(b"after")).await.unwrap(),
+        reversed(b"after")
+    );
+    answered += 2;
+    assert!(!client.is_closed());
+    assert_eq!(client.in_flight(), 0);
+    // Every request the server received was answered in time or its late
+    // answer discarded; none of the calls cancelled before their frames
+    // were written reached the server.
+    received.extend(drain(&mut seen));
+    let discarded = usize::try_from(client.discarded()).unwrap();
+    assert_eq!(received.len(), answered + discarded);
+    assert!(discarded > 64, "{discarded} abandoned and discarded");
+    Arc::try_unwrap(client).unwrap().close().await.unwrap();
+    assert!(matches!(dev.join().unwrap(), Some(Ok(Ended::Goodbye))));
+}
+
+#[tokio::test]
+async fn a_call_cancelled_before_its_frame_was_written_is_never_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, dev, mut seen) = recorded(dir.path()).await;
+    let client = Arc::new(client);
+    // The server sleeps 1 s on this one and reads nothing meanwhile...
+    let lazy = tokio::spawn({
+        let client = client.clone();
+        async move { client.call(&rev(b"lazy")).await }
+    });
+    assert_eq!(seen.recv().await.unwrap(), b"lazy");
+    // ... so the writer is stuck inside this large frame (more than the
+    // socket buffers hold) until then ...
+    let mut big = vec![b'b'; 4 << 20];
+    big[..3].copy_from_slice(b"big");
+    let big_request = Request::Reverse(big.clone());
+    {
+        let mut big_call = std::pin::pin!(client.call(&big_request));
+        let first = std::future::poll_fn(|cx| Poll::Ready(big_call.as_mut().poll(cx).is_pending()));
+        assert!(first.await, "queued, not answered");
+        // ... and these calls, queued behind it, are cancelled before
+        // their frames are written: they must never be.
+        assert_eq!(
+            cancelled_calls(&client, 20, Duration::from_millis(1)).await,
+            0
+        );
+        big.reverse();
+        assert_eq!(big_call.await.unwrap(), Response::Reverse(big));
+    }
+    assert_eq!(lazy.await.unwrap().unwrap(), reversed(b"lazy"));
+    assert_eq!(client.call(&rev(b"next")).await.unwrap(), reversed(b"next"));
+    let mut received = drain(&mut seen);
+    received[0].truncate(3);
+    assert_eq!(received, [&b"big"[..], b"next"]);
+    assert_eq!(client.discarded(), 0, "no answer to a cancelled call came");
+    Arc::try_unwrap(client).unwrap().close().await.unwrap();
     assert!(matches!(dev.join().unwrap(), Some(Ok(Ended::Goodbye))));
 }
 
@@ -211,7 +337,7 @@ async fn the_listener_accepts_what_the_guest_connects() {
     let guest = thread::spawn(move || {
         let s = std::os::unix::net::UnixStream::connect(&path).unwrap();
         let mut conn = HostStream::new(s, Peer::Other("guest".into()), timeouts());
-        rpc::serve::<ServiceVm, _, _>(&mut conn, &mut SlowReverse, Default::default())
+        rpc::serve::<ServiceVm, _, _>(&mut conn, &mut SlowReverse::default(), Default::default())
     });
     let stream = listener.accept().await.unwrap();
     let client = Client::<ServiceVm>::hello(stream, DEFAULT_MAX_BODY, &timeouts())

@@ -1,7 +1,7 @@
 //! The async client: one reader task routes every answer to the call
 //! waiting for its id, one writer task writes whole frames in order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,8 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use super::{AsyncStream, within};
-#[allow(deprecated)] // this client still forgets abandoned ids beyond it
-use crate::rpc::MAX_ABANDONED;
+use crate::rpc::flight::{Answered, InFlight};
 use crate::{Error, Result, Step, Timeouts};
 
 /// Frames queued for the writer task at most; a call waits for room.
@@ -46,12 +45,17 @@ enum Command {
 ///
 /// # Cancellation and timeouts
 ///
-/// A call that times out ([`Error::Timeout`]`(`[`Step::Read`]`)`, not
-/// fatal) or whose future is dropped abandons its id: the answer, when it
-/// comes, is discarded and counted ([`Client::discarded`]), never given to
-/// another call. At most [`MAX_ABANDONED`] abandoned ids are remembered;
-/// an answer to a forgotten one is an unexpected id. A call dropped before
-/// its frame was queued sent nothing.
+/// Cancelling calls never ends the connection, however many are cancelled
+/// at once. A call that times out ([`Error::Timeout`]`(`[`Step::Read`]`)`,
+/// not fatal) or whose future is dropped is cancelled:
+///
+/// - if its frame was not written yet, it never is: the writer skips it,
+///   so the server never sees that request;
+/// - if it was written, its id is *abandoned* until the answer comes (the
+///   server answers every request), then the answer is discarded and
+///   counted ([`Client::discarded`]), never given to another call, and the
+///   id is not reused before that. Abandoned ids take a few bytes each and
+///   are bounded by the requests written and not yet answered.
 ///
 /// # Errors that end the connection
 ///
@@ -75,15 +79,12 @@ struct Shared<P: Protocol> {
 }
 
 struct State<P: Protocol> {
-    next_id: u32,
-    /// Calls waiting for their answer, by id.
+    /// Calls waiting for their answer, by id: their frames queued or
+    /// written. Only a call still here gets its frame written.
     waiting: HashMap<RequestId, oneshot::Sender<Answer<P>>>,
-    /// Ids given up on whose answers are still due, oldest first.
-    abandoned: VecDeque<RequestId>,
-    /// Ids written and not answered yet, in write order (for `ERROR`s
-    /// without an id).
-    written: VecDeque<RequestId>,
-    discarded: u64,
+    /// Requests written and not answered yet, in write order, live or
+    /// abandoned; and the next id.
+    flight: InFlight,
     /// Set when the connection ended: why.
     ended: Option<Ended>,
 }
@@ -123,8 +124,7 @@ impl<P: Protocol> Shared<P> {
         for (_, tx) in st.waiting.drain() {
             let _ = tx.send(Err(why.error()));
         }
-        st.abandoned.clear();
-        st.written.clear();
+        st.flight.clear();
     }
 }
 
@@ -135,8 +135,8 @@ impl<P: Protocol> fmt::Debug for Client<P> {
             .field("protocol", &P::NAME)
             .field("peer_max_body", &self.peer_max_body)
             .field("in_flight", &st.waiting.len())
-            .field("abandoned", &st.abandoned.len())
-            .field("discarded", &st.discarded)
+            .field("abandoned", &st.flight.abandoned())
+            .field("discarded", &st.flight.discarded())
             .field("ended", &st.ended.as_ref().map(|e| e.error().to_string()))
             .finish_non_exhaustive()
     }
@@ -246,11 +246,8 @@ where
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                next_id: 1,
                 waiting: HashMap::new(),
-                abandoned: VecDeque::new(),
-                written: VecDeque::new(),
-                discarded: 0,
+                flight: InFlight::new(),
                 ended: None,
             }),
         });
@@ -277,9 +274,10 @@ where
         self.shared.lock().waiting.len()
     }
 
-    /// How many late answers to abandoned calls were discarded so far.
+    /// How many answers to cancelled calls (timed out or dropped) were
+    /// discarded so far.
     pub fn discarded(&self) -> u64 {
-        self.shared.lock().discarded
+        self.shared.lock().flight.discarded()
     }
 
     /// Whether the connection ended (every call fails).
@@ -311,17 +309,19 @@ where
             if let Some(why) = &st.ended {
                 return Err(why.error());
             }
-            let id = fresh_id(&mut st);
+            let State {
+                waiting, flight, ..
+            } = &mut *st;
+            let id = flight.fresh_id(|id| waiting.contains_key(&id));
             let (tx, rx) = oneshot::channel();
-            st.waiting.insert(id, tx);
+            waiting.insert(id, tx);
             (id, rx)
         };
-        // From here on, a drop (cancellation) or an early return abandons
-        // (or, before the frame is queued, simply forgets) the id.
-        let mut guard = Pending {
+        // From here on, a drop (cancellation) or an early return cancels
+        // the call: its frame is not written, or its id is abandoned.
+        let guard = Pending {
             shared: &self.shared,
             id,
-            queued: false,
         };
         let mut f = Vec::new();
         // The frame is queued whole: the tail (a payload) is copied once.
@@ -331,7 +331,6 @@ where
         if self.frames.send(Command::Request(id, f)).await.is_err() {
             return Err(self.ended_error());
         }
-        guard.queued = true;
         let answer = match timeout {
             None => rx.await,
             Some(d) => match tokio::time::timeout(d, rx).await {
@@ -379,11 +378,10 @@ impl<P: Protocol> Drop for Client<P> {
     }
 }
 
-/// A registered call; dropping it before [`Pending::done`] abandons the id.
+/// A registered call; dropping it before [`Pending::done`] cancels it.
 struct Pending<'a, P: Protocol> {
     shared: &'a Shared<P>,
     id: RequestId,
-    queued: bool,
 }
 
 impl<P: Protocol> Pending<'_, P> {
@@ -394,32 +392,17 @@ impl<P: Protocol> Pending<'_, P> {
 }
 
 impl<P: Protocol> Drop for Pending<'_, P> {
-    #[allow(deprecated)] // MAX_ABANDONED
     fn drop(&mut self) {
         let mut st = self.shared.lock();
-        if st.waiting.remove(&self.id).is_none() || !self.queued || st.ended.is_some() {
-            // Answered meanwhile, never sent, or nothing more will come.
-            return;
-        }
-        st.abandoned.push_back(self.id);
-        while st.abandoned.len() > MAX_ABANDONED {
-            let forgotten = st.abandoned.pop_front().expect("non-empty");
-            tracing::warn!(
-                "{}: forgot abandoned request {forgotten} (more than {MAX_ABANDONED} unanswered)",
-                P::NAME
-            );
+        if st.waiting.remove(&self.id).is_some() {
+            // Not waiting any more: the writer skips its frame if it was
+            // not written yet; if it was, its answer is discarded.
+            st.flight.abandon(self.id);
+        } else if st.ended.is_none() {
+            // Its answer came as it was cancelled, and was never taken.
+            st.flight.discard_live();
         }
     }
-}
-
-/// The next id not waiting and not abandoned (ids wrap after `u32::MAX`).
-fn fresh_id<P: Protocol>(st: &mut State<P>) -> RequestId {
-    let mut id = RequestId(st.next_id);
-    while st.waiting.contains_key(&id) || st.abandoned.contains(&id) {
-        id = id.next();
-    }
-    st.next_id = id.next().0;
-    id
 }
 
 async fn write_loop<P: Protocol, S: AsyncWrite>(
@@ -431,7 +414,13 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
     while let Some(cmd) = queue.recv().await {
         let f = match cmd {
             Command::Request(id, f) => {
-                shared.lock().written.push_back(id);
+                let mut st = shared.lock();
+                if !st.waiting.contains_key(&id) {
+                    // Cancelled before its frame was written (or the
+                    // connection ended): the server never sees it.
+                    continue;
+                }
+                st.flight.sent(id);
                 f
             }
             Command::Close => {
@@ -488,35 +477,24 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
             }
         };
         let mut st = shared.lock();
-        let id = match id {
-            Some(id) => id,
-            None => match st.written.front() {
-                Some(&oldest) => oldest,
-                None => {
-                    drop(st);
-                    return shared.end(Ended::Poisoned(
-                        "an answer without a request id while no request was in flight".into(),
-                    ));
+        // By id, or the oldest written (answers come in order).
+        match st.flight.answered(id) {
+            Ok(Answered::Live(id)) => {
+                if let Some(tx) = st.waiting.remove(&id) {
+                    // The call may be gone this instant; then the answer
+                    // is dropped.
+                    let _ = tx.send(answer);
                 }
-            },
-        };
-        if let Some(at) = st.written.iter().position(|&w| w == id) {
-            st.written.remove(at);
-        }
-        if let Some(tx) = st.waiting.remove(&id) {
-            // The call may be gone this instant; then the answer is dropped.
-            let _ = tx.send(answer);
-        } else if let Some(at) = st.abandoned.iter().position(|&a| a == id) {
-            st.abandoned.remove(at);
-            st.discarded += 1;
-            tracing::warn!(
+            }
+            Ok(Answered::Discarded(id)) => tracing::warn!(
                 "{}: discarded a late answer to abandoned request {id} ({} so far)",
                 P::NAME,
-                st.discarded
-            );
-        } else {
-            drop(st);
-            return shared.end(Ended::Poisoned(comm::Error::UnexpectedId(id).to_string()));
+                st.flight.discarded()
+            ),
+            Err(e) => {
+                drop(st);
+                return shared.end(Ended::Poisoned(e.to_string()));
+            }
         }
     }
 }

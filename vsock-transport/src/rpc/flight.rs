@@ -126,6 +126,12 @@ impl InFlight {
         }
     }
 
+    /// Counts an answer discarded after [`InFlight::answered`] found it
+    /// live: its caller gave up as it came, before taking it.
+    pub(crate) fn discard_live(&mut self) {
+        self.discarded += 1;
+    }
+
     /// Whether `id` is in flight (abandoned or not).
     pub(crate) fn contains(&self, id: RequestId) -> bool {
         self.slots.iter().any(|s| s.id == id)
@@ -144,6 +150,13 @@ impl InFlight {
     /// Late answers to abandoned requests discarded so far.
     pub(crate) fn discarded(&self) -> u64 {
         self.discarded
+    }
+
+    /// Forgets every request in flight (the connection ended: no answer
+    /// will come). The id counter and [`InFlight::discarded`] stay.
+    pub(crate) fn clear(&mut self) {
+        self.slots.clear();
+        self.abandoned = 0;
     }
 }
 
