@@ -325,8 +325,9 @@ impl<C: Connection, P: Protocol> Client<C, P> {
             match self.flight.answered(id) {
                 Ok(Answered::Live(id)) => return Ok((id, answer)),
                 Ok(Answered::Discarded(id)) => log_discard!(
-                    "{}: discarded a late answer to abandoned request {id} ({} so far)",
+                    "{}: discarded a late answer to abandoned request {} ({} so far)",
                     P::NAME,
+                    id,
                     self.flight.discarded()
                 ),
                 Err(e) => return Err(self.failed(e)),

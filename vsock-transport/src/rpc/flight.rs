@@ -128,6 +128,7 @@ impl InFlight {
 
     /// Counts an answer discarded after [`InFlight::answered`] found it
     /// live: its caller gave up as it came, before taking it.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async client's
     pub(crate) fn discard_live(&mut self) {
         self.discarded += 1;
     }
@@ -154,6 +155,7 @@ impl InFlight {
 
     /// Forgets every request in flight (the connection ended: no answer
     /// will come). The id counter and [`InFlight::discarded`] stay.
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async client's
     pub(crate) fn clear(&mut self) {
         self.slots.clear();
         self.abandoned = 0;
