@@ -12,13 +12,14 @@ use std::task::Poll;
 use std::thread;
 use std::time::Duration;
 
-use comm::frame::DEFAULT_MAX_BODY;
+use comm::Hello;
+use comm::frame::{self, DEFAULT_MAX_BODY, FrameKind};
 use comm::service::{Request, Response, ServiceVm};
 use tokio::sync::mpsc;
 use vsock_transport::async_host::{self, Client};
 use vsock_transport::host_stream::{HostStream, Peer};
 use vsock_transport::rpc::{self, Ended, Handler, Then};
-use vsock_transport::{Error, Step, Timeouts};
+use vsock_transport::{Connection, Error, Step, Timeouts, framed};
 
 /// Reverses bytes; a payload starting with `slow` is answered after
 /// 300 ms, one starting with `lazy` after 1 s. With `seen`, sends the first
@@ -263,6 +264,50 @@ async fn a_call_cancelled_before_its_frame_was_written_is_never_sent() {
     assert_eq!(client.discarded(), 0, "no answer to a cancelled call came");
     Arc::try_unwrap(client).unwrap().close().await.unwrap();
     assert!(matches!(dev.join().unwrap(), Some(Ok(Ended::Goodbye))));
+}
+
+/// The OS error in `e`'s chain of sources, if any.
+fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cause = Some(e);
+    while let Some(e) = cause {
+        if let Some(os) = e.downcast_ref::<std::io::Error>() {
+            return Some(os);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+#[tokio::test]
+async fn a_killed_peer_fails_the_calls_with_the_os_error_as_their_cause() {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let vm = thread::spawn(move || {
+        let mut conn = HostStream::new(theirs, Peer::Other("test VM".into()), timeouts());
+        let hello = frame::encode(
+            FrameKind::Hello,
+            &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
+            frame::HELLO_MAX_BODY,
+        )
+        .unwrap();
+        framed::send_frame(&mut conn, &hello).unwrap();
+        let mut buf = Vec::new();
+        framed::recv_frame_as(&mut conn, frame::HELLO_MAX_BODY, &mut buf, Step::Hello).unwrap();
+        // Killed with the rest of the request unread: the socket resets.
+        assert_eq!(conn.recv(&mut [0u8]).unwrap(), 1);
+    });
+    ours.set_nonblocking(true).unwrap();
+    let stream = tokio::net::UnixStream::from_std(ours).unwrap();
+    let client = Client::<ServiceVm>::hello(stream, DEFAULT_MAX_BODY, &timeouts())
+        .await
+        .unwrap();
+    let waiting = client.call(&rev(b"abc")).await.unwrap_err();
+    vm.join().unwrap();
+    let later = client.call(&rev(b"def")).await.unwrap_err();
+    for e in [&waiting, &later] {
+        assert!(matches!(e, Error::Poisoned { .. }) && e.is_fatal(), "{e:?}");
+        let os = os_error(e).unwrap_or_else(|| panic!("no OS error in {e:?}"));
+        assert_eq!(os.kind(), std::io::ErrorKind::ConnectionReset, "{e:?}");
+    }
 }
 
 #[tokio::test]

@@ -61,9 +61,10 @@ enum Command {
 ///
 /// An answer with an id that no call waits for, a frame that cannot be
 /// delimited, a fatal `ERROR`, a close or a failed write end the
-/// connection: every waiting call fails with that error (the peer's close
-/// as [`Error::Closed`], the others as [`Error::Poisoned`] with the reason),
-/// and so does every later call.
+/// connection: every waiting call fails, and so does every later call
+/// (the peer's close as [`Error::Closed`], the others as
+/// [`Error::Poisoned`], whose [`source`](std::error::Error::source) is the
+/// error itself with its causes, e.g. the OS error of a failed read).
 pub struct Client<P: Protocol> {
     shared: Arc<Shared<P>>,
     frames: mpsc::Sender<Command>,
@@ -92,7 +93,8 @@ struct State<P: Protocol> {
 #[derive(Clone)]
 enum Ended {
     Closed,
-    Poisoned(String),
+    /// The first fatal error.
+    Poisoned(Arc<Error>),
     ClosedByUs,
 }
 
@@ -100,8 +102,8 @@ impl Ended {
     fn error(&self) -> Error {
         match self {
             Ended::Closed => Error::Closed,
-            Ended::Poisoned(reason) => Error::Poisoned {
-                reason: reason.clone(),
+            Ended::Poisoned(first) => Error::Poisoned {
+                source: first.clone(),
             },
             Ended::ClosedByUs => Error::ShutDown,
         }
@@ -435,7 +437,7 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
         })
         .await;
         if let Err(e) = r {
-            shared.end(Ended::Poisoned(e.to_string()));
+            shared.end(Ended::Poisoned(Arc::new(e)));
             return;
         }
     }
@@ -454,7 +456,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
         let header = match read_frame(&mut rd, max_body, read, &mut body).await {
             Ok(Some(h)) => h,
             Ok(None) => return shared.end(Ended::Closed),
-            Err(e) => return shared.end(Ended::Poisoned(e.to_string())),
+            Err(e) => return shared.end(Ended::Poisoned(Arc::new(e))),
         };
         let (id, answer): (Option<RequestId>, Answer<P>) = match header.kind {
             FrameKind::Response => {
@@ -463,7 +465,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
             }
             FrameKind::Error => match frame::decode_body::<ProtocolError>(&body) {
                 Ok(pe) if pe.fatal => {
-                    return shared.end(Ended::Poisoned(comm::Error::Remote(pe).to_string()));
+                    return shared.end(Ended::Poisoned(Arc::new(comm::Error::Remote(pe).into())));
                 }
                 Ok(pe) => (pe.id, Err(comm::Error::Remote(pe).into())),
                 Err(e) => (None, Err(e.into())),
@@ -473,7 +475,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
                     expected: FrameKind::Response,
                     got,
                 };
-                return shared.end(Ended::Poisoned(e.to_string()));
+                return shared.end(Ended::Poisoned(Arc::new(e.into())));
             }
         };
         let mut st = shared.lock();
@@ -493,7 +495,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
             ),
             Err(e) => {
                 drop(st);
-                return shared.end(Ended::Poisoned(e.to_string()));
+                return shared.end(Ended::Poisoned(Arc::new(e)));
             }
         }
     }

@@ -2,7 +2,7 @@
 //! request id (see [`Client`]).
 
 use alloc::collections::VecDeque;
-use alloc::string::ToString;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
@@ -60,8 +60,9 @@ macro_rules! log_discard {
 ///   already answered) is [`comm::Error::UnexpectedId`], fatal.
 /// - After any fatal error ([`Error::is_fatal`]: a deadline that passed
 ///   inside a frame, a close, a truncated or oversized frame, a fatal
-///   `ERROR`...) the stream may be out of step: the client is *poisoned*
-///   and every later call fails at once with [`Error::Poisoned`], without
+///   `ERROR`...) the stream may be out of step: the client is *poisoned*.
+///   The call that met the error gets it; every later call fails at once
+///   with [`Error::Poisoned`], whose source is that first error, without
 ///   touching the stream.
 ///
 /// # Pipelining
@@ -78,8 +79,8 @@ pub struct Client<C: Connection, P: Protocol> {
     /// Requests sent and not answered, in send order (abandoned ones
     /// included), and the next id.
     flight: InFlight,
-    /// Set by the first fatal error: what it said.
-    poisoned: Option<alloc::string::String>,
+    /// Set by the first fatal error: a copy of it.
+    poisoned: Option<Arc<Error>>,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -367,8 +368,8 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     fn check_usable(&self) -> Result<()> {
         match &self.poisoned {
             None => Ok(()),
-            Some(reason) => Err(Error::Poisoned {
-                reason: reason.clone(),
+            Some(first) => Err(Error::Poisoned {
+                source: first.clone(),
             }),
         }
     }
@@ -376,7 +377,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// Poisons the client if `e` is fatal; returns `e`.
     fn failed(&mut self, e: Error) -> Error {
         if e.is_fatal() && self.poisoned.is_none() {
-            self.poisoned = Some(e.to_string());
+            self.poisoned = Some(Arc::new(e.duplicate()));
         }
         e
     }
@@ -473,7 +474,8 @@ mod tests {
         // Never touches the stream again.
         let e = c.call(&Request::Info).unwrap_err();
         assert!(
-            matches!(&e, Error::Poisoned { reason } if reason.contains("request id")),
+            matches!(&e, Error::Poisoned { source }
+                if matches!(**source, Error::Protocol(comm::Error::UnexpectedId(_)))),
             "{e:?}"
         );
         assert!(e.to_string().contains("reconnect"), "{e}");
@@ -620,10 +622,14 @@ mod tests {
             "{e:?}"
         );
         assert!(e.is_fatal() && c.is_poisoned());
-        assert!(matches!(
-            c.send_request(&Request::Info),
-            Err(Error::Poisoned { .. })
-        ));
+        let e = c.send_request(&Request::Info).unwrap_err();
+        let Error::Poisoned { source } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            matches!(**source, Error::TimeoutInFrame { got: 3, .. }),
+            "the first error is kept: {e:?}"
+        );
         c.close().unwrap();
     }
 
