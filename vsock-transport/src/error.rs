@@ -104,6 +104,14 @@ pub enum Error {
     /// The connection was used after it was shut down.
     #[error("connection already shut down")]
     ShutDown,
+    /// The async client's reader and writer tasks are gone because the
+    /// tokio runtime that ran its `hello` was shut down (a client belongs
+    /// to that runtime). The peer may be fine: connect again.
+    #[cfg(feature = "tokio")]
+    #[error(
+        "the tokio runtime that ran this client's hello() was shut down, and the client's I/O tasks with it: connect again"
+    )]
+    RuntimeGone,
     /// An operating-system error.
     #[cfg(feature = "std")]
     #[error("{context}")]
@@ -162,6 +170,8 @@ impl Error {
                 got: *got,
             },
             Self::ShutDown => Self::ShutDown,
+            #[cfg(feature = "tokio")]
+            Self::RuntimeGone => Self::RuntimeGone,
             #[cfg(feature = "std")]
             Self::Io { context, source } => Self::Io {
                 context: context.clone(),

@@ -310,6 +310,29 @@ async fn a_killed_peer_fails_the_calls_with_the_os_error_as_their_cause() {
     }
 }
 
+#[test]
+fn a_client_whose_runtime_was_shut_down_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let first = runtime();
+    let (client, dev) = first.block_on(connected(dir.path()));
+    let answer = first.block_on(client.call(&rev(b"abc"))).unwrap();
+    assert_eq!(answer, reversed(b"abc"));
+    drop(first);
+    // The peer is fine; the client's tasks died with the runtime.
+    let e = runtime().block_on(client.call(&rev(b"x"))).unwrap_err();
+    assert!(matches!(e, Error::RuntimeGone), "{e:?}");
+    assert!(e.to_string().contains("runtime") && e.is_fatal(), "{e}");
+    assert!(client.is_closed());
+    drop(client);
+    assert!(dev.join().unwrap().is_some());
+}
+
 #[tokio::test]
 async fn a_call_timeout_is_not_fatal() {
     let dir = tempfile::tempdir().unwrap();

@@ -96,6 +96,9 @@ enum Ended {
     /// The first fatal error.
     Poisoned(Arc<Error>),
     ClosedByUs,
+    /// An I/O task was dropped before it ended the connection: its runtime
+    /// shut down.
+    RuntimeGone,
 }
 
 impl Ended {
@@ -106,6 +109,7 @@ impl Ended {
                 source: first.clone(),
             },
             Ended::ClosedByUs => Error::ShutDown,
+            Ended::RuntimeGone => Error::RuntimeGone,
         }
     }
 }
@@ -127,6 +131,18 @@ impl<P: Protocol> Shared<P> {
             let _ = tx.send(Err(why.error()));
         }
         st.flight.clear();
+    }
+}
+
+/// Held by each I/O task: a task dropped before the connection ended
+/// (its runtime shut down) ends it with [`Error::RuntimeGone`], so later
+/// calls say so instead of blaming the peer.
+struct EndIfDropped<P: Protocol>(Arc<Shared<P>>);
+
+impl<P: Protocol> Drop for EndIfDropped<P> {
+    fn drop(&mut self) {
+        // First reason wins: after a normal end this changes nothing.
+        self.0.end(Ended::RuntimeGone);
     }
 }
 
@@ -213,7 +229,10 @@ where
 {
     /// Exchanges `HELLO` frames on a fresh stream (within
     /// [`Timeouts::hello`]), then starts the reader and writer tasks (so it
-    /// must run within a tokio runtime). `max_body` bounds the responses we
+    /// must run within a tokio runtime). The client belongs to that
+    /// runtime: its calls may be made from anywhere, but once that runtime
+    /// shuts down, the tasks are gone and every call fails with
+    /// [`Error::RuntimeGone`]. `max_body` bounds the responses we
     /// accept. Calls time out after [`Timeouts::read`] unless
     /// [`Client::call_timeout`] says otherwise; frames are written within
     /// [`Timeouts::write`] and read within [`Timeouts::read`] once their
@@ -413,6 +432,7 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
     mut queue: mpsc::Receiver<Command>,
     write: Option<Duration>,
 ) {
+    let _end = EndIfDropped(shared.clone());
     while let Some(cmd) = queue.recv().await {
         let f = match cmd {
             Command::Request(id, f) => {
@@ -427,6 +447,8 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
             }
             Command::Close => {
                 let _ = wr.write_all(&frame::goodbye()).await;
+                // Before this task ends (which would say the runtime is gone).
+                shared.end(Ended::ClosedByUs);
                 break;
             }
         };
@@ -451,6 +473,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
     max_body: u32,
     read: Option<Duration>,
 ) {
+    let _end = EndIfDropped(shared.clone());
     let mut body = Vec::new();
     loop {
         let header = match read_frame(&mut rd, max_body, read, &mut body).await {
