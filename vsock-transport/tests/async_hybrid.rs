@@ -310,6 +310,63 @@ async fn a_killed_peer_fails_the_calls_with_the_os_error_as_their_cause() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_shared_by_tasks_is_shut_down_through_any_of_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, dev) = connected(dir.path()).await;
+    let client = Arc::new(client);
+    let callers: Vec<_> = (0..8u32)
+        .map(|t| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                for i in 0.. {
+                    let payload = format!("task {t} call {i}");
+                    match client.call(&rev(payload.as_bytes())).await {
+                        Ok(answer) => assert_eq!(answer, reversed(payload.as_bytes())),
+                        Err(e) => return (i, e),
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    // One task shuts the connection down while the others call.
+    let closer = tokio::spawn({
+        let client = client.clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            client.shutdown().await
+        }
+    });
+    closer.await.unwrap().unwrap();
+    assert!(client.is_closed());
+    for caller in callers {
+        let (calls, e) = caller.await.unwrap();
+        assert!(matches!(e, Error::ShutDown), "after {calls} calls: {e:?}");
+    }
+    let e = client.call(&rev(b"late")).await.unwrap_err();
+    assert!(matches!(e, Error::ShutDown), "{e:?}");
+    client.shutdown().await.unwrap();
+    drop(client);
+    // The server read GOODBYE, or failed to answer a call of the moment.
+    assert!(dev.join().unwrap().is_some());
+}
+
+#[tokio::test]
+async fn shutdown_on_an_idle_shared_client_says_goodbye() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, dev) = connected(dir.path()).await;
+    let client = Arc::new(client);
+    let other = client.clone();
+    assert_eq!(other.call(&rev(b"ab")).await.unwrap(), reversed(b"ab"));
+    other.shutdown().await.unwrap();
+    assert!(matches!(dev.join().unwrap(), Some(Ok(Ended::Goodbye))));
+    assert!(matches!(
+        client.call(&rev(b"x")).await,
+        Err(Error::ShutDown)
+    ));
+}
+
 #[test]
 fn a_client_whose_runtime_was_shut_down_says_so() {
     let dir = tempfile::tempdir().unwrap();

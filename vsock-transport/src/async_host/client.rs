@@ -11,7 +11,7 @@ use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
 use comm::{Hello, Protocol, RequestId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 
 use super::{AsyncStream, within};
 use crate::rpc::flight::{Answered, InFlight};
@@ -26,8 +26,8 @@ type Answer<P> = Result<<P as Protocol>::Response>;
 enum Command {
     /// Write this frame, a `REQUEST` with this id.
     Request(RequestId, Vec<u8>),
-    /// Write `GOODBYE`, shut the stream down, stop.
-    Close,
+    /// Write `GOODBYE`, shut the stream down, stop; then say how it went.
+    Close(oneshot::Sender<Result<()>>),
 }
 
 /// Client side of a connection for async code: many tasks may call at once
@@ -68,9 +68,8 @@ enum Command {
 pub struct Client<P: Protocol> {
     shared: Arc<Shared<P>>,
     frames: mpsc::Sender<Command>,
-    reader: JoinHandle<()>,
-    /// `None` once [`Client::close`] waited for it.
-    writer: Option<JoinHandle<()>>,
+    reader: AbortHandle,
+    writer: AbortHandle,
     peer_max_body: u32,
     call_timeout: Option<Duration>,
 }
@@ -278,8 +277,8 @@ where
         Ok(Self {
             shared,
             frames,
-            reader,
-            writer: Some(writer),
+            reader: reader.abort_handle(),
+            writer: writer.abort_handle(),
             peer_max_body,
             call_timeout: timeouts.read,
         })
@@ -366,20 +365,41 @@ where
         }
     }
 
-    /// Sends `GOODBYE` after the frames queued so far, shuts the stream
-    /// down and stops the tasks. Calls still waiting fail with
-    /// [`Error::ShutDown`].
-    pub async fn close(mut self) -> Result<()> {
-        let ended = self.shared.lock().ended.is_some();
-        if !ended
-            && self.frames.send(Command::Close).await.is_ok()
-            && let Some(writer) = self.writer.take()
-        {
-            let _ = writer.await;
+    /// Ends the connection; any task that shares the client (e.g. through
+    /// an `Arc`) may call it. Every call waiting, and every later one,
+    /// fails with [`Error::ShutDown`]; frames not written yet never are
+    /// (their calls failed); `GOODBYE` follows the frame being written, if
+    /// any, then the stream is shut down and the tasks stop.
+    ///
+    /// Waits until `GOODBYE` is written, within [`Timeouts::write`] for the
+    /// frame being written and again for `GOODBYE`, and fails if it could
+    /// not be. On a connection that already ended (another `shutdown`, a
+    /// fatal error, the peer's close) it only stops the tasks, and is
+    /// `Ok`.
+    pub async fn shutdown(&self) -> Result<()> {
+        let first = {
+            let mut st = self.shared.lock();
+            let first = st.ended.is_none();
+            if first {
+                st.ended = Some(Ended::ClosedByUs);
+            }
+            first
+        };
+        self.shared.end(Ended::ClosedByUs);
+        let mut r = Ok(());
+        if first {
+            let (done, written) = oneshot::channel();
+            if self.frames.send(Command::Close(done)).await.is_ok() {
+                r = written.await.unwrap_or(Ok(()));
+            }
         }
         self.reader.abort();
-        self.shared.end(Ended::ClosedByUs);
-        Ok(())
+        r
+    }
+
+    /// [`Client::shutdown`] for a client owned alone.
+    pub async fn close(self) -> Result<()> {
+        self.shutdown().await
     }
 
     fn ended_error(&self) -> Error {
@@ -393,9 +413,7 @@ where
 impl<P: Protocol> Drop for Client<P> {
     fn drop(&mut self) {
         self.reader.abort();
-        if let Some(w) = &self.writer {
-            w.abort();
-        }
+        self.writer.abort();
     }
 }
 
@@ -445,11 +463,19 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
                 st.flight.sent(id);
                 f
             }
-            Command::Close => {
-                let _ = wr.write_all(&frame::goodbye()).await;
-                // Before this task ends (which would say the runtime is gone).
-                shared.end(Ended::ClosedByUs);
-                break;
+            Command::Close(done) => {
+                // `shutdown` ended the connection before it sent this.
+                let r = within(write, Step::Write, async {
+                    wr.write_all(&frame::goodbye())
+                        .await
+                        .map_err(|e| Error::io("writing GOODBYE", e))?;
+                    wr.shutdown()
+                        .await
+                        .map_err(|e| Error::io("shutting the stream down", e))
+                })
+                .await;
+                let _ = done.send(r);
+                return;
             }
         };
         let r = within(write, Step::Write, async {
@@ -463,7 +489,7 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
             return;
         }
     }
-    // Closed (or the client is gone): no more frames.
+    // The client is gone: no more frames.
     let _ = wr.shutdown().await;
 }
 
