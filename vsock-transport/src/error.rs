@@ -81,7 +81,9 @@ pub enum Error {
     /// the [`source`](core::error::Error::source).
     #[error("connection unusable after an earlier error: reconnect")]
     Poisoned {
-        /// The first fatal error (shared by every call it failed).
+        /// The first fatal error, shared by every call it failed. Match
+        /// it here (`&*source`); through `source()` it is an `Arc<Error>`,
+        /// whose own `source()` goes on down the chain.
         #[source]
         source: Arc<Error>,
     },
