@@ -278,8 +278,11 @@ fn os_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io:
     None
 }
 
-#[tokio::test]
-async fn a_killed_peer_fails_the_calls_with_the_os_error_as_their_cause() {
+/// A client on one end of a socket pair, and a thread that plays the VM
+/// on the other by hand with `vm` after the `HELLO` exchange.
+async fn raw_vm(
+    vm: impl FnOnce(HostStream<std::os::unix::net::UnixStream>) + Send + 'static,
+) -> (Client<ServiceVm>, thread::JoinHandle<()>) {
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
     let vm = thread::spawn(move || {
         let mut conn = HostStream::new(theirs, Peer::Other("test VM".into()), timeouts());
@@ -292,14 +295,68 @@ async fn a_killed_peer_fails_the_calls_with_the_os_error_as_their_cause() {
         framed::send_frame(&mut conn, &hello).unwrap();
         let mut buf = Vec::new();
         framed::recv_frame_as(&mut conn, frame::HELLO_MAX_BODY, &mut buf, Step::Hello).unwrap();
-        // Killed with the rest of the request unread: the socket resets.
-        assert_eq!(conn.recv(&mut [0u8]).unwrap(), 1);
+        vm(conn);
     });
     ours.set_nonblocking(true).unwrap();
     let stream = tokio::net::UnixStream::from_std(ours).unwrap();
     let client = Client::<ServiceVm>::hello(stream, DEFAULT_MAX_BODY, &timeouts())
         .await
         .unwrap();
+    (client, vm)
+}
+
+/// Reads one `REQUEST` on the VM's side: its id.
+fn read_request(conn: &mut HostStream<std::os::unix::net::UnixStream>) -> comm::RequestId {
+    let mut buf = Vec::new();
+    let h = framed::recv_frame(conn, DEFAULT_MAX_BODY, &mut buf).unwrap();
+    assert_eq!(h.kind, FrameKind::Request);
+    comm::envelope::decode::<Request>(&buf).0.unwrap()
+}
+
+/// Answers request `id` with `response` on the VM's side.
+fn answer(conn: &mut HostStream<std::os::unix::net::UnixStream>, id: u32, response: &Response) {
+    let mut f = Vec::new();
+    comm::envelope::encode_response_into(comm::RequestId(id), response, DEFAULT_MAX_BODY, &mut f)
+        .unwrap();
+    conn.send(&f).unwrap();
+}
+
+#[tokio::test]
+async fn an_answer_to_no_request_still_ends_the_connection() {
+    for twice in [false, true] {
+        let (client, vm) = raw_vm(move |mut conn| {
+            let id = read_request(&mut conn);
+            answer(&mut conn, id.0, &reversed(b"a"));
+            // The same id again, or one never issued.
+            let wrong = if twice { id.0 } else { id.0 + 1000 };
+            answer(&mut conn, wrong, &reversed(b"b"));
+            let _ = conn.recv(&mut [0u8]);
+        })
+        .await;
+        assert_eq!(client.call(&rev(b"a")).await.unwrap(), reversed(b"a"));
+        let e = client.call(&rev(b"c")).await.unwrap_err();
+        let Error::Poisoned { source } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            matches!(**source, Error::Protocol(comm::Error::UnexpectedId(_))),
+            "{e:?}"
+        );
+        // The runtime must run to close the stream the VM waits on.
+        drop(client);
+        tokio::task::spawn_blocking(|| vm.join().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_killed_peer_fails_the_calls_with_the_os_error_as_their_cause() {
+    let (client, vm) = raw_vm(|mut conn| {
+        // Killed with the rest of the request unread: the socket resets.
+        assert_eq!(conn.recv(&mut [0u8]).unwrap(), 1);
+    })
+    .await;
     let waiting = client.call(&rev(b"abc")).await.unwrap_err();
     vm.join().unwrap();
     let later = client.call(&rev(b"def")).await.unwrap_err();
