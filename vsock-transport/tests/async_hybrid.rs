@@ -448,6 +448,41 @@ fn a_client_whose_runtime_was_shut_down_says_so() {
 }
 
 #[tokio::test]
+async fn a_call_timeout_counts_the_wait_for_room_in_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, dev, mut seen) = recorded(dir.path()).await;
+    let client = Arc::new(client);
+    let spawn_call = |payload: Vec<u8>| {
+        let client = client.clone();
+        tokio::spawn(async move { client.call(&Request::Reverse(payload)).await })
+    };
+    // The server sleeps 1 s and reads nothing; the writer is stuck inside
+    // a large frame; 64 calls fill the writer's queue behind it.
+    let lazy = spawn_call(b"lazy".to_vec());
+    assert_eq!(seen.recv().await.unwrap(), b"lazy");
+    let slept = tokio::time::Instant::now();
+    let mut calls = vec![spawn_call(vec![b'b'; 4 << 20])];
+    calls.extend((0..64u8).map(|i| spawn_call(vec![i])));
+    while client.in_flight() < 66 {
+        tokio::task::yield_now().await;
+    }
+    // This call cannot even be queued before the server wakes up.
+    let e = client
+        .call_timeout(&rev(b"queued"), Some(Duration::from_millis(100)))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Timeout(Step::Read)), "{e:?}");
+    assert!(slept.elapsed() < Duration::from_millis(850), "{slept:?}");
+    assert_eq!(lazy.await.unwrap().unwrap(), reversed(b"lazy"));
+    for call in calls {
+        assert!(matches!(call.await.unwrap(), Ok(Response::Reverse(_))));
+    }
+    assert!(!drain(&mut seen).iter().any(|p| p == b"queued"));
+    Arc::try_unwrap(client).unwrap().close().await.unwrap();
+    assert!(matches!(dev.join().unwrap(), Some(Ok(Ended::Goodbye))));
+}
+
+#[tokio::test]
 async fn a_call_timeout_is_not_fatal() {
     let dir = tempfile::tempdir().unwrap();
     let (client, dev) = connected(dir.path()).await;

@@ -312,13 +312,15 @@ where
     }
 
     /// Sends one request and waits for its answer at most `timeout`
-    /// (`None`: as long as the connection lives).
+    /// (`None`: as long as the connection lives). The time spent waiting
+    /// for room in the writer's queue (behind other calls' frames) counts.
     ///
     /// A request over the server's maximum fails with
     /// [`comm::Error::TooLargeToSend`] before anything is queued; a
     /// server's non-fatal `ERROR` about it is [`comm::Error::Remote`]; a
-    /// timeout is [`Error::Timeout`]`(`[`Step::Read`]`)` and abandons the
-    /// request. None of these end the connection.
+    /// timeout is [`Error::Timeout`]`(`[`Step::Read`]`)` and cancels the
+    /// call (its frame is not written if it was not yet; otherwise its
+    /// answer is discarded). None of these end the connection.
     pub async fn call_timeout(
         &self,
         request: &P::Request,
@@ -348,13 +350,16 @@ where
         let tail = P::encode_request(id, request, self.peer_max_body, &mut f)?;
         f.reserve_exact(tail.len());
         f.extend_from_slice(tail);
-        if self.frames.send(Command::Request(id, f)).await.is_err() {
-            return Err(self.ended_error());
-        }
+        let exchange = async {
+            if self.frames.send(Command::Request(id, f)).await.is_err() {
+                return Err(self.ended_error());
+            }
+            Ok(rx.await)
+        };
         let answer = match timeout {
-            None => rx.await,
-            Some(d) => match tokio::time::timeout(d, rx).await {
-                Ok(a) => a,
+            None => exchange.await?,
+            Some(d) => match tokio::time::timeout(d, exchange).await {
+                Ok(a) => a?,
                 Err(_) => return Err(Error::Timeout(Step::Read)),
             },
         };
