@@ -1,6 +1,7 @@
 //! The transport's error type.
 
 use alloc::string::String;
+use alloc::sync::Arc;
 use core::fmt;
 
 /// A blocking step of a connection, named in [`Error::Timeout`].
@@ -74,12 +75,17 @@ pub enum Error {
         /// Bytes of the frame (header included) received before.
         got: usize,
     },
-    /// An earlier fatal error left this client's stream out of step; it
-    /// refuses every call without touching the stream.
-    #[error("stream out of step after an earlier error ({reason}): reconnect")]
+    /// An earlier fatal error ended this client's connection or left its
+    /// stream out of step; it refuses every call without touching the
+    /// stream. That first error, with its own causes (an OS error, say), is
+    /// the [`source`](core::error::Error::source).
+    #[error("connection unusable after an earlier error: reconnect")]
     Poisoned {
-        /// What the earlier error said.
-        reason: String,
+        /// The first fatal error, shared by every call it failed. Match
+        /// it here (`&*source`); through `source()` it is an `Arc<Error>`,
+        /// whose own `source()` goes on down the chain.
+        #[source]
+        source: Arc<Error>,
     },
     /// The API was used in a way that cannot work, e.g. a blocking call
     /// while pipelined requests are unanswered. Nothing was sent.
@@ -100,6 +106,14 @@ pub enum Error {
     /// The connection was used after it was shut down.
     #[error("connection already shut down")]
     ShutDown,
+    /// The async client's reader and writer tasks are gone because the
+    /// tokio runtime that ran its `hello` was shut down (a client belongs
+    /// to that runtime). The peer may be fine: connect again.
+    #[cfg(feature = "tokio")]
+    #[error(
+        "the tokio runtime that ran this client's hello() was shut down, and the client's I/O tasks with it: connect again"
+    )]
+    RuntimeGone,
     /// An operating-system error.
     #[cfg(feature = "std")]
     #[error("{context}")]
@@ -131,6 +145,45 @@ impl Error {
             Self::Timeout(step) => *step != Step::Read,
             Self::Usage(_) => false,
             _ => true,
+        }
+    }
+
+    /// A copy of this error for a second owner (a poisoned client keeps its
+    /// first fatal error and returns the original). An OS error keeps its
+    /// code, or else its kind and message.
+    pub(crate) fn duplicate(&self) -> Self {
+        match self {
+            Self::Protocol(e) => Self::Protocol(e.clone()),
+            Self::Closed => Self::Closed,
+            Self::Reset => Self::Reset,
+            Self::Refused { port } => Self::Refused { port: *port },
+            Self::Timeout(step) => Self::Timeout(*step),
+            Self::TimeoutInFrame { step, got } => Self::TimeoutInFrame {
+                step: *step,
+                got: *got,
+            },
+            Self::Poisoned { source } => Self::Poisoned {
+                source: source.clone(),
+            },
+            Self::Usage(what) => Self::Usage(what),
+            Self::HybridConnect(what) => Self::HybridConnect(what.clone()),
+            Self::UnexpectedPeer { expected, got } => Self::UnexpectedPeer {
+                expected: *expected,
+                got: *got,
+            },
+            Self::ShutDown => Self::ShutDown,
+            #[cfg(feature = "tokio")]
+            Self::RuntimeGone => Self::RuntimeGone,
+            #[cfg(feature = "std")]
+            Self::Io { context, source } => Self::Io {
+                context: context.clone(),
+                source: match source.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            #[cfg(feature = "guest")]
+            Self::Virtio(e) => Self::Virtio(*e),
         }
     }
 
@@ -172,7 +225,9 @@ mod tests {
             Error::Closed,
             Error::Reset,
             Error::ShutDown,
-            Error::Poisoned { reason: "x".into() },
+            Error::Poisoned {
+                source: Arc::new(Error::Closed),
+            },
             Error::Protocol(comm::Error::Truncated {
                 expected: 9,
                 got: 1,
@@ -190,5 +245,22 @@ mod tests {
         let e = Error::io("reading the socket", std::io::Error::other("boom"));
         assert_eq!(e.to_string(), "reading the socket");
         assert_eq!(e.source().map(|s| s.to_string()), Some("boom".into()));
+    }
+
+    #[cfg(feature = "std")]
+    #[test]
+    fn a_duplicate_keeps_the_os_error() {
+        use core::error::Error as _;
+        let reset = std::io::Error::from_raw_os_error(libc::ECONNRESET);
+        let e = Error::io("reading a frame", reset).duplicate();
+        let os = e.source().unwrap().downcast_ref::<std::io::Error>();
+        assert_eq!(os.unwrap().raw_os_error(), Some(libc::ECONNRESET));
+        let e = Error::io("x", std::io::Error::other("boom")).duplicate();
+        assert_eq!(e.source().unwrap().to_string(), "boom");
+        let e = Error::Poisoned {
+            source: Arc::new(e),
+        };
+        assert_eq!(e.source().unwrap().to_string(), "x");
+        assert!(matches!(e.duplicate(), Error::Poisoned { source } if source.to_string() == "x"));
     }
 }

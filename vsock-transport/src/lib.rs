@@ -10,7 +10,10 @@
 //!   - `host-hybrid`: module `hybrid`, hybrid vsock over Unix sockets
 //!     (Firecracker, Cloud Hypervisor, vhost-device-vsock).
 //!   - `tokio`: module `async_host`, both host backends on tokio and an
-//!     async client on which many tasks call at once over one connection.
+//!     async client on which many tasks call at once over one connection
+//!     (shared in an `Arc`, closed by any of them; it belongs to the
+//!     runtime that ran its `hello`). Turns on `host-hybrid` and
+//!     `host-vsock`.
 //!
 //!   Both host backends hand out the same connection type,
 //!   `host_stream::HostStream`, which gives every frame one deadline.
@@ -33,9 +36,9 @@
 //! workspace may hold a guest crate and a host crate and build both at
 //! once (the guest one still links only on a bare-metal target).
 //! [`Error`] is `#[non_exhaustive]`: a feature may add variants
-//! (`Io` with `std`, `Virtio` with `guest`) and never removes or changes
-//! one, so a `match` written for one feature set compiles with any larger
-//! one.
+//! (`Io` with `std`, `Virtio` with `guest`, `RuntimeGone` with `tokio`)
+//! and never removes or changes one, so a `match` written for one feature
+//! set compiles with any larger one.
 //!
 //! The wire protocol crate is re-exported as [`comm`] (published as
 //! `svmc-comm`), so `vsock_transport::comm::Protocol` is the trait to
@@ -48,8 +51,9 @@ extern crate alloc;
 
 pub use comm;
 
-// The README's example compiles as a doctest (it uses `hybrid`).
-#[cfg(all(doctest, feature = "host-hybrid"))]
+// The README's examples compile as doctests (they use `hybrid` and
+// `async_host`).
+#[cfg(all(doctest, feature = "host-hybrid", feature = "tokio"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 #[cfg(feature = "guest")]

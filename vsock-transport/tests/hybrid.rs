@@ -223,6 +223,36 @@ fn no_device_is_an_io_error() {
 }
 
 #[test]
+fn a_killed_peer_poisons_the_client_with_its_error_as_the_source() {
+    let (_dir, uds) = uds();
+    let dev = device(&uds, Answer::Ok(7001), |s| {
+        let mut conn = guest_conn(s);
+        let hello = frame::encode(
+            FrameKind::Hello,
+            &comm::Hello::new::<comm::service::ServiceVm>(frame::DEFAULT_MAX_BODY),
+            frame::HELLO_MAX_BODY,
+        )
+        .unwrap();
+        framed::send_frame(&mut conn, &hello).unwrap();
+        let mut buf = Vec::new();
+        framed::recv_frame_as(&mut conn, frame::HELLO_MAX_BODY, &mut buf, Step::Hello).unwrap();
+        // Killed with the rest of the request unread: the socket resets.
+        assert_eq!(conn.recv(&mut [0u8]).unwrap(), 1);
+    });
+    let mut c = client(connect(&uds).unwrap());
+    let first = c.call(&Request::Reverse(b"abc".to_vec())).unwrap_err();
+    assert!(matches!(first, Error::Reset), "{first:?}");
+    dev.join().unwrap();
+    let later = c.call(&Request::Info).unwrap_err();
+    let Error::Poisoned { source } = &later else {
+        panic!("{later:?}")
+    };
+    assert!(matches!(**source, Error::Reset), "{later:?}");
+    let shown = std::error::Error::source(&later).map(|s| s.to_string());
+    assert_eq!(shown, Some(first.to_string()), "the chain names the cause");
+}
+
+#[test]
 fn peer_closing_mid_frame_is_truncated() {
     let (_dir, uds) = uds();
     let dev = device(&uds, Answer::Ok(7001), |s| {

@@ -1,7 +1,7 @@
 //! The async client: one reader task routes every answer to the call
 //! waiting for its id, one writer task writes whole frames in order.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -11,10 +11,10 @@ use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
 use comm::{Hello, Protocol, RequestId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
+use tokio::task::AbortHandle;
 
 use super::{AsyncStream, within};
-use crate::rpc::MAX_ABANDONED;
+use crate::rpc::flight::{Answered, InFlight};
 use crate::{Error, Result, Step, Timeouts};
 
 /// Frames queued for the writer task at most; a call waits for room.
@@ -26,8 +26,8 @@ type Answer<P> = Result<<P as Protocol>::Response>;
 enum Command {
     /// Write this frame, a `REQUEST` with this id.
     Request(RequestId, Vec<u8>),
-    /// Write `GOODBYE`, shut the stream down, stop.
-    Close,
+    /// Write `GOODBYE`, shut the stream down, stop; then say how it went.
+    Close(oneshot::Sender<Result<()>>),
 }
 
 /// Client side of a connection for async code: many tasks may call at once
@@ -45,26 +45,31 @@ enum Command {
 ///
 /// # Cancellation and timeouts
 ///
-/// A call that times out ([`Error::Timeout`]`(`[`Step::Read`]`)`, not
-/// fatal) or whose future is dropped abandons its id: the answer, when it
-/// comes, is discarded and counted ([`Client::discarded`]), never given to
-/// another call. At most [`MAX_ABANDONED`] abandoned ids are remembered;
-/// an answer to a forgotten one is an unexpected id. A call dropped before
-/// its frame was queued sent nothing.
+/// Cancelling calls never ends the connection, however many are cancelled
+/// at once. A call that times out ([`Error::Timeout`]`(`[`Step::Read`]`)`,
+/// not fatal) or whose future is dropped is cancelled:
+///
+/// - if its frame was not written yet, it never is: the writer skips it,
+///   so the server never sees that request;
+/// - if it was written, its id is *abandoned* until the answer comes (the
+///   server answers every request), then the answer is discarded and
+///   counted ([`Client::discarded`]), never given to another call, and the
+///   id is not reused before that. Abandoned ids take a few bytes each and
+///   are bounded by the requests written and not yet answered.
 ///
 /// # Errors that end the connection
 ///
 /// An answer with an id that no call waits for, a frame that cannot be
 /// delimited, a fatal `ERROR`, a close or a failed write end the
-/// connection: every waiting call fails with that error (the peer's close
-/// as [`Error::Closed`], the others as [`Error::Poisoned`] with the reason),
-/// and so does every later call.
+/// connection: every waiting call fails, and so does every later call
+/// (the peer's close as [`Error::Closed`], the others as
+/// [`Error::Poisoned`], whose [`source`](std::error::Error::source) is the
+/// error itself with its causes, e.g. the OS error of a failed read).
 pub struct Client<P: Protocol> {
     shared: Arc<Shared<P>>,
     frames: mpsc::Sender<Command>,
-    reader: JoinHandle<()>,
-    /// `None` once [`Client::close`] waited for it.
-    writer: Option<JoinHandle<()>>,
+    reader: AbortHandle,
+    writer: AbortHandle,
     peer_max_body: u32,
     call_timeout: Option<Duration>,
 }
@@ -74,15 +79,12 @@ struct Shared<P: Protocol> {
 }
 
 struct State<P: Protocol> {
-    next_id: u32,
-    /// Calls waiting for their answer, by id.
+    /// Calls waiting for their answer, by id: their frames queued or
+    /// written. Only a call still here gets its frame written.
     waiting: HashMap<RequestId, oneshot::Sender<Answer<P>>>,
-    /// Ids given up on whose answers are still due, oldest first.
-    abandoned: VecDeque<RequestId>,
-    /// Ids written and not answered yet, in write order (for `ERROR`s
-    /// without an id).
-    written: VecDeque<RequestId>,
-    discarded: u64,
+    /// Requests written and not answered yet, in write order, live or
+    /// abandoned; and the next id.
+    flight: InFlight,
     /// Set when the connection ended: why.
     ended: Option<Ended>,
 }
@@ -90,18 +92,23 @@ struct State<P: Protocol> {
 #[derive(Clone)]
 enum Ended {
     Closed,
-    Poisoned(String),
+    /// The first fatal error.
+    Poisoned(Arc<Error>),
     ClosedByUs,
+    /// An I/O task was dropped before it ended the connection: its runtime
+    /// shut down.
+    RuntimeGone,
 }
 
 impl Ended {
     fn error(&self) -> Error {
         match self {
             Ended::Closed => Error::Closed,
-            Ended::Poisoned(reason) => Error::Poisoned {
-                reason: reason.clone(),
+            Ended::Poisoned(first) => Error::Poisoned {
+                source: first.clone(),
             },
             Ended::ClosedByUs => Error::ShutDown,
+            Ended::RuntimeGone => Error::RuntimeGone,
         }
     }
 }
@@ -122,8 +129,19 @@ impl<P: Protocol> Shared<P> {
         for (_, tx) in st.waiting.drain() {
             let _ = tx.send(Err(why.error()));
         }
-        st.abandoned.clear();
-        st.written.clear();
+        st.flight.clear();
+    }
+}
+
+/// Held by each I/O task: a task dropped before the connection ended
+/// (its runtime shut down) ends it with [`Error::RuntimeGone`], so later
+/// calls say so instead of blaming the peer.
+struct EndIfDropped<P: Protocol>(Arc<Shared<P>>);
+
+impl<P: Protocol> Drop for EndIfDropped<P> {
+    fn drop(&mut self) {
+        // First reason wins: after a normal end this changes nothing.
+        self.0.end(Ended::RuntimeGone);
     }
 }
 
@@ -134,8 +152,8 @@ impl<P: Protocol> fmt::Debug for Client<P> {
             .field("protocol", &P::NAME)
             .field("peer_max_body", &self.peer_max_body)
             .field("in_flight", &st.waiting.len())
-            .field("abandoned", &st.abandoned.len())
-            .field("discarded", &st.discarded)
+            .field("abandoned", &st.flight.abandoned())
+            .field("discarded", &st.flight.discarded())
             .field("ended", &st.ended.as_ref().map(|e| e.error().to_string()))
             .finish_non_exhaustive()
     }
@@ -210,7 +228,10 @@ where
 {
     /// Exchanges `HELLO` frames on a fresh stream (within
     /// [`Timeouts::hello`]), then starts the reader and writer tasks (so it
-    /// must run within a tokio runtime). `max_body` bounds the responses we
+    /// must run within a tokio runtime). The client belongs to that
+    /// runtime: its calls may be made from anywhere, but once that runtime
+    /// shuts down, the tasks are gone and every call fails with
+    /// [`Error::RuntimeGone`]. `max_body` bounds the responses we
     /// accept. Calls time out after [`Timeouts::read`] unless
     /// [`Client::call_timeout`] says otherwise; frames are written within
     /// [`Timeouts::write`] and read within [`Timeouts::read`] once their
@@ -245,11 +266,8 @@ where
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                next_id: 1,
                 waiting: HashMap::new(),
-                abandoned: VecDeque::new(),
-                written: VecDeque::new(),
-                discarded: 0,
+                flight: InFlight::new(),
                 ended: None,
             }),
         });
@@ -259,8 +277,8 @@ where
         Ok(Self {
             shared,
             frames,
-            reader,
-            writer: Some(writer),
+            reader: reader.abort_handle(),
+            writer: writer.abort_handle(),
             peer_max_body,
             call_timeout: timeouts.read,
         })
@@ -276,9 +294,10 @@ where
         self.shared.lock().waiting.len()
     }
 
-    /// How many late answers to abandoned calls were discarded so far.
+    /// How many answers to cancelled calls (timed out or dropped) were
+    /// discarded so far.
     pub fn discarded(&self) -> u64 {
-        self.shared.lock().discarded
+        self.shared.lock().flight.discarded()
     }
 
     /// Whether the connection ended (every call fails).
@@ -293,13 +312,15 @@ where
     }
 
     /// Sends one request and waits for its answer at most `timeout`
-    /// (`None`: as long as the connection lives).
+    /// (`None`: as long as the connection lives). The time spent waiting
+    /// for room in the writer's queue (behind other calls' frames) counts.
     ///
     /// A request over the server's maximum fails with
     /// [`comm::Error::TooLargeToSend`] before anything is queued; a
     /// server's non-fatal `ERROR` about it is [`comm::Error::Remote`]; a
-    /// timeout is [`Error::Timeout`]`(`[`Step::Read`]`)` and abandons the
-    /// request. None of these end the connection.
+    /// timeout is [`Error::Timeout`]`(`[`Step::Read`]`)` and cancels the
+    /// call (its frame is not written if it was not yet; otherwise its
+    /// answer is discarded). None of these end the connection.
     pub async fn call_timeout(
         &self,
         request: &P::Request,
@@ -310,31 +331,35 @@ where
             if let Some(why) = &st.ended {
                 return Err(why.error());
             }
-            let id = fresh_id(&mut st);
+            let State {
+                waiting, flight, ..
+            } = &mut *st;
+            let id = flight.fresh_id(|id| waiting.contains_key(&id));
             let (tx, rx) = oneshot::channel();
-            st.waiting.insert(id, tx);
+            waiting.insert(id, tx);
             (id, rx)
         };
-        // From here on, a drop (cancellation) or an early return abandons
-        // (or, before the frame is queued, simply forgets) the id.
-        let mut guard = Pending {
+        // From here on, a drop (cancellation) or an early return cancels
+        // the call: its frame is not written, or its id is abandoned.
+        let guard = Pending {
             shared: &self.shared,
             id,
-            queued: false,
         };
         let mut f = Vec::new();
         // The frame is queued whole: the tail (a payload) is copied once.
         let tail = P::encode_request(id, request, self.peer_max_body, &mut f)?;
         f.reserve_exact(tail.len());
         f.extend_from_slice(tail);
-        if self.frames.send(Command::Request(id, f)).await.is_err() {
-            return Err(self.ended_error());
-        }
-        guard.queued = true;
+        let exchange = async {
+            if self.frames.send(Command::Request(id, f)).await.is_err() {
+                return Err(self.ended_error());
+            }
+            Ok(rx.await)
+        };
         let answer = match timeout {
-            None => rx.await,
-            Some(d) => match tokio::time::timeout(d, rx).await {
-                Ok(a) => a,
+            None => exchange.await?,
+            Some(d) => match tokio::time::timeout(d, exchange).await {
+                Ok(a) => a?,
                 Err(_) => return Err(Error::Timeout(Step::Read)),
             },
         };
@@ -345,20 +370,41 @@ where
         }
     }
 
-    /// Sends `GOODBYE` after the frames queued so far, shuts the stream
-    /// down and stops the tasks. Calls still waiting fail with
-    /// [`Error::ShutDown`].
-    pub async fn close(mut self) -> Result<()> {
-        let ended = self.shared.lock().ended.is_some();
-        if !ended
-            && self.frames.send(Command::Close).await.is_ok()
-            && let Some(writer) = self.writer.take()
-        {
-            let _ = writer.await;
+    /// Ends the connection; any task that shares the client (e.g. through
+    /// an `Arc`) may call it. Every call waiting, and every later one,
+    /// fails with [`Error::ShutDown`]; frames not written yet never are
+    /// (their calls failed); `GOODBYE` follows the frame being written, if
+    /// any, then the stream is shut down and the tasks stop.
+    ///
+    /// Waits until `GOODBYE` is written, within [`Timeouts::write`] for the
+    /// frame being written and again for `GOODBYE`, and fails if it could
+    /// not be. On a connection that already ended (another `shutdown`, a
+    /// fatal error, the peer's close) it only stops the tasks, and is
+    /// `Ok`.
+    pub async fn shutdown(&self) -> Result<()> {
+        let first = {
+            let mut st = self.shared.lock();
+            let first = st.ended.is_none();
+            if first {
+                st.ended = Some(Ended::ClosedByUs);
+            }
+            first
+        };
+        self.shared.end(Ended::ClosedByUs);
+        let mut r = Ok(());
+        if first {
+            let (done, written) = oneshot::channel();
+            if self.frames.send(Command::Close(done)).await.is_ok() {
+                r = written.await.unwrap_or(Ok(()));
+            }
         }
         self.reader.abort();
-        self.shared.end(Ended::ClosedByUs);
-        Ok(())
+        r
+    }
+
+    /// [`Client::shutdown`] for a client owned alone.
+    pub async fn close(self) -> Result<()> {
+        self.shutdown().await
     }
 
     fn ended_error(&self) -> Error {
@@ -372,17 +418,14 @@ where
 impl<P: Protocol> Drop for Client<P> {
     fn drop(&mut self) {
         self.reader.abort();
-        if let Some(w) = &self.writer {
-            w.abort();
-        }
+        self.writer.abort();
     }
 }
 
-/// A registered call; dropping it before [`Pending::done`] abandons the id.
+/// A registered call; dropping it before [`Pending::done`] cancels it.
 struct Pending<'a, P: Protocol> {
     shared: &'a Shared<P>,
     id: RequestId,
-    queued: bool,
 }
 
 impl<P: Protocol> Pending<'_, P> {
@@ -395,29 +438,15 @@ impl<P: Protocol> Pending<'_, P> {
 impl<P: Protocol> Drop for Pending<'_, P> {
     fn drop(&mut self) {
         let mut st = self.shared.lock();
-        if st.waiting.remove(&self.id).is_none() || !self.queued || st.ended.is_some() {
-            // Answered meanwhile, never sent, or nothing more will come.
-            return;
-        }
-        st.abandoned.push_back(self.id);
-        while st.abandoned.len() > MAX_ABANDONED {
-            let forgotten = st.abandoned.pop_front().expect("non-empty");
-            tracing::warn!(
-                "{}: forgot abandoned request {forgotten} (more than {MAX_ABANDONED} unanswered)",
-                P::NAME
-            );
+        if st.waiting.remove(&self.id).is_some() {
+            // Not waiting any more: the writer skips its frame if it was
+            // not written yet; if it was, its answer is discarded.
+            st.flight.abandon(self.id);
+        } else if st.ended.is_none() {
+            // Its answer came as it was cancelled, and was never taken.
+            st.flight.discard_live();
         }
     }
-}
-
-/// The next id not waiting and not abandoned (ids wrap after `u32::MAX`).
-fn fresh_id<P: Protocol>(st: &mut State<P>) -> RequestId {
-    let mut id = RequestId(st.next_id);
-    while st.waiting.contains_key(&id) || st.abandoned.contains(&id) {
-        id = id.next();
-    }
-    st.next_id = id.next().0;
-    id
 }
 
 async fn write_loop<P: Protocol, S: AsyncWrite>(
@@ -426,15 +455,32 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
     mut queue: mpsc::Receiver<Command>,
     write: Option<Duration>,
 ) {
+    let _end = EndIfDropped(shared.clone());
     while let Some(cmd) = queue.recv().await {
         let f = match cmd {
             Command::Request(id, f) => {
-                shared.lock().written.push_back(id);
+                let mut st = shared.lock();
+                if !st.waiting.contains_key(&id) {
+                    // Cancelled before its frame was written (or the
+                    // connection ended): the server never sees it.
+                    continue;
+                }
+                st.flight.sent(id);
                 f
             }
-            Command::Close => {
-                let _ = wr.write_all(&frame::goodbye()).await;
-                break;
+            Command::Close(done) => {
+                // `shutdown` ended the connection before it sent this.
+                let r = within(write, Step::Write, async {
+                    wr.write_all(&frame::goodbye())
+                        .await
+                        .map_err(|e| Error::io("writing GOODBYE", e))?;
+                    wr.shutdown()
+                        .await
+                        .map_err(|e| Error::io("shutting the stream down", e))
+                })
+                .await;
+                let _ = done.send(r);
+                return;
             }
         };
         let r = within(write, Step::Write, async {
@@ -444,11 +490,11 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
         })
         .await;
         if let Err(e) = r {
-            shared.end(Ended::Poisoned(e.to_string()));
+            shared.end(Ended::Poisoned(Arc::new(e)));
             return;
         }
     }
-    // Closed (or the client is gone): no more frames.
+    // The client is gone: no more frames.
     let _ = wr.shutdown().await;
 }
 
@@ -458,12 +504,13 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
     max_body: u32,
     read: Option<Duration>,
 ) {
+    let _end = EndIfDropped(shared.clone());
     let mut body = Vec::new();
     loop {
         let header = match read_frame(&mut rd, max_body, read, &mut body).await {
             Ok(Some(h)) => h,
             Ok(None) => return shared.end(Ended::Closed),
-            Err(e) => return shared.end(Ended::Poisoned(e.to_string())),
+            Err(e) => return shared.end(Ended::Poisoned(Arc::new(e))),
         };
         let (id, answer): (Option<RequestId>, Answer<P>) = match header.kind {
             FrameKind::Response => {
@@ -472,7 +519,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
             }
             FrameKind::Error => match frame::decode_body::<ProtocolError>(&body) {
                 Ok(pe) if pe.fatal => {
-                    return shared.end(Ended::Poisoned(comm::Error::Remote(pe).to_string()));
+                    return shared.end(Ended::Poisoned(Arc::new(comm::Error::Remote(pe).into())));
                 }
                 Ok(pe) => (pe.id, Err(comm::Error::Remote(pe).into())),
                 Err(e) => (None, Err(e.into())),
@@ -482,39 +529,28 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
                     expected: FrameKind::Response,
                     got,
                 };
-                return shared.end(Ended::Poisoned(e.to_string()));
+                return shared.end(Ended::Poisoned(Arc::new(e.into())));
             }
         };
         let mut st = shared.lock();
-        let id = match id {
-            Some(id) => id,
-            None => match st.written.front() {
-                Some(&oldest) => oldest,
-                None => {
-                    drop(st);
-                    return shared.end(Ended::Poisoned(
-                        "an answer without a request id while no request was in flight".into(),
-                    ));
+        // By id, or the oldest written (answers come in order).
+        match st.flight.answered(id) {
+            Ok(Answered::Live(id)) => {
+                if let Some(tx) = st.waiting.remove(&id) {
+                    // The call may be gone this instant; then the answer
+                    // is dropped.
+                    let _ = tx.send(answer);
                 }
-            },
-        };
-        if let Some(at) = st.written.iter().position(|&w| w == id) {
-            st.written.remove(at);
-        }
-        if let Some(tx) = st.waiting.remove(&id) {
-            // The call may be gone this instant; then the answer is dropped.
-            let _ = tx.send(answer);
-        } else if let Some(at) = st.abandoned.iter().position(|&a| a == id) {
-            st.abandoned.remove(at);
-            st.discarded += 1;
-            tracing::warn!(
+            }
+            Ok(Answered::Discarded(id)) => tracing::warn!(
                 "{}: discarded a late answer to abandoned request {id} ({} so far)",
                 P::NAME,
-                st.discarded
-            );
-        } else {
-            drop(st);
-            return shared.end(Ended::Poisoned(comm::Error::UnexpectedId(id).to_string()));
+                st.flight.discarded()
+            ),
+            Err(e) => {
+                drop(st);
+                return shared.end(Ended::Poisoned(Arc::new(e)));
+            }
         }
     }
 }

@@ -6,11 +6,13 @@
 //! # async fn f() -> vsock_transport::Result<()> {
 //! use vsock_transport::Timeouts;
 //! use vsock_transport::async_host::{Client, hybrid};
+//! use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
 //! use vsock_transport::comm::service::ServiceVm;
 //!
 //! // Host to guest: CONNECT to guest port 7001 through the VM's socket.
 //! let stream = hybrid::connect("/tmp/vm.vsock".as_ref(), 7001, &Timeouts::default()).await?;
-//! let client = Client::<ServiceVm>::hello(stream, 1 << 20, &Timeouts::default()).await?;
+//! // Answers up to 16 MiB (`max_body` bounds the body: payload + envelope).
+//! let client = Client::<ServiceVm>::hello(stream, DEFAULT_MAX_BODY, &Timeouts::default()).await?;
 //! # let _ = client;
 //! // Guest to host: the guest connects to host port 7000.
 //! let listener = hybrid::Listener::bind("/tmp/vm.vsock".as_ref(), 7000, Timeouts::default())?;

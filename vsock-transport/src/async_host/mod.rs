@@ -7,11 +7,44 @@
 //! v2), so an async client talks to a blocking [`crate::rpc::serve`] (or the
 //! guest firmware) and the other way round.
 //!
+//! # One client, many tasks
+//!
+//! One [`Client`] carries the calls of every task that holds it (in an
+//! `Arc`): each call gets its own request id and its own answer, whatever
+//! order the answers come in, and each may have its own timeout or be
+//! cancelled (dropped) without disturbing the others. Any holder can end
+//! the connection with [`Client::shutdown`].
+//!
+//! # `max_body` is a body size, not a payload size
+//!
+//! The `max_body` given to [`Client::hello`] bounds the `RESPONSE`
+//! *bodies* the client accepts, and a body is the payload plus its CBOR
+//! envelope: for a `Reverse` of `n` bytes, up to `n +`
+//! [`REVERSE_OVERHEAD`](crate::comm::service::REVERSE_OVERHEAD) (16)
+//! bytes (the `[id, message]` array and id, the map, the variant name, the
+//! byte string's header). With `max_body = 1 << 20`, a 1 MiB `Reverse` is
+//! answered `Response::Err(PayloadTooLarge { .. })` (the server keeps the
+//! limit we announced); ask for `(1 << 20) + REVERSE_OVERHEAD`, or
+//! [`DEFAULT_MAX_BODY`](crate::comm::frame::DEFAULT_MAX_BODY) (16 MiB + 64).
+//!
+//! # A client belongs to the runtime that ran its `hello`
+//!
+//! `hello` spawns the client's reader and writer tasks on the current tokio
+//! runtime. Calls may come from any task or thread while that runtime
+//! runs (a call's timeout uses the timer of the runtime it is made on);
+//! once that runtime shuts down the tasks are gone, and every call fails
+//! with [`Error::RuntimeGone`]. Make the client inside the runtime that
+//! will outlive its use, not in a short-lived `block_on` of its own.
+//!
+//! # Example
+//!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), vsock_transport::Error> {
+//! use std::sync::Arc;
+//!
 //! use vsock_transport::async_host::Client;
-//! use vsock_transport::comm::service::{Request, Response, ServiceVm};
+//! use vsock_transport::comm::service::{REVERSE_OVERHEAD, Request, Response, ServiceVm};
 //! use vsock_transport::rpc::{self, Handler, Then};
 //! use vsock_transport::Timeouts;
 //! use vsock_transport::host_stream::{HostStream, Peer};
@@ -33,13 +66,30 @@
 //! });
 //! ours.set_nonblocking(true).unwrap();
 //! let stream = tokio::net::UnixStream::from_std(ours).unwrap();
-//! let client = Client::<ServiceVm>::hello(stream, 1 << 20, &Timeouts::default()).await?;
-//! // Calls from several tasks share the connection; each gets its own answer.
-//! let (abc, xyz) = (Request::Reverse(b"abc".to_vec()), Request::Reverse(b"xyz".to_vec()));
-//! let (a, b) = tokio::join!(client.call(&abc), client.call(&xyz));
-//! assert_eq!(a?, Response::Reverse(b"cba".to_vec()));
-//! assert_eq!(b?, Response::Reverse(b"zyx".to_vec()));
-//! client.close().await?;
+//! // Answers up to a 1 MiB `Reverse`: the payload and its envelope.
+//! let max_body = (1 << 20) + REVERSE_OVERHEAD;
+//! let client = Client::<ServiceVm>::hello(stream, max_body, &Timeouts::default()).await?;
+//! let client = Arc::new(client);
+//!
+//! // Eight spawned tasks share the connection: 64 B to 1 MiB each.
+//! let tasks: Vec<_> = (0..8)
+//!     .map(|i| {
+//!         let client = Arc::clone(&client);
+//!         tokio::spawn(async move {
+//!             let payload: Vec<u8> = (0..1usize << (6 + 2 * i)).map(|b| b as u8).collect();
+//!             let answer = client.call(&Request::Reverse(payload.clone())).await?;
+//!             let Response::Reverse(got) = answer else { panic!("{answer:?}") };
+//!             assert!(got.iter().eq(payload.iter().rev()));
+//!             Ok::<_, vsock_transport::Error>(())
+//!         })
+//!     })
+//!     .collect();
+//! for task in tasks {
+//!     task.await.expect("the task ran")?;
+//! }
+//! // Any holder ends the connection: GOODBYE, and later calls fail.
+//! client.shutdown().await?;
+//! assert!(client.call(&Request::Info).await.is_err());
 //! server.join().unwrap()?;
 //! # Ok(())
 //! # }

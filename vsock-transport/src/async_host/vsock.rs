@@ -5,11 +5,13 @@
 //! # async fn f() -> vsock_transport::Result<()> {
 //! use vsock_transport::Timeouts;
 //! use vsock_transport::async_host::{Client, vsock};
+//! use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
 //! use vsock_transport::comm::service::ServiceVm;
 //!
 //! // The guest with CID 3, service port 7001.
 //! let stream = vsock::connect(3, 7001, &Timeouts::default()).await?;
-//! let client = Client::<ServiceVm>::hello(stream, 1 << 20, &Timeouts::default()).await?;
+//! // Answers up to 16 MiB (`max_body` bounds the body: payload + envelope).
+//! let client = Client::<ServiceVm>::hello(stream, DEFAULT_MAX_BODY, &Timeouts::default()).await?;
 //! # let _ = client;
 //! // Connections from CID 3 only, to host port 7000.
 //! let listener = vsock::Listener::bind(vsock_transport::host_vsock::CID_ANY, 7000, Some(3), Timeouts::default())?;

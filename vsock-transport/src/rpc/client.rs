@@ -2,7 +2,7 @@
 //! request id (see [`Client`]).
 
 use alloc::collections::VecDeque;
-use alloc::string::ToString;
+use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
@@ -10,13 +10,19 @@ use core::marker::PhantomData;
 use comm::frame::{self, FrameKind, ProtocolError};
 use comm::{Protocol, RequestId};
 
+use super::flight::{Answered, InFlight};
 use super::hello;
 use crate::framed::{recv_frame, send_frame};
 use crate::{Connection, Error, Result, Step};
 
 /// How many abandoned requests (timed out, answer still due) a client
-/// remembers; beyond that the oldest is forgotten, and its answer, if it
-/// ever comes, is an [`comm::Error::UnexpectedId`].
+/// used to remember; the oldest was forgotten beyond that, and its answer
+/// ended the connection. Clients now keep every abandoned id until its
+/// answer comes (it was written, so the server answers it).
+#[deprecated(
+    since = "0.1.0",
+    note = "no limit any more: a client keeps every abandoned id until its answer comes"
+)]
 pub const MAX_ABANDONED: usize = 64;
 
 /// Logs a discarded late answer: through `tracing` on the host (`std`
@@ -32,14 +38,6 @@ macro_rules! log_discard {
     }};
 }
 
-/// A request sent and not answered yet.
-#[derive(Debug, Clone, Copy)]
-struct Slot {
-    id: RequestId,
-    /// The caller gave up waiting (timeout): its answer is discarded.
-    abandoned: bool,
-}
-
 /// Client side of a connection: ids, pipelining, late-answer discard and
 /// poisoning.
 ///
@@ -53,17 +51,18 @@ struct Slot {
 ///
 /// - A [`Client::call`] whose read deadline passes before any byte of the
 ///   answer arrived fails with [`Error::Timeout`]`(`[`Step::Read`]`)`, which
-///   is not fatal: its id is remembered as *abandoned* (at most
-///   [`MAX_ABANDONED`]; the oldest is forgotten beyond that). When its
-///   answer comes later it is discarded, logged and counted
-///   ([`Client::discarded`]), never handed to another call.
-/// - An answer with an id that has no request in flight (never sent,
-///   already answered, or forgotten) is
-///   [`comm::Error::UnexpectedId`], fatal.
+///   is not fatal: its id is remembered as *abandoned* until its answer
+///   comes, however many there are (each was sent, so its answer is due;
+///   the memory is a few bytes per request sent and not answered). The
+///   answer is then discarded, logged and counted ([`Client::discarded`]),
+///   never handed to another call, and the id is not reused before it.
+/// - An answer with an id that has no request in flight (never sent, or
+///   already answered) is [`comm::Error::UnexpectedId`], fatal.
 /// - After any fatal error ([`Error::is_fatal`]: a deadline that passed
 ///   inside a frame, a close, a truncated or oversized frame, a fatal
-///   `ERROR`...) the stream may be out of step: the client is *poisoned*
-///   and every later call fails at once with [`Error::Poisoned`], without
+///   `ERROR`...) the stream may be out of step: the client is *poisoned*.
+///   The call that met the error gets it; every later call fails at once
+///   with [`Error::Poisoned`], whose source is that first error, without
 ///   touching the stream.
 ///
 /// # Pipelining
@@ -77,12 +76,11 @@ pub struct Client<C: Connection, P: Protocol> {
     max_body: u32,
     peer_max_body: u32,
     buf: Vec<u8>,
-    next_id: RequestId,
-    /// Requests in flight, in send order (abandoned ones included).
-    in_flight: VecDeque<Slot>,
-    discarded: u64,
-    /// Set by the first fatal error: what it said.
-    poisoned: Option<alloc::string::String>,
+    /// Requests sent and not answered, in send order (abandoned ones
+    /// included), and the next id.
+    flight: InFlight,
+    /// Set by the first fatal error: a copy of it.
+    poisoned: Option<Arc<Error>>,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -92,10 +90,9 @@ impl<C: Connection, P: Protocol> fmt::Debug for Client<C, P> {
             .field("protocol", &P::NAME)
             .field("max_body", &self.max_body)
             .field("peer_max_body", &self.peer_max_body)
-            .field("next_id", &self.next_id)
             .field("in_flight", &self.in_flight())
             .field("abandoned", &self.abandoned())
-            .field("discarded", &self.discarded)
+            .field("discarded", &self.discarded())
             .field("poisoned", &self.poisoned)
             .finish_non_exhaustive()
     }
@@ -117,9 +114,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
             max_body,
             peer_max_body,
             buf,
-            next_id: RequestId(1),
-            in_flight: VecDeque::new(),
-            discarded: 0,
+            flight: InFlight::new(),
             poisoned: None,
             _protocol: PhantomData,
         })
@@ -142,17 +137,17 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// Requests sent whose answers are still expected by the caller (not
     /// counting abandoned ones).
     pub fn in_flight(&self) -> usize {
-        self.in_flight.iter().filter(|s| !s.abandoned).count()
+        self.flight.live()
     }
 
     /// Requests given up on (timed out) whose answers have not come yet.
     pub fn abandoned(&self) -> usize {
-        self.in_flight.iter().filter(|s| s.abandoned).count()
+        self.flight.abandoned()
     }
 
     /// How many late answers to abandoned requests were discarded so far.
     pub fn discarded(&self) -> u64 {
-        self.discarded
+        self.flight.discarded()
     }
 
     /// Whether an earlier fatal error poisoned this client.
@@ -270,7 +265,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// poisons the client (part of the frame may have gone out).
     pub fn send_request(&mut self, request: &P::Request) -> Result<RequestId> {
         self.check_usable()?;
-        let id = self.fresh_id();
+        let id = self.flight.fresh_id(|_| false);
         self.buf.clear();
         // The frame goes out whole from `buf`, the payload copied after
         // the head. Sending head + payload from where it lies (one
@@ -283,10 +278,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         if let Err(e) = send_frame(&mut self.conn, &self.buf) {
             return Err(self.failed(e));
         }
-        self.in_flight.push_back(Slot {
-            id,
-            abandoned: false,
-        });
+        self.flight.sent(id);
         Ok(id)
     }
 
@@ -331,47 +323,23 @@ impl<C: Connection, P: Protocol> Client<C, P> {
                 ),
             };
             // By id, or the oldest in flight (answers come in order).
-            let at = match id {
-                Some(id) => match self.in_flight.iter().position(|s| s.id == id) {
-                    Some(at) => at,
-                    None => return Err(self.failed(comm::Error::UnexpectedId(id).into())),
-                },
-                None => 0,
-            };
-            let slot = self.in_flight.remove(at).expect("non-empty");
-            if slot.abandoned {
-                self.discarded += 1;
-                log_discard!(
+            match self.flight.answered(id) {
+                Ok(Answered::Live(id)) => return Ok((id, answer)),
+                Ok(Answered::Discarded(id)) => log_discard!(
                     "{}: discarded a late answer to abandoned request {} ({} so far)",
                     P::NAME,
-                    slot.id,
-                    self.discarded
-                );
-                continue;
+                    id,
+                    self.flight.discarded()
+                ),
+                Err(e) => return Err(self.failed(e)),
             }
-            return Ok((slot.id, answer));
         }
     }
 
     /// Gives up on request `id`: its answer, when it comes, is discarded.
     /// Does nothing if `id` is not in flight.
     pub fn abandon(&mut self, id: RequestId) {
-        if let Some(slot) = self.in_flight.iter_mut().find(|s| s.id == id) {
-            slot.abandoned = true;
-        }
-        while self.abandoned() > MAX_ABANDONED {
-            let at = self
-                .in_flight
-                .iter()
-                .position(|s| s.abandoned)
-                .expect("counted");
-            let slot = self.in_flight.remove(at).expect("in range");
-            log_discard!(
-                "{}: forgot abandoned request {} (more than {MAX_ABANDONED} unanswered)",
-                P::NAME,
-                slot.id
-            );
-        }
+        self.flight.abandon(id);
     }
 
     /// Sends `GOODBYE` and shuts the connection down (a poisoned client
@@ -400,8 +368,8 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     fn check_usable(&self) -> Result<()> {
         match &self.poisoned {
             None => Ok(()),
-            Some(reason) => Err(Error::Poisoned {
-                reason: reason.clone(),
+            Some(first) => Err(Error::Poisoned {
+                source: first.clone(),
             }),
         }
     }
@@ -409,19 +377,9 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// Poisons the client if `e` is fatal; returns `e`.
     fn failed(&mut self, e: Error) -> Error {
         if e.is_fatal() && self.poisoned.is_none() {
-            self.poisoned = Some(e.to_string());
+            self.poisoned = Some(Arc::new(e.duplicate()));
         }
         e
-    }
-
-    /// The next id not in flight (ids wrap after `u32::MAX`).
-    fn fresh_id(&mut self) -> RequestId {
-        let mut id = self.next_id;
-        while self.in_flight.iter().any(|s| s.id == id) {
-            id = id.next();
-        }
-        self.next_id = id.next();
-        id
     }
 }
 
@@ -516,7 +474,8 @@ mod tests {
         // Never touches the stream again.
         let e = c.call(&Request::Info).unwrap_err();
         assert!(
-            matches!(&e, Error::Poisoned { reason } if reason.contains("request id")),
+            matches!(&e, Error::Poisoned { source }
+                if matches!(**source, Error::Protocol(comm::Error::UnexpectedId(_)))),
             "{e:?}"
         );
         assert!(e.to_string().contains("reconnect"), "{e}");
@@ -535,6 +494,37 @@ mod tests {
             matches!(e, Error::Protocol(comm::Error::UnexpectedId(x)) if x == id),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn hundreds_of_abandoned_requests_are_discarded_when_answered() {
+        let (mut c, mut b) = pair();
+        // Each small write takes a socket buffer's slot: answer meanwhile.
+        let server = thread::spawn(move || {
+            for _ in 0..301 {
+                let (id, r) = read_request(&mut b);
+                let Request::Reverse(p) = r else { panic!() };
+                answer(&mut b, id, &Response::Reverse(p));
+            }
+            b
+        });
+        let abandoned: Vec<_> = (0..300u16)
+            .map(|i| c.send_request(&rev(&i.to_be_bytes())).unwrap())
+            .collect();
+        for &id in &abandoned {
+            c.abandon(id);
+        }
+        assert_eq!((c.in_flight(), c.abandoned()), (0, 300));
+        let live = c.send_request(&rev(b"live")).unwrap();
+        assert!(!abandoned.contains(&live), "no id reused while abandoned");
+        let (id, r) = c.recv_response().unwrap();
+        assert_eq!(
+            (id, r.unwrap()),
+            (live, Response::Reverse(b"live".to_vec()))
+        );
+        assert_eq!((c.discarded(), c.abandoned()), (300, 0));
+        assert!(!c.is_poisoned());
+        drop(server.join().unwrap());
     }
 
     #[test]
@@ -632,10 +622,14 @@ mod tests {
             "{e:?}"
         );
         assert!(e.is_fatal() && c.is_poisoned());
-        assert!(matches!(
-            c.send_request(&Request::Info),
-            Err(Error::Poisoned { .. })
-        ));
+        let e = c.send_request(&Request::Info).unwrap_err();
+        let Error::Poisoned { source } = &e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            matches!(**source, Error::TimeoutInFrame { got: 3, .. }),
+            "the first error is kept: {e:?}"
+        );
         c.close().unwrap();
     }
 

@@ -96,11 +96,14 @@
 //! ```
 
 mod client;
+pub(crate) mod flight;
 pub mod many;
 mod server;
 pub mod service;
 
-pub use client::{Client, MAX_ABANDONED};
+pub use client::Client;
+#[allow(deprecated)] // kept so that old code still builds
+pub use client::MAX_ABANDONED;
 pub use server::{
     Budget, CONNECTION_HEAP, Ended, Handler, InPlace, OUTPUT_HIGH_WATER, REFUSAL_ROOM,
     RESERVE_PER_BODY_BYTE, SMALL_BODY, ServeConfig, ServerConn, Then, serve,
