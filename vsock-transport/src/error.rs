@@ -55,6 +55,15 @@ pub enum Error {
     /// The peer reset the connection.
     #[error("connection reset by the peer")]
     Reset,
+    /// The server closed or reset the connection before its `HELLO`: it
+    /// is at its connection limit and could not even refuse with `busy`
+    /// (WIRE.md R-CONN-5: a burst of newcomers beyond what it can hold),
+    /// or it does not serve this protocol there. [`Error::is_refused`]
+    /// says both this and `busy`.
+    #[error(
+        "the server closed the connection before its HELLO (at its connection limit, or not serving here)"
+    )]
+    ClosedBeforeHello,
     /// Nobody listens on the port: the connection was refused.
     #[error("connection refused on port {port}")]
     Refused {
@@ -131,6 +140,19 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether the server refused the connection at its connection limit:
+    /// a fatal `ERROR` `busy` (code 7) instead of its `HELLO`, or a close
+    /// before its `HELLO` ([`Error::ClosedBeforeHello`]). Try again later.
+    pub fn is_refused(&self) -> bool {
+        match self {
+            Self::ClosedBeforeHello => true,
+            Self::Protocol(comm::Error::Remote(pe)) => {
+                pe.code == comm::frame::ProtocolErrorCode::Busy
+            }
+            _ => false,
+        }
+    }
+
     /// Whether the connection cannot be used any more after this error
     /// (the client is poisoned by it).
     ///
@@ -156,6 +178,7 @@ impl Error {
             Self::Protocol(e) => Self::Protocol(e.clone()),
             Self::Closed => Self::Closed,
             Self::Reset => Self::Reset,
+            Self::ClosedBeforeHello => Self::ClosedBeforeHello,
             Self::Refused { port } => Self::Refused { port: *port },
             Self::Timeout(step) => Self::Timeout(*step),
             Self::TimeoutInFrame { step, got } => Self::TimeoutInFrame {

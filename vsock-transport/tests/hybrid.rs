@@ -698,3 +698,27 @@ fn pipelined_requests_over_a_real_socket() {
     c.close().unwrap();
     assert_eq!(dev.join().unwrap().1.unwrap().unwrap(), Ended::Goodbye);
 }
+
+#[test]
+fn a_close_before_the_servers_hello_is_a_refusal() {
+    // What a client sees of a server at its connection limit that cannot
+    // even refuse with `busy` (WIRE.md R-CONN-5): a typed refusal, not a
+    // broken connection.
+    let (a, b) = pair();
+    drop(b);
+    let e = Client::<_, comm::service::ServiceVm>::hello(a, 1024).unwrap_err();
+    assert!(matches!(e, Error::ClosedBeforeHello), "{e:?}");
+    assert!(e.is_refused() && e.is_fatal());
+    // And `busy` itself.
+    let (a, mut b) = pair();
+    let busy = frame::encode(
+        FrameKind::Error,
+        &ProtocolError::new(ProtocolErrorCode::Busy, true, "at the limit"),
+        frame::ERROR_MAX_BODY,
+    )
+    .unwrap();
+    b.send(&busy).unwrap();
+    let e = Client::<_, comm::service::ServiceVm>::hello(a, 1024).unwrap_err();
+    assert!(e.is_refused(), "{e:?}");
+    assert!(!Error::Closed.is_refused());
+}

@@ -255,10 +255,11 @@ where
         let peer_max_body = within(timeouts.hello, Step::Hello, async {
             wr.write_all(&hello)
                 .await
-                .map_err(|e| Error::io("sending HELLO", e))?;
+                .map_err(|e| crate::rpc::closed_before_hello(Error::io("sending HELLO", e)))?;
             let header = read_frame(&mut rd, frame::HELLO_MAX_BODY, None, &mut body)
-                .await?
-                .ok_or(Error::Closed)?;
+                .await
+                .map_err(crate::rpc::closed_before_hello)?
+                .ok_or(Error::ClosedBeforeHello)?;
             frame::check_kind(header.kind, FrameKind::Hello, &body)?;
             Ok(Hello::decode_checked::<P>(&body)?.max_body)
         })

@@ -117,6 +117,24 @@ use comm::{Hello, Protocol};
 use crate::framed::{recv_frame_as, send_frame};
 use crate::{Connection, Result, Step};
 
+/// A close or reset before the server's `HELLO` is a refusal
+/// ([`crate::Error::ClosedBeforeHello`]), not a broken connection.
+pub(crate) fn closed_before_hello(e: crate::Error) -> crate::Error {
+    match e {
+        crate::Error::Closed | crate::Error::Reset => crate::Error::ClosedBeforeHello,
+        #[cfg(feature = "std")]
+        crate::Error::Io { source, .. }
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            ) =>
+        {
+            crate::Error::ClosedBeforeHello
+        }
+        e => e,
+    }
+}
+
 /// Sends our `HELLO`, reads the peer's, checks it; returns the peer's
 /// maximum body length. A [`Protocol::NAME`] no `HELLO` can carry fails
 /// first, with [`comm::Error::InvalidName`], before anything is sent.
@@ -128,8 +146,8 @@ pub(crate) fn hello<P: Protocol, C: Connection + ?Sized>(
     comm::handshake::check_name::<P>()?;
     buf.clear();
     frame::encode_into(FrameKind::Hello, &Hello::new::<P>(max_body), max_body, buf)?;
-    send_frame(conn, buf)?;
-    let header = recv_frame_as(conn, max_body, buf, Step::Hello)?;
+    send_frame(conn, buf).map_err(closed_before_hello)?;
+    let header = recv_frame_as(conn, max_body, buf, Step::Hello).map_err(closed_before_hello)?;
     frame::check_kind(header.kind, FrameKind::Hello, buf)?;
     // Name and version first, whatever the other fields hold.
     let peer = Hello::decode_checked::<P>(buf)?;
