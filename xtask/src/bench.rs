@@ -49,6 +49,13 @@ const PAIRS_PER_REP: usize = 3;
 /// Clients of the concurrency figure, and requests each sends per repetition.
 const CLIENTS: usize = 4;
 const CLIENT_REQUESTS: usize = 100;
+/// Tasks sharing one async client in the async figure.
+const ASYNC_TASKS: usize = 8;
+/// Calls per repetition of the async figure, over all tasks.
+const ASYNC_CALLS: usize = 400;
+/// Payload of the async figure's calls.
+const ASYNC_PAYLOAD: usize = 64 * 1024;
+
 /// Requests in flight on one connection in the pipelining figure.
 const WINDOW: usize = 8;
 /// Sizes of the throughput runs, and the reverses timed together as one
@@ -381,6 +388,20 @@ pub fn run(args: &[String]) -> Result<()> {
         .ratio(r, "≥ 2.00x", r >= PIPELINE_RATIO)
         .spread(&svc.serial.ratio),
     );
+    match &svc.tasks {
+        Ok(p) => {
+            let mut row = Row::new(
+                &format!(
+                    "async client, 64 KiB reverses, {ASYNC_TASKS} tasks on 1 connection (MB/s) vs 1 task"
+                ),
+                format!("{:.1}", p.a.med / 1e6),
+                format!("{:.1}", p.b.med / 1e6),
+            );
+            row.ratio = format!("{:.2}x", p.ratio.med);
+            rows.push(row.spread(&p.ratio));
+        }
+        Err(e) => notes.push(format!("async client figure not measured: {e}")),
+    }
     match &svc.clients {
         Ok((one, many)) => {
             let mut row = Row::new(
@@ -669,6 +690,9 @@ struct ServiceFigures {
     /// Total requests/s and worst latency (ms) of 1 and of [`CLIENTS`]
     /// clients at once, or why they could not be measured.
     clients: std::result::Result<(Clients, Clients), String>,
+    /// The async client: bytes/s of [`ASYNC_TASKS`] tasks sharing it
+    /// against one task, alternately.
+    tasks: std::result::Result<Pair, String>,
     heap_peak: u64,
     heap_size: u64,
     accel: host::Accel,
@@ -889,6 +913,7 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
         )),
         Some(e) => Err(e),
     };
+    let tasks = async_tasks(&uds, cfg.service_port, reps);
     if let Ok(s) = service_session(&vm, cfg.service_port) {
         let _ = s.power_off(STEP);
     }
@@ -896,6 +921,7 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
     Ok(ServiceFigures {
         serial: Pair::of(pipelined, one),
         clients,
+        tasks,
         heap_peak: heap.peak,
         heap_size: heap.size,
         accel,
@@ -1025,6 +1051,70 @@ fn measure_against_raw(base: &VmConfig, floors: &VmConfig, reps: usize) -> Resul
 /// sending [`CLIENT_REQUESTS`] 16-byte requests one at a time, all started
 /// together: the total rate (requests/s, over the time until the last
 /// client is done) and the worst latency of one request (ms).
+/// The async client on one connection: [`ASYNC_CALLS`] reverses of
+/// [`ASYNC_PAYLOAD`] bytes from [`ASYNC_TASKS`] tasks sharing it, against
+/// the same calls from one task, alternately; bytes/s each way.
+fn async_tasks(uds: &Path, port: u32, reps: usize) -> std::result::Result<Pair, String> {
+    use std::sync::Arc;
+    use vsock_transport::async_host::{self, Client};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("async client: runtime: {e}"))?;
+    rt.block_on(async {
+        let t = Timeouts::uniform(STEP);
+        let stream = async_host::hybrid::connect(uds, port, &t)
+            .await
+            .map_err(|e| format!("async client: connect: {e}"))?;
+        let client = Arc::new(
+            Client::<comm::service::ServiceVm>::hello(stream, comm::frame::DEFAULT_MAX_BODY, &t)
+                .await
+                .map_err(|e| format!("async client: HELLO: {e}"))?,
+        );
+        let run = |tasks: usize| {
+            let client = client.clone();
+            async move {
+                let start = Instant::now();
+                let mut hs = Vec::new();
+                for _ in 0..tasks {
+                    let client = client.clone();
+                    hs.push(tokio::spawn(async move {
+                        let req = comm::service::Request::Reverse(payload(ASYNC_PAYLOAD));
+                        for _ in 0..ASYNC_CALLS / tasks {
+                            match client.call(&req).await {
+                                Ok(comm::service::Response::Reverse(b))
+                                    if b.len() == ASYNC_PAYLOAD => {}
+                                other => return Err(format!("async client: {other:?}")),
+                            }
+                        }
+                        Ok(())
+                    }));
+                }
+                for h in hs {
+                    h.await.map_err(|e| e.to_string())??;
+                }
+                Ok::<f64, String>(
+                    (ASYNC_CALLS * ASYNC_PAYLOAD) as f64 / start.elapsed().as_secs_f64(),
+                )
+            }
+        };
+        run(ASYNC_TASKS).await?;
+        let (mut many, mut one) = (Vec::new(), Vec::new());
+        for i in 0..reps {
+            if i % 2 == 0 {
+                many.push(run(ASYNC_TASKS).await?);
+                one.push(run(1).await?);
+            } else {
+                one.push(run(1).await?);
+                many.push(run(ASYNC_TASKS).await?);
+            }
+        }
+        client.shutdown().await.map_err(|e| e.to_string())?;
+        Ok(Pair::of(many, one))
+    })
+}
+
 fn clients_at_once(uds: &Path, port: u32, n: usize) -> Result<(f64, f64)> {
     use vsock_transport::rpc::Client;
     let mut clients = Vec::new();
