@@ -29,9 +29,9 @@ Commands:
   build-image --guest linux    fetch Debian's cloud kernel, build the Linux test VM (kernel,
                                initramfs with the linux_service example as /init) into target/linux
   run-e2e [--arch A|all] [--machine M] [--suite S]... [FILTER]
-                               set up, build, and run the QEMU suites (e2e, faults, hostile_host,
-                               hostile_guest, cli_vm, soak at CI size; --suite picks some) against
-                               real QEMU
+                               set up, build, and run the QEMU suites (e2e, conformance, faults,
+                               hostile_host, hostile_guest, cli_vm, load, soak at CI size; --suite
+                               picks some) against real QEMU
   run-e2e --guest linux [FILTER]
                                the same suite against the Linux test VM (x86_64), then
                                vsock-transport's AF_VSOCK tests inside it (vsock_loopback)
