@@ -761,18 +761,7 @@ impl<P: Protocol> ServerConn<P> {
             self.reserved = reserved;
             match P::response_too_large(len as u64, self.peer_max) {
                 Some(r) => self.queue_response(id, &r, 0),
-                None => self.queue_error(
-                    ProtocolError::new(
-                        ProtocolErrorCode::TooLarge,
-                        false,
-                        comm::Error::TooLargeToSend {
-                            len: len as u64,
-                            max: self.peer_max,
-                        }
-                        .to_string(),
-                    )
-                    .with_id(Some(id)),
-                ),
+                None => self.queue_error(answer_too_large(id, len as u64, self.peer_max)),
             }
         } else {
             let header = Header {
@@ -806,14 +795,7 @@ impl<P: Protocol> ServerConn<P> {
                             Err(e) => self.report(&e, Some(id)),
                         }
                     }
-                    None => self.queue_error(
-                        ProtocolError::new(
-                            ProtocolErrorCode::TooLarge,
-                            false,
-                            comm::Error::TooLargeToSend { len, max }.to_string(),
-                        )
-                        .with_id(Some(id)),
-                    ),
+                    None => self.queue_error(answer_too_large(id, len, max)),
                 }
             }
             Err(e) => {
@@ -992,6 +974,21 @@ impl<P: Protocol> ServerConn<P> {
             None
         }
     }
+}
+
+/// The non-fatal `ERROR` code 2 with the request's id that answers a
+/// request whose answer would be over the client's `max_body`, for a
+/// protocol without its own answer for that (WIRE.md R-REQ-5, R-ERR-2).
+fn answer_too_large(id: RequestId, len: u64, max: u32) -> ProtocolError {
+    ProtocolError::new(
+        ProtocolErrorCode::TooLarge,
+        false,
+        alloc::format!(
+            "the answer would have a body of {len} bytes, over your max_body of {max}: \
+             not sent; the connection goes on"
+        ),
+    )
+    .with_id(Some(id))
 }
 
 impl<P: Protocol> Drop for ServerConn<P> {
