@@ -941,24 +941,37 @@ fn r_end_2_answers_after_goodbye_with_megabytes_due(p: &Peer) -> R {
     burst_without_reading(p, &[1 << 20; 4], true).map(drop)
 }
 
-/// R-CONN-7: connections closed by their client with megabytes of answers
-/// due (requests sent, nothing read) stop counting: the client then opens
-/// as many new connections as the limit allows, and each gets `HELLO`.
+/// R-CONN-7, R-FLOW-4: connections closed by their client with megabytes
+/// of answers due (8 requests of 128 KiB written from a thread, nothing
+/// read) stop counting: the client then opens as many new connections as
+/// the limit allows, and each gets `HELLO`.
 fn r_conn_7_closed_with_answers_due_stop_counting(p: &Peer) -> R {
-    for _ in 0..2 {
+    for round in 0..2 {
         let mut gone = Vec::new();
+        let mut writers = Vec::new();
         for _ in 0..p.max_conns {
-            let mut c = p.hello()?;
+            let c = p.hello()?;
             let mut batch = Vec::new();
-            for id in 1..=2 {
-                batch.extend(request_frame(p, id, &Request::Reverse(pattern(1 << 20))));
+            for id in 1..=8 {
+                batch.extend(request_frame(p, id, &Request::Reverse(pattern(128 << 10))));
             }
-            c.send(&batch)?;
+            let mut w = c.s.try_clone().map_err(|e| e.to_string())?;
+            // The write may block (a server that stops reading); the
+            // close below ends it.
+            writers.push(thread::spawn(move || {
+                let _ = w.write_all(&batch);
+            }));
             gone.push(c);
         }
         // Some of the answers are under way; the client goes away.
-        thread::sleep(Duration::from_millis(200));
+        thread::sleep(Duration::from_millis(500));
+        for c in &gone {
+            let _ = c.s.shutdown(Shutdown::Both);
+        }
         drop(gone);
+        for w in writers {
+            let _ = w.join();
+        }
         let mut fresh = Vec::new();
         for _ in 0..p.max_conns {
             let mut c = p.connect()?;
@@ -967,7 +980,7 @@ fn r_conn_7_closed_with_answers_due_stop_counting(p: &Peer) -> R {
         }
         for (i, c) in fresh.iter_mut().enumerate() {
             c.expect_hello_within(Duration::from_secs(1) + PROMPT)
-                .map_err(|e| format!("new connection {i} after the closes: {e}"))?;
+                .map_err(|e| format!("round {round}: new connection {i} after the closes: {e}"))?;
         }
         for (i, mut c) in fresh.into_iter().enumerate() {
             c.expect_usable(i as u32)?;
