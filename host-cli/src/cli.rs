@@ -147,6 +147,8 @@ Examples:
         file: Option<PathBuf>,
         /// Write the reversed bytes here, as they are (`-`: standard
         /// output) [default: standard output; a newline after TEXT's result].
+        /// A file is replaced only once the result is complete (through a
+        /// temporary file beside it); a failure leaves what was there.
         #[arg(long, short, value_name = "PATH")]
         output: Option<PathBuf>,
     },

@@ -141,11 +141,12 @@ fn run(cli: &Cli) -> Result<()> {
     }
     // Open the input before booting or connecting: an unreadable file
     // fails with nothing started.
-    let input = match &cli.command {
-        Cmd::Reverse { text, file, .. } => {
-            Some(payload::Input::open(text.as_deref(), file.as_deref())?)
-        }
-        _ => None,
+    let (input, output) = match &cli.command {
+        Cmd::Reverse { text, file, output } => (
+            Some(payload::Input::open(text.as_deref(), file.as_deref())?),
+            Some(payload::Output::open(output.as_deref())?),
+        ),
+        _ => (None, None),
     };
     let attach = if let Some(name) = &cli.vm {
         vms::attach(name)?
@@ -171,13 +172,14 @@ fn run(cli: &Cli) -> Result<()> {
 
     let mut session = Session::open(&config).context("could not reach the guest")?;
     match &cli.command {
-        Cmd::Reverse { output, .. } => {
+        Cmd::Reverse { .. } => {
             let input = input.context("no input")?;
+            let output = output.context("no output")?;
             let limit = payload::limit(session.peer_max_body(), config.max_body);
             let data = input.read(limit)?;
             let text = input.is_text();
             let result = payload::with_progress(data.len(), || session.reverse(data))?;
-            payload::write_result(&result, output.as_deref(), text, cli.json)?;
+            payload::write_result(&result, output, text, cli.json)?;
         }
         Cmd::Info => {
             let info = session.info()?;
