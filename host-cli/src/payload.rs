@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use comm::service::REVERSE_OVERHEAD;
 
+use crate::stdout;
+
 /// Payloads from this size on get a progress line (on a terminal).
 const PROGRESS_FROM: usize = 1 << 20;
 
@@ -281,38 +283,41 @@ impl OutputFile {
 
 /// Writes the reversed bytes to `output`. TEXT's result gets a newline on
 /// standard output; with `json`, standard output gets a JSON summary instead
-/// (and the bytes go to `output`, if given).
+/// (and the bytes go to `output`, if given): see [`json_summary`].
 pub fn write_result(result: &[u8], output: Output, text: bool, json: bool) -> Result<()> {
-    let (explicit_stdout, file) = match output {
-        Output::Stdout { explicit } => (explicit, None),
-        Output::File(f) => (false, Some(f)),
-    };
-    let mut summary = None;
-    if let Some(f) = file {
-        summary = Some(f.path.display().to_string());
-        f.write(result)?;
-    }
-    let mut out = std::io::stdout().lock();
-    let stdout = |e: std::io::Error| anyhow::Error::new(e).context("writing standard output");
-    if json {
-        let mut v = serde_json::json!({ "bytes": result.len() });
-        match summary {
-            Some(p) => v["output"] = p.into(),
-            None if explicit_stdout => {
-                // `--output -` with --json: the bytes, then no summary.
-                out.write_all(result).map_err(stdout)?;
-                return out.flush().map_err(stdout);
+    match output {
+        Output::File(f) => {
+            let path = f.path.display().to_string();
+            f.write(result)?;
+            if json {
+                stdout::println(serde_json::json!({ "bytes": result.len(), "output": path }))?;
             }
-            None => v["result"] = String::from_utf8_lossy(result).into_owned().into(),
+            Ok(())
         }
-        writeln!(out, "{v}").map_err(stdout)?;
-    } else if summary.is_none() {
-        out.write_all(result).map_err(stdout)?;
-        if text && !explicit_stdout {
-            writeln!(out).map_err(stdout)?;
+        // `--output -`: the bytes as they are, even with --json.
+        Output::Stdout { explicit: true } => stdout::write_bytes(result),
+        Output::Stdout { explicit: false } if json => stdout::println(json_summary(result)),
+        Output::Stdout { explicit: false } if text => {
+            let mut line = result.to_vec();
+            line.push(b'\n');
+            stdout::write_bytes(&line)
         }
+        Output::Stdout { explicit: false } => stdout::write_bytes(result),
     }
-    out.flush().map_err(stdout)
+}
+
+/// `--json reverse`'s summary of a result on standard output: `bytes`, and
+/// `result` (the text) if the bytes are UTF-8, else `result_base64` (the
+/// bytes in standard base64, RFC 4648 section 4): never a lossy string.
+pub fn json_summary(result: &[u8]) -> serde_json::Value {
+    use base64::Engine;
+    match std::str::from_utf8(result) {
+        Ok(text) => serde_json::json!({ "bytes": result.len(), "result": text }),
+        Err(_) => serde_json::json!({
+            "bytes": result.len(),
+            "result_base64": base64::engine::general_purpose::STANDARD.encode(result),
+        }),
+    }
 }
 
 #[cfg(test)]
@@ -420,6 +425,18 @@ mod tests {
                 .unwrap()
                 .file_type()
                 .is_fifo()
+        );
+    }
+
+    #[test]
+    fn json_results_are_never_lossy() {
+        assert_eq!(
+            json_summary("cbä".as_bytes()),
+            serde_json::json!({"bytes": 4, "result": "cbä"})
+        );
+        assert_eq!(
+            json_summary(&[0xff, 0x00, b'a']),
+            serde_json::json!({"bytes": 3, "result_base64": "/wBh"})
         );
     }
 

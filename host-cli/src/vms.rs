@@ -1,7 +1,7 @@
 //! Started VMs: `start`, `list`, `stop`, `prune`, and `--vm NAME`
 //! ([`host::registry`] keeps track of them).
 
-use std::io::Write;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use host::{Attach, Session, SessionConfig, machine};
 use vsock_transport::Timeouts;
 use vsock_transport::rpc::Client;
 
-use crate::{Cli, vm_config};
+use crate::{Cli, stdout, vm_config};
 
 /// The registry directory of the VM being started, which Ctrl-C (or
 /// `SIGTERM`, `SIGHUP`) removes along with the VM; `None` once the VM is
@@ -105,13 +105,15 @@ pub fn start(
     let r = &entry.record;
     let uds = r.uds_path.clone().unwrap_or_default();
     if cli.json {
-        println!("{}", json(&entry));
+        stdout::println(json(&entry))
     } else {
-        println!("name:   {}", r.name);
-        println!("socket: {}", uds.display());
-        println!("cid:    {}", r.cid);
+        stdout::print(&format!(
+            "name:   {}\nsocket: {}\ncid:    {}\n",
+            r.name,
+            uds.display(),
+            r.cid
+        ))
     }
-    Ok(())
 }
 
 fn json(e: &Entry) -> serde_json::Value {
@@ -147,21 +149,20 @@ fn uptime(secs: u64) -> String {
 /// `host-cli list`.
 pub fn list(cli: &Cli) -> Result<()> {
     let entries = Registry::open_default()?.entries()?;
-    let mut out = std::io::stdout().lock();
     if cli.json {
         let v: Vec<_> = entries.iter().map(json).collect();
-        writeln!(out, "{}", serde_json::Value::Array(v))?;
-        return Ok(out.flush()?);
+        return stdout::println(serde_json::Value::Array(v));
     }
-    writeln!(
+    let mut out = String::new();
+    let _ = writeln!(
         out,
         "{:<16} {:<8} {:>4} {:>8} {:>8} {:>7} {:<8} {:<8} IMAGE",
         "NAME", "STATE", "CID", "QEMU", "DAEMON", "UPTIME", "ARCH", "MACHINE"
-    )?;
+    );
     for e in &entries {
         let r = &e.record;
         let pid = |p: Option<host::registry::ProcId>| p.map_or("-".into(), |p| p.pid.to_string());
-        writeln!(
+        let _ = writeln!(
             out,
             "{:<16} {:<8} {:>4} {:>8} {:>8} {:>7} {:<8} {:<8} {}",
             r.name,
@@ -173,9 +174,9 @@ pub fn list(cli: &Cli) -> Result<()> {
             r.arch,
             r.machine,
             r.image.display()
-        )?;
+        );
     }
-    Ok(out.flush()?)
+    stdout::print(&out)
 }
 
 /// Asks the VM of `r` to power off.
@@ -201,14 +202,10 @@ pub fn stop(cli: &Cli, name: &str, timeout: Duration) -> Result<()> {
         _ => "was dead; removed",
     };
     if cli.json {
-        println!(
-            "{}",
-            serde_json::json!({"name": name, "stopped": true, "how": how})
-        );
+        stdout::println(serde_json::json!({"name": name, "stopped": true, "how": how}))
     } else {
-        println!("{name}: {how}");
+        stdout::println(format!("{name}: {how}"))
     }
-    Ok(())
 }
 
 /// `host-cli prune`.
@@ -222,13 +219,14 @@ pub fn prune(cli: &Cli) -> Result<()> {
         }
     }
     if cli.json {
-        println!("{}", serde_json::json!({ "removed": removed }));
+        stdout::println(serde_json::json!({ "removed": removed }))
     } else {
-        for n in &removed {
-            println!("{n}: was dead; removed");
-        }
+        let lines: String = removed
+            .iter()
+            .map(|n| format!("{n}: was dead; removed\n"))
+            .collect();
+        stdout::print(&lines)
     }
-    Ok(())
 }
 
 /// Where `--vm NAME` connects: the VM's hybrid socket, if it runs.
