@@ -197,6 +197,10 @@ impl Vm {
     /// Launches the daemon and QEMU with `config`'s image and returns once
     /// QEMU runs. Wait for the guest with [`Vm::wait_for_guest`].
     pub fn launch(config: &VmConfig) -> Result<Self> {
+        match &config.runtime_parent {
+            Some(p) => runtime::check_runtime_parent(p, "XDG_RUNTIME_DIR (or TMPDIR without it)")?,
+            None => runtime::check_runtime_parent(&std::env::temp_dir(), "TMPDIR")?,
+        }
         match &config.initrd {
             None => check_image(&config.image, config.arch)?,
             Some(initrd) => {
