@@ -124,8 +124,8 @@ fn json(e: &Entry) -> serde_json::Value {
         "cid": r.cid,
         "socket": r.uds_path,
         "port": r.port,
-        "qemu_pid": r.qemu.map(|p| p.pid),
-        "daemon_pid": r.daemon.map(|p| p.pid),
+        "qemu_pid": e.qemu().map(|p| p.pid),
+        "daemon_pid": e.daemon().map(|p| p.pid),
         "uptime_secs": e.uptime(),
         "image": r.image,
         "arch": r.arch,
@@ -134,6 +134,7 @@ fn json(e: &Entry) -> serde_json::Value {
         "max_body": r.max_body,
         "serial_log": r.serial_log,
         "dir": e.dir,
+        "why_not_running": e.why_not_running(),
     })
 }
 
@@ -168,8 +169,8 @@ pub fn list(cli: &Cli) -> Result<()> {
             r.name,
             e.state().name(),
             r.cid,
-            pid(r.qemu),
-            pid(r.daemon),
+            pid(e.qemu()),
+            pid(e.daemon()),
             uptime(e.uptime()),
             r.arch,
             r.machine,
@@ -197,9 +198,13 @@ pub fn stop(cli: &Cli, name: &str, timeout: Duration) -> Result<()> {
     let was = entry.state();
     let clean = registry.stop(&entry, timeout, |r| power_off(r, timeout))?;
     let how = match (was, clean) {
-        (State::Running, true) => "powered off",
-        (State::Running, false) => "killed (it did not power off in time)",
-        _ => "was dead; removed",
+        (State::Running, true) => "powered off".to_string(),
+        (State::Running, false) => "killed (it did not power off in time)".to_string(),
+        (State::Orphaned | State::Damaged, _) => format!(
+            "{}; stopped what was left of it and removed it",
+            entry.why_not_running().unwrap_or_default()
+        ),
+        _ => "was dead; removed".to_string(),
     };
     if cli.json {
         stdout::println(serde_json::json!({"name": name, "stopped": true, "how": how}))
@@ -210,14 +215,7 @@ pub fn stop(cli: &Cli, name: &str, timeout: Duration) -> Result<()> {
 
 /// `host-cli prune`.
 pub fn prune(cli: &Cli) -> Result<()> {
-    let registry = Registry::open_default()?;
-    let mut removed = Vec::new();
-    for e in registry.entries()? {
-        if e.state() == State::Dead {
-            registry.stop(&e, Duration::ZERO, |_| Ok(()))?;
-            removed.push(e.record.name);
-        }
-    }
+    let removed = Registry::open_default()?.prune()?;
     if cli.json {
         stdout::println(serde_json::json!({ "removed": removed }))
     } else {
@@ -235,9 +233,11 @@ pub fn attach(name: &str) -> Result<Attach> {
     match entry.state() {
         State::Running => {}
         State::Starting => bail!("VM {name:?} is still starting"),
-        State::Dead => {
-            bail!("VM {name:?} is dead (its QEMU is gone); `host-cli stop {name}` removes it")
-        }
+        State::Dead | State::Orphaned | State::Damaged => bail!(
+            "VM {name:?} is {} ({}); `host-cli stop {name}` removes it",
+            entry.state().name(),
+            entry.why_not_running().unwrap_or_default()
+        ),
     }
     let uds_path = entry
         .record

@@ -81,3 +81,64 @@ fn a_closed_pipe_is_one_line_with_context() {
         one_line_error(&out, &["writing standard output", "Broken pipe"]);
     }
 }
+
+#[test]
+fn a_relative_or_shared_xdg_runtime_dir_is_refused() {
+    let cwd = tempfile::tempdir().unwrap();
+    let out = host_cli(std::path::Path::new("rel/run"))
+        .current_dir(cwd.path())
+        .arg("list")
+        .output()
+        .unwrap();
+    one_line_error(&out, &["XDG_RUNTIME_DIR rel/run", "not an absolute path"]);
+    assert!(
+        !cwd.path().join("rel").exists(),
+        "created under the current directory"
+    );
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    for cmd in ["list", "prune"] {
+        let out = host_cli(shared.path()).arg(cmd).output().unwrap();
+        one_line_error(&out, &["XDG_RUNTIME_DIR", "writable by nobody else"]);
+    }
+    assert!(!shared.path().join("svmc").exists());
+}
+
+#[test]
+fn a_comma_in_the_runtime_path_is_refused_before_anything_starts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let comma = tmp.path().join("a,socket=x");
+    std::fs::create_dir(&comma).unwrap();
+    // `reverse` launches in $TMPDIR; `start` in the registry under
+    // $XDG_RUNTIME_DIR.
+    let xdg = tempfile::tempdir().unwrap();
+    let out = host_cli(xdg.path())
+        .env("TMPDIR", &comma)
+        .args(["--image", "/nonexistent", "reverse", "abc"])
+        .output()
+        .unwrap();
+    one_line_error(
+        &out,
+        &["a,socket=x", "cannot take a path with ','", "TMPDIR"],
+    );
+    let out = host_cli(&comma)
+        .args(["--image", "/nonexistent", "start", "--name", "c"])
+        .output()
+        .unwrap();
+    one_line_error(&out, &["a,socket=x", "cannot take a path with ','"]);
+    let left: Vec<_> = std::fs::read_dir(comma.join("svmc/vms"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".lock")
+        .collect();
+    assert!(left.is_empty(), "left in the registry: {left:?}");
+    let left: Vec<_> = std::fs::read_dir(&comma)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["svmc"], "runtime directories left");
+}
