@@ -193,17 +193,20 @@ Examples:
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
     },
-    /// List the started VMs: name, state (running, dead), CID, pids,
-    /// uptime, architecture, machine and image.
+    /// List the started VMs: name, state (starting, running, orphaned: its
+    /// start was interrupted; damaged: its record cannot be read; dead),
+    /// CID, pids, uptime, architecture, machine and image.
     List,
     /// Stop a started VM: a power-off request, a kill after --timeout, and
-    /// its runtime directory removed. A dead VM's entry is removed.
+    /// its runtime directory removed. Of a dead, orphaned or damaged VM,
+    /// what still runs is killed and the entry removed.
     Stop {
         /// The VM's name (`host-cli list`).
         name: String,
     },
-    /// Remove the entries of started VMs that are dead (QEMU gone, or from
-    /// before a reboot), killing what is left of them.
+    /// Remove the entries of started VMs that are dead (QEMU or daemon
+    /// gone, or from before a reboot) or orphaned (start interrupted), and
+    /// damaged ones with nothing running, killing what is left of them.
     Prune,
 }
 
