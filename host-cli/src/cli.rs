@@ -107,9 +107,10 @@ pub struct Cli {
     #[arg(long, global = true, default_value = "30", value_name = "SECS", value_parser = secs)]
     pub timeout: Duration,
 
-    /// Timeout in seconds for a launched guest to connect. A guest that has
-    /// not connected after 3 s is relaunched (at most 3 attempts) while this
-    /// allows: the device daemon rarely loses the guest's first packet.
+    /// Timeout in seconds for a launched guest to connect. A slow boot (a
+    /// busy host) is waited for; only a boot that is stuck (QEMU used 3 s of
+    /// CPU time with no new serial output and no connection) is relaunched,
+    /// at most 3 attempts while this allows.
     #[arg(long, global = true, default_value = "30", value_name = "SECS", value_parser = secs)]
     pub boot_timeout: Duration,
 

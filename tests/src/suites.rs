@@ -173,6 +173,13 @@ pub const SOAK_POOL_REQUESTS: SoakSize = SoakSize {
     full: 200,
 };
 
+/// VMs booting at once while other threads keep every core busy.
+pub const SOAK_LOAD_VMS: SoakSize = SoakSize {
+    var: "SVMC_SOAK_LOAD_VMS",
+    ci: 16,
+    full: 16,
+};
+
 /// Every soak size.
 pub const SOAK: &[SoakSize] = &[
     SOAK_CYCLES,
@@ -181,6 +188,7 @@ pub const SOAK: &[SoakSize] = &[
     SOAK_VM_REQUESTS,
     SOAK_POOL_VMS,
     SOAK_POOL_REQUESTS,
+    SOAK_LOAD_VMS,
 ];
 
 impl SoakSize {
