@@ -591,14 +591,16 @@ fn kill_9_during_start_leaves_nothing_unseen(t: &CliVm) -> R {
                 t.fails(&["--vm", "k9", "info"], &["k9", "orphaned", "interrupted"])?;
             }
             let out = t.ok(&["prune"])?;
-            ensure(t.vm_dirs().is_empty() || !out.contains("k9"), || {
-                format!("{label}: prune: {out:?}")
-            })?;
-            if !t.vm_dirs().is_empty() {
-                // Still starting when listed (not possible after kill -9).
-                return Err(format!("{label}: left {:?}, list {listed}", t.vm_dirs()));
-            }
-            Ok(())
+            println!(
+                "    {label}: {} processes left, listed as {}, pruned: {}",
+                running.len(),
+                listed[0]["state"],
+                out.contains("k9")
+            );
+            // `checked` then looks for processes and entries left.
+            ensure(t.vm_dirs().is_empty(), || {
+                format!("{label}: left {:?} after prune: {out:?}", t.vm_dirs())
+            })
         })?;
     }
     Ok(())
