@@ -413,6 +413,27 @@ mod tests {
         assert_eq!(entries(dir.path()), ["sleeper"]);
     }
 
+    /// Needs a user other than root (root may write any file): run the
+    /// test binary as `nobody` (`setpriv --reuid=nobody ...`); as root it
+    /// checks only that the file is untouched.
+    #[test]
+    fn a_read_only_file_is_refused_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("ro");
+        std::fs::write(&p, b"keep").unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let r = Output::open(Some(&p));
+        if !nix::unistd::getuid().is_root() {
+            let err = format!("{:#}", r.err().unwrap());
+            assert!(err.contains("ro") && err.contains("denied"), "{err}");
+        } else {
+            drop(r);
+        }
+        assert_eq!(std::fs::read(&p).unwrap(), b"keep");
+        assert_eq!(entries(dir.path()), ["ro"]);
+    }
+
     #[test]
     fn a_fifo_without_a_reader_fails_and_stays() {
         let dir = tempfile::tempdir().unwrap();
