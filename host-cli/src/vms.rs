@@ -116,17 +116,27 @@ pub fn start(
     }
 }
 
+/// The CID and uptime of `e`, unless its record is damaged (then they are
+/// unknown, not 0 and 1970).
+fn cid_uptime(e: &Entry) -> (Option<u32>, Option<u64>) {
+    match e.damage {
+        None => (Some(e.record.cid), Some(e.uptime())),
+        Some(_) => (None, None),
+    }
+}
+
 fn json(e: &Entry) -> serde_json::Value {
     let r = &e.record;
+    let (cid, uptime_secs) = cid_uptime(e);
     serde_json::json!({
         "name": r.name,
         "state": e.state().name(),
-        "cid": r.cid,
+        "cid": cid,
         "socket": r.uds_path,
         "port": r.port,
         "qemu_pid": e.qemu().map(|p| p.pid),
         "daemon_pid": e.daemon().map(|p| p.pid),
-        "uptime_secs": e.uptime(),
+        "uptime_secs": uptime_secs,
         "image": r.image,
         "arch": r.arch,
         "machine": r.machine,
@@ -163,15 +173,16 @@ pub fn list(cli: &Cli) -> Result<()> {
     for e in &entries {
         let r = &e.record;
         let pid = |p: Option<host::registry::ProcId>| p.map_or("-".into(), |p| p.pid.to_string());
+        let (cid, up) = cid_uptime(e);
         let _ = writeln!(
             out,
             "{:<16} {:<8} {:>4} {:>8} {:>8} {:>7} {:<8} {:<8} {}",
             r.name,
             e.state().name(),
-            r.cid,
+            cid.map_or("-".into(), |c| c.to_string()),
             pid(e.qemu()),
             pid(e.daemon()),
-            uptime(e.uptime()),
+            up.map_or("-".into(), uptime),
             r.arch,
             r.machine,
             r.image.display()
