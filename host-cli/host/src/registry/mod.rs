@@ -770,7 +770,10 @@ mod tests {
             ),
         };
         Command::new("sh")
-            .args(["-c", "while :; do sleep 1; done", "sh", flag, &opts])
+            .args(["-c", "read x", "sh", flag, &opts])
+            // `read` waits on a pipe that the Child keeps open: no fork,
+            // so no second process with these arguments.
+            .stdin(std::process::Stdio::piped())
             .spawn()
             .unwrap()
     }

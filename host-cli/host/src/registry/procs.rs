@@ -243,7 +243,10 @@ mod tests {
         // the words after its script's own arguments).
         let spawn = |a: &str, b: String| {
             std::process::Command::new("sh")
-                .args(["-c", "while :; do sleep 1; done", "sh", a, &b])
+                .args(["-c", "read x", "sh", a, &b])
+                // `read` waits on a pipe that the Child keeps open: no
+                // fork, so no second process with these arguments.
+                .stdin(std::process::Stdio::piped())
                 .spawn()
                 .unwrap()
         };
