@@ -105,6 +105,12 @@ fn run_suites(target: &Target, names: &[&str], size: Size, filter: Option<&str>)
         Qemu::System => {}
         Qemu::Backports => {
             let qemu = crate::setup::backports_qemu(arch);
+            if !qemu.is_file() {
+                return Err(format!(
+                    "{} is missing: `cargo xtask setup` unpacks QEMU 10.0 (it needs the network)",
+                    qemu.display()
+                ));
+            }
             eprintln!("xtask: with {}", qemu.display());
             cmd.env(host::env::QEMU, qemu);
         }

@@ -38,7 +38,11 @@ pub fn setup() -> Result<()> {
     qemu()?;
     daemon()?;
     cddl()?;
-    qemu_backports()?;
+    // Only the matrix's QEMU 10.0 legs need it: without the network the
+    // rest (demo, the 7.2 legs) still runs, and those legs fail saying why.
+    if let Err(e) = qemu_backports() {
+        eprintln!("xtask: warning: QEMU 10.0 is not unpacked: {e}");
+    }
     Ok(())
 }
 
