@@ -3,6 +3,7 @@
 //! same definition ([`command`]).
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use host::{Accel, Arch, Guest};
@@ -20,6 +21,25 @@ Examples:
   host-cli stop svc                         power it off and remove its runtime directory
   host-cli prune                            remove the entries of VMs that died
   host-cli --attach-uds /run/vm.vsock info  a VM that something else runs (hybrid vsock)";
+
+/// The longest `--timeout` and `--boot-timeout`, in seconds (a week): larger
+/// values are refused rather than overflowing a deadline.
+pub const MAX_TIMEOUT_SECS: u64 = 7 * 24 * 3600;
+
+/// Parses a number of seconds for `--timeout` and `--boot-timeout`: more
+/// than 0, at most [`MAX_TIMEOUT_SECS`], fractions allowed.
+pub fn secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(v > 0.0 && v <= MAX_TIMEOUT_SECS as f64) {
+        return Err(format!(
+            "{s} is out of range: give more than 0 and at most {MAX_TIMEOUT_SECS} seconds (a week)"
+        ));
+    }
+    Ok(Duration::from_secs_f64(v))
+}
 
 /// The clap command (for completions and the man page).
 pub fn command() -> clap::Command {
@@ -84,16 +104,19 @@ pub struct Cli {
 
     /// Timeout in seconds for each step after boot (connect, handshake,
     /// each request, power-off).
-    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
-    pub timeout: f64,
+    #[arg(long, global = true, default_value = "30", value_name = "SECS", value_parser = secs)]
+    pub timeout: Duration,
 
-    /// Timeout in seconds for a launched guest to connect. A guest that has
-    /// not connected after 3 s is relaunched (at most 3 attempts) while this
-    /// allows: the device daemon rarely loses the guest's first packet.
-    #[arg(long, global = true, default_value_t = 30.0, value_name = "SECS")]
-    pub boot_timeout: f64,
+    /// Timeout in seconds for a launched guest to connect. A slow boot (a
+    /// busy host) is waited for; only a boot that is stuck (QEMU used 3 s of
+    /// CPU time with no new serial output and no connection) is relaunched,
+    /// at most 3 attempts while this allows.
+    #[arg(long, global = true, default_value = "30", value_name = "SECS", value_parser = secs)]
+    pub boot_timeout: Duration,
 
-    /// Print results as JSON.
+    /// Print results as JSON. `reverse` prints `bytes` and `result` (the
+    /// text) if the result is UTF-8, else `result_base64` (RFC 4648
+    /// base64), or `output` with --output PATH.
     #[arg(long, global = true)]
     pub json: bool,
 
@@ -147,6 +170,8 @@ Examples:
         file: Option<PathBuf>,
         /// Write the reversed bytes here, as they are (`-`: standard
         /// output) [default: standard output; a newline after TEXT's result].
+        /// A file is replaced only once the result is complete (through a
+        /// temporary file beside it); a failure leaves what was there.
         #[arg(long, short, value_name = "PATH")]
         output: Option<PathBuf>,
     },
@@ -169,17 +194,20 @@ Examples:
         #[arg(long, value_name = "NAME")]
         name: Option<String>,
     },
-    /// List the started VMs: name, state (running, dead), CID, pids,
-    /// uptime, architecture, machine and image.
+    /// List the started VMs: name, state (starting, running, orphaned: its
+    /// start was interrupted; damaged: its record cannot be read; dead),
+    /// CID, pids, uptime, architecture, machine and image.
     List,
     /// Stop a started VM: a power-off request, a kill after --timeout, and
-    /// its runtime directory removed. A dead VM's entry is removed.
+    /// its runtime directory removed. Of a dead, orphaned or damaged VM,
+    /// what still runs is killed and the entry removed.
     Stop {
         /// The VM's name (`host-cli list`).
         name: String,
     },
-    /// Remove the entries of started VMs that are dead (QEMU gone, or from
-    /// before a reboot), killing what is left of them.
+    /// Remove the entries of started VMs that are dead (QEMU or daemon
+    /// gone, or from before a reboot) or orphaned (start interrupted), and
+    /// damaged ones with nothing running, killing what is left of them.
     Prune,
 }
 
@@ -205,5 +233,27 @@ mod tests {
         assert!(Cli::try_parse_from(["host-cli", "reverse"]).is_err());
         let cli = Cli::try_parse_from(["host-cli", "start", "--name", "svc", "--json"]).unwrap();
         assert!(cli.json && matches!(cli.command, Cmd::Start { name: Some(ref n) } if n == "svc"));
+    }
+
+    #[test]
+    fn timeouts_are_bounded_numbers_of_seconds() {
+        let cli = Cli::try_parse_from(["host-cli", "--timeout", "0.5", "list"]).unwrap();
+        assert_eq!(cli.timeout, Duration::from_millis(500));
+        assert_eq!(cli.boot_timeout, Duration::from_secs(30));
+        let week = MAX_TIMEOUT_SECS.to_string();
+        let cli = Cli::try_parse_from(["host-cli", "--boot-timeout", &week, "list"]).unwrap();
+        assert_eq!(cli.boot_timeout, Duration::from_secs(MAX_TIMEOUT_SECS));
+        for bad in ["1e19", "1e300", "inf", "NaN", "0", "-1", "abc", "604801"] {
+            for flag in ["--timeout", "--boot-timeout"] {
+                let arg = format!("{flag}={bad}");
+                let err = Cli::try_parse_from(["host-cli", &arg, "list"])
+                    .unwrap_err()
+                    .to_string();
+                assert!(
+                    err.contains(flag) && err.contains(bad),
+                    "{flag} {bad}: {err}"
+                );
+            }
+        }
     }
 }

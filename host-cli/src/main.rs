@@ -8,12 +8,11 @@
 //! test firmware, `--append svmc.hostile=trickle`.
 
 mod payload;
+mod stdout;
 mod vms;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
@@ -67,20 +66,6 @@ fn one_line(e: &anyhow::Error) -> String {
     msg.replace('\n', " ")
 }
 
-/// `--timeout` and `--boot-timeout`, checked.
-fn timeouts(cli: &Cli) -> Result<(Duration, Duration)> {
-    if !(cli.timeout.is_finite() && cli.timeout > 0.0) {
-        bail!("--timeout must be a positive number of seconds");
-    }
-    if !(cli.boot_timeout.is_finite() && cli.boot_timeout > 0.0) {
-        bail!("--boot-timeout must be a positive number of seconds");
-    }
-    Ok((
-        Duration::from_secs_f64(cli.timeout),
-        Duration::from_secs_f64(cli.boot_timeout),
-    ))
-}
-
 /// The VM that the command line describes (image, architecture, machine...).
 fn vm_config(cli: &Cli) -> Result<VmConfig> {
     let mut vm = match cli.guest {
@@ -124,7 +109,7 @@ fn vm_config(cli: &Cli) -> Result<VmConfig> {
 }
 
 fn run(cli: &Cli) -> Result<()> {
-    let (timeout, boot_timeout) = timeouts(cli)?;
+    let (timeout, boot_timeout) = (cli.timeout, cli.boot_timeout);
     let attaching = cli.vm.is_some() || cli.attach_uds.is_some() || cli.attach_cid.is_some();
     match &cli.command {
         Cmd::Start { .. } | Cmd::List | Cmd::Stop { .. } | Cmd::Prune if attaching => {
@@ -141,11 +126,12 @@ fn run(cli: &Cli) -> Result<()> {
     }
     // Open the input before booting or connecting: an unreadable file
     // fails with nothing started.
-    let input = match &cli.command {
-        Cmd::Reverse { text, file, .. } => {
-            Some(payload::Input::open(text.as_deref(), file.as_deref())?)
-        }
-        _ => None,
+    let (input, output) = match &cli.command {
+        Cmd::Reverse { text, file, output } => (
+            Some(payload::Input::open(text.as_deref(), file.as_deref())?),
+            Some(payload::Output::open(output.as_deref())?),
+        ),
+        _ => (None, None),
     };
     let attach = if let Some(name) = &cli.vm {
         vms::attach(name)?
@@ -171,44 +157,46 @@ fn run(cli: &Cli) -> Result<()> {
 
     let mut session = Session::open(&config).context("could not reach the guest")?;
     match &cli.command {
-        Cmd::Reverse { output, .. } => {
+        Cmd::Reverse { .. } => {
             let input = input.context("no input")?;
+            let output = output.context("no output")?;
             let limit = payload::limit(session.peer_max_body(), config.max_body);
             let data = input.read(limit)?;
             let text = input.is_text();
             let result = payload::with_progress(data.len(), || session.reverse(data))?;
-            payload::write_result(&result, output.as_deref(), text, cli.json)?;
+            payload::write_result(&result, output, text, cli.json)?;
         }
         Cmd::Info => {
             let info = session.info()?;
-            let mut out = std::io::stdout().lock();
             if cli.json {
-                writeln!(out, "{}", serde_json::to_string(&info)?)?;
+                stdout::println(serde_json::to_string(&info)?)?;
             } else {
-                writeln!(
-                    out,
+                use std::fmt::Write as _;
+                let mut s = String::new();
+                let _ = writeln!(
+                    s,
                     "firmware:         {} {}",
                     info.firmware, info.firmware_version
-                )?;
-                writeln!(out, "protocol version: {}", info.protocol_version)?;
-                writeln!(out, "architecture:     {}", info.arch)?;
-                writeln!(out, "max request body: {} bytes", info.max_body)?;
+                );
+                let _ = writeln!(s, "protocol version: {}", info.protocol_version);
+                let _ = writeln!(s, "architecture:     {}", info.arch);
+                let _ = writeln!(s, "max request body: {} bytes", info.max_body);
                 if let Some(h) = info.heap {
-                    writeln!(
-                        out,
+                    let _ = writeln!(
+                        s,
                         "heap:             {} bytes, {} in use, peak {}",
                         h.size, h.used, h.peak
-                    )?;
+                    );
                 }
+                stdout::print(&s)?;
             }
-            out.flush()?;
         }
         Cmd::PowerOff => {
             let status = session.power_off(timeout)?;
             if cli.json {
-                println!("{}", serde_json::json!({"powered_off": true}));
+                stdout::println(serde_json::json!({"powered_off": true}))?;
             } else {
-                println!("powered off");
+                stdout::println("powered off")?;
             }
             if let Some(s) = status
                 && !s.success()

@@ -1,7 +1,7 @@
 //! Started VMs: `start`, `list`, `stop`, `prune`, and `--vm NAME`
 //! ([`host::registry`] keeps track of them).
 
-use std::io::Write;
+use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use host::{Attach, Session, SessionConfig, machine};
 use vsock_transport::Timeouts;
 use vsock_transport::rpc::Client;
 
-use crate::{Cli, vm_config};
+use crate::{Cli, stdout, vm_config};
 
 /// The registry directory of the VM being started, which Ctrl-C (or
 /// `SIGTERM`, `SIGHUP`) removes along with the VM; `None` once the VM is
@@ -105,26 +105,38 @@ pub fn start(
     let r = &entry.record;
     let uds = r.uds_path.clone().unwrap_or_default();
     if cli.json {
-        println!("{}", json(&entry));
+        stdout::println(json(&entry))
     } else {
-        println!("name:   {}", r.name);
-        println!("socket: {}", uds.display());
-        println!("cid:    {}", r.cid);
+        stdout::print(&format!(
+            "name:   {}\nsocket: {}\ncid:    {}\n",
+            r.name,
+            uds.display(),
+            r.cid
+        ))
     }
-    Ok(())
+}
+
+/// The CID and uptime of `e`, unless its record is damaged (then they are
+/// unknown, not 0 and 1970).
+fn cid_uptime(e: &Entry) -> (Option<u32>, Option<u64>) {
+    match e.damage {
+        None => (Some(e.record.cid), Some(e.uptime())),
+        Some(_) => (None, None),
+    }
 }
 
 fn json(e: &Entry) -> serde_json::Value {
     let r = &e.record;
+    let (cid, uptime_secs) = cid_uptime(e);
     serde_json::json!({
         "name": r.name,
         "state": e.state().name(),
-        "cid": r.cid,
+        "cid": cid,
         "socket": r.uds_path,
         "port": r.port,
-        "qemu_pid": r.qemu.map(|p| p.pid),
-        "daemon_pid": r.daemon.map(|p| p.pid),
-        "uptime_secs": e.uptime(),
+        "qemu_pid": e.qemu().map(|p| p.pid),
+        "daemon_pid": e.daemon().map(|p| p.pid),
+        "uptime_secs": uptime_secs,
         "image": r.image,
         "arch": r.arch,
         "machine": r.machine,
@@ -132,6 +144,7 @@ fn json(e: &Entry) -> serde_json::Value {
         "max_body": r.max_body,
         "serial_log": r.serial_log,
         "dir": e.dir,
+        "why_not_running": e.why_not_running(),
     })
 }
 
@@ -147,35 +160,35 @@ fn uptime(secs: u64) -> String {
 /// `host-cli list`.
 pub fn list(cli: &Cli) -> Result<()> {
     let entries = Registry::open_default()?.entries()?;
-    let mut out = std::io::stdout().lock();
     if cli.json {
         let v: Vec<_> = entries.iter().map(json).collect();
-        writeln!(out, "{}", serde_json::Value::Array(v))?;
-        return Ok(out.flush()?);
+        return stdout::println(serde_json::Value::Array(v));
     }
-    writeln!(
+    let mut out = String::new();
+    let _ = writeln!(
         out,
         "{:<16} {:<8} {:>4} {:>8} {:>8} {:>7} {:<8} {:<8} IMAGE",
         "NAME", "STATE", "CID", "QEMU", "DAEMON", "UPTIME", "ARCH", "MACHINE"
-    )?;
+    );
     for e in &entries {
         let r = &e.record;
         let pid = |p: Option<host::registry::ProcId>| p.map_or("-".into(), |p| p.pid.to_string());
-        writeln!(
+        let (cid, up) = cid_uptime(e);
+        let _ = writeln!(
             out,
             "{:<16} {:<8} {:>4} {:>8} {:>8} {:>7} {:<8} {:<8} {}",
             r.name,
             e.state().name(),
-            r.cid,
-            pid(r.qemu),
-            pid(r.daemon),
-            uptime(e.uptime()),
+            cid.map_or("-".into(), |c| c.to_string()),
+            pid(e.qemu()),
+            pid(e.daemon()),
+            up.map_or("-".into(), uptime),
             r.arch,
             r.machine,
             r.image.display()
-        )?;
+        );
     }
-    Ok(out.flush()?)
+    stdout::print(&out)
 }
 
 /// Asks the VM of `r` to power off.
@@ -196,39 +209,33 @@ pub fn stop(cli: &Cli, name: &str, timeout: Duration) -> Result<()> {
     let was = entry.state();
     let clean = registry.stop(&entry, timeout, |r| power_off(r, timeout))?;
     let how = match (was, clean) {
-        (State::Running, true) => "powered off",
-        (State::Running, false) => "killed (it did not power off in time)",
-        _ => "was dead; removed",
+        (State::Running, true) => "powered off".to_string(),
+        (State::Running, false) => "killed (it did not power off in time)".to_string(),
+        (State::Orphaned | State::Damaged, _) => format!(
+            "{}; stopped what was left of it and removed it",
+            entry.why_not_running().unwrap_or_default()
+        ),
+        _ => "was dead; removed".to_string(),
     };
     if cli.json {
-        println!(
-            "{}",
-            serde_json::json!({"name": name, "stopped": true, "how": how})
-        );
+        stdout::println(serde_json::json!({"name": name, "stopped": true, "how": how}))
     } else {
-        println!("{name}: {how}");
+        stdout::println(format!("{name}: {how}"))
     }
-    Ok(())
 }
 
 /// `host-cli prune`.
 pub fn prune(cli: &Cli) -> Result<()> {
-    let registry = Registry::open_default()?;
-    let mut removed = Vec::new();
-    for e in registry.entries()? {
-        if e.state() == State::Dead {
-            registry.stop(&e, Duration::ZERO, |_| Ok(()))?;
-            removed.push(e.record.name);
-        }
-    }
+    let removed = Registry::open_default()?.prune()?;
     if cli.json {
-        println!("{}", serde_json::json!({ "removed": removed }));
+        stdout::println(serde_json::json!({ "removed": removed }))
     } else {
-        for n in &removed {
-            println!("{n}: was dead; removed");
-        }
+        let lines: String = removed
+            .iter()
+            .map(|n| format!("{n}: was dead; removed\n"))
+            .collect();
+        stdout::print(&lines)
     }
-    Ok(())
 }
 
 /// Where `--vm NAME` connects: the VM's hybrid socket, if it runs.
@@ -237,9 +244,11 @@ pub fn attach(name: &str) -> Result<Attach> {
     match entry.state() {
         State::Running => {}
         State::Starting => bail!("VM {name:?} is still starting"),
-        State::Dead => {
-            bail!("VM {name:?} is dead (its QEMU is gone); `host-cli stop {name}` removes it")
-        }
+        State::Dead | State::Orphaned | State::Damaged => bail!(
+            "VM {name:?} is {} ({}); `host-cli stop {name}` removes it",
+            entry.state().name(),
+            entry.why_not_running().unwrap_or_default()
+        ),
     }
     let uds_path = entry
         .record

@@ -96,7 +96,26 @@ pub fn suite(name: &str) -> Option<&'static Suite> {
     SUITES.iter().find(|s| s.name == name)
 }
 
-/// One column of the test matrix: an architecture and a machine.
+/// Which QEMU a column of the test matrix runs. Users run their
+/// distribution's QEMU (Debian 12: 7.2, Ubuntu 24.04: 8.2, Debian 13:
+/// 10.0), so both ends are tested.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Qemu {
+    /// The one on `PATH` (Debian bookworm's 7.2, installed by `cargo xtask
+    /// setup`).
+    System,
+    /// [`QEMU_BACKPORTS_VERSION`] from bookworm-backports, unpacked into
+    /// `.tools/`[`QEMU_BACKPORTS`] by `cargo xtask setup`.
+    Backports,
+}
+
+/// The directory in `.tools/` of the unpacked QEMU ([`Qemu::Backports`]).
+pub const QEMU_BACKPORTS: &str = "qemu-10.0";
+
+/// The Debian version of the unpacked QEMU.
+pub const QEMU_BACKPORTS_VERSION: &str = "1:10.0.2+ds-2+deb13u1~bpo12+1";
+
+/// One column of the test matrix: an architecture, a machine and a QEMU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Target {
     /// Guest architecture.
@@ -105,6 +124,8 @@ pub struct Target {
     pub machine: Option<&'static str>,
     /// The suites that run on it (`None`: all of [`SUITES`]).
     pub suites: Option<&'static [&'static str]>,
+    /// The QEMU.
+    pub qemu: Qemu,
 }
 
 /// What `cargo xtask test` runs the firmware suites on.
@@ -113,16 +134,41 @@ pub const MATRIX: &[Target] = &[
         arch: Arch::X86_64,
         machine: None,
         suites: None,
+        qemu: Qemu::System,
     },
     Target {
         arch: Arch::Aarch64,
         machine: None,
         suites: None,
+        qemu: Qemu::System,
     },
     Target {
         arch: Arch::X86_64,
         machine: Some("q35"),
         suites: None,
+        qemu: Qemu::System,
+    },
+    // QEMU 10.0: the end-to-end suite on every machine, and the VM tool
+    // (detached children, found by their command lines) on the default
+    // one; the robustness suites exercise host code that does not depend
+    // on QEMU's version.
+    Target {
+        arch: Arch::X86_64,
+        machine: None,
+        suites: Some(&["e2e", "cli_vm"]),
+        qemu: Qemu::Backports,
+    },
+    Target {
+        arch: Arch::Aarch64,
+        machine: None,
+        suites: Some(&["e2e"]),
+        qemu: Qemu::Backports,
+    },
+    Target {
+        arch: Arch::X86_64,
+        machine: Some("q35"),
+        suites: Some(&["e2e"]),
+        qemu: Qemu::Backports,
     },
 ];
 
@@ -184,6 +230,13 @@ pub const LOAD_REPS: SoakSize = SoakSize {
     full: 20,
 };
 
+/// VMs booting at once while other threads keep every core busy.
+pub const SOAK_LOAD_VMS: SoakSize = SoakSize {
+    var: "SVMC_SOAK_LOAD_VMS",
+    ci: 16,
+    full: 16,
+};
+
 /// Every soak size.
 pub const SOAK: &[SoakSize] = &[
     SOAK_CYCLES,
@@ -192,6 +245,7 @@ pub const SOAK: &[SoakSize] = &[
     SOAK_VM_REQUESTS,
     SOAK_POOL_VMS,
     SOAK_POOL_REQUESTS,
+    SOAK_LOAD_VMS,
 ];
 
 impl SoakSize {

@@ -534,6 +534,169 @@ fn ctrl_c_during_start_leaves_nothing(t: &CliVm) -> R {
     })
 }
 
+/// `host-cli start` killed with `SIGKILL` at several moments of its boot:
+/// whatever it had started is shown by `list` (orphaned, with its pids),
+/// refused by `--vm` with the reason, and ended by `prune` (`checked`
+/// then finds no process and no entry left).
+fn kill_9_during_start_leaves_nothing_unseen(t: &CliVm) -> R {
+    let image = t.scratch.path().join("hang-k9.elf");
+    std::fs::write(&image, tests::images::hanging_elf(t.ctx.arch)).map_err(|e| e.to_string())?;
+    // None: once QEMU and the daemon both run.
+    for delay_ms in [Some(0), Some(30), Some(100), Some(250), None] {
+        t.checked(|| {
+            let mut child = Command::new(&t.ctx.host_cli)
+                .env("XDG_RUNTIME_DIR", t.xdg.path())
+                .args([
+                    "--arch",
+                    t.ctx.arch.name(),
+                    "--accel",
+                    "tcg",
+                    "--boot-timeout",
+                    "60",
+                ])
+                .arg("--image")
+                .arg(&image)
+                .arg("--log-dir")
+                .arg(&t.ctx.log_dir)
+                .args(["start", "--name", "k9"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+            match delay_ms {
+                Some(ms) => std::thread::sleep(Duration::from_millis(ms)),
+                None => {
+                    procs::poll(GRACE, || (t.vm_procs().len() >= 2).then_some(()));
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            let running = t.vm_procs();
+            let listed = json(&t.ok(&["--json", "list"])?)?;
+            let label = format!("kill -9 after {delay_ms:?} ms");
+            if !running.is_empty() {
+                // Something runs: list shows it with its pids, and --vm
+                // does not pretend that QEMU is gone.
+                let e = &listed[0];
+                ensure(e["state"] == "orphaned", || format!("{label}: {listed}"))?;
+                let pids: Vec<u64> = ["qemu_pid", "daemon_pid"]
+                    .iter()
+                    .filter_map(|k| e[*k].as_u64())
+                    .collect();
+                ensure(
+                    running.iter().all(|p| pids.contains(&u64::from(*p))),
+                    || format!("{label}: running {running:?}, listed {listed}"),
+                )?;
+                t.fails(&["--vm", "k9", "info"], &["k9", "orphaned", "interrupted"])?;
+            }
+            let out = t.ok(&["prune"])?;
+            println!(
+                "    {label}: {} processes left, listed as {}, pruned: {}",
+                running.len(),
+                listed[0]["state"],
+                out.contains("k9")
+            );
+            // `checked` then looks for processes and entries left.
+            ensure(t.vm_dirs().is_empty(), || {
+                format!("{label}: left {:?} after prune: {out:?}", t.vm_dirs())
+            })
+        })?;
+    }
+    Ok(())
+}
+
+/// Runs `host-cli args` and fails if it takes more than `limit`.
+fn run_within(t: &CliVm, args: &[&str], limit: Duration) -> Result<Output, String> {
+    let mut child = t
+        .cli()
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+    let done = procs::poll(limit, || child.try_wait().ok().flatten());
+    if done.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(format!("host-cli {args:?} took more than {limit:?}"));
+    }
+    child.wait_with_output().map_err(|e| e.to_string())
+}
+
+/// A running VM whose record is damaged (invalid JSON, then a FIFO) is
+/// listed as damaged with its pids, not pruned, and stopped by `stop`.
+fn damaged_record_is_shown_and_stopped(t: &CliVm) -> R {
+    t.checked(|| {
+        let vm = t.start(Some("dmg"))?;
+        let record = t.registry().join("dmg").join("vm.json");
+        std::fs::write(&record, b"{\"name\": \"dmg\", trunc").map_err(|e| e.to_string())?;
+        let listed = json(&t.ok(&["--json", "list"])?)?;
+        let e = &listed[0];
+        ensure(
+            e["state"] == "damaged"
+                && e["qemu_pid"].as_u64() == Some(vm.qemu.into())
+                && e["daemon_pid"].as_u64() == Some(vm.daemon.into()),
+            || format!("list: {listed}"),
+        )?;
+        ensure(e["cid"].is_null() && e["uptime_secs"].is_null(), || {
+            format!("made-up values: {e}")
+        })?;
+        t.fails(
+            &["--vm", "dmg", "info"],
+            &["dmg", "damaged", "not a valid record"],
+        )?;
+        let out = t.ok(&["prune"])?;
+        ensure(!out.contains("dmg"), || format!("prune: {out:?}"))?;
+        ensure(procs::alive(vm.qemu), || "prune ended a running VM".into())?;
+        // A FIFO in place of the record: list answers at once.
+        std::fs::remove_file(&record).map_err(|e| e.to_string())?;
+        nix::unistd::mkfifo(&record, nix::sys::stat::Mode::S_IRWXU).map_err(|e| e.to_string())?;
+        let out = run_within(t, &["list"], GRACE)?;
+        let table = String::from_utf8_lossy(&out.stdout);
+        ensure(out.status.success() && table.contains("damaged"), || {
+            format!("list: {table}")
+        })?;
+        let out = t.ok(&["stop", "dmg"])?;
+        ensure(out.contains("damaged"), || format!("stop: {out:?}"))?;
+        let left = procs::wait_gone(&[vm.qemu, vm.daemon], GRACE);
+        ensure(left.is_empty(), || format!("still running: {left:?}"))
+    })
+}
+
+/// `kill -9` of the device daemon: `list` says dead and why, and `stop`
+/// does not wait out its timeout for a power-off that cannot arrive.
+fn killed_daemon_is_noticed(t: &CliVm) -> R {
+    t.checked(|| {
+        let vm = t.start(Some("nodaemon"))?;
+        nix_kill(vm.daemon)?;
+        let dead = procs::poll(GRACE, || {
+            let l = t.list().ok()?;
+            (l == [("nodaemon".into(), "dead".into())]).then_some(())
+        });
+        ensure(dead.is_some(), || {
+            format!("list after kill -9 of the daemon: {:?}", t.list())
+        })?;
+        t.fails(
+            &["--vm", "nodaemon", "info"],
+            &["nodaemon", "daemon is gone"],
+        )?;
+        // `cli()` gives --timeout 30.
+        let started = std::time::Instant::now();
+        let out = run_within(t, &["stop", "nodaemon"], Duration::from_secs(15))?;
+        ensure(out.status.success(), || {
+            String::from_utf8_lossy(&out.stderr).into_owned()
+        })?;
+        let took = started.elapsed();
+        ensure(took < Duration::from_secs(10), || {
+            format!("stop took {took:?}")
+        })?;
+        let left = procs::wait_gone(&[vm.qemu], GRACE);
+        ensure(left.is_empty(), || "QEMU was not stopped".into())
+    })
+}
+
 /// `kill -9 pid`.
 fn nix_kill(pid: u32) -> R {
     let st = Command::new("kill")
@@ -559,6 +722,15 @@ const CASES: &[Case<CliVm>] = &[
         "ctrl_c_during_start_leaves_nothing",
         ctrl_c_during_start_leaves_nothing,
     ),
+    (
+        "kill_9_during_start_leaves_nothing_unseen",
+        kill_9_during_start_leaves_nothing_unseen,
+    ),
+    (
+        "damaged_record_is_shown_and_stopped",
+        damaged_record_is_shown_and_stopped,
+    ),
+    ("killed_daemon_is_noticed", killed_daemon_is_noticed),
 ];
 
 fn setup(s: Setup) -> Result<CliVm, String> {

@@ -1,19 +1,22 @@
 //! Soak suite: many launch/request/power-off cycles in a row, many requests
-//! over one connection, several VMs served at once by one process, and a
-//! pool of 8 threads that launch VMs and hand them to each other, with zero
+//! over one connection, several VMs served at once by one process, a pool
+//! of 8 threads that launch VMs and hand them to each other, and 16 VMs
+//! booting at once on a machine kept busy by other threads, with zero
 //! failures and no growth in child processes, open file descriptors or
 //! runtime directories.
 //!
 //! Sizes: `tests::suites::SOAK` (CI sizes by default and in `cargo xtask
 //! test`, full ones in `cargo xtask soak`; each variable overrides).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use host::Session;
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::{
-    SOAK_CYCLES, SOAK_POOL_REQUESTS, SOAK_POOL_VMS, SOAK_REQUESTS, SOAK_VM_REQUESTS, SOAK_VMS,
+    SOAK_CYCLES, SOAK_LOAD_VMS, SOAK_POOL_REQUESTS, SOAK_POOL_VMS, SOAK_REQUESTS, SOAK_VM_REQUESTS,
+    SOAK_VMS,
 };
 use tests::{Ctx, ensure, procs};
 
@@ -27,6 +30,7 @@ struct Soak {
     vm_requests: u64,
     pool_vms: u64,
     pool_requests: u64,
+    load_vms: u64,
 }
 
 /// Threads of the pool in [`thread_pool`].
@@ -303,11 +307,84 @@ fn thread_pool(s: &Soak) -> R {
     })
 }
 
+/// Busy threads per core in [`boots_under_load`].
+const HOGS_PER_CORE: usize = 12;
+
+/// `load_vms` VMs booting at once while `HOGS_PER_CORE` spinning threads
+/// per core keep the machine busy (a user's oversubscribed host, or CI
+/// with other builds): every boot is slow, none is stuck, so all must come
+/// up without a relaunch (a relaunch would add load and lose time).
+fn boots_under_load(s: &Soak) -> R {
+    // Warm-up (accelerator verdict, lazily opened files), not counted.
+    power_off(s.ctx.session()?)?;
+    let before = resources();
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs = cores * HOGS_PER_CORE;
+    let relaunches = host::launcher::relaunches();
+    let stop = AtomicBool::new(false);
+    let start = Instant::now();
+    let results: Vec<Result<Duration, String>> = std::thread::scope(|scope| {
+        for _ in 0..hogs {
+            scope.spawn(|| {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = std::hint::black_box(x.wrapping_add(1));
+                }
+            });
+        }
+        let booted: Vec<_> = (0..s.load_vms)
+            .map(|n| {
+                let ctx = &s.ctx;
+                scope.spawn(move || {
+                    let mut vm = ctx.session().map_err(|e| format!("vm {n}: {e}"))?;
+                    let took = start.elapsed();
+                    reverse_checked(&mut vm, format!("loaded vm {n}").into_bytes())
+                        .map_err(|e| format!("vm {n}: {e}"))?;
+                    Ok((took, vm))
+                })
+            })
+            .collect();
+        let booted: Vec<Result<(Duration, Session), String>> = booted
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("thread panicked".into())))
+            .collect();
+        stop.store(true, Ordering::Relaxed);
+        booted
+            .into_iter()
+            .map(|r| {
+                let (took, vm) = r?;
+                power_off(vm)?;
+                Ok(took)
+            })
+            .collect()
+    });
+    let mut times: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().copied())
+        .collect();
+    times.sort();
+    let relaunched = host::launcher::relaunches() - relaunches;
+    println!(
+        "  {} VMs booting at once with {hogs} busy threads on {cores} cores: {} up, slowest \
+         after {:.2?}, {relaunched} relaunched",
+        s.load_vms,
+        times.len(),
+        times.last().copied().unwrap_or_default()
+    );
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    ensure(errors.is_empty(), || format!("{errors:?}"))?;
+    ensure(relaunched == 0, || {
+        format!("{relaunched} slow boots were taken for stuck and relaunched")
+    })?;
+    same_resources(&before)
+}
+
 const CASES: &[Case<Soak>] = &[
     ("cycles", cycles),
     ("requests_one_connection", requests_one_connection),
     ("several_vms_at_once", several_vms_at_once),
     ("thread_pool", thread_pool),
+    ("boots_under_load", boots_under_load),
 ];
 
 fn setup(s: Setup) -> Result<Soak, String> {
@@ -319,11 +396,18 @@ fn setup(s: Setup) -> Result<Soak, String> {
         vm_requests: SOAK_VM_REQUESTS.get(),
         pool_vms: SOAK_POOL_VMS.get(),
         pool_requests: SOAK_POOL_REQUESTS.get(),
+        load_vms: SOAK_LOAD_VMS.get(),
     };
     println!(
         "  {} cycles, {} requests, {} VMs x {} requests, a pool of {POOL_THREADS} threads: {} VMs \
-         x {} requests",
-        soak.cycles, soak.requests, soak.vms, soak.vm_requests, soak.pool_vms, soak.pool_requests
+         x {} requests, {} VMs booting under load",
+        soak.cycles,
+        soak.requests,
+        soak.vms,
+        soak.vm_requests,
+        soak.pool_vms,
+        soak.pool_requests,
+        soak.load_vms
     );
     Ok(soak)
 }

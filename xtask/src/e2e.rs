@@ -6,7 +6,7 @@
 //! too.
 
 use host::{Arch, Guest};
-use tests::suites::{self, SOAK, SUITES, Target, vars};
+use tests::suites::{self, Qemu, SOAK, SUITES, Target, vars};
 
 use crate::image;
 use crate::util::{self, Result, cargo};
@@ -42,6 +42,7 @@ pub fn soak(arch: Arch, filter: Option<&str>) -> Result<()> {
         arch,
         machine: None,
         suites: None,
+        qemu: Qemu::System,
     };
     run_suites(&target, &["soak"], Size::Full, filter)
 }
@@ -100,6 +101,20 @@ fn run_suites(target: &Target, names: &[&str], size: Size, filter: Option<&str>)
         Some(m) => cmd.env(vars::MACHINE, m),
         None => cmd.env_remove(vars::MACHINE),
     };
+    match target.qemu {
+        Qemu::System => {}
+        Qemu::Backports => {
+            let qemu = crate::setup::backports_qemu(arch);
+            if !qemu.is_file() {
+                return Err(format!(
+                    "{} is missing: `cargo xtask setup` unpacks QEMU 10.0 (it needs the network)",
+                    qemu.display()
+                ));
+            }
+            eprintln!("xtask: with {}", qemu.display());
+            cmd.env(host::env::QEMU, qemu);
+        }
+    }
     for s in SOAK {
         if std::env::var_os(s.var).is_none() {
             let v = match size {

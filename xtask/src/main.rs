@@ -22,16 +22,18 @@ cargo xtask <command> [options]
 Commands:
   setup                        install what is missing: bare-metal Rust targets (rustup),
                                QEMU (apt-get), vhost-device-vsock 0.3.0 and the cddl 0.10.7
-                               CLI (cargo install into .tools/)
+                               CLI (cargo install into .tools/), QEMU 10.0 from
+                               bookworm-backports (apt-get download, dpkg -x into .tools/)
   build-image [--arch A]       build the release guest image and print its path (default x86_64)
   build-image --verbose        the same with debug and trace logs compiled in (`svmc.log=debug`),
                                as guest-verbose next to it
   build-image --guest linux    fetch Debian's cloud kernel, build the Linux test VM (kernel,
                                initramfs with the linux_service example as /init) into target/linux
-  run-e2e [--arch A|all] [--machine M] [--suite S]... [FILTER]
+  run-e2e [--arch A|all] [--machine M] [--qemu system|10.0] [--suite S]... [FILTER]
                                set up, build, and run the QEMU suites (e2e, conformance, faults,
                                hostile_host, hostile_guest, cli_vm, load, soak at CI size; --suite
-                               picks some) against real QEMU
+                               picks some) against real QEMU (the distribution's, or 10.0 unpacked
+                               into .tools/)
   run-e2e --guest linux [FILTER]
                                the same suite against the Linux test VM (x86_64), then
                                vsock-transport's AF_VSOCK tests inside it (vsock_loopback)
@@ -172,6 +174,12 @@ fn run_e2e(args: &[String]) -> util::Result<()> {
     let (only, args) = option(&args, "suite")?;
     e2e::check_names(&only)?;
     let (machine, args) = option(&args, "machine")?;
+    let (qemu, args) = option(&args, "qemu")?;
+    let qemu = match qemu.last().map(String::as_str) {
+        None | Some("system") => tests::suites::Qemu::System,
+        Some("10.0") => tests::suites::Qemu::Backports,
+        Some(v) => return Err(format!("--qemu {v}: use system or 10.0")),
+    };
     let (archs, rest) = archs(&args, &[Arch::X86_64])?;
     if rest.len() > 1 {
         return Err(format!("unexpected argument {:?}", rest[1]));
@@ -194,6 +202,7 @@ fn run_e2e(args: &[String]) -> util::Result<()> {
             arch,
             machine,
             suites: None,
+            qemu,
         };
         e2e::run(&target, &only, filter)?;
     }
@@ -281,7 +290,10 @@ fn test() -> util::Result<()> {
     for target in tests::suites::MATRIX {
         if let Err(e) = e2e::run(target, &[], None) {
             let machine = target.machine.unwrap_or("default machine");
-            failed.push(format!("suites on {} ({machine}): {e}", target.arch));
+            failed.push(format!(
+                "suites on {} ({machine}, {:?} QEMU): {e}",
+                target.arch, target.qemu
+            ));
         }
     }
     if let Err(e) = e2e::run_linux(&[], None) {

@@ -214,6 +214,18 @@ pub enum Error {
     /// A transport or protocol error (attached VMs: no serial log).
     #[error(transparent)]
     Transport(#[from] vsock_transport::Error),
+    /// A directory that VMs' sockets and records would go in: others may
+    /// change it, it is not an absolute path, or it has a path that the
+    /// tools cannot take.
+    #[error("{what} {}: {reason}", path.display())]
+    RuntimeDir {
+        /// Which directory (`XDG_RUNTIME_DIR`, "VM registry", ...).
+        what: String,
+        /// Its path.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        reason: String,
+    },
     /// An OS error.
     #[error("{context}: {source}")]
     Io {

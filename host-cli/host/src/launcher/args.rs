@@ -38,11 +38,21 @@ pub(super) fn qemu_args(
     push("-append");
     push(&cmdline.join(" "));
     push("-chardev");
-    push(&format!("socket,id=vsock0,path={}", vhost_socket.display()));
+    push(&format!(
+        "socket,id=vsock0,path={}",
+        escape_commas(&vhost_socket.display().to_string())
+    ));
     push("-device");
     push(&format!("{},chardev=vsock0", machine.vsock_device));
     a.extend(config.extra_qemu_args.iter().cloned());
     a
+}
+
+/// `value` for a QEMU option string (`key=value,key=value`): QEMU reads
+/// `,,` in a value as one comma, so a path with commas can neither break
+/// the option nor add options of its own.
+pub fn escape_commas(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 #[cfg(test)]
@@ -75,5 +85,22 @@ mod tests {
                 assert!(s.contains("-append svmc.host_port="), "{s}");
             }
         }
+    }
+
+    #[test]
+    fn commas_in_the_socket_path_are_escaped() {
+        let cfg = VmConfig::new(Arch::X86_64, Path::new("/img"));
+        let m = machine::find(Arch::X86_64, None).unwrap();
+        let a = qemu_args(
+            &cfg,
+            m,
+            Accel::Tcg,
+            Path::new("/t,mp/x,id=evil/vhost.sock"),
+            Path::new("/s"),
+        );
+        assert!(
+            a.contains(&"socket,id=vsock0,path=/t,,mp/x,,id=evil/vhost.sock".to_string()),
+            "{a:?}"
+        );
     }
 }

@@ -121,8 +121,10 @@ pub struct VmConfig {
     pub daemon_tx_buffer: u32,
     /// Extra QEMU arguments, appended last.
     pub extra_qemu_args: Vec<String>,
-    /// How long one boot attempt may take before [`launch_ready`]
-    /// relaunches the VM.
+    /// How much CPU time QEMU may use without progress (no serial output,
+    /// no connection) before [`launch_ready`] takes the boot for stuck and
+    /// relaunches the VM; wall time does not count (a busy host makes a
+    /// boot slow, not stuck).
     pub boot_attempt: Duration,
     /// Start QEMU and the daemon detached: in their own session, without
     /// `PR_SET_PDEATHSIG`, so that [`Vm::detach`] can leave them running
@@ -197,6 +199,10 @@ impl Vm {
     /// Launches the daemon and QEMU with `config`'s image and returns once
     /// QEMU runs. Wait for the guest with [`Vm::wait_for_guest`].
     pub fn launch(config: &VmConfig) -> Result<Self> {
+        match &config.runtime_parent {
+            Some(p) => runtime::check_runtime_parent(p, "XDG_RUNTIME_DIR (or TMPDIR without it)")?,
+            None => runtime::check_runtime_parent(&std::env::temp_dir(), "TMPDIR")?,
+        }
         match &config.initrd {
             None => check_image(&config.image, config.arch)?,
             Some(initrd) => {

@@ -73,6 +73,30 @@ fn prune_logs(dir: &Path) {
     }
 }
 
+/// Checks that the runtime directory can go in `parent`: an absolute path
+/// that vhost-device-vsock's `--vm` option can carry. That option is a
+/// list `key=value,...` with no escape (0.3.0 splits it at every ',' and
+/// '=' and takes the first two pieces), so a path with ',' or '=' would
+/// be cut short or add options of its own; QEMU's options escape commas
+/// ([`super::args::escape_commas`]). Called before anything starts.
+pub(super) fn check_runtime_parent(parent: &Path, what: &str) -> Result<()> {
+    let bad = |reason: String| Error::RuntimeDir {
+        what: "the VM runtime directory's parent".into(),
+        path: parent.to_path_buf(),
+        reason,
+    };
+    if !parent.is_absolute() {
+        return Err(bad(format!("not an absolute path; set {what} to one")));
+    }
+    match parent.to_str() {
+        Some(p) if !p.contains([',', '=']) => Ok(()),
+        _ => Err(bad(format!(
+            "vhost-device-vsock's --vm option cannot take a path with ',' or '=' \
+             (or one that is not UTF-8); set {what} to a directory without them"
+        ))),
+    }
+}
+
 /// Creates a VM's runtime directory, `$TMPDIR/svmc-<our pid>-<random>`
 /// with mode 0700, after removing the stale ones of dead processes; or,
 /// with a `parent`, exactly `<parent>/run` (mode 0700, failing if it
@@ -106,4 +130,20 @@ pub(super) fn prepare_log_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("creating log directory {}", dir.display()), e))?;
     prune_logs(dir);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_parents_the_daemon_cannot_take_are_refused() {
+        check_runtime_parent(Path::new("/tmp/ok dir/x-1"), "TMPDIR").unwrap();
+        for p in ["/tmp/a,b", "/tmp/a=b", "/tmp/x,socket=/evil", "tmp/rel"] {
+            let e = check_runtime_parent(Path::new(p), "TMPDIR")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(p) && e.contains("TMPDIR"), "{e}");
+        }
+    }
 }
