@@ -50,7 +50,7 @@ use vsock::{VsockListener, VsockStream};
 use vsock_transport::host_vsock::{self, CID_ANY, CID_HOST};
 use vsock_transport::rpc::many::{self, Endpoint, Event, ManyConfig, Recv};
 use vsock_transport::rpc::service::Service;
-use vsock_transport::rpc::{Budget, ServeConfig};
+use vsock_transport::rpc::{Budget, CONNECTION_HEAP, SMALL_BODY, ServeConfig};
 use vsock_transport::{Error, Timeouts};
 
 /// What [`comm::service::GuestInfo::firmware`] says.
@@ -193,9 +193,35 @@ fn load_module(path: &str) -> io::Result<()> {
     }
 }
 
+/// Bytes large requests may take: half of what the kernel says is
+/// available now (`MemAvailable`), less the served connections' own
+/// allowance; 16 MiB if it cannot tell.
+fn heap_budget() -> usize {
+    let available = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemAvailable:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
+        })
+        .map(|kib| kib * 1024);
+    match available {
+        Some(bytes) => (bytes / 2).saturating_sub(8 * CONNECTION_HEAP),
+        None => 16 << 20,
+    }
+}
+
 /// Serves until a `PowerOff` request (`Ok`), or fails.
 fn serve(config: &Config) -> vsock_transport::Result<()> {
-    let max_body = ServeConfig::default().max_body;
+    let budget = heap_budget();
+    // Never more than the budget can hold (the firmware does the same).
+    let max_body = u32::try_from(budget)
+        .unwrap_or(u32::MAX)
+        .clamp(SMALL_BODY, ServeConfig::default().max_body);
+    log!(
+        "{} KiB for large requests, max_body {max_body}",
+        budget / 1024
+    );
     // Listen first: a host may connect as soon as it sees us.
     let mut endpoint = LinuxEndpoint::bind(config.port)?;
     let timeouts = Timeouts::uniform(Duration::from_secs(30));
@@ -222,8 +248,10 @@ fn serve(config: &Config) -> vsock_transport::Result<()> {
         serve: ServeConfig { max_body },
         max_conns: config.max_conns,
         idle_timeout_us: config.idle_timeout_ms.saturating_mul(1000),
-        // The kernel's allocator reports failure for us.
-        budget: Budget::unlimited(),
+        // Not unlimited: the kernel does not report failure to an
+        // allocation, it kills the process that touches too much, and this
+        // one is PID 1 (7 clients sending 16 MiB each panicked the VM).
+        budget: Budget::new(budget),
     };
     let mut service = Service::new(|| info(max_body));
     many::serve_many::<ServiceVm, _, _>(
@@ -484,6 +512,23 @@ impl Endpoint for LinuxEndpoint {
                 log!("vsock {id}: probe: {e}");
             }
         }
+    }
+
+    /// The kernel knows at once when the host closed its side: poll(2)
+    /// says `POLLRDHUP` (or `POLLHUP`) without waiting.
+    fn peer_closed(&self, id: ConnId) -> bool {
+        let Some(c) = self.conns.get(&id) else {
+            return false;
+        };
+        let mut fd = libc::pollfd {
+            fd: c.stream.as_raw_fd(),
+            events: libc::POLLRDHUP,
+            revents: 0,
+        };
+        // SAFETY: one live pollfd that poll(2) only reads and writes, and
+        // a timeout of 0 (no wait).
+        let n = unsafe { libc::poll(&mut fd, 1, 0) };
+        n > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
     }
 
     fn now_us(&self) -> u64 {

@@ -19,7 +19,8 @@
 //!   the oldest held connection is admitted. At the end of the hold it
 //!   first tries to displace an idle connection: a served connection with
 //!   no frame in part or in whole, nothing left to send, and nothing
-//!   received for [`ManyConfig::idle_timeout_us`] (the one silent for
+//!   received for [`ManyConfig::idle_timeout_us`] or a client that has
+//!   closed its side ([`Endpoint::peer_closed`]; the one silent for
 //!   longest is closed). If there is none, the new connection gets a fatal
 //!   `ERROR` busy (code 7) instead of the server's `HELLO` and is closed
 //!   ([`ServerConn::busy`]). At most [`MAX_HELD`] connections are held at
@@ -377,6 +378,9 @@ fn arrive<P, E>(
     P: Protocol,
     E: Endpoint,
 {
+    if held.len() >= MAX_HELD {
+        drop_closed_held(endpoint, held);
+    }
     if served(slots) < max_conns && held.is_empty() {
         admit(endpoint, slots, id, max_conns, config, report);
     } else if held.len() < MAX_HELD {
@@ -388,6 +392,22 @@ fn arrive<P, E>(
     } else {
         admit(endpoint, slots, id, max_conns, config, report);
     }
+}
+
+/// Resets the held connections whose client has already closed its side
+/// (a burst of connections opened and dropped): they would take the room
+/// of a newcomer that still wants an answer. `true` if one was dropped.
+fn drop_closed_held<E: Endpoint>(endpoint: &mut E, held: &mut Vec<Held<E::Id>>) -> bool {
+    let before = held.len();
+    held.retain(|h| {
+        if endpoint.peer_closed(h.id) {
+            endpoint.reset(h.id);
+            false
+        } else {
+            true
+        }
+    });
+    held.len() != before
 }
 
 /// Served connections, counted against the limit.
@@ -418,6 +438,7 @@ where
     if held.is_empty() {
         return moved;
     }
+    moved |= drop_closed_held(endpoint, held);
     while let Some(h) = held.first() {
         let full = served(slots) >= max_conns;
         if full && now.wrapping_sub(h.since) < HOLD_US {
@@ -500,7 +521,8 @@ fn admit<P, E>(
                 s.served
                     && !s.conn.mid_frame()
                     && s.conn.output_len() == 0
-                    && now.wrapping_sub(s.last_rx) >= config.idle_timeout_us
+                    && (now.wrapping_sub(s.last_rx) >= config.idle_timeout_us
+                        || endpoint.peer_closed(s.id))
             })
             .min_by_key(|(_, s)| s.last_rx)
             .map(|(i, _)| i);
@@ -1132,6 +1154,52 @@ mod tests {
             }),
         );
         assert_eq!(st.responses(0), [9]);
+    }
+
+    #[test]
+    fn newcomers_already_gone_do_not_take_the_room_of_one_that_waits() {
+        // A burst of MAX_HELD connections opened and dropped at a full
+        // table, then one that wants an answer: it is held, not refused
+        // at once, and served when a slot frees.
+        let burst = 2..2 + MAX_HELD as u32;
+        let last = 2 + MAX_HELD as u32;
+        let b = burst.clone();
+        let st = run(
+            2,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello());
+                    st.connect(1);
+                    st.send(1, &hello());
+                }
+                3 => {
+                    for id in b.clone() {
+                        st.connect(id);
+                    }
+                }
+                4 => {
+                    for id in b.clone() {
+                        st.conns.get_mut(&id).unwrap().eof = true;
+                    }
+                    st.connect(last);
+                    st.send(last, &hello());
+                }
+                20 => {
+                    assert!(st.frames(last).is_empty(), "held, not refused at once");
+                    st.conns.get_mut(&1).unwrap().eof = true;
+                }
+                p if p > 20 && !st.frames(last).is_empty() && st.responses(last).is_empty() => {
+                    st.send(last, &request(1, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+        );
+        assert_eq!(st.frames(last)[0].0, FrameKind::Hello);
+        assert_eq!(st.responses(last), [1]);
+        for id in burst {
+            assert!(st.conns[&id].reset, "{id} was gone and is reset");
+        }
     }
 
     #[test]
