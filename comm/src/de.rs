@@ -1213,6 +1213,8 @@ mod tests {
         // A chunk of the wrong type, or an indefinite chunk.
         assert_eq!(de::<String>(b"\x7f\x41a\xff"), Err(DeError::Syntax(1)));
         assert_eq!(de::<String>(b"\x7f\x7f\xff\xff"), Err(DeError::Syntax(1)));
+        // A tag on a chunk (WIRE.md R-CBOR-5): not well-formed.
+        assert_eq!(de::<String>(b"\x7f\xc6\x61a\xff"), Err(DeError::Syntax(1)));
         // Never closed.
         assert_eq!(de::<Vec<u8>>(b"\x9f\x01"), Err(DeError::Eof));
     }
@@ -1304,6 +1306,41 @@ mod tests {
         let mut v = vec![0xc6; 10_000];
         v.push(0x01);
         assert!(de::<serde::de::IgnoredAny>(&v).is_ok());
+    }
+
+    /// A chain of enums: `{"a": {"a": ... "u"}}`.
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    enum Chain {
+        #[serde(rename = "a")]
+        A(alloc::boxed::Box<Chain>),
+        #[serde(rename = "u")]
+        U,
+    }
+
+    #[test]
+    fn an_enum_is_one_level_as_a_map_or_a_bare_name() {
+        // `maps` one-entry maps, then the bare name "u": maps + 1 levels.
+        let chain = |maps: usize| {
+            let mut v = Vec::new();
+            for _ in 0..maps {
+                v.extend_from_slice(b"\xa1\x61a");
+            }
+            v.extend_from_slice(b"\x61u");
+            v
+        };
+        assert!(de::<Chain>(&chain(RECURSION_LIMIT - 1)).is_ok());
+        assert_eq!(de::<Chain>(&chain(RECURSION_LIMIT)), Err(DeError::TooDeep));
+        // At level 129 the name is not even read: too deep, not unknown.
+        let mut v = chain(RECURSION_LIMIT);
+        *v.last_mut().unwrap() = b'z';
+        assert_eq!(de::<Chain>(&v), Err(DeError::TooDeep));
+        // An unknown name at level 2 wins over content nested too deep.
+        let mut v = b"\xa1\x61a\xa1\x61z".to_vec();
+        v.extend(core::iter::repeat_n(0x81, 200));
+        v.push(0x80);
+        assert!(
+            matches!(de::<Chain>(&v), Err(DeError::Custom(m)) if m.starts_with("unknown variant"))
+        );
     }
 
     /// `{k1: 0, k2: 0, ...}` with each key as given (encoded), values 0.
