@@ -214,7 +214,7 @@ proptest! {
 
     /// A map is refused as malformed exactly when two of its keys are the
     /// same text, however each is written, below and above the number of
-    /// keys compared inline (16).
+    /// keys compared inline (8).
     #[test]
     fn repeated_keys_are_found_by_value(
         keys in proptest::collection::vec(("[abc]{0,4}", any::<u8>(), 0..5usize), 0..40),
