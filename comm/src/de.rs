@@ -810,15 +810,18 @@ const INLINE_KEYS: usize = 8;
 ///
 /// Cost, for a map of `n` entries whose keys take `K` bytes in all:
 /// - `n <= INLINE_KEYS` (8): nothing allocated, 48 bytes in the frame of
-///   each map being read (127 nested maps, the most a body can hold, took
-///   8 KiB more stack than before the check: 52 KiB instead of 44 KiB on
+///   each map being read (127 nested maps in an `ERROR` body took 10 KiB
+///   more stack than before the check: 54 KiB instead of 44 KiB on
 ///   x86_64, release). Each key is compared with the ones before it as it
 ///   arrives, so a repeat is refused at once: at most 7 comparisons per
 ///   key, each stopping at the first difference. A key written shortest
 ///   as a definite string or small integer (every sender's form,
-///   R-CBOR-4, R-CBOR-5) is compared with one `memcmp` of its encoding,
-///   any other key by value ([`cmp_keys`]). At most `7 * K` bytes are
-///   looked at.
+///   R-CBOR-4, R-CBOR-5) is told apart by its head byte (type and
+///   length) and first byte, else one `memcmp` of its encoding; any other
+///   key is compared by value ([`cmp_keys`]). At most `7 * K` bytes are
+///   looked at. (Decoding an `Info` response, a `HELLO` and an `ERROR`
+///   took 10% more instructions than without the check; a `Reverse`
+///   request, whose one map is the enum's, exactly as many.)
 /// - `n > INLINE_KEYS`: the offsets of all keys go into a `Vec<u32>` (4
 ///   bytes per entry; an entry is at least 2 bytes of body, so at most
 ///   twice the body's length, plus the `Vec`'s growth), sorted by value
@@ -845,17 +848,44 @@ impl Keys {
     }
 
     /// Adds the key at `at` in `buf`; an error if it repeats an earlier
-    /// key of the inline part. Not inlined: its locals stay out of the
-    /// frames of the deserializer's recursion.
-    #[inline(never)]
+    /// key of the inline part.
+    #[inline]
     fn add(&mut self, buf: &[u8], at: usize) -> Result<()> {
+        // The first key repeats nothing (and is most maps' only one).
+        if self.n == 0
+            && let Ok(at32) = u32::try_from(at)
+        {
+            self.inline[0] = at32;
+            self.n = 1;
+            return Ok(());
+        }
+        self.add_more(buf, at)
+    }
+
+    /// [`Keys::add`] after the first key. Not inlined: its locals stay out
+    /// of the frames of the deserializer's recursion.
+    #[inline(never)]
+    fn add_more(&mut self, buf: &[u8], at: usize) -> Result<()> {
         // Frame bodies are shorter than 4 GiB (the header's length is a u32).
         let at32 = u32::try_from(at).map_err(|_| DeError::Custom("body over 4 GiB".into()))?;
         let n = usize::from(self.n);
         if n < INLINE_KEYS {
+            let new = short_key(buf, at);
             for &prev in &self.inline[..n] {
-                if same_key(buf, prev as usize, at) {
-                    return Err(repeated(prev as usize, at));
+                let p = prev as usize;
+                let same = match (new, buf.get(p)) {
+                    // Both short: the same head byte is the same type and
+                    // length; then the first byte of the name, which tells
+                    // nearly all field names apart without a `memcmp`.
+                    (Some(x), Some(&h)) if h == x[0] => {
+                        (x.len() < 2 || buf.get(p + 1) == x.get(1))
+                            && buf.get(p..p + x.len()) == Some(x)
+                    }
+                    (Some(_), Some(&h)) if is_short_head(h) => false,
+                    _ => cmp_keys(buf, p, at) == Ordering::Equal,
+                };
+                if same {
+                    return Err(repeated(p, at));
                 }
             }
             self.inline[n] = at32;
@@ -870,11 +900,16 @@ impl Keys {
 
     /// At the end of the map: an error if a key of a map of more than
     /// [`INLINE_KEYS`] entries repeats another.
-    #[inline(never)]
+    #[inline]
     fn finish(&mut self, buf: &[u8]) -> Result<()> {
-        let Some(mut keys) = self.spill.take() else {
-            return Ok(());
-        };
+        match self.spill.take() {
+            None => Ok(()),
+            Some(keys) => Self::check_sorted(buf, *keys),
+        }
+    }
+
+    #[inline(never)]
+    fn check_sorted(buf: &[u8], mut keys: Vec<u32>) -> Result<()> {
         keys.sort_unstable_by(|&a, &b| cmp_keys(buf, a as usize, b as usize).then(a.cmp(&b)));
         for w in keys.windows(2) {
             if cmp_keys(buf, w[0] as usize, w[1] as usize) == Ordering::Equal {
@@ -892,24 +927,25 @@ fn repeated(first: usize, again: usize) -> DeError {
     ))
 }
 
-/// Whether the keys at `a` and `b` of `buf` are the same key. Two keys
-/// written shortest and definite (a text or byte string under 24 bytes,
-/// an integer from -24 to 23, no tag) are the same exactly when their
-/// encodings are; any other pair is compared by value.
-fn same_key(buf: &[u8], a: usize, b: usize) -> bool {
-    let short = |at: usize| -> Option<&[u8]> {
-        let first = *buf.get(at)?;
-        let len = match first {
-            0x00..=0x17 | 0x20..=0x37 => 1,
-            0x40..=0x57 | 0x60..=0x77 => 1 + usize::from(first & 0x1f),
-            _ => return None,
-        };
-        buf.get(at..at + len)
+/// The encoding of the key at `at` if it is written shortest and
+/// definite (a text or byte string under 24 bytes, an integer from -24 to
+/// 23, no tag). Two such keys are the same exactly when their encodings
+/// are; any other pair is compared by value ([`cmp_keys`]).
+#[inline]
+fn short_key(buf: &[u8], at: usize) -> Option<&[u8]> {
+    let first = *buf.get(at)?;
+    let len = match first {
+        0x00..=0x17 | 0x20..=0x37 => 1,
+        0x40..=0x57 | 0x60..=0x77 => 1 + usize::from(first & 0x1f),
+        _ => return None,
     };
-    match (short(a), short(b)) {
-        (Some(x), Some(y)) => x == y,
-        _ => cmp_keys(buf, a, b) == Ordering::Equal,
-    }
+    buf.get(at..at + len)
+}
+
+/// Whether `h` starts a key [`short_key`] takes.
+#[inline]
+fn is_short_head(h: u8) -> bool {
+    matches!(h, 0x00..=0x17 | 0x20..=0x37 | 0x40..=0x57 | 0x60..=0x77)
 }
 
 /// Orders the data items at `a` and `b` of `buf` by value (a total order
@@ -922,23 +958,22 @@ fn same_key(buf: &[u8], a: usize, b: usize) -> bool {
 /// by the deserializer already, so they are well-formed and nested at
 /// most [`RECURSION_LIMIT`] deep.
 fn cmp_keys(buf: &[u8], a: usize, b: usize) -> Ordering {
-    let mut x = Cursor { buf, pos: a };
-    let mut y = Cursor { buf, pos: b };
+    let mut x = Cursor(Deserializer::new(buf));
+    x.0.pos = a;
+    let mut y = Cursor(Deserializer::new(buf));
+    y.0.pos = b;
     cmp_item(&mut x, &mut y)
 }
 
-/// A read position for [`cmp_keys`].
-struct Cursor<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
+/// A read position for [`cmp_keys`]. It reads heads with the
+/// deserializer's own [`Deserializer::pull`], so that `ciborium-ll`'s
+/// decoder stays inlined in one place (a second caller made the compiler
+/// call it out of line, which cost every decode about 10%).
+struct Cursor<'a>(Deserializer<'a>);
 
 impl<'a> Cursor<'a> {
     fn head(&mut self) -> Option<Header> {
-        let mut d = Decoder::from(self.buf.get(self.pos..)?);
-        let h = d.pull().ok()?;
-        self.pos += d.offset();
-        Some(h)
+        self.0.pull().ok()
     }
 
     /// The next head that is not a skipped tag.
@@ -952,10 +987,7 @@ impl<'a> Cursor<'a> {
     }
 
     fn take(&mut self, len: usize) -> &'a [u8] {
-        let end = self.pos.saturating_add(len).min(self.buf.len());
-        let s = self.buf.get(self.pos..end).unwrap_or_default();
-        self.pos = end;
-        s
+        self.0.take(len).unwrap_or_default()
     }
 
     /// The next chunk of a string of length `len` (`None`: chunked), or
@@ -986,17 +1018,14 @@ impl<'a> Cursor<'a> {
                 *n -= 1;
                 true
             }
-            None => {
-                let mut d = Decoder::from(self.buf.get(self.pos..).unwrap_or_default());
-                match d.pull() {
-                    Ok(Header::Break) => {
-                        self.pos += d.offset();
-                        *left = Some(0);
-                        false
-                    }
-                    _ => true,
+            None => match self.0.peek() {
+                Ok((Header::Break, n)) => {
+                    self.0.pos += n;
+                    *left = Some(0);
+                    false
                 }
-            }
+                _ => true,
+            },
         }
     }
 }
@@ -1017,7 +1046,7 @@ fn cmp_item(x: &mut Cursor<'_>, y: &mut Cursor<'_>) -> Ordering {
     let (hx, hy) = match (x.item(), y.item()) {
         (Some(hx), Some(hy)) => (hx, hy),
         // Not reached for items the deserializer read; never "the same".
-        _ => return x.pos.cmp(&y.pos).then(Ordering::Less),
+        _ => return x.0.pos.cmp(&y.0.pos).then(Ordering::Less),
     };
     match (hx, hy) {
         (Header::Positive(a), Header::Positive(b)) => a.cmp(&b),
@@ -1396,6 +1425,11 @@ mod tests {
     fn keys_are_compared_by_value_not_by_encoding() {
         type Any = serde::de::IgnoredAny;
         let same: &[(&[u8], &[u8])] = &[
+            // The same short key twice: one byte, and longer.
+            (b"\x60", b"\x60"),
+            (b"\x01", b"\x01"),
+            (b"\x61a", b"\x61a"),
+            (b"\x63abc", b"\x63abc"),
             // "ab" definite, chunked (two ways), with a non-shortest head,
             // tagged.
             (b"\x62ab", b"\x7f\x61a\x61b\xff"),
@@ -1417,6 +1451,8 @@ mod tests {
             assert!(repeats::<Any>(&map_of(&[b, a])), "{b:02x?} = {a:02x?}");
         }
         let different: &[(&[u8], &[u8])] = &[
+            (b"\x63abc", b"\x63abd"), // same length and first letter
+            (b"\x60", b"\x40"),
             (b"\x62ab", b"\x42ab"),             // text is not bytes
             (b"\x62ab", b"\x7f\x61a\x61c\xff"), // content
             (b"\x62ab", b"\x7f\x61a\xff"),      // a prefix
