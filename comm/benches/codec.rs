@@ -34,6 +34,11 @@
 //!   which is what `comm` decoded with before its slice deserializer
 //!   (src/de.rs).
 //!
+//! `maps`: decoding the bodies made of maps (struct fields): the `Info`
+//! `RESPONSE` (a map of 6 entries holding one of 3), a `HELLO`
+//! (`Hello::decode_checked`, three passes over 3 entries) and an `ERROR`
+//! (4 entries). The `Reverse` frames above hold no map but the enum's.
+//!
 //! Targets (issue 15): `ours` within 2.0x `to_vec` at 1 MiB and 4x at
 //! 4 KiB; wire overhead at most 16 bytes per message.
 
@@ -45,7 +50,8 @@ use serde::{Deserialize, Serialize};
 use svmc_comm::Protocol;
 use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::{self, HEADER_LEN};
-use svmc_comm::service::{self, Request, ServiceVm};
+use svmc_comm::service::{self, GuestInfo, HeapStats, Request, Response, ServiceVm};
+use svmc_comm::{Hello, frame::ProtocolError, frame::ProtocolErrorCode};
 
 const SIZES: [(usize, &str); 3] = [(16, "16 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];
 const MAX: u32 = frame::DEFAULT_MAX_BODY * 8;
@@ -135,7 +141,53 @@ fn ciborium_stream(buf: &mut Vec<u8>, req: &Request) -> Request {
     r
 }
 
+/// The bodies of the `maps` figures: an `Info` response, a `HELLO` and an
+/// `ERROR`.
+fn map_bodies() -> [Vec<u8>; 3] {
+    let info = Response::Info(GuestInfo {
+        firmware: "svmc-guest".into(),
+        firmware_version: "0.1.0".into(),
+        protocol_version: 2,
+        arch: "x86_64".into(),
+        max_body: frame::DEFAULT_MAX_BODY,
+        heap: Some(HeapStats {
+            size: 1 << 20,
+            used: 4096,
+            peak: 8192,
+        }),
+    });
+    let mut r = Vec::new();
+    envelope::encode_response_into(RequestId(2), &info, MAX, &mut r).unwrap();
+    let h = frame::encode(
+        frame::FrameKind::Hello,
+        &Hello::new::<ServiceVm>(frame::DEFAULT_MAX_BODY),
+        MAX,
+    )
+    .unwrap();
+    let e = ProtocolError::new(
+        ProtocolErrorCode::UnknownVariant,
+        false,
+        "unknown variant `sum`",
+    )
+    .with_id(Some(RequestId(6)));
+    let e = frame::encode(frame::FrameKind::Error, &e, MAX).unwrap();
+    [r, h, e].map(|f| f[HEADER_LEN..].to_vec())
+}
+
+fn decode_maps(bodies: &[Vec<u8>; 3]) {
+    let (id, r) = envelope::decode::<Response>(&bodies[0]);
+    black_box((id, r.unwrap()));
+    black_box(Hello::decode_checked::<ServiceVm>(&bodies[1]).unwrap());
+    black_box(frame::decode_body::<ProtocolError>(&bodies[2]).unwrap());
+}
+
 fn criterion_benches(c: &mut Criterion) {
+    let bodies = map_bodies();
+    let mut g = c.benchmark_group("maps");
+    g.bench_function("info+hello+error", |b| {
+        b.iter(|| decode_maps(black_box(&bodies)))
+    });
+    g.finish();
     for (n, label) in SIZES {
         let data = payload(n);
         let req = Request::Reverse(data.clone());
@@ -284,6 +336,12 @@ fn summary() {
             aovh,
         );
     }
+    let bodies = map_bodies();
+    let t_maps = time(budget, || decode_maps(black_box(&bodies)));
+    println!(
+        "  maps | info response + hello (decode_checked) + error, decoded: {}",
+        fmt(t_maps)
+    );
     println!(
         "overhead = frame length - payload length (header 5 + [id] 2..6 + map 1 + \"rev\" 4 + bstr head 1..9)"
     );

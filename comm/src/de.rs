@@ -23,7 +23,11 @@
 //! - tags other than the bignum tags 2 and 3 are skipped (ciborium hands them
 //!   to `ciborium::tag` types, which messages here do not use);
 //! - nesting is limited to [`RECURSION_LIMIT`] levels (ciborium: 256), to
-//!   bound stack use on a small guest stack.
+//!   bound stack use on a small guest stack;
+//! - a map with a repeated key is refused (`WIRE.md` R-CBOR-1), whatever
+//!   the visitor does with the key: serde's derived struct visitors only
+//!   catch a repeated *known* field, and ciborium none. Keys are compared
+//!   by value ([`Keys`]), not by encoding.
 //!
 //! Nothing is allocated from a length read off the wire: definite lengths
 //! are only used to slice the body, and indefinite-length strings grow by
@@ -31,6 +35,7 @@
 
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use core::cmp::Ordering;
 use core::fmt;
 
 use ciborium_ll::{Decoder, Header, simple, tag};
@@ -373,13 +378,21 @@ impl<'de> Deserializer<'de> {
 
     fn map<V: Visitor<'de>>(&mut self, len: Option<usize>, visitor: V) -> Result<V::Value> {
         self.recurse(|me| {
-            let mut access = Access {
-                de: me,
-                left: len,
-                ended: false,
+            let mut access = MapAccess {
+                items: Access {
+                    de: me,
+                    left: len,
+                    ended: false,
+                },
+                keys: Keys::new(),
             };
             let v = visitor.visit_map(&mut access)?;
-            let left = if access.ended { Some(0) } else { access.left };
+            access.keys.finish(access.items.de.buf)?;
+            let left = if access.items.ended {
+                Some(0)
+            } else {
+                access.items.left
+            };
             me.finish(left)?;
             Ok(v)
         })
@@ -758,22 +771,356 @@ impl<'de> de::SeqAccess<'de> for Access<'_, 'de> {
     }
 }
 
-impl<'de> de::MapAccess<'de> for Access<'_, 'de> {
+/// The entries of a map, and its keys so far to refuse a repeated one.
+struct MapAccess<'a, 'de> {
+    items: Access<'a, 'de>,
+    keys: Keys,
+}
+
+impl<'de> de::MapAccess<'de> for MapAccess<'_, 'de> {
     type Error = DeError;
 
     fn next_key_seed<K: DeserializeSeed<'de>>(&mut self, seed: K) -> Result<Option<K::Value>> {
-        if !self.next()? {
+        if !self.items.next()? {
             return Ok(None);
         }
-        seed.deserialize(&mut *self.de).map(Some)
+        let at = self.items.de.pos;
+        let k = seed.deserialize(&mut *self.items.de)?;
+        // The key is one whole, well-formed item at `at`: the seed read it.
+        self.keys.add(self.items.de.buf, at)?;
+        Ok(Some(k))
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value> {
-        seed.deserialize(&mut *self.de)
+        seed.deserialize(&mut *self.items.de)
     }
 
     fn size_hint(&self) -> Option<usize> {
-        self.hint()
+        self.items.hint()
+    }
+}
+
+/// Keys compared with each other as they come, without allocating: the
+/// maps of this protocol's messages have at most 6 entries (and a newer
+/// peer's a few more).
+const INLINE_KEYS: usize = 8;
+
+/// The keys of one map read so far, as offsets into the body, to refuse a
+/// repeated key (`WIRE.md` R-CBOR-1).
+///
+/// Cost, for a map of `n` entries whose keys take `K` bytes in all:
+/// - `n <= INLINE_KEYS` (8): nothing allocated, 48 bytes in the frame of
+///   each map being read (127 nested maps in an `ERROR` body took 10 KiB
+///   more stack than before the check: 54 KiB instead of 44 KiB on
+///   x86_64, release). Each key is compared with the ones before it as it
+///   arrives, so a repeat is refused at once: at most 7 comparisons per
+///   key, each stopping at the first difference. A key written shortest
+///   as a definite string or small integer (every sender's form,
+///   R-CBOR-4, R-CBOR-5) is told apart by its head byte (type and
+///   length) and first byte, else one `memcmp` of its encoding; any other
+///   key is compared by value ([`cmp_keys`]). At most `7 * K` bytes are
+///   looked at. (Decoding an `Info` response, a `HELLO` and an `ERROR`
+///   took 10% more instructions than without the check; a `Reverse`
+///   request, whose one map is the enum's, exactly as many.)
+/// - `n > INLINE_KEYS`: the offsets of all keys go into a `Vec<u32>` (4
+///   bytes per entry; an entry is at least 2 bytes of body, so at most
+///   twice the body's length, plus the `Vec`'s growth), sorted by value
+///   when the map ends: `O(n log n)` comparisons, `O(K log n)` bytes
+///   looked at. A repeat among the keys after the 8th is then refused at
+///   the end of the map, not at the repeat (`WIRE.md` R-ERR-8 allows it).
+struct Keys {
+    inline: [u32; INLINE_KEYS],
+    n: u8,
+    /// Boxed: 8 bytes in every map's frame instead of a `Vec`'s 24 (the
+    /// frames of nested maps add up on a small guest stack).
+    #[allow(clippy::box_collection)] // 8 bytes of stack per map, not 24.
+    spill: Option<alloc::boxed::Box<Vec<u32>>>,
+}
+
+impl Keys {
+    fn new() -> Self {
+        Self {
+            inline: [0; INLINE_KEYS],
+            n: 0,
+            // No allocation until a map has more than INLINE_KEYS entries.
+            spill: None,
+        }
+    }
+
+    /// Adds the key at `at` in `buf`; an error if it repeats an earlier
+    /// key of the inline part.
+    #[inline]
+    fn add(&mut self, buf: &[u8], at: usize) -> Result<()> {
+        // The first key repeats nothing (and is most maps' only one).
+        if self.n == 0
+            && let Ok(at32) = u32::try_from(at)
+        {
+            self.inline[0] = at32;
+            self.n = 1;
+            return Ok(());
+        }
+        self.add_more(buf, at)
+    }
+
+    /// [`Keys::add`] after the first key. Not inlined: its locals stay out
+    /// of the frames of the deserializer's recursion.
+    #[inline(never)]
+    fn add_more(&mut self, buf: &[u8], at: usize) -> Result<()> {
+        // Frame bodies are shorter than 4 GiB (the header's length is a u32).
+        let at32 = u32::try_from(at).map_err(|_| DeError::Custom("body over 4 GiB".into()))?;
+        let n = usize::from(self.n);
+        if n < INLINE_KEYS {
+            let new = short_key(buf, at);
+            for &prev in &self.inline[..n] {
+                let p = prev as usize;
+                let same = match (new, buf.get(p)) {
+                    // Both short: the same head byte is the same type and
+                    // length; then the first byte of the name, which tells
+                    // nearly all field names apart without a `memcmp`.
+                    (Some(x), Some(&h)) if h == x[0] => {
+                        (x.len() < 2 || buf.get(p + 1) == x.get(1))
+                            && buf.get(p..p + x.len()) == Some(x)
+                    }
+                    (Some(_), Some(&h)) if is_short_head(h) => false,
+                    _ => cmp_keys(buf, p, at) == Ordering::Equal,
+                };
+                if same {
+                    return Err(repeated(p, at));
+                }
+            }
+            self.inline[n] = at32;
+            self.n += 1;
+            return Ok(());
+        }
+        self.spill
+            .get_or_insert_with(|| alloc::boxed::Box::new(self.inline.to_vec()))
+            .push(at32);
+        Ok(())
+    }
+
+    /// At the end of the map: an error if a key of a map of more than
+    /// [`INLINE_KEYS`] entries repeats another.
+    #[inline]
+    fn finish(&mut self, buf: &[u8]) -> Result<()> {
+        match self.spill.take() {
+            None => Ok(()),
+            Some(keys) => Self::check_sorted(buf, *keys),
+        }
+    }
+
+    #[inline(never)]
+    fn check_sorted(buf: &[u8], mut keys: Vec<u32>) -> Result<()> {
+        keys.sort_unstable_by(|&a, &b| cmp_keys(buf, a as usize, b as usize).then(a.cmp(&b)));
+        for w in keys.windows(2) {
+            if cmp_keys(buf, w[0] as usize, w[1] as usize) == Ordering::Equal {
+                return Err(repeated(w[0] as usize, w[1] as usize));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cold]
+fn repeated(first: usize, again: usize) -> DeError {
+    DeError::Custom(alloc::format!(
+        "repeated map key: the key at byte {again} is the key at byte {first} again"
+    ))
+}
+
+/// The encoding of the key at `at` if it is written shortest and
+/// definite (a text or byte string under 24 bytes, an integer from -24 to
+/// 23, no tag). Two such keys are the same exactly when their encodings
+/// are; any other pair is compared by value ([`cmp_keys`]).
+#[inline]
+fn short_key(buf: &[u8], at: usize) -> Option<&[u8]> {
+    let first = *buf.get(at)?;
+    let len = match first {
+        0x00..=0x17 | 0x20..=0x37 => 1,
+        0x40..=0x57 | 0x60..=0x77 => 1 + usize::from(first & 0x1f),
+        _ => return None,
+    };
+    buf.get(at..at + len)
+}
+
+/// Whether `h` starts a key [`short_key`] takes.
+#[inline]
+fn is_short_head(h: u8) -> bool {
+    matches!(h, 0x00..=0x17 | 0x20..=0x37 | 0x40..=0x57 | 0x60..=0x77)
+}
+
+/// Orders the data items at `a` and `b` of `buf` by value (a total order
+/// whose equality is `WIRE.md` R-CBOR-1's "same key"): tags other than the
+/// bignum tags 2 and 3 are skipped, as the decoder skips them (R-CBOR-6);
+/// then the major type decides, then the value whatever its encoding:
+/// integers of any width, strings by their content however it is chunked,
+/// floats of any width by value (bit for bit as an `f64`), arrays item by
+/// item, maps entry by entry in the order written. Both items were read
+/// by the deserializer already, so they are well-formed and nested at
+/// most [`RECURSION_LIMIT`] deep.
+fn cmp_keys(buf: &[u8], a: usize, b: usize) -> Ordering {
+    let mut x = Cursor(Deserializer::new(buf));
+    x.0.pos = a;
+    let mut y = Cursor(Deserializer::new(buf));
+    y.0.pos = b;
+    cmp_item(&mut x, &mut y)
+}
+
+/// A read position for [`cmp_keys`]. It reads heads with the
+/// deserializer's own [`Deserializer::pull`], so that `ciborium-ll`'s
+/// decoder stays inlined in one place (a second caller made the compiler
+/// call it out of line, which cost every decode about 10%).
+struct Cursor<'a>(Deserializer<'a>);
+
+impl<'a> Cursor<'a> {
+    fn head(&mut self) -> Option<Header> {
+        self.0.pull().ok()
+    }
+
+    /// The next head that is not a skipped tag.
+    fn item(&mut self) -> Option<Header> {
+        loop {
+            match self.head()? {
+                Header::Tag(t) if t != tag::BIGPOS && t != tag::BIGNEG => continue,
+                h => return Some(h),
+            }
+        }
+    }
+
+    fn take(&mut self, len: usize) -> &'a [u8] {
+        self.0.take(len).unwrap_or_default()
+    }
+
+    /// The next chunk of a string of length `len` (`None`: chunked), or
+    /// `None` at its end. `left` is the definite length not yet taken.
+    fn chunk(&mut self, left: &mut Option<Option<usize>>) -> Option<&'a [u8]> {
+        match *left {
+            Some(Some(n)) => {
+                *left = None;
+                Some(self.take(n))
+            }
+            Some(None) => match self.head()? {
+                Header::Bytes(Some(n)) | Header::Text(Some(n)) => Some(self.take(n)),
+                _ => {
+                    *left = None;
+                    None
+                }
+            },
+            None => None,
+        }
+    }
+
+    /// Whether a container with `left` items to go (`None`: indefinite,
+    /// until its break) has another; consumes the break.
+    fn more(&mut self, left: &mut Option<usize>) -> bool {
+        match left {
+            Some(0) => false,
+            Some(n) => {
+                *n -= 1;
+                true
+            }
+            None => match self.0.peek() {
+                Ok((Header::Break, n)) => {
+                    self.0.pos += n;
+                    *left = Some(0);
+                    false
+                }
+                _ => true,
+            },
+        }
+    }
+}
+
+fn cmp_item(x: &mut Cursor<'_>, y: &mut Cursor<'_>) -> Ordering {
+    let rank = |h: &Header| match h {
+        Header::Positive(_) => 0u8,
+        Header::Negative(_) => 1,
+        Header::Bytes(_) => 2,
+        Header::Text(_) => 3,
+        Header::Array(_) => 4,
+        Header::Map(_) => 5,
+        Header::Tag(_) => 6,
+        Header::Simple(_) => 7,
+        Header::Float(_) => 8,
+        Header::Break => 9,
+    };
+    let (hx, hy) = match (x.item(), y.item()) {
+        (Some(hx), Some(hy)) => (hx, hy),
+        // Not reached for items the deserializer read; never "the same".
+        _ => return x.0.pos.cmp(&y.0.pos).then(Ordering::Less),
+    };
+    match (hx, hy) {
+        (Header::Positive(a), Header::Positive(b)) => a.cmp(&b),
+        // -1 - a against -1 - b.
+        (Header::Negative(a), Header::Negative(b)) => b.cmp(&a),
+        (Header::Bytes(a), Header::Bytes(b)) | (Header::Text(a), Header::Text(b)) => {
+            cmp_strings(x, a, y, b)
+        }
+        (Header::Array(a), Header::Array(b)) => cmp_items(x, a, y, b, 1),
+        (Header::Map(a), Header::Map(b)) => cmp_items(x, a, y, b, 2),
+        (Header::Tag(a), Header::Tag(b)) => a.cmp(&b).then_with(|| cmp_item(x, y)),
+        (Header::Simple(a), Header::Simple(b)) => a.cmp(&b),
+        (Header::Float(a), Header::Float(b)) => a.to_bits().cmp(&b.to_bits()),
+        (hx, hy) => rank(&hx).cmp(&rank(&hy)),
+    }
+}
+
+/// Compares two strings' contents as byte sequences, across chunks.
+fn cmp_strings(
+    x: &mut Cursor<'_>,
+    a: Option<usize>,
+    y: &mut Cursor<'_>,
+    b: Option<usize>,
+) -> Ordering {
+    let (mut lx, mut ly) = (Some(a), Some(b));
+    let (mut sx, mut sy): (&[u8], &[u8]) = (&[], &[]);
+    loop {
+        while sx.is_empty() {
+            match x.chunk(&mut lx) {
+                Some(s) => sx = s,
+                None => break,
+            }
+        }
+        while sy.is_empty() {
+            match y.chunk(&mut ly) {
+                Some(s) => sy = s,
+                None => break,
+            }
+        }
+        let n = sx.len().min(sy.len());
+        if n == 0 {
+            return sx.len().cmp(&sy.len());
+        }
+        match sx[..n].cmp(&sy[..n]) {
+            Ordering::Equal => (sx, sy) = (&sx[n..], &sy[n..]),
+            o => return o,
+        }
+    }
+}
+
+/// Compares the items of two arrays (`per` 1) or maps (`per` 2) in order;
+/// the shorter is less if one is a prefix of the other.
+fn cmp_items(
+    x: &mut Cursor<'_>,
+    a: Option<usize>,
+    y: &mut Cursor<'_>,
+    b: Option<usize>,
+    per: usize,
+) -> Ordering {
+    let (mut lx, mut ly) = (a, b);
+    loop {
+        match (x.more(&mut lx), y.more(&mut ly)) {
+            (false, false) => return Ordering::Equal,
+            (false, true) => return Ordering::Less,
+            (true, false) => return Ordering::Greater,
+            (true, true) => {
+                for _ in 0..per {
+                    match cmp_item(x, y) {
+                        Ordering::Equal => {}
+                        o => return o,
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -905,6 +1252,8 @@ mod tests {
         // A chunk of the wrong type, or an indefinite chunk.
         assert_eq!(de::<String>(b"\x7f\x41a\xff"), Err(DeError::Syntax(1)));
         assert_eq!(de::<String>(b"\x7f\x7f\xff\xff"), Err(DeError::Syntax(1)));
+        // A tag on a chunk (WIRE.md R-CBOR-5): not well-formed.
+        assert_eq!(de::<String>(b"\x7f\xc6\x61a\xff"), Err(DeError::Syntax(1)));
         // Never closed.
         assert_eq!(de::<Vec<u8>>(b"\x9f\x01"), Err(DeError::Eof));
     }
@@ -996,6 +1345,164 @@ mod tests {
         let mut v = vec![0xc6; 10_000];
         v.push(0x01);
         assert!(de::<serde::de::IgnoredAny>(&v).is_ok());
+    }
+
+    /// A chain of enums: `{"a": {"a": ... "u"}}`.
+    #[derive(Debug, PartialEq, serde::Deserialize)]
+    enum Chain {
+        #[serde(rename = "a")]
+        A(alloc::boxed::Box<Chain>),
+        #[serde(rename = "u")]
+        U,
+    }
+
+    #[test]
+    fn an_enum_is_one_level_as_a_map_or_a_bare_name() {
+        // `maps` one-entry maps, then the bare name "u": maps + 1 levels.
+        let chain = |maps: usize| {
+            let mut v = Vec::new();
+            for _ in 0..maps {
+                v.extend_from_slice(b"\xa1\x61a");
+            }
+            v.extend_from_slice(b"\x61u");
+            v
+        };
+        assert!(de::<Chain>(&chain(RECURSION_LIMIT - 1)).is_ok());
+        assert_eq!(de::<Chain>(&chain(RECURSION_LIMIT)), Err(DeError::TooDeep));
+        // At level 129 the name is not even read: too deep, not unknown.
+        let mut v = chain(RECURSION_LIMIT);
+        *v.last_mut().unwrap() = b'z';
+        assert_eq!(de::<Chain>(&v), Err(DeError::TooDeep));
+        // An unknown name at level 2 wins over content nested too deep.
+        let mut v = b"\xa1\x61a\xa1\x61z".to_vec();
+        v.extend(core::iter::repeat_n(0x81, 200));
+        v.push(0x80);
+        assert!(
+            matches!(de::<Chain>(&v), Err(DeError::Custom(m)) if m.starts_with("unknown variant"))
+        );
+    }
+
+    /// `{k1: 0, k2: 0, ...}` with each key as given (encoded), values 0.
+    fn map_of(keys: &[&[u8]]) -> Vec<u8> {
+        let mut m = vec![0xbf];
+        for k in keys {
+            m.extend_from_slice(k);
+            m.push(0);
+        }
+        m.push(0xff);
+        m
+    }
+
+    fn repeats<'a, T: Deserialize<'a>>(b: &'a [u8]) -> bool {
+        matches!(de::<T>(b), Err(DeError::Custom(m)) if m.starts_with("repeated map key"))
+    }
+
+    #[test]
+    fn a_repeated_key_is_refused_known_or_not() {
+        type Any = serde::de::IgnoredAny;
+        // {"field": 1, "x": 2, "x": 3}: an unknown key repeated.
+        let b = b"\xa3\x65field\x01\x61x\x02\x61x\x03";
+        assert!(repeats::<S>(b));
+        assert!(repeats::<Any>(b));
+        // A known one: the check comes before serde's own.
+        assert!(repeats::<S>(b"\xa2\x65field\x01\x65field\x01"));
+        // Nested, in a value that is ignored: {"field": 1, "y": {"a": 0, "a": 0}}.
+        assert!(repeats::<S>(
+            b"\xa2\x65field\x01\x61y\xa2\x61a\x00\x61a\x00"
+        ));
+        // Different keys, and the same key in two different maps: fine.
+        assert_eq!(
+            de::<S>(b"\xa3\x65field\x01\x61x\xa1\x61x\x00\x61y\xa1\x61x\x00"),
+            Ok(S { field: 1 })
+        );
+        assert_eq!(
+            de::<alloc::collections::BTreeMap<u8, u8>>(b"\xa2\x01\x00\x02\x00").map(|m| m.len()),
+            Ok(2)
+        );
+    }
+
+    #[test]
+    fn keys_are_compared_by_value_not_by_encoding() {
+        type Any = serde::de::IgnoredAny;
+        let same: &[(&[u8], &[u8])] = &[
+            // The same short key twice: one byte, and longer.
+            (b"\x60", b"\x60"),
+            (b"\x01", b"\x01"),
+            (b"\x61a", b"\x61a"),
+            (b"\x63abc", b"\x63abc"),
+            // "ab" definite, chunked (two ways), with a non-shortest head,
+            // tagged.
+            (b"\x62ab", b"\x7f\x61a\x61b\xff"),
+            (b"\x7f\x62ab\xff", b"\x7f\x61a\x60\x61b\xff"),
+            (b"\x62ab", b"\x78\x02ab"),
+            (b"\x62ab", b"\xd8\x20\x62ab"),
+            (b"\x42ab", b"\x5f\x41a\x41b\xff"),
+            // 1 and -2 at every width.
+            (b"\x01", b"\x1b\x00\x00\x00\x00\x00\x00\x00\x01"),
+            (b"\x21", b"\x38\x01"),
+            // Empty strings, arrays definite and not, floats of any width.
+            (b"\x60", b"\x7f\xff"),
+            (b"\x82\x01\x61a", b"\x9f\x01\x7f\x61a\xff\xff"),
+            (b"\xf9\x3c\x00", b"\xfb\x3f\xf0\x00\x00\x00\x00\x00\x00"),
+            (b"\xa1\x61a\x01", b"\xbf\x61a\x01\xff"),
+        ];
+        for (a, b) in same {
+            assert!(repeats::<Any>(&map_of(&[a, b])), "{a:02x?} = {b:02x?}");
+            assert!(repeats::<Any>(&map_of(&[b, a])), "{b:02x?} = {a:02x?}");
+        }
+        let different: &[(&[u8], &[u8])] = &[
+            (b"\x63abc", b"\x63abd"), // same length and first letter
+            (b"\x60", b"\x40"),
+            (b"\x62ab", b"\x42ab"),             // text is not bytes
+            (b"\x62ab", b"\x7f\x61a\x61c\xff"), // content
+            (b"\x62ab", b"\x7f\x61a\xff"),      // a prefix
+            (b"\x01", b"\x20"),                 // 1 and -1
+            (b"\x01", b"\xf9\x3c\x00"),         // 1 and 1.0
+            (b"\x01", b"\xc2\x41\x01"),         // 1 and bignum 1
+            (b"\xf4", b"\xf5"),
+            (b"\x82\x01\x02", b"\x82\x02\x01"),
+            (b"\x81\x01", b"\x82\x01\x01"),
+            (b"\xa1\x61a\x01", b"\xa1\x61a\x02"),
+        ];
+        for (a, b) in different {
+            assert!(de::<Any>(&map_of(&[a, b])).is_ok(), "{a:02x?} vs {b:02x?}");
+            assert!(de::<Any>(&map_of(&[b, a])).is_ok(), "{b:02x?} vs {a:02x?}");
+        }
+    }
+
+    #[test]
+    fn large_maps_are_checked_too() {
+        type Any = serde::de::IgnoredAny;
+        let key = |i: u32| {
+            let mut k = vec![0x7f];
+            for c in alloc::format!("key{i}").bytes() {
+                k.extend_from_slice(&[0x61, c]);
+            }
+            k.push(0xff);
+            k
+        };
+        for n in [7u32, 8, 9, 40, 1000] {
+            let keys: Vec<Vec<u8>> = (0..n).map(key).collect();
+            let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+            assert!(de::<Any>(&map_of(&refs)).is_ok(), "{n} keys");
+            // The first key again, last; the last again, last.
+            for again in [0, n - 1] {
+                let mut r = refs.clone();
+                r.push(&keys[again as usize]);
+                assert!(repeats::<Any>(&map_of(&r)), "{n} keys, {again} again");
+            }
+        }
+    }
+
+    #[test]
+    fn small_maps_allocate_no_key_index() {
+        let mut k = Keys::new();
+        let body = map_of(&[b"\x61a", b"\x61b", b"\x61c"]);
+        for at in [1, 4, 7] {
+            k.add(&body, at).unwrap();
+        }
+        assert!(k.spill.is_none());
+        assert!(k.finish(&body).is_ok());
     }
 
     /// A minimal borrowed-bytes type (serde_bytes' `Bytes` without the dependency

@@ -41,6 +41,11 @@ pub const RECURSION_LIMIT: usize = crate::de::RECURSION_LIMIT;
 /// Maximum body length of a [`FrameKind::Error`] frame.
 pub const ERROR_MAX_BODY: u32 = 1024;
 
+/// Longest [`ProtocolError::detail`] a sender writes, in bytes (`WIRE.md`
+/// R-ERR-7): [`ProtocolError::new`] cuts a longer one at a character
+/// boundary, so an `ERROR` always fits [`ERROR_MAX_BODY`].
+pub const ERROR_MAX_DETAIL: usize = 512;
+
 /// The kind of a frame: the first byte of its header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
@@ -329,7 +334,9 @@ pub struct ProtocolError {
     pub code: ProtocolErrorCode,
     /// Whether the sender closes the connection after this frame.
     pub fatal: bool,
-    /// A human-readable explanation (at most a few hundred bytes).
+    /// A human-readable explanation, at most [`ERROR_MAX_DETAIL`] bytes
+    /// when sent ([`ProtocolError::new`] cuts a longer one); a received one
+    /// may be longer, within the frame's limit.
     pub detail: String,
     /// The id of the `REQUEST` this error is about, when the sender could
     /// read it (protocol version 2; omitted on the wire when `None`).
@@ -351,12 +358,16 @@ impl fmt::Display for ProtocolError {
 }
 
 impl ProtocolError {
-    /// An error about no request in particular.
+    /// An error about no request in particular. A `detail` over
+    /// [`ERROR_MAX_DETAIL`] bytes is cut to that length (at a character
+    /// boundary).
     pub fn new(code: ProtocolErrorCode, fatal: bool, detail: impl Into<String>) -> Self {
+        let mut detail = detail.into();
+        truncate_utf8(&mut detail, ERROR_MAX_DETAIL);
         Self {
             code,
             fatal,
-            detail: detail.into(),
+            detail,
             id: None,
         }
     }
@@ -390,9 +401,7 @@ impl ProtocolError {
             | Error::UnexpectedId(_)
             | Error::InvalidName { .. } => return None,
         };
-        let mut detail = e.to_string();
-        truncate_utf8(&mut detail, 512);
-        Some(Self::new(code, fatal, detail))
+        Some(Self::new(code, fatal, e.to_string()))
     }
 }
 

@@ -495,3 +495,26 @@ fn is_fatal_agrees_with_the_error_table() {
     assert!(remote(true).is_fatal());
     assert!(!remote(false).is_fatal());
 }
+
+/// R-ERR-7: a sender's detail is at most 512 bytes, cut at a character
+/// boundary, so the largest `ERROR` (id and all) fits its 1024-byte limit;
+/// a receiver reads a longer one.
+#[test]
+fn error_details_are_cut_to_512_bytes_and_read_when_longer() {
+    use svmc_comm::RequestId;
+    use svmc_comm::frame::{ERROR_MAX_DETAIL, ProtocolError, ProtocolErrorCode};
+    let long = "é".repeat(400); // 800 bytes
+    let e = ProtocolError::new(ProtocolErrorCode::Other(u32::MAX), true, long.clone())
+        .with_id(Some(RequestId(u32::MAX)));
+    assert_eq!(e.detail.len(), ERROR_MAX_DETAIL);
+    assert!(long.starts_with(&e.detail));
+    let f = frame::encode(FrameKind::Error, &e, 0).expect("fits ERROR_MAX_BODY");
+    assert!(f.len() - HEADER_LEN <= ERROR_MAX_BODY as usize);
+    // 700 bytes of detail from a peer that does not cut: read as is.
+    let mut sent = e.clone();
+    sent.detail = "x".repeat(700);
+    let mut body = Vec::new();
+    ciborium::into_writer(&sent, &mut body).unwrap();
+    assert!(body.len() <= ERROR_MAX_BODY as usize);
+    assert_eq!(frame::decode_body::<ProtocolError>(&body), Ok(sent));
+}

@@ -117,6 +117,46 @@ fn mutated_frame() -> impl Strategy<Value = Vec<u8>> {
         })
 }
 
+/// A text key, written in one of the forms a receiver must read as the
+/// same key (R-CBOR-1, R-CBOR-4, R-CBOR-5, R-CBOR-6): shortest definite,
+/// a non-shortest head, chunked (split at `cut`), or tagged.
+fn encode_key(key: &str, form: u8, cut: usize, out: &mut Vec<u8>) {
+    let b = key.as_bytes();
+    let head = |out: &mut Vec<u8>, n: usize| {
+        if n < 24 {
+            out.push(0x60 | n as u8)
+        } else {
+            out.extend_from_slice(&[0x78, n as u8])
+        }
+    };
+    match form % 4 {
+        0 => {
+            head(out, b.len());
+            out.extend_from_slice(b);
+        }
+        1 => {
+            out.push(0x7a);
+            out.extend_from_slice(&(b.len() as u32).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        2 => {
+            // Keys are ASCII here: any cut is at a character boundary.
+            let (x, y) = b.split_at(cut.min(b.len()));
+            out.push(0x7f);
+            for part in [x, y] {
+                head(out, part.len());
+                out.extend_from_slice(part);
+            }
+            out.push(0xff);
+        }
+        _ => {
+            out.extend_from_slice(&[0xd8, 0x20]);
+            head(out, b.len());
+            out.extend_from_slice(b);
+        }
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -170,5 +210,31 @@ proptest! {
     #[test]
     fn hello_round_trips(protocol in ".{0,20}", version in any::<u32>(), max_body in any::<u32>()) {
         round_trip(FrameKind::Hello, &Hello { protocol, version, max_body });
+    }
+
+    /// A map is refused as malformed exactly when two of its keys are the
+    /// same text, however each is written, below and above the number of
+    /// keys compared inline (8).
+    #[test]
+    fn repeated_keys_are_found_by_value(
+        keys in proptest::collection::vec(("[abc]{0,4}", any::<u8>(), 0..5usize), 0..40),
+    ) {
+        let mut body = vec![0xb9];
+        body.extend_from_slice(&(keys.len() as u16).to_be_bytes());
+        for (k, form, cut) in &keys {
+            encode_key(k, *form, *cut, &mut body);
+            body.push(0x01);
+        }
+        let distinct: std::collections::BTreeSet<&str> =
+            keys.iter().map(|(k, _, _)| k.as_str()).collect();
+        let r = frame::decode_body::<std::collections::BTreeMap<String, u8>>(&body);
+        if distinct.len() == keys.len() {
+            prop_assert_eq!(r.map(|m| m.len()), Ok(keys.len()));
+        } else {
+            prop_assert!(
+                matches!(&r, Err(svmc_comm::Error::Malformed(m)) if m.starts_with("repeated map key")),
+                "{:?}", r
+            );
+        }
     }
 }

@@ -215,6 +215,7 @@ fn documented_constants() {
     assert_eq!(DEFAULT_MAX_BODY, 16_777_280);
     assert_eq!(frame::HELLO_MAX_BODY, 256);
     assert_eq!(frame::ERROR_MAX_BODY, 1024);
+    assert_eq!(frame::ERROR_MAX_DETAIL, 512);
     assert_eq!(frame::RECURSION_LIMIT, 128);
     assert_eq!(svmc_comm::service::HOST_PORT, 7000);
     assert_eq!(svmc_comm::service::SERVICE_PORT, 7001);

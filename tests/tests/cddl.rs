@@ -102,6 +102,22 @@ fn the_validator_refuses_bodies_that_break_the_schema() {
             b"\xa4\x64code\x07\x65fatal\xf5\x66detail\x61x\x62id\x61x",
         ),
     ];
+    // R-ERR-7: a detail of 513 bytes; 512 is fine.
+    let error_with_detail = |n: usize| {
+        let mut b = b"\xa3\x64code\x07\x65fatal\xf5\x66detail\x79".to_vec();
+        b.extend_from_slice(&(n as u16).to_be_bytes());
+        b.extend(std::iter::repeat_n(b'x', n));
+        b
+    };
+    let long = error_with_detail(513);
+    let bad: Vec<(&str, &str, &[u8])> = bad
+        .iter()
+        .copied()
+        .chain([("error-body", "detail over 512 bytes", &long[..])])
+        .collect();
+    let longest = error_with_detail(512);
+    let failed = cddl::validate(&tool, "error-body", &[("512".into(), longest)]).unwrap();
+    assert!(failed.is_empty(), "a 512-byte detail: {failed:?}");
     for (rule, what, body) in bad {
         let failed = cddl::validate(&tool, rule, &[(what.to_string(), body.to_vec())]).unwrap();
         assert_eq!(

@@ -782,6 +782,48 @@ fn r_hello_5_bad_hello_is_fatal(p: &Peer) -> R {
     c.expect_error(CODE_BAD, true, None)
 }
 
+/// R-HELLO-5: a client's first frame may be an `ERROR` (its refusal): no
+/// answer, the close; a `GOODBYE` first is an unexpected frame (code 5).
+fn r_hello_5_error_or_goodbye_as_the_first_frame(p: &Peer) -> R {
+    for fatal in [false, true] {
+        let mut c = p.connect()?;
+        c.send_msg(
+            FrameKind::Error,
+            &ProtocolError::new(CODE_BAD, fatal, "the client refuses"),
+        )?;
+        c.expect_hello()?;
+        c.expect_close()
+            .map_err(|e| format!("ERROR (fatal {fatal}) first: {e}"))?;
+    }
+    let mut c = p.connect()?;
+    c.send(&frame::goodbye())?;
+    c.expect_hello()?;
+    c.expect_error(CODE_UNEXPECTED, true, None)
+        .map_err(|e| format!("GOODBYE first: {e}"))
+}
+
+/// R-HELLO-7: the body is checked as CBOR before `protocol` is compared:
+/// a `HELLO` that is not a map, or another protocol's `HELLO` with a
+/// repeated key, is code 3, not 6.
+fn r_hello_7_the_body_is_checked_before_the_protocol(p: &Peer) -> R {
+    // ["svmc", 2, 1024]
+    let not_a_map = b"\x83\x64svmc\x02\x19\x04\x00".to_vec();
+    let mut other = hello_body("svmd", ServiceVm::VERSION, DEFAULT_MAX_BODY);
+    other[0] = 0xa5;
+    for _ in 0..2 {
+        cbor_text(&mut other, "x");
+        cbor_uint(&mut other, 1);
+    }
+    for (what, body) in [("not a map", not_a_map), ("svmd, a repeated key", other)] {
+        let mut c = p.connect()?;
+        c.send_raw(FrameKind::Hello as u8, &body)?;
+        c.expect_hello()?;
+        c.expect_error(CODE_BAD, true, None)
+            .map_err(|e| format!("HELLO {what}: {e}"))?;
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // §3.2 ids and order
 
@@ -1068,6 +1110,20 @@ fn r_req_5_response_too_large_for_the_client(p: &Peer) -> R {
     c.goodbye()
 }
 
+/// R-ERR-2, R-REQ-5, R-HELLO-6: with `max_body` 0 no answer fits, not
+/// even `payload_too_large`: each request is refused with a non-fatal
+/// `ERROR` code 2 carrying its id, and the connection goes on.
+fn r_err_2_code_2_refusing_an_answer_is_not_fatal(p: &Peer) -> R {
+    let (mut c, _) = p.hello_with(0)?;
+    c.send_request(4, &Request::Info)?;
+    c.expect_error(CODE_TOO_LARGE, false, Some(Some(4)))
+        .map_err(|e| format!("info: {e}"))?;
+    c.send_request(5, &Request::Reverse(b"abc".to_vec()))?;
+    c.expect_error(CODE_TOO_LARGE, false, Some(Some(5)))
+        .map_err(|e| format!("reverse: {e}"))?;
+    c.goodbye()
+}
+
 /// R-REQ-6: a request near the server's `max_body` is answered (or
 /// refused with `out_of_memory`), and the server keeps serving.
 fn r_req_6_large_request_is_answered_or_out_of_memory(p: &Peer) -> R {
@@ -1109,6 +1165,109 @@ fn r_err_5_client_fatal_error_closes(p: &Peer) -> R {
         &ProtocolError::new(CODE_BAD_FRAME, true, "the client gives up"),
     )?;
     c.expect_close()
+}
+
+/// R-ERR-5, R-CBOR-1: an `ERROR` body that is not an `error-body` (here a
+/// repeated key, unknown or known, and not CBOR) is a bad message: a
+/// non-fatal `ERROR` code 3 without an id, whatever its `fatal` says.
+fn r_err_5_undecodable_client_error_is_a_bad_message(p: &Peer) -> R {
+    let error_body = |fatal: bool, extra: &[(&str, u64)]| {
+        let mut b = vec![0xa3 + extra.len() as u8];
+        cbor_text(&mut b, "code");
+        cbor_uint(&mut b, 3);
+        cbor_text(&mut b, "fatal");
+        b.push(if fatal { 0xf5 } else { 0xf4 });
+        cbor_text(&mut b, "detail");
+        cbor_text(&mut b, "x");
+        for (k, v) in extra {
+            cbor_text(&mut b, k);
+            cbor_uint(&mut b, *v);
+        }
+        b
+    };
+    let mut c = p.hello()?;
+    let bodies = [
+        (
+            "a repeated unknown key",
+            error_body(false, &[("n", 1), ("n", 2)]),
+        ),
+        (
+            "a repeated known key, fatal",
+            error_body(true, &[("code", 1)]),
+        ),
+        ("not CBOR", vec![0xff]),
+    ];
+    for (i, (what, body)) in bodies.into_iter().enumerate() {
+        c.send_raw(FrameKind::Error as u8, &body)?;
+        c.expect_error(CODE_BAD, false, Some(None))
+            .map_err(|e| format!("ERROR with {what}: {e}"))?;
+        c.expect_usable(20 + i as u32)?;
+    }
+    c.goodbye()
+}
+
+/// R-ERR-3, R-ID-4: `ERROR`s about frames that are not requests carry no
+/// id and take no request's place: pipelined with requests, every frame's
+/// reply comes in order.
+fn r_err_3_errors_about_other_frames_are_not_answers(p: &Peer) -> R {
+    let mut c = p.hello()?;
+    let mut resp = Vec::new();
+    envelope::encode_response_into(RequestId(1), &Response::PowerOff, u32::MAX, &mut resp)
+        .map_err(|e| e.to_string())?;
+    let mut batch = request_frame(p, 1, &Request::Reverse(b"one".to_vec()));
+    batch.extend(resp);
+    batch.extend(request_frame(p, 2, &Request::Reverse(b"two".to_vec())));
+    batch.extend(
+        frame::encode(
+            FrameKind::Hello,
+            &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
+            u32::MAX,
+        )
+        .map_err(|e| e.to_string())?,
+    );
+    batch.extend(raw_frame(FrameKind::Error as u8, &[])); // empty ERROR
+    batch.extend(request_frame(p, 3, &Request::Reverse(b"three".to_vec())));
+    c.send(&batch)?;
+    expect_reversed(c.expect_response(1)?, b"one")?;
+    c.expect_error(CODE_UNEXPECTED, false, Some(None))
+        .map_err(|e| format!("about the RESPONSE: {e}"))?;
+    expect_reversed(c.expect_response(2)?, b"two")?;
+    c.expect_error(CODE_UNEXPECTED, false, Some(None))
+        .map_err(|e| format!("about the HELLO: {e}"))?;
+    c.expect_error(CODE_BAD, false, Some(None))
+        .map_err(|e| format!("about the empty ERROR: {e}"))?;
+    expect_reversed(c.expect_response(3)?, b"three")?;
+    c.goodbye()
+}
+
+/// R-ERR-8: which class wins when several apply: the header, then the
+/// kind, then the body's first fault in reading order.
+fn r_err_8_the_first_fault_decides(p: &Peer) -> R {
+    let mut c = p.hello()?;
+    // An empty HELLO after the handshake: the header first (code 3).
+    c.send_raw(FrameKind::Hello as u8, &[])?;
+    c.expect_error(CODE_BAD, false, Some(None))
+        .map_err(|e| format!("empty HELLO: {e}"))?;
+    // A HELLO that is not CBOR: the kind first (code 5).
+    c.send_raw(FrameKind::Hello as u8, &[0xff])?;
+    c.expect_error(CODE_UNEXPECTED, false, Some(None))
+        .map_err(|e| format!("HELLO not CBOR: {e}"))?;
+    // The unknown name before the content: not CBOR, nested too deep.
+    let mut deep = b"\x82\x03\xa1\x63sum".to_vec();
+    deep.extend(std::iter::repeat_n(0x81, 200));
+    deep.push(0x80);
+    let cases: [(&[u8], u32); 3] = [
+        (b"\x82\x01\xa1\x63sum\xff", 1),
+        (b"\x82\x02\x63sum\x00", 2), // and a trailing byte
+        (&deep, 3),
+    ];
+    for (body, id) in cases {
+        c.send_raw(REQ, body)?;
+        c.expect_error(CODE_VARIANT, false, Some(Some(id)))
+            .map_err(|e| format!("request {id}: {e}"))?;
+    }
+    c.expect_usable(4)?;
+    c.goodbye()
 }
 
 // ---------------------------------------------------------------------------
@@ -1227,6 +1386,22 @@ fn r_cbor_1_key_order_unknown_and_repeated_keys(p: &Peer) -> R {
         .map_err(|e| format!("a repeated key: {e}"))
 }
 
+/// R-CBOR-1: a repeated *unknown* key in a `HELLO` is malformed too,
+/// also when the two are written differently (definite and chunked):
+/// fatal code 3 before the handshake.
+fn r_cbor_1_repeated_unknown_key_in_hello_is_fatal(p: &Peer) -> R {
+    let mut body = hello_body("svmc", ServiceVm::VERSION, DEFAULT_MAX_BODY);
+    body[0] = 0xa5;
+    cbor_text(&mut body, "x");
+    body.extend_from_slice(b"\x82\x01\x02");
+    body.extend_from_slice(b"\x7f\x61x\xff\x00"); // (_ "x"): 0
+    let mut c = p.connect()?;
+    c.send_raw(FrameKind::Hello as u8, &body)?;
+    c.expect_hello()?;
+    c.expect_error(CODE_BAD, true, None)
+        .map_err(|e| format!("a repeated unknown key: {e}"))
+}
+
 /// R-CBOR-2: a unit variant as a map, or a variant with content as a
 /// bare name, is malformed.
 fn r_cbor_2_enum_shapes(p: &Peer) -> R {
@@ -1290,6 +1465,22 @@ fn r_cbor_6_tags(p: &Peer) -> R {
     c.send_raw(REQ, b"\x82\x09\xa1\x63rev\xc2\x42\x01\x02")?;
     c.expect_error(CODE_BAD, false, Some(Some(9)))?;
     c.expect_usable(10)?;
+    c.goodbye()
+}
+
+/// R-CBOR-4, R-CBOR-5, R-CBOR-6: a bignum id is the integer it holds; a
+/// tag on a chunk of a string is not well-formed.
+fn r_cbor_6_bignum_ids_and_tagged_chunks(p: &Peer) -> R {
+    let mut c = p.hello()?;
+    // [2(h'05'), "info"]
+    c.send_raw(REQ, b"\x82\xc2\x41\x05\x64info")?;
+    ensure(matches!(c.expect_response(5)?, Response::Info(_)), || {
+        "info".into()
+    })?;
+    // [6, {"rev": (_ 32(h'61'))}]
+    c.send_raw(REQ, b"\x82\x06\xa1\x63rev\x5f\xd8\x20\x41a\xff")?;
+    c.expect_error(CODE_BAD, false, Some(Some(6)))?;
+    c.expect_usable(7)?;
     c.goodbye()
 }
 
@@ -1396,6 +1587,14 @@ const CASES: &[Case<Peer>] = &[
     ),
     ("r_hello_5_bad_hello_is_fatal", r_hello_5_bad_hello_is_fatal),
     (
+        "r_hello_5_error_or_goodbye_as_the_first_frame",
+        r_hello_5_error_or_goodbye_as_the_first_frame,
+    ),
+    (
+        "r_hello_7_the_body_is_checked_before_the_protocol",
+        r_hello_7_the_body_is_checked_before_the_protocol,
+    ),
+    (
         "r_frame_2_unknown_kind_is_fatal",
         r_frame_2_unknown_kind_is_fatal,
     ),
@@ -1454,6 +1653,10 @@ const CASES: &[Case<Peer>] = &[
         r_req_5_response_too_large_for_the_client,
     ),
     (
+        "r_err_2_code_2_refusing_an_answer_is_not_fatal",
+        r_err_2_code_2_refusing_an_answer_is_not_fatal,
+    ),
+    (
         "r_req_6_large_request_is_answered_or_out_of_memory",
         r_req_6_large_request_is_answered_or_out_of_memory,
     ),
@@ -1464,6 +1667,18 @@ const CASES: &[Case<Peer>] = &[
     (
         "r_err_5_client_fatal_error_closes",
         r_err_5_client_fatal_error_closes,
+    ),
+    (
+        "r_err_5_undecodable_client_error_is_a_bad_message",
+        r_err_5_undecodable_client_error_is_a_bad_message,
+    ),
+    (
+        "r_err_3_errors_about_other_frames_are_not_answers",
+        r_err_3_errors_about_other_frames_are_not_answers,
+    ),
+    (
+        "r_err_8_the_first_fault_decides",
+        r_err_8_the_first_fault_decides,
     ),
     ("r_end_1_goodbye_closes", r_end_1_goodbye_closes),
     (
@@ -1478,6 +1693,10 @@ const CASES: &[Case<Peer>] = &[
         "r_cbor_1_key_order_unknown_and_repeated_keys",
         r_cbor_1_key_order_unknown_and_repeated_keys,
     ),
+    (
+        "r_cbor_1_repeated_unknown_key_in_hello_is_fatal",
+        r_cbor_1_repeated_unknown_key_in_hello_is_fatal,
+    ),
     ("r_cbor_2_enum_shapes", r_cbor_2_enum_shapes),
     (
         "r_cbor_4_integers_of_any_width",
@@ -1485,6 +1704,10 @@ const CASES: &[Case<Peer>] = &[
     ),
     ("r_cbor_5_indefinite_lengths", r_cbor_5_indefinite_lengths),
     ("r_cbor_6_tags", r_cbor_6_tags),
+    (
+        "r_cbor_6_bignum_ids_and_tagged_chunks",
+        r_cbor_6_bignum_ids_and_tagged_chunks,
+    ),
     ("r_cbor_7_nesting_limit", r_cbor_7_nesting_limit),
     ("r_cbor_8_invalid_utf8", r_cbor_8_invalid_utf8),
     (

@@ -761,7 +761,7 @@ impl<P: Protocol> ServerConn<P> {
             self.reserved = reserved;
             match P::response_too_large(len as u64, self.peer_max) {
                 Some(r) => self.queue_response(id, &r, 0),
-                None => self.queue_error(answer_too_large(id, len as u64, self.peer_max)),
+                None => self.refuse_answer(id, len as u64),
             }
         } else {
             let header = Header {
@@ -792,10 +792,14 @@ impl<P: Protocol> ServerConn<P> {
                         let mut out = Vec::new();
                         match envelope::encode_response_into(id, &r, self.peer_max, &mut out) {
                             Ok(()) => self.queue(out, 0),
+                            // Even the refusal is over the client's
+                            // `max_body` (e.g. 0): the ERROR has its own
+                            // limit.
+                            Err(comm::Error::TooLargeToSend { .. }) => self.refuse_answer(id, len),
                             Err(e) => self.report(&e, Some(id)),
                         }
                     }
-                    None => self.queue_error(answer_too_large(id, len, max)),
+                    None => self.refuse_answer(id, len),
                 }
             }
             Err(e) => {
@@ -803,6 +807,20 @@ impl<P: Protocol> ServerConn<P> {
                 self.report(&e, Some(id));
             }
         }
+    }
+
+    /// The non-fatal `ERROR` code 2 with the request's id that refuses an
+    /// answer whose `RESPONSE` body would be `len` bytes, over the
+    /// client's `max_body` (`WIRE.md` R-REQ-5, R-ERR-2): for a protocol
+    /// without a typed answer for it, or when even that is too large.
+    fn refuse_answer(&mut self, id: RequestId, len: u64) {
+        let detail = alloc::format!(
+            "the answer's RESPONSE body of {len} bytes is over your max_body of {}: not sent",
+            self.peer_max
+        );
+        self.queue_error(
+            ProtocolError::new(ProtocolErrorCode::TooLarge, false, detail).with_id(Some(id)),
+        );
     }
 
     /// A non-fatal `ERROR` about the frame just read (fatal before `HELLO`).
@@ -974,21 +992,6 @@ impl<P: Protocol> ServerConn<P> {
             None
         }
     }
-}
-
-/// The non-fatal `ERROR` code 2 with the request's id that answers a
-/// request whose answer would be over the client's `max_body`, for a
-/// protocol without its own answer for that (WIRE.md R-REQ-5, R-ERR-2).
-fn answer_too_large(id: RequestId, len: u64, max: u32) -> ProtocolError {
-    ProtocolError::new(
-        ProtocolErrorCode::TooLarge,
-        false,
-        alloc::format!(
-            "the answer would have a body of {len} bytes, over your max_body of {max}: \
-             not sent; the connection goes on"
-        ),
-    )
-    .with_id(Some(id))
 }
 
 impl<P: Protocol> Drop for ServerConn<P> {
@@ -1346,6 +1349,29 @@ mod tests {
             len,
             envelope::body_len(RequestId(11), &Response::Reverse(vec![1; 200])).unwrap() as u64
         );
+    }
+
+    #[test]
+    fn an_answer_not_even_its_refusal_fits_is_a_non_fatal_code_2() {
+        // max_body 0 (and 10): no RESPONSE fits, not even payload_too_large;
+        // every request still gets its answer, an ERROR code 2 with its id.
+        for client_max in [0, 10] {
+            let budget = Budget::unlimited();
+            let (mut s, mut h) = connected(&budget, client_max);
+            for (id, r) in [(11, Request::Info), (12, Request::Reverse(vec![1; 200]))] {
+                let out = frames(&feed(&mut s, &mut h, &request(id, &r)));
+                assert_eq!(out.len(), 1);
+                assert_eq!(out[0].0, FrameKind::Error);
+                let e = error(&out[0].1);
+                assert_eq!(
+                    (e.code, e.fatal, e.id),
+                    (ProtocolErrorCode::TooLarge, false, Some(RequestId(id))),
+                    "max_body {client_max}: {e:?}"
+                );
+                assert!(e.detail.contains("your max_body"), "{}", e.detail);
+            }
+            assert!(!s.is_ending());
+        }
     }
 
     #[test]
