@@ -78,6 +78,8 @@ pub const SUITES: &[Suite] = &[
     // word; now every held newcomer can be refused with `busy`, and a
     // served connection whose client has closed gives way at once
     // (`Endpoint::peer_closed`, which the Linux service now implements).
+    // Its `close_before_ok` case is not run for Linux: it makes
+    // vhost-device-vsock 0.3.0 panic there (see the case).
     Suite::new("hostile_host"),
     Suite::new("hostile_guest").not_for_linux("needs the misbehaving firmware variant"),
     Suite::new("cli_vm").not_for_linux(
