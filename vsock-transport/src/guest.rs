@@ -223,6 +223,13 @@ pub const PROBE_US: u64 = 1_000_000;
 /// it (see the module docs), so the stall ends within about this time.
 pub const NUDGE_US: u64 = 20_000;
 
+/// Connections the table has room for from the start: a server's 8
+/// served ones, as many held and being refused, the backlog, and those
+/// still closing (about 170 bytes each). It grows beyond that only in a
+/// burst, and never shrinks, so that a heap figure taken after some
+/// traffic does not move with how many connections happened to coexist.
+const TABLE_CAPACITY: usize = 40;
+
 /// Default of [`GuestVsock::set_max_pending`].
 pub const DEFAULT_MAX_PENDING: usize = 4;
 
@@ -373,7 +380,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         Ok(Self {
             driver,
             listening: Vec::new(),
-            conns: Vec::new(),
+            conns: Vec::with_capacity(TABLE_CAPACITY),
             backlog: VecDeque::new(),
             max_pending: DEFAULT_MAX_PENDING,
             next_id: 0,

@@ -253,7 +253,10 @@ where
     // A name no HELLO can carry: refuse to serve at all, before any send.
     comm::handshake::check_name::<P>()?;
     let max_conns = config.max_conns.max(1);
-    let mut slots: Vec<Slot<P, E::Id>> = Vec::new();
+    // Sized once for the most there can be (served and being refused), so
+    // that the table never reallocates while it serves: a burst of
+    // refusals does not leave a larger table behind.
+    let mut slots: Vec<Slot<P, E::Id>> = Vec::with_capacity(max_conns + MAX_REFUSING);
     if let Some(id) = boot {
         report(Event::Accepted(id));
         endpoint.serve(id);
@@ -265,7 +268,7 @@ where
             stuck: None,
         });
     }
-    let mut held: Vec<Held<E::Id>> = Vec::new();
+    let mut held: Vec<Held<E::Id>> = Vec::with_capacity(MAX_HELD);
     // When the served connections were last probed for the held ones.
     let mut probed: Option<u64> = None;
     let mut stopped = false;
