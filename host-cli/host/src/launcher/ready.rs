@@ -99,7 +99,7 @@ pub fn relaunches() -> u64 {
 /// guest's first notification (it arrives before the daemon has enabled
 /// the queue; about one boot in 30 to 60 here, under load), after which
 /// virtio-drivers would wait for that TX buffer forever; the firmware now
-/// notifies again until the device takes the buffer (`guest/src/kick.rs`),
+/// notifies again until the device takes the buffer (`guest/runtime/src/kick.rs`),
 /// so a relaunch means something else went wrong. Each one is logged (info
 /// level) and counted ([`relaunches`]). A `boot_timeout` no longer than
 /// `config.boot_attempt` means a single attempt.

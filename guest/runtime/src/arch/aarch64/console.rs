@@ -25,7 +25,7 @@ static SERIAL: Mutex<Option<Uart<'static>>> = Mutex::new(None);
 
 /// The UART at the address the device tree gave (or `virt`'s).
 fn uart() -> Uart<'static> {
-    let base = super::platform().map_or(super::devicetree::DEFAULT_UART, |p| p.uart);
+    let base = super::platform().map_or(crate::parse::fdt::DEFAULT_UART, |p| p.uart);
     let regs = NonNull::new(base as *mut _).expect("PL011 at address 0");
     // SAFETY: `base` is the PL011's register block (device tree), mapped
     // as device memory by the identity map; only SERIAL's one `Uart`

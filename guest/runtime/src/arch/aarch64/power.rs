@@ -15,7 +15,7 @@ use core::sync::atomic::{AtomicBool, Ordering};
 use smccc::psci;
 use smccc::{Hvc, Smc};
 
-use super::devicetree::Conduit;
+use crate::parse::fdt::Conduit;
 
 /// pvpanic event bit: the guest panicked (QEMU `include/hw/misc/pvpanic.h`,
 /// `PVPANIC_PANICKED`).

@@ -1,5 +1,5 @@
 //! The global allocator: `talc` over one RAM range, wrapped to count the
-//! bytes in use and the peak ([`comm::service::HeapStats`]).
+//! bytes in use and the peak ([`HeapStats`]).
 //!
 //! The heap is the RAM above the image in the region that holds it, as the
 //! boot memory map reports it, so it grows with the memory the VM is given.
@@ -8,8 +8,18 @@ use core::alloc::{GlobalAlloc, Layout};
 use core::ops::Range;
 use core::sync::atomic::{AtomicUsize, Ordering};
 
-use comm::service::HeapStats;
 use talc::{ErrOnOom, Span, Talc, Talck};
+
+/// Heap figures in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeapStats {
+    /// Size of the heap.
+    pub size: u64,
+    /// Bytes allocated now.
+    pub used: u64,
+    /// Most bytes ever allocated at once.
+    pub peak: u64,
+}
 
 /// `talc` behind a spin lock, with usage counters.
 struct CountingHeap {
@@ -91,7 +101,7 @@ static HEAP: CountingHeap = CountingHeap {
 ///
 /// Both ranges must be RAM, identity-mapped, writable, disjoint, used by
 /// nothing else for the rest of the program, and this must be called once.
-pub unsafe fn init(range: Range<usize>, low: Range<usize>) -> usize {
+pub(crate) unsafe fn init(range: Range<usize>, low: Range<usize>) -> usize {
     let mut size = 0;
     for r in [range, low] {
         if r.is_empty() {

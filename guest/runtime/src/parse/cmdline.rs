@@ -1,23 +1,32 @@
 //! The kernel command line: `key=value` words separated by spaces.
 //!
+//! The runtime's own keys:
+//!
 //! | key               | value                                   | default                      |
 //! |-------------------|-----------------------------------------|------------------------------|
-//! | `svmc.log`        | `off`, `error`, `warn`, `info`, `debug`, `trace` (the default image has debug and trace compiled out: it logs at info and warns; `cargo xtask build-image --verbose` builds one with them) | `info` |
-//! | `svmc.host_port`  | host vsock port to connect to at boot   | `comm::service::HOST_PORT`   |
-//! | `svmc.port`       | vsock port the guest listens on         | `comm::service::SERVICE_PORT`|
+//! | `svmc.log`        | `off`, `error`, `warn`, `info`, `debug`, `trace` (an image built with `log`'s `release_max_level_info` has debug and trace compiled out: it logs at info and warns) | `info` |
+//! | `svmc.host_port`  | host vsock port to connect to at boot   | [`DEFAULT_HOST_PORT`]        |
+//! | `svmc.port`       | vsock port the guest listens on         | [`DEFAULT_SERVICE_PORT`]     |
 //! | `svmc.connect_timeout_ms` | how long to wait for the host to answer the boot-time connection | 200 |
 //! | `svmc.test_panic` | `1`: panic right after start-up (tests the panic path) | off           |
-//! | `svmc.hostile`    | with the `hostile` feature only: how to misbehave (the `hostile` module) | off |
-//! | `svmc.mode`       | `service` (the `svmc` protocol), or with the `floors` feature only (not in the default image) `echo` (raw byte echo) or `raw-reverse` (raw store-and-forward reverse), the benchmark floors | `service` |
 //! | `svmc.max_conns`  | connections served at once, the boot connection included (at least 1) | 8 |
 //! | `svmc.idle_timeout_ms` | how long a connection must have been silent to be closed for a new one when `max_conns` are served | 5000 |
 //!
-//! Anything else, and values that do not parse, are ignored and reported
-//! as warnings once the logger is up. Parsing does not allocate: it runs
-//! before the heap exists.
+//! A service adds its own keys with a [`Words`] function (the `words`
+//! argument of `svmc_runtime::main!`), which sees every word the runtime
+//! does not take. Anything else, and values that do not parse, are
+//! ignored and reported as warnings once the logger is up. Parsing does
+//! not allocate: it runs before the heap exists. The command line is
+//! untrusted input like any other: no value can make parsing fail, panic
+//! or overflow; the worst a word can do is be ignored.
 
-use comm::service::{HOST_PORT, SERVICE_PORT};
 use log::LevelFilter;
+
+/// Default of `svmc.host_port`: the host's port for the boot connection.
+pub const DEFAULT_HOST_PORT: u32 = 7000;
+
+/// Default of `svmc.port`: the port the guest listens on.
+pub const DEFAULT_SERVICE_PORT: u32 = 7001;
 
 /// Default of `svmc.max_conns`.
 pub const DEFAULT_MAX_CONNS: usize = 8;
@@ -25,12 +34,25 @@ pub const DEFAULT_MAX_CONNS: usize = 8;
 /// Default of `svmc.idle_timeout_ms`.
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 5000;
 
+/// Default of `svmc.connect_timeout_ms`.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 200;
+
 /// How many ignored words are remembered for the warnings.
-const MAX_IGNORED: usize = 8;
+pub const MAX_IGNORED: usize = 8;
+
+/// A service's parser for its own words: called with the key and the value
+/// of each `key=value` word the runtime does not know; returns whether it
+/// took the word. It runs before the heap exists: it must not allocate.
+pub type Words = fn(key: &str, value: &str) -> bool;
+
+/// A [`Words`] that takes nothing.
+pub fn no_words(_key: &str, _value: &str) -> bool {
+    false
+}
 
 /// A decimal number that fits `T`: one `u64` parser for every key (each
 /// `str::parse` type would be its own copy in the image).
-fn number<T: TryFrom<u64>>(value: &str) -> Option<T> {
+pub fn number<T: TryFrom<u64>>(value: &str) -> Option<T> {
     #[inline(never)]
     fn parse(value: &str) -> Option<u64> {
         value.parse().ok()
@@ -38,23 +60,11 @@ fn number<T: TryFrom<u64>>(value: &str) -> Option<T> {
     parse(value)?.try_into().ok()
 }
 
-/// What the firmware does with each connection (`svmc.mode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Serve the `svmc` protocol.
-    Service,
-    /// Echo raw bytes (`crate::echo`, `floors` feature).
-    #[cfg(feature = "floors")]
-    Echo,
-    /// Reverse length-prefixed raw messages (`crate::raw_reverse`,
-    /// `floors` feature).
-    #[cfg(feature = "floors")]
-    RawReverse,
-}
-
-/// Settings from the command line.
+/// The runtime's settings from the command line.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The whole command line.
+    pub cmdline: &'static str,
     /// Most verbose log level printed.
     pub log_level: LevelFilter,
     /// Host port for the boot-time connection.
@@ -65,8 +75,6 @@ pub struct Config {
     pub connect_timeout_ms: u64,
     /// Panic after start-up.
     pub test_panic: bool,
-    /// What connections get.
-    pub mode: Mode,
     /// Connections served at once.
     pub max_conns: usize,
     /// Silence after which a connection may be closed for a new one when
@@ -77,36 +85,39 @@ pub struct Config {
 }
 
 impl Config {
-    /// Parses `cmdline`; never fails.
-    pub fn parse(cmdline: &'static str) -> Self {
+    /// Parses `cmdline`, handing the words the runtime does not know to
+    /// `words`; never fails.
+    pub fn parse(cmdline: &'static str, words: Words) -> Self {
         let mut config = Self {
+            cmdline,
             log_level: LevelFilter::Info,
-            host_port: HOST_PORT,
-            service_port: SERVICE_PORT,
-            connect_timeout_ms: 200,
+            host_port: DEFAULT_HOST_PORT,
+            service_port: DEFAULT_SERVICE_PORT,
+            connect_timeout_ms: DEFAULT_CONNECT_TIMEOUT_MS,
             test_panic: false,
-            mode: Mode::Service,
             max_conns: DEFAULT_MAX_CONNS,
             idle_timeout_ms: DEFAULT_IDLE_TIMEOUT_MS,
             ignored: [None; MAX_IGNORED],
             ignored_count: 0,
         };
         for word in cmdline.split_ascii_whitespace() {
-            if !config.apply(word) {
+            let taken = match word.split_once('=') {
+                Some((key, value)) => config.apply(key, value) || words(key, value),
+                None => false,
+            };
+            if !taken {
                 if let Some(slot) = config.ignored.get_mut(config.ignored_count) {
                     *slot = Some(word);
                 }
-                config.ignored_count += 1;
+                config.ignored_count = config.ignored_count.saturating_add(1);
             }
         }
         config
     }
 
-    /// Applies one word; `false` if it is unknown or its value is invalid.
-    fn apply(&mut self, word: &str) -> bool {
-        let Some((key, value)) = word.split_once('=') else {
-            return false;
-        };
+    /// Applies one of the runtime's words; `false` if the key is not one
+    /// of them or its value is invalid.
+    fn apply(&mut self, key: &str, value: &str) -> bool {
         match key {
             "svmc.log" => value.parse().map(|l| self.log_level = l).is_ok(),
             "svmc.host_port" => number(value).map(|p| self.host_port = p).is_some(),
@@ -125,32 +136,14 @@ impl Config {
             "svmc.test_panic" => number::<u8>(value)
                 .map(|v| self.test_panic = v != 0)
                 .is_some(),
-            "svmc.mode" => match value {
-                "service" => {
-                    self.mode = Mode::Service;
-                    true
-                }
-                #[cfg(feature = "floors")]
-                "echo" => {
-                    self.mode = Mode::Echo;
-                    true
-                }
-                #[cfg(feature = "floors")]
-                "raw-reverse" => {
-                    self.mode = Mode::RawReverse;
-                    true
-                }
-                _ => false,
-            },
-            #[cfg(feature = "hostile")]
-            "svmc.hostile" => crate::hostile::set_mode(value),
             _ => false,
         }
     }
 
-    /// The words that were ignored (the first few of them), and how many
-    /// there were in all.
+    /// The words that were ignored (the first [`MAX_IGNORED`] of them),
+    /// and how many there were in all.
     pub fn ignored(&self) -> (impl Iterator<Item = &'static str> + '_, usize) {
         (self.ignored.iter().flatten().copied(), self.ignored_count)
     }
 }
+

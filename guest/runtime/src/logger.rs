@@ -1,9 +1,10 @@
 //! A `log` logger on the architecture's console: one line per record,
 //! `[LEVEL] message`, written under the console lock so lines never mix.
 //!
-//! Levels above `log::STATIC_MAX_LEVEL` are compiled out: debug and trace
-//! in the default image (the guest's `quiet` feature); [`init`] caps the
-//! level there and says so.
+//! Levels above `log::STATIC_MAX_LEVEL` are compiled out (debug and trace
+//! in an image built with `log`'s `release_max_level_info`, as the svmc
+//! firmware's default image is); [`init`] caps the level there and says
+//! so.
 
 use log::{Level, LevelFilter, Log, Metadata, Record, STATIC_MAX_LEVEL};
 
@@ -42,13 +43,13 @@ static LOGGER: ConsoleLogger = ConsoleLogger;
 
 /// Installs the logger with `level`, or the most verbose level compiled
 /// in if that is less (and then warns). Needs the console initialised.
-pub fn init(level: LevelFilter) {
+pub(crate) fn init(level: LevelFilter) {
     // Fails only if a logger is already set: then that one stays.
     let _ = log::set_logger(&LOGGER);
     log::set_max_level(level.min(STATIC_MAX_LEVEL));
     if level > STATIC_MAX_LEVEL {
         log::warn!(
-            "svmc.log asks for {}: this image logs at most at {} (`cargo xtask build-image --verbose` builds one with all levels)",
+            "svmc.log asks for {}: this image logs at most at {} (the more verbose levels are compiled out)",
             level.as_str(),
             STATIC_MAX_LEVEL.as_str()
         );

@@ -11,8 +11,6 @@
 
 use x86_64::instructions::port::Port;
 
-use super::acpi;
-
 /// PM1a control block on q35 when there are no ACPI tables: the ICH9 LPC
 /// power-management base that SeaBIOS programs (0x600, QEMU's
 /// `ICH9_PMIO_BASE` default) + 4 (`ICH9_PMIO_PM1_CNT`).
@@ -45,7 +43,7 @@ pub fn power_off() -> ! {
         Some(a) if a.hw_reduced && a.sleep_control != 0 => {
             // SAFETY: the FADT's sleep control register, in the identity
             // map; writing SLP_EN|S5 only requests the power-off.
-            unsafe { acpi::write_sleep_control(a.sleep_control, SLEEP_CONTROL_S5) };
+            unsafe { core::ptr::write_volatile(a.sleep_control as *mut u8, SLEEP_CONTROL_S5) };
         }
         acpi => {
             let port = acpi

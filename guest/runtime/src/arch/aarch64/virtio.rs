@@ -17,8 +17,8 @@ use virtio_drivers::transport::pci::bus::{
 };
 use virtio_drivers::transport::{DeviceType, SomeTransport, Transport, pci::virtio_device_type};
 
-use super::devicetree::PciHost;
 use crate::hal::IdentityHal;
+use crate::parse::fdt::PciHost;
 
 /// The virtio transport of this architecture: MMIO or PCI.
 pub type VirtioTransport = SomeTransport<'static>;

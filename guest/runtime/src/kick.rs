@@ -223,11 +223,11 @@ impl<T: Transport> Transport for KickRetry<T> {
     }
 
     fn notify(&mut self, queue: u16) {
-        // The hostile test firmware can lose the first TX kick on purpose,
-        // as the daemon may, to prove that the wait below recovers.
-        #[cfg(feature = "hostile")]
-        let lost = queue == TX_QUEUE && crate::hostile::lose_tx_kick();
-        #[cfg(not(feature = "hostile"))]
+        // A test firmware can lose the first TX kick on purpose, as the
+        // daemon may, to prove that the wait below recovers.
+        #[cfg(feature = "test-hooks")]
+        let lost = queue == TX_QUEUE && crate::testing::take_lost_kick();
+        #[cfg(not(feature = "test-hooks"))]
         let lost = false;
         if !lost {
             self.inner.notify(queue);

@@ -21,11 +21,16 @@
 //! firmware scans its bytes for the `_HID` string and the resource
 //! descriptor that follows it, which is how QEMU encodes them.
 //!
-//! Everything is read once in `rust_start`, before the heap exists: on
-//! q35 SeaBIOS puts the tables at the top of RAM, which the PVH memory map
+//! Everything is read once at boot, before the heap exists: on q35
+//! SeaBIOS puts the tables at the top of RAM, which the PVH memory map
 //! does not reserve, so the heap may later overwrite them.
-
-use core::ptr;
+//!
+//! The parser is pure: it reads physical memory through [`PhysMem`], which
+//! the firmware implements over its identity map and the tests over a byte
+//! buffer, so malformed and hostile tables are tested on the host. Every
+//! address and length in the tables is untrusted: a table that does not
+//! fit the memory, has the wrong signature, a length below its header or
+//! over [`MAX_TABLE`], or a bad checksum is ignored.
 
 /// Most virtio-mmio transports recorded from the DSDT.
 pub const MAX_VIRTIO_MMIO: usize = 8;
@@ -48,7 +53,10 @@ const HW_REDUCED_ACPI: u32 = 1 << 20;
 const GAS_SYSTEM_MEMORY: u8 = 0;
 
 /// Longest table read (QEMU's DSDTs are a few KiB).
-const MAX_TABLE: usize = 1 << 20;
+pub const MAX_TABLE: usize = 1 << 20;
+
+/// Most tables followed from the RSDT/XSDT.
+const MAX_TABLES: usize = 32;
 
 /// The facts the firmware uses, copied out of the tables.
 #[derive(Debug, Clone, Copy, Default)]
@@ -67,29 +75,31 @@ pub struct Acpi {
     pub virtio_mmio: [Option<(u64, u64)>; MAX_VIRTIO_MMIO],
 }
 
+/// Read access to the physical memory that holds the tables.
+pub trait PhysMem {
+    /// The `len` bytes at physical address `paddr`, or `None` if they are
+    /// not all readable memory (address 0 is never readable).
+    fn read(&self, paddr: u64, len: usize) -> Option<&[u8]>;
+}
+
+/// Length of the header every table but the RSDP starts with (ACPI 6.4,
+/// 5.2.6).
+const HEADER_LEN: usize = 36;
+
 /// A table's bytes, after checking its signature, length and checksum.
-///
-/// # Safety
-///
-/// `paddr` is 0 or the address of readable, identity-mapped memory that
-/// holds an ACPI table (or anything) and is not written while the returned
-/// slice lives.
-unsafe fn table(paddr: u64, signature: &[u8; 4]) -> Option<&'static [u8]> {
-    if paddr == 0 || paddr + MAX_TABLE as u64 > super::IDENTITY_MAP_END {
+fn table<'m>(mem: &'m impl PhysMem, paddr: u64, signature: &[u8; 4]) -> Option<&'m [u8]> {
+    if paddr == 0 {
         return None;
     }
-    // SAFETY: the caller promised readable memory at `paddr`; the header
-    // is 36 bytes.
-    let header = unsafe { core::slice::from_raw_parts(paddr as *const u8, 36) };
+    let header = mem.read(paddr, HEADER_LEN)?;
     if &header[..4] != signature {
         return None;
     }
     let len = u32_at(header, 4)? as usize;
-    if !(36..=MAX_TABLE).contains(&len) {
+    if !(HEADER_LEN..=MAX_TABLE).contains(&len) {
         return None;
     }
-    // SAFETY: as above; the header says the table is `len` bytes long.
-    let bytes = unsafe { core::slice::from_raw_parts(paddr as *const u8, len) };
+    let bytes = mem.read(paddr, len)?;
     (checksum(bytes) == 0).then_some(bytes)
 }
 
@@ -105,53 +115,44 @@ fn u64_at(b: &[u8], off: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(off..off + 8)?.try_into().ok()?))
 }
 
-/// Reads the tables from the RSDP at `rsdp` (PVH's `rsdp_paddr`).
-///
-/// # Safety
-///
-/// `rsdp` is 0 or the address of the RSDP the VMM built; it and the tables
-/// it leads to are identity-mapped RAM that nothing writes during the call.
-pub unsafe fn read(rsdp: u64) -> Option<Acpi> {
+/// Reads the tables from the RSDP at `rsdp` (PVH's `rsdp_paddr`); `None`
+/// if there is no valid RSDP there, or neither a valid XSDT nor RSDT.
+pub fn read(mem: &impl PhysMem, rsdp: u64) -> Option<Acpi> {
     if rsdp == 0 {
         return None;
     }
-    // SAFETY: the caller promised an RSDP: 20 bytes in version 1, 36 from
-    // version 2 (ACPI 6.4, 5.2.5.3), the revision says which.
-    let head = unsafe { core::slice::from_raw_parts(rsdp as *const u8, 20) };
+    // 20 bytes in version 1, 36 from version 2 (ACPI 6.4, 5.2.5.3), the
+    // revision says which; the first checksum covers the first 20.
+    let head = mem.read(rsdp, 20)?;
     if &head[..8] != b"RSD PTR " || checksum(head) != 0 {
         return None;
     }
-    let mut tables = [0u64; 32];
+    let mut tables = [0u64; MAX_TABLES];
     let mut count = 0;
     let xsdt = if head[15] >= 2 {
-        // SAFETY: a version 2 RSDP is 36 bytes.
-        let full = unsafe { core::slice::from_raw_parts(rsdp as *const u8, 36) };
-        // SAFETY: the RSDP's XSDT address (caller's promise).
-        unsafe { table(u64_at(full, 24)?, b"XSDT") }
+        let full = mem.read(rsdp, 36)?;
+        table(mem, u64_at(full, 24)?, b"XSDT")
     } else {
         None
     };
     if let Some(xsdt) = xsdt {
-        for entry in xsdt[36..].chunks_exact(8).take(tables.len()) {
+        for entry in xsdt[HEADER_LEN..].chunks_exact(8).take(MAX_TABLES) {
             tables[count] = u64_at(entry, 0)?;
             count += 1;
         }
     } else {
-        // SAFETY: the RSDP's RSDT address (caller's promise).
-        let rsdt = unsafe { table(u64::from(u32_at(head, 16)?), b"RSDT") }?;
-        for entry in rsdt[36..].chunks_exact(4).take(tables.len()) {
+        let rsdt = table(mem, u64::from(u32_at(head, 16)?), b"RSDT")?;
+        for entry in rsdt[HEADER_LEN..].chunks_exact(4).take(MAX_TABLES) {
             tables[count] = u64::from(u32_at(entry, 0)?);
             count += 1;
         }
     }
     let mut acpi = Acpi::default();
     for &paddr in &tables[..count] {
-        // SAFETY: the addresses come from the RSDT/XSDT (caller's promise).
-        let fadt = unsafe { table(paddr, b"FACP") };
-        // SAFETY: as above.
-        let mcfg = unsafe { table(paddr, b"MCFG") };
+        let fadt = table(mem, paddr, b"FACP");
+        let mcfg = table(mem, paddr, b"MCFG");
         if let Some(fadt) = fadt {
-            read_fadt(fadt, &mut acpi);
+            read_fadt(mem, fadt, &mut acpi);
         }
         // One allocation of 16 bytes after the 44-byte header: base
         // address, segment group, start and end bus; the ECAM of bus 0.
@@ -164,7 +165,7 @@ pub unsafe fn read(rsdp: u64) -> Option<Acpi> {
     Some(acpi)
 }
 
-fn read_fadt(fadt: &[u8], acpi: &mut Acpi) {
+fn read_fadt(mem: &impl PhysMem, fadt: &[u8], acpi: &mut Acpi) {
     let flags = u32_at(fadt, 112).unwrap_or(0);
     acpi.hw_reduced = flags & HW_REDUCED_ACPI != 0;
     acpi.pm1a_cnt = u32_at(fadt, 64)
@@ -183,10 +184,8 @@ fn read_fadt(fadt: &[u8], acpi: &mut Acpi) {
         .filter(|&a| a != 0)
         .or_else(|| u32_at(fadt, 40).map(u64::from))
         .unwrap_or(0);
-    // SAFETY: the FADT's DSDT address; `read`'s caller promised that the
-    // tables are readable and unwritten.
-    if let Some(dsdt) = unsafe { table(dsdt, b"DSDT") } {
-        acpi.virtio_mmio = virtio_mmio(&dsdt[36..]);
+    if let Some(dsdt) = table(mem, dsdt, b"DSDT") {
+        acpi.virtio_mmio = virtio_mmio(&dsdt[HEADER_LEN..]);
     }
 }
 
@@ -222,13 +221,3 @@ fn virtio_mmio(aml: &[u8]) -> [Option<(u64, u64)>; MAX_VIRTIO_MMIO] {
     found
 }
 
-/// Writes `value` to the sleep control register at `address`.
-///
-/// # Safety
-///
-/// `address` is the FADT's sleep control register, identity-mapped.
-pub unsafe fn write_sleep_control(address: u64, value: u8) {
-    // SAFETY: the caller promised the register; writing it only requests
-    // a sleep state.
-    unsafe { ptr::write_volatile(address as *mut u8, value) };
-}

@@ -113,12 +113,12 @@ fn tsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// Microseconds since [`init`].
+/// Microseconds since `init`.
 ///
 /// Without a PM timer, reading the PIT is three port accesses, each an
 /// exit to the VMM that takes its big lock; polled in every wait, that
 /// made the 16-byte round trip on `microvm` 3x slower than the echo.
-/// So the PIT is read only for the first [`CALIBRATION_US`], long enough
+/// So the PIT is read only for the first `CALIBRATION_US`, long enough
 /// to measure the TSC's rate to about 0.2 %, and the TSC (read without an
 /// exit under TCG and KVM) from then on.
 pub fn now_us() -> u64 {

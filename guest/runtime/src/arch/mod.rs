@@ -1,8 +1,8 @@
 //! Architecture-specific code, behind one interface that the rest of the
-//! firmware uses. Each architecture module provides:
+//! runtime uses. Each architecture module provides:
 //!
 //! - its entry point (boot assembly and a `rust_start` that builds a
-//!   [`BootInfo`] and calls [`crate::start`]);
+//!   [`BootInfo`] and calls `crate::entry::start`);
 //! - `NAME`: the architecture as Rust names it (`x86_64`, `aarch64`);
 //! - `IDENTITY_MAP_END`: end of the identity-mapped physical range;
 //! - `console`: `init()` and `with(|w: &mut dyn fmt::Write| ..)`, plus

@@ -4,7 +4,6 @@
 
 use core::arch::global_asm;
 
-mod acpi;
 mod clock;
 pub mod console;
 mod power;
@@ -15,8 +14,8 @@ pub use clock::now_us;
 pub use power::{exit_failure, power_off};
 pub use virtio::{DiscoveryError, VirtioTransport, find_vsock};
 
-use self::acpi::Acpi;
 use crate::layout;
+use crate::parse::acpi::{self, Acpi, PhysMem};
 
 /// Architecture name as Rust spells it.
 pub const NAME: &str = "x86_64";
@@ -38,6 +37,27 @@ fn acpi() -> Option<&'static Acpi> {
     ACPI.get().and_then(Option::as_ref)
 }
 
+/// The tables' memory, read through the identity map that `boot.s` built.
+///
+/// Only made in [`rust_start`], whose caller (the VMM) promises that the
+/// ACPI tables are RAM that nothing writes while they are read.
+struct IdentityMem(());
+
+impl PhysMem for IdentityMem {
+    fn read(&self, paddr: u64, len: usize) -> Option<&[u8]> {
+        let end = paddr.checked_add(u64::try_from(len).ok()?)?;
+        if paddr == 0 || end > IDENTITY_MAP_END {
+            return None;
+        }
+        // SAFETY: the range is inside the identity map (checked above),
+        // which is readable, and the VMM's tables there are not written
+        // while the parser reads them (see `IdentityMem`); the slice lives
+        // no longer than `self`, which lives only during `rust_start`'s
+        // parse.
+        Some(unsafe { core::slice::from_raw_parts(paddr as *const u8, len) })
+    }
+}
+
 /// Called by `boot.s` in 64-bit mode with the stack set up.
 ///
 /// `start_info` is the physical address of PVH's `hvm_start_info`.
@@ -47,11 +67,11 @@ extern "C" fn rust_start(start_info: u64) -> ! {
     // `hvm_start_info` in EBX, which boot.s forwards unchanged; the memory
     // it describes (below the image, identity-mapped) is never written.
     let (boot, rsdp) = unsafe { pvh::boot_info(start_info) };
-    // SAFETY: `rsdp` is the RSDP the VMM's PVH start-of-day code found
-    // (QEMU's pvh option ROM searches the EBDA and the BIOS area); the
-    // tables are identity-mapped RAM, read here before the heap (which may
-    // cover them) exists.
-    let acpi = ACPI.call_once(|| unsafe { acpi::read(rsdp) });
+    // `rsdp` is the RSDP the VMM's PVH start-of-day code found (QEMU's pvh
+    // option ROM searches the EBDA and the BIOS area); the tables are
+    // identity-mapped RAM, read here before the heap (which may cover
+    // them) exists. The parser checks every address and length in them.
+    let acpi = ACPI.call_once(|| acpi::read(&IdentityMem(()), rsdp));
     clock::init(acpi.as_ref().map_or(clock::Q35_PM_TIMER, |a| a.pm_timer));
-    crate::start(boot)
+    crate::entry::start(boot)
 }

@@ -3,14 +3,14 @@
 //! conduit (`/psci` `method`), the virtio-mmio slots and the PCIe host
 //! bridge (ECAM and its 32-bit memory window). Read once at boot, with the
 //! MMU on and before the heap exists, so nothing here allocates.
+//!
+//! The parser is pure ([`platform`] takes the blob as a byte slice), so
+//! truncated, malformed and hostile blobs are tested on the host. Every
+//! offset, length and cell count in the blob is untrusted: anything out of
+//! bounds makes the blob [`DtError::Malformed`], never a panic, and the
+//! walk is one pass bounded by the blob's length and [`MAX_DEPTH`].
 
 use core::ops::Range;
-
-use crate::layout;
-
-/// Where QEMU puts the device tree for an ELF image on `virt`: the base of
-/// RAM (hw/arm/boot.c, when the image leaves room below it).
-pub const DTB_ADDRESS: usize = 0x4000_0000;
 
 /// The PL011 of QEMU `virt`, used if the device tree names none.
 pub const DEFAULT_UART: usize = 0x0900_0000;
@@ -41,13 +41,13 @@ pub struct PciHost {
 
 /// The platform as the device tree describes it.
 #[derive(Debug, Clone)]
-pub struct Platform {
+pub struct Platform<'a> {
     /// `/chosen/bootargs` ("" if none).
-    pub bootargs: &'static str,
+    pub bootargs: &'a str,
     /// The RAM region holding the image.
     pub ram: Option<Range<usize>>,
-    /// Where the device tree blob itself lies.
-    pub blob: Range<usize>,
+    /// Bytes of the blob (its header's `totalsize`).
+    pub blob_len: usize,
     /// PL011 registers.
     pub uart: usize,
     /// PSCI conduit, if there is a `/psci` node.
@@ -59,11 +59,11 @@ pub struct Platform {
 }
 
 /// Why the device tree could not be used.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DtError {
-    /// No device tree magic at the address.
-    BadMagic(usize),
-    /// The blob is larger than the room below the image.
+    /// No device tree magic at the start of the blob.
+    BadMagic,
+    /// The header's `totalsize` is more than the room the blob has.
     TooLarge(usize),
     /// The structure block is malformed.
     Malformed,
@@ -72,7 +72,7 @@ pub enum DtError {
 impl core::fmt::Display for DtError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            Self::BadMagic(a) => write!(f, "no device tree (magic 0xd00dfeed) at {a:#x}"),
+            Self::BadMagic => write!(f, "no device tree (magic 0xd00dfeed)"),
             Self::TooLarge(n) => write!(f, "device tree of {n} bytes overlaps the image"),
             Self::Malformed => write!(f, "device tree: malformed structure block"),
         }
@@ -82,28 +82,17 @@ impl core::fmt::Display for DtError {
 /// Flattened device tree magic, big-endian at offset 0.
 const FDT_MAGIC: u32 = 0xd00d_feed;
 
-/// Parses the device tree at `address`.
-///
-/// # Safety
-///
-/// `address` must be identity-mapped RAM below the image that nothing
-/// writes for the rest of the program (QEMU's DTB at the base of RAM).
-pub unsafe fn parse(address: usize) -> Result<Platform, DtError> {
-    let room = layout::image_range().start.saturating_sub(address);
-    // SAFETY: the caller promised readable RAM from `address` up to the image.
-    let head = unsafe { core::slice::from_raw_parts(address as *const u8, 8.min(room)) };
-    if head.len() < 8 || u32::from_be_bytes([head[0], head[1], head[2], head[3]]) != FDT_MAGIC {
-        return Err(DtError::BadMagic(address));
+/// Parses the device tree at the start of `room` (the memory from the
+/// blob up to the image): its header, then the structure block. `image`
+/// is where the image lies; the RAM region reported is the one holding it.
+pub fn platform<'a>(room: &'a [u8], image: &Range<usize>) -> Result<Platform<'a>, DtError> {
+    if be32(room, 0) != Some(FDT_MAGIC) {
+        return Err(DtError::BadMagic);
     }
-    let total = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
-    if total > room {
-        return Err(DtError::TooLarge(total));
-    }
-    // SAFETY: as above; `total` bytes lie below the image and are never
-    // written, so a `'static` shared slice is sound.
-    let blob: &'static [u8] = unsafe { core::slice::from_raw_parts(address as *const u8, total) };
-    let mut p = platform(blob).ok_or(DtError::Malformed)?;
-    p.blob = address..address + total;
+    let total = be32(room, 4).ok_or(DtError::BadMagic)? as usize;
+    let blob = room.get(..total).ok_or(DtError::TooLarge(total))?;
+    let mut p = walk(blob, image).ok_or(DtError::Malformed)?;
+    p.blob_len = total;
     Ok(p)
 }
 
@@ -115,7 +104,11 @@ const FDT_NOP: u32 = 4;
 const FDT_END: u32 = 9;
 
 /// Deepest node nesting followed (`virt` nests 3 deep).
-const MAX_DEPTH: usize = 16;
+pub const MAX_DEPTH: usize = 16;
+
+/// Largest `#address-cells` and `#size-cells` read (two cells make 64
+/// bits; more would not fit an address).
+const MAX_CELLS: u32 = 2;
 
 /// The properties of one node that [`platform`] uses.
 #[derive(Default, Clone, Copy)]
@@ -155,7 +148,11 @@ fn as_str(v: &[u8]) -> Option<&str> {
 }
 
 /// The first (address, size) of a `reg` with the parent's cell counts.
+/// `None` if the cells are missing or more than [`MAX_CELLS`] each.
 fn first_reg(reg: &[u8], (address_cells, size_cells): (u32, u32)) -> Option<(usize, usize)> {
+    if address_cells > MAX_CELLS || size_cells > MAX_CELLS {
+        return None;
+    }
     let cells = |off: usize, n: u32| -> Option<u64> {
         (0..n as usize).try_fold(0u64, |v, i| {
             Some((v << 32) | u64::from(be32(reg, off + 4 * i)?))
@@ -170,15 +167,14 @@ fn first_reg(reg: &[u8], (address_cells, size_cells): (u32, u32)) -> Option<(usi
 /// block. (The `fdt` crate walks the whole tree again for each lookup, and
 /// took about 4.5 ms of the boot under TCG for the handful this needs; one
 /// pass takes a fraction of that.)
-fn platform(blob: &'static [u8]) -> Option<Platform> {
+fn walk<'a>(blob: &'a [u8], image: &Range<usize>) -> Option<Platform<'a>> {
     let structs = be32(blob, 8)? as usize;
     let strings = be32(blob, 12)? as usize;
     let strings = blob.get(strings..)?;
-    let image = layout::image_range();
     let mut p = Platform {
         bootargs: "",
         ram: None,
-        blob: 0..0,
+        blob_len: 0,
         uart: DEFAULT_UART,
         psci: None,
         virtio_mmio: [None; MAX_MMIO],
@@ -212,8 +208,9 @@ fn platform(blob: &'static [u8]) -> Option<Platform> {
             FDT_PROP => {
                 let len = be32(blob, at)? as usize;
                 let name_off = be32(blob, at + 4)? as usize;
-                let value = blob.get(at + 8..at + 8 + len)?;
-                at = (at + 8 + len).next_multiple_of(4);
+                let end = (at + 8).checked_add(len)?;
+                let value = blob.get(at + 8..end)?;
+                at = end.next_multiple_of(4);
                 let name = strings.get(name_off..)?;
                 let name = &name[..name.iter().position(|&b| b == 0)?];
                 let node = &mut nodes[depth];
@@ -224,15 +221,15 @@ fn platform(blob: &'static [u8]) -> Option<Platform> {
                     b"method" => node.method = value,
                     b"bootargs" => node.bootargs = value,
                     b"device_type" => node.device_type = value,
-                    b"#address-cells" => cells[depth].0 = be32(value, 0)?,
-                    b"#size-cells" => cells[depth].1 = be32(value, 0)?,
+                    b"#address-cells" => cells[depth].0 = be32(value, 0)?.min(MAX_CELLS + 1),
+                    b"#size-cells" => cells[depth].1 = be32(value, 0)?.min(MAX_CELLS + 1),
                     _ => {}
                 }
             }
             FDT_END_NODE => {
                 let node = nodes[depth];
                 let parent_cells = cells[depth.checked_sub(1)?];
-                finish_node(&node, depth, parent_cells, &image, &mut p, &mut mmio);
+                finish_node(&node, depth, parent_cells, image, &mut p, &mut mmio);
                 depth = depth.checked_sub(1)?;
             }
             FDT_NOP => {}
@@ -244,12 +241,12 @@ fn platform(blob: &'static [u8]) -> Option<Platform> {
 
 /// Takes what [`Platform`] needs from a node once all its properties are
 /// known.
-fn finish_node(
-    node: &Node<'static>,
+fn finish_node<'a>(
+    node: &Node<'a>,
     depth: usize,
     parent_cells: (u32, u32),
     image: &Range<usize>,
-    p: &mut Platform,
+    p: &mut Platform<'a>,
     mmio: &mut usize,
 ) {
     let reg = || first_reg(node.reg, parent_cells);
@@ -313,3 +310,4 @@ fn mem32_window(ranges: &[u8]) -> Option<(u64, u64, u64)> {
             .then(|| (pair(e, 1), pair(e, 3), pair(e, 5)))
     })
 }
+

@@ -19,9 +19,9 @@ pub use mmu::IDENTITY_MAP_END;
 pub use power::{exit_failure, power_off};
 pub use virtio::{DiscoveryError, VirtioTransport, find_vsock};
 
-use self::devicetree::Platform;
 use crate::arch::BootInfo;
 use crate::layout;
+use crate::parse::fdt::Platform;
 
 /// Architecture name as Rust spells it.
 pub const NAME: &str = "aarch64";
@@ -46,10 +46,10 @@ global_asm!(
     EXCEPTION_STACK_SIZE = const EXCEPTION_STACK_SIZE,
 );
 
-static PLATFORM: spin::Once<Platform> = spin::Once::new();
+static PLATFORM: spin::Once<Platform<'static>> = spin::Once::new();
 
 /// The platform from the device tree, once `rust_start` has read it.
-fn platform() -> Option<&'static Platform> {
+fn platform() -> Option<&'static Platform<'static>> {
     PLATFORM.get()
 }
 
@@ -65,15 +65,16 @@ extern "C" fn rust_start(x0: usize) -> ! {
     // magic and that the blob ends below the image.
     let platform = match unsafe { devicetree::parse(dtb) } {
         Ok(p) => PLATFORM.call_once(|| p),
-        Err(e) => panic!("{e}"),
+        Err(e) => panic!("device tree at {dtb:#x}: {e}"),
     };
+    let blob = dtb..dtb + platform.blob_len;
     let image = layout::image_range();
     let boot = match &platform.ram {
         Some(ram) => BootInfo {
             cmdline: platform.bootargs,
             heap: image.end..ram.end.min(IDENTITY_MAP_END as usize),
             heap_from_memmap: true,
-            heap_low: below_image(ram, &platform.blob, &image),
+            heap_low: below_image(ram, &blob, &image),
         },
         None => BootInfo {
             cmdline: platform.bootargs,
@@ -82,7 +83,7 @@ extern "C" fn rust_start(x0: usize) -> ! {
             heap_low: 0..0,
         },
     };
-    crate::start(boot)
+    crate::entry::start(boot)
 }
 
 /// The RAM between the end of the device tree (`blob`, kept: the command
