@@ -147,3 +147,124 @@ impl Config {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(cmdline: &'static str) -> Config {
+        Config::parse(cmdline, no_words)
+    }
+
+    fn ignored(c: &Config) -> (Vec<&'static str>, usize) {
+        let (words, n) = c.ignored();
+        (words.collect(), n)
+    }
+
+    #[test]
+    fn defaults_without_words() {
+        for cmdline in ["", "   ", "\t\n"] {
+            let c = parse(cmdline);
+            assert_eq!(c.log_level, LevelFilter::Info);
+            assert_eq!(
+                (c.host_port, c.service_port),
+                (DEFAULT_HOST_PORT, DEFAULT_SERVICE_PORT)
+            );
+            assert_eq!(c.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+            assert_eq!(c.max_conns, DEFAULT_MAX_CONNS);
+            assert_eq!(c.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
+            assert!(!c.test_panic);
+            assert_eq!(ignored(&c), (vec![], 0));
+        }
+    }
+
+    #[test]
+    fn reads_every_key() {
+        let c = parse(
+            "svmc.log=debug svmc.host_port=9000\tsvmc.port=9001\nsvmc.connect_timeout_ms=50 \
+             svmc.max_conns=3 svmc.idle_timeout_ms=10 svmc.test_panic=1",
+        );
+        assert_eq!(c.log_level, LevelFilter::Debug);
+        assert_eq!((c.host_port, c.service_port), (9000, 9001));
+        assert_eq!(
+            (c.connect_timeout_ms, c.max_conns, c.idle_timeout_ms),
+            (50, 3, 10)
+        );
+        assert!(c.test_panic);
+        assert_eq!(ignored(&c).1, 0);
+    }
+
+    #[test]
+    fn the_last_of_repeated_words_wins() {
+        let c = parse("svmc.port=1 svmc.port=2 svmc.log=off svmc.log=TRACE");
+        assert_eq!(c.service_port, 2);
+        assert_eq!(c.log_level, LevelFilter::Trace);
+    }
+
+    #[test]
+    fn hostile_values_are_ignored_and_keep_the_default() {
+        let c = parse(
+            "svmc.port=4294967296 svmc.host_port=-1 svmc.max_conns=0 svmc.log=loud \
+             svmc.test_panic=256 svmc.idle_timeout_ms=18446744073709551616 \
+             svmc.connect_timeout_ms= svmc.port=+1x svmc.max_conns=99999999999999999999999",
+        );
+        assert_eq!(
+            (c.host_port, c.service_port),
+            (DEFAULT_HOST_PORT, DEFAULT_SERVICE_PORT)
+        );
+        assert_eq!(c.max_conns, DEFAULT_MAX_CONNS);
+        assert_eq!(c.log_level, LevelFilter::Info);
+        assert!(!c.test_panic);
+        assert_eq!(c.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS);
+        assert_eq!(c.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS);
+        let (words, n) = ignored(&c);
+        assert_eq!(n, 9);
+        assert_eq!(words.len(), MAX_IGNORED);
+        assert_eq!(words[0], "svmc.port=4294967296");
+    }
+
+    #[test]
+    fn words_without_a_value_or_key_are_ignored() {
+        let c = parse("quiet = =x svmc.port svmc.port==7 x=y=z");
+        assert_eq!(c.service_port, DEFAULT_SERVICE_PORT);
+        assert_eq!(
+            ignored(&c),
+            (
+                vec!["quiet", "=", "=x", "svmc.port", "svmc.port==7", "x=y=z"],
+                6
+            )
+        );
+    }
+
+    #[test]
+    fn many_ignored_words_are_counted_not_stored() {
+        let line: &'static str = "x ".repeat(10_000).leak();
+        let (words, n) = ignored(&parse(line));
+        assert_eq!((words.len(), n), (MAX_IGNORED, 10_000));
+    }
+
+    #[test]
+    fn a_service_takes_its_own_words() {
+        fn words(key: &str, value: &str) -> bool {
+            key == "kv.slots" && number::<u16>(value).is_some()
+        }
+        let c = Config::parse("kv.slots=8 kv.slots=70000 svmc.port=5 kv.other=1", words);
+        assert_eq!(c.service_port, 5);
+        assert_eq!(ignored(&c), (vec!["kv.slots=70000", "kv.other=1"], 2));
+        // The runtime's keys are the runtime's: the service never sees them.
+        fn greedy(key: &str, _: &str) -> bool {
+            assert!(!key.starts_with("svmc.port"), "{key}");
+            true
+        }
+        assert_eq!(Config::parse("svmc.port=5 a=b", greedy).service_port, 5);
+    }
+
+    #[test]
+    fn number_fits_the_type() {
+        assert_eq!(number::<u8>("255"), Some(255));
+        assert_eq!(number::<u8>("256"), None);
+        assert_eq!(number::<u32>("0x10"), None);
+        assert_eq!(number::<u64>("18446744073709551615"), Some(u64::MAX));
+        assert_eq!(number::<u64>(""), None);
+        assert_eq!(number::<u64>(" 1"), None);
+    }
+}

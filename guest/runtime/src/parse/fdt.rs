@@ -311,3 +311,335 @@ fn mem32_window(ranges: &[u8]) -> Option<(u64, u64, u64)> {
     })
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Builds a flattened device tree (Devicetree Specification 0.4,
+    /// chapter 5).
+    #[derive(Default)]
+    struct Fdt {
+        structs: Vec<u8>,
+        strings: Vec<u8>,
+    }
+
+    impl Fdt {
+        fn token(&mut self, t: u32) -> &mut Self {
+            self.structs.extend_from_slice(&t.to_be_bytes());
+            self
+        }
+
+        fn begin(&mut self, name: &str) -> &mut Self {
+            self.token(FDT_BEGIN_NODE);
+            self.structs.extend_from_slice(name.as_bytes());
+            self.structs.push(0);
+            self.align()
+        }
+
+        fn end(&mut self) -> &mut Self {
+            self.token(FDT_END_NODE)
+        }
+
+        fn align(&mut self) -> &mut Self {
+            while !self.structs.len().is_multiple_of(4) {
+                self.structs.push(0);
+            }
+            self
+        }
+
+        fn prop(&mut self, name: &str, value: &[u8]) -> &mut Self {
+            let off = self.strings.len() as u32;
+            self.strings.extend_from_slice(name.as_bytes());
+            self.strings.push(0);
+            self.token(FDT_PROP);
+            self.structs
+                .extend_from_slice(&(value.len() as u32).to_be_bytes());
+            self.structs.extend_from_slice(&off.to_be_bytes());
+            self.structs.extend_from_slice(value);
+            self.align()
+        }
+
+        fn cells(&mut self, name: &str, cells: &[u32]) -> &mut Self {
+            let v: Vec<u8> = cells.iter().flat_map(|c| c.to_be_bytes()).collect();
+            self.prop(name, &v)
+        }
+
+        fn blob(&mut self) -> Vec<u8> {
+            self.token(FDT_END);
+            let header = 40u32;
+            let structs = header;
+            let strings = structs + self.structs.len() as u32;
+            let total = strings + self.strings.len() as u32;
+            let mut b = Vec::new();
+            for v in [FDT_MAGIC, total, structs, strings, header, 17, 16, 0] {
+                b.extend_from_slice(&v.to_be_bytes());
+            }
+            b.extend_from_slice(&(self.strings.len() as u32).to_be_bytes());
+            b.extend_from_slice(&(self.structs.len() as u32).to_be_bytes());
+            b.extend_from_slice(&self.structs);
+            b.extend_from_slice(&self.strings);
+            b
+        }
+    }
+
+    const IMAGE: Range<usize> = 0x4020_0000..0x4030_0000;
+
+    /// QEMU `virt`'s tree, reduced to what the parser reads and a few
+    /// nodes it skips.
+    fn virt() -> Vec<u8> {
+        let mut f = Fdt::default();
+        f.begin("")
+            .cells("#address-cells", &[2])
+            .cells("#size-cells", &[2])
+            .prop("compatible", b"linux,dummy-virt\0");
+        f.begin("psci")
+            .prop("compatible", b"arm,psci-1.0\0arm,psci-0.2\0arm,psci\0")
+            .prop("method", b"hvc\0")
+            .end();
+        f.begin("memory@40000000")
+            .prop("device_type", b"memory\0")
+            .cells("reg", &[0, 0x4000_0000, 0, 0x0800_0000])
+            .end();
+        f.begin("pl011@9000000")
+            .prop("compatible", b"arm,pl011\0arm,primecell\0")
+            .cells("reg", &[0, 0x0900_0000, 0, 0x1000])
+            .end();
+        for n in 0..3u32 {
+            f.begin("virtio_mmio@a000000")
+                .prop("compatible", b"virtio,mmio\0")
+                .cells("reg", &[0, 0x0a00_0000 + n * 0x200, 0, 0x200])
+                .end();
+        }
+        f.begin("pcie@10000000")
+            .prop("compatible", b"pci-host-ecam-generic\0")
+            .prop("device_type", b"pci\0")
+            .cells("reg", &[0x40, 0x1000_0000, 0, 0x1000_0000])
+            .cells(
+                "ranges",
+                &[
+                    0x0100_0000,
+                    0,
+                    0,
+                    0,
+                    0x3eff_0000,
+                    0,
+                    0x1_0000, // I/O
+                    0x0200_0000,
+                    0,
+                    0x1000_0000,
+                    0,
+                    0x1000_0000,
+                    0,
+                    0x2eff_0000, // mem32
+                    0x0300_0000,
+                    0x80,
+                    0,
+                    0x80,
+                    0,
+                    0x80,
+                    0, // mem64
+                ],
+            )
+            .end();
+        f.begin("chosen")
+            .prop("bootargs", b"svmc.log=debug svmc.port=7001\0")
+            .end();
+        f.end();
+        f.blob()
+    }
+
+    #[test]
+    fn reads_qemu_virt() {
+        let blob = virt();
+        let p = platform(&blob, &IMAGE).expect("valid tree");
+        assert_eq!(p.bootargs, "svmc.log=debug svmc.port=7001");
+        assert_eq!(p.ram, Some(0x4000_0000..0x4800_0000));
+        assert_eq!(p.blob_len, blob.len());
+        assert_eq!(p.uart, 0x0900_0000);
+        assert_eq!(p.psci, Some(Conduit::Hvc));
+        assert_eq!(p.virtio_mmio[0], Some((0x0a00_0000, 0x200)));
+        assert_eq!(p.virtio_mmio[2], Some((0x0a00_0400, 0x200)));
+        assert_eq!(p.virtio_mmio[3], None);
+        let pci = p.pci.expect("PCIe host");
+        assert_eq!((pci.ecam, pci.ecam_size), (0x40_1000_0000, 0x1000_0000));
+        assert_eq!(pci.mem32, Some((0x1000_0000, 0x1000_0000, 0x2eff_0000)));
+    }
+
+    #[test]
+    fn a_blob_with_room_after_it_reads_the_same() {
+        let mut room = virt();
+        let len = room.len();
+        room.extend_from_slice(&[0xff; 64]);
+        assert_eq!(platform(&room, &IMAGE).unwrap().blob_len, len);
+    }
+
+    #[test]
+    fn no_magic_or_no_room_is_refused() {
+        assert_eq!(platform(&[], &IMAGE).unwrap_err(), DtError::BadMagic);
+        assert_eq!(
+            platform(&[0xd0, 0x0d], &IMAGE).unwrap_err(),
+            DtError::BadMagic
+        );
+        let mut blob = virt();
+        blob[0] ^= 1;
+        assert_eq!(platform(&blob, &IMAGE).unwrap_err(), DtError::BadMagic);
+        // The header's total size past the room (the image).
+        let blob = virt();
+        let cut = &blob[..blob.len() - 1];
+        assert_eq!(
+            platform(cut, &IMAGE).unwrap_err(),
+            DtError::TooLarge(blob.len())
+        );
+        let mut huge = virt();
+        huge[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(
+            platform(&huge, &IMAGE).unwrap_err(),
+            DtError::TooLarge(u32::MAX as usize)
+        );
+    }
+
+    #[test]
+    fn every_truncation_fails_cleanly() {
+        let blob = virt();
+        for len in 0..blob.len() {
+            // Cut, with the header still claiming the whole size...
+            assert!(platform(&blob[..len], &IMAGE).is_err(), "cut at {len}");
+            // ...and with the header saying the cut size.
+            let mut cut = blob[..len].to_vec();
+            if len >= 8 {
+                cut[4..8].copy_from_slice(&(len as u32).to_be_bytes());
+            }
+            assert!(platform(&cut, &IMAGE).is_err(), "cut and patched at {len}");
+        }
+    }
+
+    #[test]
+    fn every_corrupted_byte_is_survived() {
+        // Any one byte changed: an error or a platform, never a panic
+        // (and the loop ends: the walk is bounded by the blob).
+        let blob = virt();
+        for at in 0..blob.len() {
+            for x in [0x01, 0x80, 0xff] {
+                let mut bad = blob.clone();
+                bad[at] ^= x;
+                let _ = platform(&bad, &IMAGE);
+            }
+        }
+    }
+
+    #[test]
+    fn hostile_structures_are_malformed() {
+        // A property longer than the blob.
+        let mut f = Fdt::default();
+        f.begin("");
+        f.token(FDT_PROP);
+        f.structs.extend_from_slice(&u32::MAX.to_be_bytes());
+        f.structs.extend_from_slice(&0u32.to_be_bytes());
+        assert_eq!(
+            platform(&f.end().blob(), &IMAGE).unwrap_err(),
+            DtError::Malformed
+        );
+        // A property name offset past the strings block.
+        let mut f = Fdt::default();
+        f.begin("").prop("reg", &[0; 8]);
+        f.structs[4 + 4 + 4..4 + 4 + 8].copy_from_slice(&0xffff_0000u32.to_be_bytes());
+        assert_eq!(
+            platform(&f.end().blob(), &IMAGE).unwrap_err(),
+            DtError::Malformed
+        );
+        // Nesting deeper than MAX_DEPTH.
+        let mut f = Fdt::default();
+        for _ in 0..=MAX_DEPTH {
+            f.begin("n");
+        }
+        for _ in 0..=MAX_DEPTH {
+            f.end();
+        }
+        assert_eq!(platform(&f.blob(), &IMAGE).unwrap_err(), DtError::Malformed);
+        // An END_NODE without a node, an unknown token, no END.
+        let mut f = Fdt::default();
+        f.end();
+        assert_eq!(platform(&f.blob(), &IMAGE).unwrap_err(), DtError::Malformed);
+        let mut f = Fdt::default();
+        f.begin("").token(0x77).end();
+        assert_eq!(platform(&f.blob(), &IMAGE).unwrap_err(), DtError::Malformed);
+        // No END: the walk runs into the strings block and off the blob.
+        let mut b = virt();
+        let strings = be32(&b, 12).unwrap() as usize;
+        assert_eq!(be32(&b, strings - 4), Some(FDT_END));
+        b[strings - 4..strings].copy_from_slice(&FDT_NOP.to_be_bytes());
+        assert!(platform(&b, &IMAGE).is_err());
+        // A node name without its NUL.
+        let mut f = Fdt::default();
+        f.token(FDT_BEGIN_NODE);
+        f.structs.extend_from_slice(b"abcd");
+        let mut b = f.blob();
+        let n = b.len();
+        b[n - 4..].copy_from_slice(b"efgh");
+        assert_eq!(platform(&b, &IMAGE).unwrap_err(), DtError::Malformed);
+    }
+
+    #[test]
+    fn hostile_values_are_ignored() {
+        let mut f = Fdt::default();
+        f.begin("")
+            .cells("#address-cells", &[u32::MAX])
+            .cells("#size-cells", &[7]);
+        f.begin("memory@0")
+            .prop("device_type", b"memory\0")
+            .cells("reg", &[0, 0x4000_0000, 0, 0x0800_0000])
+            .end();
+        f.begin("uart").prop("compatible", b"arm,pl011\0").end();
+        f.begin("psci")
+            .prop("compatible", b"arm,psci\0")
+            .prop("method", b"svc\0")
+            .end();
+        f.begin("chosen").prop("bootargs", &[0xff, 0xfe, 0]).end();
+        f.end();
+        let blob = f.blob();
+        let p = platform(&blob, &IMAGE).expect("well-formed");
+        assert_eq!(p.ram, None, "cells over 2 are not read");
+        assert_eq!(p.uart, DEFAULT_UART, "no reg");
+        assert_eq!(p.psci, None, "unknown method");
+        assert_eq!(p.bootargs, "", "not UTF-8");
+    }
+
+    #[test]
+    fn ram_not_holding_the_image_is_not_the_heap() {
+        for reg in [
+            [0, 0x4000_0000, 0, 0x10_0000],          // ends below the image
+            [0, 0x4030_0000, 0, 0x0800_0000],        // starts above it
+            [0xffff_ffff, 0xffff_f000, 0, 0x10_000], // wraps around
+        ] {
+            let mut f = Fdt::default();
+            f.begin("")
+                .cells("#address-cells", &[2])
+                .cells("#size-cells", &[2]);
+            f.begin("memory")
+                .prop("device_type", b"memory\0")
+                .cells("reg", &reg)
+                .end();
+            f.end();
+            assert_eq!(platform(&f.blob(), &IMAGE).unwrap().ram, None, "{reg:x?}");
+        }
+    }
+
+    #[test]
+    fn keeps_at_most_max_mmio_slots() {
+        let mut f = Fdt::default();
+        f.begin("")
+            .cells("#address-cells", &[1])
+            .cells("#size-cells", &[1]);
+        for n in 0..MAX_MMIO as u32 + 5 {
+            f.begin("virtio_mmio")
+                .prop("compatible", b"virtio,mmio\0")
+                .cells("reg", &[0x0a00_0000 + n * 0x200, 0x200])
+                .end();
+        }
+        f.end();
+        let blob = f.blob();
+        let p = platform(&blob, &IMAGE).unwrap();
+        assert!(p.virtio_mmio.iter().all(Option::is_some));
+        assert_eq!(p.virtio_mmio[MAX_MMIO - 1], Some((0x0a00_3e00, 0x200)));
+    }
+}
