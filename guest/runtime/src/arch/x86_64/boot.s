@@ -20,6 +20,16 @@
  * file size, and every page-table entry that must be non-zero is written
  * below anyway.
  *
+ * The image may be linked position-independent (x86_64-unknown-none's
+ * default, for a service crate without `-C relocation-model=static`) but
+ * is always loaded at its link address (1 MiB, linker.ld). The 32-bit code
+ * and the PVH note therefore take every address from an absolute alias
+ * that linker.ld defines (`__boot_*_abs` = ABSOLUTE(anchor)) plus an
+ * offset within the anchor's section, which the linker resolves without
+ * a dynamic relocation; and the 64-bit code applies the image's
+ * R_X86_64_RELATIVE relocations (none in a non-PIE build) before any Rust
+ * code runs.
+ *
  * Rust constants passed as `const` operands of global_asm!:
  *   STACK_SIZE   layout::STACK_SIZE
  */
@@ -33,7 +43,7 @@
 .long 18                        /* type: XEN_ELFNOTE_PHYS32_ENTRY */
 .asciz "Xen"
 .balign 4
-.quad pvh_start32
+.quad __boot_text_abs
 .balign 4
 
 .section .text.boot, "ax"
@@ -43,17 +53,17 @@ pvh_start32:
     cld
 
     /* PML4[0] -> PDPT (covers 0..512 GiB). Flags 0x3 = Present | Writable. */
-    movl $pdpt, %eax
+    movl $(__boot_tables_abs + (pdpt - __boot_pml4)), %eax
     orl $0x3, %eax
-    movl %eax, pml4
-    movl $0, pml4 + 4
+    movl %eax, __boot_tables_abs
+    movl $0, __boot_tables_abs + 4
 
     /* PDPT[0..4] -> the four page directories, one per GiB. */
-    movl $pd, %eax
+    movl $(__boot_tables_abs + (pd - __boot_pml4)), %eax
     orl $0x3, %eax
     xorl %ecx, %ecx
-1:  movl %eax, pdpt(, %ecx, 8)
-    movl $0, pdpt + 4(, %ecx, 8)
+1:  movl %eax, __boot_tables_abs + (pdpt - __boot_pml4)(, %ecx, 8)
+    movl $0, __boot_tables_abs + (pdpt - __boot_pml4) + 4(, %ecx, 8)
     addl $0x1000, %eax
     incl %ecx
     cmpl $4, %ecx
@@ -67,14 +77,14 @@ pvh_start32:
 2:  movl %ecx, %eax
     shll $21, %eax
     orl $0x83, %eax
-    movl %eax, pd(, %ecx, 8)
-    movl $0, pd + 4(, %ecx, 8)
+    movl %eax, __boot_tables_abs + (pd - __boot_pml4)(, %ecx, 8)
+    movl $0, __boot_tables_abs + (pd - __boot_pml4) + 4(, %ecx, 8)
     incl %ecx
     cmpl $2048, %ecx
     jb 2b
 
     /* CR3 = physical address of the PML4 (PWT = PCD = 0). */
-    movl $pml4, %eax
+    movl $__boot_tables_abs, %eax
     movl %eax, %cr3
 
     /* CR4: set PAE (bit 5), required for long mode. */
@@ -94,8 +104,8 @@ pvh_start32:
     orl $((1 << 31) | (1 << 0)), %eax
     movl %eax, %cr0
 
-    lgdt gdt_pointer
-    ljmp $0x08, $start64
+    lgdt __boot_gdt_abs + (gdt_pointer - __boot_gdt)
+    ljmp $0x08, $(__boot_text_abs + (start64 - pvh_start32))
 
 .code64
 start64:
@@ -109,6 +119,23 @@ start64:
     movw %ax, %gs
 
     leaq __stack_end(%rip), %rsp
+
+    /* Relocations of a position-independent build: for each
+     * R_X86_64_RELATIVE (type 8) entry of .rela.dyn (24 bytes: r_offset,
+     * r_info, r_addend), *r_offset = r_addend (no load bias). A static
+     * build has none. */
+    leaq __rela_start(%rip), %rsi
+    leaq __rela_end(%rip), %rdx
+4:  cmpq %rdx, %rsi
+    jae 6f
+    cmpl $8, 8(%rsi)
+    jne 5f
+    movq (%rsi), %rax
+    movq 16(%rsi), %rcx
+    movq %rcx, (%rax)
+5:  addq $24, %rsi
+    jmp 4b
+6:
     /* rust_start(start_info_paddr): zero-extend EBX into RDI. */
     movl %ebx, %edi
     call rust_start
@@ -118,6 +145,8 @@ start64:
 
 .section .rodata.boot, "a"
 .balign 16
+.global __boot_gdt
+__boot_gdt:
 gdt:
     .quad 0                     /* 0x00: null descriptor */
     .quad 0x00AF9A000000FFFF    /* 0x08: code, 64-bit (L=1), present, DPL 0 */
@@ -125,10 +154,12 @@ gdt:
 gdt_end:
 gdt_pointer:
     .word gdt_end - gdt - 1     /* limit */
-    .quad gdt                   /* base (lgdt in 32-bit mode reads 4 bytes) */
+    .quad __boot_gdt_abs        /* base (lgdt in 32-bit mode reads 4 bytes) */
 
 .section .bss.boot, "aw", @nobits
 .balign 4096
+.global __boot_pml4
+__boot_pml4:
 pml4:
     .skip 4096
 pdpt:
