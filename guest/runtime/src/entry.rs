@@ -91,6 +91,7 @@ impl Env {
     /// is the host's readiness signal. `Ok(None)` if the host refused or
     /// did not answer within `svmc.connect_timeout_ms`: the service then
     /// goes on with the listener.
+    #[inline(never)]
     pub fn connect_host(&mut self) -> Result<Option<ConnId>, Error> {
         let port = self.config.host_port;
         let host = VsockAddr {
@@ -231,6 +232,7 @@ pub(crate) fn start(boot: BootInfo) -> ! {
 }
 
 /// Start-up step 7, then the service's `main`.
+#[inline(never)]
 fn run(config: Config, heap_size: usize) -> Result<(), Error> {
     let transport = arch::find_vsock().map_err(Error::Discovery)?;
     // Notifies TX again if the device daemon lost the kick (kick.rs).
