@@ -6,7 +6,9 @@
 //! - [`acpi`]: the ACPI tables (x86_64: PVH hands over the RSDP).
 //! - [`fdt`]: the flattened device tree (aarch64 `virt`).
 //! - [`cmdline`]: the kernel command line.
+//! - [`pvh`]: the PVH memory map (x86_64), where the heap goes.
 
 pub mod acpi;
 pub mod cmdline;
 pub mod fdt;
+pub mod pvh;

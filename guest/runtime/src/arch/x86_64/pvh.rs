@@ -3,16 +3,13 @@
 //! the command line and the memory map.
 
 use core::ffi::CStr;
-use core::mem::size_of;
 
 use crate::arch::BootInfo;
 use crate::layout;
+use crate::parse::pvh::{self, MemmapEntry};
 
 /// `XEN_HVM_START_MAGIC_VALUE`.
 const START_MAGIC: u32 = 0x336e_c578;
-
-/// `XEN_HVM_MEMMAP_TYPE_RAM`.
-const MEMMAP_TYPE_RAM: u32 = 1;
 
 /// Heap size used when the VMM gives no memory map (start_info version 0).
 const FALLBACK_HEAP_SIZE: usize = 16 << 20;
@@ -33,16 +30,6 @@ struct StartInfo {
     // Version 1 and later:
     memmap_paddr: u64,
     memmap_entries: u32,
-    reserved: u32,
-}
-
-/// `struct hvm_memmap_table_entry`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct MemmapEntry {
-    addr: u64,
-    size: u64,
-    kind: u32,
     reserved: u32,
 }
 
@@ -74,14 +61,14 @@ pub unsafe fn boot_info(paddr: u64) -> (BootInfo, u64) {
     // (PVH ABI) that stays valid.
     let cmdline = unsafe { cmdline(info.cmdline_paddr) };
     let heap = if info.version >= 1 && info.memmap_paddr != 0 {
-        // SAFETY: version 1 has `memmap_entries` entries at `memmap_paddr`.
+        // At most MAX_ENTRIES of them: the count is the VMM's word.
+        let entries = info.memmap_entries.min(pvh::MAX_ENTRIES as u32) as usize;
+        // SAFETY: version 1 has `memmap_entries` entries at `memmap_paddr`
+        // (we read no more than that), which stay valid and unwritten.
         let map = unsafe {
-            core::slice::from_raw_parts(
-                info.memmap_paddr as *const MemmapEntry,
-                info.memmap_entries as usize,
-            )
+            core::slice::from_raw_parts(info.memmap_paddr as *const MemmapEntry, entries)
         };
-        heap_from_memmap(map, image.end)
+        pvh::heap(map, image.end, super::IDENTITY_MAP_END)
     } else {
         None
     };
@@ -117,17 +104,4 @@ unsafe fn cmdline(paddr: u64) -> &'static str {
         .map(CStr::to_bytes)
         .unwrap_or_default();
     core::str::from_utf8(s).unwrap_or("")
-}
-
-/// The RAM above `image_end` in the RAM entry that contains it, clipped to
-/// the identity map.
-fn heap_from_memmap(map: &[MemmapEntry], image_end: usize) -> Option<core::ops::Range<usize>> {
-    const _: () = assert!(size_of::<MemmapEntry>() == 24);
-    let end = map.iter().find_map(|e| {
-        let start = e.addr;
-        let end = e.addr.checked_add(e.size)?;
-        (e.kind == MEMMAP_TYPE_RAM && start <= image_end as u64 && end > image_end as u64)
-            .then_some(end.min(super::IDENTITY_MAP_END))
-    })?;
-    Some(image_end..end as usize)
 }
