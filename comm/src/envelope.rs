@@ -105,6 +105,7 @@ pub fn body_len<T: Serialize + ?Sized>(id: RequestId, msg: &T) -> Result<usize> 
 /// `uint .size 4`, even if the message after it is bad (then the result is
 /// the error). It is `None` when no id could be read, and then the result
 /// is always an error. Strings are borrowed from `body` where `T` allows it.
+#[inline(never)]
 pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> (Option<RequestId>, Result<T>) {
     let mut de = Deserializer::new(body);
     let (id, msg) = de.envelope::<T>();

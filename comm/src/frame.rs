@@ -236,6 +236,7 @@ pub fn goodbye() -> [u8; HEADER_LEN] {
 ///
 /// Byte and text strings are borrowed from `body` while decoding (see
 /// `WIRE.md`, "Decoder"), so a `serde_bytes` payload is copied once.
+#[inline(never)]
 pub fn decode_body<T: DeserializeOwned>(body: &[u8]) -> Result<T> {
     decode_body_borrowed(body)
 }

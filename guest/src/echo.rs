@@ -10,8 +10,8 @@
 use alloc::vec;
 
 use log::{debug, warn};
-use virtio_drivers::Hal;
-use virtio_drivers::transport::Transport;
+use vsock_transport::guest::Hal;
+use vsock_transport::guest::Transport;
 use vsock_transport::guest::{ConnId, GuestVsock};
 use vsock_transport::{Connection, Result};
 

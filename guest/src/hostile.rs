@@ -21,27 +21,24 @@
 //! | `wrong-type`       | a valid `REQUEST` frame instead of the `RESPONSE`            | `UnexpectedFrame`           |
 //! | `trickle`          | the correct `RESPONSE`, one byte every [`TRICKLE_INTERVAL_US`], repeated for ever | read timeout (one deadline per frame) |
 //! | `disconnect`       | a `RESPONSE` header and half its body, then a close          | `Truncated`                 |
-//! | `lost-kick`        | nothing wrong: its transport drops its first TX notification (as vhost-device-vsock 0.3.0 can, see `kick.rs`), then it serves correctly | nothing: the answer, with no relaunch |
+//! | `lost-kick`        | nothing wrong: its transport drops its first TX notification (as vhost-device-vsock 0.3.0 can, see `svmc_runtime::kick`), then it serves correctly | nothing: the answer, with no relaunch |
 //!
 //! After misbehaving, the guest waits (without sending) until the host
 //! closes the connection, and then takes the next one.
 
 use alloc::vec;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU8, Ordering};
 
 use comm::frame::{self, FrameKind, HEADER_LEN, Header};
 use comm::service::{Request, Response, ServiceError, ServiceVm};
 use comm::{Hello, Protocol};
 use log::{info, warn};
-use virtio_drivers::device::socket::VsockAddr;
+use svmc_runtime::Vsock;
 use vsock_transport::framed::{recv_frame, send_frame};
-use vsock_transport::guest::{GuestVsock, HOST_CID};
+use vsock_transport::guest::HOST_CID;
+use vsock_transport::guest::VsockAddr;
 use vsock_transport::{Connection, Error, Result};
-
-use crate::arch;
-use crate::hal::IdentityHal;
-use crate::kick::VsockTransport;
 
 /// The protocol name sent in `wrong-protocol` mode.
 pub const WRONG_PROTOCOL: &str = "svmc-hostile";
@@ -53,7 +50,7 @@ pub const TRICKLE_INTERVAL_US: u64 = 1_000_000;
 const GARBAGE_LEN: usize = 4096;
 
 /// Our port for the boot-time connection (as in normal operation).
-const CONNECT_LOCAL_PORT: u32 = 49152;
+const CONNECT_LOCAL_PORT: u32 = svmc_runtime::entry::CONNECT_LOCAL_PORT;
 
 /// How the guest misbehaves (see the [module docs](self)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +119,9 @@ pub fn set_mode(value: &str) -> bool {
     match Mode::ALL.iter().find(|m| m.name() == value) {
         Some(&m) => {
             MODE.store(m as u8, Ordering::Relaxed);
+            if m == Mode::LostKick {
+                svmc_runtime::testing::lose_first_tx_kick();
+            }
             true
         }
         None => false,
@@ -137,12 +137,7 @@ pub fn mode() -> Option<Mode> {
 /// Misbehaves in `mode` on the boot connection to `host_port` and then on
 /// every connection accepted on the listening port, for ever. Returns only
 /// on a device error, with what was being done.
-pub fn run(
-    vsock: &mut GuestVsock<IdentityHal, VsockTransport>,
-    host_port: u32,
-    mode: Mode,
-    max_body: u32,
-) -> (&'static str, Error) {
+pub fn run(vsock: &mut Vsock, host_port: u32, mode: Mode, max_body: u32) -> (&'static str, Error) {
     warn!(
         "hostile mode {}: misbehaving on every connection",
         mode.name()
@@ -168,13 +163,6 @@ pub fn run(
             }
         }
     }
-}
-
-/// Whether the transport must drop this TX notification: the first one,
-/// in `lost-kick` mode (`kick.rs` asks).
-pub fn lose_tx_kick() -> bool {
-    static LOST: AtomicBool = AtomicBool::new(false);
-    mode() == Some(Mode::LostKick) && !LOST.swap(true, Ordering::Relaxed)
 }
 
 fn misbehave_logged<C: Connection>(conn: &mut C, mode: Mode, max_body: u32) {
@@ -256,8 +244,8 @@ fn misbehave<C: Connection>(conn: &mut C, mode: Mode, max_body: u32) -> Result<(
         Mode::Trickle => loop {
             for &b in &answer {
                 conn.send(&[b])?;
-                let start = arch::now_us();
-                while arch::now_us() - start < TRICKLE_INTERVAL_US {
+                let start = svmc_runtime::now_us();
+                while svmc_runtime::now_us() - start < TRICKLE_INTERVAL_US {
                     core::hint::spin_loop();
                 }
             }

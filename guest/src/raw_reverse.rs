@@ -19,8 +19,8 @@
 use alloc::vec::Vec;
 
 use log::{debug, warn};
-use virtio_drivers::Hal;
-use virtio_drivers::transport::Transport;
+use vsock_transport::guest::Hal;
+use vsock_transport::guest::Transport;
 use vsock_transport::guest::{ConnId, GuestVsock};
 use vsock_transport::rpc::service::reverse;
 use vsock_transport::{Connection, Error, Result};

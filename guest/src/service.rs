@@ -5,9 +5,7 @@
 use alloc::string::ToString;
 
 use comm::Protocol;
-use comm::service::{GuestInfo, ServiceVm};
-
-use crate::{arch, heap};
+use comm::service::{GuestInfo, HeapStats, ServiceVm};
 
 /// Name reported in [`GuestInfo::firmware`].
 pub const FIRMWARE: &str = "svmc-guest";
@@ -15,12 +13,17 @@ pub const FIRMWARE: &str = "svmc-guest";
 /// The answer to `Info`: this firmware, accepting requests of up to
 /// `max_body` bytes, with the heap figures of now.
 pub fn info(max_body: u32) -> GuestInfo {
+    let heap = svmc_runtime::heap::stats();
     GuestInfo {
         firmware: FIRMWARE.to_string(),
         firmware_version: env!("CARGO_PKG_VERSION").to_string(),
         protocol_version: ServiceVm::VERSION,
-        arch: arch::NAME.to_string(),
+        arch: svmc_runtime::ARCH.to_string(),
         max_body,
-        heap: Some(heap::stats()),
+        heap: Some(HeapStats {
+            size: heap.size,
+            used: heap.used,
+            peak: heap.peak,
+        }),
     }
 }

@@ -428,7 +428,7 @@ fn trickle_per_frame_deadline(h: &Hostile) -> R {
 
 /// The `lost-kick` mode drops the guest's first TX notification, as
 /// vhost-device-vsock 0.3.0 can when it arrives before the queue is
-/// enabled (`guest/src/kick.rs`). With a single boot attempt (no relaunch
+/// enabled (`guest/runtime/src/kick.rs`). With a single boot attempt (no relaunch
 /// to hide a hang) the guest must still connect, answer and power off, and
 /// say in its serial log that it notified again.
 fn lost_first_kick(h: &Hostile) -> R {

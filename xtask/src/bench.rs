@@ -580,7 +580,7 @@ fn boot_cli(
 const RELAUNCH_LOG: &str = "relaunching it";
 
 /// What the guest logs when the device took a TX buffer only after it
-/// notified again (`guest/src/kick.rs`): a lost kick or a slow device.
+/// notified again (`guest/runtime/src/kick.rs`): a lost kick or a slow device.
 const RENOTIFY_LOG: &str = "re-notified #";
 
 /// `--boots N`: `host-cli -v reverse abc` N times on `machine`; prints how

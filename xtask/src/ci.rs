@@ -12,7 +12,15 @@ pub const TRANSPORT_GUEST_FEATURE: &str = "guest";
 /// The package name of `comm` (the folder): `comm` is taken on crates.io.
 pub const COMM_PACKAGE: &str = "svmc-comm";
 /// The crates published on crates.io (package names).
-pub const LIBRARY_PACKAGES: [&str; 3] = [COMM_PACKAGE, "vsock-transport", "svmc-host"];
+pub const LIBRARY_PACKAGES: [&str; 4] = [
+    COMM_PACKAGE,
+    "vsock-transport",
+    RUNTIME_PACKAGE,
+    "svmc-host",
+];
+
+/// The bare-metal runtime (`guest/runtime`).
+pub const RUNTIME_PACKAGE: &str = "svmc-runtime";
 /// The guest's test variant that misbehaves on purpose.
 pub const HOSTILE_FEATURE: &str = "hostile";
 /// The guest feature of the benchmark floors' image (`svmc.mode=echo`,
@@ -137,8 +145,17 @@ pub fn lint() -> Result<()> {
         )?;
         for features in [None, Some(HOSTILE_FEATURE), Some(FLOORS_FEATURE)] {
             let mut c = cargo();
-            c.args(["clippy", "-p", "guest", "--target", target, "--profile"])
-                .arg(crate::image::PROFILE);
+            c.args([
+                "clippy",
+                "-p",
+                "guest",
+                "-p",
+                RUNTIME_PACKAGE,
+                "--target",
+                target,
+            ])
+            .arg("--profile")
+            .arg(crate::image::PROFILE);
             if let Some(f) = features {
                 c.args(["--features", f]);
             }
@@ -150,7 +167,8 @@ pub fn lint() -> Result<()> {
     for arch in Arch::ALL {
         util::run(
             cargo()
-                .args(["doc", "-p", "guest", "--target", arch.target_triple()])
+                .args(["doc", "-p", "guest", "-p", RUNTIME_PACKAGE])
+                .args(["--target", arch.target_triple()])
                 .args(["--no-deps", "--quiet"])
                 .env("RUSTDOCFLAGS", "-D warnings"),
         )?;

@@ -7,6 +7,7 @@ mod docs;
 mod e2e;
 mod image;
 mod linux;
+mod outside;
 mod profile;
 mod qmp;
 mod setup;
@@ -48,6 +49,9 @@ Commands:
                                reverses, mapped to the symbols of an unstripped build (the N
                                busiest functions and lines); see BENCHMARKS.md
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
+  outside [--arch A|all]       the key store service VM (examples/keystore) as an outside project:
+                               copied out of the workspace with path dependencies, built and run
+                               with its README's commands (default: both architectures)
   dist-docs [--out DIR]        host-cli's shell completions (bash, zsh, fish, elvish, PowerShell)
                                and man pages, from its clap definition, into target/dist
   lint                         what CI checks before the tests: fmt, clippy (every feature set
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
         Some("bench") => bench::run(&args[1..]),
         Some("profile") => profile::run(&args[1..]),
         Some("demo") => demo(),
+        Some("outside") => outside(&args[1..]),
         Some("test") => test(),
         Some("lint") => ci::lint(),
         Some("dist-docs") => docs::dist_docs(&args[1..]),
@@ -125,6 +130,15 @@ fn guest(args: &[String]) -> util::Result<(host::Guest, Vec<String>)> {
         }
     }
     Ok((guest, rest))
+}
+
+fn outside(args: &[String]) -> util::Result<()> {
+    let (archs, rest) = archs(args, &Arch::ALL)?;
+    if let Some(extra) = rest.first() {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
+    setup::setup()?;
+    outside::run_outside(&archs)
 }
 
 fn build_image(args: &[String]) -> util::Result<()> {
@@ -298,6 +312,9 @@ fn test() -> util::Result<()> {
     }
     if let Err(e) = e2e::run_linux(&[], None) {
         failed.push(format!("Linux guest: {e}"));
+    }
+    if let Err(e) = outside::run_outside(&Arch::ALL) {
+        failed.push(format!("the outside service VM (examples/keystore): {e}"));
     }
     if failed.is_empty() {
         Ok(())

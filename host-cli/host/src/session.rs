@@ -1,10 +1,17 @@
-//! A conversation with the service VM: launch it (or attach to a running
+//! A conversation with a service VM: launch it (or attach to a running
 //! one), check the protocol version, send requests, power it off.
+//!
+//! [`Session`] is generic over the protocol: `Session::<MyProtocol>::connect`
+//! talks to any service VM (e.g. one built on `svmc-runtime`) with
+//! [`Session::call`]. The default, `Session` alone, is svmc's own
+//! protocol, with its conveniences ([`Session::reverse`],
+//! [`Session::info`], [`Session::power_off`]).
 
 use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
+use comm::Protocol;
 use comm::frame::DEFAULT_MAX_BODY;
 use comm::service::{GuestInfo, Request, Response, SERVICE_PORT, ServiceVm};
 use vsock_transport::rpc::Client;
@@ -70,11 +77,11 @@ impl SessionConfig {
 /// The connection type sessions use, whichever the backend.
 pub type BoxConnection = Box<dyn Connection + Send>;
 
-/// An open, version-checked connection to the service VM, and the VM itself
-/// if this session launched it.
-pub struct Session {
+/// An open, version-checked connection to a service VM speaking protocol
+/// `P` (svmc's by default), and the VM itself if this session launched it.
+pub struct Session<P: Protocol = ServiceVm> {
     // Field order matters: the client (and its socket) is dropped before the VM.
-    client: Option<Client<BoxConnection, ServiceVm>>,
+    client: Option<Client<BoxConnection, P>>,
     vm: Option<Vm>,
 }
 
@@ -87,9 +94,11 @@ const _: () = {
     assert_send::<Vm>();
 };
 
-impl Session {
-    /// Launches or attaches, then exchanges `HELLO` frames.
-    pub fn open(config: &SessionConfig) -> Result<Self> {
+impl<P: Protocol> Session<P> {
+    /// Launches or attaches, then exchanges `HELLO` frames for protocol
+    /// `P`: `Session::<MyProtocol>::connect(&config)`. (svmc's own
+    /// protocol: [`Session::open`].)
+    pub fn connect(config: &SessionConfig) -> Result<Self> {
         match &config.attach {
             Attach::Launch(vm_config) => {
                 let (vm, stream) =
@@ -132,9 +141,9 @@ impl Session {
         }
     }
 
-    /// Sends one request and returns the guest's response, including
-    /// [`Response::Err`] as a value.
-    pub fn call(&mut self, request: &Request) -> Result<Response> {
+    /// Sends one request and returns the guest's response, including the
+    /// protocol's error answers (svmc's [`Response::Err`]) as a value.
+    pub fn call(&mut self, request: &P::Request) -> Result<P::Response> {
         let client = self
             .client
             .as_mut()
@@ -145,32 +154,10 @@ impl Session {
         }
     }
 
-    /// Reverses `data` in the guest.
-    pub fn reverse(&mut self, data: Vec<u8>) -> Result<Vec<u8>> {
-        match self.call(&Request::Reverse(data))? {
-            Response::Reverse(r) => Ok(r),
-            Response::Err(e) => Err(Error::Service(e)),
-            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
-        }
-    }
-
-    /// What the guest reports about itself.
-    pub fn info(&mut self) -> Result<GuestInfo> {
-        match self.call(&Request::Info)? {
-            Response::Info(i) => Ok(i),
-            Response::Err(e) => Err(Error::Service(e)),
-            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
-        }
-    }
-
-    /// Asks the guest to power off. For a launched VM, waits up to `timeout`
-    /// for QEMU to exit and returns its status.
-    pub fn power_off(mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
-        match self.call(&Request::PowerOff)? {
-            Response::PowerOff => {}
-            Response::Err(e) => return Err(Error::Service(e)),
-            other => return Err(Error::UnexpectedResponse(format!("{other:?}"))),
-        }
+    /// Ends the conversation without `GOODBYE` and, for a launched VM,
+    /// waits up to `timeout` for QEMU to exit and returns its status: after
+    /// a request that powers the VM off.
+    pub fn wait_exit(mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
         self.client.take();
         match self.vm.as_mut() {
             Some(vm) => Ok(Some(vm.wait_exit(timeout)?)),
@@ -199,7 +186,44 @@ impl Session {
     }
 
     /// The protocol client, e.g. to send raw bytes in tests.
-    pub fn client(&mut self) -> Option<&mut Client<BoxConnection, ServiceVm>> {
+    pub fn client(&mut self) -> Option<&mut Client<BoxConnection, P>> {
         self.client.as_mut()
+    }
+}
+
+impl Session<ServiceVm> {
+    /// Launches or attaches, then exchanges `HELLO` frames: a session of
+    /// svmc's protocol ([`Session::connect`] for any other).
+    pub fn open(config: &SessionConfig) -> Result<Self> {
+        Self::connect(config)
+    }
+
+    /// Reverses `data` in the guest.
+    pub fn reverse(&mut self, data: Vec<u8>) -> Result<Vec<u8>> {
+        match self.call(&Request::Reverse(data))? {
+            Response::Reverse(r) => Ok(r),
+            Response::Err(e) => Err(Error::Service(e)),
+            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+    }
+
+    /// What the guest reports about itself.
+    pub fn info(&mut self) -> Result<GuestInfo> {
+        match self.call(&Request::Info)? {
+            Response::Info(i) => Ok(i),
+            Response::Err(e) => Err(Error::Service(e)),
+            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+    }
+
+    /// Asks the guest to power off. For a launched VM, waits up to `timeout`
+    /// for QEMU to exit and returns its status.
+    pub fn power_off(mut self, timeout: Duration) -> Result<Option<ExitStatus>> {
+        match self.call(&Request::PowerOff)? {
+            Response::PowerOff => {}
+            Response::Err(e) => return Err(Error::Service(e)),
+            other => return Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+        self.wait_exit(timeout)
     }
 }

@@ -192,7 +192,7 @@ pub fn relaunches() -> u64 {
 /// the queue; about one boot in 30 to 60 here, under load), after which
 /// virtio-drivers would wait for that TX buffer forever, spinning; the
 /// firmware now notifies again until the device takes the buffer
-/// (`guest/src/kick.rs`), so a relaunch means something else went wrong.
+/// (`guest/runtime/src/kick.rs`), so a relaunch means something else went wrong.
 /// Each one is logged (info level) and counted ([`relaunches`]).
 pub fn launch_ready(
     config: &VmConfig,
