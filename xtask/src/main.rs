@@ -49,7 +49,7 @@ Commands:
                                reverses, mapped to the symbols of an unstripped build (the N
                                busiest functions and lines); see BENCHMARKS.md
   demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
-  outside [--arch A|all]       the key store service VM (examples/keystore) as an outside project:
+  outside [--arch A|all]       the key store service VM (guest/examples/keystore) as an outside project:
                                copied out of the workspace with path dependencies, built and run
                                with its README's commands (default: both architectures)
   dist-docs [--out DIR]        host-cli's shell completions (bash, zsh, fish, elvish, PowerShell)
@@ -314,7 +314,7 @@ fn test() -> util::Result<()> {
         failed.push(format!("Linux guest: {e}"));
     }
     if let Err(e) = outside::run_outside(&Arch::ALL) {
-        failed.push(format!("the outside service VM (examples/keystore): {e}"));
+        failed.push(format!("the outside service VM (guest/examples/keystore): {e}"));
     }
     if failed.is_empty() {
         Ok(())

@@ -1,5 +1,5 @@
 //! `cargo xtask outside [--arch A|all]`: the outside service VM
-//! (`examples/keystore`) built and run as another project would: copied to
+//! (`guest/examples/keystore`) built and run as another project would: copied to
 //! a temporary directory outside the workspace, its path dependencies
 //! pointed at this repository's published crates (nothing else from here),
 //! then the `cargo` commands of its README run there, in order: build the
@@ -14,7 +14,7 @@ use host::Arch;
 use crate::util::{Result, cargo, root, run};
 
 /// The example, relative to the repository.
-const EXAMPLE: &str = "examples/keystore";
+const EXAMPLE: &str = "guest/examples/keystore";
 
 /// The files its author wrote, whose lines its README counts.
 const AUTHORED: [&str; 3] = [
@@ -76,8 +76,22 @@ pub fn run_outside(archs: &[Arch]) -> Result<()> {
     // Path dependencies on the crates of this repository, absolute.
     let manifest = dir.0.join("Cargo.toml");
     let text = fs::read_to_string(&manifest).map_err(|e| format!("reading the manifest: {e}"))?;
-    let repo_path = format!("path = \"{}/", repo.display());
-    fs::write(&manifest, text.replace("path = \"../../", &repo_path))
+    let example = repo.join(EXAMPLE);
+    let rewritten: Vec<String> = text
+        .lines()
+        .map(|l| match l.split_once("path = \"../") {
+            // A path out of the example's folder: the same crate, by an
+            // absolute path (paths inside it, e.g. `protocol`, stay).
+            Some((head, rest)) => {
+                let (rel, tail) = rest.split_once('"').unwrap_or((rest, ""));
+                let abs = example.join(format!("../{rel}"));
+                let abs = abs.canonicalize().unwrap_or(abs);
+                format!("{head}path = \"{}\"{tail}", abs.display())
+            }
+            None => l.to_string(),
+        })
+        .collect();
+    fs::write(&manifest, rewritten.join("\n") + "\n")
         .map_err(|e| format!("writing the manifest: {e}"))?;
 
     let readme = fs::read_to_string(dir.0.join("README.md"))
