@@ -910,13 +910,43 @@ impl Keys {
 
     #[inline(never)]
     fn check_sorted(buf: &[u8], mut keys: Vec<u32>) -> Result<()> {
-        keys.sort_unstable_by(|&a, &b| cmp_keys(buf, a as usize, b as usize).then(a.cmp(&b)));
+        heap_sort(&mut keys, |a, b| {
+            cmp_keys(buf, a as usize, b as usize).then(a.cmp(&b))
+        });
         for w in keys.windows(2) {
             if cmp_keys(buf, w[0] as usize, w[1] as usize) == Ordering::Equal {
                 return Err(repeated(w[0] as usize, w[1] as usize));
             }
         }
         Ok(())
+    }
+}
+
+/// Heapsort: O(n log n) with no allocation, in a few hundred bytes of
+/// code. `slice::sort_unstable_by` took 13 KB of the bare-metal guest's
+/// image (a 11% larger firmware) for a check that runs only on maps of
+/// more than 8 keys.
+fn heap_sort(v: &mut [u32], mut cmp: impl FnMut(u32, u32) -> Ordering) {
+    let mut sift = |v: &mut [u32], mut root: usize, end: usize| loop {
+        let mut child = 2 * root + 1;
+        if child >= end {
+            return;
+        }
+        if child + 1 < end && cmp(v[child], v[child + 1]) == Ordering::Less {
+            child += 1;
+        }
+        if cmp(v[root], v[child]) != Ordering::Less {
+            return;
+        }
+        v.swap(root, child);
+        root = child;
+    };
+    for start in (0..v.len() / 2).rev() {
+        sift(v, start, v.len());
+    }
+    for end in (1..v.len()).rev() {
+        v.swap(0, end);
+        sift(v, 0, end);
     }
 }
 
@@ -1467,6 +1497,17 @@ mod tests {
         for (a, b) in different {
             assert!(de::<Any>(&map_of(&[a, b])).is_ok(), "{a:02x?} vs {b:02x?}");
             assert!(de::<Any>(&map_of(&[b, a])).is_ok(), "{b:02x?} vs {a:02x?}");
+        }
+    }
+
+    #[test]
+    fn heap_sort_sorts() {
+        for n in 0..40u32 {
+            let mut v: Vec<u32> = (0..n).map(|i| (i * 7919 + 13) % 31).collect();
+            let mut want = v.clone();
+            want.sort_unstable();
+            heap_sort(&mut v, |a, b| a.cmp(&b));
+            assert_eq!(v, want, "{n}");
         }
     }
 

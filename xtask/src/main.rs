@@ -314,7 +314,9 @@ fn test() -> util::Result<()> {
         failed.push(format!("Linux guest: {e}"));
     }
     if let Err(e) = outside::run_outside(&Arch::ALL) {
-        failed.push(format!("the outside service VM (guest/examples/keystore): {e}"));
+        failed.push(format!(
+            "the outside service VM (guest/examples/keystore): {e}"
+        ));
     }
     if failed.is_empty() {
         Ok(())
