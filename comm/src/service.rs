@@ -150,10 +150,14 @@ pub enum ServiceError {
         /// The limit, in bytes.
         max: u64,
     },
-    /// The guest could not allocate memory for the request.
-    #[error("guest out of memory allocating {requested} bytes")]
+    /// The guest had no memory now for the request or for its answer (its
+    /// other connections, or this client's unread answers, hold it; WIRE.md
+    /// R-REQ-6, R-FLOW-2). The request was not carried out: send it again
+    /// later, after reading earlier answers.
+    #[error("guest out of memory for a request of {requested} bytes (not carried out; try again)")]
     OutOfMemory {
-        /// Bytes requested.
+        /// The request's body length in bytes (what the guest needed room
+        /// for).
         requested: u64,
     },
     /// The guest does not support this request.

@@ -27,6 +27,26 @@
 //! limit we announced); ask for `(1 << 20) + REVERSE_OVERHEAD`, or
 //! [`DEFAULT_MAX_BODY`](crate::comm::frame::DEFAULT_MAX_BODY) (16 MiB + 64).
 //!
+//! # A busy server answers some calls with a refusal
+//!
+//! Under load a call can get `Ok(Response::Err(ServiceError::OutOfMemory
+//! { .. }))` (for another protocol, its [`Protocol::out_of_memory`]
+//! answer): the server had no room now for the request or its answer
+//! (its memory is shared by every connection, and it holds the answers
+//! this connection has not read yet; `comm/WIRE.md` R-FLOW-2). The
+//! request was not carried out, the connection goes on, and the client
+//! does not retry by itself: call again later. A small request can be
+//! refused while a large one is served, when the large one arrived first.
+//!
+//! [`Protocol::out_of_memory`]: crate::comm::Protocol::out_of_memory
+//!
+//! # Tokio
+//!
+//! The feature `tokio` builds the async API on tokio's `net`, `io-util`,
+//! `rt`, `sync` and `time`; a program needs a runtime of its own (e.g.
+//! tokio with `rt-multi-thread` and `macros` for `#[tokio::main]`). Timeouts
+//! use tokio's timer, whose resolution is 1 ms: a shorter one is 1 ms.
+//!
 //! # A client belongs to the runtime that ran its `hello`
 //!
 //! `hello` spawns the client's reader and writer tasks on the current tokio
@@ -44,7 +64,7 @@
 //! use std::sync::Arc;
 //!
 //! use vsock_transport::async_host::Client;
-//! use vsock_transport::comm::service::{REVERSE_OVERHEAD, Request, Response, ServiceVm};
+//! use vsock_transport::comm::service::{REVERSE_OVERHEAD, Request, Response, ServiceError, ServiceVm};
 //! use vsock_transport::rpc::{self, Handler, Then};
 //! use vsock_transport::Timeouts;
 //! use vsock_transport::host_stream::{HostStream, Peer};
@@ -77,9 +97,12 @@
 //!         let client = Arc::clone(&client);
 //!         tokio::spawn(async move {
 //!             let payload: Vec<u8> = (0..1usize << (6 + 2 * i)).map(|b| b as u8).collect();
-//!             let answer = client.call(&Request::Reverse(payload.clone())).await?;
-//!             let Response::Reverse(got) = answer else { panic!("{answer:?}") };
-//!             assert!(got.iter().eq(payload.iter().rev()));
+//!             match client.call(&Request::Reverse(payload.clone())).await? {
+//!                 Response::Reverse(got) => assert!(got.iter().eq(payload.iter().rev())),
+//!                 // A busy server's refusal (see above): not carried out.
+//!                 Response::Err(ServiceError::OutOfMemory { .. }) => {}
+//!                 other => panic!("{other:?}"),
+//!             }
 //!             Ok::<_, vsock_transport::Error>(())
 //!         })
 //!     })
