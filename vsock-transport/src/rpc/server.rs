@@ -1156,11 +1156,30 @@ mod tests {
 
     /// Feeds `bytes` (all of them, processing frames as needed, sending
     /// output as it comes) and returns the frames sent.
-    fn feed(s: &mut Conn, h: &mut impl Handler<ServiceVm>, mut bytes: &[u8]) -> Vec<u8> {
+    fn feed(s: &mut Conn, h: &mut impl Handler<ServiceVm>, bytes: &[u8]) -> Vec<u8> {
         let mut sent = Vec::new();
+        pump(s, h, bytes, Some(&mut sent));
+        drain(s, &mut sent);
+        sent
+    }
+
+    /// Feeds `bytes` while the connection takes them, processing frames
+    /// as they complete, and sending the output into `sent` as it comes
+    /// (`None`: a client that writes and does not read); returns the
+    /// frames processed and the bytes not taken.
+    fn pump(
+        s: &mut Conn,
+        h: &mut impl Handler<ServiceVm>,
+        mut bytes: &[u8],
+        mut sent: Option<&mut Vec<u8>>,
+    ) -> (usize, usize) {
+        let mut processed = 0;
         loop {
-            drain(s, &mut sent);
+            if let Some(sent) = sent.as_deref_mut() {
+                drain(s, sent);
+            }
             if s.process(h) {
+                processed += 1;
                 continue;
             }
             if bytes.is_empty() || !s.wants_input() {
@@ -1172,8 +1191,7 @@ mod tests {
             bytes = &bytes[n..];
             s.received(n);
         }
-        drain(s, &mut sent);
-        sent
+        (processed, bytes.len())
     }
 
     fn drain(s: &mut Conn, sent: &mut Vec<u8>) {
@@ -1493,37 +1511,12 @@ mod tests {
         assert_eq!(budget.free(), 1 << 20);
     }
 
-    /// Feeds `bytes` without sending anything (a client that writes and
-    /// does not read); returns the requests processed and the bytes left.
-    fn feed_unread(
-        s: &mut Conn,
-        h: &mut impl Handler<ServiceVm>,
-        mut bytes: &[u8],
-    ) -> (usize, usize) {
-        let mut processed = 0;
-        loop {
-            if s.process(h) {
-                processed += 1;
-                continue;
-            }
-            if bytes.is_empty() || !s.wants_input() {
-                break;
-            }
-            let buf = s.input_buf();
-            let n = buf.len().min(bytes.len());
-            buf[..n].copy_from_slice(&bytes[..n]);
-            bytes = &bytes[n..];
-            s.received(n);
-        }
-        (processed, bytes.len())
-    }
-
     #[test]
     fn a_client_that_does_not_read_gets_every_answer_or_a_refusal() {
         // Pipelined answers never stop the reading (a server that stops
         // reading while its answers cannot leave wedges the connection):
-        // small requests are answered while their answers fit
-        // OUTPUT_HIGH_WATER, refused after, large ones as the budget allows.
+        // small answers fit OUTPUT_HIGH_WATER, then borrow from the budget;
+        // large ones are paid from it; what it has no room for is refused.
         let budget = Budget::new(5 << 18);
         let (mut s, mut h) = connected(&budget, 1 << 20);
         let mut burst = Vec::new();
@@ -1534,7 +1527,7 @@ mod tests {
             burst.extend(request(id, &Request::Reverse(vec![id as u8; 1 << 19])));
         }
         burst.extend(request(200, &Request::Info));
-        let (processed, left) = feed_unread(&mut s, &mut h, &burst);
+        let (processed, left) = pump(&mut s, &mut h, &burst, None);
         assert_eq!(left, 0, "every byte was read without a byte sent");
         assert!(processed < 45);
         let mut sent = Vec::new();
@@ -1572,7 +1565,7 @@ mod tests {
         for id in 0..5000u32 {
             burst.extend(request(id, &Request::Reverse(vec![1; 1000])));
         }
-        let (_, left) = feed_unread(&mut s, &mut h, &burst);
+        let (_, left) = pump(&mut s, &mut h, &burst, None);
         assert!(left > 0, "a client that never reads is held back");
         assert!(!s.wants_input());
         assert!(budget.free() < 2048, "the budget was borrowed from");
