@@ -515,7 +515,10 @@ impl Endpoint for LinuxEndpoint {
     }
 
     /// The kernel knows at once when the host closed its side: poll(2)
-    /// says `POLLRDHUP` (or `POLLHUP`) without waiting.
+    /// says `POLLRDHUP` (or `POLLHUP`) without waiting. Through libc, not
+    /// nix: nix's `PollFd::revents` is `PollFlags::from_bits`, which is
+    /// `None` whenever `POLLRDHUP` (a bit nix does not name) is set, so
+    /// the close went unseen (hostile_host's burst_of_abrupt_closes failed).
     fn peer_closed(&self, id: ConnId) -> bool {
         let Some(c) = self.conns.get(&id) else {
             return false;
