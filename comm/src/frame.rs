@@ -62,6 +62,10 @@ pub enum FrameKind {
     Error = 0x04,
     /// The client ends the connection. Body length is 0.
     Goodbye = 0x05,
+    /// The client no longer wants a request's answer
+    /// ([`crate::ext::Cancel`]); only where the `cancel` extension is on
+    /// (`WIRE.md` §10), an unknown kind anywhere else.
+    Cancel = 0x06,
 }
 
 impl FrameKind {
@@ -73,6 +77,7 @@ impl FrameKind {
             0x03 => Self::Response,
             0x04 => Self::Error,
             0x05 => Self::Goodbye,
+            0x06 => Self::Cancel,
             other => return Err(Error::UnknownFrameKind(other)),
         })
     }
@@ -89,6 +94,7 @@ impl FrameKind {
             Self::Hello => HELLO_MAX_BODY,
             Self::Error => ERROR_MAX_BODY,
             Self::Goodbye => 0,
+            Self::Cancel => crate::ext::CANCEL_MAX_BODY,
             Self::Request | Self::Response => max,
         }
     }
@@ -102,6 +108,7 @@ impl fmt::Display for FrameKind {
             Self::Response => "RESPONSE",
             Self::Error => "ERROR",
             Self::Goodbye => "GOODBYE",
+            Self::Cancel => "CANCEL",
         })
     }
 }
@@ -163,6 +170,16 @@ pub fn encoded_len<T: Serialize + ?Sized>(msg: &T) -> Result<usize> {
     let mut v = Vec::new();
     ciborium::into_writer(msg, &mut v).map_err(|e| Error::Encode(e.to_string()))?;
     Ok(v.len())
+}
+
+/// Appends the CBOR encoding of `msg` (one data item, no frame header) to
+/// `out`.
+pub fn encode_item<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<()> {
+    let start = out.len();
+    ciborium::into_writer(msg, &mut *out).map_err(|e| {
+        out.truncate(start);
+        Error::Encode(e.to_string())
+    })
 }
 
 /// Appends one complete frame (header and CBOR body) of `kind` holding `msg`
@@ -437,6 +454,13 @@ pub enum ProtocolErrorCode {
     /// The server is at its connection limit: sent instead of its `HELLO`,
     /// then the server closes (always fatal).
     Busy,
+    /// The request's deadline passed before the server started it (the
+    /// `meta` extension): not carried out. Not fatal; carries the id.
+    DeadlineExceeded,
+    /// The client cancelled the request before its answer was queued (the
+    /// `cancel` extension): not carried out, or stopped. Not fatal;
+    /// carries the id.
+    Cancelled,
     /// A code this version does not know.
     Other(u32),
 }
@@ -451,6 +475,8 @@ impl From<u32> for ProtocolErrorCode {
             5 => Self::UnexpectedFrame,
             6 => Self::VersionMismatch,
             7 => Self::Busy,
+            8 => Self::DeadlineExceeded,
+            9 => Self::Cancelled,
             other => Self::Other(other),
         }
     }
@@ -466,6 +492,8 @@ impl From<ProtocolErrorCode> for u32 {
             ProtocolErrorCode::UnexpectedFrame => 5,
             ProtocolErrorCode::VersionMismatch => 6,
             ProtocolErrorCode::Busy => 7,
+            ProtocolErrorCode::DeadlineExceeded => 8,
+            ProtocolErrorCode::Cancelled => 9,
             ProtocolErrorCode::Other(v) => v,
         }
     }
@@ -481,6 +509,8 @@ impl fmt::Display for ProtocolErrorCode {
             Self::UnexpectedFrame => f.write_str("unexpected frame"),
             Self::VersionMismatch => f.write_str("protocol or version mismatch"),
             Self::Busy => f.write_str("server busy: at its connection limit"),
+            Self::DeadlineExceeded => f.write_str("deadline passed before the request started"),
+            Self::Cancelled => f.write_str("request cancelled"),
             Self::Other(v) => write!(f, "error code {v}"),
         }
     }

@@ -151,6 +151,11 @@ pub struct Hello {
     pub version: u32,
     /// The largest `REQUEST`/`RESPONSE` body the sender accepts.
     pub max_body: u32,
+    /// The extensions of version 2 the sender supports (`WIRE.md` §10,
+    /// [`crate::ext`]); omitted on the wire when empty, which a plain
+    /// version 2 peer sends and reads as ever.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ext: Vec<String>,
 }
 
 impl Hello {
@@ -160,7 +165,19 @@ impl Hello {
             protocol: P::NAME.into(),
             version: P::VERSION,
             max_body,
+            ext: Vec::new(),
         }
+    }
+
+    /// The same `HELLO`, listing the extensions `ext`.
+    pub fn with_ext(mut self, ext: crate::ext::Extensions) -> Self {
+        self.ext = ext.names();
+        self
+    }
+
+    /// The extensions this `HELLO` lists that this crate knows.
+    pub fn extensions(&self) -> crate::ext::Extensions {
+        crate::ext::Extensions::from_names(&self.ext)
     }
 
     /// Decodes a peer's `HELLO` body and checks it against protocol `P`,

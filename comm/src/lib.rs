@@ -47,6 +47,7 @@ extern crate alloc;
 mod de;
 pub mod envelope;
 pub mod error;
+pub mod ext;
 pub mod frame;
 pub mod handshake;
 pub mod service;

@@ -96,6 +96,7 @@ fn mutated_frame() -> impl Strategy<Value = Vec<u8>> {
                         protocol: "svmc".into(),
                         version: 1,
                         max_body: 7,
+                        ext: Vec::new(),
                     },
                     u32::MAX,
                 ),
@@ -209,7 +210,7 @@ proptest! {
 
     #[test]
     fn hello_round_trips(protocol in ".{0,20}", version in any::<u32>(), max_body in any::<u32>()) {
-        round_trip(FrameKind::Hello, &Hello { protocol, version, max_body });
+        round_trip(FrameKind::Hello, &Hello { protocol, version, max_body, ext: Vec::new() });
     }
 
     /// A map is refused as malformed exactly when two of its keys are the

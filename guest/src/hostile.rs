@@ -263,6 +263,7 @@ fn send_hello<C: Connection>(conn: &mut C, name: &str, version: u32, max_body: u
         protocol: name.into(),
         version,
         max_body,
+        ext: Vec::new(),
     };
     send_frame(conn, &frame::encode(FrameKind::Hello, &hello, max_body)?)
 }

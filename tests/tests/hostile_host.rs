@@ -102,6 +102,7 @@ fn hello_frame(name: &str, version: u32) -> Vec<u8> {
         protocol: name.into(),
         version,
         max_body: frame::DEFAULT_MAX_BODY,
+        ext: Vec::new(),
     };
     frame::encode(FrameKind::Hello, &h, frame::DEFAULT_MAX_BODY).expect("hello")
 }

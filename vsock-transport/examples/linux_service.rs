@@ -245,7 +245,10 @@ fn serve(config: &Config) -> vsock_transport::Result<()> {
         config.max_conns
     );
     let many_config = ManyConfig {
-        serve: ServeConfig { max_body },
+        serve: ServeConfig {
+            max_body,
+            ..ServeConfig::default()
+        },
         max_conns: config.max_conns,
         idle_timeout_us: config.idle_timeout_ms.saturating_mul(1000),
         // Not unlimited: the kernel does not report failure to an

@@ -47,7 +47,11 @@ where
         budget / 1024
     );
     let config = ManyConfig {
-        serve: ServeConfig { max_body },
+        serve: ServeConfig {
+            max_body,
+            now_us: crate::now_us,
+            ..ServeConfig::default()
+        },
         max_conns: env.config.max_conns,
         idle_timeout_us: env.config.idle_timeout_ms.saturating_mul(1000),
         budget: Budget::new(budget),

@@ -52,7 +52,7 @@ use alloc::vec::Vec;
 
 use comm::Protocol;
 
-use super::{Budget, Ended, Handler, ServeConfig, ServerConn};
+use super::{Budget, Ended, Handler, ReadAhead, ServeConfig, ServerConn};
 use crate::Result;
 
 /// At most this many connections over the limit are being refused (sent
@@ -95,6 +95,11 @@ const PROBE_EVERY_US: u64 = 50_000;
 /// Requests of one connection processed in one pass, at most, while their
 /// answers stay under [`SMALL_ANSWERS`] bytes.
 const SMALL_BATCH: usize = 8;
+
+/// Device events taken each time a running request's handler reads its
+/// connection ahead (`Ctx::cancelled`): enough to drain the queues a
+/// millisecond fills.
+const READ_AHEAD_EVENTS: usize = 32;
 
 /// See [`SMALL_BATCH`].
 const SMALL_ANSWERS: usize = 16 * 1024;
@@ -584,8 +589,25 @@ where
     // One request per pass, or a few small ones: pipelined small requests
     // are answered together (one write), and another connection waits for
     // at most a few requests whose answers are that small.
+    let id = slot.id;
     for _ in 0..SMALL_BATCH {
-        if !slot.conn.process(handler) {
+        // While a request runs, its handler may ask whether it was
+        // cancelled: the device is polled and this connection read ahead,
+        // without waiting.
+        let mut read_ahead = |buf: &mut [u8]| {
+            for _ in 0..READ_AHEAD_EVENTS {
+                if !matches!(endpoint.poll(), Ok(true)) {
+                    break;
+                }
+            }
+            match endpoint.recv(id, buf) {
+                Ok(Recv::Data(n)) => ReadAhead::Data(n),
+                Ok(Recv::Empty) => ReadAhead::Nothing,
+                Ok(Recv::Eof) => ReadAhead::Eof,
+                Err(e) => ReadAhead::Failed(e),
+            }
+        };
+        if !slot.conn.process_with(handler, &mut read_ahead) {
             break;
         }
         moved = true;
@@ -624,7 +646,10 @@ fn flush<P: Protocol, E: Endpoint>(endpoint: &mut E, slot: &mut Slot<P, E::Id>) 
     let mut moved = false;
     while !slot.conn.output().is_empty() {
         match endpoint.send_some(slot.id, slot.conn.output()) {
-            Ok(0) => break,
+            Ok(0) => {
+                slot.conn.stalled();
+                break;
+            }
             Ok(n) => {
                 slot.conn.sent(n);
                 moved = true;
@@ -839,7 +864,10 @@ mod tests {
             hook,
         };
         let config = ManyConfig {
-            serve: ServeConfig { max_body: 1 << 20 },
+            serve: ServeConfig {
+                max_body: 1 << 20,
+                ..ServeConfig::default()
+            },
             max_conns,
             idle_timeout_us,
             budget: Budget::new(1 << 22),

@@ -95,12 +95,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod ahead;
 mod client;
 pub(crate) mod flight;
 pub mod many;
 mod server;
 pub mod service;
 
+pub use ahead::{AHEAD_MAX, Ctx, Pump, ReadAhead};
 pub use client::Client;
 #[allow(deprecated)] // kept so that old code still builds
 pub use client::MAX_ABANDONED;

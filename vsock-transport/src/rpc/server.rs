@@ -64,9 +64,11 @@ use core::marker::PhantomData;
 use core::ops::Range;
 
 use comm::envelope::{self, RequestId};
+use comm::ext::{self, ConnStats, Extensions, RequestMeta, ResponseMeta};
 use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
 use comm::{Hello, Protocol};
 
+use super::ahead::{Ahead, Ctx, Pump, ReadAhead};
 use crate::{Connection, Error, Result, Step};
 
 /// What the server does after sending a response.
@@ -83,6 +85,16 @@ pub enum Then {
 pub trait Handler<P: Protocol> {
     /// Answers one request. Failures to process it are responses too.
     fn handle(&mut self, request: P::Request) -> (P::Response, Then);
+
+    /// [`Handler::handle`] with what the server knows about the request
+    /// ([`Ctx`]: its id, the client's trace context, its deadline, and
+    /// whether the client cancelled it). A handler doing long work
+    /// overrides this one and asks [`Ctx::cancelled`] between pieces of
+    /// it. The default calls [`Handler::handle`].
+    fn handle_ctx(&mut self, request: P::Request, ctx: &mut Ctx<'_>) -> (P::Response, Then) {
+        let _ = ctx;
+        self.handle(request)
+    }
 
     /// Answers a request inside its own `REQUEST` body, if it can, instead
     /// of [`Handler::handle`]: the answer's body is the bytes it appends to
@@ -103,6 +115,9 @@ pub trait Handler<P: Protocol> {
 impl<P: Protocol, H: Handler<P> + ?Sized> Handler<P> for &mut H {
     fn handle(&mut self, request: P::Request) -> (P::Response, Then) {
         (**self).handle(request)
+    }
+    fn handle_ctx(&mut self, request: P::Request, ctx: &mut Ctx<'_>) -> (P::Response, Then) {
+        (**self).handle_ctx(request, ctx)
     }
     fn handle_in_place(&mut self, body: &mut [u8], head: &mut Vec<u8>) -> Option<InPlace> {
         (**self).handle_in_place(body, head)
@@ -139,19 +154,45 @@ pub enum Ended {
     Busy,
 }
 
-/// Server-side limits.
+/// Server-side limits and settings.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeConfig {
     /// Largest request body accepted (advertised in our `HELLO`).
     pub max_body: u32,
+    /// The extensions of version 2 offered in our `HELLO` (`WIRE.md` §10;
+    /// default: all). [`Extensions::NONE`] serves plain version 2.
+    pub ext: Extensions,
+    /// Microseconds on a monotonic clock: deadlines, timings and the
+    /// pacing of [`Ctx::cancelled`]. The default, with `std`, counts from
+    /// the first call; without `std` it is always 0, and then no deadline
+    /// ever passes (the bare-metal runtime passes its clock).
+    pub now_us: fn() -> u64,
 }
 
 impl Default for ServeConfig {
     fn default() -> Self {
         Self {
             max_body: frame::DEFAULT_MAX_BODY,
+            ext: Extensions::ALL,
+            now_us: default_clock,
         }
     }
+}
+
+/// [`ServeConfig::now_us`]'s default.
+#[cfg(feature = "std")]
+fn default_clock() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_micros() as u64
+}
+
+/// [`ServeConfig::now_us`]'s default.
+#[cfg(not(feature = "std"))]
+fn default_clock() -> u64 {
+    0
 }
 
 /// Request bodies up to this size need no [`Budget`] reservation.
@@ -202,6 +243,41 @@ const ID_PREFIX: usize = 32;
 
 /// Piece size when reading and dropping a request's body.
 const DISCARD_CHUNK: usize = 4096;
+
+/// When a request whose meta asked for timings arrived and started.
+#[derive(Debug, Clone, Copy)]
+struct Timing {
+    arrived: u64,
+    started: u64,
+    stats: bool,
+}
+
+/// The id of a body `[id, ...]` written plainly (a definite array head and
+/// a uint head): a few bytes read, whatever the body's size. `None` for any
+/// other encoding (the full decoder reads those).
+fn plain_id(body: &[u8]) -> Option<RequestId> {
+    if !matches!(body.first()?, 0x82 | 0x83) {
+        return None;
+    }
+    let b = *body.get(1)?;
+    let arg = |n: usize| -> Option<u32> {
+        let bytes = body.get(2..2 + n)?;
+        let mut v = 0u64;
+        for x in bytes {
+            v = (v << 8) | u64::from(*x);
+        }
+        u32::try_from(v).ok()
+    };
+    let id = match b {
+        0..=23 => u32::from(b),
+        24 => arg(1)?,
+        25 => arg(2)?,
+        26 => arg(4)?,
+        27 => arg(8)?,
+        _ => return None,
+    };
+    Some(RequestId(id))
+}
 
 /// Heap bytes that large requests may take, shared by the connections of
 /// one server. Cloning shares it; a [`ServerConn`] gives back what it holds
@@ -337,6 +413,15 @@ pub struct ServerConn<P: Protocol> {
     budget: Budget,
     end: Option<Result<Ended>>,
     ignored_errors: u32,
+    /// Ours until the client's `HELLO`, then those both offered.
+    ext: Extensions,
+    now_us: fn() -> u64,
+    /// When the first byte of the frame in assembly was read.
+    frame_at: u64,
+    /// Bytes read ahead while a request ran ([`Ahead`]).
+    ahead: Ahead,
+    stats: ConnStats,
+    stalling: bool,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -365,7 +450,7 @@ impl<P: Protocol> ServerConn<P> {
         let mut hello = Vec::new();
         match frame::encode_into(
             FrameKind::Hello,
-            &Hello::new::<P>(config.max_body),
+            &Hello::new::<P>(config.max_body).with_ext(config.ext),
             frame::HELLO_MAX_BODY,
             &mut hello,
         ) {
@@ -406,7 +491,36 @@ impl<P: Protocol> ServerConn<P> {
             budget,
             end: None,
             ignored_errors: 0,
+            ext: config.ext,
+            now_us: config.now_us,
+            frame_at: 0,
+            ahead: Ahead::default(),
+            stats: ConnStats::default(),
+            stalling: false,
             _protocol: PhantomData,
+        }
+    }
+
+    /// The extensions on for this connection (once the client's `HELLO`
+    /// was read; ours before).
+    pub fn extensions(&self) -> Extensions {
+        self.ext
+    }
+
+    /// What this connection counted so far.
+    pub fn stats(&self) -> ConnStats {
+        let mut s = self.stats;
+        s.queued = self.out.len() as u64;
+        s
+    }
+
+    /// The transport took none of the bytes of [`ServerConn::output`] (the
+    /// client's receive window is full): counted in [`ConnStats::stalls`].
+    /// A stall counts once until bytes go again.
+    pub fn stalled(&mut self) {
+        if !self.stalling {
+            self.stalling = true;
+            self.stats.stalls += 1;
         }
     }
 
@@ -423,9 +537,13 @@ impl<P: Protocol> ServerConn<P> {
     /// Whether received bytes are wanted now: `false` while a complete
     /// frame waits for [`ServerConn::process`], between frames while the
     /// client leaves more than [`OUTPUT_HIGH_WATER`] + [`REFUSAL_ROOM`]
-    /// bytes of small answers and refusals unread, and once the connection
-    /// reads no more.
+    /// bytes of small answers and refusals unread, while bytes read ahead
+    /// during a request wait to be taken, and once the connection reads no
+    /// more.
     pub fn wants_input(&self) -> bool {
+        if !self.ahead.buf.is_empty() {
+            return false;
+        }
         match self.input {
             Input::Header { got: 0, .. } => {
                 self.loose_bytes <= OUTPUT_HIGH_WATER + self.borrowed + REFUSAL_ROOM
@@ -465,8 +583,18 @@ impl<P: Protocol> ServerConn<P> {
 
     /// `n` bytes were received into [`ServerConn::input_buf`].
     pub fn received(&mut self, n: usize) {
+        self.received_at(n, None);
+    }
+
+    /// [`ServerConn::received`] of bytes first read at `at` (read ahead),
+    /// or now.
+    fn received_at(&mut self, n: usize, at: Option<u64>) {
+        self.stats.bytes_in += n as u64;
         match &mut self.input {
             Input::Header { bytes, got } => {
+                if *got == 0 && n > 0 {
+                    self.frame_at = at.unwrap_or_else(self.now_us);
+                }
                 *got += n;
                 if *got == HEADER_LEN {
                     let h = *bytes;
@@ -492,6 +620,7 @@ impl<P: Protocol> ServerConn<P> {
                 if *left == 0 {
                     let (id, _) = envelope::decode::<serde::de::IgnoredAny>(&prefix[..*prefix_len]);
                     let requested = u64::from(*len);
+                    self.stats.requests += 1;
                     self.body = Vec::new();
                     self.body_len = 0;
                     self.input = Input::Header {
@@ -563,6 +692,11 @@ impl<P: Protocol> ServerConn<P> {
             Err(e) => return self.fatal(e),
         };
         match header.kind {
+            // Without the extension it is the unknown kind it was in plain
+            // version 2 (R-FRAME-2).
+            FrameKind::Cancel if !(self.hello_done && self.ext.cancel) => {
+                return self.fatal(comm::Error::UnknownFrameKind(h[0]));
+            }
             FrameKind::Goodbye if self.hello_done => return self.stop(Ok(Ended::Goodbye)),
             FrameKind::Goodbye => {
                 return self.fatal(comm::Error::UnexpectedFrame {
@@ -629,6 +763,22 @@ impl<P: Protocol> ServerConn<P> {
     /// (one handler call) per call; `true` if one was processed. (Whether
     /// there is room for its answer was decided from its header.)
     pub fn process<H: Handler<P> + ?Sized>(&mut self, handler: &mut H) -> bool {
+        self.process_with(handler, &mut |_| ReadAhead::Nothing)
+    }
+
+    /// [`ServerConn::process`] for a driver that can read the connection's
+    /// transport without waiting: `read_ahead` is called (with a buffer of
+    /// at most [`super::AHEAD_MAX`] bytes) before a request starts and
+    /// whenever its handler asks [`Ctx::cancelled`], so that a `CANCEL`
+    /// sent meanwhile stops it, and requests sent meanwhile get their
+    /// arrival time. The bytes it reads are assembled into frames before
+    /// anything the driver receives later ([`ServerConn::wants_input`] is
+    /// `false` until then).
+    pub fn process_with<H: Handler<P> + ?Sized>(
+        &mut self,
+        handler: &mut H,
+        read_ahead: Pump<'_>,
+    ) -> bool {
         let Input::Ready(kind) = self.input else {
             return false;
         };
@@ -640,7 +790,8 @@ impl<P: Protocol> ServerConn<P> {
             let body = core::mem::take(&mut self.body);
             let len = core::mem::take(&mut self.body_len);
             let reserved = core::mem::take(&mut self.reserved);
-            self.request(body, len, reserved, handler);
+            self.request(body, len, reserved, handler, read_ahead);
+            self.drain_ahead();
             return true;
         }
         let body = &self.body[..self.body_len];
@@ -648,10 +799,19 @@ impl<P: Protocol> ServerConn<P> {
             FrameKind::Hello if !self.hello_done => match Hello::decode_checked::<P>(body) {
                 Ok(peer) => {
                     self.peer_max = peer.max_body;
+                    self.ext = self.ext.both(peer.extensions());
+                    self.ahead.cancel_on = self.ext.cancel;
                     self.hello_done = true;
                 }
                 Err(e) => self.fatal(e),
             },
+            // The request it names came before it and is answered already:
+            // nothing to do (one read ahead is acted on when read ahead).
+            FrameKind::Cancel => {
+                if let Err(e) = frame::decode_body::<ext::Cancel>(body) {
+                    self.report(&e, None);
+                }
+            }
             FrameKind::Error => match frame::decode_body::<ProtocolError>(body) {
                 Ok(pe) if pe.fatal || !self.hello_done => {
                     self.stop(Err(comm::Error::Remote(pe).into()));
@@ -671,7 +831,35 @@ impl<P: Protocol> ServerConn<P> {
                 self.report(&e, None);
             }
         }
+        self.drain_ahead();
         true
+    }
+
+    /// Feeds the bytes read ahead to the frame assembler, up to the end of
+    /// the next complete frame; what follows waits for the next
+    /// [`ServerConn::process_with`].
+    fn drain_ahead(&mut self) {
+        if let Some(e) = self.ahead.failed.take() {
+            return self.transport_failed(e);
+        }
+        let since = self.ahead.since;
+        let src = core::mem::take(&mut self.ahead.buf);
+        let mut off = 0;
+        while off < src.len() {
+            let dst = self.input_buf();
+            if dst.is_empty() {
+                break;
+            }
+            let n = dst.len().min(src.len() - off);
+            dst[..n].copy_from_slice(&src[off..off + n]);
+            self.received_at(n, since);
+            off += n;
+        }
+        self.ahead.buf = src;
+        self.ahead.consumed(off);
+        if self.ahead.buf.is_empty() && core::mem::take(&mut self.ahead.eof) {
+            self.peer_closed();
+        }
     }
 
     /// Borrows from the budget the room for the answer to a small request
@@ -702,7 +890,7 @@ impl<P: Protocol> ServerConn<P> {
     /// room for.
     fn no_memory(&mut self, id: Option<RequestId>, requested: u64) {
         match (id, P::out_of_memory(requested)) {
-            (Some(id), Some(r)) => self.queue_response(id, &r, 0),
+            (Some(id), Some(r)) => self.queue_response(id, &r, 0, None),
             _ => self.queue_error(
                 ProtocolError::new(
                     ProtocolErrorCode::TooLarge,
@@ -740,40 +928,145 @@ impl<P: Protocol> ServerConn<P> {
         len: usize,
         mut reserved: usize,
         handler: &mut H,
+        read_ahead: Pump<'_>,
     ) {
+        self.stats.requests += 1;
+        let arrived = self.frame_at;
+        // `[id, meta, request]` becomes `[id, request]` at `start`.
+        let (start, meta) = if self.ext.meta {
+            match ext::split_meta::<RequestMeta>(&mut body[..len]) {
+                Ok((start, meta)) => (start, meta.unwrap_or_default()),
+                Err((id, e)) => {
+                    drop(body);
+                    self.budget.give(reserved);
+                    return self.report(&e, id);
+                }
+            }
+        } else {
+            (0, RequestMeta::default())
+        };
+        if self.ext.cancel {
+            let now = (self.now_us)();
+            self.ahead.pump(now, &mut *read_ahead);
+        }
+        if let Some(id) = plain_id(&body[start..len]) {
+            let refusal = if self.ahead.starts(id) {
+                Some(ProtocolErrorCode::Cancelled)
+            } else if meta
+                .deadline_ms
+                .is_some_and(|ms| (self.now_us)().saturating_sub(arrived) > u64::from(ms) * 1000)
+            {
+                Some(ProtocolErrorCode::DeadlineExceeded)
+            } else {
+                None
+            };
+            if let Some(code) = refusal {
+                drop(body);
+                self.budget.give(reserved);
+                self.ahead.done();
+                return self.refuse(id, code);
+            }
+        }
+        let started = (self.now_us)();
+        let timing = meta.wants_answer_meta().then_some(Timing {
+            arrived,
+            started,
+            stats: meta.stats,
+        });
         let mut head = self.take_spare();
         head.extend_from_slice(&[0; HEADER_LEN]);
-        if let Some(answer) = handler.handle_in_place(&mut body[..len], &mut head) {
+        if let Some(mut answer) = handler.handle_in_place(&mut body[start..len], &mut head) {
+            self.ahead.done();
+            answer.payload = answer.payload.start.saturating_add(start)
+                ..answer.payload.end.saturating_add(start);
+            if let Some(t) = timing {
+                let m = self.answer_meta(t);
+                // Best effort: without it if it does not fit.
+                let _ = ext::insert_meta_at(&mut head, HEADER_LEN, &m);
+            }
             return self.answer_in_place(answer, head, body, len, reserved);
         }
         self.recycle(head);
+        let len = len - start;
         // The typed way: the decoded request and its answer need as much
         // again as a large body.
         if len > SMALL_BODY as usize {
             let more = len;
             if !self.budget.take(more) {
-                let (id, _) = envelope::decode::<serde::de::IgnoredAny>(&body[..len]);
+                let (id, _) = envelope::decode::<serde::de::IgnoredAny>(&body[start..start + len]);
                 drop(body);
                 self.budget.give(reserved);
+                self.ahead.done();
                 return self.no_memory(id, more as u64);
             }
             reserved += more;
         }
-        let (id, request) = envelope::decode::<P::Request>(&body[..len]);
+        let (id, request) = envelope::decode::<P::Request>(&body[start..start + len]);
         // Free the request frame before the response exists.
         drop(body);
         let (id, request) = match (id, request) {
             (Some(id), Ok(r)) => (id, r),
             (id, Err(e)) => {
                 self.budget.give(reserved);
+                self.ahead.done();
                 return self.report(&e, id);
             }
             (None, Ok(_)) => unreachable!("a decoded request always has an id"),
         };
-        let (response, then) = handler.handle(request);
-        self.queue_response(id, &response, reserved);
+        if self.ahead.current != Some(id) && self.ahead.starts(id) {
+            self.budget.give(reserved);
+            self.ahead.done();
+            return self.refuse(id, ProtocolErrorCode::Cancelled);
+        }
+        let mut ctx = Ctx {
+            id,
+            traceparent: meta.traceparent.as_deref(),
+            deadline_us: meta
+                .deadline_ms
+                .map(|ms| arrived.saturating_add(u64::from(ms) * 1000)),
+            now_us: self.now_us,
+            ahead: &mut self.ahead,
+            pump: read_ahead,
+        };
+        let (response, then) = handler.handle_ctx(request, &mut ctx);
+        if self.ahead.done() {
+            // The client cancelled it while it ran: it gets `cancelled`,
+            // whatever the handler made of it.
+            drop(response);
+            self.budget.give(reserved);
+            self.refuse(id, ProtocolErrorCode::Cancelled);
+        } else {
+            self.queue_response(id, &response, reserved, timing);
+        }
         if then == Then::Stop {
             self.stop(Ok(Ended::Stopped));
+        }
+    }
+
+    /// The non-fatal `ERROR` that answers a request not carried out because
+    /// its client cancelled it or its deadline passed.
+    fn refuse(&mut self, id: RequestId, code: ProtocolErrorCode) {
+        let detail = match code {
+            ProtocolErrorCode::Cancelled => {
+                self.stats.cancelled += 1;
+                "cancelled by the client: not carried out"
+            }
+            _ => {
+                self.stats.expired += 1;
+                "its deadline passed before it started: not carried out"
+            }
+        };
+        self.queue_error(ProtocolError::new(code, false, detail).with_id(Some(id)));
+    }
+
+    /// The meta of an answer: the request's timings, and the connection's
+    /// statistics if asked.
+    fn answer_meta(&self, t: Timing) -> ResponseMeta {
+        let now = (self.now_us)();
+        ResponseMeta {
+            queued_us: Some(t.started.saturating_sub(t.arrived)),
+            handled_us: Some(now.saturating_sub(t.started)),
+            stats: t.stats.then(|| self.stats()),
         }
     }
 
@@ -798,7 +1091,7 @@ impl<P: Protocol> ServerConn<P> {
             self.body = body;
             self.reserved = reserved;
             match P::response_too_large(len as u64, self.peer_max) {
-                Some(r) => self.queue_response(id, &r, 0),
+                Some(r) => self.queue_response(id, &r, 0, None),
                 None => self.refuse_answer(id, len as u64),
             }
         } else {
@@ -819,10 +1112,23 @@ impl<P: Protocol> ServerConn<P> {
         }
     }
 
-    fn queue_response(&mut self, id: RequestId, response: &P::Response, reserved: usize) {
+    fn queue_response(
+        &mut self,
+        id: RequestId,
+        response: &P::Response,
+        reserved: usize,
+        timing: Option<Timing>,
+    ) {
         let mut out = self.take_spare();
         match envelope::encode_response_into(id, response, self.peer_max, &mut out) {
-            Ok(()) => self.queue(out, reserved),
+            Ok(()) => {
+                if let Some(t) = timing {
+                    let m = self.answer_meta(t);
+                    // Best effort: without it if it does not fit.
+                    let _ = ext::insert_meta(&mut out, 0, 0, &m, self.peer_max);
+                }
+                self.queue(out, reserved)
+            }
             Err(comm::Error::TooLargeToSend { len, max }) => {
                 self.budget.give(reserved);
                 match P::response_too_large(len, max) {
@@ -885,6 +1191,9 @@ impl<P: Protocol> ServerConn<P> {
     }
 
     fn queue_error(&mut self, report: ProtocolError) {
+        if !report.fatal {
+            self.stats.errors += 1;
+        }
         if let Ok(f) = frame::encode(FrameKind::Error, &report, frame::ERROR_MAX_BODY) {
             self.queue(f, 0);
         }
@@ -996,6 +1305,8 @@ impl<P: Protocol> ServerConn<P> {
         };
         o.sent += n;
         self.out_bytes -= n;
+        self.stats.bytes_out += n as u64;
+        self.stalling = false;
         let loose = o.is_loose();
         let done = o.sent == o.len();
         if loose {
@@ -1224,7 +1535,10 @@ mod tests {
     }
 
     fn config() -> ServeConfig {
-        ServeConfig { max_body: 1 << 20 }
+        ServeConfig {
+            max_body: 1 << 20,
+            ..ServeConfig::default()
+        }
     }
 
     /// A connection after the HELLO exchange, our HELLO already checked.
@@ -1342,6 +1656,7 @@ mod tests {
             protocol: ServiceVm::NAME.into(),
             version: 1,
             max_body: 100,
+            ext: Vec::new(),
         };
         let f = frame::encode(FrameKind::Hello, &old, frame::HELLO_MAX_BODY).unwrap();
         let out = frames(&feed(&mut s, &mut h, &f));

@@ -57,7 +57,14 @@ pub(crate) fn serve_reverse<C: Connection>(mut conn: C) -> Result<Ended> {
 
 /// Serves the reverse service with a small request limit.
 pub(crate) fn serve_reverse_max(mut conn: impl Connection, max_body: u32) -> Result<Ended> {
-    rpc::serve::<ServiceVm, _, _>(&mut conn, &mut service(), ServeConfig { max_body })
+    rpc::serve::<ServiceVm, _, _>(
+        &mut conn,
+        &mut service(),
+        ServeConfig {
+            max_body,
+            ..ServeConfig::default()
+        },
+    )
 }
 
 /// The client side of the service.

@@ -1,0 +1,319 @@
+//! Extensions of protocol version 2, negotiated in `HELLO` (`WIRE.md` §10).
+//!
+//! A peer lists the extensions it supports in its `HELLO`'s `"ext"` array;
+//! an extension is *on* for a connection when both `HELLO`s list it, and
+//! then both sides may use what it adds. A v2 peer without `"ext"` (or one
+//! that lists none in common) sees exactly protocol version 2: nothing here
+//! is ever sent to it, so old and new peers keep working together.
+//!
+//! - [`META`]: a `REQUEST` body may be `[id, meta, request]`
+//!   ([`RequestMeta`]: a relative deadline, a W3C trace context, asking
+//!   for the server's timings and the connection's statistics), and a
+//!   `RESPONSE` body `[id, meta, response]` ([`ResponseMeta`]). A request
+//!   whose deadline passed before the server started it is answered with a
+//!   non-fatal `ERROR` code 8 ([`crate::frame::ProtocolErrorCode::DeadlineExceeded`]).
+//! - [`CANCEL`]: a client may send a `CANCEL` frame (kind 0x06, body
+//!   [`Cancel`]) for a request it no longer wants; a server that had not
+//!   answered it yet answers a non-fatal `ERROR` code 9
+//!   ([`crate::frame::ProtocolErrorCode::Cancelled`]) instead.
+//!
+//! The meta item sits between the id and the message so that a receiver
+//! reads it before the message and hands a plain `[id, message]` to the
+//! protocol's decoder ([`split_meta`] rewrites the array head in place, a
+//! few bytes, whatever the message's size); [`insert_meta`] turns an
+//! encoded `[id, message]` frame into the `[id, meta, message]` one.
+//!
+//! ```
+//! use svmc_comm::envelope::RequestId;
+//! use svmc_comm::ext::{self, RequestMeta};
+//! use svmc_comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
+//!
+//! // `[7, "info"]` ...
+//! let mut wire = Vec::new();
+//! svmc_comm::envelope::encode_request_into(RequestId(7), &"info", DEFAULT_MAX_BODY, &mut wire)?;
+//! // ... becomes `[7, {"deadline_ms": 250}, "info"]`.
+//! let meta = RequestMeta { deadline_ms: Some(250), ..Default::default() };
+//! ext::insert_meta(&mut wire, 0, 0, &meta, DEFAULT_MAX_BODY)?;
+//! assert_eq!(wire[HEADER_LEN], 0x83);
+//!
+//! // The receiver reads the meta and gets `[7, "info"]` back.
+//! let body = &mut wire[HEADER_LEN..];
+//! let (start, got) = ext::split_meta::<RequestMeta>(body).map_err(|(_, e)| e)?;
+//! assert_eq!(got, Some(meta));
+//! let (id, msg) = svmc_comm::envelope::decode::<String>(&body[start..]);
+//! assert_eq!((id, msg?), (Some(RequestId(7)), "info".to_string()));
+//! # Ok::<(), svmc_comm::Error>(())
+//! ```
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+use crate::de::Deserializer;
+use crate::envelope::{RequestId, read_head};
+use crate::error::{Error, Result};
+use crate::frame::{self, HEADER_LEN};
+
+/// The extension that adds the meta item to request and response bodies.
+pub const META: &str = "meta";
+/// The extension that adds the `CANCEL` frame.
+pub const CANCEL: &str = "cancel";
+
+/// Largest `CANCEL` body (`{"id": uint .size 4}` takes at most 9 bytes).
+pub const CANCEL_MAX_BODY: u32 = 64;
+
+/// Longest `traceparent` a receiver keeps (W3C Trace Context version 00 is
+/// 55 characters; later versions may append fields).
+pub const MAX_TRACEPARENT: usize = 256;
+
+/// A set of extensions: ours, a peer's, or those on for a connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// [`META`].
+    pub meta: bool,
+    /// [`CANCEL`].
+    pub cancel: bool,
+}
+
+impl Extensions {
+    /// None: a plain protocol version 2 peer.
+    pub const NONE: Self = Self {
+        meta: false,
+        cancel: false,
+    };
+    /// Every extension this crate knows.
+    pub const ALL: Self = Self {
+        meta: true,
+        cancel: true,
+    };
+
+    /// The names to list in a `HELLO`'s `"ext"`, in a fixed order.
+    pub fn names(self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.meta {
+            v.push(META.into());
+        }
+        if self.cancel {
+            v.push(CANCEL.into());
+        }
+        v
+    }
+
+    /// The extensions named in a peer's `"ext"`; names this crate does not
+    /// know are ignored (a newer peer's).
+    pub fn from_names(names: &[String]) -> Self {
+        Self {
+            meta: names.iter().any(|n| n == META),
+            cancel: names.iter().any(|n| n == CANCEL),
+        }
+    }
+
+    /// What both `self` and `other` support: the extensions on for a
+    /// connection.
+    pub fn both(self, other: Self) -> Self {
+        Self {
+            meta: self.meta && other.meta,
+            cancel: self.cancel && other.cancel,
+        }
+    }
+
+    /// Whether none is on.
+    pub fn is_empty(self) -> bool {
+        self == Self::NONE
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// The meta item of a `REQUEST` (`WIRE.md` §10.2). Every field is
+/// optional; unknown keys are ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta {
+    /// The server answers `ERROR` code 8 instead of starting the request
+    /// if it has not started it this many milliseconds after it read the
+    /// request's first byte. Relative, so that the clocks need not agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u32>,
+    /// A W3C Trace Context `traceparent` (`00-<trace id>-<parent id>-<flags>`)
+    /// naming the client's span; the server reports its timings for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    /// Asks for [`ResponseMeta::queued_us`] and [`ResponseMeta::handled_us`]
+    /// (also given when `traceparent` is there).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub timing: bool,
+    /// Asks for [`ResponseMeta::stats`].
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stats: bool,
+}
+
+impl RequestMeta {
+    /// Whether the meta says nothing (then no meta item is sent).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether the answer carries a [`ResponseMeta`].
+    pub fn wants_answer_meta(&self) -> bool {
+        self.timing || self.stats || self.traceparent.is_some()
+    }
+}
+
+/// The meta item of a `RESPONSE` (`WIRE.md` §10.2), sent when the request's
+/// meta asked for it ([`RequestMeta::wants_answer_meta`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseMeta {
+    /// Microseconds from when the server read the request's first byte to
+    /// when it started it (waiting behind other requests).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_us: Option<u64>,
+    /// Microseconds the server spent on it (the handler, and encoding the
+    /// answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handled_us: Option<u64>,
+    /// The connection's statistics as of this answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<ConnStats>,
+}
+
+/// What a server counted on one connection since it began
+/// ([`ResponseMeta::stats`]). Every field is optional on the wire; a
+/// server reports what it counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnStats {
+    /// Requests read (whole), this one included.
+    #[serde(default)]
+    pub requests: u64,
+    /// Bytes received on the connection, headers included.
+    #[serde(default)]
+    pub bytes_in: u64,
+    /// Bytes of answers sent so far (this answer not included).
+    #[serde(default)]
+    pub bytes_out: u64,
+    /// Non-fatal `ERROR`s sent (bad requests, refusals, deadlines,
+    /// cancellations).
+    #[serde(default)]
+    pub errors: u64,
+    /// Requests answered `cancelled`.
+    #[serde(default)]
+    pub cancelled: u64,
+    /// Requests answered `deadline`.
+    #[serde(default)]
+    pub expired: u64,
+    /// Times the transport took none of the bytes waiting to be sent (the
+    /// client's receive window was full: a credit stall).
+    #[serde(default)]
+    pub stalls: u64,
+    /// Answers queued and not yet sent, this one not included.
+    #[serde(default)]
+    pub queued: u64,
+}
+
+/// The body of a `CANCEL` frame: the id of the request to cancel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The request's id.
+    pub id: RequestId,
+}
+
+/// Turns the frame that starts at `out[frame_start]`, an encoded `REQUEST`
+/// or `RESPONSE` with body `[id, message]` (its last `tail_len` body bytes
+/// kept elsewhere, as [`crate::Protocol::encode_request`] allows), into one
+/// with body `[id, meta, message]`: the meta item goes in after the id and
+/// the frame header's length grows by its size. Fails with
+/// [`Error::TooLargeToSend`] (leaving `out` unchanged) if the body would
+/// exceed `max`, and with [`Error::Malformed`] if the frame is not an
+/// encoded `[id, message]` (a definite 2-item array head, 0x82).
+pub fn insert_meta<M: Serialize + ?Sized>(
+    out: &mut Vec<u8>,
+    frame_start: usize,
+    tail_len: usize,
+    meta: &M,
+    max: u32,
+) -> Result<()> {
+    let header = frame_start..frame_start + HEADER_LEN;
+    let Some(h) = out.get(header.clone()) else {
+        return Err(Error::Malformed("not an encoded frame".into()));
+    };
+    let old = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
+    debug_assert_eq!(old as usize, out.len() - header.end + tail_len);
+    let (at, added) = insert_meta_at(out, header.end, meta)?;
+    let len = u64::from(old) + added as u64;
+    if len > u64::from(max) {
+        out.drain(at..at + added);
+        out[header.end] = 0x82;
+        return Err(Error::TooLargeToSend { len, max });
+    }
+    out[header.start + 1..header.end].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(())
+}
+
+/// [`insert_meta`] without a frame header: the body `[id, message]` that
+/// starts at `buf[body_start]` becomes `[id, meta, message]`. Returns where
+/// the meta item went and its length; the caller fixes any length field.
+pub fn insert_meta_at<M: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    body_start: usize,
+    meta: &M,
+) -> Result<(usize, usize)> {
+    if buf.get(body_start) != Some(&0x82) {
+        return Err(Error::Malformed("not an encoded [id, message] body".into()));
+    }
+    let mut pos = body_start + 1;
+    if !matches!(read_head(buf, &mut pos), Some((0, _))) {
+        return Err(Error::Malformed("not an encoded [id, message] body".into()));
+    }
+    let mut item = Vec::new();
+    frame::encode_item(meta, &mut item)?;
+    let added = item.len();
+    buf[body_start] = 0x83;
+    buf.splice(pos..pos, item);
+    Ok((pos, added))
+}
+
+/// Reads the meta item of a body `[id, meta, message]` (a definite 3-item
+/// array head, 0x83) and rewrites the bytes just before the message into
+/// the head of `[id, message]`: returns where that plain body starts in
+/// `body`, and the meta. A body with any other head is returned as it is:
+/// `(0, None)`. A meta item that is not a well-formed `M` (or the id
+/// before it) is an error, with the id when it could be read.
+#[allow(clippy::type_complexity)]
+pub fn split_meta<M: for<'de> Deserialize<'de>>(
+    body: &mut [u8],
+) -> core::result::Result<(usize, Option<M>), (Option<RequestId>, Error)> {
+    if body.first() != Some(&0x83) {
+        return Ok((0, None));
+    }
+    let mut pos = 1;
+    let id_start = pos;
+    let id = match read_head(body, &mut pos) {
+        Some((0, v)) if v <= u64::from(u32::MAX) => RequestId(v as u32),
+        _ => {
+            // Not a plain id: leave it to the message decoder, which
+            // reports it as it reports any bad body.
+            return Ok((0, None));
+        }
+    };
+    let id_end = pos;
+    let (meta, used) = {
+        let mut de = Deserializer::new(&body[id_end..]);
+        let meta = M::deserialize(&mut de)
+            .map_err(|e| (Some(id), frame::classify(e, body.len() - id_end)))?;
+        (meta, de.position())
+    };
+    let msg = id_end + used;
+    if msg >= body.len() {
+        return Err((
+            Some(id),
+            Error::Malformed("array too short, expected [id, meta, message]".into()),
+        ));
+    }
+    let head = 1 + (id_end - id_start);
+    let start = msg - head;
+    body.copy_within(id_start..id_end, start + 1);
+    body[start] = 0x82;
+    Ok((start, Some(meta)))
+}
