@@ -389,6 +389,10 @@ impl<S: Socket> Connection for HostStream<S> {
     fn begin(&mut self, step: Step) {
         self.deadline = Some(Deadline::start(&self.timeouts, step));
     }
+
+    fn read_timeout(&self) -> Option<core::time::Duration> {
+        self.timeouts.read
+    }
 }
 
 /// `send(2)` with `MSG_NOSIGNAL`: a closed peer is `EPIPE`, never `SIGPIPE`.

@@ -120,6 +120,13 @@ pub trait Connection {
     fn begin(&mut self, step: Step) {
         let _ = step;
     }
+
+    /// The deadline of reading one frame ([`Timeouts::read`]) if the
+    /// backend has one: the clients send it as a request's deadline by
+    /// default (`comm::ext::RequestMeta::deadline_ms`). The default: none.
+    fn read_timeout(&self) -> Option<core::time::Duration> {
+        None
+    }
 }
 
 impl<C: Connection + ?Sized> Connection for &mut C {
@@ -138,6 +145,9 @@ impl<C: Connection + ?Sized> Connection for &mut C {
     fn begin(&mut self, step: Step) {
         (**self).begin(step)
     }
+    fn read_timeout(&self) -> Option<core::time::Duration> {
+        (**self).read_timeout()
+    }
 }
 
 impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
@@ -155,5 +165,8 @@ impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
     }
     fn begin(&mut self, step: Step) {
         (**self).begin(step)
+    }
+    fn read_timeout(&self) -> Option<core::time::Duration> {
+        (**self).read_timeout()
     }
 }

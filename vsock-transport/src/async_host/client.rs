@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use comm::ext::{self, Extensions, RequestMeta, ResponseMeta};
 use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
 use comm::{Hello, Protocol, RequestId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
@@ -22,10 +23,16 @@ const WRITE_QUEUE: usize = 64;
 
 type Answer<P> = Result<<P as Protocol>::Response>;
 
+/// An answer and the meta the server sent with it.
+type Delivery<P> = (Answer<P>, Option<ResponseMeta>);
+
 /// What the writer task is told to do.
 enum Command {
     /// Write this frame, a `REQUEST` with this id.
     Request(RequestId, Vec<u8>),
+    /// Write a `CANCEL` for this id if its request was written and is
+    /// still unanswered.
+    Cancel(RequestId),
     /// Write `GOODBYE`, shut the stream down, stop; then say how it went.
     Close(oneshot::Sender<Result<()>>),
 }
@@ -72,6 +79,7 @@ pub struct Client<P: Protocol> {
     writer: AbortHandle,
     peer_max_body: u32,
     call_timeout: Option<Duration>,
+    ext: Extensions,
 }
 
 struct Shared<P: Protocol> {
@@ -81,7 +89,7 @@ struct Shared<P: Protocol> {
 struct State<P: Protocol> {
     /// Calls waiting for their answer, by id: their frames queued or
     /// written. Only a call still here gets its frame written.
-    waiting: HashMap<RequestId, oneshot::Sender<Answer<P>>>,
+    waiting: HashMap<RequestId, oneshot::Sender<Delivery<P>>>,
     /// Requests written and not answered yet, in write order, live or
     /// abandoned; and the next id.
     flight: InFlight,
@@ -127,7 +135,7 @@ impl<P: Protocol> Shared<P> {
         }
         let why = st.ended.clone().expect("set");
         for (_, tx) in st.waiting.drain() {
-            let _ = tx.send(Err(why.error()));
+            let _ = tx.send((Err(why.error()), None));
         }
         st.flight.clear();
     }
@@ -246,13 +254,14 @@ where
     ) -> Result<Self> {
         comm::handshake::check_name::<P>()?;
         let (mut rd, mut wr) = tokio::io::split(stream);
+        let ours = Extensions::ALL;
         let hello = frame::encode(
             FrameKind::Hello,
-            &Hello::new::<P>(max_body),
+            &Hello::new::<P>(max_body).with_ext(ours),
             frame::HELLO_MAX_BODY,
         )?;
         let mut body = Vec::new();
-        let peer_max_body = within(timeouts.hello, Step::Hello, async {
+        let peer = within(timeouts.hello, Step::Hello, async {
             wr.write_all(&hello)
                 .await
                 .map_err(|e| crate::rpc::closed_before_hello(Error::io("sending HELLO", e)))?;
@@ -261,9 +270,10 @@ where
                 .map_err(crate::rpc::closed_before_hello)?
                 .ok_or(Error::ClosedBeforeHello)?;
             frame::check_kind(header.kind, FrameKind::Hello, &body)?;
-            Ok(Hello::decode_checked::<P>(&body)?.max_body)
+            Ok(Hello::decode_checked::<P>(&body)?)
         })
         .await?;
+        let ext = ours.both(peer.extensions());
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -274,15 +284,24 @@ where
         });
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let writer = tokio::spawn(write_loop(shared.clone(), wr, queue, timeouts.write));
-        let reader = tokio::spawn(read_loop(shared.clone(), rd, max_body, timeouts.read));
+        let reader = tokio::spawn(read_loop(shared.clone(), rd, max_body, timeouts.read, ext));
         Ok(Self {
             shared,
             frames,
             reader: reader.abort_handle(),
             writer: writer.abort_handle(),
-            peer_max_body,
+            peer_max_body: peer.max_body,
             call_timeout: timeouts.read,
+            ext,
         })
+    }
+
+    /// The extensions on for this connection (`WIRE.md` §10): those both
+    /// sides offered. With `meta`, each call sends its timeout as the
+    /// request's deadline; with `cancel`, a call that times out or is
+    /// dropped after its frame was written sends a `CANCEL`.
+    pub fn extensions(&self) -> Extensions {
+        self.ext
     }
 
     /// The largest request body the server accepts (from its `HELLO`).
@@ -327,6 +346,33 @@ where
         request: &P::Request,
         timeout: Option<Duration>,
     ) -> Result<P::Response> {
+        let meta = RequestMeta {
+            deadline_ms: timeout.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            ..RequestMeta::default()
+        };
+        self.call_meta(request, timeout, meta).await.map(|(a, _)| a)
+    }
+
+    /// [`Client::call_timeout`] with the request's meta given (`WIRE.md`
+    /// §10.2: a deadline, a trace context, asking for the server's timings
+    /// and the connection's statistics); returns the answer's meta with
+    /// the answer. Where the `meta` extension is off, none is sent and
+    /// none comes back.
+    pub async fn call_with(
+        &self,
+        request: &P::Request,
+        timeout: Option<Duration>,
+        meta: &RequestMeta,
+    ) -> Result<(P::Response, Option<ResponseMeta>)> {
+        self.call_meta(request, timeout, meta.clone()).await
+    }
+
+    async fn call_meta(
+        &self,
+        request: &P::Request,
+        timeout: Option<Duration>,
+        meta: RequestMeta,
+    ) -> Result<(P::Response, Option<ResponseMeta>)> {
         let (id, rx) = {
             let mut st = self.shared.lock();
             if let Some(why) = &st.ended {
@@ -344,11 +390,15 @@ where
         // the call: its frame is not written, or its id is abandoned.
         let guard = Pending {
             shared: &self.shared,
+            frames: self.ext.cancel.then_some(&self.frames),
             id,
         };
         let mut f = Vec::new();
         // The frame is queued whole: the tail (a payload) is copied once.
         let tail = P::encode_request(id, request, self.peer_max_body, &mut f)?;
+        if self.ext.meta && !meta.is_empty() {
+            ext::insert_meta(&mut f, 0, tail.len(), &meta, self.peer_max_body)?;
+        }
         f.reserve_exact(tail.len());
         f.extend_from_slice(tail);
         let exchange = async {
@@ -366,7 +416,7 @@ where
         };
         guard.done();
         match answer {
-            Ok(a) => a,
+            Ok((a, m)) => a.map(|a| (a, m)),
             Err(_) => Err(self.ended_error()),
         }
     }
@@ -426,6 +476,8 @@ impl<P: Protocol> Drop for Client<P> {
 /// A registered call; dropping it before [`Pending::done`] cancels it.
 struct Pending<'a, P: Protocol> {
     shared: &'a Shared<P>,
+    /// Where a `CANCEL` is queued (the extension is on).
+    frames: Option<&'a mpsc::Sender<Command>>,
     id: RequestId,
 }
 
@@ -441,8 +493,15 @@ impl<P: Protocol> Drop for Pending<'_, P> {
         let mut st = self.shared.lock();
         if st.waiting.remove(&self.id).is_some() {
             // Not waiting any more: the writer skips its frame if it was
-            // not written yet; if it was, its answer is discarded.
+            // not written yet; if it was, its answer is discarded, and the
+            // server is told it need not do the work (best effort: not if
+            // the writer's queue is full).
             st.flight.abandon(self.id);
+            if let Some(frames) = self.frames
+                && st.ended.is_none()
+            {
+                let _ = frames.try_send(Command::Cancel(self.id));
+            }
         } else if st.ended.is_none() {
             // Its answer came as it was cancelled, and was never taken.
             st.flight.discard_live();
@@ -467,6 +526,26 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
                     continue;
                 }
                 st.flight.sent(id);
+                f
+            }
+            Command::Cancel(id) => {
+                let st = shared.lock();
+                // Only a request written and still unanswered.
+                if st.waiting.contains_key(&id) || !st.flight.contains(id) {
+                    continue;
+                }
+                drop(st);
+                let mut f = Vec::new();
+                if frame::encode_into(
+                    FrameKind::Cancel,
+                    &ext::Cancel { id },
+                    ext::CANCEL_MAX_BODY,
+                    &mut f,
+                )
+                .is_err()
+                {
+                    continue;
+                }
                 f
             }
             Command::Close(done) => {
@@ -504,6 +583,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
     mut rd: ReadHalf<S>,
     max_body: u32,
     read: Option<Duration>,
+    ext: Extensions,
 ) {
     let _end = EndIfDropped(shared.clone());
     let mut body = Vec::new();
@@ -513,7 +593,16 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
             Ok(None) => return shared.end(Ended::Closed),
             Err(e) => return shared.end(Ended::Poisoned(Arc::new(e))),
         };
+        let mut meta = None;
         let (id, answer): (Option<RequestId>, Answer<P>) = match header.kind {
+            FrameKind::Response if ext.meta => match ext::split_meta::<ResponseMeta>(&mut body) {
+                Ok((start, m)) => {
+                    meta = m;
+                    let (id, r) = P::decode_response(&body[start..]);
+                    (id, r.map_err(Error::from))
+                }
+                Err((id, e)) => (id, Err(e.into())),
+            },
             FrameKind::Response => {
                 let (id, r) = P::decode_response(&body);
                 (id, r.map_err(Error::from))
@@ -540,7 +629,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
                 if let Some(tx) = st.waiting.remove(&id) {
                     // The call may be gone this instant; then the answer
                     // is dropped.
-                    let _ = tx.send(answer);
+                    let _ = tx.send((answer, meta));
                 }
             }
             Ok(Answered::Discarded(id)) => tracing::warn!(

@@ -7,11 +7,14 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 
+use comm::ext::{self, Extensions, RequestMeta, ResponseMeta};
 use comm::frame::{self, FrameKind, ProtocolError};
 use comm::{Protocol, RequestId};
 
 use super::flight::{Answered, InFlight};
 use super::hello;
+#[cfg(feature = "std")]
+use super::trace;
 use crate::framed::{recv_frame, send_frame};
 use crate::{Connection, Error, Result, Step};
 
@@ -81,6 +84,13 @@ pub struct Client<C: Connection, P: Protocol> {
     flight: InFlight,
     /// Set by the first fatal error: a copy of it.
     poisoned: Option<Arc<Error>>,
+    /// The extensions on for this connection (`WIRE.md` §10).
+    ext: Extensions,
+    /// The deadline sent with each request; `None`: the connection's read
+    /// timeout.
+    deadline: Option<core::time::Duration>,
+    /// The meta of the last answer received, if it had one.
+    last_meta: Option<(RequestId, ResponseMeta)>,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -106,18 +116,65 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     ///
     /// Fails before sending anything if `P::NAME` does not fit a `HELLO`
     /// ([`comm::Error::InvalidName`]).
-    pub fn hello(mut conn: C, max_body: u32) -> Result<Self> {
+    ///
+    /// Offers every extension of version 2 this crate knows
+    /// ([`Extensions::ALL`]); a plain version 2 server takes none, and the
+    /// client then speaks plain version 2.
+    pub fn hello(conn: C, max_body: u32) -> Result<Self> {
+        Self::hello_with(conn, max_body, Extensions::ALL)
+    }
+
+    /// [`Client::hello`] offering only the extensions `ext`
+    /// ([`Extensions::NONE`]: plain version 2, no meta and no `CANCEL`
+    /// ever sent).
+    pub fn hello_with(mut conn: C, max_body: u32, ext: Extensions) -> Result<Self> {
         let mut buf = Vec::new();
-        let peer_max_body = hello::<P, C>(&mut conn, max_body, &mut buf)?;
+        let peer = hello::<P, C>(&mut conn, max_body, ext, &mut buf)?;
         Ok(Self {
             conn,
             max_body,
-            peer_max_body,
+            peer_max_body: peer.max_body,
             buf,
             flight: InFlight::new(),
             poisoned: None,
+            ext: ext.both(peer.extensions()),
+            deadline: None,
+            last_meta: None,
             _protocol: PhantomData,
         })
+    }
+
+    /// The extensions on for this connection: those both sides offered.
+    pub fn extensions(&self) -> Extensions {
+        self.ext
+    }
+
+    /// Sets the deadline sent with each request (where the `meta`
+    /// extension is on): the server does not start a request it could not
+    /// start within it (`ERROR` code 8). `None`, the default, sends the
+    /// connection's read timeout ([`Connection::read_timeout`]), after
+    /// which the client would have given up anyway.
+    pub fn set_deadline(&mut self, deadline: Option<core::time::Duration>) {
+        self.deadline = deadline;
+    }
+
+    /// The meta the server sent with its answer to request `id`, if that
+    /// was the last answer received and it had one (timings, statistics:
+    /// asked for with [`Client::call_with`]).
+    pub fn answer_meta(&self, id: RequestId) -> Option<&ResponseMeta> {
+        match &self.last_meta {
+            Some((got, m)) if *got == id => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The meta sent with a request by default: the deadline.
+    fn default_meta(&self) -> RequestMeta {
+        let deadline = self.deadline.or_else(|| self.conn.read_timeout());
+        RequestMeta {
+            deadline_ms: deadline.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
+            ..RequestMeta::default()
+        }
     }
 
     /// The old name of [`Client::hello`].
@@ -171,7 +228,59 @@ impl<C: Connection, P: Protocol> Client<C, P> {
                 "call() while pipelined requests are unanswered: recv_response() them first",
             ));
         }
-        let id = self.send_request(request)?;
+        #[cfg(feature = "std")]
+        let span = tracing::info_span!(
+            "svmc.call",
+            protocol = P::NAME,
+            id = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
+        #[cfg(feature = "std")]
+        let _entered = span.enter();
+        let mut meta = self.default_meta();
+        #[cfg(feature = "std")]
+        let trace = (!span.is_disabled() && self.ext.meta).then(trace::Context::new);
+        #[cfg(feature = "std")]
+        if let Some(t) = &trace {
+            meta.traceparent = Some(t.traceparent());
+            span.record("trace_id", tracing::field::display(t.trace_id()));
+        }
+        let id = self.send_request_with(request, &meta)?;
+        #[cfg(feature = "std")]
+        span.record("id", id.0);
+        let r = self.wait_for(id);
+        #[cfg(feature = "std")]
+        if let (Some(t), Some(m)) = (&trace, self.answer_meta(id)) {
+            trace::guest_span(&span, t, m);
+        }
+        let _ = &mut meta;
+        r
+    }
+
+    /// [`Client::call`] with the request's meta given (`WIRE.md` §10.2: a
+    /// deadline, a trace context, asking for the server's timings and the
+    /// connection's statistics); returns the answer's meta with the
+    /// answer. Where the `meta` extension is off, the meta is not sent
+    /// and none comes back.
+    pub fn call_with(
+        &mut self,
+        request: &P::Request,
+        meta: &RequestMeta,
+    ) -> Result<(P::Response, Option<ResponseMeta>)> {
+        self.check_usable()?;
+        if self.in_flight() > 0 {
+            return Err(Error::Usage(
+                "call_with() while pipelined requests are unanswered: recv_response() them first",
+            ));
+        }
+        let id = self.send_request_with(request, meta)?;
+        let answer = self.wait_for(id)?;
+        Ok((answer, self.answer_meta(id).cloned()))
+    }
+
+    /// Waits for the answer to `id`, the only live request; on a read
+    /// timeout abandons and cancels it.
+    fn wait_for(&mut self, id: RequestId) -> Result<P::Response> {
         match self.recv_response() {
             Ok((got, answer)) => {
                 debug_assert_eq!(got, id, "the only live request");
@@ -179,9 +288,37 @@ impl<C: Connection, P: Protocol> Client<C, P> {
             }
             Err(e @ Error::Timeout(Step::Read)) => {
                 self.abandon(id);
+                // The server need not finish what nobody waits for; the
+                // timeout is what the caller gets whatever happens here
+                // (a failed send poisons the client as usual).
+                let _ = self.cancel(id);
                 Err(e)
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Sends a `CANCEL` for request `id` (where the `cancel` extension is
+    /// on and `id` is in flight): the server answers it with `ERROR` code
+    /// 9 ([`comm::frame::ProtocolErrorCode::Cancelled`]) if it had not
+    /// answered it yet, and a handler doing long work stops. It still gets
+    /// exactly one answer, which the caller reads as usual (or discards,
+    /// for an abandoned request). `Ok(false)` if nothing was sent.
+    pub fn cancel(&mut self, id: RequestId) -> Result<bool> {
+        self.check_usable()?;
+        if !self.ext.cancel || !self.flight.contains(id) {
+            return Ok(false);
+        }
+        let mut f = Vec::new();
+        frame::encode_into(
+            FrameKind::Cancel,
+            &ext::Cancel { id },
+            ext::CANCEL_MAX_BODY,
+            &mut f,
+        )?;
+        match send_frame(&mut self.conn, &f) {
+            Ok(()) => Ok(true),
+            Err(e) => Err(self.failed(e)),
         }
     }
 
@@ -264,6 +401,17 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// server's maximum ([`comm::Error::TooLargeToSend`]). A failed send
     /// poisons the client (part of the frame may have gone out).
     pub fn send_request(&mut self, request: &P::Request) -> Result<RequestId> {
+        let meta = self.default_meta();
+        self.send_request_with(request, &meta)
+    }
+
+    /// [`Client::send_request`] with the request's meta given (sent where
+    /// the `meta` extension is on and it says something).
+    pub fn send_request_with(
+        &mut self,
+        request: &P::Request,
+        meta: &RequestMeta,
+    ) -> Result<RequestId> {
         self.check_usable()?;
         let id = self.flight.fresh_id(|_| false);
         self.buf.clear();
@@ -274,6 +422,9 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         // firmware (`cargo xtask bench`, 1 MiB and 8 MiB `Reverse`, same
         // bytes on the wire; see BENCHMARKS.md).
         let tail = P::encode_request(id, request, self.peer_max_body, &mut self.buf)?;
+        if self.ext.meta && !meta.is_empty() {
+            ext::insert_meta(&mut self.buf, 0, tail.len(), meta, self.peer_max_body)?;
+        }
         self.buf.extend_from_slice(tail);
         if let Err(e) = send_frame(&mut self.conn, &self.buf) {
             return Err(self.failed(e));
@@ -302,6 +453,16 @@ impl<C: Connection, P: Protocol> Client<C, P> {
                 Err(e) => return Err(self.failed(e)),
             };
             let (id, answer) = match header.kind {
+                FrameKind::Response if self.ext.meta => {
+                    match ext::split_meta::<ResponseMeta>(&mut self.buf) {
+                        Ok((start, meta)) => {
+                            let (id, r) = P::decode_response(&self.buf[start..]);
+                            self.last_meta = id.zip(meta);
+                            (id, r.map_err(Error::from))
+                        }
+                        Err((id, e)) => (id, Err(e.into())),
+                    }
+                }
                 FrameKind::Response => {
                     let (id, r) = P::decode_response(&self.buf);
                     (id, r.map_err(Error::from))

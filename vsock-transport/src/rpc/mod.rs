@@ -101,6 +101,8 @@ pub(crate) mod flight;
 pub mod many;
 mod server;
 pub mod service;
+#[cfg(feature = "std")]
+mod trace;
 
 pub use ahead::{AHEAD_MAX, Ctx, Pump, ReadAhead};
 pub use client::Client;
@@ -143,15 +145,16 @@ pub(crate) fn closed_before_hello(e: crate::Error) -> crate::Error {
 pub(crate) fn hello<P: Protocol, C: Connection + ?Sized>(
     conn: &mut C,
     max_body: u32,
+    ext: comm::ext::Extensions,
     buf: &mut Vec<u8>,
-) -> Result<u32> {
+) -> Result<Hello> {
     comm::handshake::check_name::<P>()?;
     buf.clear();
-    frame::encode_into(FrameKind::Hello, &Hello::new::<P>(max_body), max_body, buf)?;
+    let ours = Hello::new::<P>(max_body).with_ext(ext);
+    frame::encode_into(FrameKind::Hello, &ours, max_body, buf)?;
     send_frame(conn, buf).map_err(closed_before_hello)?;
     let header = recv_frame_as(conn, max_body, buf, Step::Hello).map_err(closed_before_hello)?;
     frame::check_kind(header.kind, FrameKind::Hello, buf)?;
     // Name and version first, whatever the other fields hold.
-    let peer = Hello::decode_checked::<P>(buf)?;
-    Ok(peer.max_body)
+    Ok(Hello::decode_checked::<P>(buf)?)
 }
