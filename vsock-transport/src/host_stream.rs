@@ -393,6 +393,22 @@ impl<S: Socket> Connection for HostStream<S> {
     fn read_timeout(&self) -> Option<core::time::Duration> {
         self.timeouts.read
     }
+
+    fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        use nix::sys::socket::{MsgFlags, recv};
+        if self.shut_down || buf.is_empty() {
+            return Ok(None);
+        }
+        match recv(self.socket.as_raw_fd(), buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(n) => Ok(Some(n)),
+            Err(nix::errno::Errno::EAGAIN | nix::errno::Errno::EINTR) => Ok(None),
+            Err(nix::errno::Errno::ECONNRESET) => Err(Error::Reset),
+            Err(e) => Err(Error::io(
+                format!("reading ahead from {}", self.peer),
+                io::Error::from(e),
+            )),
+        }
+    }
 }
 
 /// `send(2)` with `MSG_NOSIGNAL`: a closed peer is `EPIPE`, never `SIGPIPE`.

@@ -127,6 +127,16 @@ pub trait Connection {
     fn read_timeout(&self) -> Option<core::time::Duration> {
         None
     }
+
+    /// Receives what has arrived, without waiting: `Ok(Some(n))` for `n`
+    /// bytes (`Some(0)`: the peer closed its side), `Ok(None)` when
+    /// nothing is there now or the backend cannot tell without waiting
+    /// (the default). A server reads a connection ahead this way while a
+    /// request runs, to see a client's `CANCEL` (`rpc::Ctx::cancelled`).
+    fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        let _ = buf;
+        Ok(None)
+    }
 }
 
 impl<C: Connection + ?Sized> Connection for &mut C {
@@ -148,6 +158,9 @@ impl<C: Connection + ?Sized> Connection for &mut C {
     fn read_timeout(&self) -> Option<core::time::Duration> {
         (**self).read_timeout()
     }
+    fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        (**self).try_recv(buf)
+    }
 }
 
 impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
@@ -168,5 +181,8 @@ impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
     }
     fn read_timeout(&self) -> Option<core::time::Duration> {
         (**self).read_timeout()
+    }
+    fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+        (**self).try_recv(buf)
     }
 }

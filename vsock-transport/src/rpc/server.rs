@@ -1400,7 +1400,15 @@ where
         if let Some(end) = s.take_end() {
             return end;
         }
-        if s.process(handler) {
+        // While a request runs, the connection is read ahead without
+        // waiting (where the backend can), so that a `CANCEL` stops it.
+        let mut read_ahead = |buf: &mut [u8]| match conn.try_recv(buf) {
+            Ok(Some(0)) => ReadAhead::Eof,
+            Ok(Some(n)) => ReadAhead::Data(n),
+            Ok(None) => ReadAhead::Nothing,
+            Err(e) => ReadAhead::Failed(e),
+        };
+        if s.process_with(handler, &mut read_ahead) {
             continue;
         }
         if s.wants_input() {
