@@ -16,6 +16,12 @@
 //!   [`Cancel`]) for a request it no longer wants; a server that had not
 //!   answered it yet answers a non-fatal `ERROR` code 9
 //!   ([`crate::frame::ProtocolErrorCode::Cancelled`]) instead.
+//! - [`STREAM`] (with `meta`): a request whose meta says
+//!   [`RequestMeta::stream`] is followed by its data in `CHUNK` frames
+//!   (kind 0x07, body `[id, bytes]`, at most [`CHUNK_MAX_DATA`] bytes
+//!   each) and a last `CHUNK` `[id, null]`, then answered once: a service
+//!   takes more than `max_body`, and more than its RAM, in bounded memory
+//!   ([`encode_chunk_into`], [`decode_chunk`]).
 //!
 //! The meta item sits between the id and the message so that a receiver
 //! reads it before the message and hands a plain `[id, message]` to the
@@ -59,6 +65,15 @@ use crate::frame::{self, HEADER_LEN};
 pub const META: &str = "meta";
 /// The extension that adds the `CANCEL` frame.
 pub const CANCEL: &str = "cancel";
+/// The extension that adds request streams (`CHUNK` frames).
+pub const STREAM: &str = "stream";
+
+/// Most data bytes in one `CHUNK`.
+pub const CHUNK_MAX_DATA: usize = 64 * 1024;
+
+/// Largest `CHUNK` body: [`CHUNK_MAX_DATA`] and its envelope
+/// (`[id, bytes]`: 1 + 5 + 5 bytes of heads).
+pub const CHUNK_MAX_BODY: u32 = CHUNK_MAX_DATA as u32 + 16;
 
 /// Largest `CANCEL` body (`{"id": uint .size 4}` takes at most 9 bytes).
 pub const CANCEL_MAX_BODY: u32 = 64;
@@ -74,6 +89,8 @@ pub struct Extensions {
     pub meta: bool,
     /// [`CANCEL`].
     pub cancel: bool,
+    /// [`STREAM`].
+    pub stream: bool,
 }
 
 impl Extensions {
@@ -81,11 +98,13 @@ impl Extensions {
     pub const NONE: Self = Self {
         meta: false,
         cancel: false,
+        stream: false,
     };
     /// Every extension this crate knows.
     pub const ALL: Self = Self {
         meta: true,
         cancel: true,
+        stream: true,
     };
 
     /// The names to list in a `HELLO`'s `"ext"`, in a fixed order.
@@ -97,6 +116,9 @@ impl Extensions {
         if self.cancel {
             v.push(CANCEL.into());
         }
+        if self.stream {
+            v.push(STREAM.into());
+        }
         v
     }
 
@@ -106,6 +128,7 @@ impl Extensions {
         Self {
             meta: names.iter().any(|n| n == META),
             cancel: names.iter().any(|n| n == CANCEL),
+            stream: names.iter().any(|n| n == STREAM),
         }
     }
 
@@ -115,6 +138,8 @@ impl Extensions {
         Self {
             meta: self.meta && other.meta,
             cancel: self.cancel && other.cancel,
+            // Streams need the meta item that opens them.
+            stream: self.stream && other.stream && self.meta && other.meta,
         }
     }
 
@@ -148,6 +173,10 @@ pub struct RequestMeta {
     /// Asks for [`ResponseMeta::stats`].
     #[serde(default, skip_serializing_if = "is_false")]
     pub stats: bool,
+    /// The request's data follows in `CHUNK` frames (the `stream`
+    /// extension); the request is answered after the last one.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream: bool,
 }
 
 impl RequestMeta {
@@ -316,4 +345,31 @@ pub fn split_meta<M: for<'de> Deserialize<'de>>(
     body.copy_within(id_start..id_end, start + 1);
     body[start] = 0x82;
     Ok((start, Some(meta)))
+}
+
+/// Appends a `CHUNK` frame of request `id`: `data`, or the end of the
+/// stream (`None`). Fails with [`Error::TooLargeToSend`] for more than
+/// [`CHUNK_MAX_DATA`] bytes, leaving `out` unchanged.
+pub fn encode_chunk_into(id: RequestId, data: Option<&[u8]>, out: &mut Vec<u8>) -> Result<()> {
+    #[derive(Serialize)]
+    struct Chunk<'a>(RequestId, #[serde(with = "serde_bytes")] Option<&'a [u8]>);
+    frame::encode_into(
+        frame::FrameKind::Chunk,
+        &Chunk(id, data),
+        CHUNK_MAX_BODY,
+        out,
+    )
+}
+
+/// Decodes a `CHUNK` body `[id, bytes / null]`: the request's id and its
+/// data (borrowed from `body` when it is one definite byte string), or
+/// `None` at the end of the stream.
+pub fn decode_chunk(body: &[u8]) -> Result<(RequestId, Option<alloc::borrow::Cow<'_, [u8]>>)> {
+    #[derive(Deserialize)]
+    struct Chunk<'a>(
+        RequestId,
+        #[serde(borrow, with = "serde_bytes")] Option<alloc::borrow::Cow<'a, [u8]>>,
+    );
+    let Chunk(id, data) = frame::decode_body_borrowed(body)?;
+    Ok((id, data))
 }

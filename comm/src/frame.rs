@@ -66,6 +66,10 @@ pub enum FrameKind {
     /// ([`crate::ext::Cancel`]); only where the `cancel` extension is on
     /// (`WIRE.md` §10), an unknown kind anywhere else.
     Cancel = 0x06,
+    /// A piece of a request's data ([`crate::ext::encode_chunk_into`]);
+    /// only where the `stream` extension is on (`WIRE.md` §10), an unknown
+    /// kind anywhere else.
+    Chunk = 0x07,
 }
 
 impl FrameKind {
@@ -78,6 +82,7 @@ impl FrameKind {
             0x04 => Self::Error,
             0x05 => Self::Goodbye,
             0x06 => Self::Cancel,
+            0x07 => Self::Chunk,
             other => return Err(Error::UnknownFrameKind(other)),
         })
     }
@@ -95,6 +100,7 @@ impl FrameKind {
             Self::Error => ERROR_MAX_BODY,
             Self::Goodbye => 0,
             Self::Cancel => crate::ext::CANCEL_MAX_BODY,
+            Self::Chunk => crate::ext::CHUNK_MAX_BODY,
             Self::Request | Self::Response => max,
         }
     }
@@ -109,6 +115,7 @@ impl fmt::Display for FrameKind {
             Self::Error => "ERROR",
             Self::Goodbye => "GOODBYE",
             Self::Cancel => "CANCEL",
+            Self::Chunk => "CHUNK",
         })
     }
 }

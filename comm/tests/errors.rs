@@ -191,10 +191,11 @@ fn empty_body() {
 
 #[test]
 fn unknown_frame_kind() {
-    // 0x06 is `CANCEL`, known to the frame layer since the `cancel`
-    // extension (a server without it still refuses it as unknown).
+    // 0x06 is `CANCEL` and 0x07 `CHUNK`, known to the frame layer since
+    // the extensions (a server without them still refuses them as unknown).
     assert_eq!(FrameKind::from_u8(0x06), Ok(FrameKind::Cancel));
-    for kind in [0x00, 0x07, 0x7f, 0xff] {
+    assert_eq!(FrameKind::from_u8(0x07), Ok(FrameKind::Chunk));
+    for kind in [0x00, 0x08, 0x7f, 0xff] {
         assert_eq!(
             frame::decode::<Request>(&raw(kind, b"\x63off"), FrameKind::Request, MAX),
             Err(Error::UnknownFrameKind(kind))

@@ -15,7 +15,7 @@ use comm::ext::{Extensions, RequestMeta};
 use comm::frame::ProtocolErrorCode;
 use serde::{Deserialize, Serialize};
 use vsock_transport::host_stream::{HostStream, Peer};
-use vsock_transport::rpc::{self, Client, Ctx, Ended, Handler, ServeConfig, Then};
+use vsock_transport::rpc::{self, Client, Ctx, Ended, Handler, RequestStream, ServeConfig, Then};
 use vsock_transport::{Error, Step, Timeouts};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -24,6 +24,9 @@ enum Req {
     Spin(u32),
     Echo(u32),
     Stop,
+    /// Streamed: counts the data's bytes and sums them (mod 2^64); refuses
+    /// the stream once it passes the limit, if any.
+    Count(Option<u64>),
 }
 
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
@@ -32,6 +35,11 @@ enum Resp {
     Spun(u32),
     Echo(u32),
     Stopping,
+    Counted {
+        bytes: u64,
+        sum: u64,
+    },
+    TooMuch,
 }
 
 struct Slow;
@@ -77,7 +85,52 @@ impl Handler<Slow> for Spinner {
                 (Resp::Echo(n), Then::Continue)
             }
             Req::Stop => (Resp::Stopping, Then::Stop),
+            Req::Count(_) => (Resp::Counted { bytes: 0, sum: 0 }, Then::Continue),
         }
+    }
+
+    fn open_stream(
+        &mut self,
+        request: Req,
+        _: &mut Ctx<'_>,
+    ) -> Option<Result<Box<dyn RequestStream<Slow>>, (Resp, Then)>> {
+        match request {
+            Req::Count(limit) => Some(Ok(Box::new(Counter {
+                limit,
+                bytes: 0,
+                sum: 0,
+            }))),
+            _ => None,
+        }
+    }
+}
+
+struct Counter {
+    limit: Option<u64>,
+    bytes: u64,
+    sum: u64,
+}
+
+impl RequestStream<Slow> for Counter {
+    fn chunk(&mut self, data: &[u8], _: &mut Ctx<'_>) -> Result<(), Resp> {
+        assert!(data.len() <= comm::ext::CHUNK_MAX_DATA);
+        self.bytes += data.len() as u64;
+        self.sum = data
+            .iter()
+            .fold(self.sum, |s, b| s.wrapping_add(u64::from(*b)));
+        match self.limit {
+            Some(l) if self.bytes > l => Err(Resp::TooMuch),
+            _ => Ok(()),
+        }
+    }
+    fn finish(self: Box<Self>, _: &mut Ctx<'_>) -> (Resp, Then) {
+        (
+            Resp::Counted {
+                bytes: self.bytes,
+                sum: self.sum,
+            },
+            Then::Continue,
+        )
     }
 }
 
@@ -139,11 +192,13 @@ fn extensions_are_on_only_when_both_offer_them() {
             Extensions {
                 meta: true,
                 cancel: false,
+                stream: true,
             },
             Extensions::ALL,
             Extensions {
                 meta: true,
                 cancel: false,
+                stream: true,
             },
         ),
     ] {
@@ -409,5 +464,133 @@ fn a_traced_call_has_spans_from_both_sides() {
         .expect("sent");
     assert!(tp.starts_with(&format!("00-{trace_id}-")), "{tp}");
     assert_eq!(tp.len(), 55, "{tp}");
+    s.stop();
+}
+
+/// A reader of `len` pseudo-random bytes that also sums them.
+struct Data {
+    left: u64,
+    state: u64,
+    sum: u64,
+}
+
+impl Data {
+    fn new(len: u64) -> Self {
+        Self {
+            left: len,
+            state: 0x9e37_79b9_7f4a_7c15,
+            sum: 0,
+        }
+    }
+}
+
+impl std::io::Read for Data {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.left as usize).min(100_000);
+        for b in &mut buf[..n] {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            *b = self.state as u8;
+            self.sum = self.sum.wrapping_add(u64::from(*b));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_stream_larger_than_max_body_is_taken_in_chunks() {
+    // 40 MiB through a client and a server that accept 1 MiB bodies.
+    let mut s = served(Extensions::ALL, Extensions::ALL);
+    let len = 40 << 20;
+    let mut data = Data::new(len);
+    let mut last = 0;
+    let a = s
+        .client
+        .call_stream(&Req::Count(None), &mut data, |n| {
+            assert!(n > last);
+            last = n;
+        })
+        .unwrap();
+    assert_eq!(last, len);
+    assert_eq!(
+        a,
+        Resp::Counted {
+            bytes: len,
+            sum: data.sum
+        }
+    );
+    // Empty data: a stream of no chunks.
+    let a = s
+        .client
+        .call_stream(&Req::Count(None), &mut std::io::empty(), |_| {})
+        .unwrap();
+    assert_eq!(a, Resp::Counted { bytes: 0, sum: 0 });
+    // The connection goes on.
+    assert_eq!(s.client.call(&Req::Echo(1)).unwrap(), Resp::Echo(1));
+    s.stop();
+}
+
+#[test]
+fn a_stream_refused_midway_is_answered_once_and_the_rest_dropped() {
+    let mut s = served(Extensions::ALL, Extensions::ALL);
+    let a = s
+        .client
+        .call_stream(&Req::Count(Some(100_000)), &mut Data::new(1 << 20), |_| {})
+        .unwrap();
+    assert_eq!(a, Resp::TooMuch);
+    // A request that takes no stream: ERROR code 3, data dropped.
+    let e = s
+        .client
+        .call_stream(&Req::Echo(3), &mut Data::new(300_000), |_| {})
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ProtocolErrorCode::BadMessage), "{e}");
+    assert_eq!(s.client.call(&Req::Echo(2)).unwrap(), Resp::Echo(2));
+    s.stop();
+}
+
+#[test]
+fn a_failing_reader_cancels_the_stream_and_the_connection_goes_on() {
+    struct Failing(u32);
+    impl std::io::Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("disk on fire"));
+            }
+            self.0 -= 1;
+            buf.fill(1);
+            Ok(buf.len())
+        }
+    }
+    let mut s = served(Extensions::ALL, Extensions::ALL);
+    let e = s
+        .client
+        .call_stream(&Req::Count(None), &mut Failing(3), |_| {})
+        .unwrap_err();
+    match &e {
+        Error::Io { source, .. } => assert_eq!(source.to_string(), "disk on fire"),
+        e => panic!("not the reader's error: {e:?}"),
+    }
+    // The cancelled stream's answer is discarded; the next call is in step.
+    assert_eq!(s.client.call(&Req::Echo(5)).unwrap(), Resp::Echo(5));
+    assert_eq!(s.client.discarded(), 1);
+    s.stop();
+}
+
+#[test]
+fn streams_need_the_extension() {
+    let mut s = served(
+        Extensions {
+            stream: false,
+            ..Extensions::ALL
+        },
+        Extensions::ALL,
+    );
+    let e = s
+        .client
+        .call_stream(&Req::Count(None), &mut Data::new(10), |_| {})
+        .unwrap_err();
+    assert!(matches!(e, Error::Usage(_)), "{e}");
     s.stop();
 }

@@ -278,6 +278,77 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         Ok((answer, self.answer_meta(id).cloned()))
     }
 
+    /// Sends a streamed request (`WIRE.md` §10.4): `request`, then all of
+    /// `data` read to its end in `CHUNK`s of at most
+    /// `comm::ext::CHUNK_MAX_DATA` bytes, then the end of the stream; and
+    /// waits for the answer. Memory stays bounded however long `data`
+    /// is; `progress` is called with the bytes sent so far after each
+    /// chunk. Needs the `stream` extension on ([`Client::extensions`]):
+    /// else [`Error::Usage`] before anything is sent.
+    ///
+    /// A read error of `data` cancels the request (a `CANCEL`; its answer
+    /// is discarded when it comes) and is returned as [`Error::Io`]. The
+    /// server may answer before the end of the data (a refusal): the rest
+    /// is still sent, and dropped by the server.
+    #[cfg(feature = "std")]
+    pub fn call_stream(
+        &mut self,
+        request: &P::Request,
+        data: &mut dyn std::io::Read,
+        mut progress: impl FnMut(u64),
+    ) -> Result<P::Response> {
+        self.check_usable()?;
+        if !self.ext.stream {
+            return Err(Error::Usage(
+                "call_stream(): the server does not take request streams (no `stream` extension)",
+            ));
+        }
+        if self.in_flight() > 0 {
+            return Err(Error::Usage(
+                "call_stream() while pipelined requests are unanswered: recv_response() them first",
+            ));
+        }
+        let meta = RequestMeta {
+            stream: true,
+            ..self.default_meta()
+        };
+        let id = self.send_request_with(request, &meta)?;
+        let mut piece = alloc::vec![0u8; ext::CHUNK_MAX_DATA];
+        let mut sent = 0u64;
+        loop {
+            let n = match data.read(&mut piece) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    self.abandon(id);
+                    let _ = self.cancel(id);
+                    // The stream must end for the connection to stay in
+                    // step; the answer (`cancelled`) is discarded.
+                    let _ = self.send_chunk(id, None);
+                    return Err(Error::io("reading the data to stream", e));
+                }
+            };
+            if n == 0 {
+                break;
+            }
+            self.send_chunk(id, Some(&piece[..n]))?;
+            sent += n as u64;
+            progress(sent);
+        }
+        self.send_chunk(id, None)?;
+        self.wait_for(id)
+    }
+
+    #[cfg(feature = "std")]
+    fn send_chunk(&mut self, id: RequestId, data: Option<&[u8]>) -> Result<()> {
+        self.buf.clear();
+        ext::encode_chunk_into(id, data, &mut self.buf)?;
+        match send_frame(&mut self.conn, &self.buf) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.failed(e)),
+        }
+    }
+
     /// Waits for the answer to `id`, the only live request; on a read
     /// timeout abandons and cancels it.
     fn wait_for(&mut self, id: RequestId) -> Result<P::Response> {

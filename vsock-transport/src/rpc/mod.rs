@@ -110,7 +110,7 @@ pub use client::Client;
 pub use client::MAX_ABANDONED;
 pub use server::{
     Budget, CONNECTION_HEAP, Ended, Handler, InPlace, OUTPUT_HIGH_WATER, REFUSAL_ROOM,
-    RESERVE_PER_BODY_BYTE, SMALL_BODY, ServeConfig, ServerConn, Then, serve,
+    RESERVE_PER_BODY_BYTE, RequestStream, SMALL_BODY, ServeConfig, ServerConn, Then, serve,
 };
 
 use alloc::vec::Vec;

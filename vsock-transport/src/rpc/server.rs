@@ -96,6 +96,24 @@ pub trait Handler<P: Protocol> {
         self.handle(request)
     }
 
+    /// Opens a streamed request (its meta said `stream`, `WIRE.md` §10.4):
+    /// the request's data follows in `CHUNK`s, handed to the returned
+    /// [`RequestStream`] one by one, and the request is answered by
+    /// [`RequestStream::finish`] after the last. `Some(Err(answer))`
+    /// answers at once (the data is then read and dropped); `None`, the
+    /// default, says this request takes no stream: it is answered with a
+    /// non-fatal `ERROR` code 3 and its data dropped.
+    #[allow(clippy::type_complexity)]
+    fn open_stream(
+        &mut self,
+        request: P::Request,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<core::result::Result<alloc::boxed::Box<dyn RequestStream<P>>, (P::Response, Then)>>
+    {
+        let _ = (request, ctx);
+        None
+    }
+
     /// Answers a request inside its own `REQUEST` body, if it can, instead
     /// of [`Handler::handle`]: the answer's body is the bytes it appends to
     /// `head` followed by `body[payload]` (which it may have changed in
@@ -119,9 +137,41 @@ impl<P: Protocol, H: Handler<P> + ?Sized> Handler<P> for &mut H {
     fn handle_ctx(&mut self, request: P::Request, ctx: &mut Ctx<'_>) -> (P::Response, Then) {
         (**self).handle_ctx(request, ctx)
     }
+    fn open_stream(
+        &mut self,
+        request: P::Request,
+        ctx: &mut Ctx<'_>,
+    ) -> Option<core::result::Result<alloc::boxed::Box<dyn RequestStream<P>>, (P::Response, Then)>>
+    {
+        (**self).open_stream(request, ctx)
+    }
     fn handle_in_place(&mut self, body: &mut [u8], head: &mut Vec<u8>) -> Option<InPlace> {
         (**self).handle_in_place(body, head)
     }
+}
+
+/// The data of a streamed request, taken piece by piece
+/// ([`Handler::open_stream`]): the server holds one `CHUNK` at a time, so
+/// a request of any size takes bounded memory.
+pub trait RequestStream<P: Protocol> {
+    /// The next piece of the data (at most `comm::ext::CHUNK_MAX_DATA`
+    /// bytes). `Err(answer)` answers the request now; the rest of its data
+    /// is read and dropped.
+    fn chunk(&mut self, data: &[u8], ctx: &mut Ctx<'_>) -> core::result::Result<(), P::Response>;
+
+    /// The data ended: the answer.
+    fn finish(self: alloc::boxed::Box<Self>, ctx: &mut Ctx<'_>) -> (P::Response, Then);
+}
+
+/// A request stream open on a connection.
+struct InStream<P: Protocol> {
+    id: RequestId,
+    /// `None` once the request is answered (refused, cancelled): its
+    /// data is dropped until the end.
+    sink: Option<alloc::boxed::Box<dyn RequestStream<P>>>,
+    timing: Option<Timing>,
+    deadline_us: Option<u64>,
+    traceparent: Option<alloc::string::String>,
 }
 
 /// A request answered in place ([`Handler::handle_in_place`]).
@@ -422,6 +472,8 @@ pub struct ServerConn<P: Protocol> {
     ahead: Ahead,
     stats: ConnStats,
     stalling: bool,
+    /// The request stream open now, if any.
+    stream: Option<InStream<P>>,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -497,6 +549,7 @@ impl<P: Protocol> ServerConn<P> {
             ahead: Ahead::default(),
             stats: ConnStats::default(),
             stalling: false,
+            stream: None,
             _protocol: PhantomData,
         }
     }
@@ -697,6 +750,9 @@ impl<P: Protocol> ServerConn<P> {
             FrameKind::Cancel if !(self.hello_done && self.ext.cancel) => {
                 return self.fatal(comm::Error::UnknownFrameKind(h[0]));
             }
+            FrameKind::Chunk if !(self.hello_done && self.ext.stream) => {
+                return self.fatal(comm::Error::UnknownFrameKind(h[0]));
+            }
             FrameKind::Goodbye if self.hello_done => return self.stop(Ok(Ended::Goodbye)),
             FrameKind::Goodbye => {
                 return self.fatal(comm::Error::UnexpectedFrame {
@@ -807,10 +863,22 @@ impl<P: Protocol> ServerConn<P> {
             },
             // The request it names came before it and is answered already:
             // nothing to do (one read ahead is acted on when read ahead).
-            FrameKind::Cancel => {
-                if let Err(e) = frame::decode_body::<ext::Cancel>(body) {
-                    self.report(&e, None);
+            FrameKind::Cancel => match frame::decode_body::<ext::Cancel>(body) {
+                Ok(c) => {
+                    if let Some(st) = &mut self.stream
+                        && st.id == c.id
+                        && st.sink.take().is_some()
+                    {
+                        self.ahead.done();
+                        self.refuse(c.id, ProtocolErrorCode::Cancelled);
+                    }
                 }
+                Err(e) => self.report(&e, None),
+            },
+            FrameKind::Chunk => {
+                let body = core::mem::take(&mut self.body);
+                self.chunk(&body[..self.body_len], read_ahead);
+                self.body = body;
             }
             FrameKind::Error => match frame::decode_body::<ProtocolError>(body) {
                 Ok(pe) if pe.fatal || !self.hello_done => {
@@ -931,6 +999,15 @@ impl<P: Protocol> ServerConn<P> {
         read_ahead: Pump<'_>,
     ) {
         self.stats.requests += 1;
+        if self.stream.is_some() {
+            // Only the stream's CHUNKs (and CANCEL) may come now.
+            drop(body);
+            self.budget.give(reserved);
+            return self.fatal(comm::Error::UnexpectedFrame {
+                expected: FrameKind::Chunk,
+                got: FrameKind::Request,
+            });
+        }
         let arrived = self.frame_at;
         // `[id, meta, request]` becomes `[id, request]` at `start`.
         let (start, meta) = if self.ext.meta {
@@ -973,6 +1050,19 @@ impl<P: Protocol> ServerConn<P> {
             started,
             stats: meta.stats,
         });
+        if meta.stream && self.ext.stream {
+            self.budget.give(reserved);
+            let (id, request) = envelope::decode::<P::Request>(&body[start..len]);
+            drop(body);
+            return match (id, request) {
+                (Some(id), Ok(r)) => self.open_stream(id, r, meta, timing, handler, read_ahead),
+                (id, Err(e)) => {
+                    self.ahead.done();
+                    self.report(&e, id)
+                }
+                (None, Ok(_)) => unreachable!("a decoded request always has an id"),
+            };
+        }
         let mut head = self.take_spare();
         head.extend_from_slice(&[0; HEADER_LEN]);
         if let Some(mut answer) = handler.handle_in_place(&mut body[start..len], &mut head) {
@@ -1041,6 +1131,143 @@ impl<P: Protocol> ServerConn<P> {
         if then == Then::Stop {
             self.stop(Ok(Ended::Stopped));
         }
+    }
+
+    /// Opens the request stream of request `id` (its meta said `stream`).
+    fn open_stream<H: Handler<P> + ?Sized>(
+        &mut self,
+        id: RequestId,
+        request: P::Request,
+        meta: RequestMeta,
+        timing: Option<Timing>,
+        handler: &mut H,
+        read_ahead: Pump<'_>,
+    ) {
+        if self.ahead.current != Some(id) && self.ahead.starts(id) {
+            self.ahead.done();
+            // Its data still comes: dropped until the end.
+            self.stream = Some(InStream {
+                id,
+                sink: None,
+                timing,
+                deadline_us: None,
+                traceparent: None,
+            });
+            return self.refuse(id, ProtocolErrorCode::Cancelled);
+        }
+        let deadline_us = meta.deadline_ms.map(|ms| {
+            timing
+                .map_or(0, |t| t.arrived)
+                .saturating_add(u64::from(ms) * 1000)
+        });
+        let mut ctx = Ctx {
+            id,
+            traceparent: meta.traceparent.as_deref(),
+            deadline_us,
+            now_us: self.now_us,
+            ahead: &mut self.ahead,
+            pump: read_ahead,
+        };
+        let opened = handler.open_stream(request, &mut ctx);
+        let sink = match opened {
+            Some(Ok(sink)) if !self.ahead.current_cancelled => Some(sink),
+            Some(Ok(_)) => {
+                self.refuse(id, ProtocolErrorCode::Cancelled);
+                None
+            }
+            Some(Err((response, then))) => {
+                self.queue_response(id, &response, 0, timing);
+                if then == Then::Stop {
+                    self.stop(Ok(Ended::Stopped));
+                }
+                None
+            }
+            None => {
+                self.queue_error(
+                    ProtocolError::new(
+                        ProtocolErrorCode::BadMessage,
+                        false,
+                        "this request takes no stream: its data is dropped",
+                    )
+                    .with_id(Some(id)),
+                );
+                None
+            }
+        };
+        if sink.is_none() {
+            self.ahead.done();
+        }
+        self.stream = Some(InStream {
+            id,
+            sink,
+            timing,
+            deadline_us,
+            traceparent: meta.traceparent,
+        });
+    }
+
+    /// A `CHUNK` of the open request stream.
+    fn chunk(&mut self, body: &[u8], read_ahead: Pump<'_>) {
+        let (id, data) = match ext::decode_chunk(body) {
+            Ok(v) => v,
+            Err(e) => return self.report(&e, None),
+        };
+        let Some(mut st) = self.stream.take_if(|st| st.id == id) else {
+            // Out of step with the client: no stream of that id is open.
+            return self.fatal(comm::Error::UnexpectedFrame {
+                expected: if self.stream.is_some() {
+                    FrameKind::Chunk
+                } else {
+                    FrameKind::Request
+                },
+                got: FrameKind::Chunk,
+            });
+        };
+        let Some(mut sink) = st.sink.take() else {
+            // Answered already: the data is dropped until the end.
+            if data.is_some() {
+                self.stream = Some(st);
+            }
+            return;
+        };
+        let mut ctx = Ctx {
+            id,
+            traceparent: st.traceparent.as_deref(),
+            deadline_us: st.deadline_us,
+            now_us: self.now_us,
+            ahead: &mut self.ahead,
+            pump: read_ahead,
+        };
+        match data {
+            Some(d) if !ctx.ahead.current_cancelled => match sink.chunk(&d, &mut ctx) {
+                Ok(()) if !self.ahead.current_cancelled => st.sink = Some(sink),
+                Ok(()) => {
+                    self.ahead.done();
+                    self.refuse(id, ProtocolErrorCode::Cancelled);
+                }
+                Err(response) => {
+                    self.ahead.done();
+                    self.queue_response(id, &response, 0, st.timing);
+                }
+            },
+            Some(_) => {
+                self.ahead.done();
+                self.refuse(id, ProtocolErrorCode::Cancelled);
+            }
+            None => {
+                let (response, then) = sink.finish(&mut ctx);
+                if self.ahead.done() {
+                    self.refuse(id, ProtocolErrorCode::Cancelled);
+                } else {
+                    self.queue_response(id, &response, 0, st.timing);
+                }
+                if then == Then::Stop {
+                    self.stop(Ok(Ended::Stopped));
+                }
+                return;
+            }
+        }
+        self.stream = Some(st);
     }
 
     /// The non-fatal `ERROR` that answers a request not carried out because
