@@ -216,12 +216,16 @@ async fn three_hundred_cancelled_calls_leave_the_connection_usable() {
     answered += 2;
     assert!(!client.is_closed());
     assert_eq!(client.in_flight(), 0);
-    // Every request the server received was answered in time or its late
-    // answer discarded; none of the calls cancelled before their frames
-    // were written reached the server.
+    // Every request written was answered in time or its late answer
+    // discarded; none of the calls cancelled before their frames were
+    // written reached the server. Of those written and then cancelled,
+    // the ones whose `CANCEL` the server read before starting them were
+    // answered `cancelled` without reaching the handler: the handler saw
+    // at most one request per answer, and every request answered in time.
     received.extend(drain(&mut seen));
     let discarded = usize::try_from(client.discarded()).unwrap();
-    assert_eq!(received.len(), answered + discarded);
+    assert!(received.len() <= answered + discarded);
+    assert!(received.len() >= answered);
     assert!(discarded > 64, "{discarded} abandoned and discarded");
     Arc::try_unwrap(client).unwrap().close().await.unwrap();
     assert!(matches!(dev.join().unwrap(), Some(Ok(Ended::Goodbye))));
