@@ -159,7 +159,8 @@ fn is_false(b: &bool) -> bool {
 pub struct RequestMeta {
     /// The server answers `ERROR` code 8 instead of starting the request
     /// if it has not started it this many milliseconds after it read the
-    /// request's first byte. Relative, so that the clocks need not agree.
+    /// request's first byte (0: it never starts it). Relative, so that the
+    /// clocks need not agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u32>,
     /// A W3C Trace Context `traceparent` (`00-<trace id>-<parent id>-<flags>`)

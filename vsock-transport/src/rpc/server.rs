@@ -1031,7 +1031,10 @@ impl<P: Protocol> ServerConn<P> {
                 Some(ProtocolErrorCode::Cancelled)
             } else if meta
                 .deadline_ms
-                .is_some_and(|ms| (self.now_us)().saturating_sub(arrived) > u64::from(ms) * 1000)
+                // 0: passed already, whatever the clock says.
+                .is_some_and(|ms| {
+                    ms == 0 || (self.now_us)().saturating_sub(arrived) > u64::from(ms) * 1000
+                })
             {
                 Some(ProtocolErrorCode::DeadlineExceeded)
             } else {
