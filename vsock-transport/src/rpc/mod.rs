@@ -99,7 +99,8 @@ mod client;
 pub(crate) mod flight;
 pub mod many;
 mod server;
-pub mod service;
+#[cfg(test)]
+mod test_protocol;
 
 pub use client::Client;
 #[allow(deprecated)] // kept so that old code still builds
