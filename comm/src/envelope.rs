@@ -15,7 +15,12 @@
 //! ```
 //! use svmc_comm::envelope::{self, RequestId};
 //! use svmc_comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
-//! use svmc_comm::service::Request;
+//!
+//! #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+//! enum Request {
+//!     #[serde(rename = "info")]
+//!     Info,
+//! }
 //!
 //! let mut wire = Vec::new();
 //! envelope::encode_request_into(RequestId(7), &Request::Info, DEFAULT_MAX_BODY, &mut wire)?;
@@ -121,8 +126,10 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> (Option<RequestId>, Res
 
 /// Appends the shortest CBOR head of major type `major` (0 to 7) with
 /// argument `arg`: what ciborium's encoder writes for a uint, a string's
-/// or an array's length.
-pub(crate) fn push_head(out: &mut Vec<u8>, major: u8, arg: u64) {
+/// or an array's length. One of the building blocks of a protocol's own
+/// direct codec (`Protocol::encode_request` and its siblings), with
+/// [`read_head`] and [`push_frame_head`].
+pub fn push_head(out: &mut Vec<u8>, major: u8, arg: u64) {
     let m = major << 5;
     if arg < 24 {
         out.push(m | arg as u8);
@@ -143,7 +150,7 @@ pub(crate) fn push_head(out: &mut Vec<u8>, major: u8, arg: u64) {
 /// Reads a definite CBOR head at `body[*pos..]` (any width, as the generic
 /// decoder accepts): its major type and argument, and moves `pos` past it.
 /// `None` for an indefinite length, a reserved width or the end of `body`.
-pub(crate) fn read_head(body: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
+pub fn read_head(body: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
     let first = *body.get(*pos)?;
     let info = first & 0x1f;
     let width = match info {
@@ -170,7 +177,7 @@ pub(crate) fn read_head(body: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
 /// remaining `tail` bytes the caller sends after `out`. Checks the body
 /// length against `max` (or the fixed limit of `kind`) like
 /// [`frame::encode_into`], leaving `out` unchanged on error.
-pub(crate) fn push_frame_head(
+pub fn push_frame_head(
     kind: FrameKind,
     id: RequestId,
     msg_head: impl FnOnce(&mut Vec<u8>),
@@ -203,7 +210,22 @@ mod tests {
 
     use super::*;
     use crate::frame::HEADER_LEN;
-    use crate::service::{Request, Response};
+
+    /// Messages in the shape of a service's: a byte string and unit
+    /// variants.
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Request {
+        #[serde(rename = "rev")]
+        Reverse(#[serde(with = "serde_bytes")] Vec<u8>),
+        #[serde(rename = "info")]
+        Info,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    enum Response {
+        #[serde(rename = "off")]
+        PowerOff,
+    }
 
     #[test]
     fn request_and_response_round_trip() {

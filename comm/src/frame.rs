@@ -235,7 +235,11 @@ pub fn encode_into<T: Serialize + ?Sized>(
 ///
 /// ```
 /// use svmc_comm::frame::{self, FrameKind, DEFAULT_MAX_BODY};
-/// use svmc_comm::service::Request;
+/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+/// enum Request {
+///     #[serde(rename = "info")]
+///     Info,
+/// }
 /// let f = frame::encode(FrameKind::Request, &Request::Info, DEFAULT_MAX_BODY).unwrap();
 /// assert_eq!(f, [0x02, 0, 0, 0, 5, 0x64, b'i', b'n', b'f', b'o']);
 /// let back: Request = frame::decode(&f, FrameKind::Request, DEFAULT_MAX_BODY).unwrap();

@@ -45,8 +45,8 @@ pub fn check_name<P: Protocol>() -> Result<()> {
 /// A request/response protocol carried by the frames of this crate.
 ///
 /// The framing, the [`Hello`] check and the request/response loops of
-/// `vsock-transport` are generic over this trait; [`crate::service::ServiceVm`]
-/// is this project's instance. Another project defines its own:
+/// `vsock-transport` are generic over this trait; each service defines its
+/// own (svmc's is `svmc::ServiceVm` in the crate `svmc-proto`):
 ///
 /// ```
 /// use serde::{Deserialize, Serialize};
@@ -102,7 +102,7 @@ pub trait Protocol {
     ///
     /// The default is [`envelope::encode_request_into`] and an empty tail.
     /// A protocol may write its own messages directly (as
-    /// [`crate::service::ServiceVm`] does for a `Reverse`): the bytes must
+    /// svmc's `ServiceVm` does for a `Reverse`): the bytes must
     /// be the default's, and so must the errors.
     fn encode_request<'a>(
         id: RequestId,
@@ -187,11 +187,17 @@ impl Hello {
     /// whatever its other fields hold, never as [`Error::Malformed`].
     ///
     /// ```
-    /// use svmc_comm::service::ServiceVm;
+    /// struct Svmc;
+    /// impl svmc_comm::Protocol for Svmc {
+    ///     const NAME: &'static str = "svmc";
+    ///     const VERSION: u32 = 2;
+    ///     type Request = ();
+    ///     type Response = ();
+    /// }
     /// // {"protocol": "svmc", "version": 1, "max_body": "lots"}
     /// let body = b"\xa3\x68protocol\x64svmc\x67version\x01\x68max_body\x64lots";
     /// assert_eq!(
-    ///     svmc_comm::Hello::decode_checked::<ServiceVm>(body),
+    ///     svmc_comm::Hello::decode_checked::<Svmc>(body),
     ///     Err(svmc_comm::Error::VersionMismatch { ours: 2, theirs: 1 })
     /// );
     /// ```

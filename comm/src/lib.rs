@@ -7,8 +7,11 @@
 //!   every answer names the request it answers ([`RequestId`]).
 //! - [`Hello`] and [`Protocol`]: the version check both sides make when a
 //!   connection starts, generic over the message types.
-//! - [`service`]: this project's messages ([`service::Request`],
-//!   [`service::Response`]), one instance of [`Protocol`].
+//! - [`HOST_PORT`] and [`SERVICE_PORT`]: the vsock ports a service VM and
+//!   its host use unless told otherwise.
+//!
+//! No service's messages live here: each service names its own
+//! [`Protocol`] (svmc's is the crate `svmc-proto`).
 //!
 //! There is no I/O here: the byte streams are `vsock-transport`'s job. The
 //! crate is `no_std` + `alloc`; the `std` feature adds `std::error::Error`
@@ -17,16 +20,27 @@
 //! encoder.
 //!
 //! ```
+//! use serde::{Deserialize, Serialize};
 //! use svmc_comm::envelope::{self, RequestId};
 //! use svmc_comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
-//! use svmc_comm::service::{Request, Response};
+//!
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! enum Request {
+//!     #[serde(rename = "rev")]
+//!     Reverse(#[serde(with = "serde_bytes")] Vec<u8>),
+//! }
+//! #[derive(Debug, PartialEq, Serialize, Deserialize)]
+//! enum Response {
+//!     #[serde(rename = "rev")]
+//!     Reverse(#[serde(with = "serde_bytes")] Vec<u8>),
+//! }
 //!
 //! // Client: a REQUEST frame, body `[id, request]`.
 //! let mut wire = Vec::new();
 //! envelope::encode_request_into(RequestId(1), &Request::Reverse(b"abc".to_vec()), DEFAULT_MAX_BODY, &mut wire)?;
 //! // Server: read the id and the request, answer with the same id.
 //! let (id, req) = envelope::decode::<Request>(&wire[HEADER_LEN..]);
-//! let Request::Reverse(mut bytes) = req? else { unreachable!() };
+//! let Request::Reverse(mut bytes) = req?;
 //! bytes.reverse();
 //! let mut answer = Vec::new();
 //! envelope::encode_response_into(id.unwrap(), &Response::Reverse(bytes), DEFAULT_MAX_BODY, &mut answer)?;
@@ -50,8 +64,18 @@ pub mod error;
 pub mod ext;
 pub mod frame;
 pub mod handshake;
-pub mod service;
 
 pub use envelope::RequestId;
 pub use error::{Error, Result};
 pub use handshake::{Hello, Protocol};
+
+/// vsock port on the host (CID 2) that a service VM connects to at boot:
+/// that connection is the host's readiness signal (`WIRE.md` R-CONN-1).
+/// The default of the runtime's `svmc.host_port` and of the host
+/// library's launcher, for every service.
+pub const HOST_PORT: u32 = 7000;
+
+/// vsock port on which a service VM listens for host-initiated
+/// connections (`WIRE.md` R-CONN-1): the default of the runtime's
+/// `svmc.port` and of the host library's clients, for every service.
+pub const SERVICE_PORT: u32 = 7001;

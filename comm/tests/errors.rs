@@ -1,11 +1,11 @@
 //! Round trips of every message, and one test per class of malformed frame:
 //! each must be refused with its own typed error.
 
+use svmc::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
 use svmc_comm::frame::{
     self, DEFAULT_MAX_BODY, ERROR_MAX_BODY, FrameKind, HEADER_LEN, HELLO_MAX_BODY, Header,
     ProtocolError, ProtocolErrorCode,
 };
-use svmc_comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
 use svmc_comm::{Error, Hello, Protocol};
 
 const MAX: u32 = 1 << 20;

@@ -5,9 +5,9 @@
 use proptest::prelude::*;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use svmc::{GuestInfo, HeapStats, Request, Response, ServiceError};
 use svmc_comm::Hello;
 use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
-use svmc_comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError};
 
 const MAX: u32 = 1 << 16;
 

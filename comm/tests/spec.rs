@@ -7,9 +7,9 @@ use std::fmt::Debug;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use svmc::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
 use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::{self, DEFAULT_MAX_BODY, FrameKind, ProtocolError, ProtocolErrorCode};
-use svmc_comm::service::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
 use svmc_comm::{Error, Hello};
 
 const WIRE: &str = include_str!("../WIRE.md");
@@ -217,8 +217,8 @@ fn documented_constants() {
     assert_eq!(frame::ERROR_MAX_BODY, 1024);
     assert_eq!(frame::ERROR_MAX_DETAIL, 512);
     assert_eq!(frame::RECURSION_LIMIT, 128);
-    assert_eq!(svmc_comm::service::HOST_PORT, 7000);
-    assert_eq!(svmc_comm::service::SERVICE_PORT, 7001);
+    assert_eq!(svmc_comm::HOST_PORT, 7000);
+    assert_eq!(svmc_comm::SERVICE_PORT, 7001);
     // The largest id takes 5 bytes (1 for ids up to 23).
     for (n, overhead) in [
         (0, 17),
@@ -239,7 +239,7 @@ fn documented_constants() {
         )
         .unwrap();
         assert_eq!(f.len() - n, overhead, "payload of {n} bytes");
-        assert!(f.len() - n - frame::HEADER_LEN <= svmc_comm::service::REVERSE_OVERHEAD as usize);
+        assert!(f.len() - n - frame::HEADER_LEN <= svmc::REVERSE_OVERHEAD as usize);
     }
 }
 

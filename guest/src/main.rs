@@ -1,6 +1,6 @@
-//! The svmc service VM firmware: the svmc service ([`comm::service`],
-//! handler `vsock_transport::rpc::service::Service`) on the bare-metal
-//! runtime `svmc_runtime`, which boots the VM, finds the virtio socket
+//! The svmc service VM firmware: the svmc service (crate `svmc-proto`:
+//! messages [`svmc::ServiceVm`], handler [`svmc::server::Service`]) on the
+//! bare-metal runtime `svmc_runtime`, which boots the VM, finds the virtio socket
 //! device and hands [`main`] a ready vsock endpoint (start-up order and
 //! guarantees: `svmc_runtime::entry`).
 //!
@@ -52,10 +52,10 @@ mod service;
 
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use comm::service::ServiceVm;
+use svmc::ServiceVm;
+use svmc::server::Service;
 use svmc_runtime::{Env, Error, Limits};
 use vsock_transport::rpc::RESERVE_PER_BODY_BYTE;
-use vsock_transport::rpc::service::Service;
 
 svmc_runtime::main!(main, words = words);
 

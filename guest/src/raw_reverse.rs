@@ -19,10 +19,10 @@
 use alloc::vec::Vec;
 
 use log::{debug, warn};
+use svmc::server::reverse;
 use vsock_transport::guest::Hal;
 use vsock_transport::guest::Transport;
 use vsock_transport::guest::{ConnId, GuestVsock};
-use vsock_transport::rpc::service::reverse;
 use vsock_transport::{Connection, Error, Result};
 
 /// Serves `boot` (if any), then every accepted connection, one at a time,

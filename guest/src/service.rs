@@ -1,11 +1,11 @@
 //! What the service VM reports about itself; the request handler is
-//! `vsock_transport::rpc::service::Service`, shared with the Linux guest's
+//! `svmc::server::Service`, shared with the Linux guest's
 //! service and the test doubles.
 
 use alloc::string::ToString;
 
 use comm::Protocol;
-use comm::service::{GuestInfo, HeapStats, ServiceVm};
+use svmc::{GuestInfo, HeapStats, ServiceVm};
 
 /// Name reported in [`GuestInfo::firmware`].
 pub const FIRMWARE: &str = "svmc-guest";

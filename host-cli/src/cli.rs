@@ -99,7 +99,7 @@ pub struct Cli {
     pub attach_cid: Option<u32>,
 
     /// Guest service port when attaching.
-    #[arg(long, global = true, default_value_t = comm::service::SERVICE_PORT)]
+    #[arg(long, global = true, default_value_t = svmc::SERVICE_PORT)]
     pub port: u32,
 
     /// Timeout in seconds for each step after boot (connect, handshake,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use comm::service::REVERSE_OVERHEAD;
+use svmc::REVERSE_OVERHEAD;
 
 use crate::stdout;
 

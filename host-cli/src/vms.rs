@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use comm::frame::DEFAULT_MAX_BODY;
-use comm::service::{SERVICE_PORT, ServiceVm};
 use host::launcher::{kill_all, launch_ready};
 use host::registry::{Entry, Record, Registry, State};
 use host::{Attach, Session, SessionConfig, machine};
+use svmc::{SERVICE_PORT, ServiceVm};
 use vsock_transport::Timeouts;
 use vsock_transport::rpc::Client;
 

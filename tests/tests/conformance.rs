@@ -34,9 +34,9 @@ use comm::envelope::{self, RequestId};
 use comm::frame::{
     self, DEFAULT_MAX_BODY, FrameKind, HEADER_LEN, ProtocolError, ProtocolErrorCode,
 };
-use comm::service::{Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
 use comm::{Hello, Protocol};
 use host::Session;
+use svmc::{Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
 use tests::{Case, Ctx, cddl, ensure, run_cases};
 use vsock_transport::Timeouts;
 
@@ -1128,7 +1128,7 @@ fn r_err_2_code_2_refusing_an_answer_is_not_fatal(p: &Peer) -> R {
 /// refused with `out_of_memory`), and the server keeps serving.
 fn r_req_6_large_request_is_answered_or_out_of_memory(p: &Peer) -> R {
     let (mut c, max) = p.hello_with(DEFAULT_MAX_BODY)?;
-    let len = (max - comm::service::REVERSE_OVERHEAD).min(16 << 20) as usize;
+    let len = (max - svmc::REVERSE_OVERHEAD).min(16 << 20) as usize;
     let payload = pattern(len);
     c.send_request(1, &Request::Reverse(payload.clone()))?;
     match c.expect_response_within(1, Duration::from_secs(60))? {

@@ -6,7 +6,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use comm::frame::{self, FrameKind, Header};
-use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
+use svmc::{Request, Response, SERVICE_PORT, ServiceVm};
 use tests::harness::{Case, Suite};
 use tests::{Ctx, ensure};
 use vsock_transport::rpc::Client;

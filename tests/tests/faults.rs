@@ -568,7 +568,7 @@ fn ctrl_c_cleanup_never_kills_a_reused_pid(f: &Faults) -> R {
             .map_err(|e| e.to_string())?;
         let qemu = s.vm().ok_or("no vm")?.pids().0.ok_or("no QEMU pid")?;
         // The guest powers off; QEMU exits and is reaped, the Vm stays.
-        s.call(&comm::service::Request::PowerOff)
+        s.call(&svmc::Request::PowerOff)
             .map_err(|e| e.to_string())?;
         let status = s
             .vm()

@@ -13,10 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use comm::frame::{DEFAULT_MAX_BODY, FrameKind};
-use comm::service::{Request, Response, ServiceVm};
 use host::launcher::{DEFAULT_BOOT_ATTEMPT, launch_ready};
 use host::session::BoxConnection;
 use host::{Accel, Attach, Error, Session, SessionConfig, VmConfig};
+use svmc::{Request, Response, ServiceVm};
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::vars;
 use tests::{Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs};

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 
 use comm::envelope::{self, RequestId};
 use comm::frame::{self, FrameKind, Header, ProtocolError, ProtocolErrorCode};
-use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
 use comm::{Hello, Protocol};
 use host::Session;
+use svmc::{Request, Response, SERVICE_PORT, ServiceVm};
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::vars;
 use tests::{ensure, env_count};

@@ -18,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use comm::frame::{self, DEFAULT_MAX_BODY};
-use comm::service::{REVERSE_OVERHEAD, Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
 use host::Session;
+use svmc::{REVERSE_OVERHEAD, Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
 use tests::ensure;
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::LOAD_REPS;

@@ -9,10 +9,10 @@
 //! ```
 //!
 //! At start it listens on the service port, then connects to the host (CID
-//! 2, [`comm::service::HOST_PORT`]); that connection is the host's readiness
+//! 2, [`svmc::HOST_PORT`]); that connection is the host's readiness
 //! signal. It serves it and the host-initiated connections on
-//! [`comm::service::SERVICE_PORT`] at once, with the same handler
-//! (`rpc::service::Service`), server core and lifecycle
+//! [`svmc::SERVICE_PORT`] at once, with the same handler
+//! (`svmc::server::Service`, crate `svmc-proto`), server core and lifecycle
 //! (`rpc::many::serve_many`) as the bare-metal firmware, over non-blocking
 //! AF_VSOCK sockets and `poll(2)` ([`LinuxEndpoint`]), until a `PowerOff`
 //! request, which it answers before powering the VM off.
@@ -45,15 +45,15 @@ use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
 use comm::Protocol;
-use comm::service::{GuestInfo, HOST_PORT, SERVICE_PORT, ServiceVm};
+use svmc::server::Service;
+use svmc::{GuestInfo, HOST_PORT, SERVICE_PORT, ServiceVm};
 use vsock::{VsockListener, VsockStream};
 use vsock_transport::host_vsock::{self, CID_ANY, CID_HOST};
 use vsock_transport::rpc::many::{self, Endpoint, Event, ManyConfig, Recv};
-use vsock_transport::rpc::service::Service;
 use vsock_transport::rpc::{Budget, CONNECTION_HEAP, SMALL_BODY, ServeConfig};
 use vsock_transport::{Error, Timeouts};
 
-/// What [`comm::service::GuestInfo::firmware`] says.
+/// What [`svmc::GuestInfo::firmware`] says.
 const FIRMWARE: &str = "svmc-linux-service";
 
 /// The test program of `svmc.mode=vsock-tests`.

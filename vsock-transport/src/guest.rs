@@ -8,7 +8,7 @@
 //! A firmware finds its transport (virtio-mmio or PCI), then:
 //!
 //! ```no_run
-//! use vsock_transport::comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
+//! use svmc::{Request, Response, SERVICE_PORT, ServiceVm};
 //! use vsock_transport::guest::{GuestVsock, Hal, Transport};
 //! use vsock_transport::rpc::many::{self, ManyConfig};
 //! use vsock_transport::rpc::{Budget, Handler, ServeConfig, Then};

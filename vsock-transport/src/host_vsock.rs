@@ -20,7 +20,7 @@
 //!
 //! ```no_run
 //! use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
-//! use vsock_transport::comm::service::{HOST_PORT, Request, SERVICE_PORT, ServiceVm};
+//! use svmc::{HOST_PORT, Request, SERVICE_PORT, ServiceVm};
 //! use vsock_transport::host_vsock::{self, Listener};
 //! use vsock_transport::rpc::Client;
 //! use vsock_transport::Timeouts;

@@ -86,7 +86,7 @@ pub fn listener_path(uds_path: &Path, port: u32) -> PathBuf {
 ///
 /// ```no_run
 /// use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
-/// use vsock_transport::comm::service::{Request, ServiceVm, SERVICE_PORT};
+/// use svmc::{Request, ServiceVm, SERVICE_PORT};
 /// use vsock_transport::rpc::Client;
 /// use vsock_transport::{Timeouts, hybrid};
 ///

@@ -27,7 +27,9 @@
 //!   rules, sans-IO), [`rpc::serve`] (one blocking connection) and
 //!   [`rpc::many::serve_many`] (many connections in one event loop, with a
 //!   limit and the boot-connection lifecycle), generic over any
-//!   [`comm::Protocol`]; [`rpc::service::Service`] is the svmc handler.
+//!   [`comm::Protocol`]. No service's messages or handler live here:
+//!   svmc's are the crate `svmc-proto` (its `server` feature holds the
+//!   handler), and the examples in this crate's docs use them.
 //!
 //! # Features
 //!

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use comm::Hello;
 use comm::frame::{self, DEFAULT_MAX_BODY, FrameKind};
-use comm::service::{Request, Response, ServiceVm};
+use svmc::{Request, Response, ServiceVm};
 use tokio::sync::mpsc;
 use vsock_transport::async_host::{self, Client};
 use vsock_transport::host_stream::{HostStream, Peer};

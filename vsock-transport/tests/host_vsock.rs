@@ -225,7 +225,7 @@ fn loopback_peer_closing_mid_frame_is_truncated() {
     });
     let mut c = client(l.accept().unwrap());
     let err = c
-        .call(&comm::service::Request::Reverse(b"fedcba".to_vec()))
+        .call(&svmc::Request::Reverse(b"fedcba".to_vec()))
         .unwrap_err();
     assert!(
         matches!(err, Error::Protocol(comm::Error::Truncated { .. })),
@@ -254,7 +254,7 @@ fn loopback_trickling_peer_times_out() {
         }
     });
     let mut c = client(l.accept().unwrap());
-    let (r, took) = timed(|| c.call(&comm::service::Request::Reverse(b"9876543210".to_vec())));
+    let (r, took) = timed(|| c.call(&svmc::Request::Reverse(b"9876543210".to_vec())));
     // Part of the frame had arrived: out of step, fatal.
     assert!(
         matches!(r, Err(Error::TimeoutInFrame { step: Step::Read, got }) if got > 0),
@@ -275,7 +275,7 @@ mod async_vsock {
     use std::sync::Arc;
 
     use comm::frame::DEFAULT_MAX_BODY;
-    use comm::service::{Request, Response, ServiceVm};
+    use svmc::{Request, Response, ServiceVm};
     use vsock_transport::async_host::{self, Client};
 
     use super::*;

@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
-use comm::service::Request;
+use svmc::Request;
 use vsock_transport::host_stream::{HostStream, Peer};
 use vsock_transport::hybrid::{self, HybridStream, Listener};
 use vsock_transport::rpc::{Client, Ended, Handler};
@@ -229,7 +229,7 @@ fn a_killed_peer_poisons_the_client_with_its_error_as_the_source() {
         let mut conn = guest_conn(s);
         let hello = frame::encode(
             FrameKind::Hello,
-            &comm::Hello::new::<comm::service::ServiceVm>(frame::DEFAULT_MAX_BODY),
+            &comm::Hello::new::<svmc::ServiceVm>(frame::DEFAULT_MAX_BODY),
             frame::HELLO_MAX_BODY,
         )
         .unwrap();
@@ -446,7 +446,7 @@ fn guest_connects_to_host_listener() {
     check_reverse(&mut c, &payload(3 << 20));
     assert_eq!(
         c.call(&Request::PowerOff).unwrap(),
-        comm::service::Response::PowerOff
+        svmc::Response::PowerOff
     );
     assert_eq!(g.join().unwrap().unwrap(), Ended::Stopped);
     drop(l);
@@ -614,11 +614,8 @@ struct SlowReverse {
     delay: Duration,
 }
 
-impl Handler<comm::service::ServiceVm> for SlowReverse {
-    fn handle(
-        &mut self,
-        request: Request,
-    ) -> (comm::service::Response, vsock_transport::rpc::Then) {
+impl Handler<svmc::ServiceVm> for SlowReverse {
+    fn handle(&mut self, request: Request) -> (svmc::Response, vsock_transport::rpc::Then) {
         if request == Request::Reverse(b"slow".to_vec()) {
             thread::sleep(self.delay);
         }
@@ -628,7 +625,7 @@ impl Handler<comm::service::ServiceVm> for SlowReverse {
 
 #[test]
 fn late_answer_to_a_timed_out_call_is_not_the_next_calls_answer() {
-    use comm::service::Response;
+    use svmc::Response;
 
     let (_dir, uds) = uds();
     let dev = device(&uds, Answer::Ok(7001), |s| {
@@ -636,7 +633,7 @@ fn late_answer_to_a_timed_out_call_is_not_the_next_calls_answer() {
         let mut slow = SlowReverse {
             delay: Duration::from_millis(400),
         };
-        vsock_transport::rpc::serve::<comm::service::ServiceVm, _, _>(
+        vsock_transport::rpc::serve::<svmc::ServiceVm, _, _>(
             &mut conn,
             &mut slow,
             vsock_transport::rpc::ServeConfig::default(),
@@ -663,7 +660,7 @@ fn late_answer_to_a_timed_out_call_is_not_the_next_calls_answer() {
 
 #[test]
 fn pipelined_requests_over_a_real_socket() {
-    use comm::service::Response;
+    use svmc::Response;
 
     let (_dir, uds) = uds();
     let dev = serving_device(&uds, 7001);
@@ -706,7 +703,7 @@ fn a_close_before_the_servers_hello_is_a_refusal() {
     // broken connection.
     let (a, b) = pair();
     drop(b);
-    let e = Client::<_, comm::service::ServiceVm>::hello(a, 1024).unwrap_err();
+    let e = Client::<_, svmc::ServiceVm>::hello(a, 1024).unwrap_err();
     assert!(matches!(e, Error::ClosedBeforeHello), "{e:?}");
     assert!(e.is_refused() && e.is_fatal());
     // And `busy` itself.
@@ -718,7 +715,7 @@ fn a_close_before_the_servers_hello_is_a_refusal() {
     )
     .unwrap();
     b.send(&busy).unwrap();
-    let e = Client::<_, comm::service::ServiceVm>::hello(a, 1024).unwrap_err();
+    let e = Client::<_, svmc::ServiceVm>::hello(a, 1024).unwrap_err();
     assert!(e.is_refused(), "{e:?}");
     assert!(!Error::Closed.is_refused());
 }

@@ -855,8 +855,8 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
         s.reverse(small.clone()).map_err(err)?;
     }
     // 1 and WINDOW in flight, alternately.
-    let batch: Vec<comm::service::Request> = (0..RT_REQUESTS)
-        .map(|_| comm::service::Request::Reverse(small.clone()))
+    let batch: Vec<svmc::Request> = (0..RT_REQUESTS)
+        .map(|_| svmc::Request::Reverse(small.clone()))
         .collect();
     let (mut one, mut pipelined) = (Vec::new(), Vec::new());
     for _ in 0..reps {
@@ -869,7 +869,7 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
         pipelined.push(RT_REQUESTS as f64 / start.elapsed().as_secs_f64());
         if answers
             .into_iter()
-            .any(|a| a.ok() != Some(comm::service::Response::Reverse(expect.clone())))
+            .any(|a| a.ok() != Some(svmc::Response::Reverse(expect.clone())))
         {
             return Err("protocol VM: wrong pipelined 16-byte reverse".into());
         }
@@ -1068,7 +1068,7 @@ fn async_tasks(uds: &Path, port: u32, reps: usize) -> std::result::Result<Pair, 
             .await
             .map_err(|e| format!("async client: connect: {e}"))?;
         let client = Arc::new(
-            Client::<comm::service::ServiceVm>::hello(stream, comm::frame::DEFAULT_MAX_BODY, &t)
+            Client::<svmc::ServiceVm>::hello(stream, comm::frame::DEFAULT_MAX_BODY, &t)
                 .await
                 .map_err(|e| format!("async client: HELLO: {e}"))?,
         );
@@ -1080,11 +1080,10 @@ fn async_tasks(uds: &Path, port: u32, reps: usize) -> std::result::Result<Pair, 
                 for _ in 0..tasks {
                     let client = client.clone();
                     hs.push(tokio::spawn(async move {
-                        let req = comm::service::Request::Reverse(payload(ASYNC_PAYLOAD));
+                        let req = svmc::Request::Reverse(payload(ASYNC_PAYLOAD));
                         for _ in 0..ASYNC_CALLS / tasks {
                             match client.call(&req).await {
-                                Ok(comm::service::Response::Reverse(b))
-                                    if b.len() == ASYNC_PAYLOAD => {}
+                                Ok(svmc::Response::Reverse(b)) if b.len() == ASYNC_PAYLOAD => {}
                                 other => return Err(format!("async client: {other:?}")),
                             }
                         }
@@ -1129,14 +1128,11 @@ fn clients_at_once(uds: &Path, port: u32, n: usize) -> Result<(f64, f64)> {
         .map(|conn| {
             let barrier = barrier.clone();
             std::thread::spawn(move || -> Result<(Instant, f64)> {
-                let c = Client::<_, comm::service::ServiceVm>::hello(
-                    conn,
-                    comm::frame::DEFAULT_MAX_BODY,
-                );
+                let c = Client::<_, svmc::ServiceVm>::hello(conn, comm::frame::DEFAULT_MAX_BODY);
                 // Everyone reaches the barrier, also after a failed HELLO.
                 barrier.wait();
                 let mut c = c.map_err(|e| format!("HELLO: {e}"))?;
-                let req = comm::service::Request::Reverse(payload(16));
+                let req = svmc::Request::Reverse(payload(16));
                 let mut worst = 0f64;
                 for _ in 0..CLIENT_REQUESTS {
                     let t = Instant::now();

@@ -210,7 +210,7 @@ pub enum Error {
     UnexpectedResponse(String),
     /// The guest could not process the request.
     #[error("the guest could not process the request: {0}")]
-    Service(#[from] comm::service::ServiceError),
+    Service(#[from] svmc::ServiceError),
     /// A transport or protocol error (attached VMs: no serial log).
     #[error(transparent)]
     Transport(#[from] vsock_transport::Error),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use comm::Protocol;
 use comm::frame::DEFAULT_MAX_BODY;
-use comm::service::{GuestInfo, Request, Response, SERVICE_PORT, ServiceVm};
+use svmc::{GuestInfo, Request, Response, SERVICE_PORT, ServiceVm};
 use vsock_transport::rpc::Client;
 use vsock_transport::{Connection, Timeouts};
 

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use comm::Hello;
 use comm::envelope::{self, RequestId};
 use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
-use comm::service::{Request, Response, SERVICE_PORT, ServiceVm};
+use svmc::{Request, Response, SERVICE_PORT, ServiceVm};
 use tests::{Ctx, ensure};
 use vsock_transport::hybrid::{self, HybridStream};
 use vsock_transport::rpc::Client;

@@ -646,7 +646,9 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
 }
 
 // Only the tasks touch the halves; the client itself is shared by tasks.
-const _: () = {
+// Checked for every protocol whose responses can be sent between threads
+// at once: a generic function's body is type-checked where it is written.
+const fn _assert_send_sync<P: comm::Protocol<Response: Send>>() {
     const fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<Client<comm::service::ServiceVm>>();
-};
+    assert_send_sync::<Client<P>>();
+}

@@ -7,7 +7,7 @@
 //! use vsock_transport::Timeouts;
 //! use vsock_transport::async_host::{Client, hybrid};
 //! use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
-//! use vsock_transport::comm::service::ServiceVm;
+//! use svmc::ServiceVm;
 //!
 //! // Host to guest: CONNECT to guest port 7001 through the VM's socket.
 //! let stream = hybrid::connect("/tmp/vm.vsock".as_ref(), 7001, &Timeouts::default()).await?;

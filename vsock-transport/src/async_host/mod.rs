@@ -19,8 +19,8 @@
 //!
 //! The `max_body` given to [`Client::hello`] bounds the `RESPONSE`
 //! *bodies* the client accepts, and a body is the payload plus its CBOR
-//! envelope: for a `Reverse` of `n` bytes, up to `n +`
-//! [`REVERSE_OVERHEAD`](crate::comm::service::REVERSE_OVERHEAD) (16)
+//! envelope: for svmc's `Reverse` of `n` bytes, up to `n +`
+//! `svmc::REVERSE_OVERHEAD` (16, in the crate `svmc-proto`)
 //! bytes (the `[id, message]` array and id, the map, the variant name, the
 //! byte string's header). With `max_body = 1 << 20`, a 1 MiB `Reverse` is
 //! answered `Response::Err(PayloadTooLarge { .. })` (the server keeps the
@@ -64,7 +64,7 @@
 //! use std::sync::Arc;
 //!
 //! use vsock_transport::async_host::Client;
-//! use vsock_transport::comm::service::{REVERSE_OVERHEAD, Request, Response, ServiceError, ServiceVm};
+//! use svmc::{REVERSE_OVERHEAD, Request, Response, ServiceError, ServiceVm};
 //! use vsock_transport::rpc::{self, Handler, Then};
 //! use vsock_transport::Timeouts;
 //! use vsock_transport::host_stream::{HostStream, Peer};

@@ -6,7 +6,7 @@
 //! use vsock_transport::Timeouts;
 //! use vsock_transport::async_host::{Client, vsock};
 //! use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
-//! use vsock_transport::comm::service::ServiceVm;
+//! use svmc::ServiceVm;
 //!
 //! // The guest with CID 3, service port 7001.
 //! let stream = vsock::connect(3, 7001, &Timeouts::default()).await?;

@@ -621,22 +621,21 @@ mod tests {
     use std::thread;
     use std::time::Duration;
 
+    use super::*;
+    use crate::mock::{self, MockConnection};
+    use crate::rpc::test_protocol::{Request, Response, TestVm};
     use comm::Hello;
     use comm::envelope;
     use comm::frame::{DEFAULT_MAX_BODY, ProtocolErrorCode};
-    use comm::service::{Request, Response, ServiceVm};
-
-    use super::*;
-    use crate::mock::{self, MockConnection};
 
     /// A client over a mock pair, and the server's raw end after the HELLO
     /// exchange.
-    fn pair() -> (Client<MockConnection, ServiceVm>, MockConnection) {
+    fn pair() -> (Client<MockConnection, TestVm>, MockConnection) {
         let (a, mut b) = mock::pair();
-        let t = thread::spawn(move || Client::<_, ServiceVm>::hello(a, DEFAULT_MAX_BODY));
+        let t = thread::spawn(move || Client::<_, TestVm>::hello(a, DEFAULT_MAX_BODY));
         let hello = frame::encode(
             FrameKind::Hello,
-            &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
+            &Hello::new::<TestVm>(DEFAULT_MAX_BODY),
             DEFAULT_MAX_BODY,
         )
         .unwrap();
@@ -831,7 +830,7 @@ mod tests {
             let mut f = Vec::new();
             frame::encode_into(
                 FrameKind::Hello,
-                &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
+                &Hello::new::<TestVm>(DEFAULT_MAX_BODY),
                 DEFAULT_MAX_BODY,
                 &mut f,
             )
@@ -839,7 +838,7 @@ mod tests {
             b.write_all(&f).unwrap();
             b
         });
-        let mut c = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY).unwrap();
+        let mut c = Client::<_, TestVm>::hello(conn, DEFAULT_MAX_BODY).unwrap();
         let mut b = srv.join().unwrap();
         b.write_all(&[3, 0, 0]).unwrap(); // part of a header
         let e = c.call(&Request::Info).unwrap_err();
@@ -894,7 +893,7 @@ mod tests {
             let mut f = Vec::new();
             frame::encode_into(
                 FrameKind::Hello,
-                &Hello::new::<ServiceVm>(DEFAULT_MAX_BODY),
+                &Hello::new::<TestVm>(DEFAULT_MAX_BODY),
                 DEFAULT_MAX_BODY,
                 &mut f,
             )
@@ -918,7 +917,7 @@ mod tests {
             b.write_all(&f).unwrap();
             raw
         });
-        let mut c = Client::<_, ServiceVm>::hello(conn, DEFAULT_MAX_BODY).unwrap();
+        let mut c = Client::<_, TestVm>::hello(conn, DEFAULT_MAX_BODY).unwrap();
         // Larger than a socket buffer: the send writes short, the rest follows.
         let payload: Vec<u8> = (0..1_500_000u32).map(|i| (i * 7) as u8).collect();
         let request = Request::Reverse(payload.clone());

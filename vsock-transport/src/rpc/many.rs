@@ -671,13 +671,11 @@ mod tests {
     use alloc::vec;
     use core::cell::RefCell;
 
+    use super::*;
+    use crate::rpc::test_protocol::{Info, Request, Response, TestService, TestVm};
     use comm::Hello;
     use comm::envelope::{self, RequestId};
     use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
-    use comm::service::{GuestInfo, Request, Response, ServiceVm};
-
-    use super::*;
-    use crate::rpc::service::Service;
 
     /// One simulated connection.
     #[derive(Default)]
@@ -830,7 +828,7 @@ mod tests {
     fn hello() -> Vec<u8> {
         frame::encode(
             FrameKind::Hello,
-            &Hello::new::<ServiceVm>(frame::DEFAULT_MAX_BODY),
+            &Hello::new::<TestVm>(frame::DEFAULT_MAX_BODY),
             frame::HELLO_MAX_BODY,
         )
         .unwrap()
@@ -842,11 +840,11 @@ mod tests {
         f
     }
 
-    fn info() -> GuestInfo {
-        GuestInfo {
+    fn info() -> Info {
+        Info {
             firmware: "t".into(),
             firmware_version: "0".into(),
-            protocol_version: ServiceVm::VERSION,
+            protocol_version: TestVm::VERSION,
             arch: "t".into(),
             max_body: 1 << 20,
             heap: None,
@@ -872,9 +870,8 @@ mod tests {
             idle_timeout_us,
             budget: Budget::new(1 << 22),
         };
-        let mut handler = Service::new(info as fn() -> GuestInfo);
-        serve_many::<ServiceVm, _, _>(&mut fake, Some(Id(0)), &mut handler, &config, |_| {})
-            .unwrap();
+        let mut handler = TestService::new(info as fn() -> Info);
+        serve_many::<TestVm, _, _>(&mut fake, Some(Id(0)), &mut handler, &config, |_| {}).unwrap();
         assert!(handler.power_off_requested());
         drop(fake);
         Rc::try_unwrap(st).ok().unwrap().into_inner()

@@ -100,7 +100,8 @@ mod client;
 pub(crate) mod flight;
 pub mod many;
 mod server;
-pub mod service;
+#[cfg(test)]
+mod test_protocol;
 #[cfg(feature = "std")]
 mod trace;
 

@@ -1670,18 +1670,16 @@ mod tests {
     use alloc::string::String;
     use alloc::vec;
 
-    use comm::service::{GuestInfo, Request, Response, ServiceError, ServiceVm};
-
     use super::*;
-    use crate::rpc::service::Service;
+    use crate::rpc::test_protocol::{Info, Request, Response, TestError, TestService, TestVm};
 
-    type Conn = ServerConn<ServiceVm>;
+    type Conn = ServerConn<TestVm>;
 
-    fn info() -> GuestInfo {
-        GuestInfo {
+    fn info() -> Info {
+        Info {
             firmware: "test".into(),
             firmware_version: "0".into(),
-            protocol_version: ServiceVm::VERSION,
+            protocol_version: TestVm::VERSION,
             arch: "test".into(),
             max_body: 1 << 20,
             heap: None,
@@ -1691,7 +1689,7 @@ mod tests {
     fn hello_frame(max_body: u32) -> Vec<u8> {
         frame::encode(
             FrameKind::Hello,
-            &Hello::new::<ServiceVm>(max_body),
+            &Hello::new::<TestVm>(max_body),
             frame::HELLO_MAX_BODY,
         )
         .unwrap()
@@ -1705,7 +1703,7 @@ mod tests {
 
     /// Feeds `bytes` (all of them, processing frames as needed, sending
     /// output as it comes) and returns the frames sent.
-    fn feed(s: &mut Conn, h: &mut impl Handler<ServiceVm>, bytes: &[u8]) -> Vec<u8> {
+    fn feed(s: &mut Conn, h: &mut impl Handler<TestVm>, bytes: &[u8]) -> Vec<u8> {
         let mut sent = Vec::new();
         pump(s, h, bytes, Some(&mut sent));
         drain(s, &mut sent);
@@ -1718,7 +1716,7 @@ mod tests {
     /// frames processed and the bytes not taken.
     fn pump(
         s: &mut Conn,
-        h: &mut impl Handler<ServiceVm>,
+        h: &mut impl Handler<TestVm>,
         mut bytes: &[u8],
         mut sent: Option<&mut Vec<u8>>,
     ) -> (usize, usize) {
@@ -1780,13 +1778,13 @@ mod tests {
     }
 
     /// A connection after the HELLO exchange, our HELLO already checked.
-    fn connected(budget: &Budget, client_max: u32) -> (Conn, Service<fn() -> GuestInfo>) {
+    fn connected(budget: &Budget, client_max: u32) -> (Conn, TestService<fn() -> Info>) {
         let mut s = Conn::new(config(), budget.clone());
-        let mut h = Service::new(info as fn() -> GuestInfo);
+        let mut h = TestService::new(info as fn() -> Info);
         let out = frames(&feed(&mut s, &mut h, &hello_frame(client_max)));
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].0, FrameKind::Hello);
-        let ours: Hello = Hello::decode_checked::<ServiceVm>(&out[0].1).unwrap();
+        let ours: Hello = Hello::decode_checked::<TestVm>(&out[0].1).unwrap();
         assert_eq!(ours.max_body, 1 << 20);
         assert!(s.hello_done());
         (s, h)
@@ -1875,7 +1873,7 @@ mod tests {
         ];
         for bytes in cases {
             let mut s = Conn::new(config(), Budget::unlimited());
-            let mut h = Service::new(info as fn() -> GuestInfo);
+            let mut h = TestService::new(info as fn() -> Info);
             let out = frames(&feed(&mut s, &mut h, &bytes));
             assert_eq!(out[0].0, FrameKind::Hello);
             assert_eq!(out.len(), 2, "{bytes:02x?}");
@@ -1889,9 +1887,9 @@ mod tests {
     #[test]
     fn another_version_is_refused_with_both_versions() {
         let mut s = Conn::new(config(), Budget::unlimited());
-        let mut h = Service::new(info as fn() -> GuestInfo);
+        let mut h = TestService::new(info as fn() -> Info);
         let old = Hello {
-            protocol: ServiceVm::NAME.into(),
+            protocol: TestVm::NAME.into(),
             version: 1,
             max_body: 100,
             ext: Vec::new(),
@@ -1908,7 +1906,7 @@ mod tests {
         else {
             panic!("not a version mismatch");
         };
-        assert_eq!((ours, theirs), (ServiceVm::VERSION, 1));
+        assert_eq!((ours, theirs), (TestVm::VERSION, 1));
     }
 
     #[test]
@@ -1954,7 +1952,7 @@ mod tests {
         ));
         let (id, r) = response(&out[0].1);
         assert_eq!(id, 11);
-        let Response::Err(ServiceError::PayloadTooLarge { len, max }) = r else {
+        let Response::Err(TestError::PayloadTooLarge { len, max }) = r else {
             panic!("{r:?}");
         };
         assert_eq!(max, 100);
@@ -1996,7 +1994,7 @@ mod tests {
         let (id, r) = response(&out[0].1);
         assert_eq!(id, 21);
         assert!(
-            matches!(r, Response::Err(ServiceError::OutOfMemory { requested }) if requested == big.len() as u64 - HEADER_LEN as u64)
+            matches!(r, Response::Err(TestError::OutOfMemory { requested }) if requested == big.len() as u64 - HEADER_LEN as u64)
         );
         assert_eq!(budget.free(), 150_000);
         // In step: the next request (which fits) is served.
@@ -2092,7 +2090,7 @@ mod tests {
             let (id, r) = response(body);
             assert_eq!(id, want, "in order");
             match r {
-                Response::Err(ServiceError::OutOfMemory { requested }) => {
+                Response::Err(TestError::OutOfMemory { requested }) => {
                     assert!(requested > 0)
                 }
                 Response::Reverse(b) => {

@@ -6,10 +6,10 @@
 use std::time::{Duration, Instant};
 
 use comm::frame::{self, FrameKind, HELLO_MAX_BODY};
-use comm::service::{GuestInfo, Request, Response, ServiceVm};
 use comm::{Hello, Protocol};
+use svmc::server::Service;
+use svmc::{GuestInfo, Request, Response, ServiceVm};
 use vsock_transport::framed::{recv_frame, recv_frame_as};
-use vsock_transport::rpc::service::Service;
 use vsock_transport::rpc::{self, Client, Ended, Handler, ServeConfig, Then};
 use vsock_transport::{Connection, Result, Step, Timeouts};
 

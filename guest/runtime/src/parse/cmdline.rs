@@ -22,11 +22,13 @@
 
 use log::LevelFilter;
 
-/// Default of `svmc.host_port`: the host's port for the boot connection.
-pub const DEFAULT_HOST_PORT: u32 = 7000;
+/// Default of `svmc.host_port`: the host's port for the boot connection
+/// (`comm::HOST_PORT`, the platform's default for every service).
+pub const DEFAULT_HOST_PORT: u32 = comm::HOST_PORT;
 
-/// Default of `svmc.port`: the port the guest listens on.
-pub const DEFAULT_SERVICE_PORT: u32 = 7001;
+/// Default of `svmc.port`: the port the guest listens on
+/// (`comm::SERVICE_PORT`).
+pub const DEFAULT_SERVICE_PORT: u32 = comm::SERVICE_PORT;
 
 /// Default of `svmc.max_conns`.
 pub const DEFAULT_MAX_CONNS: usize = 8;

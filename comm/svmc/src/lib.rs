@@ -1,22 +1,75 @@
-//! The messages of this project's service VM: one instance of [`Protocol`].
+//! The svmc service VM's protocol: its messages, a fast codec for them and,
+//! with the `server` feature, its request handler.
+//!
+//! svmc's service reverses byte strings, describes itself and powers off
+//! when asked; it is one [`Protocol`] on the generic machinery of
+//! [`svmc_comm`] (frames, the `[id, message]` envelope, the `HELLO` check) and, for the handler, `vsock-transport`'s
+//! request/response loop. Another service VM writes its own protocol type
+//! the same way and needs nothing from here.
+//!
+//! - [`ServiceVm`]: the protocol (`NAME` `"svmc"`, `VERSION` 2), with
+//!   [`Request`], [`Response`], [`GuestInfo`], [`HeapStats`] and the typed
+//!   failures [`ServiceError`].
+//! - The fast codec: [`encode_request_parts`], [`encode_response_parts`],
+//!   [`decode_request`], [`decode_response`] and, for a server that
+//!   answers a `Reverse` where it lies, [`reverse_payload`] and
+//!   [`reverse_response_head`]. The same bytes and values as the generic
+//!   serde path (`svmc_comm::envelope`), without copying payloads through serde.
+//! - `server` (feature `server`): `server::Service`, the handler the
+//!   firmware and the Linux guest's service serve with.
+//!
+//! The ports ([`HOST_PORT`], [`SERVICE_PORT`]) are the platform's
+//! defaults, re-exported from [`svmc_comm`]. The wire format, these messages'
+//! CDDL included, is specified in `svmc-comm`'s `WIRE.md`. `no_std` +
+//! `alloc`; the `std` feature adds `std::error::Error` impls and never
+//! changes the wire.
+//!
+//! ```
+//! use svmc::{Request, Response, ServiceVm};
+//! use svmc_comm::Protocol;
+//! use svmc_comm::envelope::RequestId;
+//! use svmc_comm::frame::{DEFAULT_MAX_BODY, HEADER_LEN};
+//!
+//! // Client: a REQUEST frame, body `[id, request]` (the payload is the tail).
+//! let request = Request::Reverse(b"abc".to_vec());
+//! let mut wire = Vec::new();
+//! let tail = ServiceVm::encode_request(RequestId(1), &request, DEFAULT_MAX_BODY, &mut wire)?;
+//! wire.extend_from_slice(tail);
+//! // Server: read the id and the request, answer with the same id.
+//! let (id, req) = ServiceVm::decode_request(&wire[HEADER_LEN..]);
+//! let Request::Reverse(mut bytes) = req? else { unreachable!() };
+//! bytes.reverse();
+//! let response = Response::Reverse(bytes);
+//! let mut answer = Vec::new();
+//! let tail = ServiceVm::encode_response(id.unwrap(), &response, DEFAULT_MAX_BODY, &mut answer)?;
+//! answer.extend_from_slice(tail);
+//! assert_eq!(
+//!     ServiceVm::decode_response(&answer[HEADER_LEN..]),
+//!     (Some(RequestId(1)), Ok(Response::Reverse(b"cba".to_vec())))
+//! );
+//! # Ok::<(), svmc_comm::Error>(())
+//! ```
+#![cfg_attr(not(feature = "std"), no_std)]
+// The README's examples run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
+extern crate alloc;
+
+#[cfg(feature = "server")]
+pub mod server;
 
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
 use serde::{Deserialize, Serialize};
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::frame::FrameKind;
+use svmc_comm::{Protocol, Result};
 
-use crate::envelope::{self, RequestId};
-use crate::error::Result;
-use crate::frame::FrameKind;
-use crate::handshake::Protocol;
-
-/// vsock port on the host (CID 2) that the guest connects to at boot. Its
-/// connection is the host's readiness signal.
-pub const HOST_PORT: u32 = 7000;
-
-/// vsock port on which the guest listens for host-initiated connections.
-pub const SERVICE_PORT: u32 = 7001;
+pub use svmc_comm::{HOST_PORT, SERVICE_PORT};
 
 /// Body bytes a `Reverse` request or response adds to its payload, at
 /// most: the `[id, message]` array header (1) and id (1 to 5), the map
@@ -180,15 +233,15 @@ pub enum ServiceError {
 /// ```
 /// use svmc_comm::envelope::{self, RequestId};
 /// use svmc_comm::frame::HEADER_LEN;
-/// use svmc_comm::service::{self, Request, Response};
+/// use svmc::{Request, Response};
 ///
 /// let mut wire = Vec::new();
 /// envelope::encode_request_into(RequestId(3), &Request::Reverse(b"abc".to_vec()), 100, &mut wire)?;
 /// let body = &mut wire[HEADER_LEN..];
-/// let (id, payload) = service::reverse_payload(body).unwrap();
+/// let (id, payload) = svmc::reverse_payload(body).unwrap();
 /// body[payload.clone()].reverse();
 /// let mut answer = Vec::new();
-/// service::reverse_response_head(id, payload.len(), &mut answer);
+/// svmc::reverse_response_head(id, payload.len(), &mut answer);
 /// answer.extend_from_slice(&body[payload]);
 /// assert_eq!(envelope::decode::<Response>(&answer), (Some(id), Ok(Response::Reverse(b"cba".to_vec()))));
 /// # Ok::<(), svmc_comm::Error>(())
@@ -253,11 +306,11 @@ fn reverse_head(len: usize, out: &mut Vec<u8>) {
 ///
 /// ```
 /// use svmc_comm::envelope::{self, RequestId};
-/// use svmc_comm::service::{self, Request};
+/// use svmc::Request;
 ///
 /// let request = Request::Reverse(b"abc".to_vec());
 /// let mut head = Vec::new();
-/// let tail = service::encode_request_parts(RequestId(1), &request, 100, &mut head)?;
+/// let tail = svmc::encode_request_parts(RequestId(1), &request, 100, &mut head)?;
 /// let mut whole = Vec::new();
 /// envelope::encode_request_into(RequestId(1), &request, 100, &mut whole)?;
 /// assert_eq!([&head[..], tail].concat(), whole);
@@ -334,8 +387,9 @@ pub fn decode_response(body: &[u8]) -> (Option<RequestId>, Result<Response>) {
 mod tests {
     use alloc::vec;
 
+    use svmc_comm::frame::HEADER_LEN;
+
     use super::*;
-    use crate::frame::HEADER_LEN;
 
     #[test]
     fn the_reverse_head_is_what_the_encoder_writes() {

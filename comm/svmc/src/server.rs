@@ -1,13 +1,14 @@
-//! The svmc service's request handler, written once for every server of
-//! [`ServiceVm`]: the bare-metal firmware, the Linux guest's service and
-//! the test doubles. What differs between them (the firmware name, the
+//! The svmc service's request handler on `vsock-transport`'s rpc loop
+//! (feature `server`), written once for every server of [`ServiceVm`]:
+//! the bare-metal firmware, the Linux guest's service and the test
+//! doubles. What differs between them (the firmware name, the
 //! architecture, heap figures) comes from the `info` function they pass.
 
 use alloc::vec::Vec;
 
-use comm::service::{self, GuestInfo, Request, Response, ServiceError, ServiceVm};
+use vsock_transport::rpc::{Handler, InPlace, Then};
 
-use super::{Handler, InPlace, Then};
+use crate::{GuestInfo, Request, Response, ServiceVm};
 
 /// Answers [`ServiceVm`] requests: `Reverse` in place, `Info` from the
 /// caller's function, `PowerOff` (answered, then [`Then::Stop`] and
@@ -46,7 +47,6 @@ impl<F: FnMut() -> GuestInfo> Handler<ServiceVm> for Service<F> {
                 self.power_off = true;
                 (Response::PowerOff, Then::Stop)
             }
-            _ => (Response::Err(ServiceError::Unsupported), Then::Continue),
         }
     }
 
@@ -54,9 +54,9 @@ impl<F: FnMut() -> GuestInfo> Handler<ServiceVm> for Service<F> {
     /// pass over the bytes (the reverse), no copy, no allocation; the
     /// answer goes out as a few header bytes and the same buffer.
     fn handle_in_place(&mut self, body: &mut [u8], head: &mut Vec<u8>) -> Option<InPlace> {
-        let (id, payload) = service::reverse_payload(body)?;
+        let (id, payload) = crate::reverse_payload(body)?;
         reverse(&mut body[payload.clone()]);
-        service::reverse_response_head(id, payload.len(), head);
+        crate::reverse_response_head(id, payload.len(), head);
         Some(InPlace {
             id,
             payload,

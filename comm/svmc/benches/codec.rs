@@ -2,14 +2,14 @@
 //! the payload, and against the array-of-integers layout (`Vec<u8>` without
 //! `serde_bytes`, as AOSP rialto's messages have it).
 //!
-//! `cargo bench -p svmc-comm` prints criterion's figures, then a summary table:
+//! `cargo bench -p svmc-proto` prints criterion's figures, then a summary table:
 //!
 //! - `ours`: what a host `rpc::Client` does per request, sender and
 //!   receiver together. Encode: `ServiceVm::encode_request`
-//!   (`service::encode_request_parts`) writes the frame's head bytes into
+//!   (`svmc::encode_request_parts`) writes the frame's head bytes into
 //!   a reused buffer and the client copies the payload after them (it
 //!   sends the frame whole: see `gather`). Decode:
-//!   `ServiceVm::decode_request` (`service::decode_request`) of that
+//!   `ServiceVm::decode_request` (`svmc::decode_request`) of that
 //!   frame's body into a fresh owned `Request` (payload `Vec` allocated by
 //!   the decoder). Two payload copies, so 2.0x `to_vec` is its floor at
 //!   1 MiB.
@@ -21,7 +21,7 @@
 //! - `serde`: the generic path, `envelope::encode_request_into` +
 //!   `envelope::decode::<Request>` (serde + ciborium; what other protocols
 //!   use). Two payload copies.
-//! - `in place`: the `gather` encode + `service::reverse_payload` on the
+//! - `in place`: the `gather` encode + `svmc::reverse_payload` on the
 //!   received body, the borrowed decode with which the guest answers a
 //!   `Reverse` in its receive buffer (no payload copy at all).
 //! - `to_vec`: `payload.to_vec()`, one allocation + one copy. This is the
@@ -31,7 +31,7 @@
 //! - `array`: the generic path with `Reverse(Vec<u8>)` as an array of
 //!   integers.
 //! - `ciborium-stream`: the generic encoder + ciborium's own `from_reader`,
-//!   which is what `comm` decoded with before its slice deserializer
+//!   which is what `svmc-comm` decoded with before its slice deserializer
 //!   (src/de.rs).
 //!
 //! `maps`: decoding the bodies made of maps (struct fields): the `Info`
@@ -39,7 +39,7 @@
 //! (`Hello::decode_checked`, three passes over 3 entries) and an `ERROR`
 //! (4 entries). The `Reverse` frames above hold no map but the enum's.
 //!
-//! Targets (issue 15): `ours` within 2.0x `to_vec` at 1 MiB and 4x at
+//! Targets: `ours` within 2.0x `to_vec` at 1 MiB and 4x at
 //! 4 KiB; wire overhead at most 16 bytes per message.
 
 use std::hint::black_box;
@@ -47,10 +47,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use serde::{Deserialize, Serialize};
+use svmc::{GuestInfo, HeapStats, Request, Response, ServiceVm};
 use svmc_comm::Protocol;
 use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::{self, HEADER_LEN};
-use svmc_comm::service::{self, GuestInfo, HeapStats, Request, Response, ServiceVm};
 use svmc_comm::{Hello, frame::ProtocolError, frame::ProtocolErrorCode};
 
 const SIZES: [(usize, &str); 3] = [(16, "16 B"), (4096, "4 KiB"), (1 << 20, "1 MiB")];
@@ -122,7 +122,7 @@ fn in_place(w: &mut Wire, req: &Request) -> usize {
     w.head.clear();
     let tail = ServiceVm::encode_request(RequestId(7), req, MAX, &mut w.head).unwrap();
     black_box((&w.head, tail));
-    let (_, payload) = service::reverse_payload(&w.received[HEADER_LEN..]).unwrap();
+    let (_, payload) = svmc::reverse_payload(&w.received[HEADER_LEN..]).unwrap();
     payload.len()
 }
 

@@ -1,12 +1,12 @@
-//! The direct codec of `service` (`encode_*_parts`, `decode_request`,
+//! The direct codec of `svmc` (`encode_*_parts`, `decode_request`,
 //! `decode_response`, `reverse_payload`) against the generic serde path:
 //! byte for byte when encoding, value for value (errors included) when
 //! decoding, on well-formed, non-canonical and malformed bodies.
 
 use proptest::prelude::*;
+use svmc::{GuestInfo, Request, Response, ServiceError};
 use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::HEADER_LEN;
-use svmc_comm::service::{self, GuestInfo, Request, Response, ServiceError};
 
 fn payload() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
@@ -158,19 +158,19 @@ fn mutated_body() -> impl Strategy<Value = Vec<u8>> {
 
 fn same_decode(body: &[u8]) -> Result<(), TestCaseError> {
     prop_assert_eq!(
-        service::decode_request(body),
+        svmc::decode_request(body),
         envelope::decode::<Request>(body),
         "request {:02x?}",
         body
     );
     prop_assert_eq!(
-        service::decode_response(body),
+        svmc::decode_response(body),
         envelope::decode::<Response>(body),
         "response {:02x?}",
         body
     );
     // What `reverse_payload` finds is the generic decoder's `Reverse`.
-    if let Some((id, range)) = service::reverse_payload(body) {
+    if let Some((id, range)) = svmc::reverse_payload(body) {
         prop_assert_eq!(
             envelope::decode::<Request>(body),
             (Some(id), Ok(Request::Reverse(body[range].to_vec())))
@@ -187,7 +187,7 @@ proptest! {
         let mut want = b"keep".to_vec();
         let want_r = envelope::encode_request_into(RequestId(id), &r, max, &mut want);
         let mut got = b"keep".to_vec();
-        let got_r = service::encode_request_parts(RequestId(id), &r, max, &mut got);
+        let got_r = svmc::encode_request_parts(RequestId(id), &r, max, &mut got);
         prop_assert_eq!(got_r.is_ok(), want_r.is_ok());
         match got_r {
             Ok(tail) => prop_assert_eq!([&got[..], tail].concat(), want),
@@ -203,7 +203,7 @@ proptest! {
         let mut want = Vec::new();
         let want_r = envelope::encode_response_into(RequestId(id), &r, max, &mut want);
         let mut got = Vec::new();
-        let got_r = service::encode_response_parts(RequestId(id), &r, max, &mut got);
+        let got_r = svmc::encode_response_parts(RequestId(id), &r, max, &mut got);
         match got_r {
             Ok(tail) => prop_assert_eq!([&got[..], tail].concat(), want),
             Err(e) => {
@@ -213,7 +213,7 @@ proptest! {
         }
         if let (Response::Reverse(p), false) = (&r, got.is_empty()) {
             let mut head = Vec::new();
-            service::reverse_response_head(RequestId(id), p.len(), &mut head);
+            svmc::reverse_response_head(RequestId(id), p.len(), &mut head);
             prop_assert_eq!(&head[..], &got[HEADER_LEN..]);
         }
     }
@@ -222,11 +222,11 @@ proptest! {
     fn well_formed_bodies_decode_the_same(id in id(), req in request(), resp in response()) {
         let mut f = Vec::new();
         envelope::encode_request_into(RequestId(id), &req, u32::MAX, &mut f).unwrap();
-        prop_assert_eq!(service::decode_request(&f[HEADER_LEN..]), (Some(RequestId(id)), Ok(req)));
+        prop_assert_eq!(svmc::decode_request(&f[HEADER_LEN..]), (Some(RequestId(id)), Ok(req)));
         same_decode(&f[HEADER_LEN..])?;
         f.clear();
         envelope::encode_response_into(RequestId(id), &resp, u32::MAX, &mut f).unwrap();
-        prop_assert_eq!(service::decode_response(&f[HEADER_LEN..]), (Some(RequestId(id)), Ok(resp)));
+        prop_assert_eq!(svmc::decode_response(&f[HEADER_LEN..]), (Some(RequestId(id)), Ok(resp)));
         same_decode(&f[HEADER_LEN..])?;
     }
 
@@ -257,22 +257,22 @@ proptest! {
 fn non_canonical_reverses_are_found_or_left_to_the_generic_path() {
     // Non-shortest id and length: found in place.
     let b = b"\x82\x1a\x00\x00\x00\x09\xa1\x63rev\x59\x00\x02ab";
-    let (id, r) = service::reverse_payload(b).unwrap();
+    let (id, r) = svmc::reverse_payload(b).unwrap();
     assert_eq!((id, &b[r]), (RequestId(9), &b"ab"[..]));
     // A tagged id or a chunked payload: not in place, but still a Reverse.
     for b in [
         &b"\x82\xd8\x20\x09\xa1\x63rev\x42ab"[..],
         b"\x82\x09\xa1\x63rev\x5f\x41a\x41b\xff",
     ] {
-        assert_eq!(service::reverse_payload(b), None);
+        assert_eq!(svmc::reverse_payload(b), None);
         assert_eq!(
-            service::decode_request(b),
+            svmc::decode_request(b),
             (Some(RequestId(9)), Ok(Request::Reverse(b"ab".to_vec())))
         );
     }
     // An id over u32: no id, and the generic path's error.
     let b = b"\x82\x1b\x00\x00\x00\x01\x00\x00\x00\x00\xa1\x63rev\x40";
-    assert_eq!(service::reverse_payload(b), None);
-    assert_eq!(service::decode_request(b), envelope::decode::<Request>(b));
-    assert_eq!(service::decode_request(b).0, None);
+    assert_eq!(svmc::reverse_payload(b), None);
+    assert_eq!(svmc::decode_request(b), envelope::decode::<Request>(b));
+    assert_eq!(svmc::decode_request(b).0, None);
 }
