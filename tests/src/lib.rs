@@ -452,6 +452,8 @@ pub mod cddl {
             FrameKind::Request => Some("request-body"),
             FrameKind::Response => Some("response-body"),
             FrameKind::Error => Some("error-body"),
+            FrameKind::Cancel => Some("cancel-body"),
+            FrameKind::Chunk => Some("chunk-body"),
             FrameKind::Goodbye => None,
         }
     }
