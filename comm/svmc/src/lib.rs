@@ -137,6 +137,18 @@ pub enum Request {
     /// Power the VM off after answering with [`Response::PowerOff`].
     #[serde(rename = "off")]
     PowerOff,
+    /// Keep the guest's CPU busy for this many milliseconds: long work, for
+    /// tests and benchmarks of deadlines and cancellation. Stops early
+    /// when the client cancels it (`comm::ext`'s `cancel`) or its deadline
+    /// passes. Answered by [`Response::Spin`] with the milliseconds spent.
+    #[serde(rename = "spin")]
+    Spin(u32),
+    /// The SHA-256 of the request's data, sent as a request stream
+    /// (`comm::ext`'s `stream`: any length, in bounded memory). Sent
+    /// without a stream, the data is empty. Answered by
+    /// [`Response::Sha256`].
+    #[serde(rename = "sha256")]
+    Sha256,
 }
 
 /// A response from the service VM.
@@ -152,6 +164,13 @@ pub enum Response {
     /// The guest powers off after sending this.
     #[serde(rename = "off")]
     PowerOff,
+    /// Milliseconds spun ([`Request::Spin`]): less than asked if it was
+    /// cancelled or its deadline passed.
+    #[serde(rename = "spin")]
+    Spin(u32),
+    /// The SHA-256 digest of the request stream's data (32 bytes).
+    #[serde(rename = "sha256")]
+    Sha256(#[serde(with = "serde_bytes")] Vec<u8>),
     /// The request was understood but could not be processed.
     #[serde(rename = "err")]
     Err(ServiceError),

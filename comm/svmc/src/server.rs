@@ -4,9 +4,11 @@
 //! doubles. What differs between them (the firmware name, the
 //! architecture, heap figures) comes from the `info` function they pass.
 
+use alloc::boxed::Box;
 use alloc::vec::Vec;
 
-use vsock_transport::rpc::{Handler, InPlace, Then};
+use sha2::{Digest, Sha256};
+use vsock_transport::rpc::{Ctx, Handler, InPlace, RequestStream, Then};
 
 use crate::{GuestInfo, Request, Response, ServiceVm};
 
@@ -47,6 +49,32 @@ impl<F: FnMut() -> GuestInfo> Handler<ServiceVm> for Service<F> {
                 self.power_off = true;
                 (Response::PowerOff, Then::Stop)
             }
+            // Without a stream: the digest of no data. (Spinning needs the
+            // server's clock: see `handle_ctx`.)
+            Request::Sha256 => (
+                Response::Sha256(Sha256::digest([]).to_vec()),
+                Then::Continue,
+            ),
+            Request::Spin(_) => (Response::Spin(0), Then::Continue),
+        }
+    }
+
+    fn handle_ctx(&mut self, request: Request, ctx: &mut Ctx<'_>) -> (Response, Then) {
+        match request {
+            Request::Spin(ms) => (Response::Spin(spin(ms, ctx)), Then::Continue),
+            other => self.handle(other),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn open_stream(
+        &mut self,
+        request: Request,
+        _: &mut Ctx<'_>,
+    ) -> Option<Result<Box<dyn RequestStream<ServiceVm>>, (Response, Then)>> {
+        match request {
+            Request::Sha256 => Some(Ok(Box::new(Sha256Stream(Sha256::new())))),
+            _ => None,
         }
     }
 
@@ -62,6 +90,48 @@ impl<F: FnMut() -> GuestInfo> Handler<ServiceVm> for Service<F> {
             payload,
             then: Then::Continue,
         })
+    }
+}
+
+/// Keeps the CPU busy for `ms` milliseconds of the server's clock, asking
+/// about once a millisecond whether the request was cancelled; stops then,
+/// or when its deadline passed. Returns the whole milliseconds spent.
+fn spin(ms: u32, ctx: &mut Ctx<'_>) -> u32 {
+    let start = ctx.now_us();
+    if start == 0 {
+        // A server without a clock (`ServeConfig::now_us` left at 0):
+        // nothing to measure the time with.
+        return 0;
+    }
+    let end = start.saturating_add(u64::from(ms) * 1000);
+    let mut next_check = start;
+    loop {
+        let now = ctx.now_us();
+        if now >= end {
+            break;
+        }
+        if now >= next_check {
+            if ctx.cancelled() || ctx.remaining_us() == Some(0) {
+                break;
+            }
+            next_check = now + 1000;
+        }
+        core::hint::spin_loop();
+    }
+    u32::try_from((ctx.now_us() - start) / 1000).unwrap_or(u32::MAX)
+}
+
+/// The data of a `sha256` request stream, hashed as it comes.
+struct Sha256Stream(Sha256);
+
+impl RequestStream<ServiceVm> for Sha256Stream {
+    fn chunk(&mut self, data: &[u8], _: &mut Ctx<'_>) -> Result<(), Response> {
+        self.0.update(data);
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, _: &mut Ctx<'_>) -> (Response, Then) {
+        (Response::Sha256(self.0.finalize().to_vec()), Then::Continue)
     }
 }
 

@@ -214,6 +214,12 @@ impl Ctx<'_> {
         self.id
     }
 
+    /// Microseconds on the server's clock (`ServeConfig::now_us`; always 0
+    /// without one).
+    pub fn now_us(&self) -> u64 {
+        (self.now_us)()
+    }
+
     /// The client's W3C `traceparent`, if it sent one.
     pub fn traceparent(&self) -> Option<&str> {
         self.traceparent
