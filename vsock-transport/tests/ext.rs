@@ -594,3 +594,34 @@ fn streams_need_the_extension() {
     assert!(matches!(e, Error::Usage(_)), "{e}");
     s.stop();
 }
+
+#[test]
+fn a_stream_whose_request_is_unknown_is_refused_and_its_data_dropped() {
+    /// The same protocol as a newer client sees it: one more request.
+    #[derive(Serialize, Deserialize)]
+    enum NewReq {
+        Echo(u32),
+        Newer,
+    }
+    struct SlowNext;
+    impl Protocol for SlowNext {
+        const NAME: &'static str = Slow::NAME;
+        const VERSION: u32 = Slow::VERSION;
+        type Request = NewReq;
+        type Response = Resp;
+    }
+    let (c, mut srv) = pair();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut h = Spinner(seen.clone());
+    let server =
+        thread::spawn(move || rpc::serve::<Slow, _, _>(&mut srv, &mut h, ServeConfig::default()));
+    let mut client = Client::<_, SlowNext>::hello(c, 1 << 20).unwrap();
+    let e = client
+        .call_stream(&NewReq::Newer, &mut Data::new(300_000), |_| {})
+        .unwrap_err();
+    assert_eq!(code(&e), Some(ProtocolErrorCode::UnknownVariant), "{e}");
+    // Its chunks were read and dropped: the connection is in step.
+    assert_eq!(client.call(&NewReq::Echo(8)).unwrap(), Resp::Echo(8));
+    client.close().unwrap();
+    assert_eq!(server.join().unwrap().unwrap(), Ended::Goodbye);
+}

@@ -174,6 +174,19 @@ struct InStream<P: Protocol> {
     traceparent: Option<alloc::string::String>,
 }
 
+impl<P: Protocol> InStream<P> {
+    /// The stream of a request answered already: its data is dropped.
+    fn dropping(id: RequestId) -> Self {
+        Self {
+            id,
+            sink: None,
+            timing: None,
+            deadline_us: None,
+            traceparent: None,
+        }
+    }
+}
+
 /// A request answered in place ([`Handler::handle_in_place`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InPlace {
@@ -1044,6 +1057,10 @@ impl<P: Protocol> ServerConn<P> {
                 drop(body);
                 self.budget.give(reserved);
                 self.ahead.done();
+                if meta.stream && self.ext.stream {
+                    // Its data still comes: dropped until the end.
+                    self.stream = Some(InStream::dropping(id));
+                }
                 return self.refuse(id, code);
             }
         }
@@ -1061,6 +1078,11 @@ impl<P: Protocol> ServerConn<P> {
                 (Some(id), Ok(r)) => self.open_stream(id, r, meta, timing, handler, read_ahead),
                 (id, Err(e)) => {
                     self.ahead.done();
+                    if let Some(id) = id {
+                        // A stream is open whatever becomes of its request:
+                        // its data is dropped until the end.
+                        self.stream = Some(InStream::dropping(id));
+                    }
                     self.report(&e, id)
                 }
                 (None, Ok(_)) => unreachable!("a decoded request always has an id"),
@@ -1149,13 +1171,7 @@ impl<P: Protocol> ServerConn<P> {
         if self.ahead.current != Some(id) && self.ahead.starts(id) {
             self.ahead.done();
             // Its data still comes: dropped until the end.
-            self.stream = Some(InStream {
-                id,
-                sink: None,
-                timing,
-                deadline_us: None,
-                traceparent: None,
-            });
+            self.stream = Some(InStream::dropping(id));
             return self.refuse(id, ProtocolErrorCode::Cancelled);
         }
         let deadline_us = meta.deadline_ms.map(|ms| {
