@@ -12,6 +12,7 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use comm::Protocol;
+use comm::ext::{ConnStats, RequestMeta, ResponseMeta};
 use comm::frame::DEFAULT_MAX_BODY;
 use svmc::{GuestInfo, Request, Response, SERVICE_PORT, ServiceVm};
 use vsock_transport::rpc::Client;
@@ -154,6 +155,44 @@ impl<P: Protocol> Session<P> {
         }
     }
 
+    /// [`Session::call`] with the request's meta (a deadline, a trace
+    /// context, asking for the guest's timings and the connection's
+    /// statistics: `comm::ext`); returns the answer's meta with it, if the
+    /// guest sent one.
+    pub fn call_with(
+        &mut self,
+        request: &P::Request,
+        meta: &RequestMeta,
+    ) -> Result<(P::Response, Option<ResponseMeta>)> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or(vsock_transport::Error::ShutDown)?;
+        match client.call_with(request, meta) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.wrap(e)),
+        }
+    }
+
+    /// Sends `request` as a request stream with `data` (read to its end,
+    /// in bounded memory) and returns the answer; `progress` gets the bytes
+    /// sent so far. Needs a guest that takes request streams.
+    pub fn call_stream(
+        &mut self,
+        request: &P::Request,
+        data: &mut dyn std::io::Read,
+        progress: impl FnMut(u64),
+    ) -> Result<P::Response> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or(vsock_transport::Error::ShutDown)?;
+        match client.call_stream(request, data, progress) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.wrap(e)),
+        }
+    }
+
     /// Ends the conversation without `GOODBYE` and, for a launched VM,
     /// waits up to `timeout` for QEMU to exit and returns its status: after
     /// a request that powers the VM off.
@@ -213,6 +252,49 @@ impl Session<ServiceVm> {
             Response::Info(i) => Ok(i),
             Response::Err(e) => Err(Error::Service(e)),
             other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+    }
+
+    /// The SHA-256 of `data` (read to its end), computed in the guest from a
+    /// request stream: any length, in bounded memory on both sides;
+    /// `progress` gets the bytes sent so far.
+    pub fn sha256(
+        &mut self,
+        data: &mut dyn std::io::Read,
+        progress: impl FnMut(u64),
+    ) -> Result<[u8; 32]> {
+        match self.call_stream(&Request::Sha256, data, progress)? {
+            Response::Sha256(d) => d.try_into().map_err(|d: Vec<u8>| {
+                Error::UnexpectedResponse(format!("a digest of {} bytes", d.len()))
+            }),
+            Response::Err(e) => Err(Error::Service(e)),
+            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+    }
+
+    /// Keeps the guest's CPU busy for `ms` milliseconds (long work, for
+    /// tests of deadlines and cancellation); returns the milliseconds it
+    /// spun.
+    pub fn spin(&mut self, ms: u32) -> Result<u32> {
+        match self.call(&Request::Spin(ms))? {
+            Response::Spin(n) => Ok(n),
+            Response::Err(e) => Err(Error::Service(e)),
+            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+    }
+
+    /// What the guest reports about itself, and what it counted on this
+    /// session's connection (`None` from a guest without the `meta`
+    /// extension).
+    pub fn info_and_stats(&mut self) -> Result<(GuestInfo, Option<ConnStats>)> {
+        let meta = RequestMeta {
+            stats: true,
+            ..RequestMeta::default()
+        };
+        match self.call_with(&Request::Info, &meta)? {
+            (Response::Info(i), m) => Ok((i, m.and_then(|m| m.stats))),
+            (Response::Err(e), _) => Err(Error::Service(e)),
+            (other, _) => Err(Error::UnexpectedResponse(format!("{other:?}"))),
         }
     }
 
