@@ -176,7 +176,27 @@ Examples:
         output: Option<PathBuf>,
     },
     /// Print what the guest reports about itself.
-    Info,
+    Info {
+        /// Also print what the guest counted on this connection (requests,
+        /// bytes each way, errors, cancellations, deadlines missed, credit
+        /// stalls, answers queued).
+        #[arg(long)]
+        stats: bool,
+    },
+    /// Print the SHA-256 of a file computed in the guest (like
+    /// `sha256sum`). The file is streamed to the guest in pieces of 64
+    /// KiB, so it may be larger than the guest's memory.
+    #[command(after_help = "\
+On a terminal, a progress line shows the bytes sent so far.
+
+Examples:
+  host-cli digest --file disk.img
+  head -c 1G /dev/urandom | host-cli --memory 16 digest --file -")]
+    Digest {
+        /// The file to hash (`-`: standard input).
+        #[arg(long, short, value_name = "PATH")]
+        file: PathBuf,
+    },
     /// Power the guest off (with --vm: as `stop`; useful with --attach-*).
     PowerOff,
     /// Boot a VM that keeps running after host-cli exits, wait until its

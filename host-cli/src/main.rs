@@ -113,7 +113,9 @@ fn run(cli: &Cli) -> Result<()> {
     let attaching = cli.vm.is_some() || cli.attach_uds.is_some() || cli.attach_cid.is_some();
     match &cli.command {
         Cmd::Start { .. } | Cmd::List | Cmd::Stop { .. } | Cmd::Prune if attaching => {
-            bail!("--vm, --attach-uds and --attach-cid go with reverse, info and power-off only")
+            bail!(
+                "--vm, --attach-uds and --attach-cid go with reverse, info, digest and power-off only"
+            )
         }
         Cmd::Start { name } => return vms::start(cli, name.as_deref(), timeout, boot_timeout),
         Cmd::List => return vms::list(cli),
@@ -122,7 +124,7 @@ fn run(cli: &Cli) -> Result<()> {
         Cmd::PowerOff if cli.vm.is_some() => {
             return vms::stop(cli, cli.vm.as_deref().unwrap_or_default(), timeout);
         }
-        Cmd::Reverse { .. } | Cmd::Info | Cmd::PowerOff => {}
+        Cmd::Reverse { .. } | Cmd::Info { .. } | Cmd::Digest { .. } | Cmd::PowerOff => {}
     }
     // Open the input before booting or connecting: an unreadable file
     // fails with nothing started.
@@ -132,6 +134,10 @@ fn run(cli: &Cli) -> Result<()> {
             Some(payload::Output::open(output.as_deref())?),
         ),
         _ => (None, None),
+    };
+    let mut stream = match &cli.command {
+        Cmd::Digest { file } => Some(payload::Stream::open(file)?),
+        _ => None,
     };
     let attach = if let Some(name) = &cli.vm {
         vms::attach(name)?
@@ -166,10 +172,33 @@ fn run(cli: &Cli) -> Result<()> {
             let result = payload::with_progress(data.len(), || session.reverse(data))?;
             payload::write_result(&result, output, text, cli.json)?;
         }
-        Cmd::Info => {
-            let info = session.info()?;
+        Cmd::Digest { file } => {
+            let stream = stream.as_mut().context("no input")?;
+            let digest = stream.digest(|data, progress| session.sha256(data, progress))?;
+            let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
             if cli.json {
-                stdout::println(serde_json::to_string(&info)?)?;
+                stdout::println(
+                    serde_json::json!({"sha256": hex, "bytes": stream.sent(), "file": file}),
+                )?;
+            } else {
+                stdout::println(format!("{hex}  {}", file.display()))?;
+            }
+        }
+        Cmd::Info { stats } => {
+            let (info, conn) = if *stats {
+                session.info_and_stats()?
+            } else {
+                (session.info()?, None)
+            };
+            if *stats && conn.is_none() {
+                bail!("this guest reports no statistics (it does not offer the `meta` extension)");
+            }
+            if cli.json {
+                let mut v = serde_json::to_value(&info)?;
+                if let Some(c) = conn {
+                    v["connection"] = serde_json::to_value(c)?;
+                }
+                stdout::println(v)?;
             } else {
                 use std::fmt::Write as _;
                 let mut s = String::new();
@@ -186,6 +215,21 @@ fn run(cli: &Cli) -> Result<()> {
                         s,
                         "heap:             {} bytes, {} in use, peak {}",
                         h.size, h.used, h.peak
+                    );
+                }
+                if let Some(c) = conn {
+                    let _ = writeln!(
+                        s,
+                        "this connection:  {} requests, {} bytes in, {} bytes out, {} errors, \
+                         {} cancelled, {} past their deadline, {} credit stalls, {} answers queued",
+                        c.requests,
+                        c.bytes_in,
+                        c.bytes_out,
+                        c.errors,
+                        c.cancelled,
+                        c.expired,
+                        c.stalls,
+                        c.queued
                     );
                 }
                 stdout::print(&s)?;
