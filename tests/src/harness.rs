@@ -1,16 +1,34 @@
 //! The one runner of the QEMU suites. Each suite's `main` is
 //! `tests::harness::main(&SUITE)`; the runner reads the context from the
 //! environment ([`crate::suites::vars`]), makes the log directory (and a
-//! private `TMPDIR` if the suite asks for one), runs the cases that match
-//! the filter one after the other, prints one line per case and a final
-//! `<suite>-<arch>: N passed, M failed` line, keeps the logs of a failed
-//! run, and exits non-zero if anything failed.
+//! private `TMPDIR` if the suite asks for one), builds the suite's state
+//! once, and hands the cases to [`libtest_mimic`], which parses libtest's
+//! command line (`FILTER`, `--exact`, `--skip`, `--list`, ...) and prints
+//! libtest's lines. What it adds to libtest-mimic:
+//!
+//! - the state the cases share (a VM, a private `TMPDIR`), built before
+//!   them and dropped after them, before the logs are kept or removed;
+//!   a failed set-up fails every selected case with its message;
+//! - one case at a time, in order, on the main thread (the cases count
+//!   processes and files left over, so none may run beside another);
+//! - [`Suite::last`], which runs whatever the filter (powering off the
+//!   shared VM);
+//! - the final `<suite>-<arch>: N passed, M failed` line the CI log is
+//!   read by, and the log directory kept (and named) when anything failed;
+//! - helper modes of the suite's binary ([`helper_command`]).
+//!
+//! `conformance` has its own `main` (it can check a peer that is not a VM
+//! of `cargo xtask`) and runs its cases with [`run_cases`].
 //!
 //! Command line (what `cargo test -p tests --test <suite> -- ...` passes):
-//! `[FILTER] [--exact] [--list]`; other `-`-options are ignored.
+//! libtest's, as libtest-mimic reads it.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
+
+use libtest_mimic::{Arguments, Failed, Trial};
 
 use crate::suites::vars;
 use crate::{Ctx, PrivateTmp};
@@ -51,48 +69,19 @@ pub struct Suite<C: 'static> {
     pub helpers: &'static [Helper],
 }
 
-/// The command line of a suite binary.
-#[derive(Debug, Default)]
-struct Args {
-    filter: Option<String>,
-    exact: bool,
-    list: bool,
-}
-
-impl Args {
-    fn parse() -> Self {
-        let mut a = Self::default();
-        for arg in std::env::args().skip(1) {
-            match arg.as_str() {
-                "--exact" => a.exact = true,
-                "--list" => a.list = true,
-                s if s.starts_with('-') => {}
-                s => a.filter = Some(s.to_string()),
-            }
-        }
-        a
-    }
-
-    fn matches(&self, name: &str) -> bool {
-        match &self.filter {
-            None => true,
-            Some(f) if self.exact => name == f,
-            Some(f) => name.contains(f.as_str()),
-        }
-    }
-}
-
 /// Runs `suite` (never returns).
-pub fn main<C>(suite: &Suite<C>) -> ! {
+pub fn main<C: Send + Sync + 'static>(suite: &Suite<C>) -> ! {
     if let Ok(name) = std::env::var(vars::HELPER) {
         std::process::exit(run_helper(suite, &name));
     }
-    let args = Args::parse();
+    let mut args = Arguments::from_args();
+    // The cases share a VM or a private TMPDIR and count what is left
+    // over: one at a time, in order, on this thread.
+    args.test_threads = Some(1);
     if args.list {
-        for (name, _) in suite.cases.iter().chain(suite.last.iter()) {
-            println!("{name}: test");
-        }
-        std::process::exit(0);
+        let all = suite.cases.iter().chain(suite.last.iter());
+        let trials = all.map(|(name, _)| Trial::test(*name, || Ok(()))).collect();
+        libtest_mimic::run(&args, trials).exit();
     }
     let tmp = suite.private_tmp.then(|| {
         // SAFETY: the first thing the binary does: no other thread runs.
@@ -120,40 +109,68 @@ pub fn main<C>(suite: &Suite<C>) -> ! {
     };
     let label = format!("{}-{}", suite.name, ctx.label());
     println!("{} on {ctx}", suite.name);
-    let cases: Vec<Case<C>> = suite
-        .cases
-        .iter()
-        .copied()
-        .filter(|(n, _)| args.matches(n))
-        .collect();
     let setup = Setup {
         ctx,
         tmp,
         logs: logs.path().to_path_buf(),
     };
-    let state = match (suite.setup)(setup) {
-        Ok(s) => s,
-        Err(e) => {
-            println!("{}: set-up failed: {e}", suite.name);
-            println!(
-                "{label}: 0 passed, {} failed",
-                cases.len() + suite.last.iter().len()
-            );
-            println!("logs kept in {}", logs.keep().display());
-            std::process::exit(1);
-        }
+    // A failed set-up fails every selected case with its message.
+    let state = (suite.setup)(setup).map(Arc::new);
+    if let Err(e) = &state {
+        println!("{}: set-up failed: {e}", suite.name);
+    }
+    let trial = |(name, f): Case<C>| {
+        let state = state.clone();
+        Trial::test(name, move || run_case(f, &state))
     };
-    let mut all = cases;
-    all.extend(suite.last);
-    let ok = run_cases(&label, &state, &all, None);
+    let mut trials: Vec<Trial> = suite.cases.iter().copied().map(trial).collect();
+    // `last` runs whatever the filter: with the others if selected, else
+    // after them.
+    let last_apart = suite
+        .last
+        .filter(|(name, _)| args.is_filtered_out(&Trial::test(*name, || Ok(()))));
+    if last_apart.is_none() {
+        trials.extend(suite.last.map(trial));
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    let (mut passed, mut failed) = (conclusion.num_passed, conclusion.num_failed);
+    if let Some((name, f)) = last_apart {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| run_case(f, &state))) {
+            Ok(Ok(())) => {
+                println!("test {name} ... ok (runs last whatever the filter)");
+                passed += 1;
+            }
+            Ok(Err(e)) => {
+                println!("test {name} ... FAILED (runs last whatever the filter): {e:?}");
+                failed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED (runs last whatever the filter): panicked");
+                failed += 1;
+            }
+        }
+    }
+    println!("{label}: {passed} passed, {failed} failed");
     // Leftovers were reported by the cases; the state (a private TMPDIR,
     // a shared VM) goes before the logs are kept or removed.
     drop(state);
-    if !ok {
+    if failed > 0 {
         println!("logs kept in {}", logs.keep().display());
         std::process::exit(1);
     }
+    drop(logs);
     std::process::exit(0)
+}
+
+/// One case against the state, or the set-up's error.
+fn run_case<C>(
+    f: fn(&C) -> Result<(), String>,
+    state: &Result<Arc<C>, String>,
+) -> Result<(), Failed> {
+    match state {
+        Ok(s) => f(s).map_err(Failed::from),
+        Err(e) => Err(format!("set-up failed: {e}").into()),
+    }
 }
 
 fn run_helper<C>(suite: &Suite<C>, name: &str) -> i32 {
@@ -220,22 +237,6 @@ pub fn run_cases<C>(label: &str, ctx: &C, cases: &[Case<C>], filter: Option<&str
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn filters() {
-        let a = Args {
-            filter: Some("cli".into()),
-            ..Args::default()
-        };
-        assert!(a.matches("cli_ctrl_c") && a.matches("a_cli") && !a.matches("qemu"));
-        let e = Args {
-            filter: Some("cli".into()),
-            exact: true,
-            ..Args::default()
-        };
-        assert!(e.matches("cli") && !e.matches("cli_ctrl_c"));
-        assert!(Args::default().matches("anything"));
-    }
 
     fn ok(_: &()) -> Result<(), String> {
         Ok(())
