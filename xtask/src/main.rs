@@ -13,6 +13,8 @@ mod outside;
 mod profile;
 mod qmp;
 mod setup;
+#[cfg(test)]
+mod tidy;
 mod util;
 
 use std::process::ExitCode;
