@@ -26,7 +26,6 @@
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
 
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -74,14 +73,15 @@ pub fn main<C: Send + Sync + 'static>(suite: &Suite<C>) -> ! {
     if let Ok(name) = std::env::var(vars::HELPER) {
         std::process::exit(run_helper(suite, &name));
     }
-    let mut args = Arguments::from_args();
-    // The cases share a VM or a private TMPDIR and count what is left
-    // over: one at a time, in order, on this thread.
-    args.test_threads = Some(1);
+    let args = arguments();
+    let cases: Vec<Case<C>> = suite
+        .cases
+        .iter()
+        .chain(suite.last.iter())
+        .copied()
+        .collect();
     if args.list {
-        let all = suite.cases.iter().chain(suite.last.iter());
-        let trials = all.map(|(name, _)| Trial::test(*name, || Ok(()))).collect();
-        libtest_mimic::run(&args, trials).exit();
+        list(&args, &cases);
     }
     let tmp = suite.private_tmp.then(|| {
         // SAFETY: the first thing the binary does: no other thread runs.
@@ -119,37 +119,8 @@ pub fn main<C: Send + Sync + 'static>(suite: &Suite<C>) -> ! {
     if let Err(e) = &state {
         println!("{}: set-up failed: {e}", suite.name);
     }
-    let trial = |(name, f): Case<C>| {
-        let state = state.clone();
-        Trial::test(name, move || run_case(f, &state))
-    };
-    let mut trials: Vec<Trial> = suite.cases.iter().copied().map(trial).collect();
-    // `last` runs whatever the filter: with the others if selected, else
-    // after them.
-    let last_apart = suite
-        .last
-        .filter(|(name, _)| args.is_filtered_out(&Trial::test(*name, || Ok(()))));
-    if last_apart.is_none() {
-        trials.extend(suite.last.map(trial));
-    }
-    let conclusion = libtest_mimic::run(&args, trials);
-    let (mut passed, mut failed) = (conclusion.num_passed, conclusion.num_failed);
-    if let Some((name, f)) = last_apart {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| run_case(f, &state))) {
-            Ok(Ok(())) => {
-                println!("test {name} ... ok (runs last whatever the filter)");
-                passed += 1;
-            }
-            Ok(Err(e)) => {
-                println!("test {name} ... FAILED (runs last whatever the filter): {e:?}");
-                failed += 1;
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED (runs last whatever the filter): panicked");
-                failed += 1;
-            }
-        }
-    }
+    let always = suite.last.map(|(name, _)| name);
+    let (passed, failed) = run_trials(&args, state.clone(), &cases, always);
     println!("{label}: {passed} passed, {failed} failed");
     // Leftovers were reported by the cases; the state (a private TMPDIR,
     // a shared VM) goes before the logs are kept or removed.
@@ -160,6 +131,66 @@ pub fn main<C: Send + Sync + 'static>(suite: &Suite<C>) -> ! {
     }
     drop(logs);
     std::process::exit(0)
+}
+
+/// The command line of a suite binary (libtest's), with one case at a time:
+/// the cases share a VM or a private TMPDIR and count what is left over,
+/// so they run in order on this thread.
+pub fn arguments() -> Arguments {
+    let mut args = Arguments::from_args();
+    args.test_threads = Some(1);
+    args
+}
+
+/// Prints `cases`' names as `--list` does and exits.
+pub fn list<C>(args: &Arguments, cases: &[Case<C>]) -> ! {
+    let trials = cases.iter().map(|(name, _)| Trial::test(*name, || Ok(())));
+    libtest_mimic::run(args, trials.collect()).exit()
+}
+
+/// Runs the `cases` that `args` selects against `state` (or fails them
+/// with the set-up's error), in order; the case named `always` runs even
+/// if the filter leaves it out, after the others. Returns how many passed
+/// and failed.
+pub fn run_trials<C: Send + Sync + 'static>(
+    args: &Arguments,
+    state: Result<Arc<C>, String>,
+    cases: &[Case<C>],
+    always: Option<&str>,
+) -> (u64, u64) {
+    let apart = always.and_then(|name| {
+        let case = *cases.iter().find(|(n, _)| *n == name)?;
+        args.is_filtered_out(&Trial::test(name, || Ok(())))
+            .then_some(case)
+    });
+    let trials = cases
+        .iter()
+        .filter(|(n, _)| apart.is_none_or(|(a, _)| a != *n))
+        .map(|&(name, f)| {
+            let state = state.clone();
+            Trial::test(name, move || run_case(f, &state))
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(args, trials);
+    let (mut passed, mut failed) = (conclusion.num_passed, conclusion.num_failed);
+    if let Some((name, f)) = apart {
+        let why = "runs last whatever the filter";
+        match std::panic::catch_unwind(AssertUnwindSafe(|| run_case(f, &state))) {
+            Ok(Ok(())) => {
+                println!("test {name} ... ok ({why})");
+                passed += 1;
+            }
+            Ok(Err(e)) => {
+                println!("test {name} ... FAILED ({why}): {e:?}");
+                failed += 1;
+            }
+            Err(_) => {
+                println!("test {name} ... FAILED ({why}): panicked");
+                failed += 1;
+            }
+        }
+    }
+    (passed, failed)
 }
 
 /// One case against the state, or the set-up's error.
@@ -200,40 +231,6 @@ pub fn helper_command(ctx: &Ctx, name: &str) -> std::process::Command {
     c
 }
 
-/// Runs `cases` whose names contain `filter`, printing one line per test and
-/// a final `<label>: N passed, M failed` line. Returns whether all passed.
-pub fn run_cases<C>(label: &str, ctx: &C, cases: &[Case<C>], filter: Option<&str>) -> bool {
-    let mut passed = 0;
-    let mut failed = Vec::new();
-    for (name, f) in cases {
-        if filter.is_some_and(|flt| !name.contains(flt)) {
-            continue;
-        }
-        let start = Instant::now();
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(ctx)));
-        let ms = start.elapsed().as_millis();
-        match result {
-            Ok(Ok(())) => {
-                passed += 1;
-                println!("test {name} ... ok ({ms} ms)");
-            }
-            Ok(Err(e)) => {
-                println!("test {name} ... FAILED ({ms} ms): {e}");
-                failed.push(*name);
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED ({ms} ms): panicked");
-                failed.push(*name);
-            }
-        }
-    }
-    if !failed.is_empty() {
-        println!("failed: {}", failed.join(", "));
-    }
-    println!("{label}: {passed} passed, {} failed", failed.len());
-    failed.is_empty()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,11 +245,69 @@ mod tests {
         panic!("on purpose")
     }
 
+    /// libtest-mimic's lines go to a file, so that this test's output has
+    /// no `FAILED` in it when it passes.
+    fn args(filter: Option<&str>) -> Arguments {
+        static LOG: std::sync::LazyLock<tempfile::TempDir> =
+            std::sync::LazyLock::new(|| tempfile::tempdir().unwrap());
+        Arguments {
+            filter: filter.map(str::to_string),
+            test_threads: Some(1),
+            logfile: Some(
+                LOG.path()
+                    .join(format!("{:?}.log", std::thread::current().id()))
+                    .display()
+                    .to_string(),
+            ),
+            ..Arguments::default()
+        }
+    }
+
     #[test]
     fn failures_and_panics_count() {
-        assert!(run_cases("t", &(), &[("a", ok), ("b", ok)], None));
-        assert!(!run_cases("t", &(), &[("a", ok), ("b", fails)], None));
-        assert!(!run_cases("t", &(), &[("p", panics)], None));
-        assert!(run_cases("t", &(), &[("a", ok), ("b", fails)], Some("a")));
+        let all = args(None);
+        assert_eq!(
+            run_trials(&all, Ok(Arc::new(())), &[("a", ok), ("b", ok)], None),
+            (2, 0)
+        );
+        assert_eq!(
+            run_trials(&all, Ok(Arc::new(())), &[("a", ok), ("b", fails)], None),
+            (1, 1)
+        );
+        assert_eq!(
+            run_trials(&all, Ok(Arc::new(())), &[("p", panics)], None),
+            (0, 1)
+        );
+        let only_a = args(Some("a"));
+        assert_eq!(
+            run_trials(&only_a, Ok(Arc::new(())), &[("a", ok), ("b", fails)], None),
+            (1, 0)
+        );
+    }
+
+    #[test]
+    fn the_always_case_runs_whatever_the_filter() {
+        let cases: &[Case<()>] = &[("a", ok), ("end", fails), ("c", ok)];
+        assert_eq!(
+            run_trials(&args(Some("c")), Ok(Arc::new(())), cases, Some("end")),
+            (1, 1)
+        );
+        assert_eq!(
+            run_trials(&args(Some("end")), Ok(Arc::new(())), cases, Some("end")),
+            (0, 1)
+        );
+        assert_eq!(
+            run_trials(&args(None), Ok(Arc::new(())), cases, Some("end")),
+            (2, 1)
+        );
+    }
+
+    #[test]
+    fn a_failed_set_up_fails_the_selected_cases() {
+        let cases: &[Case<()>] = &[("a", ok), ("b", ok)];
+        assert_eq!(
+            run_trials(&args(Some("b")), Err("no VM".into()), cases, Some("a")),
+            (0, 2)
+        );
     }
 }
