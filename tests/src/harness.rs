@@ -18,7 +18,9 @@
 //! - helper modes of the suite's binary ([`helper_command`]).
 //!
 //! `conformance` has its own `main` (it can check a peer that is not a VM
-//! of `cargo xtask`) and runs its cases with [`run_cases`].
+//! of `cargo xtask`) and runs its cases with [`run_trials`], as [`main`]
+//! does. libtest-mimic prints no time per case; a case that measures
+//! prints its own figures.
 //!
 //! Command line (what `cargo test -p tests --test <suite> -- ...` passes):
 //! libtest's, as libtest-mimic reads it.
