@@ -5,6 +5,7 @@
 //! checks them.
 
 use ::tests::suites::Qemu;
+use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
 use host::{Arch, Guest};
 
@@ -151,9 +152,13 @@ pub struct RunE2e {
     #[arg(long, value_name = "system|10.0", value_parser = parse_qemu, default_value = "system")]
     pub qemu: Qemu,
     /// Run only this suite (repeatable; default: every suite of the
-    /// target): e2e, conformance, faults, hostile_host, hostile_guest,
-    /// cli_vm, load, soak.
-    #[arg(long = "suite", value_name = "S", value_parser = parse_suite, action = clap::ArgAction::Append)]
+    /// target).
+    #[arg(
+        long = "suite",
+        value_name = "S",
+        action = clap::ArgAction::Append,
+        value_parser = PossibleValuesParser::new(::tests::suites::SUITES.iter().map(|s| s.name)),
+    )]
     pub suites: Vec<String>,
     /// Run against the Linux test VM (x86_64): the suites that apply to it,
     /// then vsock-transport's AF_VSOCK tests inside it (vsock_loopback).
@@ -169,10 +174,6 @@ fn parse_qemu(s: &str) -> Result<Qemu, String> {
         "10.0" => Ok(Qemu::Backports),
         v => Err(format!("--qemu {v}: use system or 10.0")),
     }
-}
-
-fn parse_suite(s: &str) -> Result<String, String> {
-    crate::e2e::check_names(&[s.to_string()]).map(|()| s.to_string())
 }
 
 /// `cargo xtask soak`.
