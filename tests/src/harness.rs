@@ -183,7 +183,8 @@ pub fn run_trials<C: Send + Sync + 'static>(
                 passed += 1;
             }
             Ok(Err(e)) => {
-                println!("test {name} ... FAILED ({why}): {e:?}");
+                let e = e.message().unwrap_or("failed");
+                println!("test {name} ... FAILED ({why}): {e}");
                 failed += 1;
             }
             Err(_) => {
