@@ -13,7 +13,7 @@ use std::time::Duration;
 use host::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::Timeouts;
 
-pub use harness::{Case, run_cases};
+pub use harness::Case;
 use suites::vars;
 
 /// What the end-to-end tests run against, from the environment that

@@ -1,4 +1,4 @@
-//! `host-cli` as a VM tool (issue 16): `start`, `list`, `--vm NAME`,
+//! `host-cli` as a VM tool: `start`, `list`, `--vm NAME`,
 //! `stop`, `prune`, binary payloads through files, stdin and stdout, and
 //! the failures (unknown name, dead VM, payload too large, name in use).
 //!

@@ -19,7 +19,9 @@
 //! writes them there.
 //!
 //! Cases are plain functions in [`CASES`], run in order by
-//! `tests::run_cases`; `r_end_3_power_off` and the CDDL check come last.
+//! `tests::harness::run_trials` (libtest's command line: a filter,
+//! `--exact`, `--skip`, `--list`); `r_end_3_power_off` and the CDDL check
+//! come last, and the power-off runs whatever the filter.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::Shutdown;
@@ -37,7 +39,7 @@ use comm::frame::{
 use comm::{Hello, Protocol};
 use host::Session;
 use svmc::{Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
-use tests::{Case, Ctx, cddl, ensure, run_cases};
+use tests::{Case, Ctx, cddl, ensure};
 use vsock_transport::Timeouts;
 
 type R = Result<(), String>;
@@ -1745,7 +1747,10 @@ fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
 }
 
 fn main() {
-    let filter = std::env::args().nth(1).filter(|a| !a.starts_with('-'));
+    let args = tests::harness::arguments();
+    if args.list {
+        tests::harness::list(&args, CASES);
+    }
     let logs = tempfile::Builder::new()
         .prefix("svmc-conformance-logs-")
         .tempdir()
@@ -1806,13 +1811,11 @@ fn main() {
         .filter(|(name, _)| launched || !name.contains("boot_connection"))
         .collect();
     // With a filter, still power off at the end.
-    let mut ok = run_cases(&label, &peer, &cases, filter.as_deref());
-    if filter
-        .as_deref()
-        .is_some_and(|f| !"r_end_3_power_off".contains(f))
-    {
-        ok &= run_cases(&label, &peer, &cases, Some("r_end_3_power_off"));
-    }
+    let peer = std::sync::Arc::new(peer);
+    let (passed, failed) =
+        tests::harness::run_trials(&args, Ok(peer.clone()), &cases, Some("r_end_3_power_off"));
+    println!("{label}: {passed} passed, {failed} failed");
+    let ok = failed == 0;
     drop(peer);
     // `exit` runs no destructors: remove the logs, or keep them (the
     // guest's serial log says why a case failed) and say where.

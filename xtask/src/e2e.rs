@@ -6,7 +6,7 @@
 //! too.
 
 use host::{Arch, Guest};
-use tests::suites::{self, Qemu, SOAK, SUITES, Target, vars};
+use tests::suites::{Qemu, SOAK, SUITES, Target, vars};
 
 use crate::image;
 use crate::util::{self, Result, cargo};
@@ -45,19 +45,6 @@ pub fn soak(arch: Arch, filter: Option<&str>) -> Result<()> {
         qemu: Qemu::System,
     };
     run_suites(&target, &["soak"], Size::Full, filter)
-}
-
-/// Checks that every name in `names` is a suite.
-pub fn check_names(names: &[String]) -> Result<()> {
-    for n in names {
-        if suites::suite(n).is_none() {
-            return Err(format!(
-                "unknown suite {n:?} (suites: {})",
-                all_suites().join(", ")
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// `cargo test` arguments that select the suites `names`.

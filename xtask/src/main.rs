@@ -1,88 +1,47 @@
-//! `cargo xtask <command>`: project automation (rust-analyzer style: plain
-//! std, one module per command).
+//! `cargo xtask <command>`: project automation in the manner of
+//! rust-analyzer's xtask: the commands and flags declared in [`flags`]
+//! (clap), one module per command, processes run through [`util`].
 
 mod bench;
 mod ci;
 mod docs;
 mod e2e;
+mod flags;
 mod image;
 mod linux;
 mod outside;
 mod profile;
 mod qmp;
 mod setup;
+#[cfg(test)]
+mod tidy;
 mod util;
 
 use std::process::ExitCode;
 
+use clap::{CommandFactory, Parser};
 use host::Arch;
 
-const HELP: &str = "\
-cargo xtask <command> [options]
-
-Commands:
-  setup                        install what is missing: bare-metal Rust targets (rustup),
-                               QEMU (apt-get), vhost-device-vsock 0.3.0 and the cddl 0.10.7
-                               CLI (cargo install into .tools/), QEMU 10.0 from
-                               bookworm-backports (apt-get download, dpkg -x into .tools/)
-  build-image [--arch A]       build the release guest image and print its path (default x86_64)
-  build-image --verbose        the same with debug and trace logs compiled in (`svmc.log=debug`),
-                               as guest-verbose next to it
-  build-image --guest linux    fetch Debian's cloud kernel, build the Linux test VM (kernel,
-                               initramfs with the linux_service example as /init) into target/linux
-  run-e2e [--arch A|all] [--machine M] [--qemu system|10.0] [--suite S]... [FILTER]
-                               set up, build, and run the QEMU suites (e2e, conformance, faults,
-                               hostile_host, hostile_guest, cli_vm, load, soak at CI size; --suite
-                               picks some) against real QEMU (the distribution's, or 10.0 unpacked
-                               into .tools/)
-  run-e2e --guest linux [FILTER]
-                               the same suite against the Linux test VM (x86_64), then
-                               vsock-transport's AF_VSOCK tests inside it (vsock_loopback)
-  soak [--arch A] [FILTER]     set up, build, and run the soak suite with the full counts
-                               (200 launch cycles, 100,000 requests on one connection, 4 VMs at once)
-  bench [--arch A] [--reps N] [--no-codec] [--no-microvm] [--no-mem]
-                               boot, round-trip, throughput, size and memory figures next to
-                               their floors (QEMU alone, the guest's raw reverse and echo modes);
-                               see BENCHMARKS.md
-  profile [--arch A] [--mode service|raw-reverse] [--size N] [--samples N] [--interval-ms M]
-          [--top N]            sample the guest's PC through QMP while the host repeats N-byte
-                               reverses, mapped to the symbols of an unstripped build (the N
-                               busiest functions and lines); see BENCHMARKS.md
-  demo                         set up, build, and run `host-cli reverse abc` (the README's main job)
-  outside [--arch A|all]       the key store service VM (guest/examples/keystore) as an outside project:
-                               copied out of the workspace with path dependencies, built and run
-                               with its README's commands (default: both architectures)
-  dist-docs [--out DIR]        host-cli's shell completions (bash, zsh, fish, elvish, PowerShell)
-                               and man pages, from its clap definition, into target/dist
-  lint                         what CI checks before the tests: fmt, clippy (every feature set
-                               and target, the QEMU suites, the guest), the guest's docs
-  test                         the whole test suite: host unit/integration tests, bare-metal
-                               builds, docs, the end-to-end suite on every architecture, and
-                               the Linux guest (e2e + in-VM AF_VSOCK tests); the QEMU suites run on
-                               every machine of the test matrix (tests::suites::MATRIX)
-  help                         this text
-
-Architectures: x86_64, aarch64 (all = both).";
+use flags::Command;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let result = match args.first().map(String::as_str) {
-        Some("setup") => setup::setup(),
-        Some("build-image") => build_image(&args[1..]),
-        Some("run-e2e") => run_e2e(&args[1..]),
-        Some("soak") => soak(&args[1..]),
-        Some("bench") => bench::run(&args[1..]),
-        Some("profile") => profile::run(&args[1..]),
-        Some("demo") => demo(),
-        Some("outside") => outside(&args[1..]),
-        Some("test") => test(),
-        Some("lint") => ci::lint(),
-        Some("dist-docs") => docs::dist_docs(&args[1..]),
-        Some("help" | "--help" | "-h") | None => {
-            println!("{HELP}");
+    let xtask = flags::Xtask::parse();
+    let result = match xtask.command {
+        Some(Command::Setup) => setup::setup(),
+        Some(Command::BuildImage(f)) => build_image(&f),
+        Some(Command::RunE2e(f)) => run_e2e(&f),
+        Some(Command::Soak(f)) => soak(&f),
+        Some(Command::Bench(f)) => bench::run(&f.to_args()),
+        Some(Command::Profile(f)) => profile::run(&f),
+        Some(Command::Demo) => demo(),
+        Some(Command::Outside(f)) => outside(&f),
+        Some(Command::Test) => test(),
+        Some(Command::Lint) => ci::lint(),
+        Some(Command::DistDocs(f)) => docs::dist_docs(f.out),
+        None => {
+            println!("{}", flags::Xtask::command().render_long_help());
             Ok(())
         }
-        Some(other) => Err(format!("unknown command {other:?}\n\n{HELP}")),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,7 +52,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Splits `--arch A` out of `args`; `all` means every architecture.
+/// Splits `--arch A` out of `args`; `all` means every architecture. For
+/// `bench`, which parses the arguments [`flags::Bench`] hands it.
 fn archs(args: &[String], default: &[Arch]) -> util::Result<(Vec<Arch>, Vec<String>)> {
     let mut archs = default.to_vec();
     let mut rest = Vec::new();
@@ -113,49 +73,20 @@ fn archs(args: &[String], default: &[Arch]) -> util::Result<(Vec<Arch>, Vec<Stri
     Ok((archs, rest))
 }
 
-/// Splits `--guest firmware|linux` out of `args`.
-fn guest(args: &[String]) -> util::Result<(host::Guest, Vec<String>)> {
-    let mut guest = host::Guest::Firmware;
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        let value = if a == "--guest" {
-            Some(it.next().ok_or("--guest needs a value")?.clone())
-        } else {
-            a.strip_prefix("--guest=").map(str::to_string)
-        };
-        match value {
-            Some(v) => guest = v.parse()?,
-            None => rest.push(a.clone()),
-        }
-    }
-    Ok((guest, rest))
-}
-
-fn outside(args: &[String]) -> util::Result<()> {
-    let (archs, rest) = archs(args, &Arch::ALL)?;
-    if let Some(extra) = rest.first() {
-        return Err(format!("unexpected argument {extra:?}"));
-    }
+fn outside(f: &flags::Outside) -> util::Result<()> {
     setup::setup()?;
-    outside::run_outside(&archs)
+    outside::run_outside(&f.arch.0)
 }
 
-fn build_image(args: &[String]) -> util::Result<()> {
-    let (guest, args) = guest(args)?;
-    if guest == host::Guest::Linux {
+fn build_image(f: &flags::BuildImage) -> util::Result<()> {
+    if f.guest == host::Guest::Linux {
         let vm = linux::build()?;
         println!("{}\n{}", vm.kernel.display(), vm.initrd.display());
         return Ok(());
     }
-    let (archs, rest) = archs(&args, &[Arch::X86_64])?;
-    let verbose = rest.iter().any(|a| a == "--verbose");
-    if let Some(extra) = rest.iter().find(|a| *a != "--verbose") {
-        return Err(format!("unexpected argument {extra:?}"));
-    }
     setup::setup()?;
-    for arch in archs {
-        let path = if verbose {
+    for arch in f.arch.or(&[Arch::X86_64]) {
+        let path = if f.verbose {
             image::build_verbose(arch)?
         } else {
             image::build(arch, &[])?
@@ -165,46 +96,14 @@ fn build_image(args: &[String]) -> util::Result<()> {
     Ok(())
 }
 
-/// Splits every `--NAME V` / `--NAME=V` out of `args`.
-fn option(args: &[String], name: &str) -> util::Result<(Vec<String>, Vec<String>)> {
-    let flag = format!("--{name}");
-    let mut values = Vec::new();
-    let mut rest = Vec::new();
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        if *a == flag {
-            values.push(it.next().ok_or(format!("{flag} needs a value"))?.clone());
-        } else if let Some(v) = a.strip_prefix(&format!("{flag}=")) {
-            values.push(v.to_string());
-        } else {
-            rest.push(a.clone());
-        }
-    }
-    Ok((values, rest))
-}
-
-fn run_e2e(args: &[String]) -> util::Result<()> {
-    let (guest, args) = guest(args)?;
-    let (only, args) = option(&args, "suite")?;
-    e2e::check_names(&only)?;
-    let (machine, args) = option(&args, "machine")?;
-    let (qemu, args) = option(&args, "qemu")?;
-    let qemu = match qemu.last().map(String::as_str) {
-        None | Some("system") => tests::suites::Qemu::System,
-        Some("10.0") => tests::suites::Qemu::Backports,
-        Some(v) => return Err(format!("--qemu {v}: use system or 10.0")),
-    };
-    let (archs, rest) = archs(&args, &[Arch::X86_64])?;
-    if rest.len() > 1 {
-        return Err(format!("unexpected argument {:?}", rest[1]));
-    }
-    let filter = rest.first().map(String::as_str);
+fn run_e2e(f: &flags::RunE2e) -> util::Result<()> {
+    let filter = f.filter.as_deref();
     setup::setup()?;
-    if guest == host::Guest::Linux {
-        return e2e::run_linux(&only, filter);
+    if f.guest == host::Guest::Linux {
+        return e2e::run_linux(&f.suites, filter);
     }
-    for arch in archs {
-        let machine = match machine.last() {
+    for arch in f.arch.or(&[Arch::X86_64]) {
+        let machine = match &f.machine {
             Some(m) => Some(
                 host::machine::find(arch, Some(m))
                     .map_err(|e| e.to_string())?
@@ -216,18 +115,17 @@ fn run_e2e(args: &[String]) -> util::Result<()> {
             arch,
             machine,
             suites: None,
-            qemu,
+            qemu: f.qemu,
         };
-        e2e::run(&target, &only, filter)?;
+        e2e::run(&target, &f.suites, filter)?;
     }
     Ok(())
 }
 
-fn soak(args: &[String]) -> util::Result<()> {
-    let (archs, rest) = archs(args, &[Arch::X86_64])?;
+fn soak(f: &flags::Soak) -> util::Result<()> {
     setup::setup()?;
-    for arch in archs {
-        e2e::soak(arch, rest.first().map(String::as_str))?;
+    for arch in f.arch.or(&[Arch::X86_64]) {
+        e2e::soak(arch, f.filter.as_deref())?;
     }
     Ok(())
 }

@@ -44,55 +44,21 @@ struct Opts {
     top: usize,
 }
 
-fn parse(args: &[String]) -> Result<Opts> {
-    let (archs, rest) = crate::archs(args, &[Arch::X86_64])?;
-    let [arch] = archs[..] else {
-        return Err("profile runs one architecture at a time".into());
-    };
-    let mut o = Opts {
-        arch,
-        mode: "service".into(),
-        size: 1 << 20,
-        samples: 2000,
-        interval: Duration::from_millis(1),
-        top: 25,
-    };
-    let mut it = rest.iter();
-    while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value")).cloned();
-        match a.as_str() {
-            "--mode" => {
-                o.mode = value("--mode")?;
-                if o.mode != "service" && o.mode != "raw-reverse" {
-                    return Err(format!("--mode service|raw-reverse, not {:?}", o.mode));
-                }
-            }
-            "--size" => {
-                let v = value("--size")?;
-                o.size = parse_size(&v).ok_or(format!("bad --size {v:?}"))?;
-            }
-            "--samples" => {
-                let v = value("--samples")?;
-                o.samples = v.parse().map_err(|_| format!("bad --samples {v:?}"))?;
-            }
-            "--interval-ms" => {
-                let v = value("--interval-ms")?;
-                let ms: f64 = v.parse().map_err(|_| format!("bad --interval-ms {v:?}"))?;
-                o.interval = Duration::try_from_secs_f64(ms / 1e3)
-                    .map_err(|_| format!("bad --interval-ms {v:?}: not a duration"))?;
-            }
-            "--top" => {
-                let v = value("--top")?;
-                o.top = v.parse().map_err(|_| format!("bad --top {v:?}"))?;
-            }
-            other => return Err(format!("profile: unexpected argument {other:?}")),
+impl From<&crate::flags::Profile> for Opts {
+    fn from(f: &crate::flags::Profile) -> Self {
+        Self {
+            arch: f.arch.arch,
+            mode: f.mode.clone(),
+            size: f.size,
+            samples: f.samples,
+            interval: f.interval_ms,
+            top: f.top,
         }
     }
-    Ok(o)
 }
 
 /// `16`, `4K`/`4KiB`, `1M`/`1MiB`.
-fn parse_size(s: &str) -> Option<usize> {
+pub fn parse_size(s: &str) -> Option<usize> {
     let s = s.trim_end_matches("iB").trim_end_matches('B');
     let (num, mul) = match s.chars().last()? {
         'K' | 'k' => (&s[..s.len() - 1], 1 << 10),
@@ -123,10 +89,9 @@ fn build_with_symbols(arch: Arch, floors: bool) -> Result<PathBuf> {
         .join("guest"))
 }
 
-/// `cargo xtask profile [--arch A] [--mode service|raw-reverse] [--size N]
-/// [--samples N] [--interval-ms M] [--top N]`.
-pub fn run(args: &[String]) -> Result<()> {
-    let o = parse(args)?;
+/// `cargo xtask profile` ([`crate::flags::Profile`]).
+pub fn run(f: &crate::flags::Profile) -> Result<()> {
+    let o = Opts::from(f);
     crate::setup::setup()?;
     let elf = build_with_symbols(o.arch, o.mode == "raw-reverse")?;
     let work = crate::image::target_dir().join("bench");

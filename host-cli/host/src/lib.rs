@@ -35,7 +35,7 @@ pub use session::{Attach, Session, SessionConfig};
 /// A guest architecture.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Arch {
-    /// x86-64, booted through PVH on `q35`.
+    /// x86-64, booted through PVH on QEMU `microvm` (the default) or `q35`.
     X86_64,
     /// AArch64, booted on QEMU `virt`.
     Aarch64,

@@ -32,8 +32,38 @@ fn raw(uds: &std::path::Path, ctx: &Ctx) -> Result<HybridStream, String> {
     hybrid::connect(uds, SERVICE_PORT, &ctx.timeouts()).map_err(|e| format!("connect: {e}"))
 }
 
+/// Calls `check` every 10 ms until it returns `Some`, for at most
+/// `limit`; then fails saying what was awaited.
+fn poll<T>(
+    limit: Duration,
+    what: &str,
+    mut check: impl FnMut() -> Result<Option<T>, String>,
+) -> Result<T, String> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check()? {
+            return Ok(v);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("{what}: not within {limit:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Waits until the guest has closed `c` (after a `GOODBYE`): frames read
+/// meanwhile are dropped; each read is bounded by the connection's
+/// timeouts.
+fn wait_closed<C: Connection + ?Sized>(c: &mut C) -> R {
+    poll(
+        Duration::from_secs(10),
+        "the guest closing the connection",
+        || Ok(read_frame(c)?.is_none().then_some(())),
+    )
+}
+
 /// Reads one frame; `None` when the guest closed the connection.
-fn read_frame<C: Connection>(c: &mut C) -> Result<Option<(FrameKind, Vec<u8>)>, String> {
+fn read_frame<C: Connection + ?Sized>(c: &mut C) -> Result<Option<(FrameKind, Vec<u8>)>, String> {
     let mut body = Vec::new();
     match vsock_transport::framed::recv_frame(c, frame::DEFAULT_MAX_BODY, &mut body) {
         Ok(h) => Ok(Some((h.kind, body))),
@@ -141,10 +171,11 @@ pub fn busy_client_does_not_starve_another(ctx: &Ctx) -> R {
         })
     };
     // Let the heavy client get going.
-    let t = Instant::now();
-    while done.load(Ordering::Relaxed) == 0 && t.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    poll(
+        Duration::from_secs(20),
+        "the heavy client's first answer",
+        || Ok((done.load(Ordering::Relaxed) > 0 || worker.is_finished()).then_some(())),
+    )?;
     let mut light = attach(&uds, ctx)?;
     let mut worst = Duration::ZERO;
     let before = done.load(Ordering::Relaxed);
@@ -216,10 +247,14 @@ pub fn ninth_connection_gets_busy(ctx: &Ctx) -> R {
 pub fn idle_connection_gives_way_when_full(ctx: &Ctx) -> R {
     let mut s = session_with(ctx, &["svmc.max_conns=2", "svmc.idle_timeout_ms=300"])?;
     let uds = uds(&mut s)?;
-    frame_goodbye(s.client().ok_or("no client")?.connection())?;
-    std::thread::sleep(Duration::from_millis(100));
+    let boot = s.client().ok_or("no client")?.connection();
+    frame_goodbye(boot)?;
+    // Its slot is free once the guest has closed it.
+    wait_closed(boot)?;
     let mut old = attach(&uds, ctx)?;
     let mut active = attach(&uds, ctx)?;
+    // Not synchronisation: the time under test. Both connections stay
+    // silent for twice the idle timeout; then one becomes active again.
     std::thread::sleep(Duration::from_millis(600));
     reverse_call(&mut active, b"active")?;
     let mut new = attach(&uds, ctx).map_err(|e| format!("the new connection: {e}"))?;
@@ -276,6 +311,9 @@ pub fn reverse_8mib_next_to_others(ctx: &Ctx) -> R {
 /// fresh connections in the same state.
 const HEAP_NOISE: u64 = 1024;
 
+/// How long the guest may take to let go of closed connections.
+const HEAP_SETTLE: Duration = Duration::from_secs(10);
+
 fn heap_used(uds: &std::path::Path, ctx: &Ctx) -> Result<u64, String> {
     let mut c = attach(uds, ctx)?;
     let r = c.call(&Request::Info).map_err(|e| e.to_string())?;
@@ -321,20 +359,35 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
         }
         Ok(())
     };
-    // Warm up (the tables reach their size), then measure.
+    // Warm up (the tables reach their size), then measure once the guest
+    // has let go of the round's connections: two readings in a row agree.
     round(8)?;
-    std::thread::sleep(Duration::from_millis(500));
     let base = if ctx.guest == host::Guest::Firmware {
-        Some(heap_used(&uds, ctx)?)
+        let mut last = heap_used(&uds, ctx)?;
+        Some(poll(
+            HEAP_SETTLE,
+            "the heap settling after the warm-up",
+            || {
+                let now = heap_used(&uds, ctx)?;
+                let settled = now.abs_diff(last) <= HEAP_NOISE;
+                last = now;
+                Ok(settled.then_some(now))
+            },
+        )?)
     } else {
         None
     };
     for _ in 0..10 {
         round(8)?;
     }
-    std::thread::sleep(Duration::from_millis(500));
     if let Some(base) = base {
-        let after = heap_used(&uds, ctx)?;
+        // Back where it was once the guest has let go of the connections;
+        // the last reading if it never is.
+        let mut after = heap_used(&uds, ctx)?;
+        let _ = poll(HEAP_SETTLE, "the heap back at its base", || {
+            after = heap_used(&uds, ctx)?;
+            Ok((after.abs_diff(base) <= HEAP_NOISE).then_some(()))
+        });
         println!("  heap in use {base} before, {after} after 10 rounds of 10 connections");
         // A few bytes either way: the receive ring of the connection that
         // asks grows with how its bytes were cut into packets. A leak of
