@@ -4,6 +4,7 @@
 //! helpers to look at processes and leftovers.
 
 pub mod harness;
+pub mod spans;
 pub mod suites;
 
 use std::fmt;

@@ -89,6 +89,10 @@ pub const SUITES: &[Suite] = &[
     // Concurrent and pipelined traffic (WIRE.md §4.1), repeated
     // `LOAD_REPS` times.
     Suite::new("load"),
+    // Deadlines, cancellation, request streams and traces (WIRE.md §10)
+    // against the real guest; a stream of `STREAM_MIB` through a 16 MiB
+    // VM.
+    Suite::new("long"),
     Suite::new("soak").not_for_linux(
         "not run for Linux to keep CI time (launch cycles, 10,000 requests, several VMs at \
          once, a thread pool of VMs; about 3 s per Linux boot here); e2e covers every request \
@@ -233,6 +237,14 @@ pub const LOAD_REPS: SoakSize = SoakSize {
     var: "SVMC_LOAD_REPS",
     ci: 3,
     full: 20,
+};
+
+/// MiB streamed through a 16 MiB VM by the `long` suite's digest case
+/// (`SVMC_STREAM_MIB`): a GiB in CI, as `host-cli digest` promises.
+pub const STREAM_MIB: SoakSize = SoakSize {
+    var: "SVMC_STREAM_MIB",
+    ci: 1024,
+    full: 4096,
 };
 
 /// VMs booting at once while other threads keep every core busy.
