@@ -78,6 +78,9 @@ const RT_RATIO: f64 = 0.95;
 const TP_OVERHEAD: f64 = 0.15;
 const MEM_MAX: u32 = 16;
 const PIPELINE_RATIO: f64 = 2.0;
+/// The 16-byte round trip with the extensions' envelope (a deadline in
+/// every request) against plain version 2: at most 3 % slower.
+const ENVELOPE_RATIO: f64 = 0.97;
 
 /// Largest stripped image (issue 15).
 fn image_max(arch: Arch) -> u64 {
@@ -402,6 +405,28 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         Err(e) => notes.push(format!("async client figure not measured: {e}")),
     }
+    match &svc.envelope {
+        Ok((deadline, timed)) => {
+            let r = deadline.ratio.med;
+            rows.push(
+                Row::new(
+                    "round trip, 16 B (req/s), with a deadline (extensions on) vs plain v2",
+                    deadline.a.show("/s", 0),
+                    deadline.b.show("/s", 0),
+                )
+                .ratio(r, "≥ 0.97x", r >= ENVELOPE_RATIO)
+                .spread(&deadline.ratio),
+            );
+            let mut row = Row::new(
+                "round trip, 16 B (req/s), deadline and timings (a traced call) vs plain v2",
+                timed.a.show("/s", 0),
+                timed.b.show("/s", 0),
+            );
+            row.ratio = format!("{:.2}x", timed.ratio.med);
+            rows.push(row.spread(&timed.ratio));
+        }
+        Err(e) => notes.push(format!("envelope figure not measured: {e}")),
+    }
     match &svc.clients {
         Ok((one, many)) => {
             let mut row = Row::new(
@@ -693,6 +718,11 @@ struct ServiceFigures {
     /// The async client: bytes/s of [`ASYNC_TASKS`] tasks sharing it
     /// against one task, alternately.
     tasks: std::result::Result<Pair, String>,
+    /// 16-byte round trips, requests/s, with the extensions on (a
+    /// deadline in each request: the clients' default) and with timings
+    /// asked too (a traced call), each against plain version 2 on the
+    /// same VM, alternately.
+    envelope: std::result::Result<(Pair, Pair), String>,
     heap_peak: u64,
     heap_size: u64,
     accel: host::Accel,
@@ -914,6 +944,7 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
         Some(e) => Err(e),
     };
     let tasks = async_tasks(&uds, cfg.service_port, reps);
+    let envelope = envelope_cost(&uds, cfg.service_port, reps);
     if let Ok(s) = service_session(&vm, cfg.service_port) {
         let _ = s.power_off(STEP);
     }
@@ -922,10 +953,79 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
         serial: Pair::of(pipelined, one),
         clients,
         tasks,
+        envelope,
         heap_peak: heap.peak,
         heap_size: heap.size,
         accel,
     })
+}
+
+/// The cost of the extensions' envelope (`comm::ext`): [`RT_REQUESTS`]
+/// 16-byte reverses on three connections to the same VM, in turn: the
+/// default client (a deadline in each request), the same asking for
+/// timings (what a traced call sends and gets), and a client that offers
+/// no extension (plain version 2). Returns (deadline vs plain, timings vs
+/// plain), requests/s.
+fn envelope_cost(uds: &Path, port: u32, reps: usize) -> std::result::Result<(Pair, Pair), String> {
+    use comm::ext::{Extensions, RequestMeta};
+    use svmc::{Request, Response, ServiceVm};
+    use vsock_transport::rpc::Client;
+    let t = Timeouts::uniform(STEP);
+    let connect = |ext| {
+        let conn = vsock_transport::hybrid::connect(uds, port, &t)
+            .map_err(|e| format!("envelope figure: connect: {e}"))?;
+        Client::<_, ServiceVm>::hello_with(conn, comm::frame::DEFAULT_MAX_BODY, ext)
+            .map_err(|e| format!("envelope figure: HELLO: {e}"))
+    };
+    let mut with = connect(Extensions::ALL)?;
+    let mut plain = connect(Extensions::NONE)?;
+    if !with.extensions().meta || plain.extensions() != Extensions::NONE {
+        return Err(format!(
+            "envelope figure: extensions {:?} and {:?}",
+            with.extensions(),
+            plain.extensions()
+        ));
+    }
+    let small = payload(16);
+    let mut expect = small.clone();
+    expect.reverse();
+    let request = Request::Reverse(small);
+    let timed = RequestMeta {
+        deadline_ms: Some(STEP.as_millis() as u32),
+        timing: true,
+        ..RequestMeta::default()
+    };
+    // 0: the default client, 1: with timings, 2: plain.
+    let mut run = |which: usize| -> std::result::Result<f64, String> {
+        let start = Instant::now();
+        for _ in 0..RT_REQUESTS {
+            let r = match which {
+                0 => with.call(&request),
+                1 => with.call_with(&request, &timed).map(|(r, _)| r),
+                _ => plain.call(&request),
+            };
+            match r {
+                Ok(Response::Reverse(b)) if b == expect => {}
+                other => return Err(format!("envelope figure: {other:?}")),
+            }
+        }
+        Ok(RT_REQUESTS as f64 / start.elapsed().as_secs_f64())
+    };
+    for w in 0..3 {
+        run(w)?;
+    }
+    let (mut d, mut tm, mut p) = (Vec::new(), Vec::new(), Vec::new());
+    for rep in 0..reps * PAIRS_PER_REP {
+        // The order turns every repetition: no side always goes first.
+        for k in 0..3 {
+            let which = (rep + k) % 3;
+            let rate = run(which)?;
+            [&mut d, &mut tm, &mut p][which].push(rate);
+        }
+    }
+    let _ = with.close();
+    let _ = plain.close();
+    Ok((Pair::of(d, p.clone()), Pair::of(tm, p)))
 }
 
 /// The protocol against the raw reverse, each figure measured on both
