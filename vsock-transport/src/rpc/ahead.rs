@@ -176,7 +176,7 @@ impl Ahead {
     }
 
     /// Whether [`Ahead::pump`] ran less than `gap_us` ago.
-    fn pumped_within(&self, now: u64, gap_us: u64) -> bool {
+    pub(crate) fn pumped_within(&self, now: u64, gap_us: u64) -> bool {
         self.last_pump
             .is_some_and(|t| now != 0 && now.saturating_sub(t) < gap_us)
     }
@@ -184,7 +184,7 @@ impl Ahead {
 
 /// Shortest time between two reads of the transport by [`Ctx::cancelled`]
 /// (a handler may ask in a tight loop).
-const PUMP_GAP_US: u64 = 1000;
+pub(crate) const PUMP_GAP_US: u64 = 1000;
 
 /// What a handler knows about the request it is answering
 /// ([`super::Handler::handle_ctx`]): its id, the client's trace context,

@@ -1024,7 +1024,7 @@ impl<P: Protocol> ServerConn<P> {
         let arrived = self.frame_at;
         // `[id, meta, request]` becomes `[id, request]` at `start`.
         let (start, meta) = if self.ext.meta {
-            match ext::split_meta::<RequestMeta>(&mut body[..len]) {
+            match ext::split_request_meta(&mut body[..len]) {
                 Ok((start, meta)) => (start, meta.unwrap_or_default()),
                 Err((id, e)) => {
                     drop(body);
@@ -1036,8 +1036,13 @@ impl<P: Protocol> ServerConn<P> {
             (0, RequestMeta::default())
         };
         if self.ext.cancel {
+            // A CANCEL for this request may have come behind it. Looked for
+            // at most once a millisecond: requests that come faster than
+            // that are not waiting behind long work.
             let now = (self.now_us)();
-            self.ahead.pump(now, &mut *read_ahead);
+            if !self.ahead.pumped_within(now, super::ahead::PUMP_GAP_US) {
+                self.ahead.pump(now, &mut *read_ahead);
+            }
         }
         if let Some(id) = plain_id(&body[start..len]) {
             let refusal = if self.ahead.starts(id) {
