@@ -21,7 +21,10 @@
 //!   (kind 0x07, body `[id, bytes]`, at most [`CHUNK_MAX_DATA`] bytes
 //!   each) and a last `CHUNK` `[id, null]`, then answered once: a service
 //!   takes more than `max_body`, and more than its RAM, in bounded memory
-//!   ([`encode_chunk_into`], [`decode_chunk`]).
+//!   ([`encode_chunk_into`], [`decode_chunk`]). The other way, a request
+//!   whose meta says [`RequestMeta::stream_answer`] may be answered with
+//!   `CHUNK`s of its id before its `RESPONSE`: a service produces more
+//!   than `max_body` and more than its RAM.
 //!
 //! The meta item sits between the id and the message so that a receiver
 //! reads it before the message and hands a plain `[id, message]` to the
@@ -178,6 +181,11 @@ pub struct RequestMeta {
     /// extension); the request is answered after the last one.
     #[serde(default, skip_serializing_if = "is_false")]
     pub stream: bool,
+    /// The client takes the answer as a stream (the `stream` extension):
+    /// the server may send `CHUNK`s of this request's id before its
+    /// answer, which then ends the stream.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stream_answer: bool,
 }
 
 impl RequestMeta {

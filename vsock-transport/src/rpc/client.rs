@@ -339,6 +339,59 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         self.wait_for(id)
     }
 
+    /// Sends `request` taking its answer as a stream (`WIRE.md` §10.4):
+    /// the answer's data, of any length, is written to `out` as its
+    /// `CHUNK`s come (one at a time in memory), then the final answer is
+    /// returned. Needs the `stream` extension on ([`Error::Usage`]
+    /// otherwise); a request whose handler answers plainly just returns
+    /// that answer, nothing written.
+    ///
+    /// A write error of `out` cancels the request; the rest of its data is
+    /// read and dropped and the error returned as [`Error::Io`].
+    #[cfg(feature = "std")]
+    pub fn call_stream_answer(
+        &mut self,
+        request: &P::Request,
+        out: &mut dyn std::io::Write,
+    ) -> Result<P::Response> {
+        self.check_usable()?;
+        if !self.ext.stream {
+            return Err(Error::Usage(
+                "call_stream_answer(): the server sends no answer streams (no `stream` extension)",
+            ));
+        }
+        if self.in_flight() > 0 {
+            return Err(Error::Usage(
+                "call_stream_answer() while pipelined requests are unanswered: recv_response() them first",
+            ));
+        }
+        let meta = RequestMeta {
+            stream_answer: true,
+            ..self.default_meta()
+        };
+        let id = self.send_request_with(request, &meta)?;
+        let mut failed: Option<std::io::Error> = None;
+        let r = self.recv_response_with(&mut |got, data| {
+            if got != id {
+                return Err(comm::Error::UnexpectedId(got).into());
+            }
+            out.write_all(data).map_err(|e| {
+                failed = Some(e);
+                Error::Usage("the answer stream's writer failed")
+            })
+        });
+        if let Some(e) = failed {
+            // The server need not produce the rest: its data, and the
+            // answer (`cancelled`), are discarded when they come.
+            self.abandon(id);
+            let _ = self.cancel(id);
+            return Err(Error::io("writing an answer stream", e));
+        }
+        let (got, answer) = r?;
+        debug_assert_eq!(got, id, "the only live request");
+        answer
+    }
+
     #[cfg(feature = "std")]
     fn send_chunk(&mut self, id: RequestId, data: Option<&[u8]>) -> Result<()> {
         self.buf.clear();
@@ -514,6 +567,22 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// request in flight (call again, or [`Client::abandon`] them). Fails
     /// with [`Error::Usage`] when no request is in flight.
     pub fn recv_response(&mut self) -> Result<(RequestId, Result<P::Response>)> {
+        self.recv_response_with(&mut |_, _| {
+            Err(comm::Error::UnexpectedFrame {
+                expected: FrameKind::Response,
+                got: FrameKind::Chunk,
+            }
+            .into())
+        })
+    }
+
+    /// [`Client::recv_response`], handing the `CHUNK`s of an answer
+    /// stream to `on_chunk` (an error from it is returned, poisoning the
+    /// client if fatal).
+    fn recv_response_with(
+        &mut self,
+        on_chunk: &mut dyn FnMut(RequestId, &[u8]) -> Result<()>,
+    ) -> Result<(RequestId, Result<P::Response>)> {
         self.check_usable()?;
         loop {
             if self.in_flight() == 0 {
@@ -524,6 +593,23 @@ impl<C: Connection, P: Protocol> Client<C, P> {
                 Err(e) => return Err(self.failed(e)),
             };
             let (id, answer) = match header.kind {
+                FrameKind::Chunk if self.ext.stream => {
+                    let r = match ext::decode_chunk(&self.buf) {
+                        // An abandoned request's data is discarded with it.
+                        Ok((id, Some(_))) if self.flight.is_abandoned(id) => Ok(()),
+                        Ok((id, Some(data))) => on_chunk(id, &data),
+                        // The end marker is only for request streams.
+                        Ok((_, None)) => Err(comm::Error::Malformed(
+                            "an answer stream's CHUNK without data".into(),
+                        )
+                        .into()),
+                        Err(e) => Err(e.into()),
+                    };
+                    match r {
+                        Ok(()) => continue,
+                        Err(e) => return Err(self.failed(e)),
+                    }
+                }
                 FrameKind::Response if self.ext.meta => {
                     match ext::split_meta::<ResponseMeta>(&mut self.buf) {
                         Ok((start, meta)) => {

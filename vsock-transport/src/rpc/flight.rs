@@ -138,6 +138,12 @@ impl InFlight {
         self.slots.iter().any(|s| s.id == id)
     }
 
+    /// Whether `id` is in flight and abandoned (its answer, and the data
+    /// of its answer stream, are discarded).
+    pub(crate) fn is_abandoned(&self, id: RequestId) -> bool {
+        self.slots.iter().any(|s| s.id == id && s.abandoned)
+    }
+
     /// Requests in flight whose callers wait for them.
     pub(crate) fn live(&self) -> usize {
         self.slots.len() - self.abandoned

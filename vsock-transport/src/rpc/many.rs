@@ -616,6 +616,13 @@ where
         }
     }
     flush(endpoint, slot);
+    // An answer stream goes on as its client takes it.
+    while slot.conn.produce() {
+        moved = true;
+        if !flush(endpoint, slot) {
+            break;
+        }
+    }
     moved
 }
 

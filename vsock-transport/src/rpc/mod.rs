@@ -110,8 +110,9 @@ pub use client::Client;
 #[allow(deprecated)] // kept so that old code still builds
 pub use client::MAX_ABANDONED;
 pub use server::{
-    Budget, CONNECTION_HEAP, Ended, Handler, InPlace, OUTPUT_HIGH_WATER, REFUSAL_ROOM,
-    RESERVE_PER_BODY_BYTE, RequestStream, SMALL_BODY, ServeConfig, ServerConn, Then, serve,
+    Answer, Budget, CONNECTION_HEAP, Ended, Handler, InPlace, OUTPUT_HIGH_WATER, REFUSAL_ROOM,
+    RESERVE_PER_BODY_BYTE, RequestStream, ResponseStream, SMALL_BODY, ServeConfig, ServerConn,
+    Then, serve,
 };
 
 use alloc::vec::Vec;

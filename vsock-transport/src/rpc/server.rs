@@ -114,6 +114,18 @@ pub trait Handler<P: Protocol> {
         None
     }
 
+    /// [`Handler::handle_ctx`] for a client that takes the answer as a
+    /// stream (its meta said `stream_answer`, `WIRE.md` §10.4): a handler
+    /// whose answer is data of any length returns
+    /// [`Answer::Stream`], whose pieces the server sends as `CHUNK`s
+    /// while the client's window has room (one at a time in memory), then
+    /// the stream's final answer. The default answers as
+    /// [`Handler::handle_ctx`] does.
+    fn handle_streaming(&mut self, request: P::Request, ctx: &mut Ctx<'_>) -> Answer<P> {
+        let (response, then) = self.handle_ctx(request, ctx);
+        Answer::Response(response, then)
+    }
+
     /// Answers a request inside its own `REQUEST` body, if it can, instead
     /// of [`Handler::handle`]: the answer's body is the bytes it appends to
     /// `head` followed by `body[payload]` (which it may have changed in
@@ -145,6 +157,9 @@ impl<P: Protocol, H: Handler<P> + ?Sized> Handler<P> for &mut H {
     {
         (**self).open_stream(request, ctx)
     }
+    fn handle_streaming(&mut self, request: P::Request, ctx: &mut Ctx<'_>) -> Answer<P> {
+        (**self).handle_streaming(request, ctx)
+    }
     fn handle_in_place(&mut self, body: &mut [u8], head: &mut Vec<u8>) -> Option<InPlace> {
         (**self).handle_in_place(body, head)
     }
@@ -161,6 +176,34 @@ pub trait RequestStream<P: Protocol> {
 
     /// The data ended: the answer.
     fn finish(self: alloc::boxed::Box<Self>, ctx: &mut Ctx<'_>) -> (P::Response, Then);
+}
+
+/// What [`Handler::handle_streaming`] answers.
+pub enum Answer<P: Protocol> {
+    /// One response, as [`Handler::handle`] gives.
+    Response(P::Response, Then),
+    /// Data sent as `CHUNK`s, then the stream's final answer.
+    Stream(alloc::boxed::Box<dyn ResponseStream<P>>),
+}
+
+/// An answer's data, produced piece by piece as the client takes it
+/// ([`Answer::Stream`]): the server holds at most a window of it.
+pub trait ResponseStream<P: Protocol> {
+    /// Writes the next piece of the data into `buf` (at most
+    /// `comm::ext::CHUNK_MAX_DATA` bytes) and returns its length; 0 ends
+    /// the data.
+    fn fill(&mut self, buf: &mut [u8]) -> usize;
+
+    /// After the data: the final answer (a response, or the protocol's
+    /// error if the data was cut short).
+    fn finish(self: alloc::boxed::Box<Self>) -> (P::Response, Then);
+}
+
+/// An answer stream being sent.
+struct OutStream<P: Protocol> {
+    id: RequestId,
+    source: alloc::boxed::Box<dyn ResponseStream<P>>,
+    timing: Option<Timing>,
 }
 
 /// A request stream open on a connection.
@@ -487,6 +530,8 @@ pub struct ServerConn<P: Protocol> {
     stalling: bool,
     /// The request stream open now, if any.
     stream: Option<InStream<P>>,
+    /// The answer stream being sent, if any.
+    out_stream: Option<OutStream<P>>,
     _protocol: PhantomData<fn() -> P>,
 }
 
@@ -563,6 +608,7 @@ impl<P: Protocol> ServerConn<P> {
             stats: ConnStats::default(),
             stalling: false,
             stream: None,
+            out_stream: None,
             _protocol: PhantomData,
         }
     }
@@ -885,6 +931,10 @@ impl<P: Protocol> ServerConn<P> {
                         self.ahead.done();
                         self.refuse(c.id, ProtocolErrorCode::Cancelled);
                     }
+                    if self.out_stream.take_if(|o| o.id == c.id).is_some() {
+                        // The chunks sent are followed by `cancelled`.
+                        self.refuse(c.id, ProtocolErrorCode::Cancelled);
+                    }
                 }
                 Err(e) => self.report(&e, None),
             },
@@ -1012,7 +1062,7 @@ impl<P: Protocol> ServerConn<P> {
         read_ahead: Pump<'_>,
     ) {
         self.stats.requests += 1;
-        if self.stream.is_some() {
+        if self.stream.is_some() || self.out_stream.is_some() {
             // Only the stream's CHUNKs (and CANCEL) may come now.
             drop(body);
             self.budget.give(reserved);
@@ -1148,7 +1198,20 @@ impl<P: Protocol> ServerConn<P> {
             ahead: &mut self.ahead,
             pump: read_ahead,
         };
-        let (response, then) = handler.handle_ctx(request, &mut ctx);
+        let (response, then) = if meta.stream_answer && self.ext.stream {
+            match handler.handle_streaming(request, &mut ctx) {
+                Answer::Response(r, t) => (r, t),
+                Answer::Stream(source) => {
+                    self.ahead.done();
+                    self.budget.give(reserved);
+                    self.out_stream = Some(OutStream { id, source, timing });
+                    self.produce();
+                    return;
+                }
+            }
+        } else {
+            handler.handle_ctx(request, &mut ctx)
+        };
         if self.ahead.done() {
             // The client cancelled it while it ran: it gets `cancelled`,
             // whatever the handler made of it.
@@ -1530,6 +1593,7 @@ impl<P: Protocol> ServerConn<P> {
     }
 
     fn clear_output(&mut self) {
+        self.out_stream = None;
         for o in self.out.drain(..) {
             self.budget.give(o.reserved);
         }
@@ -1579,7 +1643,41 @@ impl<P: Protocol> ServerConn<P> {
     /// Whether the connection has ended and everything queued is sent: the
     /// driver closes the transport now.
     pub fn is_done(&self) -> bool {
-        self.end.is_some() && self.out.is_empty()
+        self.end.is_some() && self.out.is_empty() && self.out_stream.is_none()
+    }
+
+    /// Queues the next pieces of the answer stream being sent, if any,
+    /// while less than [`OUTPUT_HIGH_WATER`] bytes wait to be sent, and its
+    /// final answer after its data; `true` if it queued anything. Drivers
+    /// call it whenever output went out.
+    pub fn produce(&mut self) -> bool {
+        let mut queued = false;
+        while self.out_bytes < OUTPUT_HIGH_WATER {
+            let Some(mut o) = self.out_stream.take() else {
+                break;
+            };
+            let mut piece = alloc::vec![0u8; ext::CHUNK_MAX_DATA];
+            let n = o.source.fill(&mut piece).min(ext::CHUNK_MAX_DATA);
+            queued = true;
+            if n == 0 {
+                let (response, then) = o.source.finish();
+                self.queue_response(o.id, &response, 0, o.timing);
+                if then == Then::Stop {
+                    self.stop(Ok(Ended::Stopped));
+                }
+                break;
+            }
+            let mut f = self.take_spare();
+            match ext::encode_chunk_into(o.id, Some(&piece[..n]), &mut f) {
+                Ok(()) => self.queue(f, 0),
+                Err(e) => {
+                    self.report(&e, Some(o.id));
+                    break;
+                }
+            }
+            self.out_stream = Some(o);
+        }
+        queued
     }
 
     /// Whether the connection reads nothing more (it ends once its output
@@ -1637,6 +1735,7 @@ where
     H: Handler<P> + ?Sized,
 {
     loop {
+        s.produce();
         while !s.output().is_empty() {
             conn.begin(Step::Write);
             let n = s.output().len();
@@ -1660,6 +1759,19 @@ where
             Err(e) => ReadAhead::Failed(e),
         };
         if s.process_with(handler, &mut read_ahead) {
+            continue;
+        }
+        // An answer stream goes on before waiting for the client, reading
+        // what came meanwhile without waiting (a CANCEL stops it).
+        if s.produce() {
+            if s.wants_input() {
+                match conn.try_recv(s.input_buf()) {
+                    Ok(Some(0)) => s.peer_closed(),
+                    Ok(Some(n)) => s.received(n),
+                    Ok(None) => {}
+                    Err(e) => s.transport_failed(e),
+                }
+            }
             continue;
         }
         if s.wants_input() {
