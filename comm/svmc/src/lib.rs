@@ -149,6 +149,17 @@ pub enum Request {
     /// [`Response::Sha256`].
     #[serde(rename = "sha256")]
     Sha256,
+    /// `len` bytes of the xorshift64 sequence from `seed` ([`prng_fill`]),
+    /// as an answer stream (`comm::ext`'s `stream`: any length, in bounded
+    /// memory), then [`Response::Prng`]. Without an answer stream:
+    /// [`ServiceError::Unsupported`].
+    #[serde(rename = "prng")]
+    Prng {
+        /// The generator's seed (0 counts as 1).
+        seed: u64,
+        /// Bytes to produce.
+        len: u64,
+    },
 }
 
 /// A response from the service VM.
@@ -171,6 +182,9 @@ pub enum Response {
     /// The SHA-256 digest of the request stream's data (32 bytes).
     #[serde(rename = "sha256")]
     Sha256(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The end of a [`Request::Prng`] answer stream: the bytes sent.
+    #[serde(rename = "prng")]
+    Prng(u64),
     /// The request was understood but could not be processed.
     #[serde(rename = "err")]
     Err(ServiceError),
@@ -460,5 +474,30 @@ mod tests {
             reverse_payload(b"\x82\x01\xa1\x63rev\x41a").map(|(i, r)| (i.0, r)),
             Some((1, 8..9))
         );
+    }
+}
+
+/// The [`Request::Prng`] sequence: fills `buf` with the next bytes of the
+/// xorshift64 (13, 7, 17) generator whose state is `state` (the bytes of
+/// each new state, little-endian; a partial word at the end of `buf` is
+/// cut, and the next call starts a new word). A seed of 0 is taken as 1.
+///
+/// ```
+/// let mut state = 1;
+/// let mut a = [0u8; 16];
+/// svmc::prng_fill(&mut state, &mut a);
+/// assert_eq!(a[..8], 0x0000_0000_4082_2041u64.to_le_bytes());
+/// ```
+pub fn prng_fill(state: &mut u64, buf: &mut [u8]) {
+    if *state == 0 {
+        *state = 1;
+    }
+    for w in buf.chunks_mut(8) {
+        let mut x = *state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *state = x;
+        w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
     }
 }

@@ -8,9 +8,9 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use sha2::{Digest, Sha256};
-use vsock_transport::rpc::{Ctx, Handler, InPlace, RequestStream, Then};
+use vsock_transport::rpc::{Answer, Ctx, Handler, InPlace, RequestStream, ResponseStream, Then};
 
-use crate::{GuestInfo, Request, Response, ServiceVm};
+use crate::{GuestInfo, Request, Response, ServiceError, ServiceVm};
 
 /// Answers [`ServiceVm`] requests: `Reverse` in place, `Info` from the
 /// caller's function, `PowerOff` (answered, then [`Then::Stop`] and
@@ -56,6 +56,25 @@ impl<F: FnMut() -> GuestInfo> Handler<ServiceVm> for Service<F> {
                 Then::Continue,
             ),
             Request::Spin(_) => (Response::Spin(0), Then::Continue),
+            // Only as an answer stream (`handle_streaming`).
+            Request::Prng { .. } => (
+                Response::Err(ServiceError::Unsupported),
+                Then::Continue,
+            ),
+        }
+    }
+
+    fn handle_streaming(&mut self, request: Request, ctx: &mut Ctx<'_>) -> Answer<ServiceVm> {
+        match request {
+            Request::Prng { seed, len } => Answer::Stream(Box::new(Prng {
+                state: seed,
+                left: len,
+                sent: 0,
+            })),
+            other => {
+                let (r, t) = self.handle_ctx(other, ctx);
+                Answer::Response(r, t)
+            }
         }
     }
 
@@ -119,6 +138,31 @@ fn spin(ms: u32, ctx: &mut Ctx<'_>) -> u32 {
         core::hint::spin_loop();
     }
     u32::try_from((ctx.now_us() - start) / 1000).unwrap_or(u32::MAX)
+}
+
+/// A `prng` answer stream: the generator's next bytes, produced as the
+/// client takes them.
+struct Prng {
+    state: u64,
+    left: u64,
+    sent: u64,
+}
+
+impl ResponseStream<ServiceVm> for Prng {
+    fn fill(&mut self, buf: &mut [u8]) -> usize {
+        // Whole words, but the last piece: the sequence does not depend
+        // on how it is cut into chunks.
+        let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len() & !7);
+        let n = if n == 0 { self.left.min(buf.len() as u64) as usize } else { n };
+        crate::prng_fill(&mut self.state, &mut buf[..n]);
+        self.left -= n as u64;
+        self.sent += n as u64;
+        n
+    }
+
+    fn finish(self: Box<Self>) -> (Response, Then) {
+        (Response::Prng(self.sent), Then::Continue)
+    }
 }
 
 /// The data of a `sha256` request stream, hashed as it comes.
