@@ -1225,3 +1225,6 @@ impl<D: Device> Drop for Stream<'_, D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
