@@ -897,6 +897,13 @@ impl<D: Device> VsockTable<D> {
                 Phase::Connected | Phase::PeerClosed(DisconnectReason::Shutdown) => {}
             }
             let n = state.credit.next_chunk(buf.len() - sent);
+            if n == 0 {
+                // More than the peer's buffer is in flight (it shrank
+                // it): nothing goes until it has read enough. Offering the
+                // driver an empty packet would send one (its free space
+                // wraps around) and never end this loop.
+                break;
+            }
             match driver.send(&buf[sent..sent + n], &mut state.info) {
                 Ok(()) => {
                     state.credit.sent(n);

@@ -168,6 +168,8 @@ impl Device for Fake {
         Ok(())
     }
     fn send(&mut self, buf: &[u8], info: &mut ConnectionInfo) -> virtio_drivers::Result {
+        // The driver would send it, if its wrapping credit allowed.
+        assert!(!buf.is_empty(), "the table offered an empty RW packet");
         self.check()?;
         let (peer_buf_alloc, peer_fwd_cnt) = peer_credit(info);
         let port = info.dst.port;
@@ -907,4 +909,23 @@ fn a_stream_sends_and_reads_over_the_table() {
     // Dropped without shutdown: reset.
     assert_eq!(sent.last(), Some(&Sent::Rst(1000)));
     assert!(!t.exists(id));
+}
+
+#[test]
+fn a_peer_that_shrinks_its_buffer_below_what_is_in_flight_gets_nothing() {
+    // Nothing more goes, not even an empty packet (the driver's free space
+    // wraps around), until the peer has read enough.
+    let mut t = table();
+    let id = t.served(1001, 4096);
+    assert_eq!(t.send_some(id, &[0; 4096]).unwrap(), 4096);
+    t.control(1001, VsockEventType::CreditUpdate, 100, 0);
+    assert_eq!(t.send_some(id, &[0; 10]).unwrap(), 0);
+    assert_eq!(rw(&t.driver.take(), 1001).1, [4096]);
+    // Still 96 in flight: 4 free, too little for the 10 (see next_chunk).
+    t.control(1001, VsockEventType::CreditUpdate, 100, 4000);
+    assert_eq!(t.send_some(id, &[0; 10]).unwrap(), 0);
+    // All read: the 10 go.
+    t.control(1001, VsockEventType::CreditUpdate, 100, 4096);
+    assert_eq!(t.send_some(id, &[0; 10]).unwrap(), 10);
+    assert_eq!(rw(&t.driver.take(), 1001).1, [10]);
 }
