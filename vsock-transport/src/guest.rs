@@ -109,6 +109,11 @@
 //! (the echo mode and the hostile test firmware use it: one connection at
 //! a time, the others wait in the backlog).
 //!
+//! The table ([`VsockTable`]) makes its device calls through [`Device`]:
+//! in the firmware, virtio-drivers' `VirtIOSocket` ([`GuestVsock`]); in its
+//! host tests (`guest/tests.rs`, plain `cargo test`), a fake device fed
+//! with synthetic events, hostile ones included.
+//!
 //! # Bounded waits
 //!
 //! Two waits have no natural end: the answer to our `REQUEST` (a peer that
