@@ -666,7 +666,12 @@ impl<D: Device> VsockTable<D> {
                 D::update_for_event(&mut c.info, &event);
                 c.last_seen = now;
                 c.credit.peer_status(e.buf_alloc, e.fwd_cnt);
-                if let VsockEventType::Received { .. } = e.kind {
+                // After our SHUTDOWN nobody reads the connection any more
+                // (`close`): its data would only hold heap, and count as
+                // unread, until the peer's RST.
+                if let VsockEventType::Received { .. } = e.kind
+                    && !matches!(c.phase, Phase::Closing(_))
+                {
                     if !c.credit.fits(c.rx.len(), body.len()) {
                         c.overrun = true;
                     } else {

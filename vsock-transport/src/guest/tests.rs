@@ -682,9 +682,11 @@ fn reads_and_writes_on_a_closed_or_unknown_connection_fail() {
     assert_eq!(t.unread(), 0, "closing keeps the unread bytes");
     assert!(matches!(t.recv(id, &mut [0; 4]), Err(Error::ShutDown)));
     assert!(matches!(t.send_some(id, b"x"), Err(Error::ShutDown)));
-    // Data after our SHUTDOWN is never read (it is buffered, within our
-    // credit, until the connection goes).
+    // Data after our SHUTDOWN is dropped: nobody reads it, and it would
+    // hold heap and count as unread until the connection goes.
     t.data(1000, b"late", 65536, 0);
+    t.data(1000, &vec![0; RX_BUFFER_SIZE], 65536, 0);
+    assert_eq!(t.unread(), 0);
     assert!(matches!(t.recv(id, &mut [0; 4]), Err(Error::ShutDown)));
     t.close(id).unwrap();
     assert_eq!(t.driver.take(), [], "a second SHUTDOWN");
