@@ -20,9 +20,9 @@ type PeerCredit = Vec<((u32, u32), (u32, u32))>;
 std::thread_local! {
     /// The table's clock, in microseconds (each test runs on its own thread).
     static NOW: Cell<u64> = const { Cell::new(0) };
-    /// The peer's credit as the driver holds it in `ConnectionInfo`
-    /// (`update_for_event`, which the fake cannot call: virtio-drivers
-    /// does not export the type of a `VsockEvent`'s buffer status), per
+    /// The peer's credit, which virtio-drivers keeps in private fields of
+    /// `ConnectionInfo` (`update_for_event`): the fake's
+    /// `Device::update_for_event` cannot set them and keeps it here, per
     /// (host port, our port): `buf_alloc`, `fwd_cnt`.
     static PEER_CREDIT: RefCell<PeerCredit> = const { RefCell::new(Vec::new()) };
 }
@@ -55,7 +55,8 @@ enum Sent {
     Rst(u32),
 }
 
-/// What the peer's credit looks like to the fake driver, per connection.
+/// What the fake driver counts per connection: bytes sent, and whether it
+/// has asked for credit (virtio-drivers asks once until an update comes).
 #[derive(Default)]
 struct Peer {
     tx_cnt: u32,
