@@ -1073,3 +1073,36 @@ fn random_events_and_calls_keep_the_tables_invariants() {
         }
     }
 }
+
+#[test]
+fn a_connection_waiting_in_the_backlog_keeps_its_data_and_its_close() {
+    let mut t = table();
+    t.request(1000, 65536);
+    t.request(1001, 65536);
+    t.data(1000, b"early", 65536, 0);
+    t.control(1001, rst(), 65536, 0);
+    // Handed out in order, with what happened while they waited.
+    let a = t.accept().unwrap();
+    let b = t.accept().unwrap();
+    assert_eq!(t.peer(a), Some(host(1000)));
+    assert_eq!(t.read_all(a), b"early");
+    assert!(t.peer_closed(b));
+    assert_eq!(t.recv(b, &mut [0; 4]).unwrap(), Recv::Eof);
+    assert!(matches!(t.send_some(b, b"x"), Err(Error::Reset)));
+}
+
+#[test]
+fn a_shutdown_in_answer_to_our_request_is_a_refusal() {
+    let mut t = table();
+    t.feed(event(9, shutdown(), 0, 0), &[]);
+    assert!(matches!(
+        t.connect(host(9), PORT),
+        Err(Error::Refused { port: 9 })
+    ));
+    // Events for other connections that come meanwhile are recorded.
+    t.feed(event(1000, VsockEventType::ConnectionRequest, 4096, 0), &[]);
+    t.feed(event(10, VsockEventType::Connected, 4096, 0), &[]);
+    let id = t.connect(host(10), PORT).unwrap();
+    assert!(t.is_open(id));
+    assert_eq!(t.backlog_len(), 1);
+}
