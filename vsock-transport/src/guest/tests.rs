@@ -1106,3 +1106,24 @@ fn a_shutdown_in_answer_to_our_request_is_a_refusal() {
     assert!(t.is_open(id));
     assert_eq!(t.backlog_len(), 1);
 }
+
+#[test]
+fn a_forged_forward_count_in_a_request_only_stalls_its_own_connection() {
+    // A REQUEST says the peer has forwarded bytes we never sent: nothing
+    // can be sent (no empty packets either) until a packet of the peer
+    // brings a count that can be real.
+    let mut t = table();
+    t.deliver(
+        event(1000, VsockEventType::ConnectionRequest, 65536, 12345),
+        &[],
+    );
+    let id = t.accept().unwrap();
+    t.serve(id);
+    t.driver.take();
+    assert_eq!(t.send_some(id, b"answer").unwrap(), 0);
+    assert_eq!(rw(&t.driver.take(), 1000).0, b"");
+    t.control(1000, VsockEventType::CreditUpdate, 65536, 0);
+    assert_eq!(t.stale_packets(), 0);
+    assert_eq!(t.send_some(id, b"answer").unwrap(), 6);
+    assert_eq!(rw(&t.driver.take(), 1000).0, b"answer");
+}
