@@ -109,6 +109,11 @@
 //! (the echo mode and the hostile test firmware use it: one connection at
 //! a time, the others wait in the backlog).
 //!
+//! The table ([`VsockTable`]) makes its device calls through [`Device`]:
+//! in the firmware, virtio-drivers' `VirtIOSocket` ([`GuestVsock`]); in its
+//! host tests (`guest/tests.rs`, plain `cargo test`), a fake device fed
+//! with synthetic events, hostile ones included.
+//!
 //! # Bounded waits
 //!
 //! Two waits have no natural end: the answer to our `REQUEST` (a peer that
@@ -336,16 +341,116 @@ impl ConnState {
     }
 }
 
-/// The guest's vsock device: listening ports, a backlog of accepted
-/// connections, and the table of open connections.
+/// What the connection table asks of the device: virtio-drivers'
+/// `VirtIOSocket` calls it makes, with the driver's own types, so that the
+/// firmware runs the driver as is, and the table's tests run on the host
+/// against a fake device fed with synthetic events.
+pub trait Device {
+    /// What [`Device::poll`] delivers (virtio-drivers' `VsockEvent`).
+    type Event: core::fmt::Debug;
+    /// The fields of `event` the table looks at.
+    fn event(event: &Self::Event) -> Event;
+    /// Records the peer's credit from `event` in `info`, which the
+    /// driver's [`Device::send`] checks (`ConnectionInfo::update_for_event`).
+    fn update_for_event(info: &mut ConnectionInfo, event: &Self::Event);
+    /// The CID the device was given.
+    fn guest_cid(&self) -> u64;
+    /// Takes the next packet from the device, if there is one, and hands
+    /// its event and body to `handler` (`VirtIOSocket::poll`).
+    fn poll(
+        &mut self,
+        handler: impl FnOnce(Self::Event, &[u8]) -> virtio_drivers::Result<Option<Self::Event>>,
+    ) -> virtio_drivers::Result<Option<Self::Event>>;
+    /// Sends `REQUEST`.
+    fn connect(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result;
+    /// Sends `RESPONSE`.
+    fn accept(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result;
+    /// Sends `buf` in one `RW` packet if the peer's credit, as the driver
+    /// counts it in `info`, has room for all of it; otherwise fails with
+    /// `InsufficientBufferSpaceInPeer` (after a `CREDIT_REQUEST`, unless
+    /// one is pending).
+    fn send(&mut self, buf: &[u8], info: &mut ConnectionInfo) -> virtio_drivers::Result;
+    /// Sends `CREDIT_UPDATE`.
+    fn credit_update(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result;
+    /// Sends `SHUTDOWN` (no more sends, no more receives).
+    fn shutdown(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result;
+    /// Sends `RST`.
+    fn force_close(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result;
+}
+
+/// A packet header from the peer, as the table sees it: virtio-drivers'
+/// `VsockEvent`, whose buffer status type is not exported, flattened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    /// The peer who sent it.
+    pub source: VsockAddr,
+    /// The CID and port on our side.
+    pub destination: VsockAddr,
+    /// The peer's `buf_alloc`.
+    pub buf_alloc: u32,
+    /// The peer's `fwd_cnt`.
+    pub fwd_cnt: u32,
+    /// What the packet says.
+    pub kind: VsockEventType,
+}
+
+impl<H: Hal, T: Transport> Device for VirtIOSocket<H, T, RX_BUFFER_SIZE> {
+    type Event = VsockEvent;
+    fn event(event: &VsockEvent) -> Event {
+        Event {
+            source: event.source,
+            destination: event.destination,
+            buf_alloc: event.buffer_status.buffer_allocation,
+            fwd_cnt: event.buffer_status.forward_count,
+            kind: event.event_type.clone(),
+        }
+    }
+    fn update_for_event(info: &mut ConnectionInfo, event: &VsockEvent) {
+        info.update_for_event(event);
+    }
+    fn guest_cid(&self) -> u64 {
+        VirtIOSocket::guest_cid(self)
+    }
+    fn poll(
+        &mut self,
+        handler: impl FnOnce(VsockEvent, &[u8]) -> virtio_drivers::Result<Option<VsockEvent>>,
+    ) -> virtio_drivers::Result<Option<VsockEvent>> {
+        VirtIOSocket::poll(self, handler)
+    }
+    fn connect(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result {
+        VirtIOSocket::connect(self, info)
+    }
+    fn accept(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result {
+        VirtIOSocket::accept(self, info)
+    }
+    fn send(&mut self, buf: &[u8], info: &mut ConnectionInfo) -> virtio_drivers::Result {
+        VirtIOSocket::send(self, buf, info)
+    }
+    fn credit_update(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result {
+        VirtIOSocket::credit_update(self, info)
+    }
+    fn shutdown(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result {
+        VirtIOSocket::shutdown(self, info)
+    }
+    fn force_close(&mut self, info: &ConnectionInfo) -> virtio_drivers::Result {
+        VirtIOSocket::force_close(self, info)
+    }
+}
+
+/// The guest's vsock device: virtio-drivers' `VirtIOSocket` under the
+/// connection table.
+pub type GuestVsock<H, T> = VsockTable<VirtIOSocket<H, T, RX_BUFFER_SIZE>>;
+
+/// Listening ports, a backlog of accepted connections, and the table of
+/// open connections, over a [`Device`] ([`GuestVsock`] in the firmware).
 ///
 /// It drives virtio-drivers' `VirtIOSocket` directly rather than through
 /// its `VsockConnectionManager`: the manager resets a connection as soon as
 /// the peer's `SHUTDOWN` has been read to the end, so a server could not
 /// send the answers to requests that came just before a half-close; here
 /// a connection lasts until we close it.
-pub struct GuestVsock<H: Hal, T: Transport> {
-    driver: VirtIOSocket<H, T, RX_BUFFER_SIZE>,
+pub struct VsockTable<D: Device> {
+    driver: D,
     listening: Vec<u32>,
     conns: Vec<ConnState>,
     backlog: VecDeque<ConnId>,
@@ -364,7 +469,7 @@ pub struct GuestVsock<H: Hal, T: Transport> {
     op0_packets: u64,
 }
 
-impl<H: Hal, T: Transport> GuestVsock<H, T> {
+impl<H: Hal, T: Transport> VsockTable<VirtIOSocket<H, T, RX_BUFFER_SIZE>> {
     /// Initialises the virtio socket device behind `transport`, with
     /// [`CONNECTION_BUFFER_SIZE`] bytes of receive buffer per connection.
     pub fn new(transport: T) -> Result<Self> {
@@ -375,9 +480,17 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     /// connection (at least [`RX_BUFFER_SIZE`], so that one full RX buffer
     /// always fits once the ring is drained).
     pub fn with_buffer_size(transport: T, buffer_size: u32) -> Result<Self> {
-        let buffer_size = buffer_size.max(RX_BUFFER_SIZE as u32);
         let driver = VirtIOSocket::<H, T, RX_BUFFER_SIZE>::new(transport).map_err(virtio)?;
-        Ok(Self {
+        Ok(VsockTable::with_device(driver, buffer_size))
+    }
+}
+
+impl<D: Device> VsockTable<D> {
+    /// The table over an initialised `driver`, with `buffer_size` bytes of
+    /// receive buffer per connection (at least [`RX_BUFFER_SIZE`]).
+    pub fn with_device(driver: D, buffer_size: u32) -> Self {
+        let buffer_size = buffer_size.max(RX_BUFFER_SIZE as u32);
+        Self {
             driver,
             listening: Vec::new(),
             conns: Vec::with_capacity(TABLE_CAPACITY),
@@ -391,7 +504,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             stale_packets: 0,
             malformed_packets: 0,
             op0_packets: 0,
-        })
+        }
     }
 
     /// Sets the bounds on connect and shutdown waits.
@@ -538,24 +651,27 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         let conns = &mut self.conns;
         let mut stale = None;
         let result = self.driver.poll(|event, body| {
-            if event.destination.cid == guest_cid
-                && let Some(c) = conns.iter_mut().find(|c| {
-                    c.info.dst == event.source && c.info.src_port == event.destination.port
-                })
+            let e = D::event(&event);
+            if e.destination.cid == guest_cid
+                && let Some(c) = conns
+                    .iter_mut()
+                    .find(|c| c.info.dst == e.source && c.info.src_port == e.destination.port)
             {
-                if !c.credit.plausible(event.buffer_status.forward_count) {
+                if !c.credit.plausible(e.fwd_cnt) {
                     // An RX buffer the device did not write (see
                     // `Credit::plausible`): an old packet, not news.
-                    stale = Some((c.id, event.buffer_status.forward_count));
+                    stale = Some((c.id, e.fwd_cnt));
                     return Ok(None);
                 }
-                c.info.update_for_event(&event);
+                D::update_for_event(&mut c.info, &event);
                 c.last_seen = now;
-                c.credit.peer_status(
-                    event.buffer_status.buffer_allocation,
-                    event.buffer_status.forward_count,
-                );
-                if let VsockEventType::Received { .. } = event.event_type {
+                c.credit.peer_status(e.buf_alloc, e.fwd_cnt);
+                // After our SHUTDOWN nobody reads the connection any more
+                // (`close`): its data would only hold heap, and count as
+                // unread, until the peer's RST.
+                if let VsockEventType::Received { .. } = e.kind
+                    && !matches!(c.phase, Phase::Closing(_))
+                {
                     if !c.credit.fits(c.rx.len(), body.len()) {
                         c.overrun = true;
                     } else {
@@ -639,17 +755,18 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
         Ok(())
     }
 
-    fn record(&mut self, event: &VsockEvent, guest_cid: u64) {
+    fn record(&mut self, event: &D::Event, guest_cid: u64) {
         trace!("vsock: {event:?}");
-        if event.destination.cid != guest_cid {
+        let e = D::event(event);
+        if e.destination.cid != guest_cid {
             return;
         }
         let key = Key {
-            peer: event.source,
-            local_port: event.destination.port,
+            peer: e.source,
+            local_port: e.destination.port,
         };
         let found = self.conns.iter().position(|s| s.key() == key);
-        if event.event_type == VsockEventType::ConnectionRequest {
+        if e.kind == VsockEventType::ConnectionRequest {
             if let Some(i) = found {
                 let old = &self.conns[i];
                 let age = self.now().wrapping_sub(old.accepted_at);
@@ -670,7 +787,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                 self.forget(old);
             }
             let mut info = self.new_info(key, ACCEPT_WINDOW.min(self.buffer_size));
-            info.update_for_event(event);
+            D::update_for_event(&mut info, event);
             if !self.listening.contains(&key.local_port) {
                 let _ = self.driver.force_close(&info);
                 return;
@@ -691,10 +808,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             }
             let id = self.insert(info, Phase::Connected);
             if let Some(s) = self.state(id) {
-                s.credit.peer_status(
-                    event.buffer_status.buffer_allocation,
-                    event.buffer_status.forward_count,
-                );
+                s.credit.peer_status(e.buf_alloc, e.fwd_cnt);
             }
             self.backlog.push_back(id);
             return;
@@ -709,7 +823,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
             self.finish(id, true);
             return;
         }
-        match event.event_type {
+        match e.kind {
             VsockEventType::Connected if state.phase == Phase::Connecting => {
                 state.phase = Phase::Connected;
             }
@@ -783,11 +897,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     }
 
     /// [`GuestVsock::send_some`]'s packets.
-    fn send_chunks(
-        driver: &mut VirtIOSocket<H, T, RX_BUFFER_SIZE>,
-        state: &mut ConnState,
-        buf: &[u8],
-    ) -> Result<usize> {
+    fn send_chunks(driver: &mut D, state: &mut ConnState, buf: &[u8]) -> Result<usize> {
         let mut sent = 0;
         while sent < buf.len() {
             match state.phase {
@@ -797,6 +907,13 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
                 Phase::Connected | Phase::PeerClosed(DisconnectReason::Shutdown) => {}
             }
             let n = state.credit.next_chunk(buf.len() - sent);
+            if n == 0 {
+                // More than the peer's buffer is in flight (it shrank
+                // it): nothing goes until it has read enough. Offering the
+                // driver an empty packet would send one (its free space
+                // wraps around) and never end this loop.
+                break;
+            }
             match driver.send(&buf[sent..sent + n], &mut state.info) {
                 Ok(()) => {
                     state.credit.sent(n);
@@ -934,7 +1051,7 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
 
     /// A blocking [`Connection`] over connection `id`, which is served
     /// from now on ([`GuestVsock::serve`]).
-    pub fn stream(&mut self, id: ConnId) -> Stream<'_, H, T> {
+    pub fn stream(&mut self, id: ConnId) -> Stream<'_, D> {
         self.serve(id);
         Stream {
             vsock: self,
@@ -991,40 +1108,40 @@ impl<H: Hal, T: Transport> GuestVsock<H, T> {
     }
 }
 
-impl<H: Hal, T: Transport> Endpoint for GuestVsock<H, T> {
+impl<D: Device> Endpoint for VsockTable<D> {
     type Id = ConnId;
 
     fn poll(&mut self) -> Result<bool> {
-        GuestVsock::poll(self)
+        VsockTable::poll(self)
     }
     fn accept(&mut self) -> Option<ConnId> {
-        GuestVsock::accept(self)
+        VsockTable::accept(self)
     }
     fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> Result<Recv> {
-        GuestVsock::recv(self, id, buf)
+        VsockTable::recv(self, id, buf)
     }
     fn send_some(&mut self, id: ConnId, buf: &[u8]) -> Result<usize> {
-        GuestVsock::send_some(self, id, buf)
+        VsockTable::send_some(self, id, buf)
     }
     fn close(&mut self, id: ConnId) {
-        if let Err(e) = GuestVsock::close(self, id) {
+        if let Err(e) = VsockTable::close(self, id) {
             warn!("vsock {id}: shutdown: {e}");
         }
     }
     fn reset(&mut self, id: ConnId) {
-        GuestVsock::reset(self, id)
+        VsockTable::reset(self, id)
     }
     fn exists(&self, id: ConnId) -> bool {
-        GuestVsock::exists(self, id)
+        VsockTable::exists(self, id)
     }
     fn tick(&mut self) {
-        GuestVsock::tick(self)
+        VsockTable::tick(self)
     }
     fn probe(&mut self, id: ConnId) {
-        GuestVsock::probe(self, id)
+        VsockTable::probe(self, id)
     }
     fn serve(&mut self, id: ConnId) {
-        GuestVsock::serve(self, id)
+        VsockTable::serve(self, id)
     }
     fn peer_closed(&self, id: ConnId) -> bool {
         self.conns
@@ -1051,20 +1168,20 @@ fn find(conns: &mut [ConnState], id: ConnId) -> Option<&mut ConnState> {
 /// can go on. While it is used, no other connection is served.
 ///
 /// Dropping it without [`Connection::shutdown`] resets the connection.
-pub struct Stream<'a, H: Hal, T: Transport> {
-    vsock: &'a mut GuestVsock<H, T>,
+pub struct Stream<'a, D: Device> {
+    vsock: &'a mut VsockTable<D>,
     id: ConnId,
     shut: bool,
 }
 
-impl<H: Hal, T: Transport> Stream<'_, H, T> {
+impl<D: Device> Stream<'_, D> {
     /// The connection's handle.
     pub fn id(&self) -> ConnId {
         self.id
     }
 }
 
-impl<H: Hal, T: Transport> Connection for Stream<'_, H, T> {
+impl<D: Device> Connection for Stream<'_, D> {
     fn send(&mut self, buf: &[u8]) -> Result<()> {
         if self.shut {
             return Err(Error::ShutDown);
@@ -1117,7 +1234,7 @@ impl<H: Hal, T: Transport> Connection for Stream<'_, H, T> {
     }
 }
 
-impl<H: Hal, T: Transport> Drop for Stream<'_, H, T> {
+impl<D: Device> Drop for Stream<'_, D> {
     fn drop(&mut self) {
         if !self.shut {
             self.shut = true;
@@ -1125,3 +1242,6 @@ impl<H: Hal, T: Transport> Drop for Stream<'_, H, T> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
