@@ -57,10 +57,7 @@ impl<F: FnMut() -> GuestInfo> Handler<ServiceVm> for Service<F> {
             ),
             Request::Spin(_) => (Response::Spin(0), Then::Continue),
             // Only as an answer stream (`handle_streaming`).
-            Request::Prng { .. } => (
-                Response::Err(ServiceError::Unsupported),
-                Then::Continue,
-            ),
+            Request::Prng { .. } => (Response::Err(ServiceError::Unsupported), Then::Continue),
         }
     }
 
@@ -152,8 +149,14 @@ impl ResponseStream<ServiceVm> for Prng {
     fn fill(&mut self, buf: &mut [u8]) -> usize {
         // Whole words, but the last piece: the sequence does not depend
         // on how it is cut into chunks.
-        let n = usize::try_from(self.left).unwrap_or(usize::MAX).min(buf.len() & !7);
-        let n = if n == 0 { self.left.min(buf.len() as u64) as usize } else { n };
+        let n = usize::try_from(self.left)
+            .unwrap_or(usize::MAX)
+            .min(buf.len() & !7);
+        let n = if n == 0 {
+            self.left.min(buf.len() as u64) as usize
+        } else {
+            n
+        };
         crate::prng_fill(&mut self.state, &mut buf[..n]);
         self.left -= n as u64;
         self.sent += n as u64;

@@ -193,6 +193,25 @@ impl<P: Protocol> Session<P> {
         }
     }
 
+    /// Sends `request` taking its answer as a stream: the answer's data is
+    /// written to `out` as it comes (any length, in bounded memory), then
+    /// the final answer is returned. Needs a guest that sends answer
+    /// streams.
+    pub fn call_stream_answer(
+        &mut self,
+        request: &P::Request,
+        out: &mut dyn std::io::Write,
+    ) -> Result<P::Response> {
+        let client = self
+            .client
+            .as_mut()
+            .ok_or(vsock_transport::Error::ShutDown)?;
+        match client.call_stream_answer(request, out) {
+            Ok(r) => Ok(r),
+            Err(e) => Err(self.wrap(e)),
+        }
+    }
+
     /// Ends the conversation without `GOODBYE` and, for a launched VM,
     /// waits up to `timeout` for QEMU to exit and returns its status: after
     /// a request that powers the VM off.
@@ -267,6 +286,18 @@ impl Session<ServiceVm> {
             Response::Sha256(d) => d.try_into().map_err(|d: Vec<u8>| {
                 Error::UnexpectedResponse(format!("a digest of {} bytes", d.len()))
             }),
+            Response::Err(e) => Err(Error::Service(e)),
+            other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
+        }
+    }
+
+    /// `len` bytes of the guest's `prng` sequence from `seed`
+    /// (`svmc::prng_fill`), written to `out` as they come: an answer
+    /// stream of any length, in bounded memory on both sides. Returns the
+    /// bytes the guest says it sent.
+    pub fn prng(&mut self, seed: u64, len: u64, out: &mut dyn std::io::Write) -> Result<u64> {
+        match self.call_stream_answer(&Request::Prng { seed, len }, out)? {
+            Response::Prng(n) => Ok(n),
             Response::Err(e) => Err(Error::Service(e)),
             other => Err(Error::UnexpectedResponse(format!("{other:?}"))),
         }
