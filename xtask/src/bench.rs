@@ -101,6 +101,8 @@ struct Opts {
     boots: Option<usize>,
     /// `--boot-only`: only the boot-to-answer rows.
     boot_only: bool,
+    /// `--envelope-only`: only the envelope rows.
+    envelope_only: bool,
 }
 
 /// Median, min, max of a sample.
@@ -188,6 +190,7 @@ fn parse(args: &[String]) -> Result<Opts> {
         mem: true,
         boots: None,
         boot_only: false,
+        envelope_only: false,
     };
     let mut it = rest.iter();
     while let Some(a) = it.next() {
@@ -208,6 +211,7 @@ fn parse(args: &[String]) -> Result<Opts> {
                 o.boots = Some(n);
             }
             "--boot-only" => o.boot_only = true,
+            "--envelope-only" => o.envelope_only = true,
             "--no-codec" => o.codec = false,
             "--no-microvm" => o.microvm = false,
             "--no-mem" => o.mem = false,
@@ -236,6 +240,21 @@ pub fn run(args: &[String]) -> Result<()> {
 
     let mut rows = Vec::new();
     let mut notes = Vec::new();
+
+    if o.envelope_only {
+        let base = VmConfig {
+            log_dir: Some(log_dir.clone()),
+            ..VmConfig::new(o.arch, &img)
+        };
+        eprintln!("bench: the extensions' envelope ({} reps)", o.reps);
+        let vm = launch_for_service_port(&base).map_err(|e| format!("protocol VM: {e}"))?;
+        let accel = vm.accel();
+        let envelope = envelope_cost(vm.uds_path(), base.service_port, o.reps);
+        drop(vm);
+        envelope_rows(&envelope, &mut rows, &mut notes);
+        print_report(o.arch, accel, &rows, &notes, None);
+        return Ok(());
+    }
 
     // Boot to answer.
     eprintln!("bench: boot to answer ({} reps)", o.reps);
@@ -405,28 +424,7 @@ pub fn run(args: &[String]) -> Result<()> {
         }
         Err(e) => notes.push(format!("async client figure not measured: {e}")),
     }
-    match &svc.envelope {
-        Ok((deadline, timed)) => {
-            let r = deadline.ratio.med;
-            rows.push(
-                Row::new(
-                    "round trip, 16 B (req/s), with a deadline (extensions on) vs plain v2",
-                    deadline.a.show("/s", 0),
-                    deadline.b.show("/s", 0),
-                )
-                .ratio(r, "≥ 0.97x", r >= ENVELOPE_RATIO)
-                .spread(&deadline.ratio),
-            );
-            let mut row = Row::new(
-                "round trip, 16 B (req/s), deadline and timings (a traced call) vs plain v2",
-                timed.a.show("/s", 0),
-                timed.b.show("/s", 0),
-            );
-            row.ratio = format!("{:.2}x", timed.ratio.med);
-            rows.push(row.spread(&timed.ratio));
-        }
-        Err(e) => notes.push(format!("envelope figure not measured: {e}")),
-    }
+    envelope_rows(&svc.envelope, &mut rows, &mut notes);
     match &svc.clients {
         Ok((one, many)) => {
             let mut row = Row::new(
@@ -549,6 +547,36 @@ fn print_report(
 }
 
 /// A row with a ratio and no target.
+/// The rows of [`envelope_cost`]'s figures.
+fn envelope_rows(
+    envelope: &std::result::Result<(Pair, Pair), String>,
+    rows: &mut Vec<Row>,
+    notes: &mut Vec<String>,
+) {
+    match &envelope {
+        Ok((deadline, timed)) => {
+            let r = deadline.ratio.med;
+            rows.push(
+                Row::new(
+                    "round trip, 16 B (req/s), with a deadline (extensions on) vs plain v2",
+                    deadline.a.show("/s", 0),
+                    deadline.b.show("/s", 0),
+                )
+                .ratio(r, "≥ 0.97x", r >= ENVELOPE_RATIO)
+                .spread(&deadline.ratio),
+            );
+            let mut row = Row::new(
+                "round trip, 16 B (req/s), deadline and timings (a traced call) vs plain v2",
+                timed.a.show("/s", 0),
+                timed.b.show("/s", 0),
+            );
+            row.ratio = format!("{:.2}x", timed.ratio.med);
+            rows.push(row.spread(&timed.ratio));
+        }
+        Err(e) => notes.push(format!("envelope figure not measured: {e}")),
+    }
+}
+
 fn info_row(what: &str, ours: String, floor: String, r: f64) -> Row {
     let mut row = Row::new(what, ours, floor);
     row.ratio = format!("{r:.2}x");

@@ -200,6 +200,9 @@ pub struct Bench {
     /// The boot-to-answer rows alone.
     #[arg(long)]
     pub boot_only: bool,
+    /// The cost of the extensions' envelope on 16-byte round trips alone.
+    #[arg(long)]
+    pub envelope_only: bool,
     /// Leave out the codec figures.
     #[arg(long)]
     pub no_codec: bool,
@@ -223,6 +226,7 @@ impl Bench {
         }
         for (set, flag) in [
             (self.boot_only, "--boot-only"),
+            (self.envelope_only, "--envelope-only"),
             (self.no_codec, "--no-codec"),
             (self.no_microvm, "--no-microvm"),
             (self.no_mem, "--no-mem"),

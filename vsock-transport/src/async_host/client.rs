@@ -397,7 +397,7 @@ where
         // The frame is queued whole: the tail (a payload) is copied once.
         let tail = P::encode_request(id, request, self.peer_max_body, &mut f)?;
         if self.ext.meta && !meta.is_empty() {
-            ext::insert_meta(&mut f, 0, tail.len(), &meta, self.peer_max_body)?;
+            ext::insert_request_meta(&mut f, 0, tail.len(), &meta, self.peer_max_body)?;
         }
         f.reserve_exact(tail.len());
         f.extend_from_slice(tail);

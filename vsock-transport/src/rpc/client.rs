@@ -547,7 +547,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         // bytes on the wire; see BENCHMARKS.md).
         let tail = P::encode_request(id, request, self.peer_max_body, &mut self.buf)?;
         if self.ext.meta && !meta.is_empty() {
-            ext::insert_meta(&mut self.buf, 0, tail.len(), meta, self.peer_max_body)?;
+            ext::insert_request_meta(&mut self.buf, 0, tail.len(), meta, self.peer_max_body)?;
         }
         self.buf.extend_from_slice(tail);
         if let Err(e) = send_frame(&mut self.conn, &self.buf) {

@@ -1086,11 +1086,13 @@ impl<P: Protocol> ServerConn<P> {
             (0, RequestMeta::default())
         };
         if self.ext.cancel {
-            // A CANCEL for this request may have come behind it. Looked for
-            // at most once a millisecond: requests that come faster than
-            // that are not waiting behind long work.
+            // A CANCEL for this request may have come behind it while it
+            // waited its turn: looked for when it waited a millisecond or
+            // more (behind long work), not for requests served at once.
             let now = (self.now_us)();
-            if !self.ahead.pumped_within(now, super::ahead::PUMP_GAP_US) {
+            if now.saturating_sub(arrived) >= super::ahead::PUMP_GAP_US
+                && !self.ahead.pumped_within(now, super::ahead::PUMP_GAP_US)
+            {
                 self.ahead.pump(now, &mut *read_ahead);
             }
         }
