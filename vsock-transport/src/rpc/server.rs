@@ -1154,7 +1154,7 @@ impl<P: Protocol> ServerConn<P> {
             if let Some(t) = timing {
                 let m = self.answer_meta(t);
                 // Best effort: without it if it does not fit.
-                let _ = ext::insert_meta_at(&mut head, HEADER_LEN, &m);
+                let _ = ext::insert_response_meta_at(&mut head, HEADER_LEN, &m);
             }
             return self.answer_in_place(answer, head, body, len, reserved);
         }
@@ -1441,7 +1441,7 @@ impl<P: Protocol> ServerConn<P> {
                 if let Some(t) = timing {
                     let m = self.answer_meta(t);
                     // Best effort: without it if it does not fit.
-                    let _ = ext::insert_meta(&mut out, 0, 0, &m, self.peer_max);
+                    let _ = ext::insert_response_meta(&mut out, 0, 0, &m, self.peer_max);
                 }
                 self.queue(out, reserved)
             }
