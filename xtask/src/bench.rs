@@ -541,7 +541,7 @@ fn print_report(
     }
     if let Some(c) = codec {
         println!();
-        println!("comm codec (cargo bench -p svmc-comm):");
+        println!("svmc codec (cargo bench -p svmc-proto):");
         println!("{c}");
     }
 }
@@ -1483,7 +1483,7 @@ fn min_memory(base: &VmConfig) -> Result<Option<u32>> {
     Ok(Some(hi))
 }
 
-/// Runs comm's codec benchmark (its summary table only; criterion's
+/// Runs svmc-proto's codec benchmark (its summary table only; criterion's
 /// own benchmarks are filtered out) and returns the summary.
 fn codec_summary() -> Result<String> {
     let out = cargo()
@@ -1491,7 +1491,7 @@ fn codec_summary() -> Result<String> {
             "bench",
             "--quiet",
             "-p",
-            crate::ci::COMM_PACKAGE,
+            crate::ci::SVMC_PACKAGE,
             "--bench",
             "codec",
             "--",
@@ -1499,10 +1499,10 @@ fn codec_summary() -> Result<String> {
         ])
         .stderr(Stdio::inherit())
         .output()
-        .map_err(|e| format!("cargo bench -p svmc-comm: {e}"))?;
+        .map_err(|e| format!("cargo bench -p svmc-proto: {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "cargo bench -p svmc-comm failed with {}",
+            "cargo bench -p svmc-proto failed with {}",
             out.status
         ));
     }

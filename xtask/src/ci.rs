@@ -11,9 +11,15 @@ use crate::util::{self, Result, cargo};
 pub const TRANSPORT_GUEST_FEATURE: &str = "guest";
 /// The package name of `comm` (the folder): `comm` is taken on crates.io.
 pub const COMM_PACKAGE: &str = "svmc-comm";
+/// svmc's own protocol (`comm/svmc`): messages, fast codec and, with
+/// [`SVMC_SERVER_FEATURE`], the handler.
+pub const SVMC_PACKAGE: &str = "svmc-proto";
+/// `svmc-proto`'s handler on vsock-transport.
+pub const SVMC_SERVER_FEATURE: &str = "server";
 /// The crates published on crates.io (package names).
-pub const LIBRARY_PACKAGES: [&str; 4] = [
+pub const LIBRARY_PACKAGES: [&str; 5] = [
     COMM_PACKAGE,
+    SVMC_PACKAGE,
     "vsock-transport",
     RUNTIME_PACKAGE,
     "svmc-host",
@@ -136,10 +142,14 @@ pub fn lint() -> Result<()> {
                     "-p",
                     COMM_PACKAGE,
                     "-p",
+                    SVMC_PACKAGE,
+                    "-p",
                     "vsock-transport",
                     "--features",
                 ])
-                .arg(format!("vsock-transport/{TRANSPORT_GUEST_FEATURE}"))
+                .arg(format!(
+                    "vsock-transport/{TRANSPORT_GUEST_FEATURE},{SVMC_PACKAGE}/{SVMC_SERVER_FEATURE}"
+                ))
                 .args(["--target", target])
                 .args(deny),
         )?;

@@ -188,6 +188,12 @@ fn test() -> util::Result<()> {
                 .arg(ci::TRANSPORT_GUEST_FEATURE)
                 .args(["--target", arch.target_triple()]),
         )?;
+        util::run(
+            util::cargo()
+                .args(["build", "-p", ci::SVMC_PACKAGE, "--features"])
+                .arg(ci::SVMC_SERVER_FEATURE)
+                .args(["--target", arch.target_triple()]),
+        )?;
     }
     // Docs build clean.
     util::run(

@@ -3,14 +3,14 @@
 //! message type. Nothing may panic; whatever decodes must re-encode to a
 //! frame that decodes to the same value; and whatever our slice deserializer
 //! accepts, ciborium's own deserializer must accept as the same value. The
-//! direct codec of `service` must return what the generic `envelope` path
+//! direct codec of `svmc` (svmc-proto) must return what the generic `envelope` path
 //! returns, value and error alike.
 #![no_main]
 
 use comm::Hello;
 use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
 use comm::envelope;
-use comm::service::{self, Request, Response};
+use svmc::{Request, Response};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -46,6 +46,6 @@ fuzz_target!(|data: &[u8]| {
     check::<Response>(data, FrameKind::Response);
     check::<Hello>(data, FrameKind::Hello);
     check::<ProtocolError>(data, FrameKind::Error);
-    assert_eq!(service::decode_request(data), envelope::decode::<Request>(data));
-    assert_eq!(service::decode_response(data), envelope::decode::<Response>(data));
+    assert_eq!(svmc::decode_request(data), envelope::decode::<Request>(data));
+    assert_eq!(svmc::decode_response(data), envelope::decode::<Response>(data));
 });

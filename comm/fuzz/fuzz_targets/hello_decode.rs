@@ -6,7 +6,7 @@
 #![no_main]
 
 use comm::frame::{self, FrameKind};
-use comm::service::ServiceVm;
+use svmc::ServiceVm;
 use comm::{Hello, Protocol};
 use libfuzzer_sys::fuzz_target;
 
