@@ -201,7 +201,13 @@ fn peak_rss_kib() -> Option<u64> {
 fn a_stream_larger_than_the_vm_through_16_mib(l: &Long) -> R {
     let mib = STREAM_MIB.get();
     let mut config = l.ctx.vm_config();
-    config.memory_mib = 16;
+    // The firmware in 16 MiB of RAM; a Linux kernel does not boot in
+    // that, so the Linux guest's service keeps its VM's default (and its
+    // budget: half its free memory, far less than the stream).
+    if l.ctx.guest == host::Guest::Firmware {
+        config.memory_mib = 16;
+    }
+    println!("  a VM of {} MiB", config.memory_mib);
     let mut session = l.ctx.session_with(config)?;
     let (before, _) = session.info_and_stats().map_err(|e| e.to_string())?;
     let rss_before = peak_rss_kib();
@@ -223,30 +229,20 @@ fn a_stream_larger_than_the_vm_through_16_mib(l: &Long) -> R {
         format!("sent {sent} bytes of {}", mib << 20)
     })?;
     ensure(digest == want, || "WRONG DIGEST".into())?;
-    let heap = after.heap.ok_or("the guest reports no heap")?;
-    let heap_before = before.heap.ok_or("the guest reports no heap")?;
     println!(
-        "  {mib} MiB through a 16 MiB VM in {:.1} s ({:.1} MiB/s); guest heap peak {} KiB \
-         (before: {} KiB, heap {} KiB); host peak RSS {} -> {} KiB; {} bytes in on the \
-         connection",
+        "  {mib} MiB in {:.1} s ({:.1} MiB/s); host peak RSS {} -> {} KiB; {} bytes in on \
+         the connection",
         took.as_secs_f64(),
         mib as f64 / took.as_secs_f64(),
-        heap.peak / 1024,
-        heap_before.peak / 1024,
-        heap.size / 1024,
         rss_before.unwrap_or(0),
         rss_after.unwrap_or(0),
         stats.map_or(0, |s| s.bytes_in)
     );
     // Bounded memory: the guest holds a chunk (64 KiB) and its frame
-    // buffers, not the data; the host reads and sends a chunk at a time.
-    ensure(heap.peak < heap_before.peak + (1 << 20), || {
-        format!(
-            "guest heap peak {} KiB after the stream, {} KiB before",
-            heap.peak / 1024,
-            heap_before.peak / 1024
-        )
-    })?;
+    // buffers, not the data (the firmware's heap figures say so; the Linux
+    // guest's service reports none, its VM is far smaller than the data);
+    // the host reads and sends a chunk at a time.
+    heap_bounded(before.heap, after.heap, "the stream")?;
     if let (Some(b), Some(a)) = (rss_before, rss_after) {
         ensure(a < b + 64 * 1024, || {
             format!("host peak RSS grew from {b} KiB to {a} KiB")
@@ -266,12 +262,10 @@ fn a_stream_larger_than_the_vm_through_16_mib(l: &Long) -> R {
         .map_err(|e| format!("prng of {} MiB: {e}", out_len >> 20))?;
     let took = t.elapsed();
     let (after_out, _) = session.info_and_stats().map_err(|e| e.to_string())?;
-    let heap_out = after_out.heap.ok_or("the guest reports no heap")?;
     println!(
-        "  {} MiB answer stream from the 16 MiB VM in {:.1} s; guest heap peak {} KiB",
+        "  {} MiB answer stream from the VM in {:.1} s",
         out_len >> 20,
         took.as_secs_f64(),
-        heap_out.peak / 1024
     );
     ensure(n == out_len && check.got == out_len, || {
         format!("{n} bytes said, {} received, of {out_len}", check.got)
@@ -279,17 +273,34 @@ fn a_stream_larger_than_the_vm_through_16_mib(l: &Long) -> R {
     ensure(check.wrong.is_none(), || {
         format!("WRONG BYTE at offset {:?}", check.wrong)
     })?;
-    ensure(heap_out.peak < heap_before.peak + (1 << 20), || {
-        format!(
-            "guest heap peak {} KiB after the answer stream",
-            heap_out.peak / 1024
-        )
-    })?;
+    heap_bounded(before.heap, after_out.heap, "the answer stream")?;
     let status = session
         .power_off(Duration::from_secs(20))
         .map_err(|e| e.to_string())?
         .ok_or("no exit status")?;
     ensure(status.success(), || format!("QEMU exit status {status}"))
+}
+
+/// The guest's heap peak grew by less than 1 MiB during `what`, if it
+/// reports its heap.
+fn heap_bounded(before: Option<svmc::HeapStats>, after: Option<svmc::HeapStats>, what: &str) -> R {
+    let (Some(b), Some(a)) = (before, after) else {
+        println!("  the guest reports no heap figures");
+        return Ok(());
+    };
+    println!(
+        "  guest heap peak after {what}: {} KiB (before: {} KiB, of {} KiB)",
+        a.peak / 1024,
+        b.peak / 1024,
+        a.size / 1024
+    );
+    ensure(a.peak < b.peak + (1 << 20), || {
+        format!(
+            "guest heap peak {} KiB after {what}, {} KiB before",
+            a.peak / 1024,
+            b.peak / 1024
+        )
+    })
 }
 
 /// Checks an answer stream against `svmc::prng_fill` as it is written.
