@@ -101,6 +101,20 @@ fn the_validator_refuses_bodies_that_break_the_schema() {
             "id as text",
             b"\xa4\x64code\x07\x65fatal\xf5\x66detail\x61x\x62id\x61x",
         ),
+        (
+            "hello-body",
+            "ext as a number",
+            b"\xa4\x68protocol\x64svmc\x67version\x02\x68max_body\x01\x63ext\x05",
+        ),
+        ("request-body", "meta not a map", b"\x83\x01\x05\x64info"),
+        (
+            "request-body",
+            "deadline over u32",
+            b"\x83\x01\xa1\x6bdeadline_ms\x1b\x00\x00\x00\x01\x00\x00\x00\x00\x64info",
+        ),
+        ("cancel-body", "id as text", b"\xa1\x62id\x61x"),
+        ("chunk-body", "no data", b"\x81\x09"),
+        ("chunk-body", "data as text", b"\x82\x09\x61x"),
     ];
     // R-ERR-7: a detail of 513 bytes; 512 is fine.
     let error_with_detail = |n: usize| {
@@ -139,6 +153,9 @@ fn the_validator_refuses_bodies_that_break_the_schema() {
             "error-body",
             b"\xa4\x64code\x07\x65fatal\xf5\x66detail\x61x\x62id\x05",
         ),
+        ("request-body", b"\x83\x01\xa1\x66timing\xf5\x64info"),
+        ("cancel-body", b"\xa1\x62id\x05"),
+        ("chunk-body", b"\x82\x05\xf6"),
     ];
     for (rule, body) in good {
         let failed = cddl::validate(&tool, rule, &[("good".into(), body.to_vec())]).unwrap();
