@@ -9,6 +9,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use svmc::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
 use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::ext::{self, Cancel, Extensions, RequestMeta, ResponseMeta};
 use svmc_comm::frame::{self, DEFAULT_MAX_BODY, FrameKind, ProtocolError, ProtocolErrorCode};
 use svmc_comm::{Error, Hello};
 
@@ -86,6 +87,53 @@ where
         let (got_id, back) = envelope::decode::<T>(&wire[frame::HEADER_LEN..]);
         assert_eq!(got_id, Some(id));
         assert_eq!(back.unwrap(), value);
+    })
+}
+
+/// [`enveloped`] with a meta item: body `[id, meta, value]` (`WIRE.md`
+/// §10.2), read back with `ext::split_meta`.
+fn with_meta<M, T>(kind: FrameKind, id: u32, meta: M, value: T) -> Check
+where
+    M: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+{
+    Box::new(move |wire| {
+        let mut ours = Vec::new();
+        let id = RequestId(id);
+        match kind {
+            FrameKind::Request => {
+                envelope::encode_request_into(id, &value, DEFAULT_MAX_BODY, &mut ours)
+            }
+            _ => envelope::encode_response_into(id, &value, DEFAULT_MAX_BODY, &mut ours),
+        }
+        .unwrap();
+        ext::insert_meta(&mut ours, 0, 0, &meta, DEFAULT_MAX_BODY).unwrap();
+        assert_eq!(hex(&ours), hex(wire), "encoding of {meta:?}, {value:?}");
+        let h = frame::Header::parse(
+            wire[..frame::HEADER_LEN].try_into().unwrap(),
+            DEFAULT_MAX_BODY,
+        )
+        .unwrap();
+        assert_eq!((h.kind, h.frame_len()), (kind, wire.len()));
+        let mut body = wire[frame::HEADER_LEN..].to_vec();
+        let (start, got) = ext::split_meta::<M>(&mut body).unwrap();
+        assert_eq!(got.as_ref(), Some(&meta));
+        let (got_id, back) = envelope::decode::<T>(&body[start..]);
+        assert_eq!(got_id, Some(id));
+        assert_eq!(back.unwrap(), value);
+    })
+}
+
+/// A `CHUNK` of request `id` (`WIRE.md` §10.4).
+fn chunk(id: u32, data: Option<&'static [u8]>) -> Check {
+    Box::new(move |wire| {
+        let mut ours = Vec::new();
+        ext::encode_chunk_into(RequestId(id), data, &mut ours).unwrap();
+        assert_eq!(hex(&ours), hex(wire), "encoding of the chunk {data:?}");
+        let h = frame::Header::parse(wire[..frame::HEADER_LEN].try_into().unwrap(), 0).unwrap();
+        assert_eq!((h.kind, h.frame_len()), (FrameKind::Chunk, wire.len()));
+        let (got_id, got) = ext::decode_chunk(&wire[frame::HEADER_LEN..]).unwrap();
+        assert_eq!((got_id, got.as_deref()), (RequestId(id), data));
     })
 }
 
@@ -182,6 +230,64 @@ fn cases() -> BTreeMap<&'static str, Check> {
         ),
     );
     m.insert(
+        "hello-ext",
+        case(
+            FrameKind::Hello,
+            Hello::new::<ServiceVm>(DEFAULT_MAX_BODY).with_ext(Extensions::ALL),
+        ),
+    );
+    m.insert(
+        "request-meta-deadline",
+        with_meta(
+            FrameKind::Request,
+            7,
+            RequestMeta {
+                deadline_ms: Some(250),
+                ..RequestMeta::default()
+            },
+            Request::Info,
+        ),
+    );
+    m.insert(
+        "response-meta-timing",
+        with_meta(
+            FrameKind::Response,
+            8,
+            ResponseMeta {
+                queued_us: Some(120),
+                handled_us: Some(35),
+                stats: None,
+            },
+            Response::Reverse(b"cba".to_vec()),
+        ),
+    );
+    m.insert(
+        "error-deadline",
+        case(
+            FrameKind::Error,
+            ProtocolError::new(
+                ProtocolErrorCode::DeadlineExceeded,
+                false,
+                "deadline passed",
+            )
+            .with_id(Some(RequestId(7))),
+        ),
+    );
+    m.insert(
+        "cancel",
+        case(FrameKind::Cancel, Cancel { id: RequestId(7) }),
+    );
+    m.insert(
+        "error-cancelled",
+        case(
+            FrameKind::Error,
+            ProtocolError::new(ProtocolErrorCode::Cancelled, false, "cancelled")
+                .with_id(Some(RequestId(7))),
+        ),
+    );
+    m.insert("chunk", chunk(9, Some(b"abc")));
+    m.insert("chunk-end", chunk(9, None));
+    m.insert(
         "goodbye",
         Box::new(|wire| {
             assert_eq!(wire, frame::goodbye());
@@ -219,6 +325,13 @@ fn documented_constants() {
     assert_eq!(frame::RECURSION_LIMIT, 128);
     assert_eq!(svmc_comm::HOST_PORT, 7000);
     assert_eq!(svmc_comm::SERVICE_PORT, 7001);
+    assert_eq!(ext::CANCEL_MAX_BODY, 64);
+    assert_eq!(ext::CHUNK_MAX_DATA, 65_536);
+    assert_eq!(ext::CHUNK_MAX_BODY, 65_552);
+    assert_eq!(frame::FrameKind::Cancel as u8, 0x06);
+    assert_eq!(frame::FrameKind::Chunk as u8, 0x07);
+    assert_eq!(u32::from(ProtocolErrorCode::DeadlineExceeded), 8);
+    assert_eq!(u32::from(ProtocolErrorCode::Cancelled), 9);
     // The largest id takes 5 bytes (1 for ids up to 23).
     for (n, overhead) in [
         (0, 17),
