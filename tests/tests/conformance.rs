@@ -33,6 +33,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use comm::envelope::{self, RequestId};
+use comm::ext::{self, Cancel, Extensions, RequestMeta};
 use comm::frame::{
     self, DEFAULT_MAX_BODY, FrameKind, HEADER_LEN, ProtocolError, ProtocolErrorCode,
 };
@@ -106,6 +107,26 @@ impl Peer {
 
     fn hello(&self) -> Result<Raw<'_>, String> {
         Ok(self.hello_with(DEFAULT_MAX_BODY)?.0)
+    }
+
+    /// [`Peer::hello`] offering the extensions `ext` (§10); checks that
+    /// the server's `HELLO` lists all three.
+    fn hello_offering(&self, max_body: u32, ext: Extensions) -> Result<Raw<'_>, String> {
+        let mut c = self.connect()?;
+        c.send_msg(
+            FrameKind::Hello,
+            &Hello::new::<ServiceVm>(max_body).with_ext(ext),
+        )?;
+        let h = c.expect_hello_body(ANSWER)?;
+        ensure(h.extensions() == Extensions::ALL, || {
+            format!("the server's HELLO lists {:?}", h.ext)
+        })?;
+        Ok(c)
+    }
+
+    /// A connection with every extension on (R-EXT-2).
+    fn hello_ext(&self) -> Result<Raw<'_>, String> {
+        self.hello_offering(DEFAULT_MAX_BODY, Extensions::ALL)
     }
 
     fn capture(&self, kind: FrameKind, body: &[u8], what: String) {
@@ -199,6 +220,11 @@ impl Raw<'_> {
 
     /// Reads the server's `HELLO`, checks it, returns its `max_body`.
     fn expect_hello_within(&mut self, within: Duration) -> Result<u32, String> {
+        Ok(self.expect_hello_body(within)?.max_body)
+    }
+
+    /// [`Raw::expect_hello_within`], returning the whole `HELLO`.
+    fn expect_hello_body(&mut self, within: Duration) -> Result<Hello, String> {
         let f = self.frame_within(within)?;
         if f.kind == FrameKind::Error as u8 {
             let pe: Result<ProtocolError, _> = frame::decode_body(&f.body);
@@ -209,7 +235,7 @@ impl Raw<'_> {
         })?;
         let h = Hello::decode_checked::<ServiceVm>(&f.body).map_err(|e| format!("HELLO: {e}"))?;
         ensure(h.max_body > 0, || "max_body 0".into())?;
-        Ok(h.max_body)
+        Ok(h)
     }
 
     fn expect_hello(&mut self) -> Result<u32, String> {
@@ -402,6 +428,10 @@ const CODE_BAD: ProtocolErrorCode = ProtocolErrorCode::BadMessage;
 const CODE_VARIANT: ProtocolErrorCode = ProtocolErrorCode::UnknownVariant;
 const CODE_UNEXPECTED: ProtocolErrorCode = ProtocolErrorCode::UnexpectedFrame;
 const CODE_VERSION: ProtocolErrorCode = ProtocolErrorCode::VersionMismatch;
+const CODE_DEADLINE: ProtocolErrorCode = ProtocolErrorCode::DeadlineExceeded;
+const CODE_CANCELLED: ProtocolErrorCode = ProtocolErrorCode::Cancelled;
+const CANCEL: u8 = FrameKind::Cancel as u8;
+const CHUNK: u8 = FrameKind::Chunk as u8;
 
 // ---------------------------------------------------------------------------
 // §4 Concurrency
@@ -1519,6 +1549,674 @@ fn r_cbor_8_invalid_utf8(p: &Peer) -> R {
 }
 
 // ---------------------------------------------------------------------------
+// §10 Extensions
+
+/// svmc's answers as the cases of §10 read them: `spin` and `sha256` are
+/// written here from the specification (§6), so that these cases check a
+/// peer whether or not the `svmc` crate of this build has them.
+#[derive(Debug, PartialEq, serde::Deserialize)]
+enum Answer {
+    #[serde(rename = "rev")]
+    Rev(#[serde(with = "serde_bytes")] Vec<u8>),
+    #[serde(rename = "info")]
+    Info(serde::de::IgnoredAny),
+    #[serde(rename = "spin")]
+    Spin(u32),
+    #[serde(rename = "sha256")]
+    Sha256(#[serde(with = "serde_bytes")] Vec<u8>),
+    #[serde(rename = "err")]
+    Err(ServiceError),
+}
+
+/// A response meta as read (R-META-4); `stats` as a map, as every key of
+/// it is optional (R-META-5).
+#[derive(Debug, Default, PartialEq, serde::Deserialize)]
+struct AnswerMeta {
+    queued_us: Option<u64>,
+    handled_us: Option<u64>,
+    stats: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+/// One answer: a `RESPONSE` (with its meta, if it has one) or an `ERROR`.
+#[derive(Debug)]
+enum Got {
+    Response {
+        id: u32,
+        meta: Option<AnswerMeta>,
+        answer: Answer,
+    },
+    Error(ProtocolError),
+}
+
+impl Raw<'_> {
+    /// The next frame, a `RESPONSE` or an `ERROR`, within `within`.
+    fn answer_within(&mut self, within: Duration) -> Result<Got, String> {
+        let f = self.frame_within(within)?;
+        if f.kind == FrameKind::Error as u8 {
+            let pe = frame::decode_body(&f.body).map_err(|e| format!("ERROR body: {e}"))?;
+            return Ok(Got::Error(pe));
+        }
+        ensure(f.kind == FrameKind::Response as u8, || {
+            format!("frame kind {:#04x} instead of an answer", f.kind)
+        })?;
+        let mut body = f.body;
+        let (start, meta) = ext::split_meta::<AnswerMeta>(&mut body)
+            .map_err(|(_, e)| format!("the RESPONSE's meta: {e}"))?;
+        let (id, answer) = envelope::decode::<Answer>(&body[start..]);
+        let id = id.ok_or("a RESPONSE without an id")?.0;
+        let answer = answer.map_err(|e| format!("RESPONSE {id}: {e}"))?;
+        Ok(Got::Response { id, meta, answer })
+    }
+
+    fn answer(&mut self) -> Result<Got, String> {
+        self.answer_within(ANSWER)
+    }
+
+    /// The next frame is the `RESPONSE` `[id, want]` or `[id, meta, want]`;
+    /// returns its meta.
+    fn expect_answer(&mut self, id: u32, want: &Answer) -> Result<Option<AnswerMeta>, String> {
+        match self.answer()? {
+            Got::Response {
+                id: got,
+                meta,
+                answer,
+            } if got == id && answer == *want => Ok(meta),
+            other => Err(format!("expected [{id}, {want:?}], got {other:?}")),
+        }
+    }
+}
+
+/// The CBOR of svmc's request `{"spin": ms}`.
+fn spin(ms: u32) -> Vec<u8> {
+    let mut b = vec![0xa1];
+    cbor_text(&mut b, "spin");
+    cbor_uint(&mut b, ms.into());
+    b
+}
+
+/// The CBOR of svmc's request `"sha256"`.
+fn sha256() -> Vec<u8> {
+    let mut b = Vec::new();
+    cbor_text(&mut b, "sha256");
+    b
+}
+
+fn info() -> Vec<u8> {
+    let mut b = Vec::new();
+    cbor_text(&mut b, "info");
+    b
+}
+
+/// The CBOR of `{"rev": data}`.
+fn rev(data: &[u8]) -> Vec<u8> {
+    let mut b = vec![0xa1];
+    cbor_text(&mut b, "rev");
+    cbor_head(&mut b, 2, data.len() as u64);
+    b.extend_from_slice(data);
+    b
+}
+
+fn reversed(data: &[u8]) -> Answer {
+    Answer::Rev(data.iter().rev().copied().collect())
+}
+
+/// The body `[id, meta, request]` (`[id, request]` without a meta).
+fn meta_body(id: u32, meta: Option<&RequestMeta>, request: &[u8]) -> Vec<u8> {
+    let mut body = vec![if meta.is_some() { 0x83 } else { 0x82 }];
+    cbor_uint(&mut body, id.into());
+    if let Some(m) = meta {
+        frame::encode_item(m, &mut body).expect("encodes");
+    }
+    body.extend_from_slice(request);
+    body
+}
+
+/// A well-formed `REQUEST` `[id, meta, request]` (captured).
+fn meta_request(p: &Peer, id: u32, meta: Option<&RequestMeta>, request: &[u8]) -> Vec<u8> {
+    let body = meta_body(id, meta, request);
+    p.capture(FrameKind::Request, &body, "sent REQUEST with meta".into());
+    raw_frame(REQ, &body)
+}
+
+/// A `CANCEL` of request `id` (captured).
+fn cancel_frame(p: &Peer, id: u32) -> Vec<u8> {
+    let f =
+        frame::encode(FrameKind::Cancel, &Cancel { id: RequestId(id) }, u32::MAX).expect("encodes");
+    p.capture(FrameKind::Cancel, &f[HEADER_LEN..], "sent CANCEL".into());
+    f
+}
+
+/// A `CHUNK` of request `id`: `data`, or the end of its stream (captured).
+fn chunk_frame(p: &Peer, id: u32, data: Option<&[u8]>) -> Vec<u8> {
+    let mut f = Vec::new();
+    ext::encode_chunk_into(RequestId(id), data, &mut f).expect("encodes");
+    p.capture(FrameKind::Chunk, &f[HEADER_LEN..], "sent CHUNK".into());
+    f
+}
+
+fn stream_meta() -> RequestMeta {
+    RequestMeta {
+        stream: true,
+        ..RequestMeta::default()
+    }
+}
+
+/// A request stream `[id, {"stream": true}, request]`, its chunks and its
+/// end, as one write.
+fn stream_frames(p: &Peer, id: u32, request: &[u8], pieces: &[&[u8]]) -> Vec<u8> {
+    let mut w = meta_request(p, id, Some(&stream_meta()), request);
+    for d in pieces {
+        w.extend(chunk_frame(p, id, Some(d)));
+    }
+    w.extend(chunk_frame(p, id, None));
+    w
+}
+
+fn hex_digest(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// R-EXT-1, R-EXT-2: the server lists `meta`, `cancel` and `stream`
+/// whatever the client lists; a client listing them, and a name nobody
+/// knows, gets them on.
+fn r_ext_2_the_server_offers_the_extensions(p: &Peer) -> R {
+    for ours in [Extensions::NONE, Extensions::ALL] {
+        p.hello_offering(DEFAULT_MAX_BODY, ours)
+            .map_err(|e| format!("offering {ours:?}: {e}"))?
+            .goodbye()?;
+    }
+    let mut hello = Hello::new::<ServiceVm>(DEFAULT_MAX_BODY).with_ext(Extensions::ALL);
+    hello.ext.insert(0, "x-not-yet-invented".into());
+    let mut c = p.connect()?;
+    c.send_msg(FrameKind::Hello, &hello)?;
+    c.expect_hello()?;
+    let timing = RequestMeta {
+        timing: true,
+        ..RequestMeta::default()
+    };
+    c.send(&meta_request(p, 1, Some(&timing), &rev(b"ext")))?;
+    let meta = c.expect_answer(1, &reversed(b"ext"))?;
+    ensure(meta.is_some(), || "no response meta: meta is not on".into())?;
+    c.goodbye()
+}
+
+/// R-EXT-1 (R-HELLO-7 step 6): an `ext` that is not an array of text
+/// strings is a malformed `HELLO`, fatal code 3; in a `HELLO` of another
+/// version it is not read (code 6, R-HELLO-4).
+fn r_ext_1_a_bad_ext_is_a_bad_hello(p: &Peer) -> R {
+    let with_ext = |version: u32, ext: &[u8]| {
+        let mut b = hello_body("svmc", version, DEFAULT_MAX_BODY);
+        b[0] = 0xa4;
+        cbor_text(&mut b, "ext");
+        b.extend_from_slice(ext);
+        b
+    };
+    let bad: &[(&str, &[u8])] = &[
+        ("a number", b"\x05"),
+        ("a text string", b"\x64meta"),
+        ("an array with a number", b"\x82\x64meta\x01"),
+    ];
+    for (what, ext) in bad {
+        let mut c = p.connect()?;
+        c.send_raw(FrameKind::Hello as u8, &with_ext(ServiceVm::VERSION, ext))?;
+        c.expect_hello()?;
+        c.expect_error(CODE_BAD, true, None)
+            .map_err(|e| format!("ext {what}: {e}"))?;
+    }
+    let mut c = p.connect()?;
+    c.send_raw(FrameKind::Hello as u8, &with_ext(1, b"\x05"))?;
+    c.expect_hello()?;
+    c.expect_error(CODE_VERSION, true, None)
+}
+
+/// R-EXT-3, R-CANCEL-4, R-STREAM-6: to a client that offers no
+/// extension (or not `meta`, which `stream` needs) the server is plain
+/// version 2: a meta body is a malformed three-item array, `CANCEL` and
+/// `CHUNK` are unknown kinds; before the handshake too.
+fn r_ext_3_a_client_without_extensions_gets_plain_v2(p: &Peer) -> R {
+    let all = RequestMeta {
+        deadline_ms: Some(0),
+        timing: true,
+        ..RequestMeta::default()
+    };
+    let mut c = p.hello()?;
+    c.send_raw(REQ, &meta_body(3, Some(&all), &info()))?;
+    c.expect_error(CODE_BAD, false, Some(Some(3)))?;
+    c.send(&meta_request(p, 4, None, &rev(b"plain")))?;
+    let meta = c.expect_answer(4, &reversed(b"plain"))?;
+    ensure(meta.is_none(), || format!("a response meta: {meta:?}"))?;
+    c.send(&cancel_frame(p, 4))?;
+    c.expect_error(CODE_BAD_FRAME, true, None)
+        .map_err(|e| format!("CANCEL without the extension: {e}"))?;
+
+    let no_meta = Extensions {
+        meta: false,
+        ..Extensions::ALL
+    };
+    let mut c = p.hello_offering(DEFAULT_MAX_BODY, no_meta)?;
+    c.send_raw(REQ, &meta_body(5, Some(&all), &info()))?;
+    c.expect_error(CODE_BAD, false, Some(Some(5)))
+        .map_err(|e| format!("a meta body without meta: {e}"))?;
+    c.send(&chunk_frame(p, 6, Some(b"x")))?;
+    c.expect_error(CODE_BAD_FRAME, true, None)
+        .map_err(|e| format!("CHUNK with stream but not meta: {e}"))?;
+
+    let mut c = p.connect()?;
+    c.send(&cancel_frame(p, 1))?;
+    c.expect_hello()?;
+    c.expect_error(CODE_BAD_FRAME, true, None)
+        .map_err(|e| format!("CANCEL before the handshake: {e}"))
+}
+
+/// R-EXT-3, R-FRAME-2, R-ERR-8: without its extension, kind 0x06 or 0x07
+/// is an unknown kind (fatal code 1) whatever its header's length, as it
+/// is for a plain version 2 server: not `Empty` for length 0, not too
+/// large for a length over the extension's limit.
+fn r_ext_3_unknown_kinds_whatever_their_length(p: &Peer) -> R {
+    for header in [
+        [CANCEL, 0, 0, 0, 0],
+        [CANCEL, 0, 0, 1, 0],
+        [CHUNK, 0, 0, 0, 0],
+        [CHUNK, 0, 2, 0, 0],
+    ] {
+        let mut c = p.hello()?;
+        c.send(&header)?;
+        c.expect_error(CODE_BAD_FRAME, true, None)
+            .map_err(|e| format!("header {header:02x?} without the extension: {e}"))?;
+    }
+    Ok(())
+}
+
+/// R-META-1, R-META-2: a meta with an unknown key (and `"stream": false`)
+/// is read and the request answered, without a response meta (none was
+/// asked); an empty meta asks nothing; `[id, request]` works as ever.
+fn r_meta_1_meta_is_read_and_unknown_keys_ignored(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let mut meta = vec![0xa3];
+    cbor_text(&mut meta, "deadline_ms");
+    cbor_uint(&mut meta, 60_000);
+    cbor_text(&mut meta, "x-not-yet-invented");
+    meta.extend_from_slice(b"\x82\x01\xa1\x61a\x02");
+    cbor_text(&mut meta, "stream");
+    meta.push(0xf4);
+    let mut body = vec![0x83, 0x01];
+    body.extend(meta);
+    body.extend(rev(b"meta"));
+    c.send_raw(REQ, &body)?;
+    let m = c.expect_answer(1, &reversed(b"meta"))?;
+    ensure(m.is_none(), || {
+        format!("a response meta nobody asked for: {m:?}")
+    })?;
+    let mut body = vec![0x83, 0x02, 0xa0];
+    body.extend(info());
+    c.send_raw(REQ, &body)?;
+    let m = c.expect_answer(2, &Answer::Info(serde::de::IgnoredAny))?;
+    ensure(m.is_none(), || {
+        format!("a response meta nobody asked for: {m:?}")
+    })?;
+    c.expect_usable(3)?;
+    c.goodbye()
+}
+
+/// R-META-2: a meta that is not a well-formed `request-meta` is a
+/// non-fatal code 3 with the request's id; it is read before the request
+/// (code 3, not 4, for `[5, 5, "sum"]`).
+fn r_meta_2_a_bad_meta_is_code_3_with_the_id(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let cases: &[(&[u8], u32)] = &[
+        (b"\x83\x01\x05\x64info", 1),                     // not a map
+        (b"\x83\x02\xa1\x6bdeadline_ms\x61x\x64info", 2), // a text deadline
+        (
+            b"\x83\x03\xa1\x6bdeadline_ms\x1b\x00\x00\x00\x01\x00\x00\x00\x00\x64info",
+            3,
+        ), // a deadline over u32
+        (b"\x83\x04\xa1\x66timing\x01\x64info", 4),       // a number for a bool
+        (b"\x83\x05\x05\x63sum", 5),                      // the meta comes first
+        (b"\x83\x06\xa2\x66timing\xf5\x66timing\xf5\x64info", 6), // a repeated key
+    ];
+    for (i, (body, id)) in cases.iter().enumerate() {
+        c.send_raw(REQ, body)?;
+        c.expect_error(CODE_BAD, false, Some(Some(*id)))
+            .map_err(|e| format!("body {body:02x?}: {e}"))?;
+        c.expect_usable(100 + i as u32)?;
+    }
+    c.goodbye()
+}
+
+/// R-META-3, R-ERR-2: `deadline_ms` 0 has always passed: code 8 with the
+/// id, not fatal, at once (a `spin` of 3 s is not carried out), whatever
+/// the request holds; `expired` counts them (R-META-5).
+fn r_meta_3_deadline_0_is_code_8_and_not_carried_out(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let zero = RequestMeta {
+        deadline_ms: Some(0),
+        ..RequestMeta::default()
+    };
+    let t = Instant::now();
+    c.send(&meta_request(p, 1, Some(&zero), &spin(3000)))?;
+    c.expect_error(CODE_DEADLINE, false, Some(Some(1)))?;
+    ensure(t.elapsed() < PROMPT, || {
+        format!("code 8 after {:?}: was it carried out?", t.elapsed())
+    })?;
+    let mut unknown = Vec::new();
+    cbor_text(&mut unknown, "sum");
+    c.send_raw(REQ, &meta_body(2, Some(&zero), &unknown))?;
+    c.expect_error(CODE_DEADLINE, false, Some(Some(2)))
+        .map_err(|e| format!("an unknown variant past its deadline: {e}"))?;
+    let stats = RequestMeta {
+        stats: true,
+        ..RequestMeta::default()
+    };
+    c.send(&meta_request(p, 3, Some(&stats), &info()))?;
+    let m = c.expect_answer(3, &Answer::Info(serde::de::IgnoredAny))?;
+    let s = m
+        .and_then(|m| m.stats)
+        .ok_or("no stats in the answer's meta")?;
+    ensure(s.get("expired").is_none_or(|n| *n == 2), || {
+        format!("stats after two expired requests: {s:?}")
+    })?;
+    c.goodbye()
+}
+
+/// R-META-3: the deadline counts from when the server read the request,
+/// not from when it got round to it: a request written behind a `spin`
+/// of 800 ms with a deadline of 200 ms is answered code 8; one with a
+/// deadline it meets is carried out.
+fn r_meta_3_a_deadline_passed_behind_a_long_request(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let within = |ms| RequestMeta {
+        deadline_ms: Some(ms),
+        ..RequestMeta::default()
+    };
+    let mut w = meta_request(p, 1, None, &spin(800));
+    w.extend(meta_request(p, 2, Some(&within(200)), &rev(b"late")));
+    w.extend(meta_request(p, 3, Some(&within(60_000)), &rev(b"in time")));
+    c.send(&w)?;
+    c.expect_answer(1, &Answer::Spin(800))?;
+    c.expect_error(CODE_DEADLINE, false, Some(Some(2)))?;
+    c.expect_answer(3, &reversed(b"in time"))?;
+    c.goodbye()
+}
+
+/// R-META-4, R-META-5: `timing`, `stats` and a `traceparent` get a
+/// response meta (with the statistics only for `stats`); a deadline
+/// alone, or no meta, gets none.
+fn r_meta_4_timing_and_stats_only_when_asked(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let timed = |m: &Option<AnswerMeta>| {
+        m.as_ref()
+            .is_some_and(|m| m.queued_us.is_some() && m.handled_us.is_some())
+    };
+    let timing = RequestMeta {
+        timing: true,
+        ..RequestMeta::default()
+    };
+    c.send(&meta_request(p, 1, Some(&timing), &rev(b"timing")))?;
+    let m = c.expect_answer(1, &reversed(b"timing"))?;
+    ensure(timed(&m) && m.as_ref().unwrap().stats.is_none(), || {
+        format!("timing: {m:?}")
+    })?;
+
+    let stats = RequestMeta {
+        stats: true,
+        ..RequestMeta::default()
+    };
+    c.send(&meta_request(p, 2, Some(&stats), &info()))?;
+    let m = c.expect_answer(2, &Answer::Info(serde::de::IgnoredAny))?;
+    let s = m.as_ref().and_then(|m| m.stats.as_ref());
+    ensure(
+        timed(&m) && s.is_some_and(|s| s.get("requests").is_none_or(|n| *n == 2)),
+        || format!("stats, the connection's second request: {m:?}"),
+    )?;
+
+    let traced = RequestMeta {
+        traceparent: Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into()),
+        ..RequestMeta::default()
+    };
+    c.send(&meta_request(p, 3, Some(&traced), &rev(b"traced")))?;
+    let m = c.expect_answer(3, &reversed(b"traced"))?;
+    ensure(timed(&m), || format!("traceparent: {m:?}"))?;
+
+    let deadline = RequestMeta {
+        deadline_ms: Some(60_000),
+        ..RequestMeta::default()
+    };
+    c.send(&meta_request(p, 4, Some(&deadline), &rev(b"deadline")))?;
+    let m = c.expect_answer(4, &reversed(b"deadline"))?;
+    ensure(m.is_none(), || format!("a deadline alone: {m:?}"))?;
+    c.send(&meta_request(p, 5, None, &rev(b"none")))?;
+    let m = c.expect_answer(5, &reversed(b"none"))?;
+    ensure(m.is_none(), || format!("no meta: {m:?}"))?;
+    c.goodbye()
+}
+
+/// R-META-4: an answer that fits the client's `max_body` without its
+/// meta is sent without it, never refused as too large.
+fn r_meta_4_meta_never_makes_an_answer_too_large(p: &Peer) -> R {
+    let payload = pattern(100);
+    let plain = envelope::body_len(RequestId(1), &Response::Reverse(payload.clone()))
+        .map_err(|e| e.to_string())? as u32;
+    let mut c = p.hello_offering(plain, Extensions::ALL)?;
+    let timing = RequestMeta {
+        timing: true,
+        ..RequestMeta::default()
+    };
+    c.send(&meta_request(p, 1, Some(&timing), &rev(&payload)))?;
+    c.expect_answer(1, &reversed(&payload))
+        .map_err(|e| format!("max_body {plain}, the answer's body without meta: {e}"))?;
+    c.goodbye()
+}
+
+/// R-CANCEL-1, R-CANCEL-3, R-CANCEL-5: a `CANCEL` of an answered request
+/// or of an id never sent gets no answer and the connection goes on (a
+/// later request with that id is carried out); a bad `CANCEL` body is a
+/// non-fatal code 3 without an id, an empty one too (R-FRAME-6); one over
+/// 64 bytes is fatal code 2.
+fn r_cancel_3_cancels_of_answered_ids_are_ignored(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    c.expect_usable(1)?;
+    let mut w = cancel_frame(p, 1);
+    w.extend(cancel_frame(p, 77));
+    c.send(&w)?;
+    c.expect_nothing()?;
+    c.expect_usable(77)?;
+    c.send_raw(CANCEL, b"\xa1\x62id\x61x")?;
+    c.expect_error(CODE_BAD, false, Some(None))
+        .map_err(|e| format!("a CANCEL with a text id: {e}"))?;
+    c.send_raw(CANCEL, &[])?;
+    c.expect_error(CODE_BAD, false, Some(None))
+        .map_err(|e| format!("an empty CANCEL: {e}"))?;
+    c.expect_usable(2)?;
+    c.send(&[CANCEL, 0, 0, 0, 65])?;
+    c.expect_error(CODE_TOO_LARGE, true, None)
+}
+
+/// R-CANCEL-2, R-ERR-2: a `CANCEL` of a running `spin` of 5 s gets code
+/// 9 with its id at once, not fatal; the connection goes on.
+fn r_cancel_2_cancel_stops_a_running_spin(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    c.send(&meta_request(p, 1, None, &spin(5000)))?;
+    thread::sleep(Duration::from_millis(200));
+    let t = Instant::now();
+    c.send(&cancel_frame(p, 1))?;
+    c.expect_error(CODE_CANCELLED, false, Some(Some(1)))?;
+    ensure(t.elapsed() < PROMPT, || {
+        format!("code 9 came {:?} after the CANCEL", t.elapsed())
+    })?;
+    c.expect_usable(2)?;
+    c.goodbye()
+}
+
+/// R-CANCEL-2: a `CANCEL` written right behind its request (one write)
+/// is read before the request starts or while it runs: code 9 at once,
+/// not the `spin`'s answer 3 s later.
+fn r_cancel_2_cancel_right_behind_its_request(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let mut w = meta_request(p, 1, None, &spin(3000));
+    w.extend(cancel_frame(p, 1));
+    let t = Instant::now();
+    c.send(&w)?;
+    c.expect_error(CODE_CANCELLED, false, Some(Some(1)))?;
+    ensure(t.elapsed() < PROMPT, || {
+        format!("code 9 came after {:?}", t.elapsed())
+    })?;
+    c.expect_usable(2)?;
+    c.goodbye()
+}
+
+/// R-CANCEL-2, R-ID-3: a request pipelined behind a `spin` and cancelled
+/// before it started gets exactly one answer: code 9 (or its response,
+/// had the server started it first); nothing more comes.
+fn r_cancel_2_a_pipelined_request_cancelled_before_it_starts(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let mut w = meta_request(p, 1, None, &spin(500));
+    w.extend(meta_request(p, 2, None, &rev(b"queued")));
+    w.extend(cancel_frame(p, 2));
+    c.send(&w)?;
+    c.expect_answer(1, &Answer::Spin(500))?;
+    match c.answer()? {
+        Got::Error(pe) if pe.code == CODE_CANCELLED && !pe.fatal && pe.id == Some(RequestId(2)) => {
+        }
+        Got::Response { id: 2, answer, .. } if answer == reversed(b"queued") => {
+            println!("    (the server started request 2 before it read the CANCEL)");
+        }
+        other => return Err(format!("the answer to the cancelled request 2: {other:?}")),
+    }
+    c.expect_nothing()?;
+    c.expect_usable(3)?;
+    c.goodbye()
+}
+
+/// R-STREAM-1: `sha256` of streams: a known vector in three chunks (one
+/// empty), the empty stream, 1 000 000 bytes in 16 chunks of up to
+/// 64 KiB; `sha256` without a stream is the digest of no data.
+fn r_stream_1_sha256_of_a_stream(p: &Peer) -> R {
+    const EMPTY: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let mut c = p.hello_ext()?;
+    let vector: [&[u8]; 3] = [
+        b"abcdbcdecdefdefg",
+        b"",
+        b"efghfghighijhijkijkljklmklmnlmnomnopnopq",
+    ];
+    c.send(&stream_frames(p, 1, &sha256(), &vector))?;
+    let want = "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1";
+    c.expect_answer(1, &Answer::Sha256(hex_digest(want)))?;
+    c.send(&stream_frames(p, 2, &sha256(), &[]))?;
+    c.expect_answer(2, &Answer::Sha256(hex_digest(EMPTY)))
+        .map_err(|e| format!("the empty stream: {e}"))?;
+    let million = vec![b'a'; 1_000_000];
+    let pieces: Vec<&[u8]> = million.chunks(ext::CHUNK_MAX_DATA).collect();
+    c.send(&stream_frames(p, 3, &sha256(), &pieces))?;
+    let want = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0";
+    c.expect_answer(3, &Answer::Sha256(hex_digest(want)))
+        .map_err(|e| format!("a million 'a': {e}"))?;
+    c.send(&meta_request(p, 4, None, &sha256()))?;
+    c.expect_answer(4, &Answer::Sha256(hex_digest(EMPTY)))
+        .map_err(|e| format!("sha256 without a stream: {e}"))?;
+    c.expect_usable(5)?;
+    c.goodbye()
+}
+
+/// R-STREAM-2: a `CHUNK` when no stream is open, or of another id than
+/// the open stream's, is a fatal code 5.
+fn r_stream_2_a_chunk_outside_a_stream_is_fatal(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    c.expect_usable(1)?;
+    c.send(&chunk_frame(p, 5, Some(b"x")))?;
+    c.expect_error(CODE_UNEXPECTED, true, None)
+        .map_err(|e| format!("no stream open: {e}"))?;
+    // A stream refused at once (rev takes none) is open until its end.
+    let mut c = p.hello_ext()?;
+    c.send(&meta_request(p, 1, Some(&stream_meta()), &rev(b"x")))?;
+    c.expect_error(CODE_BAD, false, Some(Some(1)))?;
+    c.send(&chunk_frame(p, 2, Some(b"x")))?;
+    c.expect_error(CODE_UNEXPECTED, true, None)
+        .map_err(|e| format!("a chunk of request 2 in the stream of 1: {e}"))
+}
+
+/// R-STREAM-2: a `REQUEST` while a stream is open is a fatal code 5.
+fn r_stream_2_a_request_inside_a_stream_is_fatal(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let mut w = meta_request(p, 1, Some(&stream_meta()), &rev(b"x"));
+    w.extend(chunk_frame(p, 1, Some(b"abc")));
+    c.send(&w)?;
+    c.expect_error(CODE_BAD, false, Some(Some(1)))?;
+    c.send(&meta_request(p, 2, None, &info()))?;
+    c.expect_error(CODE_UNEXPECTED, true, None)
+}
+
+/// R-STREAM-4, R-STREAM-7: requests that take no stream (`rev`, `info`)
+/// sent as one: code 3 with the id, the chunks dropped, the connection
+/// goes on; a `CHUNK` body that is not a `chunk-body` is a non-fatal code
+/// 3 without an id, and the stream stays open.
+fn r_stream_4_a_request_that_takes_no_stream(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let mut w = meta_request(p, 1, Some(&stream_meta()), &rev(b"abc"));
+    w.extend(chunk_frame(p, 1, Some(b"xyz")));
+    w.extend(raw_frame(CHUNK, b"\x01"));
+    w.extend(chunk_frame(p, 1, Some(b"more")));
+    w.extend(chunk_frame(p, 1, None));
+    c.send(&w)?;
+    c.expect_error(CODE_BAD, false, Some(Some(1)))?;
+    c.expect_error(CODE_BAD, false, Some(None))
+        .map_err(|e| format!("a CHUNK body that is not an array: {e}"))?;
+    c.expect_usable(2)?;
+    c.send(&stream_frames(p, 3, &info(), &[b"data"]))?;
+    c.expect_error(CODE_BAD, false, Some(Some(3)))?;
+    c.expect_usable(4)?;
+    c.goodbye()
+}
+
+/// R-STREAM-3: a streamed request refused at its start (its deadline of
+/// 0 passed, code 8; an unknown variant, code 4) is answered once and
+/// its chunks are dropped: the connection goes on.
+fn r_stream_3_refused_at_its_start_the_chunks_are_dropped(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let late = RequestMeta {
+        deadline_ms: Some(0),
+        stream: true,
+        ..RequestMeta::default()
+    };
+    let mut w = meta_request(p, 1, Some(&late), &sha256());
+    w.extend(chunk_frame(p, 1, Some(b"abc")));
+    w.extend(chunk_frame(p, 1, None));
+    c.send(&w)?;
+    c.expect_error(CODE_DEADLINE, false, Some(Some(1)))?;
+    c.expect_usable(2)
+        .map_err(|e| format!("after the chunks of a stream past its deadline: {e}"))?;
+    let mut unknown = Vec::new();
+    cbor_text(&mut unknown, "sum");
+    let mut w = raw_frame(REQ, &meta_body(3, Some(&stream_meta()), &unknown));
+    w.extend(chunk_frame(p, 3, Some(b"abc")));
+    w.extend(chunk_frame(p, 3, None));
+    c.send(&w)?;
+    c.expect_error(CODE_VARIANT, false, Some(Some(3)))?;
+    c.expect_usable(4)
+        .map_err(|e| format!("after the chunks of an unknown variant: {e}"))?;
+    c.goodbye()
+}
+
+/// R-STREAM-5: a `CANCEL` of the open stream is answered code 9 at once,
+/// before its end; the rest of its chunks are dropped.
+fn r_stream_5_cancel_of_an_open_stream(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let mut w = meta_request(p, 1, Some(&stream_meta()), &sha256());
+    w.extend(chunk_frame(p, 1, Some(b"abc")));
+    w.extend(cancel_frame(p, 1));
+    c.send(&w)?;
+    c.expect_error(CODE_CANCELLED, false, Some(Some(1)))?;
+    let mut w = chunk_frame(p, 1, Some(b"dropped"));
+    w.extend(chunk_frame(p, 1, None));
+    c.send(&w)?;
+    c.expect_nothing()?;
+    c.expect_usable(2)?;
+    c.goodbye()
+}
+
+// ---------------------------------------------------------------------------
 // §6 the captured bodies against the CDDL
 
 fn cddl_every_captured_body(p: &Peer) -> R {
@@ -1538,6 +2236,8 @@ fn cddl_every_captured_body(p: &Peer) -> R {
         FrameKind::Request,
         FrameKind::Response,
         FrameKind::Error,
+        FrameKind::Cancel,
+        FrameKind::Chunk,
     ] {
         let rule = cddl::rule_for(kind).unwrap();
         // Deduplicated: the same body needs one run of the tool.
@@ -1732,6 +2432,86 @@ const CASES: &[Case<Peer>] = &[
     (
         "r_conn_7_closed_with_answers_due_stop_counting",
         r_conn_7_closed_with_answers_due_stop_counting,
+    ),
+    (
+        "r_ext_2_the_server_offers_the_extensions",
+        r_ext_2_the_server_offers_the_extensions,
+    ),
+    (
+        "r_ext_1_a_bad_ext_is_a_bad_hello",
+        r_ext_1_a_bad_ext_is_a_bad_hello,
+    ),
+    (
+        "r_ext_3_a_client_without_extensions_gets_plain_v2",
+        r_ext_3_a_client_without_extensions_gets_plain_v2,
+    ),
+    (
+        "r_ext_3_unknown_kinds_whatever_their_length",
+        r_ext_3_unknown_kinds_whatever_their_length,
+    ),
+    (
+        "r_meta_1_meta_is_read_and_unknown_keys_ignored",
+        r_meta_1_meta_is_read_and_unknown_keys_ignored,
+    ),
+    (
+        "r_meta_2_a_bad_meta_is_code_3_with_the_id",
+        r_meta_2_a_bad_meta_is_code_3_with_the_id,
+    ),
+    (
+        "r_meta_3_deadline_0_is_code_8_and_not_carried_out",
+        r_meta_3_deadline_0_is_code_8_and_not_carried_out,
+    ),
+    (
+        "r_meta_3_a_deadline_passed_behind_a_long_request",
+        r_meta_3_a_deadline_passed_behind_a_long_request,
+    ),
+    (
+        "r_meta_4_timing_and_stats_only_when_asked",
+        r_meta_4_timing_and_stats_only_when_asked,
+    ),
+    (
+        "r_meta_4_meta_never_makes_an_answer_too_large",
+        r_meta_4_meta_never_makes_an_answer_too_large,
+    ),
+    (
+        "r_cancel_3_cancels_of_answered_ids_are_ignored",
+        r_cancel_3_cancels_of_answered_ids_are_ignored,
+    ),
+    (
+        "r_cancel_2_cancel_stops_a_running_spin",
+        r_cancel_2_cancel_stops_a_running_spin,
+    ),
+    (
+        "r_cancel_2_cancel_right_behind_its_request",
+        r_cancel_2_cancel_right_behind_its_request,
+    ),
+    (
+        "r_cancel_2_a_pipelined_request_cancelled_before_it_starts",
+        r_cancel_2_a_pipelined_request_cancelled_before_it_starts,
+    ),
+    (
+        "r_stream_1_sha256_of_a_stream",
+        r_stream_1_sha256_of_a_stream,
+    ),
+    (
+        "r_stream_2_a_chunk_outside_a_stream_is_fatal",
+        r_stream_2_a_chunk_outside_a_stream_is_fatal,
+    ),
+    (
+        "r_stream_2_a_request_inside_a_stream_is_fatal",
+        r_stream_2_a_request_inside_a_stream_is_fatal,
+    ),
+    (
+        "r_stream_4_a_request_that_takes_no_stream",
+        r_stream_4_a_request_that_takes_no_stream,
+    ),
+    (
+        "r_stream_3_refused_at_its_start_the_chunks_are_dropped",
+        r_stream_3_refused_at_its_start_the_chunks_are_dropped,
+    ),
+    (
+        "r_stream_5_cancel_of_an_open_stream",
+        r_stream_5_cancel_of_an_open_stream,
     ),
     ("r_end_3_power_off", r_end_3_power_off),
     ("cddl_every_captured_body", cddl_every_captured_body),
