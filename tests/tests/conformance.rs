@@ -1621,8 +1621,20 @@ impl Raw<'_> {
                 meta,
                 answer,
             } if got == id && answer == *want => Ok(meta),
-            other => Err(format!("expected [{id}, {want:?}], got {other:?}")),
+            other => Err(format!(
+                "expected [{id}, {}], got {}",
+                cut(format!("{want:?}")),
+                cut(format!("{other:?}"))
+            )),
         }
+    }
+}
+
+/// `s`, cut to 200 bytes (a payload in a message).
+fn cut(s: String) -> String {
+    match s.char_indices().nth(200) {
+        Some((at, _)) => format!("{}...", &s[..at]),
+        None => s,
     }
 }
 
