@@ -285,6 +285,30 @@ fn cases() -> BTreeMap<&'static str, Check> {
                 .with_id(Some(RequestId(7))),
         ),
     );
+    m.insert(
+        "request-stream-sha256",
+        with_meta(
+            FrameKind::Request,
+            9,
+            RequestMeta {
+                stream: true,
+                ..RequestMeta::default()
+            },
+            Request::Sha256,
+        ),
+    );
+    m.insert(
+        "response-sha256",
+        enveloped(
+            FrameKind::Response,
+            9,
+            Response::Sha256(
+                b"\xba\x78\x16\xbf\x8f\x01\xcf\xea\x41\x41\x40\xde\x5d\xae\x22\x23\
+                  \xb0\x03\x61\xa3\x96\x17\x7a\x9c\xb4\x10\xff\x61\xf2\x00\x15\xad"
+                    .to_vec(),
+            ),
+        ),
+    );
     m.insert("chunk", chunk(9, Some(b"abc")));
     m.insert("chunk-end", chunk(9, None));
     m.insert(
