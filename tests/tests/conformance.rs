@@ -1564,6 +1564,8 @@ enum Answer {
     Spin(u32),
     #[serde(rename = "sha256")]
     Sha256(#[serde(with = "serde_bytes")] Vec<u8>),
+    #[serde(rename = "prng")]
+    Prng(u64),
     #[serde(rename = "err")]
     Err(ServiceError),
 }
@@ -1592,26 +1594,54 @@ impl Raw<'_> {
     /// The next frame, a `RESPONSE` or an `ERROR`, within `within`.
     fn answer_within(&mut self, within: Duration) -> Result<Got, String> {
         let f = self.frame_within(within)?;
-        if f.kind == FrameKind::Error as u8 {
-            let pe = frame::decode_body(&f.body).map_err(|e| format!("ERROR body: {e}"))?;
-            return Ok(Got::Error(pe));
-        }
-        ensure(f.kind == FrameKind::Response as u8, || {
-            format!("frame kind {:#04x} instead of an answer", f.kind)
-        })?;
-        let mut body = f.body;
-        let (start, meta) = ext::split_meta::<AnswerMeta>(&mut body)
-            .map_err(|(_, e)| format!("the RESPONSE's meta: {e}"))?;
-        let (id, answer) = envelope::decode::<Answer>(&body[start..]);
-        let id = id.ok_or("a RESPONSE without an id")?.0;
-        let answer = answer.map_err(|e| format!("RESPONSE {id}: {e}"))?;
-        Ok(Got::Response { id, meta, answer })
+        answer_of(f)
     }
 
     fn answer(&mut self) -> Result<Got, String> {
         self.answer_within(ANSWER)
     }
 
+    /// An answer stream of request `id` (R-STREAM-8): the data of its
+    /// `CHUNK`s, and the answer that ends it.
+    fn answer_stream(&mut self, id: u32) -> Result<(Vec<u8>, Got), String> {
+        let mut data = Vec::new();
+        loop {
+            let f = self.frame()?;
+            if f.kind != CHUNK {
+                return Ok((data, answer_of(f)?));
+            }
+            match ext::decode_chunk(&f.body) {
+                Ok((got, Some(d))) if got == RequestId(id) => data.extend_from_slice(&d),
+                other => {
+                    return Err(format!(
+                        "in the answer stream of {id}, a CHUNK {}",
+                        cut(format!("{other:?}"))
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A frame read as an answer: a `RESPONSE` or an `ERROR`.
+fn answer_of(f: Frame) -> Result<Got, String> {
+    if f.kind == FrameKind::Error as u8 {
+        let pe = frame::decode_body(&f.body).map_err(|e| format!("ERROR body: {e}"))?;
+        return Ok(Got::Error(pe));
+    }
+    ensure(f.kind == FrameKind::Response as u8, || {
+        format!("frame kind {:#04x} instead of an answer", f.kind)
+    })?;
+    let mut body = f.body;
+    let (start, meta) = ext::split_meta::<AnswerMeta>(&mut body)
+        .map_err(|(_, e)| format!("the RESPONSE's meta: {e}"))?;
+    let (id, answer) = envelope::decode::<Answer>(&body[start..]);
+    let id = id.ok_or("a RESPONSE without an id")?.0;
+    let answer = answer.map_err(|e| format!("RESPONSE {id}: {e}"))?;
+    Ok(Got::Response { id, meta, answer })
+}
+
+impl Raw<'_> {
     /// The next frame is the `RESPONSE` `[id, want]` or `[id, meta, want]`;
     /// returns its meta.
     fn expect_answer(&mut self, id: u32, want: &Answer) -> Result<Option<AnswerMeta>, String> {
@@ -2228,6 +2258,128 @@ fn r_stream_5_cancel_of_an_open_stream(p: &Peer) -> R {
     c.goodbye()
 }
 
+/// The CBOR of svmc's request `{"prng": {"seed": seed, "len": len}}`.
+fn prng(seed: u64, len: u64) -> Vec<u8> {
+    let mut b = vec![0xa1];
+    cbor_text(&mut b, "prng");
+    b.push(0xa2);
+    cbor_text(&mut b, "seed");
+    cbor_uint(&mut b, seed);
+    cbor_text(&mut b, "len");
+    cbor_uint(&mut b, len);
+    b
+}
+
+/// The first `len` bytes of the xorshift64 sequence from `seed`, as §6
+/// defines `prng`'s data.
+fn xorshift(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = if seed == 0 { 1 } else { seed };
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn answer_stream_meta() -> RequestMeta {
+    RequestMeta {
+        stream_answer: true,
+        ..RequestMeta::default()
+    }
+}
+
+/// R-STREAM-8: `prng` with `stream_answer` is answered by `CHUNK`s of its
+/// id holding the sequence, then `{"prng": n}`; without an answer stream
+/// it is `unsupported`; the connection goes on.
+fn r_stream_8_prng_answer_stream(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    let len = 200_003;
+    c.send(&meta_request(
+        p,
+        1,
+        Some(&answer_stream_meta()),
+        &prng(7, len),
+    ))?;
+    let (data, end) = c.answer_stream(1)?;
+    ensure(data == xorshift(7, len as usize), || {
+        format!("{} bytes of data, not the sequence of seed 7", data.len())
+    })?;
+    match end {
+        Got::Response {
+            id: 1,
+            answer: Answer::Prng(n),
+            ..
+        } if n == len => {}
+        other => return Err(format!("the end of the answer stream: {other:?}")),
+    }
+    c.send(&meta_request(p, 2, None, &prng(7, 10)))?;
+    c.expect_answer(2, &Answer::Err(ServiceError::Unsupported))
+        .map_err(|e| format!("prng without an answer stream: {e}"))?;
+    c.expect_usable(3)?;
+    c.goodbye()
+}
+
+/// R-STREAM-9: a `REQUEST` while an answer stream is sent is a fatal
+/// code 5 (after whatever chunks came first).
+fn r_stream_9_a_request_inside_an_answer_stream_is_fatal(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    c.send(&meta_request(
+        p,
+        1,
+        Some(&answer_stream_meta()),
+        &prng(1, 1 << 30),
+    ))?;
+    let f = c.frame()?;
+    ensure(f.kind == CHUNK, || {
+        format!("frame kind {:#04x} instead of a CHUNK", f.kind)
+    })?;
+    c.send(&meta_request(p, 2, None, &info()))?;
+    loop {
+        let f = c.frame()?;
+        if f.kind == CHUNK {
+            continue;
+        }
+        return match answer_of(f)? {
+            Got::Error(pe) if pe.code == CODE_UNEXPECTED && pe.fatal => c.expect_close(),
+            other => Err(format!("a REQUEST inside an answer stream: {other:?}")),
+        };
+    }
+}
+
+/// R-STREAM-10: a `CANCEL` of an answer stream stops it: a few more
+/// chunks at most, then code 9 with the id; the connection goes on.
+fn r_stream_10_cancel_of_an_answer_stream(p: &Peer) -> R {
+    let mut c = p.hello_ext()?;
+    c.send(&meta_request(
+        p,
+        1,
+        Some(&answer_stream_meta()),
+        &prng(1, 1 << 30),
+    ))?;
+    let f = c.frame()?;
+    ensure(f.kind == CHUNK, || {
+        format!("frame kind {:#04x} instead of a CHUNK", f.kind)
+    })?;
+    c.send(&cancel_frame(p, 1))?;
+    let (data, end) = c.answer_stream(1)?;
+    match end {
+        Got::Error(pe) if pe.code == CODE_CANCELLED && !pe.fatal && pe.id == Some(RequestId(1)) => {
+        }
+        other => {
+            return Err(format!(
+                "after the CANCEL, {} bytes and {other:?}",
+                data.len()
+            ));
+        }
+    }
+    c.expect_usable(2)?;
+    c.goodbye()
+}
+
 // ---------------------------------------------------------------------------
 // §6 the captured bodies against the CDDL
 
@@ -2524,6 +2676,18 @@ const CASES: &[Case<Peer>] = &[
     (
         "r_stream_5_cancel_of_an_open_stream",
         r_stream_5_cancel_of_an_open_stream,
+    ),
+    (
+        "r_stream_8_prng_answer_stream",
+        r_stream_8_prng_answer_stream,
+    ),
+    (
+        "r_stream_9_a_request_inside_an_answer_stream_is_fatal",
+        r_stream_9_a_request_inside_an_answer_stream_is_fatal,
+    ),
+    (
+        "r_stream_10_cancel_of_an_answer_stream",
+        r_stream_10_cancel_of_an_answer_stream,
     ),
     ("r_end_3_power_off", r_end_3_power_off),
     ("cddl_every_captured_body", cddl_every_captured_body),
