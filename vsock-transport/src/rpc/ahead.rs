@@ -142,21 +142,31 @@ impl Ahead {
         }
     }
 
-    /// Request `id` starts: whether a `CANCEL` read ahead named it (it is
-    /// then answered `cancelled` without running).
-    pub(crate) fn starts(&mut self, id: RequestId) -> bool {
+    /// Request `id` is about to start: from now on a `CANCEL` read ahead
+    /// that names it marks it cancelled.
+    pub(crate) fn begin(&mut self, id: RequestId) {
+        if self.current == Some(id) {
+            return;
+        }
         if let Some(i) = self.requests.iter().position(|r| *r == id) {
             self.requests.swap_remove(i);
         }
         self.current = Some(id);
         self.current_cancelled = false;
-        match self.cancels.iter().position(|r| *r == id) {
+    }
+
+    /// Request `id` starts: whether a `CANCEL` read ahead named it (it is
+    /// then answered `cancelled` without running).
+    pub(crate) fn starts(&mut self, id: RequestId) -> bool {
+        self.begin(id);
+        let queued = match self.cancels.iter().position(|r| *r == id) {
             Some(i) => {
                 self.cancels.swap_remove(i);
                 true
             }
             None => false,
-        }
+        };
+        queued || self.current_cancelled
     }
 
     /// The running request is answered.

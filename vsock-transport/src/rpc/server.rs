@@ -794,6 +794,17 @@ impl<P: Protocol> ServerConn<P> {
             bytes: [0; HEADER_LEN],
             got: 0,
         };
+        // Where its extension is off, a kind the extensions added is the
+        // unknown kind it was in plain version 2, whatever its length
+        // (R-FRAME-2: the kind is checked first).
+        let off = match FrameKind::from_u8(h[0]) {
+            Ok(FrameKind::Cancel) => !(self.hello_done && self.ext.cancel),
+            Ok(FrameKind::Chunk) => !(self.hello_done && self.ext.stream),
+            _ => false,
+        };
+        if off {
+            return self.fatal(comm::Error::UnknownFrameKind(h[0]));
+        }
         let header = match Header::parse(h, self.max_body) {
             Ok(header) => header,
             Err(e @ comm::Error::Empty { .. }) if self.hello_done => {
@@ -804,14 +815,6 @@ impl<P: Protocol> ServerConn<P> {
             Err(e) => return self.fatal(e),
         };
         match header.kind {
-            // Without the extension it is the unknown kind it was in plain
-            // version 2 (R-FRAME-2).
-            FrameKind::Cancel if !(self.hello_done && self.ext.cancel) => {
-                return self.fatal(comm::Error::UnknownFrameKind(h[0]));
-            }
-            FrameKind::Chunk if !(self.hello_done && self.ext.stream) => {
-                return self.fatal(comm::Error::UnknownFrameKind(h[0]));
-            }
             FrameKind::Goodbye if self.hello_done => return self.stop(Ok(Ended::Goodbye)),
             FrameKind::Goodbye => {
                 return self.fatal(comm::Error::UnexpectedFrame {
@@ -1085,6 +1088,11 @@ impl<P: Protocol> ServerConn<P> {
         } else {
             (0, RequestMeta::default())
         };
+        let pid = plain_id(&body[start..len]);
+        if let Some(id) = pid {
+            // From here a CANCEL read ahead that names it counts.
+            self.ahead.begin(id);
+        }
         if self.ext.cancel {
             // A CANCEL for this request may have come behind it while it
             // waited its turn: looked for when it waited a millisecond or
@@ -1096,7 +1104,7 @@ impl<P: Protocol> ServerConn<P> {
                 self.ahead.pump(now, &mut *read_ahead);
             }
         }
-        if let Some(id) = plain_id(&body[start..len]) {
+        if let Some(id) = pid {
             let refusal = if self.ahead.starts(id) {
                 Some(ProtocolErrorCode::Cancelled)
             } else if meta
@@ -1153,8 +1161,14 @@ impl<P: Protocol> ServerConn<P> {
                 ..answer.payload.end.saturating_add(start);
             if let Some(t) = timing {
                 let m = self.answer_meta(t);
-                // Best effort: without it if it does not fit.
-                let _ = ext::insert_response_meta_at(&mut head, HEADER_LEN, &m);
+                // Best effort: without it if it does not fit the client's
+                // `max_body` (R-META-4).
+                if let Ok((at, added)) = ext::insert_response_meta_at(&mut head, HEADER_LEN, &m)
+                    && head.len() - HEADER_LEN + answer.payload.len() > self.peer_max as usize
+                {
+                    head.drain(at..at + added);
+                    head[HEADER_LEN] = 0x82;
+                }
             }
             return self.answer_in_place(answer, head, body, len, reserved);
         }
@@ -1499,6 +1513,9 @@ impl<P: Protocol> ServerConn<P> {
 
     /// A fatal `ERROR` for `e`, then the end.
     fn fatal(&mut self, e: comm::Error) {
+        // An answer stream being sent ends here too: nothing follows a
+        // fatal ERROR (R-ERR-1).
+        self.out_stream = None;
         if let Some(mut report) = ProtocolError::from_error(&e) {
             report.fatal = true;
             self.queue_error(report);
