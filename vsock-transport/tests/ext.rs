@@ -735,3 +735,66 @@ fn a_failing_writer_cancels_the_answer_stream() {
     assert_eq!(s.client.discarded(), 1);
     s.stop();
 }
+
+#[test]
+fn the_async_client_sends_its_timeout_as_the_deadline_and_traces_its_calls() {
+    use vsock_transport::async_host;
+    let (a, mut srv) = {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = Timeouts::uniform(Duration::from_secs(10));
+        (a, HostStream::new(b, Peer::Other("server".into()), t))
+    };
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let mut h = Spinner(seen.clone());
+    let server =
+        thread::spawn(move || rpc::serve::<Slow, _, _>(&mut srv, &mut h, ServeConfig::default()));
+    let recorder = spans::Recorder::default();
+    let _guard = tracing::subscriber::set_default(spans::subscriber(recorder.clone()));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        a.set_nonblocking(true).unwrap();
+        let stream = tokio::net::UnixStream::from_std(a).unwrap();
+        let t = Timeouts::uniform(Duration::from_secs(10));
+        let client = async_host::Client::<Slow>::hello(stream, 1 << 20, &t)
+            .await
+            .unwrap();
+        assert_eq!(client.extensions(), Extensions::ALL);
+        // A call whose timeout (its deadline) passes while it waits behind
+        // a long one is answered `deadline` and never started.
+        let (slow, late) = tokio::join!(
+            client.call_timeout(&Req::Spin(300), Some(Duration::from_secs(10))),
+            async {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                client
+                    .call_timeout(&Req::Echo(1), Some(Duration::from_millis(100)))
+                    .await
+            }
+        );
+        assert_eq!(slow.unwrap(), Resp::Spun(300));
+        // The caller gave up after its 100 ms: a timeout, and the server
+        // answered `deadline` (discarded) rather than run it.
+        assert!(matches!(late, Err(Error::Timeout(Step::Read))), "{late:?}");
+        assert_eq!(client.call(&Req::Spin(20)).await.unwrap(), Resp::Spun(20));
+        client.shutdown().await.unwrap();
+    });
+    assert_eq!(server.join().unwrap().unwrap(), Ended::Goodbye);
+    // Not started: the handler saw the two spins only.
+    assert_eq!(seen.lock().unwrap().started, [300, 20]);
+    let spans = recorder.0.lock().unwrap().clone();
+    let guest = spans
+        .iter()
+        .filter(|s| s.name == "svmc.guest")
+        .last()
+        .expect("the guest's span");
+    assert_eq!(guest.parent.as_deref(), Some("svmc.call"));
+    let handled: u64 = guest
+        .fields
+        .iter()
+        .find(|(k, _)| k == "handled_us")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap();
+    assert!(handled >= 20_000, "{handled}");
+}

@@ -371,7 +371,35 @@ where
         &self,
         request: &P::Request,
         timeout: Option<Duration>,
+        mut meta: RequestMeta,
+    ) -> Result<(P::Response, Option<ResponseMeta>)> {
+        // Traced as the blocking client's calls are (`rpc` module docs):
+        // a W3C traceparent when the call's span is enabled, and the
+        // guest's timings as a child span.
+        let span = tracing::info_span!(
+            "svmc.call",
+            protocol = P::NAME,
+            id = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        );
+        let trace = (!span.is_disabled() && self.ext.meta).then(crate::rpc::trace::Context::new);
+        if let Some(t) = &trace {
+            meta.traceparent = Some(t.traceparent());
+            span.record("trace_id", tracing::field::display(t.trace_id()));
+        }
+        let r = self.call_meta_in(request, timeout, meta, &span).await;
+        if let (Some(t), Ok((_, Some(m)))) = (&trace, &r) {
+            crate::rpc::trace::guest_span(&span, t, m);
+        }
+        r
+    }
+
+    async fn call_meta_in(
+        &self,
+        request: &P::Request,
+        timeout: Option<Duration>,
         meta: RequestMeta,
+        span: &tracing::Span,
     ) -> Result<(P::Response, Option<ResponseMeta>)> {
         let (id, rx) = {
             let mut st = self.shared.lock();
@@ -382,6 +410,7 @@ where
                 waiting, flight, ..
             } = &mut *st;
             let id = flight.fresh_id(|id| waiting.contains_key(&id));
+            span.record("id", id.0);
             let (tx, rx) = oneshot::channel();
             waiting.insert(id, tx);
             (id, rx)

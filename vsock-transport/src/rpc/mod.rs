@@ -103,7 +103,7 @@ mod server;
 #[cfg(test)]
 mod test_protocol;
 #[cfg(feature = "std")]
-mod trace;
+pub(crate) mod trace;
 
 pub use ahead::{AHEAD_MAX, Ctx, Pump, ReadAhead};
 pub use client::Client;
