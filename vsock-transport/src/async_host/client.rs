@@ -426,7 +426,12 @@ where
         // The frame is queued whole: the tail (a payload) is copied once.
         let tail = P::encode_request(id, request, self.peer_max_body, &mut f)?;
         if self.ext.meta && !meta.is_empty() {
-            ext::insert_request_meta(&mut f, 0, tail.len(), &meta, self.peer_max_body)?;
+            match ext::insert_request_meta(&mut f, 0, tail.len(), &meta, self.peer_max_body) {
+                // The meta is advisory: a request of the server's whole
+                // `max_body` goes without it.
+                Err(comm::Error::TooLargeToSend { .. }) => {}
+                r => r?,
+            }
         }
         f.reserve_exact(tail.len());
         f.extend_from_slice(tail);

@@ -547,7 +547,14 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         // bytes on the wire; see BENCHMARKS.md).
         let tail = P::encode_request(id, request, self.peer_max_body, &mut self.buf)?;
         if self.ext.meta && !meta.is_empty() {
-            ext::insert_request_meta(&mut self.buf, 0, tail.len(), meta, self.peer_max_body)?;
+            match ext::insert_request_meta(&mut self.buf, 0, tail.len(), meta, self.peer_max_body) {
+                // The meta is advisory (a deadline, timings): a request of
+                // the server's whole `max_body` goes without it. A stream
+                // cannot: its request is small anyway.
+                Err(comm::Error::TooLargeToSend { .. }) if !(meta.stream || meta.stream_answer) => {
+                }
+                r => r?,
+            }
         }
         self.buf.extend_from_slice(tail);
         if let Err(e) = send_frame(&mut self.conn, &self.buf) {
