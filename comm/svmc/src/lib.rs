@@ -422,6 +422,31 @@ pub fn decode_response(body: &[u8]) -> (Option<RequestId>, Result<Response>) {
     envelope::decode(body)
 }
 
+/// The [`Request::Prng`] sequence: fills `buf` with the next bytes of the
+/// xorshift64 (13, 7, 17) generator whose state is `state` (the bytes of
+/// each new state, little-endian; a partial word at the end of `buf` is
+/// cut, and the next call starts a new word). A seed of 0 is taken as 1.
+///
+/// ```
+/// let mut state = 1;
+/// let mut a = [0u8; 16];
+/// svmc::prng_fill(&mut state, &mut a);
+/// assert_eq!(a[..8], 0x0000_0000_4082_2041u64.to_le_bytes());
+/// ```
+pub fn prng_fill(state: &mut u64, buf: &mut [u8]) {
+    if *state == 0 {
+        *state = 1;
+    }
+    for w in buf.chunks_mut(8) {
+        let mut x = *state;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        *state = x;
+        w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use alloc::vec;
@@ -480,30 +505,5 @@ mod tests {
             reverse_payload(b"\x82\x01\xa1\x63rev\x41a").map(|(i, r)| (i.0, r)),
             Some((1, 8..9))
         );
-    }
-}
-
-/// The [`Request::Prng`] sequence: fills `buf` with the next bytes of the
-/// xorshift64 (13, 7, 17) generator whose state is `state` (the bytes of
-/// each new state, little-endian; a partial word at the end of `buf` is
-/// cut, and the next call starts a new word). A seed of 0 is taken as 1.
-///
-/// ```
-/// let mut state = 1;
-/// let mut a = [0u8; 16];
-/// svmc::prng_fill(&mut state, &mut a);
-/// assert_eq!(a[..8], 0x0000_0000_4082_2041u64.to_le_bytes());
-/// ```
-pub fn prng_fill(state: &mut u64, buf: &mut [u8]) {
-    if *state == 0 {
-        *state = 1;
-    }
-    for w in buf.chunks_mut(8) {
-        let mut x = *state;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        *state = x;
-        w.copy_from_slice(&x.to_le_bytes()[..w.len()]);
     }
 }
