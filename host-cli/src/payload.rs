@@ -320,6 +320,83 @@ pub fn json_summary(result: &[u8]) -> serde_json::Value {
     }
 }
 
+/// Data streamed to the guest (`digest`), opened before anything is
+/// booted: a file, or standard input. Never held whole.
+pub struct Stream {
+    name: PathBuf,
+    reader: Box<dyn Read>,
+    /// Its size, if it is a regular file (for the progress line).
+    len: Option<u64>,
+    sent: u64,
+}
+
+impl Stream {
+    /// `path`, or standard input for `-`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if path == Path::new("-") {
+            return Ok(Self {
+                name: path.to_path_buf(),
+                reader: Box::new(std::io::stdin().lock()),
+                len: None,
+                sent: 0,
+            });
+        }
+        let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
+        let meta = file
+            .metadata()
+            .with_context(|| format!("reading {}", path.display()))?;
+        if meta.is_dir() {
+            bail!("reading {}: it is a directory", path.display());
+        }
+        Ok(Self {
+            name: path.to_path_buf(),
+            len: meta.is_file().then_some(meta.len()),
+            reader: Box::new(file),
+            sent: 0,
+        })
+    }
+
+    /// Bytes sent so far.
+    pub fn sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Runs `f` (the streamed request) over the data, with a progress line
+    /// on stderr if it is a terminal (at most ten updates a second).
+    pub fn digest<T>(
+        &mut self,
+        f: impl FnOnce(&mut dyn Read, &mut dyn FnMut(u64)) -> Result<T, host::Error>,
+    ) -> Result<T> {
+        let terminal = std::io::stderr().is_terminal();
+        let start = Instant::now();
+        let mut shown = start;
+        let len = self.len;
+        let mut sent = 0;
+        let r = {
+            let mut progress = |n: u64| {
+                sent = n;
+                if terminal && shown.elapsed() >= Duration::from_millis(100) {
+                    shown = Instant::now();
+                    let mib = n as f64 / (1024.0 * 1024.0);
+                    let of = len.map_or(String::new(), |l| {
+                        format!(" of {:.1} MiB", l as f64 / (1024.0 * 1024.0))
+                    });
+                    eprint!(
+                        "\rhost-cli: {mib:.1} MiB{of} to the guest... {:.1} s",
+                        start.elapsed().as_secs_f64()
+                    );
+                }
+            };
+            f(&mut self.reader, &mut progress)
+        };
+        self.sent = sent;
+        if terminal && shown != start {
+            eprint!("\r\x1b[K");
+        }
+        r.with_context(|| format!("hashing {} in the guest", self.name.display()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::FileTypeExt;
@@ -466,82 +543,5 @@ mod tests {
         let dev = Path::new("/dev/null");
         write_result(b"abc", Output::open(Some(dev)).unwrap(), false, false).unwrap();
         assert!(dev.exists());
-    }
-}
-
-/// Data streamed to the guest (`digest`), opened before anything is
-/// booted: a file, or standard input. Never held whole.
-pub struct Stream {
-    name: PathBuf,
-    reader: Box<dyn Read>,
-    /// Its size, if it is a regular file (for the progress line).
-    len: Option<u64>,
-    sent: u64,
-}
-
-impl Stream {
-    /// `path`, or standard input for `-`.
-    pub fn open(path: &Path) -> Result<Self> {
-        if path == Path::new("-") {
-            return Ok(Self {
-                name: path.to_path_buf(),
-                reader: Box::new(std::io::stdin().lock()),
-                len: None,
-                sent: 0,
-            });
-        }
-        let file = File::open(path).with_context(|| format!("reading {}", path.display()))?;
-        let meta = file
-            .metadata()
-            .with_context(|| format!("reading {}", path.display()))?;
-        if meta.is_dir() {
-            bail!("reading {}: it is a directory", path.display());
-        }
-        Ok(Self {
-            name: path.to_path_buf(),
-            len: meta.is_file().then_some(meta.len()),
-            reader: Box::new(file),
-            sent: 0,
-        })
-    }
-
-    /// Bytes sent so far.
-    pub fn sent(&self) -> u64 {
-        self.sent
-    }
-
-    /// Runs `f` (the streamed request) over the data, with a progress line
-    /// on stderr if it is a terminal (at most ten updates a second).
-    pub fn digest<T>(
-        &mut self,
-        f: impl FnOnce(&mut dyn Read, &mut dyn FnMut(u64)) -> Result<T, host::Error>,
-    ) -> Result<T> {
-        let terminal = std::io::stderr().is_terminal();
-        let start = Instant::now();
-        let mut shown = start;
-        let len = self.len;
-        let mut sent = 0;
-        let r = {
-            let mut progress = |n: u64| {
-                sent = n;
-                if terminal && shown.elapsed() >= Duration::from_millis(100) {
-                    shown = Instant::now();
-                    let mib = n as f64 / (1024.0 * 1024.0);
-                    let of = len.map_or(String::new(), |l| {
-                        format!(" of {:.1} MiB", l as f64 / (1024.0 * 1024.0))
-                    });
-                    eprint!(
-                        "\rhost-cli: {mib:.1} MiB{of} to the guest... {:.1} s",
-                        start.elapsed().as_secs_f64()
-                    );
-                }
-            };
-            f(&mut self.reader, &mut progress)
-        };
-        self.sent = sent;
-        if terminal && shown != start {
-            eprint!("\r\x1b[K");
-        }
-        r.with_context(|| format!("hashing {} in the guest", self.name.display()))
     }
 }
