@@ -281,10 +281,6 @@ pub enum ServiceError {
 /// assert_eq!(envelope::decode::<Response>(&answer), (Some(id), Ok(Response::Reverse(b"cba".to_vec()))));
 /// # Ok::<(), svmc_comm::Error>(())
 /// ```
-// Across the crate boundary, the hint lets the rpc loop's in-place path
-// inline it as it did when it lived in `svmc-comm`: without it the x86_64
-// firmware image grew by 48 bytes when it moved here.
-#[inline]
 pub fn reverse_payload(body: &[u8]) -> Option<(RequestId, Range<usize>)> {
     let (id, mut pos) = id_at(body)?;
     if body.get(pos..pos + 5)? != b"\xa1\x63rev" {
