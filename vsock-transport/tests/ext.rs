@@ -789,8 +789,7 @@ fn the_async_client_sends_its_timeout_as_the_deadline_and_traces_its_calls() {
     let spans = recorder.0.lock().unwrap().clone();
     let guest = spans
         .iter()
-        .filter(|s| s.name == "svmc.guest")
-        .last()
+        .rfind(|s| s.name == "svmc.guest")
         .expect("the guest's span");
     assert_eq!(guest.parent.as_deref(), Some("svmc.call"));
     let handled: u64 = guest
