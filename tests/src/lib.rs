@@ -4,7 +4,6 @@
 //! helpers to look at processes and leftovers.
 
 pub mod harness;
-pub mod spans;
 pub mod suites;
 
 use std::fmt;
@@ -140,6 +139,19 @@ impl Ctx {
     pub fn launch(&self) -> Result<Vm, String> {
         Vm::launch(&self.vm_config()).map_err(|e| e.to_string())
     }
+}
+
+/// Powers off the VM of a suite's shared session (its `last` case), if
+/// it is still there, and checks QEMU's exit status is 0.
+pub fn power_off_shared(session: &std::sync::Mutex<Option<Session>>) -> Result<(), String> {
+    let Some(s) = session.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return Ok(());
+    };
+    let status = s
+        .power_off(Duration::from_secs(20))
+        .map_err(|e| e.to_string())?
+        .ok_or("no exit status")?;
+    ensure(status.success(), || format!("QEMU exit status {status}"))
 }
 
 /// `Err` with a message unless `cond`.

@@ -330,14 +330,7 @@ fn every_slot_is_free_afterwards(l: &Load) -> R {
 }
 
 fn power_off(l: &Load) -> R {
-    let Some(s) = l.session.lock().unwrap().take() else {
-        return Ok(());
-    };
-    let status = s
-        .power_off(Duration::from_secs(20))
-        .map_err(|e| e.to_string())?
-        .ok_or("no exit status")?;
-    ensure(status.success(), || format!("QEMU exit status {status}"))
+    tests::power_off_shared(&l.session)
 }
 
 const CASES: &[Case<Load>] = &[

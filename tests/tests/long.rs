@@ -330,7 +330,7 @@ impl std::io::Write for Checked {
 }
 
 fn a_traced_call_has_spans_from_both_sides(l: &Long) -> R {
-    let recorder = tests::spans::Recorder::default();
+    let recorder = vsock_transport::spans::Recorder::default();
     let _guard = tracing::subscriber::set_default(recorder.subscriber());
     let mut c = client(&l.uds)?;
     let a = c.call(&Request::Spin(20)).map_err(|e| e.to_string())?;
@@ -450,14 +450,7 @@ fn host_cli_digest_of_a_file_and_of_stdin(l: &Long) -> R {
 }
 
 fn power_off(l: &Long) -> R {
-    let Some(s) = l.session.lock().unwrap().take() else {
-        return Ok(());
-    };
-    let status = s
-        .power_off(Duration::from_secs(20))
-        .map_err(|e| e.to_string())?
-        .ok_or("no exit status")?;
-    ensure(status.success(), || format!("QEMU exit status {status}"))
+    tests::power_off_shared(&l.session)
 }
 
 const CASES: &[Case<Long>] = &[

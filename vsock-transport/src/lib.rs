@@ -79,6 +79,8 @@ pub mod host_vsock;
 pub mod hybrid;
 #[cfg(feature = "test-utils")]
 pub mod mock;
+#[cfg(feature = "test-utils")]
+pub mod spans;
 #[cfg(feature = "std")]
 pub mod timeouts;
 

@@ -18,6 +18,7 @@ use vsock_transport::host_stream::{HostStream, Peer};
 use vsock_transport::rpc::{
     self, Answer, Client, Ctx, Ended, Handler, RequestStream, ResponseStream, ServeConfig, Then,
 };
+use vsock_transport::spans::{self, Recorder};
 use vsock_transport::{Error, Step, Timeouts};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -391,79 +392,14 @@ fn a_plain_version_2_server_gets_no_meta_and_no_cancel() {
     s.stop();
 }
 
-mod spans {
-    //! The trace of one call: the client's span and the guest's, one
-    //! trace id, the traceparent the server saw naming it.
-
-    use std::sync::{Arc, Mutex};
-
-    use tracing::field::{Field, Visit};
-    use tracing::span::{Attributes, Id, Record};
-    use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
-    use tracing_subscriber::registry::LookupSpan;
-
-    #[derive(Debug, Default, Clone)]
-    pub(super) struct SpanSeen {
-        pub(super) name: String,
-        pub(super) parent: Option<String>,
-        pub(super) fields: Vec<(String, String)>,
-    }
-
-    struct Fields<'a>(&'a mut Vec<(String, String)>);
-    impl Visit for Fields<'_> {
-        fn record_debug(&mut self, f: &Field, v: &dyn std::fmt::Debug) {
-            self.0.push((f.name().into(), format!("{v:?}")));
-        }
-        fn record_str(&mut self, f: &Field, v: &str) {
-            self.0.push((f.name().into(), v.into()));
-        }
-    }
-
-    #[derive(Clone, Default)]
-    pub(super) struct Recorder(pub(super) Arc<Mutex<Vec<SpanSeen>>>);
-
-    impl<S: tracing::Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Recorder {
-        fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
-            let mut seen = SpanSeen {
-                name: attrs.metadata().name().into(),
-                parent: ctx
-                    .span(id)
-                    .and_then(|s| s.parent())
-                    .map(|p| p.name().into()),
-                ..SpanSeen::default()
-            };
-            attrs.record(&mut Fields(&mut seen.fields));
-            self.0.lock().unwrap().push(seen);
-        }
-        fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
-            let Some(name) = ctx.span(id).map(|s| s.name()) else {
-                return;
-            };
-            let mut all = self.0.lock().unwrap();
-            if let Some(s) = all.iter_mut().rev().find(|s| s.name == name) {
-                values.record(&mut Fields(&mut s.fields));
-            }
-        }
-    }
-
-    pub(super) fn subscriber(r: Recorder) -> impl tracing::Subscriber + Send + Sync {
-        tracing_subscriber::registry().with(r)
-    }
-}
-
 #[test]
 fn a_traced_call_has_spans_from_both_sides() {
-    let recorder = spans::Recorder::default();
-    let _guard = tracing::subscriber::set_default(spans::subscriber(recorder.clone()));
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.subscriber());
     let mut s = served(Extensions::ALL, Extensions::ALL);
     assert_eq!(s.client.call(&Req::Spin(20)).unwrap(), Resp::Spun(20));
-    let spans = recorder.0.lock().unwrap().clone();
-    let field = |s: &spans::SpanSeen, k: &str| {
-        s.fields
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| v.clone())
-    };
+    let spans = recorder.spans();
+    let field = |s: &spans::Seen, k: &str| s.field(k).map(String::from);
     let call = spans
         .iter()
         .find(|s| s.name == "svmc.call")
@@ -751,8 +687,8 @@ fn the_async_client_sends_its_timeout_as_the_deadline_and_traces_its_calls() {
     let mut h = Spinner(seen.clone());
     let server =
         thread::spawn(move || rpc::serve::<Slow, _, _>(&mut srv, &mut h, ServeConfig::default()));
-    let recorder = spans::Recorder::default();
-    let _guard = tracing::subscriber::set_default(spans::subscriber(recorder.clone()));
+    let recorder = Recorder::default();
+    let _guard = tracing::subscriber::set_default(recorder.subscriber());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -786,18 +722,13 @@ fn the_async_client_sends_its_timeout_as_the_deadline_and_traces_its_calls() {
     assert_eq!(server.join().unwrap().unwrap(), Ended::Goodbye);
     // Not started: the handler saw the two spins only.
     assert_eq!(seen.lock().unwrap().started, [300, 20]);
-    let spans = recorder.0.lock().unwrap().clone();
+    let spans = recorder.spans();
     let guest = spans
         .iter()
         .rfind(|s| s.name == "svmc.guest")
         .expect("the guest's span");
     assert_eq!(guest.parent.as_deref(), Some("svmc.call"));
-    let handled: u64 = guest
-        .fields
-        .iter()
-        .find(|(k, _)| k == "handled_us")
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap();
+    let handled: u64 = guest.field("handled_us").unwrap().parse().unwrap();
     assert!(handled >= 20_000, "{handled}");
 }
 

@@ -1,6 +1,7 @@
 //! A `tracing` layer that records the spans a test creates: their names,
 //! parents and fields, to check the trace of a call (`svmc.call` and its
-//! child `svmc.guest`, `comm/WIRE.md` §10.2).
+//! child `svmc.guest`, `comm/WIRE.md` §10.2). Test plumbing for this crate's
+//! tests and other crates' (feature `test-utils`).
 
 use std::sync::{Arc, Mutex};
 
