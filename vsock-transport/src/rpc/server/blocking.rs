@@ -1,0 +1,101 @@
+//! The blocking driver of [`ServerConn`]: one connection served over a
+//! blocking [`Connection`] (the Linux guest's service, the test doubles).
+
+use super::{Budget, Ended, Handler, ReadAhead, ServeConfig, ServerConn};
+use crate::{Connection, Error, Result, Step};
+use comm::Protocol;
+
+/// Serves one blocking connection: `HELLO`, then requests until `GOODBYE`,
+/// a close, a fatal protocol error or [`Then::Stop`](super::Then::Stop). The connection is
+/// shut down before returning, whatever happened. Each frame read has its
+/// own deadline ([`Connection::begin`]); a client silent between frames
+/// for the read timeout ends it with [`Ended::IdleTimeout`]. Example: the
+/// [`rpc` module's](crate::rpc#example).
+pub fn serve<P, C, H>(conn: &mut C, handler: &mut H, config: ServeConfig) -> Result<Ended>
+where
+    P: Protocol,
+    C: Connection + ?Sized,
+    H: Handler<P> + ?Sized,
+{
+    // A name no HELLO can carry fails here, before anything is sent.
+    if let Err(e) = comm::handshake::check_name::<P>() {
+        let _ = conn.shutdown();
+        return Err(e.into());
+    }
+    let mut s = ServerConn::<P>::new(config, Budget::unlimited());
+    let result = drive(conn, handler, &mut s);
+    // Free the buffers before the shutdown handshake.
+    drop(s);
+    let _ = conn.shutdown();
+    result
+}
+
+fn drive<P, C, H>(conn: &mut C, handler: &mut H, s: &mut ServerConn<P>) -> Result<Ended>
+where
+    P: Protocol,
+    C: Connection + ?Sized,
+    H: Handler<P> + ?Sized,
+{
+    loop {
+        s.produce();
+        while !s.output().is_empty() {
+            conn.begin(Step::Write);
+            let n = s.output().len();
+            if let Err(e) = conn.send(s.output()) {
+                // A fatal ERROR that cannot be delivered: report why we
+                // closed, not the failed send.
+                s.transport_failed(e);
+                break;
+            }
+            s.sent(n);
+        }
+        if let Some(end) = s.take_end() {
+            return end;
+        }
+        // While a request runs, the connection is read ahead without
+        // waiting (where the backend can), so that a `CANCEL` stops it.
+        let mut read_ahead = |buf: &mut [u8]| match conn.try_recv(buf) {
+            Ok(Some(0)) => ReadAhead::Eof,
+            Ok(Some(n)) => ReadAhead::Data(n),
+            Ok(None) => ReadAhead::Nothing,
+            Err(e) => ReadAhead::Failed(e),
+        };
+        if s.process_with(handler, &mut read_ahead) {
+            continue;
+        }
+        // An answer stream goes on before waiting for the client, reading
+        // what came meanwhile without waiting (a CANCEL stops it).
+        if s.produce() {
+            if s.wants_input() {
+                match conn.try_recv(s.input_buf()) {
+                    Ok(Some(0)) => s.peer_closed(),
+                    Ok(Some(n)) => s.received(n),
+                    Ok(None) => {}
+                    Err(e) => s.transport_failed(e),
+                }
+            }
+            continue;
+        }
+        if s.wants_input() {
+            if s.at_frame_start() {
+                conn.begin(if s.hello_done() {
+                    Step::Read
+                } else {
+                    Step::Hello
+                });
+            }
+            match conn.recv(s.input_buf()) {
+                Ok(0) => s.peer_closed(),
+                Ok(n) => s.received(n),
+                // No byte of a next frame within the read timeout, and
+                // nothing left to answer or send: the client is idle.
+                Err(Error::Timeout(Step::Read))
+                    if s.hello_done() && s.at_frame_start() && s.output().is_empty() =>
+                {
+                    return Ok(Ended::IdleTimeout);
+                }
+                Err(e) => s.transport_failed(e),
+            }
+        }
+    }
+}
