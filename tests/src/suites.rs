@@ -278,7 +278,7 @@ mod tests {
 
     /// Files of `tests/tests/` that are ordinary `cargo test` targets (no
     /// QEMU), not suites.
-    const ORDINARY_TESTS: &[&str] = &["cddl"];
+    const ORDINARY_TESTS: &[&str] = &["cddl", "wire_cases"];
 
     /// The `[[test]]` targets of `tests/Cargo.toml` with `harness = false`.
     fn cargo_suites() -> Vec<String> {
