@@ -116,7 +116,8 @@ pub struct Cli {
 
     /// Print results as JSON. `reverse` prints `bytes` and `result` (the
     /// text) if the result is UTF-8, else `result_base64` (RFC 4648
-    /// base64), or `output` with --output PATH.
+    /// base64), or `output` with --output PATH; `digest` prints `sha256`,
+    /// `bytes` and `file`; `info --stats` adds `connection`.
     #[arg(long, global = true)]
     pub json: bool,
 
