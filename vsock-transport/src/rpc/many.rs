@@ -104,6 +104,11 @@ const READ_AHEAD_EVENTS: usize = 32;
 /// See [`SMALL_BATCH`].
 const SMALL_ANSWERS: usize = 16 * 1024;
 
+/// Windows of an answer stream (each up to the server core's
+/// [`OUTPUT_HIGH_WATER`](super::OUTPUT_HIGH_WATER)) one connection
+/// produces per pass, at most.
+const STREAM_WINDOWS_PER_PASS: usize = 4;
+
 /// Device events taken per pass of the loop, at most (a burst of small
 /// pipelined requests is then answered together).
 const EVENTS_PER_PASS: usize = 32;
@@ -616,8 +621,15 @@ where
         }
     }
     flush(endpoint, slot);
-    // An answer stream goes on as its client takes it.
-    while slot.conn.produce() {
+    // An answer stream goes on as its client takes it, a window at a time
+    // per pass: the next pass reads the connection first (a `CANCEL`, or a
+    // `REQUEST` that ends it), and the other connections get their turn.
+    // An endpoint whose writes rarely wait (Linux, a fast client) would
+    // otherwise send the whole stream here, unread and unfair.
+    for _ in 0..STREAM_WINDOWS_PER_PASS {
+        if !slot.conn.produce() {
+            break;
+        }
         moved = true;
         if !flush(endpoint, slot) {
             break;
@@ -680,6 +692,7 @@ mod tests {
 
     use super::*;
     use crate::rpc::test_protocol::{Info, Request, Response, TestService, TestVm};
+    use crate::rpc::{Answer, Ctx, ResponseStream, Then};
     use comm::Hello;
     use comm::envelope::{self, RequestId};
     use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
@@ -861,6 +874,19 @@ mod tests {
     /// Runs the server with the boot connection 0 (already in `St`) until
     /// the script powers it off; returns the final state.
     fn run(max_conns: usize, idle_timeout_us: u64, hook: Hook) -> St {
+        let mut handler = TestService::new(info as fn() -> Info);
+        let st = run_with(max_conns, idle_timeout_us, hook, &mut handler);
+        assert!(handler.power_off_requested());
+        st
+    }
+
+    /// [`run`] with a handler of the test's own.
+    fn run_with<H: Handler<TestVm>>(
+        max_conns: usize,
+        idle_timeout_us: u64,
+        hook: Hook,
+        handler: &mut H,
+    ) -> St {
         let st = Rc::new(RefCell::new(St::default()));
         st.borrow_mut().connect(0);
         st.borrow_mut().pending.clear();
@@ -877,9 +903,7 @@ mod tests {
             idle_timeout_us,
             budget: Budget::new(1 << 22),
         };
-        let mut handler = TestService::new(info as fn() -> Info);
-        serve_many::<TestVm, _, _>(&mut fake, Some(Id(0)), &mut handler, &config, |_| {}).unwrap();
-        assert!(handler.power_off_requested());
+        serve_many::<TestVm, _, _>(&mut fake, Some(Id(0)), handler, &config, |_| {}).unwrap();
         drop(fake);
         Rc::try_unwrap(st).ok().unwrap().into_inner()
     }
@@ -1265,5 +1289,103 @@ mod tests {
             }),
         );
         assert_eq!(st.responses(1).len(), 21);
+    }
+
+    /// Answers every request that asks for an answer stream with `len`
+    /// bytes of zeros; the rest as [`TestService`] does.
+    struct Streamer {
+        service: TestService<fn() -> Info>,
+        len: usize,
+    }
+
+    struct Zeros(usize);
+
+    impl ResponseStream<TestVm> for Zeros {
+        fn fill(&mut self, buf: &mut [u8]) -> usize {
+            let n = buf.len().min(self.0);
+            buf[..n].fill(0);
+            self.0 -= n;
+            n
+        }
+        fn finish(self: Box<Self>) -> (Response, Then) {
+            (Response::Info(info()), Then::Continue)
+        }
+    }
+
+    impl Handler<TestVm> for Streamer {
+        fn handle(&mut self, request: Request) -> (Response, Then) {
+            self.service.handle(request)
+        }
+        fn handle_streaming(&mut self, _: Request, _: &mut Ctx<'_>) -> Answer<TestVm> {
+            Answer::Stream(Box::new(Zeros(self.len)))
+        }
+    }
+
+    fn streaming_request(id: u32) -> Vec<u8> {
+        let mut f = request(id, &Request::Info);
+        let meta = comm::ext::RequestMeta {
+            stream_answer: true,
+            ..Default::default()
+        };
+        comm::ext::insert_request_meta(&mut f, 0, 0, &meta, u32::MAX).unwrap();
+        f
+    }
+
+    /// R-STREAM-9 over an endpoint whose writes never wait (as Linux's,
+    /// with a client that reads fast): a `REQUEST` sent while an answer
+    /// stream goes on is seen within a few windows, not after the whole
+    /// stream; and another connection is served meanwhile.
+    #[test]
+    fn an_answer_stream_to_a_fast_reader_still_reads_its_connection() {
+        const LEN: usize = 32 << 20;
+        let mut handler = Streamer {
+            service: TestService::new(info as fn() -> Info),
+            len: LEN,
+        };
+        let hello_ext = || {
+            frame::encode(
+                FrameKind::Hello,
+                &Hello::new::<TestVm>(frame::DEFAULT_MAX_BODY).with_ext(comm::ext::Extensions::ALL),
+                frame::HELLO_MAX_BODY,
+            )
+            .unwrap()
+        };
+        let st = run_with(
+            8,
+            u64::MAX,
+            Box::new(move |st: &mut St| match st.pass {
+                1 => {
+                    st.send(0, &hello_ext());
+                    st.send(0, &streaming_request(1));
+                    st.connect(1);
+                    st.send(1, &hello());
+                }
+                _ if st.conns[&0].out.len() > 100_000 && !st.conns[&0].eof => {
+                    st.send(0, &request(2, &Request::Info));
+                    st.conns.get_mut(&0).unwrap().eof = true;
+                    st.send(1, &request(1, &Request::PowerOff));
+                }
+                _ => {}
+            }),
+            &mut handler,
+        );
+        let frames = st.frames(0);
+        let chunks = frames
+            .iter()
+            .filter(|(k, _)| *k == FrameKind::Chunk)
+            .count();
+        let (kind, body) = frames.last().unwrap();
+        assert_eq!(*kind, FrameKind::Error, "{chunks} chunks, then {kind:?}");
+        let e = error(body);
+        assert!(
+            e.fatal && e.code == ProtocolErrorCode::UnexpectedFrame,
+            "{e:?}"
+        );
+        assert!(
+            chunks * comm::ext::CHUNK_MAX_DATA < LEN / 4,
+            "{chunks} chunks of the stream went before the REQUEST was read"
+        );
+        assert_eq!(st.responses(1), [1], "the other connection was served");
+        assert!(handler.service.power_off_requested());
     }
 }
