@@ -30,10 +30,10 @@ use alloc::vec;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use comm::frame::{self, FrameKind, HEADER_LEN, Header};
-use comm::{Hello, Protocol};
 use log::{info, warn};
 use svmc::{Request, Response, ServiceError, ServiceVm};
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header};
+use svmc_comm::{Hello, Protocol};
 use svmc_runtime::Vsock;
 use vsock_transport::framed::{recv_frame, send_frame};
 use vsock_transport::guest::HOST_CID;

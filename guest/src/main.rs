@@ -97,7 +97,7 @@ fn words(key: &str, value: &str) -> bool {
 /// The svmc protocol's side of the heap sizing: every large request is a
 /// `Reverse`, answered in place.
 const LIMITS: Limits = Limits {
-    max_body: comm::frame::DEFAULT_MAX_BODY,
+    max_body: svmc_comm::frame::DEFAULT_MAX_BODY,
     reserve_per_body_byte: RESERVE_PER_BODY_BYTE,
 };
 

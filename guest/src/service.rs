@@ -4,8 +4,8 @@
 
 use alloc::string::ToString;
 
-use comm::Protocol;
 use svmc::{GuestInfo, HeapStats, ServiceVm};
+use svmc_comm::Protocol;
 
 /// Name reported in [`GuestInfo::firmware`].
 pub const FIRMWARE: &str = "svmc-guest";

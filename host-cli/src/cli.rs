@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use host::{Accel, Arch, Guest};
+use svmc_host::{Accel, Arch, Guest};
 
 /// Examples at the end of `--help`.
 const EXAMPLES: &str = "\
@@ -122,7 +122,7 @@ pub struct Cli {
     pub json: bool,
 
     /// Guest RAM in MiB.
-    #[arg(long, global = true, default_value_t = host::launcher::DEFAULT_MEMORY_MIB)]
+    #[arg(long, global = true, default_value_t = svmc_host::launcher::DEFAULT_MEMORY_MIB)]
     pub memory: u32,
 
     /// Accelerator: auto (KVM if it works here, else TCG), kvm or tcg.

@@ -16,9 +16,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use host::launcher::install_signal_cleanup;
-use host::{Attach, Guest, Session, SessionConfig, VmConfig, tools};
 use host_cli::cli::{Cli, Cmd};
+use svmc_host::launcher::install_signal_cleanup;
+use svmc_host::{Attach, Guest, Session, SessionConfig, VmConfig, tools};
 use vsock_transport::Timeouts;
 
 fn init_logging(verbose: u8) {
@@ -275,7 +275,7 @@ mod tests {
 
     #[test]
     fn one_line_does_not_repeat_causes() {
-        let e: anyhow::Result<()> = Err(host::Error::Guest {
+        let e: anyhow::Result<()> = Err(svmc_host::Error::Guest {
             source: vsock_transport::Error::Timeout(Step::Read),
             serial_log: PathBuf::from("/logs/vm.serial.log"),
         })

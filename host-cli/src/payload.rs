@@ -365,7 +365,7 @@ impl Stream {
     /// on stderr if it is a terminal (at most ten updates a second).
     pub fn digest<T>(
         &mut self,
-        f: impl FnOnce(&mut dyn Read, &mut dyn FnMut(u64)) -> Result<T, host::Error>,
+        f: impl FnOnce(&mut dyn Read, &mut dyn FnMut(u64)) -> Result<T, svmc_host::Error>,
     ) -> Result<T> {
         let terminal = std::io::stderr().is_terminal();
         let start = Instant::now();

@@ -1,5 +1,5 @@
 //! Started VMs: `start`, `list`, `stop`, `prune`, and `--vm NAME`
-//! ([`host::registry`] keeps track of them).
+//! ([`svmc_host::registry`] keeps track of them).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -7,11 +7,11 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use comm::frame::DEFAULT_MAX_BODY;
-use host::launcher::{kill_all, launch_ready};
-use host::registry::{Entry, Record, Registry, State};
-use host::{Attach, Session, SessionConfig, machine};
 use svmc::{SERVICE_PORT, ServiceVm};
+use svmc_comm::frame::DEFAULT_MAX_BODY;
+use svmc_host::launcher::{kill_all, launch_ready};
+use svmc_host::registry::{Entry, Record, Registry, State};
+use svmc_host::{Attach, Session, SessionConfig, machine};
 use vsock_transport::Timeouts;
 use vsock_transport::rpc::Client;
 
@@ -73,7 +73,7 @@ pub fn start(
     let guest_err = |e: vsock_transport::Error| {
         anyhow::anyhow!("{e}; guest serial log: {}", vm.serial_log().display())
     };
-    let boot: host::session::BoxConnection = Box::new(stream);
+    let boot: svmc_host::session::BoxConnection = Box::new(stream);
     let client = Client::<_, ServiceVm>::hello(boot, DEFAULT_MAX_BODY).map_err(guest_err)?;
     let max_body = client.peer_max_body();
     client.close().map_err(guest_err)?;
@@ -96,7 +96,7 @@ pub fn start(
         Err(e) => {
             // Nothing owns the VM any more (the reservation's directory is
             // gone with it): kill it by hand.
-            host::registry::kill_detached(&detached);
+            svmc_host::registry::kill_detached(&detached);
             return Err(e.into());
         }
     };
@@ -172,7 +172,8 @@ pub fn list(cli: &Cli) -> Result<()> {
     );
     for e in &entries {
         let r = &e.record;
-        let pid = |p: Option<host::registry::ProcId>| p.map_or("-".into(), |p| p.pid.to_string());
+        let pid =
+            |p: Option<svmc_host::registry::ProcId>| p.map_or("-".into(), |p| p.pid.to_string());
         let (cid, up) = cid_uptime(e);
         let _ = writeln!(
             out,
@@ -192,7 +193,7 @@ pub fn list(cli: &Cli) -> Result<()> {
 }
 
 /// Asks the VM of `r` to power off.
-fn power_off(r: &Record, timeout: Duration) -> host::Result<()> {
+fn power_off(r: &Record, timeout: Duration) -> svmc_host::Result<()> {
     let uds = r.uds_path.clone().unwrap_or_default();
     let mut config = SessionConfig::new(Attach::Hybrid {
         uds_path: uds,

@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use host::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
+use svmc_host::{Arch, Guest, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::Timeouts;
 
 pub use harness::Case;
@@ -130,7 +130,7 @@ impl Ctx {
 
     /// Launches a VM with `config` and waits for its boot connection.
     pub fn session_with(&self, config: VmConfig) -> Result<Session, String> {
-        let mut s = SessionConfig::new(host::Attach::Launch(Box::new(config)));
+        let mut s = SessionConfig::new(svmc_host::Attach::Launch(Box::new(config)));
         s.timeouts = self.timeouts();
         Session::open(&s).map_err(|e| format!("opening a session: {e}"))
     }
@@ -407,10 +407,10 @@ impl<'a> LeakCheck<'a> {
 
 /// Firmware images made by hand for the fault tests.
 pub mod images {
-    use host::Arch;
-    use host::image::{a64, elf};
+    use svmc_host::Arch;
+    use svmc_host::image::{a64, elf};
 
-    /// Like [`host::image::tiny_elf`], but the code waits for interrupts
+    /// Like [`svmc_host::image::tiny_elf`], but the code waits for interrupts
     /// forever (with interrupts off on x86_64, so no CPU is burnt under
     /// TCG) and never exits: a guest that hangs early in boot.
     pub fn hanging_elf(arch: Arch) -> Vec<u8> {
@@ -433,9 +433,9 @@ pub mod images {
             for arch in Arch::ALL {
                 let p = dir.path().join(format!("hang-{arch}.elf"));
                 std::fs::write(&p, hanging_elf(arch)).unwrap();
-                host::image::check_image(&p, arch).unwrap();
+                svmc_host::image::check_image(&p, arch).unwrap();
                 for other in Arch::ALL.into_iter().filter(|a| *a != arch) {
-                    assert!(host::image::check_image(&p, other).is_err());
+                    assert!(svmc_host::image::check_image(&p, other).is_err());
                 }
             }
         }
@@ -449,7 +449,7 @@ pub mod cddl {
     use std::path::{Path, PathBuf};
     use std::process::Command;
 
-    use comm::frame::FrameKind;
+    use svmc_comm::frame::FrameKind;
 
     /// The version `cargo xtask setup` installs.
     pub const VERSION: &str = "0.10.7";

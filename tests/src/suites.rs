@@ -4,12 +4,12 @@
 //! Adding a suite: its file in `tests/tests/`, a `[[test]]` entry in
 //! `tests/Cargo.toml` (a unit test below checks that the three agree) and a
 //! line in [`SUITES`]. Adding a machine to the test matrix: a line in
-//! [`MATRIX`] (and its row in `host::machine::MACHINES`).
+//! [`MATRIX`] (and its row in `svmc_host::machine::MACHINES`).
 
-use host::Arch;
+use svmc_host::Arch;
 
 /// The environment variables `cargo xtask run-e2e` sets for the suites
-/// (the host library's own are in `host::env`).
+/// (the host library's own are in `svmc_host::env`).
 pub mod vars {
     /// Guest architecture (`x86_64`, `aarch64`).
     pub const ARCH: &str = "SVMC_E2E_ARCH";
@@ -321,7 +321,7 @@ mod tests {
     #[test]
     fn matrix_names_known_machines_and_suites() {
         for t in MATRIX {
-            host::machine::find(t.arch, t.machine).unwrap();
+            svmc_host::machine::find(t.arch, t.machine).unwrap();
             for s in t.suites.unwrap_or_default() {
                 assert!(suite(s).is_some(), "{s}");
             }

@@ -5,7 +5,7 @@
 //! Frames captured from real end-to-end runs are checked by the
 //! conformance suite (`conformance.rs`).
 
-use comm::frame::{FrameKind, HEADER_LEN, Header};
+use svmc_comm::frame::{FrameKind, HEADER_LEN, Header};
 use tests::cddl;
 
 const WIRE: &str = include_str!("../../comm/WIRE.md");

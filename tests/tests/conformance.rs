@@ -32,14 +32,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use comm::envelope::{self, RequestId};
-use comm::ext::{self, Cancel, Extensions, RequestMeta};
-use comm::frame::{
+use svmc::{Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::ext::{self, Cancel, Extensions, RequestMeta};
+use svmc_comm::frame::{
     self, DEFAULT_MAX_BODY, FrameKind, HEADER_LEN, ProtocolError, ProtocolErrorCode,
 };
-use comm::{Hello, Protocol};
-use host::Session;
-use svmc::{Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
+use svmc_comm::{Hello, Protocol};
+use svmc_host::Session;
 use tests::{Case, Ctx, cddl, ensure};
 use vsock_transport::Timeouts;
 

@@ -5,8 +5,8 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use comm::frame::{self, FrameKind, Header};
 use svmc::{Request, Response, SERVICE_PORT, ServiceVm};
+use svmc_comm::frame::{self, FrameKind, Header};
 use tests::harness::{Case, Suite};
 use tests::{Ctx, ensure};
 use vsock_transport::rpc::Client;
@@ -25,7 +25,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 /// Sends `payload` on `s` and checks the answer is its reverse; errors
 /// start with `what`.
-fn reverse_on(s: &mut host::Session, payload: Vec<u8>, what: &str) -> R {
+fn reverse_on(s: &mut svmc_host::Session, payload: Vec<u8>, what: &str) -> R {
     let mut expected = payload.clone();
     expected.reverse();
     let got = s.reverse(payload).map_err(|e| format!("{what}: {e}"))?;
@@ -42,7 +42,7 @@ fn check_reverse(ctx: &Ctx, payload: Vec<u8>) -> R {
     power_off(s)
 }
 
-fn power_off(s: host::Session) -> R {
+fn power_off(s: svmc_host::Session) -> R {
     let status = s
         .power_off(Duration::from_secs(20))
         .map_err(|e| e.to_string())?
@@ -103,7 +103,7 @@ fn info(ctx: &Ctx) -> R {
         format!("arch {}", info.arch)
     })?;
     ensure(
-        info.protocol_version == <ServiceVm as comm::Protocol>::VERSION,
+        info.protocol_version == <ServiceVm as svmc_comm::Protocol>::VERSION,
         || format!("protocol version {}", info.protocol_version),
     )?;
     ensure(
@@ -151,7 +151,7 @@ fn attach(uds: &std::path::Path, ctx: &Ctx) -> Result<ServiceClient, String> {
 
 /// Waits (up to 20 s) for the session's VM to exit and checks QEMU's exit
 /// status 0 (WIRE.md R-END-3, after a `PowerOff`).
-fn expect_clean_exit(s: &mut host::Session) -> R {
+fn expect_clean_exit(s: &mut svmc_host::Session) -> R {
     let status = s
         .vm()
         .ok_or("no vm")?
@@ -161,7 +161,7 @@ fn expect_clean_exit(s: &mut host::Session) -> R {
 }
 
 /// Powers the session's VM off through `c` and checks QEMU's exit status 0.
-fn power_off_via(c: &mut ServiceClient, s: &mut host::Session) -> R {
+fn power_off_via(c: &mut ServiceClient, s: &mut svmc_host::Session) -> R {
     let r = c.call(&Request::PowerOff).map_err(|e| e.to_string())?;
     ensure(r == Response::PowerOff, || format!("{r:?}"))?;
     expect_clean_exit(s)
@@ -228,8 +228,8 @@ fn payload_over_maximum(ctx: &Ctx) -> R {
     // 1. Refused locally before sending; the connection stays usable.
     let too_big = vec![0u8; max as usize];
     match s.reverse(too_big) {
-        Err(host::Error::Guest {
-            source: TError::Protocol(comm::Error::TooLargeToSend { .. }),
+        Err(svmc_host::Error::Guest {
+            source: TError::Protocol(svmc_comm::Error::TooLargeToSend { .. }),
             ..
         }) => {}
         other => return Err(format!("expected TooLarge, got {other:?}")),

@@ -10,10 +10,10 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use host::tools::Tools;
-use host::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use svmc_host::tools::Tools;
+use svmc_host::{Accel, Arch, Attach, Error, Session, SessionConfig, Vm, VmConfig};
 use tests::harness::{Case, Setup, Suite};
 use tests::{Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs};
 
@@ -99,7 +99,7 @@ fn qemu_missing(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
         let mut tools = f.tools()?;
-        let qemu = format!("/nonexistent/{}", host::tools::qemu_binary(f.ctx.arch));
+        let qemu = format!("/nonexistent/{}", svmc_host::tools::qemu_binary(f.ctx.arch));
         tools.qemu = qemu.clone().into();
         cfg.tools = Some(tools);
         let e = Vm::launch(&cfg).err().ok_or("launched without QEMU")?;
@@ -108,7 +108,7 @@ fn qemu_missing(f: &Faults) -> R {
         // Through the CLI and `$SVMC_QEMU`.
         let out = f
             .host_cli()
-            .env(host::env::QEMU, "/nonexistent/qemu")
+            .env(svmc_host::env::QEMU, "/nonexistent/qemu")
             .args(["reverse", "abc"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -116,8 +116,8 @@ fn qemu_missing(f: &Faults) -> R {
         one_line_mentioning(
             &stderr_of(&out),
             &[
-                &format!("{} not found", host::tools::qemu_binary(f.ctx.arch)),
-                &format!("{}=/nonexistent/qemu", host::env::QEMU),
+                &format!("{} not found", svmc_host::tools::qemu_binary(f.ctx.arch)),
+                &format!("{}=/nonexistent/qemu", svmc_host::env::QEMU),
             ],
         )
     })
@@ -136,7 +136,7 @@ fn daemon_missing(f: &Faults) -> R {
         one_line_mentioning(&e.to_string(), &["/nonexistent/vhost-device-vsock"])?;
         let out = f
             .host_cli()
-            .env(host::env::DAEMON, "/nonexistent/daemon")
+            .env(svmc_host::env::DAEMON, "/nonexistent/daemon")
             .args(["reverse", "abc"])
             .output()
             .map_err(|e| e.to_string())?;
@@ -252,7 +252,7 @@ fn image_not_elf(f: &Faults) -> R {
             .find(|a| *a != arch)
             .ok_or("one arch")?;
         let name = format!("{other}.elf");
-        cfg.image = f.write_image(&name, &host::image::tiny_elf(other))?;
+        cfg.image = f.write_image(&name, &svmc_host::image::tiny_elf(other))?;
         let e = Vm::launch(&cfg)
             .err()
             .ok_or_else(|| format!("launched an {other} ELF on {arch}"))?;
@@ -285,7 +285,7 @@ fn guest_hangs_before_connecting(f: &Faults) -> R {
 fn guest_crashes_before_connecting(f: &Faults) -> R {
     f.checked(|| {
         let mut cfg = f.config();
-        cfg.image = f.write_image("exit.elf", &host::image::tiny_elf(f.ctx.arch))?;
+        cfg.image = f.write_image("exit.elf", &svmc_host::image::tiny_elf(f.ctx.arch))?;
         let start = Instant::now();
         let e = open_err(&f.session_config(cfg, Duration::from_secs(20)))?;
         let took = start.elapsed();
@@ -299,7 +299,7 @@ fn guest_crashes_before_connecting(f: &Faults) -> R {
         };
         ensure(took < Duration::from_secs(5), || format!("took {took:?}"))?;
         ensure(
-            status.code() == Some(host::image::tiny_exit_status(f.ctx.arch)),
+            status.code() == Some(svmc_host::image::tiny_exit_status(f.ctx.arch)),
             || format!("status {status}"),
         )?;
         one_line_mentioning(
@@ -532,7 +532,7 @@ fn sigkill_of_a_host_whose_worker_launched_the_vm(f: &Faults) -> R {
     );
     // A SIGKILLed process cannot remove its runtime directory; the next
     // launch does (here: the same function).
-    host::launcher::remove_stale_runtime_dirs(f.tmp.path());
+    svmc_host::launcher::remove_stale_runtime_dirs(f.tmp.path());
     leaks.finish(GRACE)
 }
 
@@ -577,7 +577,7 @@ fn ctrl_c_cleanup_never_kills_a_reused_pid(f: &Faults) -> R {
             .map_err(|e| e.to_string())?;
         ensure(!procs::alive(qemu), || format!("QEMU {qemu} still runs"))?;
         let mut impostor = spawn_with_pid(qemu)?;
-        host::launcher::kill_all();
+        svmc_host::launcher::kill_all();
         std::thread::sleep(Duration::from_millis(200));
         let alive = impostor.try_wait().map_err(|e| e.to_string())?.is_none();
         let _ = impostor.kill();
@@ -598,7 +598,7 @@ fn ctrl_c_cleanup_never_kills_a_reused_pid(f: &Faults) -> R {
 /// Waits until `child` has started QEMU (a process naming the private
 /// `TMPDIR` whose name is QEMU's) and returns the pids mentioning `TMPDIR`.
 fn wait_for_vm_of(f: &Faults, child: &mut Child) -> Result<Vec<u32>, String> {
-    let qemu = host::tools::qemu_binary(f.ctx.arch);
+    let qemu = svmc_host::tools::qemu_binary(f.ctx.arch);
     let found = procs::poll(Duration::from_secs(20), || {
         if let Ok(Some(_)) = child.try_wait() {
             return Some(Vec::new());

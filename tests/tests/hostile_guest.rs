@@ -1,7 +1,7 @@
 //! Hostile-guest suite: the guest firmware built with the `hostile` feature
 //! (`SVMC_E2E_HOSTILE_IMAGE`) misbehaves on purpose in the mode named by
 //! `svmc.hostile=<mode>` on its command line (see `guest/src/hostile.rs`).
-//! For each mode, both the library (`host::Session`) and the `host-cli`
+//! For each mode, both the library (`svmc_host::Session`) and the `host-cli`
 //! binary must fail with the right typed error within their timeouts, and
 //! leave nothing behind: no QEMU or daemon process (their pids, taken from
 //! `Vm::pids` before the drop, are gone from `/proc`), no socket and no
@@ -12,11 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use comm::frame::{DEFAULT_MAX_BODY, FrameKind};
-use host::launcher::{DEFAULT_BOOT_ATTEMPT, launch_ready};
-use host::session::BoxConnection;
-use host::{Accel, Attach, Error, Session, SessionConfig, VmConfig};
 use svmc::{Request, Response, ServiceVm};
+use svmc_comm::frame::{DEFAULT_MAX_BODY, FrameKind};
+use svmc_host::launcher::{DEFAULT_BOOT_ATTEMPT, launch_ready};
+use svmc_host::session::BoxConnection;
+use svmc_host::{Accel, Attach, Error, Session, SessionConfig, VmConfig};
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::vars;
 use tests::{Ctx, LeakCheck, PrivateTmp, ensure, one_line_mentioning, procs};
@@ -75,14 +75,24 @@ const EXPECT: &[Expect] = &[
         stage: Stage::Hello,
         times_out: false,
         // The guest's first random byte is 0xfd (fixed seed).
-        check: |e| matches!(e, TError::Protocol(comm::Error::UnknownFrameKind(0xfd))),
+        check: |e| {
+            matches!(
+                e,
+                TError::Protocol(svmc_comm::Error::UnknownFrameKind(0xfd))
+            )
+        },
         cli_says: "unknown frame kind 0xfd",
     },
     Expect {
         mode: "garbage-response",
         stage: Stage::Response,
         times_out: false,
-        check: |e| matches!(e, TError::Protocol(comm::Error::InvalidCbor { offset: 0 })),
+        check: |e| {
+            matches!(
+                e,
+                TError::Protocol(svmc_comm::Error::InvalidCbor { offset: 0 })
+            )
+        },
         cli_says: "invalid CBOR",
     },
     Expect {
@@ -90,7 +100,7 @@ const EXPECT: &[Expect] = &[
         stage: Stage::Response,
         times_out: false,
         check: |e| {
-            matches!(e, TError::Protocol(comm::Error::TooLarge { len, max })
+            matches!(e, TError::Protocol(svmc_comm::Error::TooLarge { len, max })
                 if *len == u64::from(DEFAULT_MAX_BODY) + 1 && *max == DEFAULT_MAX_BODY)
         },
         cli_says: "frame too large",
@@ -117,8 +127,8 @@ const EXPECT: &[Expect] = &[
         check: |e| {
             matches!(
                 e,
-                TError::Protocol(comm::Error::VersionMismatch { ours, theirs })
-                    if *ours == <ServiceVm as comm::Protocol>::VERSION && *theirs == ours + 1
+                TError::Protocol(svmc_comm::Error::VersionMismatch { ours, theirs })
+                    if *ours == <ServiceVm as svmc_comm::Protocol>::VERSION && *theirs == ours + 1
             )
         },
         cli_says: "version mismatch",
@@ -128,7 +138,7 @@ const EXPECT: &[Expect] = &[
         stage: Stage::Hello,
         times_out: false,
         check: |e| {
-            matches!(e, TError::Protocol(comm::Error::ProtocolMismatch { theirs, .. })
+            matches!(e, TError::Protocol(svmc_comm::Error::ProtocolMismatch { theirs, .. })
                 if theirs == "svmc-hostile")
         },
         cli_says: "protocol mismatch",
@@ -140,7 +150,7 @@ const EXPECT: &[Expect] = &[
         check: |e| {
             matches!(
                 e,
-                TError::Protocol(comm::Error::UnexpectedFrame {
+                TError::Protocol(svmc_comm::Error::UnexpectedFrame {
                     expected: FrameKind::Response,
                     got: FrameKind::Request
                 })
@@ -167,7 +177,7 @@ const EXPECT: &[Expect] = &[
         mode: "disconnect",
         stage: Stage::Response,
         times_out: false,
-        check: |e| matches!(e, TError::Protocol(comm::Error::Truncated { .. })),
+        check: |e| matches!(e, TError::Protocol(svmc_comm::Error::Truncated { .. })),
         cli_says: "truncated frame",
     },
 ];
@@ -348,7 +358,7 @@ fn binary(h: &Hostile, mode: &str) -> R {
         })?;
         one_line_mentioning(&stderr, &["host-cli: error:", x.cli_says, "serial log"])?;
         // Boot plus one timed step; a boot may take one relaunch
-        // (`--boot-timeout`, see host::launcher::launch_ready).
+        // (`--boot-timeout`, see svmc_host::launcher::launch_ready).
         ensure(took <= READ * 2 + SLACK * 2 + DEFAULT_BOOT_ATTEMPT, || {
             format!("host-cli took {took:?} with --timeout {READ:?}")
         })?;
@@ -386,7 +396,7 @@ fn trickle_per_frame_deadline(h: &Hostile) -> R {
             got: 0,
         };
         let mut counting = counting;
-        let frame = comm::frame::encode(
+        let frame = svmc_comm::frame::encode(
             FrameKind::Request,
             &Request::Reverse(b"abc".to_vec()),
             DEFAULT_MAX_BODY,
@@ -435,7 +445,7 @@ fn lost_first_kick(h: &Hostile) -> R {
     h.checked(|| {
         let mut c = h.vm_config("lost-kick");
         c.boot_attempt = BOOT;
-        let relaunches = host::launcher::relaunches();
+        let relaunches = svmc_host::launcher::relaunches();
         let start = Instant::now();
         let (mut vm, stream) = launch_ready(&c, BOOT, Hostile::timeouts())
             .map_err(|e| format!("launch_ready: {e}"))?;
@@ -458,7 +468,7 @@ fn lost_first_kick(h: &Hostile) -> R {
         drop(client);
         let status = vm.wait_exit(BOOT).map_err(|e| format!("exit: {e}"))?;
         ensure(status.success(), || format!("QEMU exited with {status}"))?;
-        ensure(host::launcher::relaunches() == relaunches, || {
+        ensure(svmc_host::launcher::relaunches() == relaunches, || {
             "the VM was relaunched".into()
         })?;
         // Whether the guest had to notify again is not asserted: the device

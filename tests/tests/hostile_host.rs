@@ -12,11 +12,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use comm::envelope::{self, RequestId};
-use comm::frame::{self, FrameKind, Header, ProtocolError, ProtocolErrorCode};
-use comm::{Hello, Protocol};
-use host::Session;
 use svmc::{Request, Response, SERVICE_PORT, ServiceVm};
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::frame::{self, FrameKind, Header, ProtocolError, ProtocolErrorCode};
+use svmc_comm::{Hello, Protocol};
+use svmc_host::Session;
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::vars;
 use tests::{ensure, env_count};
@@ -677,7 +677,7 @@ fn setup(s: Setup) -> Result<Hostile, String> {
     let (uds, serial_log) = (vm.uds_path().to_path_buf(), vm.serial_log().to_path_buf());
     println!("  serial log: {}", serial_log.display());
     Ok(Hostile {
-        linux: s.ctx.guest == host::Guest::Linux,
+        linux: s.ctx.guest == svmc_host::Guest::Linux,
         session: Mutex::new(Some(session)),
         uds,
         serial_log,

@@ -17,9 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use comm::frame::{self, DEFAULT_MAX_BODY};
-use host::Session;
 use svmc::{REVERSE_OVERHEAD, Request, Response, SERVICE_PORT, ServiceError, ServiceVm};
+use svmc_comm::frame::{self, DEFAULT_MAX_BODY};
+use svmc_host::Session;
 use tests::ensure;
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::LOAD_REPS;

@@ -14,11 +14,11 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use comm::ext::RequestMeta;
-use comm::frame::{DEFAULT_MAX_BODY, ProtocolErrorCode};
-use host::Session;
 use sha2::{Digest, Sha256};
 use svmc::{Request, Response, SERVICE_PORT, ServiceVm};
+use svmc_comm::ext::RequestMeta;
+use svmc_comm::frame::{DEFAULT_MAX_BODY, ProtocolErrorCode};
+use svmc_host::Session;
 use tests::ensure;
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::STREAM_MIB;
@@ -44,7 +44,7 @@ fn client(uds: &Path) -> Result<Client<Conn, ServiceVm>, String> {
 
 fn remote_code(e: &vsock_transport::Error) -> Option<ProtocolErrorCode> {
     match e {
-        vsock_transport::Error::Protocol(comm::Error::Remote(pe)) => Some(pe.code),
+        vsock_transport::Error::Protocol(svmc_comm::Error::Remote(pe)) => Some(pe.code),
         _ => None,
     }
 }
@@ -204,7 +204,7 @@ fn a_stream_larger_than_the_vm_through_16_mib(l: &Long) -> R {
     // The firmware in 16 MiB of RAM; a Linux kernel does not boot in
     // that, so the Linux guest's service keeps its VM's default (and its
     // budget: half its free memory, far less than the stream).
-    if l.ctx.guest == host::Guest::Firmware {
+    if l.ctx.guest == svmc_host::Guest::Firmware {
         config.memory_mib = 16;
     }
     println!("  a VM of {} MiB", config.memory_mib);

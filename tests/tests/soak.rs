@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use host::Session;
+use svmc_host::Session;
 use tests::harness::{Case, Setup, Suite};
 use tests::suites::{
     SOAK_CYCLES, SOAK_LOAD_VMS, SOAK_POOL_REQUESTS, SOAK_POOL_VMS, SOAK_REQUESTS, SOAK_VM_REQUESTS,
@@ -320,7 +320,7 @@ fn boots_under_load(s: &Soak) -> R {
     let before = resources();
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let hogs = cores * HOGS_PER_CORE;
-    let relaunches = host::launcher::relaunches();
+    let relaunches = svmc_host::launcher::relaunches();
     let stop = AtomicBool::new(false);
     let start = Instant::now();
     let results: Vec<Result<Duration, String>> = std::thread::scope(|scope| {
@@ -363,7 +363,7 @@ fn boots_under_load(s: &Soak) -> R {
         .filter_map(|r| r.as_ref().ok().copied())
         .collect();
     times.sort();
-    let relaunched = host::launcher::relaunches() - relaunches;
+    let relaunched = svmc_host::launcher::relaunches() - relaunches;
     println!(
         "  {} VMs booting at once with {hogs} busy threads on {cores} cores: {} up, slowest \
          after {:.2?}, {relaunched} relaunched",

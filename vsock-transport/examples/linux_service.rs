@@ -44,9 +44,9 @@ use std::os::fd::AsRawFd;
 use std::process::{Command, ExitCode};
 use std::time::{Duration, Instant};
 
-use comm::Protocol;
 use svmc::server::Service;
 use svmc::{GuestInfo, HOST_PORT, SERVICE_PORT, ServiceVm};
+use svmc_comm::Protocol;
 use vsock::{VsockListener, VsockStream};
 use vsock_transport::host_vsock::{self, CID_ANY, CID_HOST};
 use vsock_transport::rpc::many::{self, Endpoint, Event, ManyConfig, Recv};

@@ -46,9 +46,9 @@ impl fmt::Display for Step {
 #[non_exhaustive]
 pub enum Error {
     /// A frame or message was invalid, or the peer's protocol or version
-    /// differs (see [`comm::Error`]).
+    /// differs (see [`svmc_comm::Error`]).
     #[error(transparent)]
-    Protocol(#[from] comm::Error),
+    Protocol(#[from] svmc_comm::Error),
     /// The peer closed the connection between two frames.
     #[error("connection closed by the peer")]
     Closed,
@@ -146,8 +146,8 @@ impl Error {
     pub fn is_refused(&self) -> bool {
         match self {
             Self::ClosedBeforeHello => true,
-            Self::Protocol(comm::Error::Remote(pe)) => {
-                pe.code == comm::frame::ProtocolErrorCode::Busy
+            Self::Protocol(svmc_comm::Error::Remote(pe)) => {
+                pe.code == svmc_comm::frame::ProtocolErrorCode::Busy
             }
             _ => false,
         }
@@ -158,7 +158,7 @@ impl Error {
     ///
     /// Not fatal: a request refused before it was sent, a read timeout
     /// before any byte of a frame, a peer's non-fatal `ERROR` and a bad
-    /// message whose frame was intact ([`comm::Error::is_fatal`]), misuse
+    /// message whose frame was intact ([`svmc_comm::Error::is_fatal`]), misuse
     /// ([`Error::Usage`]). Everything else is fatal: the stream ended or
     /// may be out of step, or there is no connection.
     pub fn is_fatal(&self) -> bool {
@@ -232,8 +232,8 @@ mod tests {
         let usable = [
             Error::Timeout(Step::Read),
             Error::Usage("x"),
-            Error::Protocol(comm::Error::Malformed("x".into())),
-            Error::Protocol(comm::Error::TooLargeToSend { len: 2, max: 1 }),
+            Error::Protocol(svmc_comm::Error::Malformed("x".into())),
+            Error::Protocol(svmc_comm::Error::TooLargeToSend { len: 2, max: 1 }),
         ];
         for e in usable {
             assert!(!e.is_fatal(), "{e}");
@@ -251,7 +251,7 @@ mod tests {
             Error::Poisoned {
                 source: Arc::new(Error::Closed),
             },
-            Error::Protocol(comm::Error::Truncated {
+            Error::Protocol(svmc_comm::Error::Truncated {
                 expected: 9,
                 got: 1,
             }),

@@ -2,7 +2,7 @@
 
 use alloc::vec::Vec;
 
-use comm::frame::{HEADER_LEN, Header};
+use svmc_comm::frame::{HEADER_LEN, Header};
 
 use crate::{Connection, Error, Result, Step};
 
@@ -32,7 +32,7 @@ fn recv_exact<C: Connection + ?Sized>(
             if already + filled == 0 {
                 return Err(Error::Closed);
             }
-            return Err(comm::Error::Truncated {
+            return Err(svmc_comm::Error::Truncated {
                 expected: frame_len,
                 got: already + filled,
             }
@@ -47,7 +47,7 @@ fn recv_exact<C: Connection + ?Sized>(
 /// they are unspecified) and returns its header. The header is checked against `max` before `body` grows, so at
 /// most `max` bytes are ever allocated for a frame. A clean close before the
 /// first header byte is [`Error::Closed`]; a close anywhere later is
-/// [`comm::Error::Truncated`].
+/// [`svmc_comm::Error::Truncated`].
 pub fn recv_frame<C: Connection + ?Sized>(
     conn: &mut C,
     max: u32,
@@ -83,7 +83,7 @@ pub fn send_frame<C: Connection + ?Sized>(conn: &mut C, frame: &[u8]) -> Result<
 }
 
 /// Writes one frame given as its head bytes and a tail sent from where it
-/// lies (e.g. a payload returned by [`comm::Protocol::encode_request`]),
+/// lies (e.g. a payload returned by [`svmc_comm::Protocol::encode_request`]),
 /// with one [`Connection::send_vectored`].
 pub fn send_frame_parts<C: Connection + ?Sized>(
     conn: &mut C,

@@ -195,7 +195,7 @@ pub const CONNECTION_BUFFER_SIZE: u32 = 256 * 1024;
 
 /// Receive buffer (the `buf_alloc` we advertise) of an accepted connection
 /// until it is served ([`GuestVsock::serve`]): a `HELLO` (at most
-/// `comm::frame::HELLO_MAX_BODY` bytes of body) and a small frame fit, so
+/// `svmc_comm::frame::HELLO_MAX_BODY` bytes of body) and a small frame fit, so
 /// a waiting or refused client can say hello and read its answer, but not
 /// make us buffer more.
 pub const ACCEPT_WINDOW: u32 = 4096;

@@ -27,7 +27,7 @@
 //!   rules, sans-IO), [`rpc::serve`] (one blocking connection) and
 //!   [`rpc::many::serve_many`] (many connections in one event loop, with a
 //!   limit and the boot-connection lifecycle), generic over any
-//!   [`comm::Protocol`]. No service's messages or handler live here:
+//!   [`svmc_comm::Protocol`]. No service's messages or handler live here:
 //!   svmc's are the crate `svmc-proto` (its `server` feature holds the
 //!   handler), and the examples in this crate's docs use them.
 //!
@@ -51,7 +51,7 @@
 
 extern crate alloc;
 
-pub use comm;
+pub use svmc_comm as comm;
 
 // The README's examples compile as doctests (they use `hybrid` and
 // `async_host`).
@@ -127,7 +127,7 @@ pub trait Connection {
 
     /// The deadline of reading one frame ([`Timeouts::read`]) if the
     /// backend has one: the clients send it as a request's deadline by
-    /// default (`comm::ext::RequestMeta::deadline_ms`). The default: none.
+    /// default (`svmc_comm::ext::RequestMeta::deadline_ms`). The default: none.
     fn read_timeout(&self) -> Option<core::time::Duration> {
         None
     }

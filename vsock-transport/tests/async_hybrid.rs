@@ -12,9 +12,9 @@ use std::task::Poll;
 use std::thread;
 use std::time::Duration;
 
-use comm::Hello;
-use comm::frame::{self, DEFAULT_MAX_BODY, FrameKind};
 use svmc::{Request, Response, ServiceVm};
+use svmc_comm::Hello;
+use svmc_comm::frame::{self, DEFAULT_MAX_BODY, FrameKind};
 use tokio::sync::mpsc;
 use vsock_transport::async_host::{self, Client};
 use vsock_transport::host_stream::{HostStream, Peer};
@@ -310,18 +310,23 @@ async fn raw_vm(
 }
 
 /// Reads one `REQUEST` on the VM's side: its id.
-fn read_request(conn: &mut HostStream<std::os::unix::net::UnixStream>) -> comm::RequestId {
+fn read_request(conn: &mut HostStream<std::os::unix::net::UnixStream>) -> svmc_comm::RequestId {
     let mut buf = Vec::new();
     let h = framed::recv_frame(conn, DEFAULT_MAX_BODY, &mut buf).unwrap();
     assert_eq!(h.kind, FrameKind::Request);
-    comm::envelope::decode::<Request>(&buf).0.unwrap()
+    svmc_comm::envelope::decode::<Request>(&buf).0.unwrap()
 }
 
 /// Answers request `id` with `response` on the VM's side.
 fn answer(conn: &mut HostStream<std::os::unix::net::UnixStream>, id: u32, response: &Response) {
     let mut f = Vec::new();
-    comm::envelope::encode_response_into(comm::RequestId(id), response, DEFAULT_MAX_BODY, &mut f)
-        .unwrap();
+    svmc_comm::envelope::encode_response_into(
+        svmc_comm::RequestId(id),
+        response,
+        DEFAULT_MAX_BODY,
+        &mut f,
+    )
+    .unwrap();
     conn.send(&f).unwrap();
 }
 
@@ -343,7 +348,7 @@ async fn an_answer_to_no_request_still_ends_the_connection() {
             panic!("{e:?}")
         };
         assert!(
-            matches!(**source, Error::Protocol(comm::Error::UnexpectedId(_))),
+            matches!(**source, Error::Protocol(svmc_comm::Error::UnexpectedId(_))),
             "{e:?}"
         );
         // The runtime must run to close the stream the VM waits on.

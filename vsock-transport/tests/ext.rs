@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use comm::Protocol;
-use comm::ext::{Extensions, RequestMeta};
-use comm::frame::ProtocolErrorCode;
 use serde::{Deserialize, Serialize};
+use svmc_comm::Protocol;
+use svmc_comm::ext::{Extensions, RequestMeta};
+use svmc_comm::frame::ProtocolErrorCode;
 use vsock_transport::host_stream::{HostStream, Peer};
 use vsock_transport::rpc::{
     self, Answer, Client, Ctx, Ended, Handler, RequestStream, ResponseStream, ServeConfig, Then,
@@ -134,7 +134,7 @@ struct Counter {
 
 impl RequestStream<Slow> for Counter {
     fn chunk(&mut self, data: &[u8], _: &mut Ctx<'_>) -> Result<(), Resp> {
-        assert!(data.len() <= comm::ext::CHUNK_MAX_DATA);
+        assert!(data.len() <= svmc_comm::ext::CHUNK_MAX_DATA);
         self.bytes += data.len() as u64;
         self.sum = data
             .iter()
@@ -191,7 +191,7 @@ fn served(server_ext: Extensions, client_ext: Extensions) -> Served {
 
 fn code(e: &Error) -> Option<ProtocolErrorCode> {
     match e {
-        Error::Protocol(comm::Error::Remote(pe)) => Some(pe.code),
+        Error::Protocol(svmc_comm::Error::Remote(pe)) => Some(pe.code),
         _ => None,
     }
 }
@@ -228,7 +228,7 @@ fn extensions_are_on_only_when_both_offer_them() {
         // Plain version 2 still works both ways: deadlines and CANCEL are
         // simply not sent.
         assert_eq!(s.client.call(&Req::Echo(7)).unwrap(), Resp::Echo(7));
-        assert!(!s.client.cancel(comm::RequestId(1)).unwrap());
+        assert!(!s.client.cancel(svmc_comm::RequestId(1)).unwrap());
         s.stop();
     }
 }
@@ -751,8 +751,8 @@ fn a_request_of_the_whole_max_body_goes_without_its_meta() {
         .rev()
         .find(|&n| {
             let mut f = Vec::new();
-            comm::envelope::encode_request_into(
-                comm::RequestId(1),
+            svmc_comm::envelope::encode_request_into(
+                svmc_comm::RequestId(1),
                 &Req::Bytes(vec![0; n]),
                 u32::MAX,
                 &mut f,
@@ -769,7 +769,7 @@ fn a_request_of_the_whole_max_body_goes_without_its_meta() {
     // One byte more is too large with or without it.
     let e = client.call(&Req::Bytes(vec![0; n + 1])).unwrap_err();
     assert!(
-        matches!(e, Error::Protocol(comm::Error::TooLargeToSend { .. })),
+        matches!(e, Error::Protocol(svmc_comm::Error::TooLargeToSend { .. })),
         "{e}"
     );
     assert_eq!(client.call(&Req::Stop).unwrap(), Resp::Stopping);

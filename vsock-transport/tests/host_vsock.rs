@@ -228,7 +228,7 @@ fn loopback_peer_closing_mid_frame_is_truncated() {
         .call(&svmc::Request::Reverse(b"fedcba".to_vec()))
         .unwrap_err();
     assert!(
-        matches!(err, Error::Protocol(comm::Error::Truncated { .. })),
+        matches!(err, Error::Protocol(svmc_comm::Error::Truncated { .. })),
         "{err:?}"
     );
     g.join().unwrap();
@@ -274,8 +274,8 @@ fn loopback_trickling_peer_times_out() {
 mod async_vsock {
     use std::sync::Arc;
 
-    use comm::frame::DEFAULT_MAX_BODY;
     use svmc::{Request, Response, ServiceVm};
+    use svmc_comm::frame::DEFAULT_MAX_BODY;
     use vsock_transport::async_host::{self, Client};
 
     use super::*;

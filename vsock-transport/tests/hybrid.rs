@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
 use svmc::Request;
+use svmc_comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
 use vsock_transport::host_stream::{HostStream, Peer};
 use vsock_transport::hybrid::{self, HybridStream, Listener};
 use vsock_transport::rpc::{Client, Ended, Handler};
@@ -229,7 +229,7 @@ fn a_killed_peer_poisons_the_client_with_its_error_as_the_source() {
         let mut conn = guest_conn(s);
         let hello = frame::encode(
             FrameKind::Hello,
-            &comm::Hello::new::<svmc::ServiceVm>(frame::DEFAULT_MAX_BODY),
+            &svmc_comm::Hello::new::<svmc::ServiceVm>(frame::DEFAULT_MAX_BODY),
             frame::HELLO_MAX_BODY,
         )
         .unwrap();
@@ -266,7 +266,7 @@ fn peer_closing_mid_frame_is_truncated() {
     let err = c.call(&Request::Reverse(b"fedcba".to_vec())).unwrap_err();
     let len = response_frame(b"abcdef").len();
     assert!(
-        matches!(err, Error::Protocol(comm::Error::Truncated { expected, got }) if expected == len && got == len - 3),
+        matches!(err, Error::Protocol(svmc_comm::Error::Truncated { expected, got }) if expected == len && got == len - 3),
         "{err:?}"
     );
     dev.join().unwrap();
@@ -340,7 +340,7 @@ fn version_mismatch_is_detected_on_both_sides() {
     assert!(
         matches!(
             err,
-            Error::Protocol(comm::Error::VersionMismatch { ours: 3, theirs: 2 })
+            Error::Protocol(svmc_comm::Error::VersionMismatch { ours: 3, theirs: 2 })
         ),
         "{err:?}"
     );
@@ -348,7 +348,7 @@ fn version_mismatch_is_detected_on_both_sides() {
     assert!(
         matches!(
             served,
-            Err(Error::Protocol(comm::Error::VersionMismatch {
+            Err(Error::Protocol(svmc_comm::Error::VersionMismatch {
                 ours: 2,
                 theirs: 3
             }))
@@ -369,7 +369,7 @@ fn oversized_request_is_refused_locally() {
     assert!(
         matches!(
             err,
-            Error::Protocol(comm::Error::TooLargeToSend { max: 1024, .. })
+            Error::Protocol(svmc_comm::Error::TooLargeToSend { max: 1024, .. })
         ),
         "{err:?}"
     );
@@ -516,14 +516,17 @@ fn version_mismatch_guest_initiated() {
     let err = Client::<_, ServiceVmNext>::hello(l.accept().unwrap(), frame::DEFAULT_MAX_BODY)
         .unwrap_err();
     assert!(
-        matches!(err, Error::Protocol(comm::Error::VersionMismatch { .. })),
+        matches!(
+            err,
+            Error::Protocol(svmc_comm::Error::VersionMismatch { .. })
+        ),
         "{err:?}"
     );
     let served = g.join().unwrap();
     assert!(
         matches!(
             served,
-            Err(Error::Protocol(comm::Error::VersionMismatch { .. }))
+            Err(Error::Protocol(svmc_comm::Error::VersionMismatch { .. }))
         ),
         "{served:?}"
     );

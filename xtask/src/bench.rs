@@ -30,8 +30,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use host::image::{tiny_elf, tiny_exit_status};
-use host::{Arch, Attach, Session, SessionConfig, Vm, VmConfig};
+use svmc_host::image::{tiny_elf, tiny_exit_status};
+use svmc_host::{Arch, Attach, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::hybrid::HybridStream;
 use vsock_transport::{Connection, Step, Timeouts};
 
@@ -264,7 +264,7 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     // The default machine, then every other row of the machine table for
     // this architecture (unless `--no-microvm`).
-    let others = host::machine::names(o.arch).into_iter().skip(1);
+    let others = svmc_host::machine::names(o.arch).into_iter().skip(1);
     let machines: Vec<Option<&str>> = std::iter::once(None)
         .chain(others.filter(|_| o.microvm).map(Some))
         .collect();
@@ -277,7 +277,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // Boot to answer per machine name, for the comparison with q35.
     let mut boots: Vec<(&str, f64)> = Vec::new();
     for machine in &machines {
-        let name = host::machine::find(o.arch, *machine)
+        let name = svmc_host::machine::find(o.arch, *machine)
             .map_err(|e| e.to_string())?
             .name;
         if machine.is_some() {
@@ -341,7 +341,7 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     // The x86_64 default machine against q35 (issue 13: at most half).
-    let default = host::machine::default_for(o.arch).name;
+    let default = svmc_host::machine::default_for(o.arch).name;
     if let (Some(&(_, d)), Some(&(_, q))) = (
         boots.iter().find(|(n, _)| *n == default),
         boots.iter().find(|(n, _)| *n == "q35"),
@@ -359,9 +359,9 @@ pub fn run(args: &[String]) -> Result<()> {
     }
 
     if o.boot_only {
-        let tools = host::tools::Tools::find(o.arch).map_err(|e| e.to_string())?;
-        let machine = host::machine::default_for(o.arch);
-        let accel = host::accel::choose_accel(host::Accel::Auto, machine, &tools.qemu);
+        let tools = svmc_host::tools::Tools::find(o.arch).map_err(|e| e.to_string())?;
+        let machine = svmc_host::machine::default_for(o.arch);
+        let accel = svmc_host::accel::choose_accel(svmc_host::Accel::Auto, machine, &tools.qemu);
         print_report(o.arch, accel, &rows, &notes, None);
         return Ok(());
     }
@@ -528,7 +528,7 @@ pub fn run(args: &[String]) -> Result<()> {
 
 fn print_report(
     arch: Arch,
-    accel: host::Accel,
+    accel: svmc_host::Accel,
     rows: &[Row],
     notes: &[String],
     codec: Option<&str>,
@@ -629,7 +629,7 @@ fn boot_cli(
 }
 
 /// What the launcher logs when it relaunches a guest that did not connect
-/// (`host::launcher::launch_ready`, info level).
+/// (`svmc_host::launcher::launch_ready`, info level).
 const RELAUNCH_LOG: &str = "relaunching it";
 
 /// What the guest logs when the device took a TX buffer only after it
@@ -648,7 +648,7 @@ fn boot_series(
     machine: Option<&str>,
     n: usize,
 ) -> Result<()> {
-    let name = host::machine::find(arch, machine)
+    let name = svmc_host::machine::find(arch, machine)
         .map_err(|e| e.to_string())?
         .name;
     let log_dir = work.join(format!("boots-{arch}-{name}"));
@@ -753,7 +753,7 @@ struct ServiceFigures {
     envelope: std::result::Result<(Pair, Pair), String>,
     heap_peak: u64,
     heap_size: u64,
-    accel: host::Accel,
+    accel: svmc_host::Accel,
 }
 
 /// One figure measured alternately on two sides (A B, then B A, ...):
@@ -786,7 +786,7 @@ impl Pair {
     }
 }
 
-fn open(cfg: &VmConfig) -> host::Result<Session> {
+fn open(cfg: &VmConfig) -> svmc_host::Result<Session> {
     let mut s = SessionConfig::new(Attach::Launch(Box::new(cfg.clone())));
     s.timeouts = Timeouts::uniform(STEP);
     s.boot_timeout = STEP;
@@ -902,7 +902,7 @@ fn service_tp(s: &mut Session, data: &[u8], expect: &[u8], times: usize) -> Resu
 /// The service VM alone: 1 against [`WINDOW`] in flight, several clients,
 /// the heap peak after an 8 MiB reverse.
 fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
-    let err = |e: host::Error| format!("protocol VM: {e}");
+    let err = |e: svmc_host::Error| format!("protocol VM: {e}");
     let vm = launch_for_service_port(cfg).map_err(|e| format!("protocol VM: {e}"))?;
     let accel = vm.accel();
     let mut s = service_session(&vm, cfg.service_port)?;
@@ -988,21 +988,21 @@ fn measure_service(cfg: &VmConfig, reps: usize) -> Result<ServiceFigures> {
     })
 }
 
-/// The cost of the extensions' envelope (`comm::ext`): [`RT_REQUESTS`]
+/// The cost of the extensions' envelope (`svmc_comm::ext`): [`RT_REQUESTS`]
 /// 16-byte reverses on three connections to the same VM, in turn: the
 /// default client (a deadline in each request), the same asking for
 /// timings (what a traced call sends and gets), and a client that offers
 /// no extension (plain version 2). Returns (deadline vs plain, timings vs
 /// plain), requests/s.
 fn envelope_cost(uds: &Path, port: u32, reps: usize) -> std::result::Result<(Pair, Pair), String> {
-    use comm::ext::{Extensions, RequestMeta};
     use svmc::{Request, Response, ServiceVm};
+    use svmc_comm::ext::{Extensions, RequestMeta};
     use vsock_transport::rpc::Client;
     let t = Timeouts::uniform(STEP);
     let connect = |ext| {
         let conn = vsock_transport::hybrid::connect(uds, port, &t)
             .map_err(|e| format!("envelope figure: connect: {e}"))?;
-        Client::<_, ServiceVm>::hello_with(conn, comm::frame::DEFAULT_MAX_BODY, ext)
+        Client::<_, ServiceVm>::hello_with(conn, svmc_comm::frame::DEFAULT_MAX_BODY, ext)
             .map_err(|e| format!("envelope figure: HELLO: {e}"))
     };
     let mut with = connect(Extensions::ALL)?;
@@ -1196,7 +1196,7 @@ fn async_tasks(uds: &Path, port: u32, reps: usize) -> std::result::Result<Pair, 
             .await
             .map_err(|e| format!("async client: connect: {e}"))?;
         let client = Arc::new(
-            Client::<svmc::ServiceVm>::hello(stream, comm::frame::DEFAULT_MAX_BODY, &t)
+            Client::<svmc::ServiceVm>::hello(stream, svmc_comm::frame::DEFAULT_MAX_BODY, &t)
                 .await
                 .map_err(|e| format!("async client: HELLO: {e}"))?,
         );
@@ -1256,7 +1256,8 @@ fn clients_at_once(uds: &Path, port: u32, n: usize) -> Result<(f64, f64)> {
         .map(|conn| {
             let barrier = barrier.clone();
             std::thread::spawn(move || -> Result<(Instant, f64)> {
-                let c = Client::<_, svmc::ServiceVm>::hello(conn, comm::frame::DEFAULT_MAX_BODY);
+                let c =
+                    Client::<_, svmc::ServiceVm>::hello(conn, svmc_comm::frame::DEFAULT_MAX_BODY);
                 // Everyone reaches the barrier, also after a failed HELLO.
                 barrier.wait();
                 let mut c = c.map_err(|e| format!("HELLO: {e}"))?;
@@ -1514,7 +1515,7 @@ fn codec_summary() -> Result<String> {
     Ok(summary.to_string())
 }
 
-fn machine_line(arch: Arch, accel: host::Accel) -> String {
+fn machine_line(arch: Arch, accel: svmc_host::Accel) -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -1525,7 +1526,7 @@ fn machine_line(arch: Arch, accel: host::Accel) -> String {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    let qemu = host::tools::Tools::find(arch)
+    let qemu = svmc_host::tools::Tools::find(arch)
         .ok()
         .and_then(|t| util::output(Command::new(t.qemu).arg("--version")))
         .and_then(|s| s.lines().next().map(str::to_string))

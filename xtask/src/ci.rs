@@ -2,7 +2,7 @@
 //! (`.ci/run` calls it before `cargo xtask test`). The feature sets and the
 //! suite list are the same constants that `cargo xtask test` uses.
 
-use host::Arch;
+use svmc_host::Arch;
 
 use crate::e2e;
 use crate::util::{self, Result, cargo};

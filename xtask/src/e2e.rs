@@ -5,7 +5,7 @@
 //! and the variable names come from `tests::suites`, which the suites read
 //! too.
 
-use host::{Arch, Guest};
+use svmc_host::{Arch, Guest};
 use tests::suites::{Qemu, SOAK, SUITES, Target, vars};
 
 use crate::image;
@@ -99,7 +99,7 @@ fn run_suites(target: &Target, names: &[&str], size: Size, filter: Option<&str>)
                 ));
             }
             eprintln!("xtask: with {}", qemu.display());
-            cmd.env(host::env::QEMU, qemu);
+            cmd.env(svmc_host::env::QEMU, qemu);
         }
     }
     for s in SOAK {

@@ -7,7 +7,7 @@
 use ::tests::suites::Qemu;
 use clap::builder::PossibleValuesParser;
 use clap::{Args, Parser, Subcommand};
-use host::{Arch, Guest};
+use svmc_host::{Arch, Guest};
 
 /// `cargo xtask <command>`: project automation (set-up, guest images, the
 /// QEMU suites, benchmarks, CI).

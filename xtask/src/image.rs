@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use host::Arch;
+use svmc_host::Arch;
 
 use crate::util::{Result, cargo, root, run};
 

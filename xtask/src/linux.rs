@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use host::{Arch, Vm, VmConfig};
+use svmc_host::{Arch, Vm, VmConfig};
 
 use crate::util::{Result, cargo, output, run, show};
 
@@ -74,9 +74,9 @@ fn dir() -> PathBuf {
 /// both initramfs images.
 pub fn build() -> Result<LinuxVm> {
     let (default_kernel, default_initrd) =
-        host::tools::default_linux().ok_or("no workspace to put the Linux guest in")?;
+        svmc_host::tools::default_linux().ok_or("no workspace to put the Linux guest in")?;
     let tests_initrd =
-        host::tools::linux_tests_initrd().ok_or("no workspace to put the Linux guest in")?;
+        svmc_host::tools::linux_tests_initrd().ok_or("no workspace to put the Linux guest in")?;
     let out = dir();
     fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
     let unpacked = kernel_package(&out)?;

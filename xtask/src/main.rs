@@ -20,7 +20,7 @@ mod util;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
-use host::Arch;
+use svmc_host::Arch;
 
 use flags::Command;
 
@@ -79,7 +79,7 @@ fn outside(f: &flags::Outside) -> util::Result<()> {
 }
 
 fn build_image(f: &flags::BuildImage) -> util::Result<()> {
-    if f.guest == host::Guest::Linux {
+    if f.guest == svmc_host::Guest::Linux {
         let vm = linux::build()?;
         println!("{}\n{}", vm.kernel.display(), vm.initrd.display());
         return Ok(());
@@ -99,13 +99,13 @@ fn build_image(f: &flags::BuildImage) -> util::Result<()> {
 fn run_e2e(f: &flags::RunE2e) -> util::Result<()> {
     let filter = f.filter.as_deref();
     setup::setup()?;
-    if f.guest == host::Guest::Linux {
+    if f.guest == svmc_host::Guest::Linux {
         return e2e::run_linux(&f.suites, filter);
     }
     for arch in f.arch.or(&[Arch::X86_64]) {
         let machine = match &f.machine {
             Some(m) => Some(
-                host::machine::find(arch, Some(m))
+                svmc_host::machine::find(arch, Some(m))
                     .map_err(|e| e.to_string())?
                     .name,
             ),

@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use host::Arch;
+use svmc_host::Arch;
 
 use crate::util::{Result, cargo, root, run};
 

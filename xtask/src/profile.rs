@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use host::{Arch, Attach, Session, SessionConfig, Vm, VmConfig};
+use svmc_host::{Arch, Attach, Session, SessionConfig, Vm, VmConfig};
 use vsock_transport::{Connection, Step, Timeouts};
 
 use crate::qmp::{self, Qmp};

@@ -7,8 +7,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use host::Arch;
 use serde_json::{Value, json};
+use svmc_host::Arch;
 
 use crate::util::Result;
 

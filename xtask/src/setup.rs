@@ -18,7 +18,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use host::Arch;
+use svmc_host::Arch;
 use tests::suites::{QEMU_BACKPORTS, QEMU_BACKPORTS_VERSION};
 
 use crate::util::{Result, output, root, run, show};
@@ -71,7 +71,10 @@ fn targets() -> Result<()> {
 fn qemu() -> Result<()> {
     let missing: Vec<Arch> = Arch::ALL
         .into_iter()
-        .filter(|a| host::tools::find_tool(host::tools::qemu_binary(*a), host::env::QEMU).is_err())
+        .filter(|a| {
+            svmc_host::tools::find_tool(svmc_host::tools::qemu_binary(*a), svmc_host::env::QEMU)
+                .is_err()
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -104,7 +107,7 @@ fn qemu() -> Result<()> {
 fn daemon() -> Result<()> {
     cargo_install(
         "vhost-device-vsock",
-        host::tools::DAEMON,
+        svmc_host::tools::DAEMON,
         DAEMON_VERSION,
         "it needs crates.io and a C compiler",
     )
@@ -163,7 +166,7 @@ fn backports_dir() -> PathBuf {
 pub fn backports_qemu(arch: Arch) -> PathBuf {
     backports_dir()
         .join("bin")
-        .join(host::tools::qemu_binary(arch))
+        .join(svmc_host::tools::qemu_binary(arch))
 }
 
 /// Unpacks QEMU 10.0 from bookworm-backports into `.tools/qemu-10.0/`
@@ -247,7 +250,7 @@ fn qemu_backports() -> Result<()> {
     for arch in Arch::ALL {
         let bin = unpacked
             .join("usr/bin")
-            .join(host::tools::qemu_binary(arch));
+            .join(svmc_host::tools::qemu_binary(arch));
         let wrapper = backports_qemu(arch);
         let script = format!(
             "#!/bin/sh\n# QEMU {QEMU_BACKPORTS_VERSION} unpacked by `cargo xtask setup`, with its own ROMs.\nexec {} -L {} \"$@\"\n",

@@ -7,9 +7,9 @@
 //! returns, value and error alike.
 #![no_main]
 
-use comm::Hello;
-use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
-use comm::envelope;
+use svmc_comm::Hello;
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
+use svmc_comm::envelope;
 use svmc::{Request, Response};
 use libfuzzer_sys::fuzz_target;
 use serde::Serialize;

@@ -5,9 +5,9 @@
 //! `check` accepts exactly our protocol name and version.
 #![no_main]
 
-use comm::frame::{self, FrameKind};
+use svmc_comm::frame::{self, FrameKind};
 use svmc::ServiceVm;
-use comm::{Hello, Protocol};
+use svmc_comm::{Hello, Protocol};
 use libfuzzer_sys::fuzz_target;
 
 /// Small maximum so that the size checks are reached too.

@@ -141,18 +141,18 @@ pub enum Request {
     PowerOff,
     /// Keep the guest's CPU busy for this many milliseconds: long work, for
     /// tests and benchmarks of deadlines and cancellation. Stops early
-    /// when the client cancels it (`comm::ext`'s `cancel`) or its deadline
+    /// when the client cancels it (`svmc_comm::ext`'s `cancel`) or its deadline
     /// passes. Answered by [`Response::Spin`] with the milliseconds spent.
     #[serde(rename = "spin")]
     Spin(u32),
     /// The SHA-256 of the request's data, sent as a request stream
-    /// (`comm::ext`'s `stream`: any length, in bounded memory). Sent
+    /// (`svmc_comm::ext`'s `stream`: any length, in bounded memory). Sent
     /// without a stream, the data is empty. Answered by
     /// [`Response::Sha256`].
     #[serde(rename = "sha256")]
     Sha256,
     /// `len` bytes of the xorshift64 sequence from `seed` ([`prng_fill`]),
-    /// as an answer stream (`comm::ext`'s `stream`: any length, in bounded
+    /// as an answer stream (`svmc_comm::ext`'s `stream`: any length, in bounded
     /// memory), then [`Response::Prng`]. Without an answer stream:
     /// [`ServiceError::Unsupported`].
     #[serde(rename = "prng")]

@@ -18,7 +18,7 @@
 //! budget when it arrives is dropped and answered with the protocol's
 //! `out_of_memory`.
 
-use comm::frame::DEFAULT_MAX_BODY;
+use svmc_comm::frame::DEFAULT_MAX_BODY;
 use vsock_transport::guest;
 use vsock_transport::rpc::many;
 use vsock_transport::rpc::{CONNECTION_HEAP, RESERVE_PER_BODY_BYTE, SMALL_BODY};

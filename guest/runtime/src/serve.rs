@@ -1,8 +1,8 @@
 //! [`serve`]: a service's requests over every connection, with the heap
 //! budget sized by the runtime ([`crate::budget`]).
 
-use comm::Protocol;
 use log::{debug, info, warn};
+use svmc_comm::Protocol;
 use vsock_transport::guest::ConnId;
 use vsock_transport::rpc::many::{self, Event, ManyConfig};
 use vsock_transport::rpc::{Budget, Handler, ServeConfig};

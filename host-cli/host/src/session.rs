@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use comm::Protocol;
-use comm::ext::{ConnStats, RequestMeta, ResponseMeta};
-use comm::frame::DEFAULT_MAX_BODY;
 use svmc::{GuestInfo, Request, Response, SERVICE_PORT, ServiceVm};
+use svmc_comm::Protocol;
+use svmc_comm::ext::{ConnStats, RequestMeta, ResponseMeta};
+use svmc_comm::frame::DEFAULT_MAX_BODY;
 use vsock_transport::rpc::Client;
 use vsock_transport::{Connection, Timeouts};
 
@@ -157,7 +157,7 @@ impl<P: Protocol> Session<P> {
 
     /// [`Session::call`] with the request's meta (a deadline, a trace
     /// context, asking for the guest's timings and the connection's
-    /// statistics: `comm::ext`); returns the answer's meta with it, if the
+    /// statistics: `svmc_comm::ext`); returns the answer's meta with it, if the
     /// guest sent one.
     pub fn call_with(
         &mut self,

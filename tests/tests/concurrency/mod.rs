@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use comm::Hello;
-use comm::envelope::{self, RequestId};
-use comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
 use svmc::{Request, Response, SERVICE_PORT, ServiceVm};
+use svmc_comm::Hello;
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::frame::{self, FrameKind, ProtocolError, ProtocolErrorCode};
 use tests::{Ctx, ensure};
 use vsock_transport::hybrid::{self, HybridStream};
 use vsock_transport::rpc::Client;
@@ -18,13 +18,13 @@ use vsock_transport::{Connection, Error as TError};
 use super::{R, ServiceClient, attach, expect_clean_exit, frame_goodbye, pattern, power_off_via};
 
 /// A session whose guest gets `words` on its command line.
-fn session_with(ctx: &Ctx, words: &[&str]) -> Result<host::Session, String> {
+fn session_with(ctx: &Ctx, words: &[&str]) -> Result<svmc_host::Session, String> {
     let mut c = ctx.vm_config();
     c.cmdline.extend(words.iter().map(|w| w.to_string()));
     ctx.session_with(c)
 }
 
-fn uds(s: &mut host::Session) -> Result<std::path::PathBuf, String> {
+fn uds(s: &mut svmc_host::Session) -> Result<std::path::PathBuf, String> {
     Ok(s.vm().ok_or("no vm")?.uds_path().to_path_buf())
 }
 
@@ -220,7 +220,8 @@ pub fn ninth_connection_gets_busy(ctx: &Ctx) -> R {
     })?;
     // The client library reports it as a typed error.
     match Client::<_, ServiceVm>::hello(raw(&uds, ctx)?, frame::DEFAULT_MAX_BODY) {
-        Err(TError::Protocol(comm::Error::Remote(pe))) if pe.code == ProtocolErrorCode::Busy => {}
+        Err(TError::Protocol(svmc_comm::Error::Remote(pe)))
+            if pe.code == ProtocolErrorCode::Busy => {}
         Err(e) => return Err(format!("expected a busy error, got {e}")),
         Ok(_) => return Err("a 10th connection was served".into()),
     }
@@ -327,7 +328,7 @@ fn heap_used(uds: &std::path::Path, ctx: &Ctx) -> Result<u64, String> {
 /// After many connections (served at once, ended by GOODBYE, by a close,
 /// mid-frame, refused as busy) the heap in use is back where it was.
 pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
-    if ctx.guest == host::Guest::Linux {
+    if ctx.guest == svmc_host::Guest::Linux {
         println!("  (the Linux service reports no heap figures: connections only)");
     }
     let mut s = session_with(ctx, &["svmc.max_conns=8", "svmc.idle_timeout_ms=600000"])?;
@@ -362,7 +363,7 @@ pub fn heap_back_after_many_connections(ctx: &Ctx) -> R {
     // Warm up (the tables reach their size), then measure once the guest
     // has let go of the round's connections: two readings in a row agree.
     round(8)?;
-    let base = if ctx.guest == host::Guest::Firmware {
+    let base = if ctx.guest == svmc_host::Guest::Firmware {
         let mut last = heap_used(&uds, ctx)?;
         Some(poll(
             HEAP_SETTLE,
@@ -427,7 +428,8 @@ fn refill_after_closes(
     }
     // One more is refused: the table is full.
     match Client::<_, ServiceVm>::hello(raw(&uds, ctx)?, frame::DEFAULT_MAX_BODY) {
-        Err(TError::Protocol(comm::Error::Remote(pe))) if pe.code == ProtocolErrorCode::Busy => {}
+        Err(TError::Protocol(svmc_comm::Error::Remote(pe)))
+            if pe.code == ProtocolErrorCode::Busy => {}
         Err(e) => return Err(format!("expected busy over a full table, got {e}")),
         Ok(_) => return Err("a connection over the limit was served".into()),
     }

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use comm::ext::{self, Extensions, RequestMeta, ResponseMeta};
-use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
-use comm::{Hello, Protocol, RequestId};
+use svmc_comm::ext::{self, Extensions, RequestMeta, ResponseMeta};
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
+use svmc_comm::{Hello, Protocol, RequestId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
@@ -218,7 +218,7 @@ async fn read_exact_counted<R: AsyncRead + Unpin>(
             .await
             .map_err(|e| Error::io("reading a frame", e))?;
         if n == 0 {
-            return Err(comm::Error::Truncated {
+            return Err(svmc_comm::Error::Truncated {
                 expected: frame_len,
                 got: got.load(Ordering::Relaxed),
             }
@@ -246,13 +246,13 @@ where
     /// first byte came.
     ///
     /// Fails before sending anything if `P::NAME` does not fit a `HELLO`
-    /// ([`comm::Error::InvalidName`]).
+    /// ([`svmc_comm::Error::InvalidName`]).
     pub async fn hello<S: AsyncStream>(
         stream: S,
         max_body: u32,
         timeouts: &Timeouts,
     ) -> Result<Self> {
-        comm::handshake::check_name::<P>()?;
+        svmc_comm::handshake::check_name::<P>()?;
         let (mut rd, mut wr) = tokio::io::split(stream);
         let ours = Extensions::ALL;
         let hello = frame::encode(
@@ -336,8 +336,8 @@ where
     /// for room in the writer's queue (behind other calls' frames) counts.
     ///
     /// A request over the server's maximum fails with
-    /// [`comm::Error::TooLargeToSend`] before anything is queued; a
-    /// server's non-fatal `ERROR` about it is [`comm::Error::Remote`]; a
+    /// [`svmc_comm::Error::TooLargeToSend`] before anything is queued; a
+    /// server's non-fatal `ERROR` about it is [`svmc_comm::Error::Remote`]; a
     /// timeout is [`Error::Timeout`]`(`[`Step::Read`]`)` and cancels the
     /// call (its frame is not written if it was not yet; otherwise its
     /// answer is discarded). None of these end the connection.
@@ -429,7 +429,7 @@ where
             match ext::insert_request_meta(&mut f, 0, tail.len(), &meta, self.peer_max_body) {
                 // The meta is advisory: a request of the server's whole
                 // `max_body` goes without it.
-                Err(comm::Error::TooLargeToSend { .. }) => {}
+                Err(svmc_comm::Error::TooLargeToSend { .. }) => {}
                 r => r?,
             }
         }
@@ -643,13 +643,15 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
             }
             FrameKind::Error => match frame::decode_body::<ProtocolError>(&body) {
                 Ok(pe) if pe.fatal => {
-                    return shared.end(Ended::Poisoned(Arc::new(comm::Error::Remote(pe).into())));
+                    return shared.end(Ended::Poisoned(Arc::new(
+                        svmc_comm::Error::Remote(pe).into(),
+                    )));
                 }
-                Ok(pe) => (pe.id, Err(comm::Error::Remote(pe).into())),
+                Ok(pe) => (pe.id, Err(svmc_comm::Error::Remote(pe).into())),
                 Err(e) => (None, Err(e.into())),
             },
             got => {
-                let e = comm::Error::UnexpectedFrame {
+                let e = svmc_comm::Error::UnexpectedFrame {
                     expected: FrameKind::Response,
                     got,
                 };
@@ -682,7 +684,7 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
 // Only the tasks touch the halves; the client itself is shared by tasks.
 // Checked for every protocol whose responses can be sent between threads
 // at once: a generic function's body is type-checked where it is written.
-const fn _assert_send_sync<P: comm::Protocol<Response: Send>>() {
+const fn _assert_send_sync<P: svmc_comm::Protocol<Response: Send>>() {
     const fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<Client<P>>();
 }

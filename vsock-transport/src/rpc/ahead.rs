@@ -16,9 +16,9 @@
 
 use alloc::vec::Vec;
 
-use comm::envelope::{self, RequestId};
-use comm::ext::{CANCEL_MAX_BODY, Cancel};
-use comm::frame::{self, FrameKind, HEADER_LEN};
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::ext::{CANCEL_MAX_BODY, Cancel};
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN};
 
 use crate::Error;
 

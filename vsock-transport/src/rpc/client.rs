@@ -7,9 +7,9 @@ use alloc::vec::Vec;
 use core::fmt;
 use core::marker::PhantomData;
 
-use comm::ext::{self, Extensions, RequestMeta, ResponseMeta};
-use comm::frame::{self, FrameKind, ProtocolError};
-use comm::{Protocol, RequestId};
+use svmc_comm::ext::{self, Extensions, RequestMeta, ResponseMeta};
+use svmc_comm::frame::{self, FrameKind, ProtocolError};
+use svmc_comm::{Protocol, RequestId};
 
 use super::flight::{Answered, InFlight};
 use super::hello;
@@ -60,7 +60,7 @@ macro_rules! log_discard {
 ///   answer is then discarded, logged and counted ([`Client::discarded`]),
 ///   never handed to another call, and the id is not reused before it.
 /// - An answer with an id that has no request in flight (never sent, or
-///   already answered) is [`comm::Error::UnexpectedId`], fatal.
+///   already answered) is [`svmc_comm::Error::UnexpectedId`], fatal.
 /// - After any fatal error ([`Error::is_fatal`]: a deadline that passed
 ///   inside a frame, a close, a truncated or oversized frame, a fatal
 ///   `ERROR`...) the stream may be out of step: the client is *poisoned*.
@@ -111,11 +111,11 @@ impl<C: Connection, P: Protocol> fmt::Debug for Client<C, P> {
 impl<C: Connection, P: Protocol> Client<C, P> {
     /// Exchanges `HELLO` frames on a fresh connection. `max_body` bounds the
     /// responses we accept. A server at its connection limit answers with a
-    /// fatal `ERROR` code 7 instead: [`comm::Error::Remote`] with
-    /// [`comm::frame::ProtocolErrorCode::Busy`].
+    /// fatal `ERROR` code 7 instead: [`svmc_comm::Error::Remote`] with
+    /// [`svmc_comm::frame::ProtocolErrorCode::Busy`].
     ///
     /// Fails before sending anything if `P::NAME` does not fit a `HELLO`
-    /// ([`comm::Error::InvalidName`]).
+    /// ([`svmc_comm::Error::InvalidName`]).
     ///
     /// Offers every extension of version 2 this crate knows
     /// ([`Extensions::ALL`]); a plain version 2 server takes none, and the
@@ -215,8 +215,8 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// Sends one request and waits for its answer.
     ///
     /// A request whose encoding exceeds the server's maximum fails with
-    /// [`comm::Error::TooLargeToSend`] before anything is sent. A server's
-    /// non-fatal `ERROR` about it is [`comm::Error::Remote`]. A read timeout
+    /// [`svmc_comm::Error::TooLargeToSend`] before anything is sent. A server's
+    /// non-fatal `ERROR` about it is [`svmc_comm::Error::Remote`]. A read timeout
     /// before any byte of the answer is [`Error::Timeout`]`(`[`Step::Read`]`)`
     /// and abandons the request (its answer is discarded when it comes).
     /// None of these poison the client. Fails with [`Error::Usage`] while
@@ -280,7 +280,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
 
     /// Sends a streamed request (`WIRE.md` §10.4): `request`, then all of
     /// `data` read to its end in `CHUNK`s of at most
-    /// `comm::ext::CHUNK_MAX_DATA` bytes, then the end of the stream; and
+    /// `svmc_comm::ext::CHUNK_MAX_DATA` bytes, then the end of the stream; and
     /// waits for the answer. Memory stays bounded however long `data`
     /// is; `progress` is called with the bytes sent so far after each
     /// chunk. Needs the `stream` extension on ([`Client::extensions`]):
@@ -373,7 +373,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         let mut failed: Option<std::io::Error> = None;
         let r = self.recv_response_with(&mut |got, data| {
             if got != id {
-                return Err(comm::Error::UnexpectedId(got).into());
+                return Err(svmc_comm::Error::UnexpectedId(got).into());
             }
             out.write_all(data).map_err(|e| {
                 failed = Some(e);
@@ -424,7 +424,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
 
     /// Sends a `CANCEL` for request `id` (where the `cancel` extension is
     /// on and `id` is in flight): the server answers it with `ERROR` code
-    /// 9 ([`comm::frame::ProtocolErrorCode::Cancelled`]) if it had not
+    /// 9 ([`svmc_comm::frame::ProtocolErrorCode::Cancelled`]) if it had not
     /// answered it yet, and a handler doing long work stops. It still gets
     /// exactly one answer, which the caller reads as usual (or discards,
     /// for an abandoned request). `Ok(false)` if nothing was sent.
@@ -452,7 +452,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// The outer error is one that ends the batch (a read timeout, which
     /// abandons the batch's unanswered requests, or a fatal error); the
     /// inner ones are per request, as in [`Client::call`]. A request too
-    /// large to send gets its [`comm::Error::TooLargeToSend`] and the batch
+    /// large to send gets its [`svmc_comm::Error::TooLargeToSend`] and the batch
     /// goes on.
     pub fn call_many<'r, I>(
         &mut self,
@@ -522,7 +522,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// Sends one request without waiting for its answer, and returns its id.
     ///
     /// Refused before anything is sent (not fatal): a request over the
-    /// server's maximum ([`comm::Error::TooLargeToSend`]). A failed send
+    /// server's maximum ([`svmc_comm::Error::TooLargeToSend`]). A failed send
     /// poisons the client (part of the frame may have gone out).
     pub fn send_request(&mut self, request: &P::Request) -> Result<RequestId> {
         let meta = self.default_meta();
@@ -551,8 +551,8 @@ impl<C: Connection, P: Protocol> Client<C, P> {
                 // The meta is advisory (a deadline, timings): a request of
                 // the server's whole `max_body` goes without it. A stream
                 // cannot: its request is small anyway.
-                Err(comm::Error::TooLargeToSend { .. }) if !(meta.stream || meta.stream_answer) => {
-                }
+                Err(svmc_comm::Error::TooLargeToSend { .. })
+                    if !(meta.stream || meta.stream_answer) => {}
                 r => r?,
             }
         }
@@ -575,7 +575,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// with [`Error::Usage`] when no request is in flight.
     pub fn recv_response(&mut self) -> Result<(RequestId, Result<P::Response>)> {
         self.recv_response_with(&mut |_, _| {
-            Err(comm::Error::UnexpectedFrame {
+            Err(svmc_comm::Error::UnexpectedFrame {
                 expected: FrameKind::Response,
                 got: FrameKind::Chunk,
             }
@@ -606,7 +606,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
                         Ok((id, Some(_))) if self.flight.is_abandoned(id) => Ok(()),
                         Ok((id, Some(data))) => on_chunk(id, &data),
                         // The end marker is only for request streams.
-                        Ok((_, None)) => Err(comm::Error::Malformed(
+                        Ok((_, None)) => Err(svmc_comm::Error::Malformed(
                             "an answer stream's CHUNK without data".into(),
                         )
                         .into()),
@@ -633,14 +633,14 @@ impl<C: Connection, P: Protocol> Client<C, P> {
                 }
                 FrameKind::Error => match frame::decode_body::<ProtocolError>(&self.buf) {
                     Ok(pe) if pe.fatal => {
-                        return Err(self.failed(comm::Error::Remote(pe).into()));
+                        return Err(self.failed(svmc_comm::Error::Remote(pe).into()));
                     }
-                    Ok(pe) => (pe.id, Err(comm::Error::Remote(pe).into())),
+                    Ok(pe) => (pe.id, Err(svmc_comm::Error::Remote(pe).into())),
                     Err(e) => (None, Err(e.into())),
                 },
                 got => (
                     None,
-                    Err(comm::Error::UnexpectedFrame {
+                    Err(svmc_comm::Error::UnexpectedFrame {
                         expected: FrameKind::Response,
                         got,
                     }
@@ -717,9 +717,9 @@ mod tests {
     use super::*;
     use crate::mock::{self, MockConnection};
     use crate::rpc::test_protocol::{Request, Response, TestVm};
-    use comm::Hello;
-    use comm::envelope;
-    use comm::frame::{DEFAULT_MAX_BODY, ProtocolErrorCode};
+    use svmc_comm::Hello;
+    use svmc_comm::envelope;
+    use svmc_comm::frame::{DEFAULT_MAX_BODY, ProtocolErrorCode};
 
     /// A client over a mock pair, and the server's raw end after the HELLO
     /// exchange.
@@ -790,7 +790,7 @@ mod tests {
         answer(&mut b, RequestId(id.0 + 100), &Response::PowerOff);
         let e = c.recv_response().unwrap_err();
         assert!(
-            matches!(e, Error::Protocol(comm::Error::UnexpectedId(RequestId(x))) if x == id.0 + 100),
+            matches!(e, Error::Protocol(svmc_comm::Error::UnexpectedId(RequestId(x))) if x == id.0 + 100),
             "{e:?}"
         );
         assert!(e.is_fatal());
@@ -799,7 +799,7 @@ mod tests {
         let e = c.call(&Request::Info).unwrap_err();
         assert!(
             matches!(&e, Error::Poisoned { source }
-                if matches!(**source, Error::Protocol(comm::Error::UnexpectedId(_)))),
+                if matches!(**source, Error::Protocol(svmc_comm::Error::UnexpectedId(_)))),
             "{e:?}"
         );
         assert!(e.to_string().contains("reconnect"), "{e}");
@@ -815,7 +815,7 @@ mod tests {
         assert_ne!(id2, id);
         let e = c.recv_response().unwrap_err();
         assert!(
-            matches!(e, Error::Protocol(comm::Error::UnexpectedId(x)) if x == id),
+            matches!(e, Error::Protocol(svmc_comm::Error::UnexpectedId(x)) if x == id),
             "{e:?}"
         );
     }
@@ -866,7 +866,7 @@ mod tests {
         assert_eq!(id, first);
         let e = r.unwrap_err();
         assert!(
-            matches!(&e, Error::Protocol(comm::Error::Remote(p)) if *p == pe),
+            matches!(&e, Error::Protocol(svmc_comm::Error::Remote(p)) if *p == pe),
             "{e:?}"
         );
         assert!(!e.is_fatal());
@@ -1059,7 +1059,7 @@ mod tests {
         assert!(
             matches!(
                 e,
-                Error::Protocol(comm::Error::InvalidName {
+                Error::Protocol(svmc_comm::Error::InvalidName {
                     len: 280,
                     max: 64,
                     ..

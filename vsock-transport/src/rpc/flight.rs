@@ -14,7 +14,7 @@
 
 use alloc::collections::VecDeque;
 
-use comm::RequestId;
+use svmc_comm::RequestId;
 
 use crate::{Error, Result};
 
@@ -98,7 +98,7 @@ impl InFlight {
     /// request in flight (R-ID-4). The request is no longer in flight.
     ///
     /// Fails (fatal: the stream is out of step) when no request in flight
-    /// has that id ([`comm::Error::UnexpectedId`]: never sent, or already
+    /// has that id ([`svmc_comm::Error::UnexpectedId`]: never sent, or already
     /// answered), or when an answer without an id comes while nothing is in
     /// flight.
     pub(crate) fn answered(&mut self, id: Option<RequestId>) -> Result<Answered> {
@@ -108,9 +108,9 @@ impl InFlight {
                 .slots
                 .iter()
                 .position(|s| s.id == id)
-                .ok_or(comm::Error::UnexpectedId(id))?,
+                .ok_or(svmc_comm::Error::UnexpectedId(id))?,
             None if self.slots.is_empty() => {
-                return Err(Error::Protocol(comm::Error::Malformed(
+                return Err(Error::Protocol(svmc_comm::Error::Malformed(
                     "an answer without a request id while no request is in flight".into(),
                 )));
             }
@@ -206,7 +206,7 @@ mod tests {
         for wrong in [a, RequestId(b.0 + 1)] {
             let e = f.answered(Some(wrong)).unwrap_err();
             assert!(
-                matches!(e, Error::Protocol(comm::Error::UnexpectedId(x)) if x == wrong),
+                matches!(e, Error::Protocol(svmc_comm::Error::UnexpectedId(x)) if x == wrong),
                 "{e:?}"
             );
         }

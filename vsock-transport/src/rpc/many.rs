@@ -50,7 +50,7 @@
 
 use alloc::vec::Vec;
 
-use comm::Protocol;
+use svmc_comm::Protocol;
 
 use super::{Budget, Ended, Handler, ReadAhead, ServeConfig, ServerConn};
 use crate::Result;
@@ -261,7 +261,7 @@ where
     H: Handler<P> + ?Sized,
 {
     // A name no HELLO can carry: refuse to serve at all, before any send.
-    comm::handshake::check_name::<P>()?;
+    svmc_comm::handshake::check_name::<P>()?;
     let max_conns = config.max_conns.max(1);
     // Sized once for the most there can be (served and being refused), so
     // that the table never reallocates while it serves: a burst of
@@ -693,9 +693,9 @@ mod tests {
     use super::*;
     use crate::rpc::test_protocol::{Info, Request, Response, TestService, TestVm};
     use crate::rpc::{Answer, Ctx, ResponseStream, Then};
-    use comm::Hello;
-    use comm::envelope::{self, RequestId};
-    use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
+    use svmc_comm::Hello;
+    use svmc_comm::envelope::{self, RequestId};
+    use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
 
     /// One simulated connection.
     #[derive(Default)]
@@ -1323,11 +1323,11 @@ mod tests {
 
     fn streaming_request(id: u32) -> Vec<u8> {
         let mut f = request(id, &Request::Info);
-        let meta = comm::ext::RequestMeta {
+        let meta = svmc_comm::ext::RequestMeta {
             stream_answer: true,
             ..Default::default()
         };
-        comm::ext::insert_request_meta(&mut f, 0, 0, &meta, u32::MAX).unwrap();
+        svmc_comm::ext::insert_request_meta(&mut f, 0, 0, &meta, u32::MAX).unwrap();
         f
     }
 
@@ -1345,7 +1345,8 @@ mod tests {
         let hello_ext = || {
             frame::encode(
                 FrameKind::Hello,
-                &Hello::new::<TestVm>(frame::DEFAULT_MAX_BODY).with_ext(comm::ext::Extensions::ALL),
+                &Hello::new::<TestVm>(frame::DEFAULT_MAX_BODY)
+                    .with_ext(svmc_comm::ext::Extensions::ALL),
                 frame::HELLO_MAX_BODY,
             )
             .unwrap()
@@ -1382,7 +1383,7 @@ mod tests {
             "{e:?}"
         );
         assert!(
-            chunks * comm::ext::CHUNK_MAX_DATA < LEN / 4,
+            chunks * svmc_comm::ext::CHUNK_MAX_DATA < LEN / 4,
             "{chunks} chunks of the stream went before the REQUEST was read"
         );
         assert_eq!(st.responses(1), [1], "the other connection was served");

@@ -1,11 +1,11 @@
 //! The request/response loop, written once for both sides and generic over
 //! any [`Protocol`] (`comm/WIRE.md` v2).
 //!
-//! A connection runs like this (frames of `comm::frame`):
+//! A connection runs like this (frames of `svmc_comm::frame`):
 //!
 //! 1. Both sides send `HELLO` at once, then read the peer's and check
 //!    protocol name, then version, before anything else
-//!    ([`comm::Hello::decode_checked`]). On a mismatch the server answers
+//!    ([`svmc_comm::Hello::decode_checked`]). On a mismatch the server answers
 //!    with a fatal `ERROR` frame and both sides close. Until then every
 //!    error is fatal.
 //! 2. The client sends `REQUEST` frames `[id, request]`, several at once
@@ -117,8 +117,8 @@ pub use server::{
 
 use alloc::vec::Vec;
 
-use comm::frame::{self, FrameKind};
-use comm::{Hello, Protocol};
+use svmc_comm::frame::{self, FrameKind};
+use svmc_comm::{Hello, Protocol};
 
 use crate::framed::{recv_frame_as, send_frame};
 use crate::{Connection, Result, Step};
@@ -143,14 +143,14 @@ pub(crate) fn closed_before_hello(e: crate::Error) -> crate::Error {
 
 /// Sends our `HELLO`, reads the peer's, checks it; returns the peer's
 /// maximum body length. A [`Protocol::NAME`] no `HELLO` can carry fails
-/// first, with [`comm::Error::InvalidName`], before anything is sent.
+/// first, with [`svmc_comm::Error::InvalidName`], before anything is sent.
 pub(crate) fn hello<P: Protocol, C: Connection + ?Sized>(
     conn: &mut C,
     max_body: u32,
-    ext: comm::ext::Extensions,
+    ext: svmc_comm::ext::Extensions,
     buf: &mut Vec<u8>,
 ) -> Result<Hello> {
-    comm::handshake::check_name::<P>()?;
+    svmc_comm::handshake::check_name::<P>()?;
     buf.clear();
     let ours = Hello::new::<P>(max_body).with_ext(ext);
     frame::encode_into(FrameKind::Hello, &ours, max_body, buf)?;

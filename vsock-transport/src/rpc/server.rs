@@ -63,10 +63,10 @@ use core::cell::Cell;
 use core::marker::PhantomData;
 use core::ops::Range;
 
-use comm::envelope::{self, RequestId};
-use comm::ext::{self, ConnStats, Extensions, RequestMeta, ResponseMeta};
-use comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
-use comm::{Hello, Protocol};
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::ext::{self, ConnStats, Extensions, RequestMeta, ResponseMeta};
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
+use svmc_comm::{Hello, Protocol};
 
 use super::ahead::{Ahead, Ctx, Pump, ReadAhead};
 use crate::{Error, Result};
@@ -485,10 +485,10 @@ impl<P: Protocol> core::fmt::Debug for ServerConn<P> {
 impl<P: Protocol> ServerConn<P> {
     /// A fresh connection: our `HELLO` is queued. A `P::NAME` that no
     /// `HELLO` can carry ends it at once, before anything is sent, with
-    /// [`comm::Error::InvalidName`].
+    /// [`svmc_comm::Error::InvalidName`].
     pub fn new(config: ServeConfig, budget: Budget) -> Self {
         let mut s = Self::empty(config, budget);
-        if let Err(e) = comm::handshake::check_name::<P>() {
+        if let Err(e) = svmc_comm::handshake::check_name::<P>() {
             s.stop(Err(e.into()));
             return s;
         }
@@ -690,20 +690,20 @@ impl<P: Protocol> ServerConn<P> {
             Input::Header { got: 0, .. } => self.stop(Err(Error::Closed)),
             Input::Header { got, .. } => {
                 let got = *got;
-                self.fatal(comm::Error::Truncated {
+                self.fatal(svmc_comm::Error::Truncated {
                     expected: HEADER_LEN,
                     got,
                 })
             }
             Input::Body { got, .. } => {
-                let e = comm::Error::Truncated {
+                let e = svmc_comm::Error::Truncated {
                     expected: HEADER_LEN + self.body_len,
                     got: HEADER_LEN + got,
                 };
                 self.fatal(e)
             }
             Input::Discard { len, left, .. } => {
-                let e = comm::Error::Truncated {
+                let e = svmc_comm::Error::Truncated {
                     expected: HEADER_LEN + *len as usize,
                     got: HEADER_LEN + *len as usize - left,
                 };
@@ -738,11 +738,11 @@ impl<P: Protocol> ServerConn<P> {
             _ => false,
         };
         if off {
-            return self.fatal(comm::Error::UnknownFrameKind(h[0]));
+            return self.fatal(svmc_comm::Error::UnknownFrameKind(h[0]));
         }
         let header = match Header::parse(h, self.max_body) {
             Ok(header) => header,
-            Err(e @ comm::Error::Empty { .. }) if self.hello_done => {
+            Err(e @ svmc_comm::Error::Empty { .. }) if self.hello_done => {
                 // The header was all there was: still in step.
                 self.report(&e, None);
                 return;
@@ -752,7 +752,7 @@ impl<P: Protocol> ServerConn<P> {
         match header.kind {
             FrameKind::Goodbye if self.hello_done => return self.stop(Ok(Ended::Goodbye)),
             FrameKind::Goodbye => {
-                return self.fatal(comm::Error::UnexpectedFrame {
+                return self.fatal(svmc_comm::Error::UnexpectedFrame {
                     expected: FrameKind::Hello,
                     got: FrameKind::Goodbye,
                 });
@@ -871,13 +871,13 @@ impl<P: Protocol> ServerConn<P> {
             }
             FrameKind::Error => match frame::decode_body::<ProtocolError>(body) {
                 Ok(pe) if pe.fatal || !self.hello_done => {
-                    self.stop(Err(comm::Error::Remote(pe).into()));
+                    self.stop(Err(svmc_comm::Error::Remote(pe).into()));
                 }
                 Ok(_) => self.ignored_errors = self.ignored_errors.saturating_add(1),
                 Err(e) => self.report(&e, None),
             },
             got => {
-                let e = comm::Error::UnexpectedFrame {
+                let e = svmc_comm::Error::UnexpectedFrame {
                     expected: if self.hello_done {
                         FrameKind::Request
                     } else {
@@ -992,7 +992,7 @@ impl<P: Protocol> ServerConn<P> {
             // Only the stream's CHUNKs (and CANCEL) may come now.
             drop(body);
             self.budget.give(reserved);
-            return self.fatal(comm::Error::UnexpectedFrame {
+            return self.fatal(svmc_comm::Error::UnexpectedFrame {
                 expected: FrameKind::Chunk,
                 got: FrameKind::Request,
             });
@@ -1251,7 +1251,7 @@ impl<P: Protocol> ServerConn<P> {
                 }
                 self.queue(out, reserved)
             }
-            Err(comm::Error::TooLargeToSend { len, max }) => {
+            Err(svmc_comm::Error::TooLargeToSend { len, max }) => {
                 self.budget.give(reserved);
                 match P::response_too_large(len, max) {
                     Some(r) => {
@@ -1261,7 +1261,9 @@ impl<P: Protocol> ServerConn<P> {
                             // Even the refusal is over the client's
                             // `max_body` (e.g. 0): the ERROR has its own
                             // limit.
-                            Err(comm::Error::TooLargeToSend { .. }) => self.refuse_answer(id, len),
+                            Err(svmc_comm::Error::TooLargeToSend { .. }) => {
+                                self.refuse_answer(id, len)
+                            }
                             Err(e) => self.report(&e, Some(id)),
                         }
                     }
@@ -1290,7 +1292,7 @@ impl<P: Protocol> ServerConn<P> {
     }
 
     /// A non-fatal `ERROR` about the frame just read (fatal before `HELLO`).
-    fn report(&mut self, e: &comm::Error, id: Option<RequestId>) {
+    fn report(&mut self, e: &svmc_comm::Error, id: Option<RequestId>) {
         if !self.hello_done {
             return self.fatal(e.clone());
         }
@@ -1304,7 +1306,7 @@ impl<P: Protocol> ServerConn<P> {
     }
 
     /// A fatal `ERROR` for `e`, then the end.
-    fn fatal(&mut self, e: comm::Error) {
+    fn fatal(&mut self, e: svmc_comm::Error) {
         // An answer stream being sent ends here too: nothing follows a
         // fatal ERROR (R-ERR-1).
         self.out_stream = None;

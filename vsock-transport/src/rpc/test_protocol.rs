@@ -13,10 +13,10 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::ops::Range;
 
-use comm::envelope::{self, RequestId};
-use comm::frame::FrameKind;
-use comm::{Protocol, Result};
 use serde::{Deserialize, Serialize};
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::frame::FrameKind;
+use svmc_comm::{Protocol, Result};
 
 use super::{Handler, InPlace, Then};
 
@@ -198,7 +198,7 @@ impl<F: FnMut() -> Info> Handler<TestVm> for TestService<F> {
 mod tests {
     use alloc::vec;
 
-    use comm::frame::HEADER_LEN;
+    use svmc_comm::frame::HEADER_LEN;
 
     use super::*;
 

@@ -5,7 +5,7 @@
 //! A call is traced when its `svmc.call` span is enabled (a `tracing`
 //! subscriber wants INFO spans of this crate). The client then sends a
 //! `traceparent` naming a fresh trace id and the call as parent; the
-//! server answers with its timings (`comm::ext::ResponseMeta`), and the
+//! server answers with its timings (`svmc_comm::ext::ResponseMeta`), and the
 //! client records them as a child span `svmc.guest` with the fields
 //! `trace_id`, `queued_us` (from when the server read the request to when
 //! it started it) and `handled_us` (the handler and encoding the answer).
@@ -15,7 +15,7 @@ use core::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use comm::ext::ResponseMeta;
+use svmc_comm::ext::ResponseMeta;
 
 /// The ids of one traced call.
 #[derive(Debug, Clone, Copy)]

@@ -5,10 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use comm::frame::{self, FrameKind, HELLO_MAX_BODY};
-use comm::{Hello, Protocol};
 use svmc::server::Service;
 use svmc::{GuestInfo, Request, Response, ServiceVm};
+use svmc_comm::frame::{self, FrameKind, HELLO_MAX_BODY};
+use svmc_comm::{Hello, Protocol};
 use vsock_transport::framed::{recv_frame, recv_frame_as};
 use vsock_transport::rpc::{self, Client, Ended, Handler, ServeConfig, Then};
 use vsock_transport::{Connection, Result, Step, Timeouts};
@@ -118,8 +118,8 @@ pub(crate) fn response_frame(payload: &[u8]) -> Vec<u8> {
 /// A `RESPONSE` frame with id `id` to a reverse request, as bytes.
 pub(crate) fn response_frame_id(id: u32, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
-    comm::envelope::encode_response_into(
-        comm::RequestId(id),
+    svmc_comm::envelope::encode_response_into(
+        svmc_comm::RequestId(id),
         &Response::Reverse(payload.to_vec()),
         frame::DEFAULT_MAX_BODY,
         &mut f,

@@ -23,12 +23,12 @@
 use log::LevelFilter;
 
 /// Default of `svmc.host_port`: the host's port for the boot connection
-/// (`comm::HOST_PORT`, the platform's default for every service).
-pub const DEFAULT_HOST_PORT: u32 = comm::HOST_PORT;
+/// (`svmc_comm::HOST_PORT`, the platform's default for every service).
+pub const DEFAULT_HOST_PORT: u32 = svmc_comm::HOST_PORT;
 
 /// Default of `svmc.port`: the port the guest listens on
-/// (`comm::SERVICE_PORT`).
-pub const DEFAULT_SERVICE_PORT: u32 = comm::SERVICE_PORT;
+/// (`svmc_comm::SERVICE_PORT`).
+pub const DEFAULT_SERVICE_PORT: u32 = svmc_comm::SERVICE_PORT;
 
 /// Default of `svmc.max_conns`.
 pub const DEFAULT_MAX_CONNS: usize = 8;

@@ -48,7 +48,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use comm::{HOST_PORT, SERVICE_PORT};
+use svmc_comm::{HOST_PORT, SERVICE_PORT};
 use vsock_transport::Timeouts;
 use vsock_transport::hybrid::{HybridStream, Listener as HybridListener};
 

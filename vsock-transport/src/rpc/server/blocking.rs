@@ -3,7 +3,7 @@
 
 use super::{Budget, Ended, Handler, ReadAhead, ServeConfig, ServerConn};
 use crate::{Connection, Error, Result, Step};
-use comm::Protocol;
+use svmc_comm::Protocol;
 
 /// Serves one blocking connection: `HELLO`, then requests until `GOODBYE`,
 /// a close, a fatal protocol error or [`Then::Stop`](super::Then::Stop). The connection is
@@ -18,7 +18,7 @@ where
     H: Handler<P> + ?Sized,
 {
     // A name no HELLO can carry fails here, before anything is sent.
-    if let Err(e) = comm::handshake::check_name::<P>() {
+    if let Err(e) = svmc_comm::handshake::check_name::<P>() {
         let _ = conn.shutdown();
         return Err(e.into());
     }

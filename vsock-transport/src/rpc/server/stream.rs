@@ -5,10 +5,10 @@
 
 use alloc::boxed::Box;
 
-use comm::Protocol;
-use comm::envelope::RequestId;
-use comm::ext::{self, RequestMeta};
-use comm::frame::{FrameKind, ProtocolError, ProtocolErrorCode};
+use svmc_comm::Protocol;
+use svmc_comm::envelope::RequestId;
+use svmc_comm::ext::{self, RequestMeta};
+use svmc_comm::frame::{FrameKind, ProtocolError, ProtocolErrorCode};
 
 use super::{Ctx, Ended, Handler, OUTPUT_HIGH_WATER, Pump, ServerConn, Then, Timing};
 
@@ -16,7 +16,7 @@ use super::{Ctx, Ended, Handler, OUTPUT_HIGH_WATER, Pump, ServerConn, Then, Timi
 /// ([`Handler::open_stream`]): the server holds one `CHUNK` at a time, so
 /// a request of any size takes bounded memory.
 pub trait RequestStream<P: Protocol> {
-    /// The next piece of the data (at most `comm::ext::CHUNK_MAX_DATA`
+    /// The next piece of the data (at most `svmc_comm::ext::CHUNK_MAX_DATA`
     /// bytes). `Err(answer)` answers the request now; the rest of its data
     /// is read and dropped.
     fn chunk(&mut self, data: &[u8], ctx: &mut Ctx<'_>) -> core::result::Result<(), P::Response>;
@@ -37,7 +37,7 @@ pub enum Answer<P: Protocol> {
 /// ([`Answer::Stream`]): the server holds at most a window of it.
 pub trait ResponseStream<P: Protocol> {
     /// Writes the next piece of the data into `buf` (at most
-    /// `comm::ext::CHUNK_MAX_DATA` bytes) and returns its length; 0 ends
+    /// `svmc_comm::ext::CHUNK_MAX_DATA` bytes) and returns its length; 0 ends
     /// the data.
     fn fill(&mut self, buf: &mut [u8]) -> usize;
 
@@ -179,7 +179,7 @@ impl<P: Protocol> ServerConn<P> {
         };
         let Some(mut st) = self.stream.take_if(|st| st.id == id) else {
             // Out of step with the client: no stream of that id is open.
-            return self.fatal(comm::Error::UnexpectedFrame {
+            return self.fatal(svmc_comm::Error::UnexpectedFrame {
                 expected: if self.stream.is_some() {
                     FrameKind::Chunk
                 } else {

@@ -231,7 +231,8 @@ fn another_version_is_refused_with_both_versions() {
         (e.code, e.fatal),
         (ProtocolErrorCode::VersionMismatch, true)
     );
-    let Some(Err(Error::Protocol(comm::Error::VersionMismatch { ours, theirs }))) = s.take_end()
+    let Some(Err(Error::Protocol(svmc_comm::Error::VersionMismatch { ours, theirs }))) =
+        s.take_end()
     else {
         panic!("not a version mismatch");
     };
@@ -479,7 +480,7 @@ fn client_errors_non_fatal_ignored_fatal_ends() {
     assert!(feed(&mut s, &mut h, &e(true)).is_empty());
     assert!(matches!(
         s.take_end(),
-        Some(Err(Error::Protocol(comm::Error::Remote(_))))
+        Some(Err(Error::Protocol(svmc_comm::Error::Remote(_))))
     ));
 }
 
@@ -527,7 +528,7 @@ fn truncated_frame_is_fatal() {
     assert!(error(&out[0].1).fatal);
     assert!(matches!(
         s.take_end(),
-        Some(Err(Error::Protocol(comm::Error::Truncated { .. })))
+        Some(Err(Error::Protocol(svmc_comm::Error::Truncated { .. })))
     ));
 }
 
