@@ -49,8 +49,9 @@ use svmc::{GuestInfo, HOST_PORT, SERVICE_PORT, ServiceVm};
 use svmc_comm::Protocol;
 use vsock::{VsockListener, VsockStream};
 use vsock_transport::host_vsock::{self, CID_ANY, CID_HOST};
-use vsock_transport::rpc::many::{self, Endpoint, Event, ManyConfig, Recv};
+use vsock_transport::rpc::many::{self, Event, ManyConfig};
 use vsock_transport::rpc::{Budget, CONNECTION_HEAP, SMALL_BODY, ServeConfig};
+use vsock_transport::{Endpoint, Recv};
 use vsock_transport::{Error, Timeouts};
 
 /// What [`svmc::GuestInfo::firmware`] says.

@@ -170,8 +170,8 @@ use virtio_drivers::device::socket::{
 };
 
 use crate::credit::Credit;
-use crate::rpc::many::Endpoint;
-pub use crate::rpc::many::Recv;
+use crate::endpoint::Endpoint;
+pub use crate::endpoint::Recv;
 use crate::{Connection, Error, Result, Step};
 pub use virtio_drivers::Hal;
 pub use virtio_drivers::device::socket::VsockAddr;

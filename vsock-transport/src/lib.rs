@@ -61,6 +61,7 @@ struct ReadmeDoctests;
 #[cfg(feature = "guest")]
 pub use virtio_drivers;
 
+pub mod endpoint;
 mod error;
 pub mod framed;
 pub mod rpc;
@@ -84,6 +85,7 @@ pub mod spans;
 #[cfg(feature = "std")]
 pub mod timeouts;
 
+pub use endpoint::{Endpoint, Recv};
 pub use error::{Error, Result, Step};
 #[cfg(feature = "std")]
 pub use timeouts::Timeouts;
