@@ -538,11 +538,69 @@ fn sigkill_of_a_host_whose_worker_launched_the_vm(f: &Faults) -> R {
 
 // ---- the Ctrl-C cleanup and pid reuse -------------------------------------------
 
-/// Starts `sleep 30` with the pid `pid`, through `/proc/sys/kernel/ns_last_pid`
-/// (needs `CAP_SYS_ADMIN` or `CAP_CHECKPOINT_RESTORE`, as root here and in
-/// CI). Other processes on the machine may take the pid first: retried.
-fn spawn_with_pid(pid: u32) -> Result<Child, String> {
+/// The process that holds a pid once QEMU has released it: our own
+/// child if we could make one get that pid, or else whatever took the
+/// pid first (on a busy machine another process, or a thread, may win
+/// the race), named by its start time so that a new holder is told apart.
+enum Impostor {
+    Ours(Child),
+    Other { pid: u32, started: u64 },
+}
+
+impl Impostor {
+    /// Still the same process, and alive.
+    fn alive(&mut self) -> Result<bool, String> {
+        match self {
+            Impostor::Ours(c) => Ok(c.try_wait().map_err(|e| e.to_string())?.is_none()),
+            Impostor::Other { pid, started } => {
+                Ok(procs::alive(*pid) && start_time(*pid) == Some(*started))
+            }
+        }
+    }
+}
+
+impl Drop for Impostor {
+    fn drop(&mut self) {
+        if let Impostor::Ours(c) = self {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks.
+fn start_time(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything; the
+    // fields after it start with the state (field 3).
+    s[s.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
+}
+
+/// How long ago a process started at `started` (clock ticks after boot).
+fn age_secs(started: u64) -> Option<f64> {
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split(' ')
+        .next()?
+        .parse()
+        .ok()?;
+    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+    Some(uptime - started as f64 / tick as f64)
+}
+
+/// A process that holds `pid`: a new `sleep` of ours made to get it
+/// (through `ns_last_pid`), or whatever took it first.
+fn spawn_with_pid(pid: u32) -> Result<Impostor, String> {
     for _ in 0..200 {
+        if let Some(started) = start_time(pid).filter(|_| procs::alive(pid)) {
+            // One that has run for a while will not end by itself during
+            // the check; a young one may: let it go and try again.
+            if age_secs(started).is_some_and(|a| a >= 2.0) {
+                return Ok(Impostor::Other { pid, started });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+            continue;
+        }
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).map_err(|e| {
             format!("writing /proc/sys/kernel/ns_last_pid (this test needs root): {e}")
         })?;
@@ -551,7 +609,7 @@ fn spawn_with_pid(pid: u32) -> Result<Child, String> {
             .spawn()
             .map_err(|e| format!("sleep: {e}"))?;
         if c.id() == pid {
-            return Ok(c);
+            return Ok(Impostor::Ours(c));
         }
         let _ = c.kill();
         let _ = c.wait();
@@ -577,11 +635,15 @@ fn ctrl_c_cleanup_never_kills_a_reused_pid(f: &Faults) -> R {
             .map_err(|e| e.to_string())?;
         ensure(!procs::alive(qemu), || format!("QEMU {qemu} still runs"))?;
         let mut impostor = spawn_with_pid(qemu)?;
+        ensure(impostor.alive()?, || {
+            format!("the process holding pid {qemu} ended before the check")
+        })?;
         svmc_host::launcher::kill_all();
+        // A SIGKILL sent by kill_all is delivered before it returns; the
+        // pause lets the kernel finish the kill before we look.
         std::thread::sleep(Duration::from_millis(200));
-        let alive = impostor.try_wait().map_err(|e| e.to_string())?.is_none();
-        let _ = impostor.kill();
-        let _ = impostor.wait();
+        let alive = impostor.alive()?;
+        drop(impostor);
         ensure(alive, || {
             format!(
                 "kill_all killed pid {qemu}, reused by an unrelated process after QEMU \
