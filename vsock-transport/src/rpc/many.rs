@@ -6,6 +6,11 @@
 //!
 //! # Policy
 //!
+//! The rules from "Limit" to "Closed with answers due" are the admission
+//! policy, a type of its own (`Admission`, in `many/admission.rs`) that
+//! the loop hands every accepted connection and asks once per pass; the
+//! loop here is the scheduler ("Interleaving", "Power-off").
+//!
 //! - **Limit.** At most [`ManyConfig::max_conns`] connections are served
 //!   at once, the boot connection included.
 //! - **Closes first.** A new connection that finds the table full is
@@ -56,32 +61,12 @@ use super::{Budget, Ended, Handler, ReadAhead, ServeConfig, ServerConn};
 use crate::Result;
 pub use crate::endpoint::{Endpoint, Recv};
 
+mod admission;
 #[cfg(test)]
 mod tests;
 
-/// At most this many connections over the limit are being refused (sent
-/// `ERROR` busy) at once; more are reset at once. As many as can be held
-/// ([`MAX_HELD`]): a burst of newcomers that were all held all get the
-/// same typed refusal, not a refusal for some and a reset for others.
-pub const MAX_REFUSING: usize = MAX_HELD;
-
-/// How long, at most, a new connection that finds the table full waits
-/// (held: no `HELLO`, no refusal) for a served connection to turn out
-/// closed, in microseconds.
-pub const HOLD_US: u64 = 500_000;
-
-/// At most this many new connections are held at once ([`HOLD_US`]); one
-/// more over the limit is decided at once. Each holds what the endpoint
-/// keeps for a connection not served yet (the guest: a receive ring of
-/// `guest::ACCEPT_WINDOW` bytes, grown by [`Endpoint::serve`] only once it
-/// is served), so a firmware's heap budget counts them.
-pub const MAX_HELD: usize = 8;
-
-/// A served connection whose peer has closed ([`Endpoint::peer_closed`])
-/// and that takes none of its answers for this many microseconds is given
-/// up (its answers dropped), so that it frees its slot, within the hold of
-/// a newcomer waiting for it.
-pub const STUCK_US: u64 = HOLD_US / 2;
+use admission::Admission;
+pub use admission::{HOLD_US, MAX_HELD, MAX_REFUSING, STUCK_US};
 
 /// A receive buffer kept after a large request (for the next one: no
 /// allocation, no zero-fill) is given back with its share of the budget
@@ -91,10 +76,6 @@ pub const STUCK_US: u64 = HOLD_US / 2;
 /// that a client pausing between large requests, e.g. to prepare the
 /// next one, does not pay the buffer's allocation and zero-fill again.)
 pub const KEEP_BODY_US: u64 = 1_000_000;
-
-/// Served connections are probed ([`Endpoint::probe`]) at most once per
-/// this many microseconds while connections are held.
-const PROBE_EVERY_US: u64 = 50_000;
 
 /// Requests of one connection processed in one pass, at most, while their
 /// answers stay under [`SMALL_ANSWERS`] bytes.
@@ -174,12 +155,17 @@ struct Slot<P: Protocol, Id> {
     stuck: Option<(u64, usize)>,
 }
 
-/// A new connection that found the table full, since this time.
-struct Held<Id> {
-    id: Id,
-    since: u64,
-    /// [`Event::Held`] was reported.
-    reported: bool,
+impl<P: Protocol, Id> Slot<P, Id> {
+    /// A connection served from `now` on.
+    fn served(id: Id, config: &ManyConfig, now: u64) -> Self {
+        Self {
+            id,
+            conn: ServerConn::new(config.serve, config.budget.clone()),
+            served: true,
+            last_rx: now,
+            stuck: None,
+        }
+    }
 }
 
 /// Serves `boot` (if any) and every connection `endpoint` accepts until
@@ -199,25 +185,16 @@ where
 {
     // A name no HELLO can carry: refuse to serve at all, before any send.
     svmc_comm::handshake::check_name::<P>()?;
-    let max_conns = config.max_conns.max(1);
+    let mut admission = Admission::new(config.max_conns);
     // Sized once for the most there can be (served and being refused), so
     // that the table never reallocates while it serves: a burst of
     // refusals does not leave a larger table behind.
-    let mut slots: Vec<Slot<P, E::Id>> = Vec::with_capacity(max_conns + MAX_REFUSING);
+    let mut slots: Vec<Slot<P, E::Id>> = Vec::with_capacity(admission.max_conns() + MAX_REFUSING);
     if let Some(id) = boot {
         report(Event::Accepted(id));
         endpoint.serve(id);
-        slots.push(Slot {
-            id,
-            conn: ServerConn::new(config.serve, config.budget.clone()),
-            served: true,
-            last_rx: endpoint.now_us(),
-            stuck: None,
-        });
+        slots.push(Slot::served(id, config, endpoint.now_us()));
     }
-    let mut held: Vec<Held<E::Id>> = Vec::with_capacity(MAX_HELD);
-    // When the served connections were last probed for the held ones.
-    let mut probed: Option<u64> = None;
     let mut stopped = false;
     while !stopped {
         let mut busy = false;
@@ -227,15 +204,7 @@ where
             // held, or refused) after this pass has seen the closes.
             while let Some(id) = endpoint.accept() {
                 busy = true;
-                arrive(
-                    endpoint,
-                    &mut slots,
-                    &mut held,
-                    id,
-                    max_conns,
-                    config,
-                    &mut report,
-                );
+                admission.arrive(endpoint, &mut slots, id, config, &mut report);
             }
             if !endpoint.poll()? {
                 break;
@@ -247,15 +216,7 @@ where
         }
         while let Some(id) = endpoint.accept() {
             busy = true;
-            arrive(
-                endpoint,
-                &mut slots,
-                &mut held,
-                id,
-                max_conns,
-                config,
-                &mut report,
-            );
+            admission.arrive(endpoint, &mut slots, id, config, &mut report);
         }
         let now = endpoint.now_us();
         let mut i = 0;
@@ -277,15 +238,7 @@ where
             }
             i += 1;
         }
-        busy |= decide(
-            endpoint,
-            &mut slots,
-            &mut held,
-            &mut probed,
-            max_conns,
-            config,
-            &mut report,
-        );
+        busy |= admission.decide(endpoint, &mut slots, config, &mut report);
         endpoint.tick();
         if !busy {
             endpoint.idle();
@@ -298,9 +251,7 @@ where
         endpoint.close(slot.id);
         closing.push(slot.id);
     }
-    for h in held.drain(..) {
-        endpoint.reset(h.id);
-    }
+    admission.reset_held(endpoint);
     while let Some(id) = endpoint.accept() {
         endpoint.reset(id);
     }
@@ -311,209 +262,6 @@ where
         endpoint.tick();
     }
     Ok(())
-}
-
-/// A connection just accepted: served at once if there is room; else held
-/// until the end of the pass at least (so that the closes the pass saw
-/// count first), or decided at once when [`MAX_HELD`] are held already.
-fn arrive<P, E>(
-    endpoint: &mut E,
-    slots: &mut Vec<Slot<P, E::Id>>,
-    held: &mut Vec<Held<E::Id>>,
-    id: E::Id,
-    max_conns: usize,
-    config: &ManyConfig,
-    report: &mut impl FnMut(Event<'_, E::Id>),
-) where
-    P: Protocol,
-    E: Endpoint,
-{
-    if held.len() >= MAX_HELD {
-        drop_closed_held(endpoint, held);
-    }
-    if served(slots) < max_conns && held.is_empty() {
-        admit(endpoint, slots, id, max_conns, config, report);
-    } else if held.len() < MAX_HELD {
-        held.push(Held {
-            id,
-            since: endpoint.now_us(),
-            reported: false,
-        });
-    } else {
-        admit(endpoint, slots, id, max_conns, config, report);
-    }
-}
-
-/// Resets the held connections whose client has already closed its side
-/// (a burst of connections opened and dropped): they would take the room
-/// of a newcomer that still wants an answer. `true` if one was dropped.
-fn drop_closed_held<E: Endpoint>(endpoint: &mut E, held: &mut Vec<Held<E::Id>>) -> bool {
-    let before = held.len();
-    held.retain(|h| {
-        if endpoint.peer_closed(h.id) {
-            endpoint.reset(h.id);
-            false
-        } else {
-            true
-        }
-    });
-    held.len() != before
-}
-
-/// Served connections, counted against the limit.
-fn served<P: Protocol, Id>(slots: &[Slot<P, Id>]) -> usize {
-    slots.iter().filter(|s| s.served).count()
-}
-
-/// Decides the held connections, oldest first: admitted while there is
-/// room; then, while the table is full, kept for up to [`HOLD_US`] with
-/// the served connections probed (at most once per [`PROBE_EVERY_US`]),
-/// and decided by [`admit`] (displacement or refusal) when that is over.
-/// `true` if any was decided or a probe went out.
-fn decide<P, E>(
-    endpoint: &mut E,
-    slots: &mut Vec<Slot<P, E::Id>>,
-    held: &mut Vec<Held<E::Id>>,
-    probed: &mut Option<u64>,
-    max_conns: usize,
-    config: &ManyConfig,
-    report: &mut impl FnMut(Event<'_, E::Id>),
-) -> bool
-where
-    P: Protocol,
-    E: Endpoint,
-{
-    let now = endpoint.now_us();
-    let mut moved = give_up_stuck(endpoint, slots, now);
-    if held.is_empty() {
-        return moved;
-    }
-    moved |= drop_closed_held(endpoint, held);
-    while let Some(h) = held.first() {
-        let full = served(slots) >= max_conns;
-        if full && now.wrapping_sub(h.since) < HOLD_US {
-            break;
-        }
-        let h = held.remove(0);
-        admit(endpoint, slots, h.id, max_conns, config, report);
-        moved = true;
-    }
-    for h in held.iter_mut().filter(|h| !h.reported) {
-        h.reported = true;
-        report(Event::Held(h.id));
-    }
-    // Whoever is left waits for a close: probe every served connection,
-    // once after the newest one arrived and at most once per period.
-    if let Some(newest) = held.last().map(|h| h.since)
-        && probed.is_none_or(|t| t < newest && now.wrapping_sub(t) >= PROBE_EVERY_US)
-    {
-        for s in slots.iter().filter(|s| s.served) {
-            endpoint.probe(s.id);
-        }
-        *probed = Some(now);
-        moved = true;
-    }
-    moved
-}
-
-/// Gives up the served connections whose client closed while answers were
-/// due and that took none of them for [`STUCK_US`]: vhost-device-vsock
-/// drops what it cannot write to a closed host socket and returns no
-/// credit, so such answers would hold the slot for ever (R-CONN-7; R-END-2
-/// lets a server drop the answers after a close without `GOODBYE`). `true`
-/// if one was given up.
-fn give_up_stuck<P, E>(endpoint: &mut E, slots: &mut [Slot<P, E::Id>], now: u64) -> bool
-where
-    P: Protocol,
-    E: Endpoint,
-{
-    let mut moved = false;
-    for s in slots.iter_mut().filter(|s| s.served) {
-        let pending = s.conn.output_len();
-        if pending == 0 || !endpoint.peer_closed(s.id) {
-            s.stuck = None;
-            continue;
-        }
-        match s.stuck {
-            Some((since, len)) if len == pending => {
-                if now.wrapping_sub(since) >= STUCK_US {
-                    s.conn
-                        .transport_failed(crate::Error::Timeout(crate::Step::Write));
-                    s.stuck = None;
-                    moved = true;
-                }
-            }
-            _ => s.stuck = Some((now, pending)),
-        }
-    }
-    moved
-}
-
-/// Serves `id`, displaces an idle connection for it, or refuses it.
-fn admit<P, E>(
-    endpoint: &mut E,
-    slots: &mut Vec<Slot<P, E::Id>>,
-    id: E::Id,
-    max_conns: usize,
-    config: &ManyConfig,
-    report: &mut impl FnMut(Event<'_, E::Id>),
-) where
-    P: Protocol,
-    E: Endpoint,
-{
-    let now = endpoint.now_us();
-    let served = slots.iter().filter(|s| s.served).count();
-    if served >= max_conns {
-        let victim = slots
-            .iter()
-            .enumerate()
-            .filter(|(_, s)| {
-                s.served
-                    && !s.conn.mid_frame()
-                    && s.conn.output_len() == 0
-                    && (now.wrapping_sub(s.last_rx) >= config.idle_timeout_us
-                        || endpoint.peer_closed(s.id))
-            })
-            .min_by_key(|(_, s)| s.last_rx)
-            .map(|(i, _)| i);
-        match victim {
-            Some(i) => {
-                let old = slots.swap_remove(i);
-                report(Event::Evicted(old.id));
-                endpoint.close(old.id);
-            }
-            None => {
-                let refusing = slots.iter().filter(|s| !s.served).count();
-                if refusing >= MAX_REFUSING {
-                    report(Event::Dropped(id));
-                    endpoint.reset(id);
-                } else {
-                    report(Event::Busy(id));
-                    slots.push(Slot {
-                        id,
-                        conn: ServerConn::busy(&busy_detail(max_conns)),
-                        served: false,
-                        last_rx: now,
-                        stuck: None,
-                    });
-                }
-                return;
-            }
-        }
-    }
-    report(Event::Accepted(id));
-    endpoint.serve(id);
-    slots.push(Slot {
-        id,
-        conn: ServerConn::new(config.serve, config.budget.clone()),
-        served: true,
-        last_rx: now,
-        stuck: None,
-    });
-}
-
-fn busy_detail(max_conns: usize) -> alloc::string::String {
-    alloc::format!("server at its limit of {max_conns} connections")
 }
 
 /// One connection's share of a pass: send, receive, process at most one

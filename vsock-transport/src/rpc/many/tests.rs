@@ -13,34 +13,34 @@ use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, Proto
 
 /// One simulated connection.
 #[derive(Default)]
-struct Conn {
+pub(super) struct Conn {
     /// Bytes the client has sent that the server has not read.
-    inbox: VecDeque<u8>,
+    pub(super) inbox: VecDeque<u8>,
     /// Bytes the server has sent.
-    out: Vec<u8>,
+    pub(super) out: Vec<u8>,
     /// The client closed its side.
-    eof: bool,
+    pub(super) eof: bool,
     /// How many more bytes the client takes now.
-    credit: usize,
-    closed: bool,
-    reset: bool,
+    pub(super) credit: usize,
+    pub(super) closed: bool,
+    pub(super) reset: bool,
     /// The client closed, and the endpoint reports it once probed.
-    silently_closed: bool,
+    pub(super) silently_closed: bool,
     /// Probes received.
-    probes: u32,
+    pub(super) probes: u32,
     /// [`Endpoint::serve`] was called.
-    served: bool,
+    pub(super) served: bool,
 }
 
 #[derive(Default)]
-struct St {
-    conns: BTreeMap<u32, Conn>,
-    pending: VecDeque<u32>,
-    pass: u64,
+pub(super) struct St {
+    pub(super) conns: BTreeMap<u32, Conn>,
+    pub(super) pending: VecDeque<u32>,
+    pub(super) pass: u64,
 }
 
 impl St {
-    fn connect(&mut self, id: u32) {
+    pub(super) fn connect(&mut self, id: u32) {
         self.conns.insert(
             id,
             Conn {
@@ -78,9 +78,22 @@ impl St {
 
 type Hook = Box<dyn FnMut(&mut St)>;
 
-struct Fake {
+pub(super) struct Fake {
     st: Rc<RefCell<St>>,
     hook: Hook,
+}
+
+impl Fake {
+    /// A fake without a script, for tests that drive a part of the loop
+    /// directly: its state, shared, and its clock set by `St::pass`.
+    pub(super) fn new() -> (Self, Rc<RefCell<St>>) {
+        let st = Rc::new(RefCell::new(St::default()));
+        let fake = Fake {
+            st: st.clone(),
+            hook: Box::new(|_| {}),
+        };
+        (fake, st)
+    }
 }
 
 impl core::fmt::Display for Id {
@@ -90,7 +103,7 @@ impl core::fmt::Display for Id {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Id(u32);
+pub(super) struct Id(pub(super) u32);
 
 impl Endpoint for Fake {
     type Id = Id;
