@@ -54,6 +54,17 @@
 //! once the connection has been silent for a while): no allocation and no
 //! zero-fill per request on a busy connection, and no budget kept from
 //! the others by a quiet one.
+//!
+//! # Source layout
+//!
+//! One file per part under `server/`: the connection core (its state, the
+//! frame assembler, the driver's calls) in `conn.rs`, how a request is
+//! answered or refused in `answer.rs`, streams in `stream.rs`, the output
+//! queue in `output.rs`, the [`Budget`] in `budget.rs`, and [`serve`] in
+//! `blocking.rs`. The budget and the output queue have their unit tests
+//! in their files; the connection's (answering and streams included) are
+//! in `tests.rs`. This file holds what a service implements and
+//! configures.
 
 use alloc::vec::Vec;
 use core::ops::Range;
