@@ -10,7 +10,8 @@ use svmc_comm::envelope::RequestId;
 use svmc_comm::ext::{self, RequestMeta};
 use svmc_comm::frame::{FrameKind, ProtocolError, ProtocolErrorCode};
 
-use super::{Ctx, Ended, Handler, OUTPUT_HIGH_WATER, Pump, ServerConn, Then, Timing};
+use super::answer::Timing;
+use super::{Ctx, Ended, Handler, OUTPUT_HIGH_WATER, Pump, ServerConn, Then};
 
 /// The data of a streamed request, taken piece by piece
 /// ([`Handler::open_stream`]): the server holds one `CHUNK` at a time, so
@@ -241,7 +242,7 @@ impl<P: Protocol> ServerConn<P> {
     /// call it whenever output went out.
     pub fn produce(&mut self) -> bool {
         let mut queued = false;
-        while self.out_bytes < OUTPUT_HIGH_WATER {
+        while self.output.bytes() < OUTPUT_HIGH_WATER {
             let Some(mut o) = self.out_stream.take() else {
                 break;
             };
@@ -256,7 +257,7 @@ impl<P: Protocol> ServerConn<P> {
                 }
                 break;
             }
-            let mut f = self.take_spare();
+            let mut f = self.output.take_spare();
             match ext::encode_chunk_into(o.id, Some(&piece[..n]), &mut f) {
                 Ok(()) => self.queue(f, 0),
                 Err(e) => {

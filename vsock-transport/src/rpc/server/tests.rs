@@ -1,7 +1,15 @@
 use alloc::string::String;
 use alloc::vec;
 
+use alloc::vec::Vec;
+
+use svmc_comm::Hello;
+use svmc_comm::Protocol;
+use svmc_comm::envelope::{self, RequestId};
+use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError, ProtocolErrorCode};
+
 use super::*;
+use crate::Error;
 use crate::rpc::test_protocol::{Info, Request, Response, TestError, TestService, TestVm};
 
 type Conn = ServerConn<TestVm>;
