@@ -23,9 +23,8 @@
 //! `--exact`, `--skip`, `--list`); `r_end_3_power_off` and the CDDL check
 //! come last, and the power-off runs whatever the filter.
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::Shutdown;
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,18 +39,17 @@ use svmc_comm::frame::{
 };
 use svmc_comm::{Hello, Protocol};
 use svmc_host::Session;
+use tests::raw::{
+    Capture, Frame, R, Raw, cbor_head, cbor_text, cbor_uint, expect_reversed, hello_body, pattern,
+    raw_frame, short,
+};
 use tests::{Case, Ctx, cddl, ensure};
-use vsock_transport::Timeouts;
-
-type R = Result<(), String>;
 
 /// How long an answer the peer owes may take (TCG is slow).
 const ANSWER: Duration = Duration::from_secs(5);
 /// How long "at once" may take: a second connection's `HELLO`, an answer
 /// on one connection while another is stalled (R-CONN-4).
 const PROMPT: Duration = Duration::from_millis(1500);
-/// How long we watch for something that must not happen.
-const QUIET: Duration = Duration::from_millis(300);
 
 /// The server under test.
 struct Peer {
@@ -61,9 +59,8 @@ struct Peer {
     /// The launched VM's session; its client is the boot connection.
     session: Mutex<Option<Session>>,
     boot_open: AtomicBool,
-    /// `(kind, body, what)` of every well-formed body sent and every body
-    /// received.
-    captured: Mutex<Vec<(FrameKind, Vec<u8>, String)>>,
+    /// Every well-formed body sent and every body received.
+    captured: Capture,
 }
 
 impl Peer {
@@ -88,20 +85,14 @@ impl Peer {
     }
 
     fn connect_keeping_boot(&self) -> Result<Raw<'_>, String> {
-        let s = vsock_transport::hybrid::connect(&self.uds, self.port, &Timeouts::uniform(ANSWER))
-            .map_err(|e| format!("connect: {e}"))?
-            .into_inner();
-        s.set_write_timeout(Some(Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        Ok(Raw { s, peer: self })
+        Raw::connect(&self.uds, self.port, ANSWER, Some(&self.captured))
     }
 
     /// A connection with our `HELLO` (accepting `max_body`) sent and the
     /// server's read and checked; returns it and the server's `max_body`.
     fn hello_with(&self, max_body: u32) -> Result<(Raw<'_>, u32), String> {
         let mut c = self.connect()?;
-        c.send_msg(FrameKind::Hello, &Hello::new::<ServiceVm>(max_body))?;
-        let m = c.expect_hello()?;
+        let m = c.handshake(max_body)?;
         Ok((c, m))
     }
 
@@ -130,295 +121,13 @@ impl Peer {
     }
 
     fn capture(&self, kind: FrameKind, body: &[u8], what: String) {
-        self.captured
-            .lock()
-            .unwrap()
-            .push((kind, body.to_vec(), what));
+        self.captured.add(kind, body, what);
     }
-}
-
-/// A frame as read: the kind byte and the body.
-struct Frame {
-    kind: u8,
-    body: Vec<u8>,
-}
-
-/// One raw connection.
-struct Raw<'p> {
-    s: UnixStream,
-    peer: &'p Peer,
-}
-
-impl Raw<'_> {
-    fn send(&mut self, bytes: &[u8]) -> R {
-        self.s.write_all(bytes).map_err(|e| format!("send: {e}"))
-    }
-
-    /// A frame with this raw body (not captured: it may be bad on purpose).
-    fn send_raw(&mut self, kind: u8, body: &[u8]) -> R {
-        self.send(&raw_frame(kind, body))
-    }
-
-    /// A well-formed frame of `kind` holding `msg` (captured).
-    fn send_msg<T: serde::Serialize>(&mut self, kind: FrameKind, msg: &T) -> R {
-        let f = frame::encode(kind, msg, u32::MAX).map_err(|e| e.to_string())?;
-        self.peer
-            .capture(kind, &f[HEADER_LEN..], format!("sent {kind}"));
-        self.send(&f)
-    }
-
-    /// A well-formed `REQUEST` `[id, request]` (captured).
-    fn send_request(&mut self, id: u32, request: &Request) -> R {
-        self.send(&request_frame(self.peer, id, request))
-    }
-
-    fn read_exact_by(&mut self, buf: &mut [u8], deadline: Instant, what: &str) -> R {
-        let mut got = 0;
-        while got < buf.len() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(format!("{what}: nothing within the deadline ({got} bytes)"));
-            }
-            self.s
-                .set_read_timeout(Some(left))
-                .map_err(|e| e.to_string())?;
-            match self.s.read(&mut buf[got..]) {
-                Ok(0) => return Err(format!("{what}: the server closed ({got} bytes read)")),
-                Ok(n) => got += n,
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Err(format!("{what}: nothing within the deadline ({got} bytes)"));
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(format!("{what}: {e}")),
-            }
-        }
-        Ok(())
-    }
-
-    /// The next frame, within `within`; its body is captured.
-    fn frame_within(&mut self, within: Duration) -> Result<Frame, String> {
-        let deadline = Instant::now() + within;
-        let mut h = [0u8; HEADER_LEN];
-        self.read_exact_by(&mut h, deadline, "reading a frame header")?;
-        let len = u32::from_be_bytes([h[1], h[2], h[3], h[4]]);
-        ensure(len <= DEFAULT_MAX_BODY, || {
-            format!("frame of kind {:#04x} announces {len} bytes", h[0])
-        })?;
-        let mut body = vec![0; len as usize];
-        self.read_exact_by(&mut body, deadline + ANSWER, "reading a frame body")?;
-        if let Ok(kind) = FrameKind::from_u8(h[0])
-            && !body.is_empty()
-        {
-            self.peer.capture(kind, &body, format!("received {kind}"));
-        }
-        Ok(Frame { kind: h[0], body })
-    }
-
-    fn frame(&mut self) -> Result<Frame, String> {
-        self.frame_within(ANSWER)
-    }
-
-    /// Reads the server's `HELLO`, checks it, returns its `max_body`.
-    fn expect_hello_within(&mut self, within: Duration) -> Result<u32, String> {
-        Ok(self.expect_hello_body(within)?.max_body)
-    }
-
-    /// [`Raw::expect_hello_within`], returning the whole `HELLO`.
-    fn expect_hello_body(&mut self, within: Duration) -> Result<Hello, String> {
-        let f = self.frame_within(within)?;
-        if f.kind == FrameKind::Error as u8 {
-            let pe: Result<ProtocolError, _> = frame::decode_body(&f.body);
-            return Err(format!("an ERROR instead of HELLO: {pe:?}"));
-        }
-        ensure(f.kind == FrameKind::Hello as u8, || {
-            format!("frame kind {:#04x} instead of HELLO", f.kind)
-        })?;
-        let h = Hello::decode_checked::<ServiceVm>(&f.body).map_err(|e| format!("HELLO: {e}"))?;
-        ensure(h.max_body > 0, || "max_body 0".into())?;
-        Ok(h)
-    }
-
-    fn expect_hello(&mut self) -> Result<u32, String> {
-        self.expect_hello_within(ANSWER)
-    }
-
-    /// The next frame is an `ERROR` with `code`, `fatal` and (unless
-    /// `None`) the id `id`; a fatal one is followed by the server closing.
-    fn expect_error(&mut self, code: ProtocolErrorCode, fatal: bool, id: Option<Option<u32>>) -> R {
-        let f = self.frame()?;
-        ensure(f.kind == FrameKind::Error as u8, || {
-            format!(
-                "expected ERROR {code}, got frame kind {:#04x} ({} bytes)",
-                f.kind,
-                f.body.len()
-            )
-        })?;
-        let pe: ProtocolError =
-            frame::decode_body(&f.body).map_err(|e| format!("ERROR body: {e}"))?;
-        ensure(pe.code == code && pe.fatal == fatal, || {
-            format!("expected code {code} fatal {fatal}, got {pe:?}")
-        })?;
-        if let Some(id) = id {
-            ensure(pe.id.map(|i| i.0) == id, || {
-                format!("expected id {id:?}, got {pe:?}")
-            })?;
-        }
-        if fatal {
-            self.expect_close()?;
-        }
-        Ok(())
-    }
-
-    /// The server closes (end of stream) within [`ANSWER`], sending nothing
-    /// more.
-    fn expect_close(&mut self) -> R {
-        let deadline = Instant::now() + ANSWER;
-        let mut b = [0u8; 64];
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            ensure(!left.is_zero(), || "the server did not close".into())?;
-            self.s
-                .set_read_timeout(Some(left))
-                .map_err(|e| e.to_string())?;
-            return match self.s.read(&mut b) {
-                Ok(0) => Ok(()),
-                Ok(n) => Err(format!(
-                    "{n} more bytes instead of the close: {:02x?}",
-                    &b[..n]
-                )),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => Ok(()),
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => Err(format!("waiting for the close: {e}")),
-            };
-        }
-    }
-
-    /// Nothing arrives for [`QUIET`].
-    fn expect_nothing(&mut self) -> R {
-        self.s
-            .set_read_timeout(Some(QUIET))
-            .map_err(|e| e.to_string())?;
-        let mut b = [0u8; 64];
-        match self.s.read(&mut b) {
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Ok(()),
-            Ok(0) => Err("the server closed".into()),
-            Ok(n) => Err(format!("unexpected bytes: {:02x?}", &b[..n])),
-            Err(e) => Err(e.to_string()),
-        }
-    }
-
-    /// The next frame is the `RESPONSE` with `id`; returns the response.
-    fn expect_response_within(&mut self, id: u32, within: Duration) -> Result<Response, String> {
-        let f = self.frame_within(within)?;
-        if f.kind == FrameKind::Error as u8 {
-            let pe: Result<ProtocolError, _> = frame::decode_body(&f.body);
-            return Err(format!("an ERROR instead of the RESPONSE to {id}: {pe:?}"));
-        }
-        ensure(f.kind == FrameKind::Response as u8, || {
-            format!("frame kind {:#04x} instead of RESPONSE", f.kind)
-        })?;
-        let (got, r) = envelope::decode::<Response>(&f.body);
-        ensure(got == Some(RequestId(id)), || {
-            format!("RESPONSE id {got:?}, expected {id}")
-        })?;
-        r.map_err(|e| format!("RESPONSE body: {e}"))
-    }
-
-    fn expect_response(&mut self, id: u32) -> Result<Response, String> {
-        self.expect_response_within(id, ANSWER)
-    }
-
-    /// A reverse request and its answer: the connection is usable.
-    fn expect_usable(&mut self, id: u32) -> R {
-        self.send_request(id, &Request::Reverse(b"usable".to_vec()))?;
-        expect_reversed(self.expect_response(id)?, b"usable")
-    }
-
-    fn goodbye(mut self) -> R {
-        self.send(&frame::goodbye())?;
-        self.expect_close()
-    }
-}
-
-fn raw_frame(kind: u8, body: &[u8]) -> Vec<u8> {
-    let mut f = vec![kind];
-    f.extend_from_slice(&(body.len() as u32).to_be_bytes());
-    f.extend_from_slice(body);
-    f
 }
 
 /// A well-formed `REQUEST` frame, its body captured.
 fn request_frame(peer: &Peer, id: u32, request: &Request) -> Vec<u8> {
-    let mut f = Vec::new();
-    envelope::encode_request_into(RequestId(id), request, u32::MAX, &mut f).expect("encodes");
-    peer.capture(FrameKind::Request, &f[HEADER_LEN..], "sent REQUEST".into());
-    f
-}
-
-fn expect_reversed(r: Response, sent: &[u8]) -> R {
-    let mut want = sent.to_vec();
-    want.reverse();
-    ensure(r == Response::Reverse(want), || {
-        format!(
-            "expected the reverse of {} bytes, got {}",
-            sent.len(),
-            short(&r)
-        )
-    })
-}
-
-fn short(r: &Response) -> String {
-    let s = format!("{r:?}");
-    if s.len() > 200 {
-        format!("{}...", &s[..200])
-    } else {
-        s
-    }
-}
-
-/// A `HELLO` body with these fields, by hand.
-fn hello_body(protocol: &str, version: u32, max_body: u32) -> Vec<u8> {
-    let mut b = vec![0xa3];
-    cbor_text(&mut b, "protocol");
-    cbor_text(&mut b, protocol);
-    cbor_text(&mut b, "version");
-    cbor_uint(&mut b, version.into());
-    cbor_text(&mut b, "max_body");
-    cbor_uint(&mut b, max_body.into());
-    b
-}
-
-fn cbor_head(out: &mut Vec<u8>, major: u8, n: u64) {
-    let m = major << 5;
-    match n {
-        0..=23 => out.push(m | n as u8),
-        24..=0xff => out.extend_from_slice(&[m | 24, n as u8]),
-        0x100..=0xffff => {
-            out.push(m | 25);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.push(m | 26);
-            out.extend_from_slice(&(n as u32).to_be_bytes());
-        }
-        _ => {
-            out.push(m | 27);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-}
-
-fn cbor_uint(out: &mut Vec<u8>, n: u64) {
-    cbor_head(out, 0, n);
-}
-
-fn cbor_text(out: &mut Vec<u8>, s: &str) {
-    cbor_head(out, 3, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn pattern(len: usize) -> Vec<u8> {
-    (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    peer.captured.request_frame(id, request)
 }
 
 const REQ: u8 = FrameKind::Request as u8;
@@ -609,7 +318,7 @@ fn r_conn_7_closed_connections_stop_counting(p: &Peer) -> R {
                 drop(c);
             }
             _ => {
-                c.s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+                c.shutdown(Shutdown::Write)?;
                 half_closed.push(c);
             }
         }
@@ -669,13 +378,22 @@ fn r_frame_2_unknown_kind_is_fatal(p: &Peer) -> R {
     c.expect_error(CODE_BAD_FRAME, true, None)
 }
 
-/// R-FRAME-3: the header alone is enough to refuse (the body is never sent).
+/// R-FRAME-3: the header alone is enough to refuse (the body is never
+/// sent): a `REQUEST` over the server's `max_body`, and before the
+/// handshake a `HELLO` over its 256 bytes.
 fn r_frame_3_too_large_refused_from_the_header(p: &Peer) -> R {
     let (mut c, max) = p.hello_with(DEFAULT_MAX_BODY)?;
     let mut h = vec![REQ];
     h.extend_from_slice(&(max + 1).to_be_bytes());
     c.send(&h)?;
+    c.expect_error(CODE_TOO_LARGE, true, None)?;
+    let mut c = p.connect()?;
+    let mut h = vec![FrameKind::Hello as u8];
+    h.extend_from_slice(&(frame::HELLO_MAX_BODY + 1).to_be_bytes());
+    c.send(&h)?;
+    c.expect_hello()?;
     c.expect_error(CODE_TOO_LARGE, true, None)
+        .map_err(|e| format!("a HELLO of {} bytes: {e}", frame::HELLO_MAX_BODY + 1))
 }
 
 fn r_frame_5_goodbye_with_a_body_is_fatal(p: &Peer) -> R {
@@ -705,7 +423,7 @@ fn r_frame_7_trailing_bytes_are_not_fatal(p: &Peer) -> R {
 fn r_frame_8_truncated_frame_closes(p: &Peer) -> R {
     let mut c = p.hello()?;
     c.send(&[REQ, 0, 0, 0, 10, 0x82, 0x01, 0xa1])?;
-    c.s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    c.shutdown(Shutdown::Write)?;
     match c.frame() {
         Ok(f) if f.kind == FrameKind::Error as u8 => {
             let pe: ProtocolError = frame::decode_body(&f.body).map_err(|e| e.to_string())?;
@@ -941,7 +659,7 @@ fn burst_without_reading(p: &Peer, sizes: &[usize], goodbye: bool) -> Result<usi
         batch.extend(frame::goodbye());
     }
     let total = batch.len();
-    let mut w = c.s.try_clone().map_err(|e| e.to_string())?;
+    let mut w = c.stream().try_clone().map_err(|e| e.to_string())?;
     let (tx, rx) = std::sync::mpsc::channel();
     thread::spawn(move || {
         let _ = tx.send(w.write_all(&batch));
@@ -1029,7 +747,7 @@ fn r_conn_7_closed_with_answers_due_stop_counting(p: &Peer) -> R {
             for id in 1..=8 {
                 batch.extend(request_frame(p, id, &Request::Reverse(pattern(128 << 10))));
             }
-            let mut w = c.s.try_clone().map_err(|e| e.to_string())?;
+            let mut w = c.stream().try_clone().map_err(|e| e.to_string())?;
             // The write may block (a server that stops reading); the
             // close below ends it.
             writers.push(thread::spawn(move || {
@@ -1040,7 +758,7 @@ fn r_conn_7_closed_with_answers_due_stop_counting(p: &Peer) -> R {
         // Some of the answers are under way; the client goes away.
         thread::sleep(Duration::from_millis(500));
         for c in &gone {
-            let _ = c.s.shutdown(Shutdown::Both);
+            let _ = c.shutdown(Shutdown::Both);
         }
         drop(gone);
         for w in writers {
@@ -1338,7 +1056,7 @@ fn r_end_2_closes_after_shutdown(p: &Peer) -> R {
     let mut batch = request_frame(p, 1, &Request::Reverse(b"one".to_vec()));
     batch.extend(request_frame(p, 2, &Request::Reverse(b"two".to_vec())));
     c.send(&batch)?;
-    c.s.shutdown(Shutdown::Write).map_err(|e| e.to_string())?;
+    c.shutdown(Shutdown::Write)?;
     let mut answered = 0;
     for (id, sent) in [(1, &b"one"[..]), (2, &b"two"[..])] {
         match c.frame() {
@@ -1590,19 +1308,45 @@ enum Got {
     Error(ProtocolError),
 }
 
-impl Raw<'_> {
+/// What the cases of §10 read from a [`Raw`] connection: svmc's answers
+/// with their meta, and answer streams.
+trait Answers {
     /// The next frame, a `RESPONSE` or an `ERROR`, within `within`.
-    fn answer_within(&mut self, within: Duration) -> Result<Got, String> {
-        let f = self.frame_within(within)?;
-        answer_of(f)
-    }
+    fn answer_within(&mut self, within: Duration) -> Result<Got, String>;
 
+    /// [`Answers::answer_within`] the answer time.
     fn answer(&mut self) -> Result<Got, String> {
         self.answer_within(ANSWER)
     }
 
     /// An answer stream of request `id` (R-STREAM-8): the data of its
     /// `CHUNK`s, and the answer that ends it.
+    fn answer_stream(&mut self, id: u32) -> Result<(Vec<u8>, Got), String>;
+
+    /// The next frame is the `RESPONSE` `[id, want]` or `[id, meta, want]`;
+    /// returns its meta.
+    fn expect_answer(&mut self, id: u32, want: &Answer) -> Result<Option<AnswerMeta>, String> {
+        match self.answer()? {
+            Got::Response {
+                id: got,
+                meta,
+                answer,
+            } if got == id && answer == *want => Ok(meta),
+            other => Err(format!(
+                "expected [{id}, {}], got {}",
+                cut(format!("{want:?}")),
+                cut(format!("{other:?}"))
+            )),
+        }
+    }
+}
+
+impl Answers for Raw<'_> {
+    fn answer_within(&mut self, within: Duration) -> Result<Got, String> {
+        let f = self.frame_within(within)?;
+        answer_of(f)
+    }
+
     fn answer_stream(&mut self, id: u32) -> Result<(Vec<u8>, Got), String> {
         let mut data = Vec::new();
         loop {
@@ -1639,25 +1383,6 @@ fn answer_of(f: Frame) -> Result<Got, String> {
     let id = id.ok_or("a RESPONSE without an id")?.0;
     let answer = answer.map_err(|e| format!("RESPONSE {id}: {e}"))?;
     Ok(Got::Response { id, meta, answer })
-}
-
-impl Raw<'_> {
-    /// The next frame is the `RESPONSE` `[id, want]` or `[id, meta, want]`;
-    /// returns its meta.
-    fn expect_answer(&mut self, id: u32, want: &Answer) -> Result<Option<AnswerMeta>, String> {
-        match self.answer()? {
-            Got::Response {
-                id: got,
-                meta,
-                answer,
-            } if got == id && answer == *want => Ok(meta),
-            other => Err(format!(
-                "expected [{id}, {}], got {}",
-                cut(format!("{want:?}")),
-                cut(format!("{other:?}"))
-            )),
-        }
-    }
 }
 
 /// `s`, cut to 200 bytes (a payload in a message).
@@ -2385,7 +2110,7 @@ fn r_stream_10_cancel_of_an_answer_stream(p: &Peer) -> R {
 
 fn cddl_every_captured_body(p: &Peer) -> R {
     let tool = cddl::tool()?;
-    let captured = p.captured.lock().unwrap().clone();
+    let captured = p.captured.bodies();
     if let Ok(dir) = std::env::var("SVMC_CONFORMANCE_CAPTURE") {
         std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
         for (i, (kind, body, _)) in captured.iter().enumerate() {
@@ -2726,7 +2451,7 @@ fn main() {
                 max_conns,
                 session: Mutex::new(None),
                 boot_open: AtomicBool::new(false),
-                captured: Mutex::new(Vec::new()),
+                captured: Capture::default(),
             };
             (peer, "conformance".to_string())
         }
@@ -2755,7 +2480,7 @@ fn main() {
                 max_conns,
                 session: Mutex::new(Some(session)),
                 boot_open: AtomicBool::new(true),
-                captured: Mutex::new(Vec::new()),
+                captured: Capture::default(),
             };
             (peer, label)
         }
