@@ -8,9 +8,15 @@
 //! - `SVMC_CONFORMANCE_UDS=<path>`: a running peer behind a hybrid vsock
 //!   socket (`SVMC_CONFORMANCE_PORT`, default 7001), e.g. another
 //!   implementation;
-//! - otherwise the VM of `cargo xtask run-e2e` (firmware on x86_64 or
-//!   aarch64, or the Linux guest's service), launched here: that adds the
-//!   boot-connection case and the exit status of the power-off.
+//! - with `SVMC_E2E_ARCH` set, the VM of `cargo xtask run-e2e` (firmware
+//!   on x86_64 or aarch64, or the Linux guest's service), launched here:
+//!   that adds the boot-connection case and the exit status of the
+//!   power-off;
+//! - otherwise (plain `cargo test`) the guest's service in this process
+//!   ([`tests::inproc`], on `rpc::serve`), in seconds; the cases that need
+//!   a VM or the guests' event loop (the connection limit, flow control
+//!   against a client that never reads) are printed as not applicable,
+//!   each with its reason ([`NOT_IN_PROCESS`]).
 //!
 //! `SVMC_CONFORMANCE_MAX_CONNS` (default 8) is the peer's connection
 //! limit. Every body sent (the well-formed ones) and received is kept and,
@@ -39,10 +45,12 @@ use svmc_comm::frame::{
 };
 use svmc_comm::{Hello, Protocol};
 use svmc_host::Session;
+use tests::inproc::InProcess;
 use tests::raw::{
     Capture, Frame, R, Raw, cbor_head, cbor_text, cbor_uint, expect_reversed, hello_body, pattern,
     raw_frame, short,
 };
+use tests::suites::vars;
 use tests::{Case, Ctx, cddl, ensure};
 
 /// How long an answer the peer owes may take (TCG is slow).
@@ -61,6 +69,8 @@ struct Peer {
     boot_open: AtomicBool,
     /// Every well-formed body sent and every body received.
     captured: Capture,
+    /// The server in this process, if that is the peer.
+    in_process: Option<InProcess>,
 }
 
 impl Peer {
@@ -1385,6 +1395,23 @@ fn answer_of(f: Frame) -> Result<Got, String> {
     Ok(Got::Response { id, meta, answer })
 }
 
+/// The next frame is the answer `[id, {"spin": n}]` to a `spin` of `ms`
+/// that ran to its end: `n` is what it measured, `ms` or a little more
+/// (a server preempted at the end of its spin reports the time it took).
+fn expect_spun(c: &mut Raw<'_>, id: u32, ms: u32) -> R {
+    match c.answer()? {
+        Got::Response {
+            id: got,
+            answer: Answer::Spin(n),
+            ..
+        } if got == id && (ms..ms + 100).contains(&n) => Ok(()),
+        other => Err(format!(
+            "expected [{id}, {{\"spin\": {ms}}}], got {}",
+            cut(format!("{other:?}"))
+        )),
+    }
+}
+
 /// `s`, cut to 200 bytes (a payload in a message).
 fn cut(s: String) -> String {
     match s.char_indices().nth(200) {
@@ -1702,7 +1729,7 @@ fn r_meta_3_a_deadline_passed_behind_a_long_request(p: &Peer) -> R {
     w.extend(meta_request(p, 2, Some(&within(200)), &rev(b"late")));
     w.extend(meta_request(p, 3, Some(&within(60_000)), &rev(b"in time")));
     c.send(&w)?;
-    c.expect_answer(1, &Answer::Spin(800))?;
+    expect_spun(&mut c, 1, 800)?;
     c.expect_error(CODE_DEADLINE, false, Some(Some(2)))?;
     c.expect_answer(3, &reversed(b"in time"))?;
     c.goodbye()
@@ -1843,7 +1870,7 @@ fn r_cancel_2_a_pipelined_request_cancelled_before_it_starts(p: &Peer) -> R {
     w.extend(meta_request(p, 2, None, &rev(b"queued")));
     w.extend(cancel_frame(p, 2));
     c.send(&w)?;
-    c.expect_answer(1, &Answer::Spin(500))?;
+    expect_spun(&mut c, 1, 500)?;
     match c.answer()? {
         Got::Error(pe) if pe.code == CODE_CANCELLED && !pe.fatal && pe.id == Some(RequestId(2)) => {
         }
@@ -2418,6 +2445,46 @@ const CASES: &[Case<Peer>] = &[
     ("cddl_every_captured_body", cddl_every_captured_body),
 ];
 
+/// The case that needs the boot connection of a launched VM.
+const BOOT_CASE: &str = "r_conn_3_boot_connection_is_served_alongside";
+
+/// The cases that do not apply to the in-process server
+/// ([`tests::inproc`]: the guest's service on `rpc::serve`, one blocking
+/// connection per thread), and why. They run against the VMs.
+const NOT_IN_PROCESS: &[(&str, &str)] = &[
+    (
+        "r_conn_5_busy_over_the_limit",
+        "the connection limit is the guests' event loop's (rpc::many); the in-process server \
+         has a thread per connection and no limit",
+    ),
+    (
+        "r_conn_6_idle_connection_is_kept",
+        "idle connections give way at the limit in the guests' event loop (rpc::many); no \
+         limit here",
+    ),
+    (
+        "r_conn_7_closed_connections_stop_counting",
+        "no connection limit here to count against",
+    ),
+    (
+        "r_conn_7_closed_with_answers_due_stop_counting",
+        "no connection limit here to count against",
+    ),
+    (
+        "r_flow_1_large_pipelined_requests_without_reading",
+        "R-FLOW-1 is met by the guests' event loop (rpc::many); rpc::serve writes an answer \
+         with a blocking send, so a client that writes megabytes and never reads stops it",
+    ),
+    (
+        "r_flow_2_many_small_requests_without_reading",
+        "as r_flow_1: rpc::serve's blocking send, against a client that never reads",
+    ),
+    (
+        "r_end_2_answers_after_goodbye_with_megabytes_due",
+        "as r_flow_1: rpc::serve's blocking send, against a client that never reads",
+    ),
+];
+
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
     match std::env::var(key) {
         Ok(v) => v
@@ -2438,7 +2505,27 @@ fn main() {
         .expect("log dir");
     let port = env_or("SVMC_CONFORMANCE_PORT", SERVICE_PORT);
     let max_conns = env_or("SVMC_CONFORMANCE_MAX_CONNS", 8usize);
+    let in_process = std::env::var_os("SVMC_CONFORMANCE_UDS").is_none()
+        && std::env::var_os(vars::ARCH).is_none();
     let (peer, label) = match std::env::var_os("SVMC_CONFORMANCE_UDS") {
+        None if in_process => {
+            let server = InProcess::start().expect("starting the in-process server");
+            println!(
+                "conformance against the in-process server at {} ({} not set: no VM)",
+                server.uds().display(),
+                vars::ARCH
+            );
+            let peer = Peer {
+                uds: server.uds().to_path_buf(),
+                port,
+                max_conns,
+                session: Mutex::new(None),
+                boot_open: AtomicBool::new(false),
+                captured: Capture::default(),
+                in_process: Some(server),
+            };
+            (peer, "conformance-inproc".to_string())
+        }
         Some(uds) => {
             let uds = PathBuf::from(uds);
             println!(
@@ -2452,6 +2539,7 @@ fn main() {
                 session: Mutex::new(None),
                 boot_open: AtomicBool::new(false),
                 captured: Capture::default(),
+                in_process: None,
             };
             (peer, "conformance".to_string())
         }
@@ -2481,16 +2569,31 @@ fn main() {
                 session: Mutex::new(Some(session)),
                 boot_open: AtomicBool::new(true),
                 captured: Capture::default(),
+                in_process: None,
             };
             (peer, label)
         }
     };
     let launched = peer.session.lock().unwrap().is_some();
-    let cases: Vec<Case<Peer>> = CASES
-        .iter()
-        .copied()
-        .filter(|(name, _)| launched || !name.contains("boot_connection"))
-        .collect();
+    let not_here = |name: &str| -> Option<&'static str> {
+        if peer.in_process.is_some()
+            && let Some((_, why)) = NOT_IN_PROCESS.iter().find(|(n, _)| *n == name)
+        {
+            return Some(why);
+        }
+        (!launched && name == BOOT_CASE)
+            .then_some("there is no boot connection: no VM launched here")
+    };
+    let mut cases: Vec<Case<Peer>> = Vec::new();
+    for &(name, f) in CASES {
+        match not_here(name) {
+            Some(why) if !args.is_filtered_out(&libtest_mimic::Trial::test(name, || Ok(()))) => {
+                println!("test {name} ... not applicable: {why}");
+            }
+            Some(_) => {}
+            None => cases.push((name, f)),
+        }
+    }
     // With a filter, still power off at the end.
     let peer = std::sync::Arc::new(peer);
     let (passed, failed) =
