@@ -1,9 +1,12 @@
 //! Shared pieces of the workspace-level tests: the end-to-end context (which
 //! image, which architecture), the one runner of the QEMU suites
-//! ([`harness`]), what xtask and the suites share ([`suites`]), and
-//! helpers to look at processes and leftovers.
+//! ([`harness`]), what xtask and the suites share ([`suites`]), the
+//! raw-frame client of the suites that speak bytes ([`raw`]), an svmc
+//! server in this process for them ([`inproc`]), and helpers to look at processes and leftovers.
 
 pub mod harness;
+pub mod inproc;
+pub mod raw;
 pub mod suites;
 
 use std::fmt;

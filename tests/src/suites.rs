@@ -1,9 +1,9 @@
 //! What xtask, the QEMU suites and CI share, written once: the suites, the
 //! machines they run on, the soak sizes and the environment variables.
 //!
-//! Adding a suite: its file in `tests/tests/`, a `[[test]]` entry in
-//! `tests/Cargo.toml` (a unit test below checks that the three agree) and a
-//! line in [`SUITES`]. Adding a machine to the test matrix: a line in
+//! Adding a suite: its file in `tests/tests/` (or its directory with a
+//! `main.rs`), a `[[test]]` entry in `tests/Cargo.toml` (a unit test below
+//! checks that the three agree) and a line in [`SUITES`]. Adding a machine to the test matrix: a line in
 //! [`MATRIX`] (and its row in `svmc_host::machine::MACHINES`).
 
 use svmc_host::Arch;
@@ -34,7 +34,7 @@ pub mod vars {
     pub const HELPER_LOG_DIR: &str = "SVMC_TEST_HELPER_LOG_DIR";
 }
 
-/// One QEMU suite (`tests/tests/<name>.rs`).
+/// One QEMU suite (`tests/tests/<name>.rs` or `tests/tests/<name>/main.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Suite {
     /// The test target's name.
@@ -302,8 +302,13 @@ mod tests {
             std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/tests"))
                 .unwrap()
                 .filter_map(|e| {
-                    let name = e.ok()?.file_name().into_string().ok()?;
-                    name.strip_suffix(".rs").map(str::to_string)
+                    let e = e.ok()?;
+                    let name = e.file_name().into_string().ok()?;
+                    // `<name>.rs`, or `<name>/main.rs` for a suite in modules.
+                    match name.strip_suffix(".rs") {
+                        Some(n) => Some(n.to_string()),
+                        None => e.path().join("main.rs").is_file().then_some(name),
+                    }
                 })
                 .filter(|n| !ORDINARY_TESTS.contains(&n.as_str()))
                 .collect();
@@ -315,7 +320,7 @@ mod tests {
             sorted, in_cargo,
             "SUITES vs [[test]] entries of tests/Cargo.toml"
         );
-        assert_eq!(sorted, files, "SUITES vs tests/tests/*.rs");
+        assert_eq!(sorted, files, "SUITES vs tests/tests/*.rs and */main.rs");
     }
 
     #[test]

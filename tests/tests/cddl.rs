@@ -3,7 +3,7 @@
 //! against the root rule of its frame kind, and bodies that break the
 //! schema do not (so a validator that passes everything is caught).
 //! Frames captured from real end-to-end runs are checked by the
-//! conformance suite (`conformance.rs`).
+//! conformance suite (`conformance/`).
 
 use svmc_comm::frame::{FrameKind, HEADER_LEN, Header};
 use tests::cddl;
