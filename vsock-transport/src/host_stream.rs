@@ -35,8 +35,9 @@
 //!
 //! The crate-private `sys` module at the end (socket creation, connect and
 //! accept with deadlines, `sockaddr` construction) is shared by the backends.
-//! Its system calls go through `nix`; the one `unsafe` block left (a socket
-//! option `nix` does not know) says why next to it.
+//! Its system calls go through `nix`; the two `unsafe` blocks left (a
+//! socket option `nix` does not know, and borrowing the socket's
+//! descriptor for `poll(2)`) say why next to them.
 
 use std::fmt;
 use std::io::{self, Read};
@@ -394,6 +395,49 @@ impl<S: Socket> Connection for HostStream<S> {
         self.timeouts.read
     }
 
+    fn try_send(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        if self.shut_down {
+            return Err(Error::ShutDown);
+        }
+        if buf.is_empty() {
+            return Ok(Some(0));
+        }
+        loop {
+            match send_nosignal_nowait(self.socket.as_raw_fd(), buf) {
+                Ok(n) => return Ok(Some(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Some(0)),
+                Err(e) => {
+                    if let Some(e) = self.send_error(e, 0) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn wait(&mut self, read: bool) -> Result<()> {
+        use nix::poll::PollFlags;
+        if self.shut_down {
+            return Err(Error::ShutDown);
+        }
+        let deadline = self
+            .deadline
+            .unwrap_or_else(|| Deadline::start(&self.timeouts, Step::Write));
+        let events = if read {
+            PollFlags::POLLIN | PollFlags::POLLOUT
+        } else {
+            PollFlags::POLLOUT
+        };
+        // SAFETY: the descriptor belongs to `self.socket`, which outlives
+        // this borrow (it is only used for the `poll(2)` below).
+        let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(self.socket.as_raw_fd()) };
+        match sys::wait(&fd, events, &deadline) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::Timeout(deadline.step())),
+            Err(e) => Err(Error::io(format!("waiting for {}", self.peer), e)),
+        }
+    }
+
     fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
         use nix::sys::socket::{MsgFlags, recv};
         if self.shut_down || buf.is_empty() {
@@ -409,6 +453,16 @@ impl<S: Socket> Connection for HostStream<S> {
             )),
         }
     }
+}
+
+/// `send(2)` with `MSG_NOSIGNAL | MSG_DONTWAIT`.
+fn send_nosignal_nowait(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    use nix::sys::socket::{MsgFlags, send};
+    Ok(send(
+        fd,
+        buf,
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+    )?)
 }
 
 /// `send(2)` with `MSG_NOSIGNAL`: a closed peer is `EPIPE`, never `SIGPIPE`.

@@ -143,6 +143,28 @@ pub trait Connection {
         let _ = buf;
         Ok(None)
     }
+
+    /// Sends what the peer takes now, without waiting: `Ok(Some(n))` for
+    /// the first `n` bytes of `buf` (`Some(0)`: none now), `Ok(None)` when
+    /// the backend cannot send without waiting (the default; the caller
+    /// then uses [`Connection::send`]). A server sends this way so that a
+    /// client that writes requests without reading its answers is still
+    /// read (WIRE.md R-FLOW-1).
+    fn try_send(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        let _ = buf;
+        Ok(None)
+    }
+
+    /// After [`Connection::try_send`] sent nothing: waits until the peer
+    /// may take bytes again or, if `read`, may have sent some, within the
+    /// deadline of the current step ([`Connection::begin`];
+    /// [`Error::Timeout`] once it passes). It may return early. The
+    /// default returns at once (a backend whose `try_send` never returns
+    /// `Some(0)` is never asked to wait).
+    fn wait(&mut self, read: bool) -> Result<()> {
+        let _ = read;
+        Ok(())
+    }
 }
 
 impl<C: Connection + ?Sized> Connection for &mut C {
@@ -167,6 +189,12 @@ impl<C: Connection + ?Sized> Connection for &mut C {
     fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
         (**self).try_recv(buf)
     }
+    fn try_send(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        (**self).try_send(buf)
+    }
+    fn wait(&mut self, read: bool) -> Result<()> {
+        (**self).wait(read)
+    }
 }
 
 impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
@@ -190,5 +218,11 @@ impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
     }
     fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
         (**self).try_recv(buf)
+    }
+    fn try_send(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+        (**self).try_send(buf)
+    }
+    fn wait(&mut self, read: bool) -> Result<()> {
+        (**self).wait(read)
     }
 }

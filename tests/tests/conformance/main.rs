@@ -295,19 +295,6 @@ const NOT_IN_PROCESS: &[(&str, &str)] = &[
         "r_conn_7_closed_with_answers_due_stop_counting",
         "no connection limit here to count against",
     ),
-    (
-        "r_flow_1_large_pipelined_requests_without_reading",
-        "R-FLOW-1 is met by the guests' event loop (rpc::many); rpc::serve writes an answer \
-         with a blocking send, so a client that writes megabytes and never reads stops it",
-    ),
-    (
-        "r_flow_2_many_small_requests_without_reading",
-        "as r_flow_1: rpc::serve's blocking send, against a client that never reads",
-    ),
-    (
-        "r_end_2_answers_after_goodbye_with_megabytes_due",
-        "as r_flow_1: rpc::serve's blocking send, against a client that never reads",
-    ),
 ];
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {

@@ -1,5 +1,7 @@
 //! The blocking driver of [`ServerConn`]: one connection served over a
-//! blocking [`Connection`] (the Linux guest's service, the test doubles).
+//! blocking [`Connection`]: a thread per connection (the in-process
+//! conformance server, tests), or any server that does not need
+//! [`serve_many`](crate::rpc::many::serve_many)'s event loop.
 
 use super::{Budget, Ended, Handler, ReadAhead, ServeConfig, ServerConn};
 use crate::{Connection, Error, Result, Step};
@@ -36,19 +38,12 @@ where
     C: Connection + ?Sized,
     H: Handler<P> + ?Sized,
 {
+    // Since the client last took none of our bytes: its write deadline
+    // ([`Step::Write`]) runs.
+    let mut stuck = false;
     loop {
         s.produce();
-        while !s.output().is_empty() {
-            conn.begin(Step::Write);
-            let n = s.output().len();
-            if let Err(e) = conn.send(s.output()) {
-                // A fatal ERROR that cannot be delivered: report why we
-                // closed, not the failed send.
-                s.transport_failed(e);
-                break;
-            }
-            s.sent(n);
-        }
+        let blocked = flush(conn, s, &mut stuck);
         if let Some(end) = s.take_end() {
             return end;
         }
@@ -63,16 +58,24 @@ where
         if s.process_with(handler, &mut read_ahead) {
             continue;
         }
+        if blocked {
+            // The client takes none of our answers now and may be writing
+            // more requests (R-FLOW-1): read them without waiting (the
+            // core answers what its budget allows and stops reading
+            // beyond), else wait for either side to move.
+            if s.wants_input() && read_now(conn, s) {
+                continue;
+            }
+            if let Err(e) = conn.wait(s.wants_input()) {
+                s.transport_failed(e);
+            }
+            continue;
+        }
         // An answer stream goes on before waiting for the client, reading
         // what came meanwhile without waiting (a CANCEL stops it).
         if s.produce() {
             if s.wants_input() {
-                match conn.try_recv(s.input_buf()) {
-                    Ok(Some(0)) => s.peer_closed(),
-                    Ok(Some(n)) => s.received(n),
-                    Ok(None) => {}
-                    Err(e) => s.transport_failed(e),
-                }
+                read_now(conn, s);
             }
             continue;
         }
@@ -98,4 +101,64 @@ where
             }
         }
     }
+}
+
+/// Sends what the client takes now; `true` if output is left that it does
+/// not take (the backend's [`Connection::try_send`] sent nothing). A
+/// backend that cannot send without waiting sends it all, blocking, each
+/// frame within the write timeout.
+fn flush<P, C>(conn: &mut C, s: &mut ServerConn<P>, stuck: &mut bool) -> bool
+where
+    P: Protocol,
+    C: Connection + ?Sized,
+{
+    while !s.output().is_empty() {
+        let n = s.output().len();
+        let sent = match conn.try_send(s.output()) {
+            Ok(Some(0)) => {
+                if !*stuck {
+                    // The client has the write timeout to take a byte.
+                    *stuck = true;
+                    s.stalled();
+                    conn.begin(Step::Write);
+                }
+                return true;
+            }
+            Ok(Some(sent)) => Ok(sent),
+            Ok(None) => {
+                conn.begin(Step::Write);
+                conn.send(s.output()).map(|()| n)
+            }
+            Err(e) => Err(e),
+        };
+        match sent {
+            Ok(sent) => {
+                *stuck = false;
+                s.sent(sent);
+            }
+            Err(e) => {
+                // A fatal ERROR that cannot be delivered: report why we
+                // closed, not the failed send.
+                s.transport_failed(e);
+                return false;
+            }
+        }
+    }
+    false
+}
+
+/// Reads what has arrived, without waiting; `true` if anything did (or
+/// the connection ended).
+fn read_now<P, C>(conn: &mut C, s: &mut ServerConn<P>) -> bool
+where
+    P: Protocol,
+    C: Connection + ?Sized,
+{
+    match conn.try_recv(s.input_buf()) {
+        Ok(Some(0)) => s.peer_closed(),
+        Ok(Some(n)) => s.received(n),
+        Ok(None) => return false,
+        Err(e) => s.transport_failed(e),
+    }
+    true
 }
