@@ -25,8 +25,14 @@
 //!
 //! One module per measurement ([`boot`], [`service`], [`floors`] for the
 //! raw reverse, [`echo`], [`async_client`], [`envelope`], [`memory`],
-//! [`codec`]), the arithmetic in [`stats`], the table in [`report`]; this
-//! one parses the flags and runs them in order.
+//! [`codec`]), the arithmetic in [`stats`], the table in [`report`], the
+//! plots in [`plot`]; this one parses the flags and runs them in order.
+//!
+//! Besides the table on stdout, the run writes SVG plots to
+//! `target/bench/` (where its logs go): `boot-<arch>.svg` (boot to answer
+//! per machine, every sample, next to the floor's), `round-trip-<arch>.svg`
+//! (the time of one round trip against the message size, with the raw
+//! reverse and raw echo floors), and with `--boots N`, `boots-<arch>.svg`.
 
 mod async_client;
 mod boot;
@@ -35,6 +41,7 @@ mod echo;
 mod envelope;
 mod floors;
 mod memory;
+mod plot;
 mod report;
 mod service;
 mod stats;
@@ -172,8 +179,22 @@ pub fn run(args: &[String]) -> Result<()> {
         .chain(others.filter(|_| o.microvm).map(Some))
         .collect();
     if let Some(n) = o.boots {
+        let mut series = Vec::new();
         for machine in &machines {
-            boot::series(&host_cli, o.arch, &img, &work, *machine, n)?;
+            series.push(boot::series(&host_cli, o.arch, &img, &work, *machine, n)?);
+        }
+        let boots: Vec<plot::Boots> = series
+            .iter()
+            .map(|(machine, times)| plot::Boots {
+                machine,
+                ours: times,
+                floor: &[],
+            })
+            .collect();
+        let title = format!("{}: boot to answer, {n} boots per machine", o.arch);
+        let path = work.join(format!("boots-{}.svg", o.arch));
+        if let Err(e) = plot::boots_svg(&title, &boots).and_then(|svg| plot::write(&path, &svg)) {
+            eprintln!("bench: no plot: {e}");
         }
         return Ok(());
     }
@@ -187,6 +208,9 @@ pub fn run(args: &[String]) -> Result<()> {
     };
     let boots = boot::to_answer(&boot, &machines, o.reps)?;
     report.boots(o.arch, &boots);
+    let title = format!("{}: boot to answer, {} per machine", o.arch, o.reps);
+    let svg = plot::boots_svg(&title, &plot::boot_runs(&boots));
+    write_plot(&mut report, &work.join(format!("boot-{}.svg", o.arch)), svg);
 
     if o.boot_only {
         let tools = svmc_host::tools::Tools::find(o.arch).map_err(|e| e.to_string())?;
@@ -213,6 +237,18 @@ pub fn run(args: &[String]) -> Result<()> {
         .inspect_err(|e| report.note(format!("raw echo not measured: {e}")))
         .ok();
     report.protocol(&svc, &vs, echo.as_ref());
+    let title = format!(
+        "{} {}: round trip against message size, {} pairs",
+        o.arch,
+        svmc_host::machine::default_for(o.arch).name,
+        o.reps * PAIRS_PER_REP
+    );
+    let svg = plot::round_trips_svg(&title, &plot::round_trips(&vs, echo.as_ref()));
+    write_plot(
+        &mut report,
+        &work.join(format!("round-trip-{}.svg", o.arch)),
+        svg,
+    );
 
     // Size and memory.
     let size = std::fs::metadata(&img)
@@ -234,4 +270,12 @@ pub fn run(args: &[String]) -> Result<()> {
 
     report.print(o.arch, svc.accel, codec.as_deref());
     Ok(())
+}
+
+/// Writes a plot next to the bench's other output; a plot that could not
+/// be drawn or written is a note, not the end of the run.
+fn write_plot(report: &mut Report, path: &std::path::Path, svg: Result<String>) {
+    if let Err(e) = svg.and_then(|svg| plot::write(path, &svg)) {
+        report.note(format!("plot {} not written: {e}", path.display()));
+    }
 }

@@ -28,6 +28,16 @@ impl Stat {
         }
     }
 
+    /// `k / x` of each figure (a rate into a time, or back): the min and
+    /// max swap.
+    pub fn inverse(&self, k: f64) -> Self {
+        Self {
+            med: k / self.med,
+            min: k / self.max,
+            max: k / self.min,
+        }
+    }
+
     pub fn show(&self, unit: &str, prec: usize) -> String {
         format!(
             "{:.p$} {unit} ({:.p$}–{:.p$})",
@@ -84,6 +94,12 @@ mod tests {
         assert_eq!((s.med, s.min, s.max), (2.0, 1.0, 3.0));
         let s = Stat::of(vec![4.0, 1.0, 2.0, 3.0]);
         assert_eq!((s.med, s.min, s.max), (2.5, 1.0, 4.0));
+    }
+
+    #[test]
+    fn inverse_swaps_the_bounds() {
+        let t = Stat::of(vec![100.0, 200.0, 400.0]).inverse(1000.0);
+        assert_eq!((t.med, t.min, t.max), (5.0, 2.5, 10.0));
     }
 
     #[test]
