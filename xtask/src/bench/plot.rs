@@ -76,7 +76,7 @@ pub fn boots_svg<'a>(title: &str, machines: &[Boots<'a>]) -> Result<String> {
     let top = machines
         .iter()
         .flat_map(|m| m.ours.iter().chain(m.floor))
-        .fold(0f64, |a, &b| a.max(b));
+        .fold(1f64, |a, &b| a.max(b));
     let with_floor = machines.iter().any(|m| !m.floor.is_empty());
     let mut svg = String::new();
     {
@@ -180,6 +180,11 @@ pub fn round_trips_svg(title: &str, points: &[SizePoint]) -> Result<String> {
             .chain(p.raw_echo.map(|e| e.med))
     });
     let (lo, hi) = all.fold((f64::MAX, 0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    if !(lo > 0.0 && hi.is_finite()) {
+        return Err(format!(
+            "round trips of {lo} to {hi} ms: no log scale for them"
+        ));
+    }
     let x_lo = points.iter().map(|p| p.bytes).min().unwrap_or(1) as f64;
     let x_hi = points.iter().map(|p| p.bytes).max().unwrap_or(1) as f64;
     let mut svg = String::new();
@@ -427,6 +432,14 @@ mod tests {
             assert!(svg.contains(text), "no {text:?} in the plot");
         }
         assert!(svg.contains("<polyline"), "no lines");
+        // No log scale for a time of 0.
+        let zero = SizePoint {
+            bytes: 16,
+            ours: stat(0.0),
+            raw_reverse: stat(1.0),
+            raw_echo: None,
+        };
+        assert!(round_trips_svg("zero", &[zero]).is_err());
     }
 
     #[test]
