@@ -54,7 +54,9 @@ pub enum Command {
     /// Boot, round-trip, throughput, size and memory figures
     ///
     /// Next to their floors (QEMU alone, the guest's raw reverse and echo
-    /// modes); see BENCHMARKS.md.
+    /// modes): a table on stdout, and SVG plots (boot to answer per
+    /// machine, round trip against message size) in target/bench/; see
+    /// BENCHMARKS.md.
     Bench(Bench),
     /// Where the guest spends its time under a repeated reverse
     ///
@@ -194,7 +196,8 @@ pub struct Bench {
     /// Repetitions of each figure.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub reps: Option<u32>,
-    /// The boot series alone: N boots, their distribution per machine.
+    /// The boot series alone: N boots, their distribution per machine
+    /// (printed, and plotted in target/bench/boots-ARCH.svg).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub boots: Option<u32>,
     /// The boot-to-answer rows alone.
