@@ -4,11 +4,22 @@
 
 extern crate std;
 
+use alloc::collections::VecDeque;
+use alloc::vec::Vec;
 use std::cell::{Cell, RefCell};
 use std::format;
 use std::vec;
 
+use virtio_drivers::device::socket::{
+    ConnectionInfo, DisconnectReason, SocketError, VsockEventType,
+};
+
+use super::poll::DUPLICATE_REQUEST_US;
+use super::table::TABLE_CAPACITY;
 use super::*;
+use crate::credit::Credit;
+use crate::endpoint::Endpoint;
+use crate::{Connection, Error, Step};
 
 /// Our CID and the service port the tests listen on.
 const GUEST_CID: u64 = 3;
