@@ -123,8 +123,9 @@
 //!   device delivers;
 //! - `conn.rs`: one connection's state; `rx.rs`: its receive ring;
 //! - `stream.rs`: the blocking [`Stream`] adapter;
-//! - `tests/`: the table's host tests over a fake device (`tests/fake.rs`),
-//!   one file per topic.
+//! - `fake.rs` (tests only): the fake device and test clock, the test
+//!   context of the table's host tests (`tests/`, one file per topic) and
+//!   of the stream's.
 //!
 //! # Bounded waits
 //!
@@ -181,6 +182,8 @@ mod rx;
 mod stream;
 mod table;
 
+#[cfg(test)]
+mod fake;
 #[cfg(test)]
 mod tests;
 

@@ -100,3 +100,47 @@ impl<D: Device> Drop for Stream<'_, D> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use virtio_drivers::device::socket::VsockEventType;
+
+    use super::super::fake::*;
+    use crate::Connection;
+
+    #[test]
+    fn a_stream_sends_and_reads_over_the_table() {
+        let mut t = table();
+        let id = t.accepted(1000, 65536);
+        t.feed(
+            event(1000, VsockEventType::Received { length: 4 }, 65536, 0),
+            b"ping",
+        );
+        let mut s = t.stream(id);
+        let mut buf = [0; 16];
+        assert_eq!(s.recv(&mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"ping");
+        s.send(b"pong").unwrap();
+        drop(s);
+        let sent = t.driver.take();
+        assert_eq!(rw(&sent, 1000).0, b"pong");
+        // Dropped without shutdown: reset.
+        assert_eq!(sent.last(), Some(&Sent::Rst(1000)));
+        assert!(!t.exists(id));
+    }
+
+    #[test]
+    fn a_stream_shut_down_waits_for_the_peers_answer() {
+        let mut t = table();
+        let id = t.served(1000, 65536);
+        // The peer's RST, which answers our SHUTDOWN.
+        t.feed(event(1000, rst(), 65536, 0), &[]);
+        let mut s = t.stream(id);
+        s.shutdown().unwrap();
+        assert!(matches!(s.send(b"late"), Err(crate::Error::ShutDown)));
+        drop(s);
+        // No RST of ours: the peer's ended it.
+        assert_eq!(t.driver.take(), [Sent::Shutdown(1000)]);
+        assert!(!t.exists(id));
+    }
+}
