@@ -1,11 +1,11 @@
 //! The svmc service in a Linux guest: the same protocol as the bare-metal
-//! firmware, over the kernel's AF_VSOCK through this crate's `host-vsock`
-//! backend, written the way another project would write a service on top
-//! of `comm` and `vsock-transport`.
+//! firmware, over the kernel's AF_VSOCK through this crate's
+//! `linux-endpoint` feature, written the way another project would write a
+//! service on top of `comm` and `vsock-transport`.
 //!
 //! ```text
 //! cargo build --release --example linux_service -p vsock-transport \
-//!     --features host-vsock --target x86_64-unknown-linux-gnu   # RUSTFLAGS=-C target-feature=+crt-static
+//!     --features linux-endpoint --target x86_64-unknown-linux-gnu   # RUSTFLAGS=-C target-feature=+crt-static
 //! ```
 //!
 //! At start it listens on the service port, then connects to the host (CID
@@ -14,8 +14,10 @@
 //! [`svmc::SERVICE_PORT`] at once, with the same handler
 //! (`svmc::server::Service`, crate `svmc-proto`), server core and lifecycle
 //! (`rpc::many::serve_many`) as the bare-metal firmware, over non-blocking
-//! AF_VSOCK sockets and `poll(2)` ([`LinuxEndpoint`]), until a `PowerOff`
-//! request, which it answers before powering the VM off.
+//! AF_VSOCK sockets and `poll(2)` (`vsock_transport::linux_endpoint`), until
+//! a `PowerOff` request, which it answers before powering the VM off. What
+//! is left here is what makes it this service VM: PID 1's start-up, the
+//! settings, the heap budget and power-off.
 //!
 //! As PID 1 (`/init` of an initramfs, which `cargo xtask` builds) it first
 //! mounts `/proc`, `/sys` and `/dev`, and loads the kernel modules listed in
@@ -37,21 +39,18 @@
 //! after success; after a failure, a write to QEMU's `isa-debug-exit` port
 //! so that QEMU's exit status says so.
 
-use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Read, Write};
-use std::os::fd::AsRawFd;
+use std::io;
 use std::process::{Command, ExitCode};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use svmc::server::Service;
 use svmc::{GuestInfo, HOST_PORT, SERVICE_PORT, ServiceVm};
 use svmc_comm::Protocol;
-use vsock::{VsockListener, VsockStream};
-use vsock_transport::host_vsock::{self, CID_ANY, CID_HOST};
+use vsock_transport::host_vsock::{self, CID_HOST};
+use vsock_transport::linux_endpoint::LinuxEndpoint;
 use vsock_transport::rpc::many::{self, Event, ManyConfig};
 use vsock_transport::rpc::{Budget, CONNECTION_HEAP, SMALL_BODY, ServeConfig};
-use vsock_transport::{Endpoint, Recv};
 use vsock_transport::{Error, Timeouts};
 
 /// What [`svmc::GuestInfo::firmware`] says.
@@ -62,11 +61,6 @@ const TESTS_PROGRAM: &str = "/bin/vsock-tests";
 
 /// Modules to load as PID 1, one path a line.
 const MODULES_LIST: &str = "/etc/svmc-modules";
-
-/// How long a closed connection waits for the peer to close its side too
-/// (so that our last answer, e.g. to `PowerOff`, is out of the VM) before
-/// it is reset.
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
 fn log(msg: std::fmt::Arguments<'_>) {
     eprintln!("svmc-linux-service: {msg}");
@@ -125,6 +119,13 @@ fn info(max_body: u32) -> GuestInfo {
 }
 
 fn main() -> ExitCode {
+    // The endpoint's warnings (a refused peer, a failed probe) go to the
+    // console through `tracing`.
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .without_time()
+        .init();
     let pid1 = std::process::id() == 1;
     if pid1 && let Err(e) = early_init() {
         log!("start-up failed: {e}");
@@ -271,331 +272,6 @@ fn serve(config: &Config) -> vsock_transport::Result<()> {
             _ => {}
         },
     )
-}
-
-/// A connection's handle in [`LinuxEndpoint`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-struct ConnId(u32);
-
-impl std::fmt::Display for ConnId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "#{}", self.0)
-    }
-}
-
-struct Conn {
-    stream: VsockStream,
-    /// The last read found nothing: wait for `POLLIN`. (A connection whose
-    /// server takes no input now, e.g. while its answers wait, is not
-    /// polled for input, so `poll(2)` does not wake for it in a loop.)
-    want_read: bool,
-    /// The last write was short: wait for `POLLOUT` too.
-    want_write: bool,
-    /// The receive buffer we last set (`SO_VM_SOCKETS_BUFFER_SIZE`); a
-    /// probe grows it by one byte ([`LinuxEndpoint::probe`]).
-    buffer: u64,
-}
-
-/// `setsockopt(2)` level and options of AF_VSOCK
-/// (`include/uapi/linux/vm_sockets.h`).
-const SO_VM_SOCKETS_BUFFER_SIZE: libc::c_int = 0;
-const SO_VM_SOCKETS_BUFFER_MAX_SIZE: libc::c_int = 2;
-
-/// The kernel's default receive buffer of a vsock connection (256 KiB) and
-/// how far probes may grow it, one byte each.
-const BUFFER: u64 = 256 * 1024;
-const PROBE_BYTES: u64 = 64 * 1024;
-
-fn set_vsock_u64(conn: &VsockStream, option: libc::c_int, value: u64) -> io::Result<()> {
-    // SAFETY: a valid socket fd and a pointer to a u64 that lives for the
-    // call, with its exact size (the type these options take).
-    let r = unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::AF_VSOCK,
-            option,
-            (&raw const value).cast(),
-            size_of::<u64>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Non-blocking AF_VSOCK connections for [`many::serve_many`]: a
-/// listener, the served connections, and the closed ones that wait
-/// (bounded) for the peer's end of the stream; [`Endpoint::idle`] sleeps in
-/// `poll(2)` until one of them is ready.
-struct LinuxEndpoint {
-    listener: VsockListener,
-    conns: BTreeMap<ConnId, Conn>,
-    closing: BTreeMap<ConnId, (VsockStream, Instant)>,
-    next: u32,
-    start: Instant,
-}
-
-/// How long [`Endpoint::idle`] sleeps at most.
-const IDLE_POLL_MS: i32 = 100;
-
-fn io_err(what: &str, e: io::Error) -> Error {
-    Error::io(what.to_string(), e)
-}
-
-impl LinuxEndpoint {
-    fn bind(port: u32) -> vsock_transport::Result<Self> {
-        let what = format!("listening on vsock port {port}");
-        let listener =
-            VsockListener::bind_with_cid_port(CID_ANY, port).map_err(|e| io_err(&what, e))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(|e| io_err(&what, e))?;
-        Ok(Self {
-            listener,
-            conns: BTreeMap::new(),
-            closing: BTreeMap::new(),
-            next: 0,
-            start: Instant::now(),
-        })
-    }
-
-    fn add(&mut self, stream: VsockStream) -> vsock_transport::Result<ConnId> {
-        stream
-            .set_nonblocking(true)
-            .map_err(|e| io_err("making a connection non-blocking", e))?;
-        // Room for the probes to grow the buffer (never to shrink it: the
-        // kernel drops what a peer sent beyond the buffer it was told of).
-        if let Err(e) = set_vsock_u64(&stream, SO_VM_SOCKETS_BUFFER_MAX_SIZE, BUFFER + PROBE_BYTES)
-        {
-            log!("vsock: raising the buffer limit: {e}");
-        }
-        let id = ConnId(self.next);
-        self.next += 1;
-        self.conns.insert(
-            id,
-            Conn {
-                stream,
-                want_read: true,
-                want_write: false,
-                buffer: BUFFER,
-            },
-        );
-        Ok(id)
-    }
-}
-
-impl Endpoint for LinuxEndpoint {
-    type Id = ConnId;
-
-    fn poll(&mut self) -> vsock_transport::Result<bool> {
-        // No device: readiness is waited for in `idle`.
-        Ok(false)
-    }
-
-    fn accept(&mut self) -> Option<ConnId> {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, addr)) if addr.cid() == CID_HOST => match self.add(stream) {
-                    Ok(id) => return Some(id),
-                    Err(e) => log!("accepting: {e}"),
-                },
-                Ok((_, addr)) => log!("refused a connection from CID {}", addr.cid()),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log!("accepting: {e}");
-                    return None;
-                }
-            }
-        }
-    }
-
-    fn recv(&mut self, id: ConnId, buf: &mut [u8]) -> vsock_transport::Result<Recv> {
-        let c = self.conns.get_mut(&id).ok_or(Error::ShutDown)?;
-        match c.stream.read(buf) {
-            Ok(0) => Ok(Recv::Eof),
-            Ok(n) => Ok(Recv::Data(n)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                c.want_read = true;
-                Ok(Recv::Empty)
-            }
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => Err(Error::Reset),
-            Err(e) => Err(io_err("reading", e)),
-        }
-    }
-
-    fn send_some(&mut self, id: ConnId, buf: &[u8]) -> vsock_transport::Result<usize> {
-        let c = self.conns.get_mut(&id).ok_or(Error::ShutDown)?;
-        match c.stream.write(buf) {
-            Ok(n) => {
-                c.want_write = n < buf.len();
-                Ok(n)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                c.want_write = true;
-                Ok(0)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
-                ) =>
-            {
-                Err(Error::Reset)
-            }
-            Err(e) => Err(io_err("writing", e)),
-        }
-    }
-
-    fn close(&mut self, id: ConnId) {
-        if let Some(c) = self.conns.remove(&id) {
-            // Our end of the stream; whatever was written still goes out.
-            let _ = c.stream.shutdown(std::net::Shutdown::Write);
-            self.closing.insert(id, (c.stream, Instant::now()));
-        }
-    }
-
-    fn reset(&mut self, id: ConnId) {
-        if let Some(c) = self.conns.remove(&id) {
-            // SO_LINGER 0: the close resets the connection at once.
-            if let Err(e) = set_linger(&c.stream, Duration::ZERO) {
-                log!("SO_LINGER: {e}");
-            }
-        }
-        self.closing.remove(&id);
-    }
-
-    fn exists(&self, id: ConnId) -> bool {
-        self.conns.contains_key(&id) || self.closing.contains_key(&id)
-    }
-
-    fn tick(&mut self) {
-        let mut sink = [0u8; 4096];
-        self.closing.retain(|_, (stream, since)| {
-            if since.elapsed() >= CLOSE_WAIT {
-                return false;
-            }
-            // Drop what the peer still sends; its end of the stream (or an
-            // error) means it is done.
-            loop {
-                match stream.read(&mut sink) {
-                    Ok(0) => return false,
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(_) => return false,
-                }
-            }
-        });
-    }
-
-    /// A credit update on `id`'s connection: the kernel sends one when the
-    /// receive buffer size changes (Linux 5.5, "vsock/virtio: send a
-    /// credit update when buffer size is changed"), so the buffer grows by
-    /// one byte, up to [`PROBE_BYTES`] probes per connection. It makes
-    /// vhost-device-vsock 0.3.0 look at a host socket it lost track of,
-    /// whose close the kernel then reports.
-    fn probe(&mut self, id: ConnId) {
-        if let Some(c) = self.conns.get_mut(&id)
-            && c.buffer < BUFFER + PROBE_BYTES
-        {
-            c.buffer += 1;
-            if let Err(e) = set_vsock_u64(&c.stream, SO_VM_SOCKETS_BUFFER_SIZE, c.buffer) {
-                log!("vsock {id}: probe: {e}");
-            }
-        }
-    }
-
-    /// The kernel knows at once when the host closed its side: poll(2)
-    /// says `POLLRDHUP` (or `POLLHUP`) without waiting. Through libc, not
-    /// nix: nix's `PollFd::revents` is `PollFlags::from_bits`, which is
-    /// `None` whenever `POLLRDHUP` (a bit nix does not name) is set, so
-    /// the close went unseen (hostile_host's burst_of_abrupt_closes failed).
-    fn peer_closed(&self, id: ConnId) -> bool {
-        let Some(c) = self.conns.get(&id) else {
-            return false;
-        };
-        let mut fd = libc::pollfd {
-            fd: c.stream.as_raw_fd(),
-            events: libc::POLLRDHUP,
-            revents: 0,
-        };
-        // SAFETY: one live pollfd that poll(2) only reads and writes, and
-        // a timeout of 0 (no wait).
-        let n = unsafe { libc::poll(&mut fd, 1, 0) };
-        n > 0 && fd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0
-    }
-
-    fn now_us(&self) -> u64 {
-        self.start.elapsed().as_micros() as u64
-    }
-
-    fn idle(&mut self) {
-        let mut fds = vec![libc::pollfd {
-            fd: self.listener.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        }];
-        for c in self.conns.values_mut() {
-            let mut events = 0;
-            if std::mem::take(&mut c.want_read) {
-                events |= libc::POLLIN;
-            }
-            if c.want_write {
-                events |= libc::POLLOUT;
-            }
-            fds.push(libc::pollfd {
-                fd: c.stream.as_raw_fd(),
-                events,
-                revents: 0,
-            });
-        }
-        for (stream, _) in self.closing.values() {
-            fds.push(libc::pollfd {
-                fd: stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-        }
-        // SAFETY: `fds` is a live array of `fds.len()` pollfd structs that
-        // poll(2) only reads and writes within.
-        let _ = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, IDLE_POLL_MS) };
-    }
-}
-
-fn set_linger(conn: &VsockStream, t: Duration) -> io::Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: t.as_secs() as libc::c_int,
-    };
-    // SAFETY: a valid socket fd and a pointer to a `linger` that lives for
-    // the call, with its exact size.
-    let r = unsafe {
-        libc::setsockopt(
-            conn.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&raw const linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
 }
 
 /// `svmc.mode=vsock-tests`: runs the test program with its output on the

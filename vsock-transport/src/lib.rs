@@ -7,6 +7,10 @@
 //!     virtio-drivers' `VirtIOSocket` over any virtio transport (`no_std`),
 //!     with a blocking [`Connection`] adapter.
 //!   - `host-vsock`: module `host_vsock`, AF_VSOCK through the `vsock` crate.
+//!   - `linux-endpoint`: module `linux_endpoint`, a Linux service VM's
+//!     non-blocking AF_VSOCK connections as an [`Endpoint`] for
+//!     [`rpc::many::serve_many`], served in one loop as the guest's are.
+//!     Turns on `host-vsock`.
 //!   - `host-hybrid`: module `hybrid`, hybrid vsock over Unix sockets
 //!     (Firecracker, Cloud Hypervisor, vhost-device-vsock).
 //!   - `tokio`: module `async_host`, both host backends on tokio and an
@@ -78,6 +82,8 @@ pub mod host_stream;
 pub mod host_vsock;
 #[cfg(feature = "host-hybrid")]
 pub mod hybrid;
+#[cfg(feature = "linux-endpoint")]
+pub mod linux_endpoint;
 #[cfg(feature = "test-utils")]
 pub mod mock;
 #[cfg(feature = "test-utils")]

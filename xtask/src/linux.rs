@@ -227,7 +227,7 @@ fn build_service() -> Result<PathBuf> {
         "-p",
         "vsock-transport",
         "--features",
-        "host-vsock",
+        "linux-endpoint",
     ]);
     static_build(&mut cmd);
     run(&mut cmd)?;
