@@ -10,7 +10,7 @@ pub enum Step {
     /// Connecting to the peer's socket.
     Connect,
     /// The hybrid vsock `CONNECT <port>` / `OK <port>` exchange
-    /// ([`Timeouts::hybrid_connect`](crate::Timeouts)). Not to be confused
+    /// (`Timeouts::hybrid_connect`, with `std`). Not to be confused
     /// with the protocol's `HELLO` exchange, [`Step::Hello`].
     HybridConnect,
     /// Waiting for the peer to connect to us.

@@ -133,7 +133,7 @@ pub trait Connection {
         let _ = step;
     }
 
-    /// The deadline of reading one frame ([`Timeouts::read`]) if the
+    /// The deadline of reading one frame (`Timeouts::read`, with `std`) if the
     /// backend has one: the clients send it as a request's deadline by
     /// default (`svmc_comm::ext::RequestMeta::deadline_ms`). The default: none.
     fn read_timeout(&self) -> Option<core::time::Duration> {

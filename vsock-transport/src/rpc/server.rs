@@ -208,7 +208,7 @@ pub enum Ended {
     /// The handler returned [`Then::Stop`].
     Stopped,
     /// The client sent nothing within the read timeout
-    /// ([`crate::Timeouts::read`]) after its last frame: an idle client is
+    /// (`Timeouts::read`, with `std`) after its last frame: an idle client is
     /// an ending, not an error (the stream was in step). Only [`serve`]
     /// reports it; the guest's many-connection server has its own policy.
     IdleTimeout,
