@@ -1,26 +1,27 @@
 //! The client side: `HELLO`, then requests, each tied to its answer by a
 //! request id (see [`Client`]).
 
+pub(crate) mod frames;
+pub(crate) mod sans_io;
 #[cfg(feature = "std")]
 mod stream;
 #[cfg(all(test, feature = "test-utils"))]
 mod tests;
 
 use alloc::collections::VecDeque;
-use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
-use core::marker::PhantomData;
 
-use svmc_comm::ext::{self, Extensions, RequestMeta, ResponseMeta};
-use svmc_comm::frame::{self, FrameKind, ProtocolError};
+use svmc_comm::ext::{Extensions, RequestMeta, ResponseMeta};
+use svmc_comm::frame::{self, FrameKind, Header};
 use svmc_comm::{Protocol, RequestId};
 
-use super::flight::{Answered, InFlight};
+use self::frames::FrameReader;
+use self::sans_io::{ClientCore, Event, StrayFrames, deadline_meta};
 use super::hello;
 #[cfg(feature = "std")]
 use super::trace;
-use crate::framed::{recv_frame, send_frame};
+use crate::framed::send_frame;
 use crate::{Connection, Error, Result, Step};
 
 /// How many abandoned requests (timed out, answer still due) a client
@@ -33,21 +34,10 @@ use crate::{Connection, Error, Result, Step};
 )]
 pub const MAX_ABANDONED: usize = 64;
 
-/// Logs a discarded late answer: through `tracing` on the host (`std`
-/// turns it on), through `log` with the `guest` backend.
-macro_rules! log_discard {
-    ($($arg:tt)*) => {{
-        #[cfg(feature = "tracing")]
-        tracing::warn!($($arg)*);
-        #[cfg(all(feature = "guest", not(feature = "tracing")))]
-        log::warn!($($arg)*);
-        #[cfg(not(any(feature = "guest", feature = "tracing")))]
-        let _ = ($($arg)*);
-    }};
-}
-
 /// Client side of a connection: ids, pipelining, late-answer discard and
-/// poisoning.
+/// poisoning: a [`Connection`] under the sans-IO client core (module
+/// `rpc::client::sans_io`), which keeps these rules for the async client
+/// too.
 ///
 /// # Ids, late answers, poisoning
 ///
@@ -81,34 +71,27 @@ macro_rules! log_discard {
 /// [`Client::call`] is one request, one answer.
 pub struct Client<C: Connection, P: Protocol> {
     conn: C,
-    max_body: u32,
-    peer_max_body: u32,
+    /// Ids, requests in flight, poisoning, encoding and decoding.
+    core: ClientCore<P>,
+    /// The frame being written, or the last one read.
     buf: Vec<u8>,
-    /// Requests sent and not answered, in send order (abandoned ones
-    /// included), and the next id.
-    flight: InFlight,
-    /// Set by the first fatal error: a copy of it.
-    poisoned: Option<Arc<Error>>,
-    /// The extensions on for this connection (`WIRE.md` §10).
-    ext: Extensions,
     /// The deadline sent with each request; `None`: the connection's read
     /// timeout.
     deadline: Option<core::time::Duration>,
     /// The meta of the last answer received, if it had one.
     last_meta: Option<(RequestId, ResponseMeta)>,
-    _protocol: PhantomData<fn() -> P>,
 }
 
 impl<C: Connection, P: Protocol> fmt::Debug for Client<C, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
             .field("protocol", &P::NAME)
-            .field("max_body", &self.max_body)
-            .field("peer_max_body", &self.peer_max_body)
+            .field("max_body", &self.core.max_body())
+            .field("peer_max_body", &self.core.peer_max_body())
             .field("in_flight", &self.in_flight())
             .field("abandoned", &self.abandoned())
             .field("discarded", &self.discarded())
-            .field("poisoned", &self.poisoned)
+            .field("poisoned", &self.core.poison())
             .finish_non_exhaustive()
     }
 }
@@ -137,21 +120,16 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         let peer = hello::<P, C>(&mut conn, max_body, ext, &mut buf)?;
         Ok(Self {
             conn,
-            max_body,
-            peer_max_body: peer.max_body,
+            core: ClientCore::new(max_body, ext, &peer, StrayFrames::AnswerOldest, true),
             buf,
-            flight: InFlight::new(),
-            poisoned: None,
-            ext: ext.both(peer.extensions()),
             deadline: None,
             last_meta: None,
-            _protocol: PhantomData,
         })
     }
 
     /// The extensions on for this connection: those both sides offered.
     pub fn extensions(&self) -> Extensions {
-        self.ext
+        self.core.extensions()
     }
 
     /// Sets the deadline sent with each request (where the `meta`
@@ -175,11 +153,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
 
     /// The meta sent with a request by default: the deadline.
     fn default_meta(&self) -> RequestMeta {
-        let deadline = self.deadline.or_else(|| self.conn.read_timeout());
-        RequestMeta {
-            deadline_ms: deadline.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
-            ..RequestMeta::default()
-        }
+        deadline_meta(self.deadline.or_else(|| self.conn.read_timeout()))
     }
 
     /// The old name of [`Client::hello`].
@@ -193,28 +167,28 @@ impl<C: Connection, P: Protocol> Client<C, P> {
 
     /// The largest request body the server accepts (from its `HELLO`).
     pub fn peer_max_body(&self) -> u32 {
-        self.peer_max_body
+        self.core.peer_max_body()
     }
 
     /// Requests sent whose answers are still expected by the caller (not
     /// counting abandoned ones).
     pub fn in_flight(&self) -> usize {
-        self.flight.live()
+        self.core.live()
     }
 
     /// Requests given up on (timed out) whose answers have not come yet.
     pub fn abandoned(&self) -> usize {
-        self.flight.abandoned()
+        self.core.abandoned()
     }
 
     /// How many late answers to abandoned requests were discarded so far.
     pub fn discarded(&self) -> u64 {
-        self.flight.discarded()
+        self.core.discarded()
     }
 
     /// Whether an earlier fatal error poisoned this client.
     pub fn is_poisoned(&self) -> bool {
-        self.poisoned.is_some()
+        self.core.ended().is_some()
     }
 
     /// Sends one request and waits for its answer.
@@ -227,7 +201,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// None of these poison the client. Fails with [`Error::Usage`] while
     /// pipelined requests ([`Client::send_request`]) are unanswered.
     pub fn call(&mut self, request: &P::Request) -> Result<P::Response> {
-        self.check_usable()?;
+        self.core.check_usable()?;
         if self.in_flight() > 0 {
             return Err(Error::Usage(
                 "call() while pipelined requests are unanswered: recv_response() them first",
@@ -244,7 +218,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         let _entered = span.enter();
         let mut meta = self.default_meta();
         #[cfg(feature = "std")]
-        let trace = (!span.is_disabled() && self.ext.meta).then(trace::Context::new);
+        let trace = (!span.is_disabled() && self.core.extensions().meta).then(trace::Context::new);
         #[cfg(feature = "std")]
         if let Some(t) = &trace {
             meta.traceparent = Some(t.traceparent());
@@ -272,7 +246,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         request: &P::Request,
         meta: &RequestMeta,
     ) -> Result<(P::Response, Option<ResponseMeta>)> {
-        self.check_usable()?;
+        self.core.check_usable()?;
         if self.in_flight() > 0 {
             return Err(Error::Usage(
                 "call_with() while pipelined requests are unanswered: recv_response() them first",
@@ -310,20 +284,14 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// exactly one answer, which the caller reads as usual (or discards,
     /// for an abandoned request). `Ok(false)` if nothing was sent.
     pub fn cancel(&mut self, id: RequestId) -> Result<bool> {
-        self.check_usable()?;
-        if !self.ext.cancel || !self.flight.contains(id) {
+        self.core.check_usable()?;
+        let mut f = Vec::new();
+        if !self.core.encode_cancel(id, &mut f)? {
             return Ok(false);
         }
-        let mut f = Vec::new();
-        frame::encode_into(
-            FrameKind::Cancel,
-            &ext::Cancel { id },
-            ext::CANCEL_MAX_BODY,
-            &mut f,
-        )?;
         match send_frame(&mut self.conn, &f) {
             Ok(()) => Ok(true),
-            Err(e) => Err(self.failed(e)),
+            Err(e) => Err(self.core.fail(e)),
         }
     }
 
@@ -344,7 +312,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         I: IntoIterator<Item = &'r P::Request>,
         P::Request: 'r,
     {
-        self.check_usable()?;
+        self.core.check_usable()?;
         if self.in_flight() > 0 {
             return Err(Error::Usage(
                 "call_many() while pipelined requests are unanswered: recv_response() them first",
@@ -417,31 +385,13 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         request: &P::Request,
         meta: &RequestMeta,
     ) -> Result<RequestId> {
-        self.check_usable()?;
-        let id = self.flight.fresh_id(|_| false);
-        self.buf.clear();
-        // The frame goes out whole from `buf`, the payload copied after
-        // the head. Sending head + payload from where it lies (one
-        // vectored write, `framed::send_frame_parts`) saves that copy on
-        // the host, but measured about 2x slower end to end against the
-        // firmware (`cargo xtask bench`, 1 MiB and 8 MiB `Reverse`, same
-        // bytes on the wire; see BENCHMARKS.md).
-        let tail = P::encode_request(id, request, self.peer_max_body, &mut self.buf)?;
-        if self.ext.meta && !meta.is_empty() {
-            match ext::insert_request_meta(&mut self.buf, 0, tail.len(), meta, self.peer_max_body) {
-                // The meta is advisory (a deadline, timings): a request of
-                // the server's whole `max_body` goes without it. A stream
-                // cannot: its request is small anyway.
-                Err(svmc_comm::Error::TooLargeToSend { .. })
-                    if !(meta.stream || meta.stream_answer) => {}
-                r => r?,
-            }
-        }
-        self.buf.extend_from_slice(tail);
+        self.core.check_usable()?;
+        let id = self.core.fresh_id(|_| false);
+        self.core.encode_request(id, request, meta, &mut self.buf)?;
         if let Err(e) = send_frame(&mut self.conn, &self.buf) {
-            return Err(self.failed(e));
+            return Err(self.core.fail(e));
         }
-        self.flight.sent(id);
+        self.core.sent(id);
         Ok(id)
     }
 
@@ -471,73 +421,44 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         &mut self,
         on_chunk: &mut dyn FnMut(RequestId, &[u8]) -> Result<()>,
     ) -> Result<(RequestId, Result<P::Response>)> {
-        self.check_usable()?;
+        self.core.check_usable()?;
         loop {
             if self.in_flight() == 0 {
                 return Err(Error::Usage("recv_response() with no request in flight"));
             }
-            let header = match recv_frame(&mut self.conn, self.max_body, &mut self.buf) {
+            let header = match self.read_frame() {
                 Ok(h) => h,
-                Err(e) => return Err(self.failed(e)),
+                Err(e) => return Err(self.core.fail(e)),
             };
-            let (id, answer) = match header.kind {
-                FrameKind::Chunk if self.ext.stream => {
-                    let r = match ext::decode_chunk(&self.buf) {
-                        // An abandoned request's data is discarded with it.
-                        Ok((id, Some(_))) if self.flight.is_abandoned(id) => Ok(()),
-                        Ok((id, Some(data))) => on_chunk(id, &data),
-                        // The end marker is only for request streams.
-                        Ok((_, None)) => Err(svmc_comm::Error::Malformed(
-                            "an answer stream's CHUNK without data".into(),
-                        )
-                        .into()),
-                        Err(e) => Err(e.into()),
-                    };
-                    match r {
-                        Ok(()) => continue,
-                        Err(e) => return Err(self.failed(e)),
+            match self.core.receive(header.kind, &mut self.buf)? {
+                Event::Answer { id, answer, meta } => {
+                    self.last_meta = meta.map(|m| (id, m));
+                    return Ok((id, answer));
+                }
+                Event::Chunk { id, data } => {
+                    if let Err(e) = on_chunk(id, &data) {
+                        return Err(self.core.fail(e));
                     }
                 }
-                FrameKind::Response if self.ext.meta => {
-                    match ext::split_meta::<ResponseMeta>(&mut self.buf) {
-                        Ok((start, meta)) => {
-                            let (id, r) = P::decode_response(&self.buf[start..]);
-                            self.last_meta = id.zip(meta);
-                            (id, r.map_err(Error::from))
-                        }
-                        Err((id, e)) => (id, Err(e.into())),
-                    }
-                }
-                FrameKind::Response => {
-                    let (id, r) = P::decode_response(&self.buf);
-                    (id, r.map_err(Error::from))
-                }
-                FrameKind::Error => match frame::decode_body::<ProtocolError>(&self.buf) {
-                    Ok(pe) if pe.fatal => {
-                        return Err(self.failed(svmc_comm::Error::Remote(pe).into()));
-                    }
-                    Ok(pe) => (pe.id, Err(svmc_comm::Error::Remote(pe).into())),
-                    Err(e) => (None, Err(e.into())),
-                },
-                got => (
-                    None,
-                    Err(svmc_comm::Error::UnexpectedFrame {
-                        expected: FrameKind::Response,
-                        got,
-                    }
-                    .into()),
-                ),
+                Event::Discarded => {}
+            }
+        }
+    }
+
+    /// Reads one frame into `buf`, within one deadline of the connection
+    /// ([`Connection::begin`]), exactly its bytes.
+    fn read_frame(&mut self) -> Result<Header> {
+        self.conn.begin(Step::Read);
+        let mut frame = FrameReader::new(self.core.max_body());
+        loop {
+            let n = match self.conn.recv(frame.want(&mut self.buf)) {
+                Ok(0) => return Err(frame.closed()),
+                Ok(n) => n,
+                Err(Error::Timeout(step)) => return Err(frame.timed_out(step)),
+                Err(e) => return Err(e),
             };
-            // By id, or the oldest in flight (answers come in order).
-            match self.flight.answered(id) {
-                Ok(Answered::Live(id)) => return Ok((id, answer)),
-                Ok(Answered::Discarded(id)) => log_discard!(
-                    "{}: discarded a late answer to abandoned request {} ({} so far)",
-                    P::NAME,
-                    id,
-                    self.flight.discarded()
-                ),
-                Err(e) => return Err(self.failed(e)),
+            if let Some(header) = frame.filled(n, &mut self.buf)? {
+                return Ok(header);
             }
         }
     }
@@ -545,13 +466,13 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// Gives up on request `id`: its answer, when it comes, is discarded.
     /// Does nothing if `id` is not in flight.
     pub fn abandon(&mut self, id: RequestId) {
-        self.flight.abandon(id);
+        self.core.abandon(id);
     }
 
     /// Sends `GOODBYE` and shuts the connection down (a poisoned client
     /// only shuts down: its stream may be inside a frame).
     pub fn close(mut self) -> Result<()> {
-        let r = if self.poisoned.is_some() {
+        let r = if self.core.poison().is_some() {
             Ok(())
         } else {
             send_frame(&mut self.conn, &frame::goodbye())
@@ -569,22 +490,5 @@ impl<C: Connection, P: Protocol> Client<C, P> {
     /// Gives the connection back without a `GOODBYE`.
     pub fn into_inner(self) -> C {
         self.conn
-    }
-
-    fn check_usable(&self) -> Result<()> {
-        match &self.poisoned {
-            None => Ok(()),
-            Some(first) => Err(Error::Poisoned {
-                source: first.clone(),
-            }),
-        }
-    }
-
-    /// Poisons the client if `e` is fatal; returns `e`.
-    fn failed(&mut self, e: Error) -> Error {
-        if e.is_fatal() && self.poisoned.is_none() {
-            self.poisoned = Some(Arc::new(e.duplicate()));
-        }
-        e
     }
 }

@@ -1,5 +1,8 @@
 //! Streams through the blocking [`Client`] (`WIRE.md` §10.4): a request's
 //! data sent in `CHUNK`s, an answer's data taken as its `CHUNK`s come.
+//! The frames are the core's to read
+//! ([`Event::Chunk`](super::sans_io::Event::Chunk)); here they are written
+//! and handed to the caller's reader and writer.
 
 use svmc_comm::ext::{self, RequestMeta};
 use svmc_comm::{Protocol, RequestId};
@@ -27,8 +30,8 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         data: &mut dyn std::io::Read,
         mut progress: impl FnMut(u64),
     ) -> Result<P::Response> {
-        self.check_usable()?;
-        if !self.ext.stream {
+        self.core.check_usable()?;
+        if !self.core.extensions().stream {
             return Err(Error::Usage(
                 "call_stream(): the server does not take request streams (no `stream` extension)",
             ));
@@ -83,8 +86,8 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         request: &P::Request,
         out: &mut dyn std::io::Write,
     ) -> Result<P::Response> {
-        self.check_usable()?;
-        if !self.ext.stream {
+        self.core.check_usable()?;
+        if !self.core.extensions().stream {
             return Err(Error::Usage(
                 "call_stream_answer(): the server sends no answer streams (no `stream` extension)",
             ));
@@ -126,7 +129,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         ext::encode_chunk_into(id, data, &mut self.buf)?;
         match send_frame(&mut self.conn, &self.buf) {
             Ok(()) => Ok(()),
-            Err(e) => Err(self.failed(e)),
+            Err(e) => Err(self.core.fail(e)),
         }
     }
 }
