@@ -315,21 +315,14 @@ where
         // Traced as the blocking client's calls are (`rpc` module docs):
         // a W3C traceparent when the call's span is enabled, and the
         // guest's timings as a child span.
-        let span = tracing::info_span!(
-            "svmc.call",
-            protocol = P::NAME,
-            id = tracing::field::Empty,
-            trace_id = tracing::field::Empty
+        let call = crate::rpc::trace::Call::start(
+            crate::rpc::trace::call_span!(P::NAME),
+            self.extensions().meta,
+            &mut meta,
         );
-        let trace =
-            (!span.is_disabled() && self.extensions().meta).then(crate::rpc::trace::Context::new);
-        if let Some(t) = &trace {
-            meta.traceparent = Some(t.traceparent());
-            span.record("trace_id", tracing::field::display(t.trace_id()));
-        }
-        let r = self.call_meta_in(request, timeout, meta, &span).await;
-        if let (Some(t), Ok((_, Some(m)))) = (&trace, &r) {
-            crate::rpc::trace::guest_span(&span, t, m);
+        let r = self.call_meta_in(request, timeout, meta, &call).await;
+        if let Ok((_, Some(m))) = &r {
+            call.answered(Some(m));
         }
         r
     }
@@ -339,14 +332,14 @@ where
         request: &P::Request,
         timeout: Option<Duration>,
         meta: RequestMeta,
-        span: &tracing::Span,
+        call: &crate::rpc::trace::Call,
     ) -> Result<(P::Response, Option<ResponseMeta>)> {
         let (id, rx) = {
             let mut st = self.shared.lock();
             st.core.check_usable()?;
             let State { waiting, core } = &mut *st;
             let id = core.fresh_id(|id| waiting.contains_key(&id));
-            span.record("id", id.0);
+            call.sent(id);
             let (tx, rx) = oneshot::channel();
             waiting.insert(id, tx);
             (id, rx)

@@ -207,31 +207,21 @@ impl<C: Connection, P: Protocol> Client<C, P> {
                 "call() while pipelined requests are unanswered: recv_response() them first",
             ));
         }
-        #[cfg(feature = "std")]
-        let span = tracing::info_span!(
-            "svmc.call",
-            protocol = P::NAME,
-            id = tracing::field::Empty,
-            trace_id = tracing::field::Empty
-        );
-        #[cfg(feature = "std")]
-        let _entered = span.enter();
         let mut meta = self.default_meta();
         #[cfg(feature = "std")]
-        let trace = (!span.is_disabled() && self.core.extensions().meta).then(trace::Context::new);
+        let call = trace::Call::start(
+            trace::call_span!(P::NAME),
+            self.core.extensions().meta,
+            &mut meta,
+        );
         #[cfg(feature = "std")]
-        if let Some(t) = &trace {
-            meta.traceparent = Some(t.traceparent());
-            span.record("trace_id", tracing::field::display(t.trace_id()));
-        }
+        let _entered = call.span().enter();
         let id = self.send_request_with(request, &meta)?;
         #[cfg(feature = "std")]
-        span.record("id", id.0);
+        call.sent(id);
         let r = self.wait_for(id);
         #[cfg(feature = "std")]
-        if let (Some(t), Some(m)) = (&trace, self.answer_meta(id)) {
-            trace::guest_span(&span, t, m);
-        }
+        call.answered(self.answer_meta(id));
         let _ = &mut meta;
         r
     }
