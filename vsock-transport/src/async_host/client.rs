@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 
 use super::{AsyncStream, within};
 use crate::rpc::client::frames::FrameReader;
-use crate::rpc::client::sans_io::{self, ClientCore, Encoder, Ended, Event, StrayFrames};
+use crate::rpc::client::sans_io::{self, ClientCore, Codec, Ended, Event, StrayFrames};
 use crate::{Error, Result, Step, Timeouts};
 
 /// Frames queued for the writer task at most; a call waits for room.
@@ -79,8 +79,8 @@ pub struct Client<P: Protocol> {
     frames: mpsc::Sender<Command>,
     reader: AbortHandle,
     writer: AbortHandle,
-    /// Encodes requests without the lock.
-    encoder: Encoder<P>,
+    /// Encodes requests (and the reader decodes answers) without the lock.
+    codec: Codec<P>,
     call_timeout: Option<Duration>,
 }
 
@@ -131,7 +131,7 @@ impl<P: Protocol> fmt::Debug for Client<P> {
         let st = self.shared.lock();
         f.debug_struct("Client")
             .field("protocol", &P::NAME)
-            .field("peer_max_body", &self.encoder.peer_max_body())
+            .field("peer_max_body", &self.codec.peer_max_body())
             .field("in_flight", &st.waiting.len())
             .field("abandoned", &st.core.abandoned())
             .field("discarded", &st.core.discarded())
@@ -217,7 +217,7 @@ where
         .await?;
         // No answer streams are read here: a `CHUNK` ends the connection.
         let core = ClientCore::new(max_body, ours, &peer, StrayFrames::Fail, false);
-        let encoder = core.encoder();
+        let codec = core.codec();
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -227,13 +227,19 @@ where
         });
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let writer = tokio::spawn(write_loop(shared.clone(), wr, queue, timeouts.write));
-        let reader = tokio::spawn(read_loop(shared.clone(), rd, max_body, timeouts.read));
+        let reader = tokio::spawn(read_loop(
+            shared.clone(),
+            rd,
+            codec,
+            max_body,
+            timeouts.read,
+        ));
         Ok(Self {
             shared,
             frames,
             reader: reader.abort_handle(),
             writer: writer.abort_handle(),
-            encoder,
+            codec,
             call_timeout: timeouts.read,
         })
     }
@@ -243,12 +249,12 @@ where
     /// request's deadline; with `cancel`, a call that times out or is
     /// dropped after its frame was written sends a `CANCEL`.
     pub fn extensions(&self) -> Extensions {
-        self.encoder.extensions()
+        self.codec.extensions()
     }
 
     /// The largest request body the server accepts (from its `HELLO`).
     pub fn peer_max_body(&self) -> u32 {
-        self.encoder.peer_max_body()
+        self.codec.peer_max_body()
     }
 
     /// Calls waiting for their answers now.
@@ -355,7 +361,7 @@ where
         // The frame is queued whole: the tail (a payload) is copied once.
         // The lock is not held while encoding: only the connection's
         // settings are read, and they do not change.
-        self.encoder.encode_request(id, request, &meta, &mut f)?;
+        self.codec.encode_request(id, request, &meta, &mut f)?;
         let exchange = async {
             if self.frames.send(Command::Request(id, f)).await.is_err() {
                 return Err(self.ended_error());
@@ -528,6 +534,7 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
 async fn read_loop<P: Protocol, S: AsyncRead>(
     shared: Arc<Shared<P>>,
     mut rd: ReadHalf<S>,
+    codec: Codec<P>,
     max_body: u32,
     read: Option<Duration>,
 ) {
@@ -539,8 +546,10 @@ async fn read_loop<P: Protocol, S: AsyncRead>(
             Err(Error::Closed) => return shared.end(Ended::Closed),
             Err(e) => return shared.end(Ended::Poisoned(Arc::new(e))),
         };
+        // Decoded before taking the lock: calls go on meanwhile.
+        let decoded = codec.decode(header.kind, &mut body);
         let mut st = shared.lock();
-        match st.core.receive(header.kind, &mut body) {
+        match decoded.and_then(|d| st.core.resolve(d)) {
             Ok(Event::Answer { id, answer, meta }) => {
                 if let Some(tx) = st.waiting.remove(&id) {
                     // The call may be gone this instant; then the answer

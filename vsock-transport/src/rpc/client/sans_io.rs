@@ -158,34 +158,57 @@ pub(crate) fn peer_hello<P: Protocol>(kind: FrameKind, body: &[u8]) -> Result<He
     Ok(Hello::decode_checked::<P>(body)?)
 }
 
-/// What encoding a request needs of a connection: the server's maximum
-/// and the extensions on. Fixed after `HELLO`, so a copy encodes requests
-/// without holding whatever guards the [`ClientCore`] (the async client's
-/// lock: a large payload is copied while other calls go on).
-pub(crate) struct Encoder<P: Protocol> {
+/// A frame decoded ([`Codec::decode`]), not yet matched to a request.
+#[derive(Debug)]
+pub(crate) enum Decoded<'b, P: Protocol> {
+    /// An answer to request `id`, or without a readable id to the oldest
+    /// in flight: the response or that request's own error, and the meta
+    /// the server sent with it.
+    Answer {
+        id: Option<RequestId>,
+        answer: Result<P::Response>,
+        meta: Option<ResponseMeta>,
+    },
+    /// A piece of the answer stream of request `id`.
+    Chunk { id: RequestId, data: Cow<'b, [u8]> },
+}
+
+/// What encoding and decoding frames need of a connection: the server's
+/// maximum, the extensions on, how the client takes stray frames and
+/// `CHUNK`s. Fixed after `HELLO`, so a copy encodes requests and decodes
+/// answers without holding whatever guards the [`ClientCore`] (the async
+/// client's lock: other calls go on while a large payload is copied or
+/// decoded).
+pub(crate) struct Codec<P: Protocol> {
     peer_max_body: u32,
     ext: Extensions,
+    stray: StrayFrames,
+    /// Whether `CHUNK`s of answer streams are taken (`stream` is on and
+    /// the caller reads streams); else a `CHUNK` is a stray frame.
+    chunks: bool,
     _protocol: PhantomData<fn() -> P>,
 }
 
-impl<P: Protocol> Clone for Encoder<P> {
+impl<P: Protocol> Clone for Codec<P> {
     fn clone(&self) -> Self {
         *self
     }
 }
 
-impl<P: Protocol> Copy for Encoder<P> {}
+impl<P: Protocol> Copy for Codec<P> {}
 
-impl<P: Protocol> core::fmt::Debug for Encoder<P> {
+impl<P: Protocol> core::fmt::Debug for Codec<P> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Encoder")
+        f.debug_struct("Codec")
             .field("peer_max_body", &self.peer_max_body)
             .field("ext", &self.ext)
+            .field("stray", &self.stray)
+            .field("chunks", &self.chunks)
             .finish()
     }
 }
 
-impl<P: Protocol> Encoder<P> {
+impl<P: Protocol> Codec<P> {
     /// The largest request body the server accepts.
     pub(crate) fn peer_max_body(&self) -> u32 {
         self.peer_max_body
@@ -227,17 +250,61 @@ impl<P: Protocol> Encoder<P> {
         out.extend_from_slice(tail);
         Ok(())
     }
+
+    /// Decodes the frame of `kind` with `body` (as read). An error is the
+    /// connection's, not one request's (the caller passes it to
+    /// [`ClientCore::fail`], or ends the connection).
+    pub(crate) fn decode<'b>(&self, kind: FrameKind, body: &'b mut [u8]) -> Result<Decoded<'b, P>> {
+        let mut meta = None;
+        let (id, answer): (Option<RequestId>, Result<P::Response>) = match kind {
+            FrameKind::Chunk if self.chunks => {
+                return match ext::decode_chunk(body) {
+                    Ok((id, Some(data))) => Ok(Decoded::Chunk { id, data }),
+                    // The end marker is only for request streams.
+                    Ok((_, None)) => Err(svmc_comm::Error::Malformed(
+                        "an answer stream's CHUNK without data".into(),
+                    )
+                    .into()),
+                    Err(e) => Err(e.into()),
+                };
+            }
+            FrameKind::Response if self.ext.meta => match ext::split_meta::<ResponseMeta>(body) {
+                Ok((start, m)) => {
+                    meta = m;
+                    let (id, r) = P::decode_response(&body[start..]);
+                    (id, r.map_err(Error::from))
+                }
+                Err((id, e)) => (id, Err(e.into())),
+            },
+            FrameKind::Response => {
+                let (id, r) = P::decode_response(body);
+                (id, r.map_err(Error::from))
+            }
+            FrameKind::Error => match frame::decode_body::<ProtocolError>(body) {
+                Ok(pe) if pe.fatal => return Err(svmc_comm::Error::Remote(pe).into()),
+                Ok(pe) => (pe.id, Err(svmc_comm::Error::Remote(pe).into())),
+                Err(e) => (None, Err(e.into())),
+            },
+            got => {
+                let e = svmc_comm::Error::UnexpectedFrame {
+                    expected: FrameKind::Response,
+                    got,
+                };
+                match self.stray {
+                    StrayFrames::AnswerOldest => (None, Err(e.into())),
+                    StrayFrames::Fail => return Err(e.into()),
+                }
+            }
+        };
+        Ok(Decoded::Answer { id, answer, meta })
+    }
 }
 
 /// The client's state of one connection after `HELLO`; see the module
 /// docs.
 pub(crate) struct ClientCore<P: Protocol> {
     max_body: u32,
-    encoder: Encoder<P>,
-    stray: StrayFrames,
-    /// Whether `CHUNK`s of answer streams are taken (`stream` is on and
-    /// the caller reads streams); else a `CHUNK` is a stray frame.
-    chunks: bool,
+    codec: Codec<P>,
     flight: InFlight,
     ended: Option<Ended>,
     _protocol: PhantomData<fn() -> P>,
@@ -257,13 +324,13 @@ impl<P: Protocol> ClientCore<P> {
         let ext = offered.both(peer.extensions());
         Self {
             max_body,
-            encoder: Encoder {
+            codec: Codec {
                 peer_max_body: peer.max_body,
                 ext,
+                stray,
+                chunks: chunks && ext.stream,
                 _protocol: PhantomData,
             },
-            stray,
-            chunks: chunks && ext.stream,
             flight: InFlight::new(),
             ended: None,
             _protocol: PhantomData,
@@ -277,18 +344,18 @@ impl<P: Protocol> ClientCore<P> {
 
     /// The largest request body the server accepts.
     pub(crate) fn peer_max_body(&self) -> u32 {
-        self.encoder.peer_max_body()
+        self.codec.peer_max_body()
     }
 
-    /// A copy of what encodes requests.
+    /// A copy of what encodes requests and decodes answers.
     #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async client's
-    pub(crate) fn encoder(&self) -> Encoder<P> {
-        self.encoder
+    pub(crate) fn codec(&self) -> Codec<P> {
+        self.codec
     }
 
     /// The extensions on for this connection.
     pub(crate) fn extensions(&self) -> Extensions {
-        self.encoder.extensions()
+        self.codec.extensions()
     }
 
     /// Requests written whose callers wait for their answers.
@@ -369,7 +436,7 @@ impl<P: Protocol> ClientCore<P> {
         self.flight.discard_live();
     }
 
-    /// [`Encoder::encode_request`].
+    /// [`Codec::encode_request`].
     pub(crate) fn encode_request(
         &self,
         id: RequestId,
@@ -377,14 +444,14 @@ impl<P: Protocol> ClientCore<P> {
         meta: &RequestMeta,
         out: &mut Vec<u8>,
     ) -> Result<()> {
-        self.encoder.encode_request(id, request, meta, out)
+        self.codec.encode_request(id, request, meta, out)
     }
 
     /// Encodes a `CANCEL` of request `id` into `out` (replacing its
     /// contents) where `cancel` is on and `id` was written and is not
     /// answered yet; `false` (and `out` left alone) otherwise.
     pub(crate) fn encode_cancel(&self, id: RequestId, out: &mut Vec<u8>) -> Result<bool> {
-        if !self.encoder.ext.cancel || !self.flight.contains(id) {
+        if !self.codec.ext.cancel || !self.flight.contains(id) {
             return Ok(false);
         }
         out.clear();
@@ -397,50 +464,33 @@ impl<P: Protocol> ClientCore<P> {
         Ok(true)
     }
 
-    /// What the frame of `kind` with `body` (as read) means. An error is
-    /// the connection's, not one request's; a fatal one ends the
+    /// What the frame of `kind` with `body` (as read) means: decoded
+    /// ([`Codec::decode`]) and matched ([`ClientCore::resolve`]). An error
+    /// is the connection's, not one request's; a fatal one ends the
     /// connection ([`ClientCore::fail`]).
     pub(crate) fn receive<'b>(
         &mut self,
         kind: FrameKind,
         body: &'b mut [u8],
     ) -> Result<Event<'b, P>> {
-        let mut meta = None;
-        let (id, answer): (Option<RequestId>, Result<P::Response>) = match kind {
-            FrameKind::Chunk if self.chunks => return self.chunk(body),
-            FrameKind::Response if self.encoder.ext.meta => {
-                match ext::split_meta::<ResponseMeta>(body) {
-                    Ok((start, m)) => {
-                        meta = m;
-                        let (id, r) = P::decode_response(&body[start..]);
-                        (id, r.map_err(Error::from))
-                    }
-                    Err((id, e)) => (id, Err(e.into())),
-                }
+        match self.codec.decode(kind, body) {
+            Ok(d) => self.resolve(d),
+            Err(e) => Err(self.fail(e)),
+        }
+    }
+
+    /// What a decoded frame means: matched to its request in flight (by
+    /// id, or the oldest: answers come in order). An error (an answer to
+    /// no request) is the connection's and fatal.
+    pub(crate) fn resolve<'b>(&mut self, decoded: Decoded<'b, P>) -> Result<Event<'b, P>> {
+        let (id, answer, meta) = match decoded {
+            // An abandoned request's data is discarded with it.
+            Decoded::Chunk { id, .. } if self.flight.is_abandoned(id) => {
+                return Ok(Event::Discarded);
             }
-            FrameKind::Response => {
-                let (id, r) = P::decode_response(body);
-                (id, r.map_err(Error::from))
-            }
-            FrameKind::Error => match frame::decode_body::<ProtocolError>(body) {
-                Ok(pe) if pe.fatal => {
-                    return Err(self.fail(svmc_comm::Error::Remote(pe).into()));
-                }
-                Ok(pe) => (pe.id, Err(svmc_comm::Error::Remote(pe).into())),
-                Err(e) => (None, Err(e.into())),
-            },
-            got => {
-                let e = svmc_comm::Error::UnexpectedFrame {
-                    expected: FrameKind::Response,
-                    got,
-                };
-                match self.stray {
-                    StrayFrames::AnswerOldest => (None, Err(e.into())),
-                    StrayFrames::Fail => return Err(self.fail(e.into())),
-                }
-            }
+            Decoded::Chunk { id, data } => return Ok(Event::Chunk { id, data }),
+            Decoded::Answer { id, answer, meta } => (id, answer, meta),
         };
-        // By id, or the oldest in flight (answers come in order).
         match self.flight.answered(id) {
             Ok(Answered::Live(id)) => Ok(Event::Answer { id, answer, meta }),
             Ok(Answered::Discarded(id)) => {
@@ -455,20 +505,6 @@ impl<P: Protocol> ClientCore<P> {
             Err(e) => Err(self.fail(e)),
         }
     }
-
-    /// A `CHUNK` of an answer stream.
-    fn chunk<'b>(&mut self, body: &'b [u8]) -> Result<Event<'b, P>> {
-        match ext::decode_chunk(body) {
-            // An abandoned request's data is discarded with it.
-            Ok((id, Some(_))) if self.flight.is_abandoned(id) => Ok(Event::Discarded),
-            Ok((id, Some(data))) => Ok(Event::Chunk { id, data }),
-            // The end marker is only for request streams.
-            Ok((_, None)) => Err(self.fail(
-                svmc_comm::Error::Malformed("an answer stream's CHUNK without data".into()).into(),
-            )),
-            Err(e) => Err(self.fail(e.into())),
-        }
-    }
 }
 
 impl<P: Protocol> core::fmt::Debug for ClientCore<P> {
@@ -476,8 +512,8 @@ impl<P: Protocol> core::fmt::Debug for ClientCore<P> {
         f.debug_struct("ClientCore")
             .field("protocol", &P::NAME)
             .field("max_body", &self.max_body)
-            .field("peer_max_body", &self.encoder.peer_max_body)
-            .field("ext", &self.encoder.ext)
+            .field("peer_max_body", &self.codec.peer_max_body)
+            .field("ext", &self.codec.ext)
             .field("flight", &self.flight)
             .field("ended", &self.ended)
             .finish()
