@@ -322,3 +322,24 @@ fn an_ended_connection_forgets_what_was_in_flight() {
         "first reason wins"
     );
 }
+
+#[test]
+fn decoding_needs_only_a_copy_of_the_codec_and_matching_the_core() {
+    let mut c = core();
+    let codec = c.codec();
+    let a = send(&mut c, &RequestMeta::default());
+    let b = send(&mut c, &RequestMeta::default());
+    let (kind, mut body) = response(b, &Response::PowerOff);
+    let decoded = codec.decode(kind, &mut body).unwrap();
+    assert!(matches!(decoded, Decoded::Answer { id: Some(x), .. } if x == b));
+    assert_eq!(c.live(), 2, "decoding matched nothing");
+    assert!(matches!(c.resolve(decoded).unwrap(), Event::Answer { id, .. } if id == b));
+    // A fatal ERROR is an error of the decoder; the core is told.
+    let fatal = ProtocolError::new(ProtocolErrorCode::TooLarge, true, "bye");
+    let (kind, mut body) = error(&fatal);
+    let e = codec.decode(kind, &mut body).unwrap_err();
+    assert!(c.check_usable().is_ok(), "the decoder has no state");
+    c.fail(e);
+    assert!(c.check_usable().is_err());
+    assert_eq!(c.live(), 1, "{a} still in flight");
+}
