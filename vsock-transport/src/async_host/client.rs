@@ -3,19 +3,19 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use svmc_comm::ext::{self, Extensions, RequestMeta, ResponseMeta};
-use svmc_comm::frame::{self, FrameKind, HEADER_LEN, Header, ProtocolError};
-use svmc_comm::{Hello, Protocol, RequestId};
+use svmc_comm::ext::{Extensions, RequestMeta, ResponseMeta};
+use svmc_comm::frame::{self, Header};
+use svmc_comm::{Protocol, RequestId};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use super::{AsyncStream, within};
-use crate::rpc::flight::{Answered, InFlight};
+use crate::rpc::client::frames::FrameReader;
+use crate::rpc::client::sans_io::{self, ClientCore, Codec, Ended, Event, StrayFrames};
 use crate::{Error, Result, Step, Timeouts};
 
 /// Frames queued for the writer task at most; a call waits for room.
@@ -38,7 +38,9 @@ enum Command {
 }
 
 /// Client side of a connection for async code: many tasks may call at once
-/// (`&self`), each call with its own timeout.
+/// (`&self`), each call with its own timeout. Tokio tasks under the
+/// sans-IO core the blocking [`crate::rpc::Client`] runs on too, which
+/// keeps the ids, the requests in flight and the rules below.
 ///
 /// # How answers find their calls
 ///
@@ -77,9 +79,9 @@ pub struct Client<P: Protocol> {
     frames: mpsc::Sender<Command>,
     reader: AbortHandle,
     writer: AbortHandle,
-    peer_max_body: u32,
+    /// Encodes requests (and the reader decodes answers) without the lock.
+    codec: Codec<P>,
     call_timeout: Option<Duration>,
-    ext: Extensions,
 }
 
 struct Shared<P: Protocol> {
@@ -90,35 +92,9 @@ struct State<P: Protocol> {
     /// Calls waiting for their answer, by id: their frames queued or
     /// written. Only a call still here gets its frame written.
     waiting: HashMap<RequestId, oneshot::Sender<Delivery<P>>>,
-    /// Requests written and not answered yet, in write order, live or
-    /// abandoned; and the next id.
-    flight: InFlight,
-    /// Set when the connection ended: why.
-    ended: Option<Ended>,
-}
-
-#[derive(Clone)]
-enum Ended {
-    Closed,
-    /// The first fatal error.
-    Poisoned(Arc<Error>),
-    ClosedByUs,
-    /// An I/O task was dropped before it ended the connection: its runtime
-    /// shut down.
-    RuntimeGone,
-}
-
-impl Ended {
-    fn error(&self) -> Error {
-        match self {
-            Ended::Closed => Error::Closed,
-            Ended::Poisoned(first) => Error::Poisoned {
-                source: first.clone(),
-            },
-            Ended::ClosedByUs => Error::ShutDown,
-            Ended::RuntimeGone => Error::RuntimeGone,
-        }
-    }
+    /// Requests written and not answered yet, live or abandoned; the next
+    /// id; whether the connection ended and why.
+    core: ClientCore<P>,
 }
 
 impl<P: Protocol> Shared<P> {
@@ -130,14 +106,11 @@ impl<P: Protocol> Shared<P> {
     /// Ends the connection (first reason wins) and fails every waiting call.
     fn end(&self, why: Ended) {
         let mut st = self.lock();
-        if st.ended.is_none() {
-            st.ended = Some(why);
-        }
-        let why = st.ended.clone().expect("set");
+        st.core.end(why);
+        let why = st.core.ended().cloned().expect("set");
         for (_, tx) in st.waiting.drain() {
             let _ = tx.send((Err(why.error()), None));
         }
-        st.flight.clear();
     }
 }
 
@@ -158,76 +131,51 @@ impl<P: Protocol> fmt::Debug for Client<P> {
         let st = self.shared.lock();
         f.debug_struct("Client")
             .field("protocol", &P::NAME)
-            .field("peer_max_body", &self.peer_max_body)
+            .field("peer_max_body", &self.codec.peer_max_body())
             .field("in_flight", &st.waiting.len())
-            .field("abandoned", &st.flight.abandoned())
-            .field("discarded", &st.flight.discarded())
-            .field("ended", &st.ended.as_ref().map(|e| e.error().to_string()))
+            .field("abandoned", &st.core.abandoned())
+            .field("discarded", &st.core.discarded())
+            .field("ended", &st.core.ended().map(|e| e.error().to_string()))
             .finish_non_exhaustive()
     }
 }
 
-/// Reads one frame: `Ok(None)` for a clean close before its first byte.
-/// Within a frame, the rest must come within `read` (else
-/// [`Error::TimeoutInFrame`]).
+/// Reads one frame into `body` ([`FrameReader`]): its first byte whenever
+/// it comes, the rest within `read` (else [`Error::TimeoutInFrame`]). A
+/// clean close before the first byte is [`Error::Closed`].
 async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     max: u32,
     read: Option<Duration>,
     body: &mut Vec<u8>,
-) -> Result<Option<Header>> {
-    let mut h = [0u8; HEADER_LEN];
-    let n = r
-        .read(&mut h[..1])
-        .await
-        .map_err(|e| Error::io("reading a frame", e))?;
-    if n == 0 {
-        return Ok(None);
+) -> Result<Header> {
+    let mut frame = FrameReader::new(max);
+    let mut next = async |frame: &mut FrameReader, body: &mut Vec<u8>, most: usize| {
+        let want = frame.want(body);
+        let most = most.min(want.len());
+        match r.read(&mut want[..most]).await {
+            Ok(0) => Err(frame.closed()),
+            Ok(n) => frame.filled(n, body),
+            Err(e) => Err(Error::io("reading a frame", e)),
+        }
+    };
+    if let Some(header) = next(&mut frame, body, 1).await? {
+        return Ok(header);
     }
-    let got = AtomicUsize::new(1);
     let rest = async {
-        read_exact_counted(r, &mut h[1..], &got, HEADER_LEN).await?;
-        let header = Header::parse(h, max)?;
-        body.clear();
-        body.resize(header.len as usize, 0);
-        read_exact_counted(r, body, &got, header.frame_len()).await?;
-        Ok(header)
+        loop {
+            if let Some(header) = next(&mut frame, body, usize::MAX).await? {
+                return Ok(header);
+            }
+        }
     };
     match read {
-        None => rest.await.map(Some),
+        None => rest.await,
         Some(d) => match tokio::time::timeout(d, rest).await {
-            Ok(r) => r.map(Some),
-            Err(_) => Err(Error::TimeoutInFrame {
-                step: Step::Read,
-                got: got.load(Ordering::Relaxed),
-            }),
+            Ok(r) => r,
+            Err(_) => Err(frame.timed_out(Step::Read)),
         },
     }
-}
-
-async fn read_exact_counted<R: AsyncRead + Unpin>(
-    r: &mut R,
-    buf: &mut [u8],
-    got: &AtomicUsize,
-    frame_len: usize,
-) -> Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = r
-            .read(&mut buf[filled..])
-            .await
-            .map_err(|e| Error::io("reading a frame", e))?;
-        if n == 0 {
-            return Err(svmc_comm::Error::Truncated {
-                expected: frame_len,
-                got: got.load(Ordering::Relaxed),
-            }
-            .into());
-        }
-        filled += n;
-        got.fetch_add(n, Ordering::Relaxed);
-    }
-    Ok(())
 }
 
 impl<P: Protocol + 'static> Client<P>
@@ -252,14 +200,10 @@ where
         max_body: u32,
         timeouts: &Timeouts,
     ) -> Result<Self> {
-        svmc_comm::handshake::check_name::<P>()?;
-        let (mut rd, mut wr) = tokio::io::split(stream);
         let ours = Extensions::ALL;
-        let hello = frame::encode(
-            FrameKind::Hello,
-            &Hello::new::<P>(max_body).with_ext(ours),
-            frame::HELLO_MAX_BODY,
-        )?;
+        let mut hello = Vec::new();
+        sans_io::hello_frame::<P>(max_body, ours, frame::HELLO_MAX_BODY, &mut hello)?;
+        let (mut rd, mut wr) = tokio::io::split(stream);
         let mut body = Vec::new();
         let peer = within(timeouts.hello, Step::Hello, async {
             wr.write_all(&hello)
@@ -267,32 +211,36 @@ where
                 .map_err(|e| crate::rpc::closed_before_hello(Error::io("sending HELLO", e)))?;
             let header = read_frame(&mut rd, frame::HELLO_MAX_BODY, None, &mut body)
                 .await
-                .map_err(crate::rpc::closed_before_hello)?
-                .ok_or(Error::ClosedBeforeHello)?;
-            frame::check_kind(header.kind, FrameKind::Hello, &body)?;
-            Ok(Hello::decode_checked::<P>(&body)?)
+                .map_err(crate::rpc::closed_before_hello)?;
+            sans_io::peer_hello::<P>(header.kind, &body)
         })
         .await?;
-        let ext = ours.both(peer.extensions());
+        // No answer streams are read here: a `CHUNK` ends the connection.
+        let core = ClientCore::new(max_body, ours, &peer, StrayFrames::Fail, false);
+        let codec = core.codec();
 
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 waiting: HashMap::new(),
-                flight: InFlight::new(),
-                ended: None,
+                core,
             }),
         });
         let (frames, queue) = mpsc::channel(WRITE_QUEUE);
         let writer = tokio::spawn(write_loop(shared.clone(), wr, queue, timeouts.write));
-        let reader = tokio::spawn(read_loop(shared.clone(), rd, max_body, timeouts.read, ext));
+        let reader = tokio::spawn(read_loop(
+            shared.clone(),
+            rd,
+            codec,
+            max_body,
+            timeouts.read,
+        ));
         Ok(Self {
             shared,
             frames,
             reader: reader.abort_handle(),
             writer: writer.abort_handle(),
-            peer_max_body: peer.max_body,
+            codec,
             call_timeout: timeouts.read,
-            ext,
         })
     }
 
@@ -301,12 +249,12 @@ where
     /// request's deadline; with `cancel`, a call that times out or is
     /// dropped after its frame was written sends a `CANCEL`.
     pub fn extensions(&self) -> Extensions {
-        self.ext
+        self.codec.extensions()
     }
 
     /// The largest request body the server accepts (from its `HELLO`).
     pub fn peer_max_body(&self) -> u32 {
-        self.peer_max_body
+        self.codec.peer_max_body()
     }
 
     /// Calls waiting for their answers now.
@@ -317,12 +265,12 @@ where
     /// How many answers to cancelled calls (timed out or dropped) were
     /// discarded so far.
     pub fn discarded(&self) -> u64 {
-        self.shared.lock().flight.discarded()
+        self.shared.lock().core.discarded()
     }
 
     /// Whether the connection ended (every call fails).
     pub fn is_closed(&self) -> bool {
-        self.shared.lock().ended.is_some()
+        self.shared.lock().core.ended().is_some()
     }
 
     /// Sends one request and waits for its answer, at most the default call
@@ -346,10 +294,7 @@ where
         request: &P::Request,
         timeout: Option<Duration>,
     ) -> Result<P::Response> {
-        let meta = RequestMeta {
-            deadline_ms: timeout.map(|d| u32::try_from(d.as_millis()).unwrap_or(u32::MAX)),
-            ..RequestMeta::default()
-        };
+        let meta = sans_io::deadline_meta(timeout);
         self.call_meta(request, timeout, meta).await.map(|(a, _)| a)
     }
 
@@ -376,20 +321,14 @@ where
         // Traced as the blocking client's calls are (`rpc` module docs):
         // a W3C traceparent when the call's span is enabled, and the
         // guest's timings as a child span.
-        let span = tracing::info_span!(
-            "svmc.call",
-            protocol = P::NAME,
-            id = tracing::field::Empty,
-            trace_id = tracing::field::Empty
+        let call = crate::rpc::trace::Call::start(
+            crate::rpc::trace::call_span!(P::NAME),
+            self.extensions().meta,
+            &mut meta,
         );
-        let trace = (!span.is_disabled() && self.ext.meta).then(crate::rpc::trace::Context::new);
-        if let Some(t) = &trace {
-            meta.traceparent = Some(t.traceparent());
-            span.record("trace_id", tracing::field::display(t.trace_id()));
-        }
-        let r = self.call_meta_in(request, timeout, meta, &span).await;
-        if let (Some(t), Ok((_, Some(m)))) = (&trace, &r) {
-            crate::rpc::trace::guest_span(&span, t, m);
+        let r = self.call_meta_in(request, timeout, meta, &call).await;
+        if let Ok((_, Some(m))) = &r {
+            call.answered(Some(m));
         }
         r
     }
@@ -399,18 +338,14 @@ where
         request: &P::Request,
         timeout: Option<Duration>,
         meta: RequestMeta,
-        span: &tracing::Span,
+        call: &crate::rpc::trace::Call,
     ) -> Result<(P::Response, Option<ResponseMeta>)> {
         let (id, rx) = {
             let mut st = self.shared.lock();
-            if let Some(why) = &st.ended {
-                return Err(why.error());
-            }
-            let State {
-                waiting, flight, ..
-            } = &mut *st;
-            let id = flight.fresh_id(|id| waiting.contains_key(&id));
-            span.record("id", id.0);
+            st.core.check_usable()?;
+            let State { waiting, core } = &mut *st;
+            let id = core.fresh_id(|id| waiting.contains_key(&id));
+            call.sent(id);
             let (tx, rx) = oneshot::channel();
             waiting.insert(id, tx);
             (id, rx)
@@ -419,22 +354,14 @@ where
         // the call: its frame is not written, or its id is abandoned.
         let guard = Pending {
             shared: &self.shared,
-            frames: self.ext.cancel.then_some(&self.frames),
+            frames: self.extensions().cancel.then_some(&self.frames),
             id,
         };
         let mut f = Vec::new();
         // The frame is queued whole: the tail (a payload) is copied once.
-        let tail = P::encode_request(id, request, self.peer_max_body, &mut f)?;
-        if self.ext.meta && !meta.is_empty() {
-            match ext::insert_request_meta(&mut f, 0, tail.len(), &meta, self.peer_max_body) {
-                // The meta is advisory: a request of the server's whole
-                // `max_body` goes without it.
-                Err(svmc_comm::Error::TooLargeToSend { .. }) => {}
-                r => r?,
-            }
-        }
-        f.reserve_exact(tail.len());
-        f.extend_from_slice(tail);
+        // The lock is not held while encoding: only the connection's
+        // settings are read, and they do not change.
+        self.codec.encode_request(id, request, &meta, &mut f)?;
         let exchange = async {
             if self.frames.send(Command::Request(id, f)).await.is_err() {
                 return Err(self.ended_error());
@@ -469,9 +396,9 @@ where
     pub async fn shutdown(&self) -> Result<()> {
         let first = {
             let mut st = self.shared.lock();
-            let first = st.ended.is_none();
+            let first = st.core.ended().is_none();
             if first {
-                st.ended = Some(Ended::ClosedByUs);
+                st.core.end(Ended::ClosedByUs);
             }
             first
         };
@@ -493,7 +420,7 @@ where
     }
 
     fn ended_error(&self) -> Error {
-        match &self.shared.lock().ended {
+        match self.shared.lock().core.ended() {
             Some(why) => why.error(),
             None => Error::Closed,
         }
@@ -530,15 +457,15 @@ impl<P: Protocol> Drop for Pending<'_, P> {
             // not written yet; if it was, its answer is discarded, and the
             // server is told it need not do the work (best effort: not if
             // the writer's queue is full).
-            st.flight.abandon(self.id);
+            st.core.abandon(self.id);
             if let Some(frames) = self.frames
-                && st.ended.is_none()
+                && st.core.ended().is_none()
             {
                 let _ = frames.try_send(Command::Cancel(self.id));
             }
-        } else if st.ended.is_none() {
+        } else if st.core.ended().is_none() {
             // Its answer came as it was cancelled, and was never taken.
-            st.flight.discard_live();
+            st.core.discard_live();
         }
     }
 }
@@ -559,24 +486,16 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
                     // connection ended): the server never sees it.
                     continue;
                 }
-                st.flight.sent(id);
+                st.core.sent(id);
                 f
             }
             Command::Cancel(id) => {
                 let st = shared.lock();
-                // Only a request written and still unanswered.
-                if st.waiting.contains_key(&id) || !st.flight.contains(id) {
-                    continue;
-                }
-                drop(st);
+                // Only a request written and still unanswered, whose
+                // caller gave up.
                 let mut f = Vec::new();
-                if frame::encode_into(
-                    FrameKind::Cancel,
-                    &ext::Cancel { id },
-                    ext::CANCEL_MAX_BODY,
-                    &mut f,
-                )
-                .is_err()
+                if st.waiting.contains_key(&id)
+                    || !matches!(st.core.encode_cancel(id, &mut f), Ok(true))
                 {
                     continue;
                 }
@@ -615,64 +534,32 @@ async fn write_loop<P: Protocol, S: AsyncWrite>(
 async fn read_loop<P: Protocol, S: AsyncRead>(
     shared: Arc<Shared<P>>,
     mut rd: ReadHalf<S>,
+    codec: Codec<P>,
     max_body: u32,
     read: Option<Duration>,
-    ext: Extensions,
 ) {
     let _end = EndIfDropped(shared.clone());
     let mut body = Vec::new();
     loop {
         let header = match read_frame(&mut rd, max_body, read, &mut body).await {
-            Ok(Some(h)) => h,
-            Ok(None) => return shared.end(Ended::Closed),
+            Ok(h) => h,
+            Err(Error::Closed) => return shared.end(Ended::Closed),
             Err(e) => return shared.end(Ended::Poisoned(Arc::new(e))),
         };
-        let mut meta = None;
-        let (id, answer): (Option<RequestId>, Answer<P>) = match header.kind {
-            FrameKind::Response if ext.meta => match ext::split_meta::<ResponseMeta>(&mut body) {
-                Ok((start, m)) => {
-                    meta = m;
-                    let (id, r) = P::decode_response(&body[start..]);
-                    (id, r.map_err(Error::from))
-                }
-                Err((id, e)) => (id, Err(e.into())),
-            },
-            FrameKind::Response => {
-                let (id, r) = P::decode_response(&body);
-                (id, r.map_err(Error::from))
-            }
-            FrameKind::Error => match frame::decode_body::<ProtocolError>(&body) {
-                Ok(pe) if pe.fatal => {
-                    return shared.end(Ended::Poisoned(Arc::new(
-                        svmc_comm::Error::Remote(pe).into(),
-                    )));
-                }
-                Ok(pe) => (pe.id, Err(svmc_comm::Error::Remote(pe).into())),
-                Err(e) => (None, Err(e.into())),
-            },
-            got => {
-                let e = svmc_comm::Error::UnexpectedFrame {
-                    expected: FrameKind::Response,
-                    got,
-                };
-                return shared.end(Ended::Poisoned(Arc::new(e.into())));
-            }
-        };
+        // Decoded before taking the lock: calls go on meanwhile.
+        let decoded = codec.decode(header.kind, &mut body);
         let mut st = shared.lock();
-        // By id, or the oldest written (answers come in order).
-        match st.flight.answered(id) {
-            Ok(Answered::Live(id)) => {
+        match decoded.and_then(|d| st.core.resolve(d)) {
+            Ok(Event::Answer { id, answer, meta }) => {
                 if let Some(tx) = st.waiting.remove(&id) {
                     // The call may be gone this instant; then the answer
                     // is dropped.
                     let _ = tx.send((answer, meta));
                 }
             }
-            Ok(Answered::Discarded(id)) => tracing::warn!(
-                "{}: discarded a late answer to abandoned request {id} ({} so far)",
-                P::NAME,
-                st.flight.discarded()
-            ),
+            // Logged by the core; no `CHUNK` is taken (`chunks` off).
+            Ok(Event::Discarded | Event::Chunk { .. }) => {}
+            // Any error here ends the connection, fatal or not.
             Err(e) => {
                 drop(st);
                 return shared.end(Ended::Poisoned(Arc::new(e)));

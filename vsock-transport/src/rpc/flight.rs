@@ -2,8 +2,9 @@
 //! half of `WIRE.md` R-ID-2 (no id reused while its request is in flight
 //! or abandoned and unanswered), R-ID-4 (an answer without an id is the
 //! oldest request's) and R-ID-6 (a late answer to an abandoned request is
-//! discarded; an answer to no request is fatal). Sans-IO, shared by the
-//! blocking [`Client`](super::Client) and the async client.
+//! discarded; an answer to no request is fatal). Sans-IO, kept by the
+//! client core (`client::sans_io`) that the blocking
+//! [`Client`](super::Client) and the async client share.
 //!
 //! Abandoned requests are kept until their answers come, however many
 //! there are: each one is a request that was written, and the server

@@ -96,7 +96,7 @@
 //! ```
 
 mod ahead;
-mod client;
+pub(crate) mod client;
 pub(crate) mod flight;
 pub mod many;
 mod server;

@@ -15,7 +15,63 @@ use core::fmt::Write as _;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use svmc_comm::ext::ResponseMeta;
+use svmc_comm::RequestId;
+use svmc_comm::ext::{RequestMeta, ResponseMeta};
+
+/// The `svmc.call` span of a call of protocol `$protocol`, its fields
+/// `id` and `trace_id` recorded later ([`Call`]). A macro so that the
+/// span's target is the module of the client that makes the call.
+macro_rules! call_span {
+    ($protocol:expr) => {
+        tracing::info_span!(
+            "svmc.call",
+            protocol = $protocol,
+            id = tracing::field::Empty,
+            trace_id = tracing::field::Empty
+        )
+    };
+}
+pub(crate) use call_span;
+
+/// One call's `svmc.call` span, and its trace ids when it is traced:
+/// what both clients record around a call.
+pub(crate) struct Call {
+    span: tracing::Span,
+    trace: Option<Context>,
+}
+
+impl Call {
+    /// Starts tracing the call whose span is `span` ([`call_span!`]).
+    /// Where the span is enabled and the `meta` extension is on
+    /// (`meta_on`), the call is traced: `meta` gets a fresh `traceparent`,
+    /// the span its trace id.
+    pub(crate) fn start(span: tracing::Span, meta_on: bool, meta: &mut RequestMeta) -> Self {
+        let trace = (!span.is_disabled() && meta_on).then(Context::new);
+        if let Some(t) = &trace {
+            meta.traceparent = Some(t.traceparent());
+            span.record("trace_id", tracing::field::display(t.trace_id()));
+        }
+        Self { span, trace }
+    }
+
+    /// The call's span.
+    pub(crate) fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// The call got request id `id`.
+    pub(crate) fn sent(&self, id: RequestId) {
+        self.span.record("id", id.0);
+    }
+
+    /// The call was answered, with the server's meta `m` if any: its
+    /// timings become the child span `svmc.guest` of a traced call.
+    pub(crate) fn answered(&self, m: Option<&ResponseMeta>) {
+        if let (Some(t), Some(m)) = (&self.trace, m) {
+            guest_span(&self.span, t, m);
+        }
+    }
+}
 
 /// The ids of one traced call.
 #[derive(Debug, Clone, Copy)]
@@ -56,7 +112,7 @@ fn random() -> u64 {
 }
 
 /// Records the server's side of the call as a child span of `call`.
-pub(crate) fn guest_span(call: &tracing::Span, t: &Context, m: &ResponseMeta) {
+fn guest_span(call: &tracing::Span, t: &Context, m: &ResponseMeta) {
     let span = tracing::info_span!(
         parent: call,
         "svmc.guest",
