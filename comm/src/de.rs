@@ -41,8 +41,7 @@ use core::fmt;
 use ciborium_ll::{Decoder, Header, simple, tag};
 use serde::de::{self, DeserializeSeed, Visitor};
 
-/// Deepest nesting of arrays, maps and enums accepted in a body.
-pub(crate) const RECURSION_LIMIT: usize = 128;
+use crate::defs::RECURSION_LIMIT;
 
 /// Why a body could not be deserialized.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! A client gives every request a [`RequestId`]; the server's `RESPONSE`
 //! (and a non-fatal `ERROR` about that request) carries the same id, so an
 //! answer can never be taken for the answer to another request. The
-//! envelope belongs to the frame layer, not to a [`Protocol`]: every
+//! envelope belongs to the frame layer, not to a [`Protocol`](crate::Protocol): every
 //! protocol carried by these frames gets ids.
 //!
 //! Encoding writes the envelope straight into the caller's buffer (no
@@ -39,37 +39,13 @@
 //! counts as the first of the [`crate::frame::RECURSION_LIMIT`] levels.
 
 use alloc::vec::Vec;
-use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::de::Deserializer;
+pub use crate::defs::RequestId;
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameKind};
-#[allow(unused_imports)] // Named in the docs.
-use crate::handshake::Protocol;
-
-/// The id a client gives a request; its answer carries the same id.
-///
-/// Chosen by the client; on the wire `uint .size 4`. A client does not
-/// reuse an id while a request with that id is in flight or abandoned and
-/// still unanswered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RequestId(pub u32);
-
-impl RequestId {
-    /// The id after this one (wrapping after `u32::MAX`).
-    pub fn next(self) -> Self {
-        Self(self.0.wrapping_add(1))
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
 
 /// Appends a `REQUEST` frame with body `[id, request]` to `out`.
 ///
@@ -87,7 +63,7 @@ pub fn encode_request_into<T: Serialize + ?Sized>(
 /// Appends a `RESPONSE` frame with body `[id, response]` to `out`.
 ///
 /// Fails with [`Error::TooLargeToSend`] if the body would exceed `max` (the
-/// client's `max_body`), leaving `out` unchanged; [`Protocol`] implementors
+/// client's `max_body`), leaving `out` unchanged; [`Protocol`](crate::Protocol) implementors
 /// say what to answer instead (`Protocol::response_too_large`).
 pub fn encode_response_into<T: Serialize + ?Sized>(
     id: RequestId,

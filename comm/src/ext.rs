@@ -71,15 +71,7 @@ pub const CANCEL: &str = "cancel";
 /// The extension that adds request streams (`CHUNK` frames).
 pub const STREAM: &str = "stream";
 
-/// Most data bytes in one `CHUNK`.
-pub const CHUNK_MAX_DATA: usize = 64 * 1024;
-
-/// Largest `CHUNK` body: [`CHUNK_MAX_DATA`] and its envelope
-/// (`[id, bytes]`: 1 + 5 + 5 bytes of heads).
-pub const CHUNK_MAX_BODY: u32 = CHUNK_MAX_DATA as u32 + 16;
-
-/// Largest `CANCEL` body (`{"id": uint .size 4}` takes at most 9 bytes).
-pub const CANCEL_MAX_BODY: u32 = 64;
+pub use crate::defs::{CANCEL_MAX_BODY, CHUNK_MAX_BODY, CHUNK_MAX_DATA};
 
 /// Longest `traceparent` a receiver keeps (W3C Trace Context version 00 is
 /// 55 characters; later versions may append fields).

@@ -58,7 +58,11 @@ struct ReadmeDoctests;
 
 extern crate alloc;
 
+// Layers, bottom up: `defs` (the shared types and limits; imports nothing
+// of this crate), `error`, `de`, `frame`, `envelope`, `ext`, `handshake`.
+// A module imports only from the layers below it.
 mod de;
+mod defs;
 pub mod envelope;
 pub mod error;
 pub mod ext;
