@@ -1,5 +1,5 @@
 //! A serde [`Deserializer`](serde::Deserializer) for one CBOR data item held
-//! in a byte slice, built on `ciborium-ll` (ciborium's own low-level decoder).
+//! in a byte slice, built on this crate's head reader ([`crate::head`]).
 //!
 //! ciborium's deserializer reads through a [`ciborium_io::Read`] stream: every
 //! byte string is copied into a scratch buffer, and one longer than the
@@ -38,7 +38,7 @@ use alloc::vec::Vec;
 use core::cmp::Ordering;
 use core::fmt;
 
-use ciborium_ll::{Decoder, Header, simple, tag};
+use crate::head::{self, HeadError, Header, simple, tag};
 use serde::de::{self, DeserializeSeed, Visitor};
 
 use crate::defs::RECURSION_LIMIT;
@@ -174,14 +174,12 @@ impl<'de> Deserializer<'de> {
     }
 
     /// The next header and its encoded length, without consuming it.
+    #[inline]
     fn peek(&self) -> Result<(Header, usize)> {
-        let rest = self.buf.get(self.pos..).unwrap_or_default();
-        let mut d = Decoder::from(rest);
-        match d.pull() {
-            Ok(h) => Ok((h, d.offset())),
-            Err(ciborium_ll::Error::Io(_)) => Err(DeError::Eof),
-            Err(ciborium_ll::Error::Syntax(o)) => Err(DeError::Syntax(self.pos + o)),
-        }
+        head::pull(self.buf, self.pos).map_err(|e| match e {
+            HeadError::Eof => DeError::Eof,
+            HeadError::Syntax => DeError::Syntax(self.pos),
+        })
     }
 
     fn pull(&mut self) -> Result<Header> {
@@ -995,9 +993,8 @@ fn cmp_keys(buf: &[u8], a: usize, b: usize) -> Ordering {
 }
 
 /// A read position for [`cmp_keys`]. It reads heads with the
-/// deserializer's own [`Deserializer::pull`], so that `ciborium-ll`'s
-/// decoder stays inlined in one place (a second caller made the compiler
-/// call it out of line, which cost every decode about 10%).
+/// deserializer's own [`Deserializer::pull`], the one head reader
+/// ([`crate::head`]).
 struct Cursor<'a>(Deserializer<'a>);
 
 impl<'a> Cursor<'a> {

@@ -44,8 +44,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::de::Deserializer;
 pub use crate::defs::RequestId;
+// The building blocks of a protocol's direct codec, at their old home.
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameKind};
+pub use crate::head::{push_head, read_head};
 
 /// Appends a `REQUEST` frame with body `[id, request]` to `out`.
 ///
@@ -98,54 +100,6 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> (Option<RequestId>, Res
         Ok(v) => Ok(v),
     };
     (id.map(RequestId), msg)
-}
-
-/// Appends the shortest CBOR head of major type `major` (0 to 7) with
-/// argument `arg`: what ciborium's encoder writes for a uint, a string's
-/// or an array's length. One of the building blocks of a protocol's own
-/// direct codec (`Protocol::encode_request` and its siblings), with
-/// [`read_head`] and [`push_frame_head`].
-pub fn push_head(out: &mut Vec<u8>, major: u8, arg: u64) {
-    let m = major << 5;
-    if arg < 24 {
-        out.push(m | arg as u8);
-    } else if arg <= 0xff {
-        out.extend_from_slice(&[m | 24, arg as u8]);
-    } else if arg <= 0xffff {
-        let b = (arg as u16).to_be_bytes();
-        out.extend_from_slice(&[m | 25, b[0], b[1]]);
-    } else if arg <= 0xffff_ffff {
-        let b = (arg as u32).to_be_bytes();
-        out.extend_from_slice(&[m | 26, b[0], b[1], b[2], b[3]]);
-    } else {
-        out.push(m | 27);
-        out.extend_from_slice(&arg.to_be_bytes());
-    }
-}
-
-/// Reads a definite CBOR head at `body[*pos..]` (any width, as the generic
-/// decoder accepts): its major type and argument, and moves `pos` past it.
-/// `None` for an indefinite length, a reserved width or the end of `body`.
-pub fn read_head(body: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
-    let first = *body.get(*pos)?;
-    let info = first & 0x1f;
-    let width = match info {
-        0..=23 => 0,
-        24 => 1,
-        25 => 2,
-        26 => 4,
-        27 => 8,
-        _ => return None,
-    };
-    let start = *pos + 1;
-    let arg = if width == 0 {
-        u64::from(info)
-    } else {
-        let bytes = body.get(start..start + width)?;
-        bytes.iter().fold(0, |a, &b| (a << 8) | u64::from(b))
-    };
-    *pos = start + width;
-    Some((first >> 5, arg))
 }
 
 /// Writes the frame header of `kind` and the body head `[id, ` (then

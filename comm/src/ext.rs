@@ -60,9 +60,10 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::de::Deserializer;
-use crate::envelope::{RequestId, read_head};
+use crate::envelope::RequestId;
 use crate::error::{Error, Result};
 use crate::frame::{self, HEADER_LEN};
+use crate::head::{push_head, read_head};
 
 /// The extension that adds the meta item to request and response bodies.
 pub const META: &str = "meta";
@@ -290,7 +291,7 @@ pub fn insert_request_meta(
         } => {
             let mut item = Vec::with_capacity(18);
             item.extend_from_slice(b"\xa1\x6bdeadline_ms");
-            crate::envelope::push_head(&mut item, 0, u64::from(*ms));
+            push_head(&mut item, 0, u64::from(*ms));
             item
         }
         _ => {
@@ -337,9 +338,9 @@ fn response_meta_item(meta: &ResponseMeta) -> Result<Vec<u8>> {
             stats: None,
         } => {
             item.extend_from_slice(b"\xa2\x69queued_us");
-            crate::envelope::push_head(&mut item, 0, *q);
+            push_head(&mut item, 0, *q);
             item.extend_from_slice(b"\x6ahandled_us");
-            crate::envelope::push_head(&mut item, 0, *h);
+            push_head(&mut item, 0, *h);
         }
         _ => frame::encode_item(meta, &mut item)?,
     }
@@ -514,10 +515,10 @@ pub fn encode_chunk_into(id: RequestId, data: Option<&[u8]>, out: &mut Vec<u8>) 
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     out.push(0x82);
-    crate::envelope::push_head(out, 0, u64::from(id.0));
+    push_head(out, 0, u64::from(id.0));
     match data {
         Some(d) => {
-            crate::envelope::push_head(out, 2, d.len() as u64);
+            push_head(out, 2, d.len() as u64);
             out.extend_from_slice(d);
         }
         None => out.push(0xf6),
