@@ -54,6 +54,16 @@ pub(crate) enum DeError {
     Custom(String),
     /// Nested deeper than [`RECURSION_LIMIT`].
     TooDeep,
+    /// An enum's variant name that the target type does not know: serde's
+    /// [`unknown_variant`](de::Error::unknown_variant), recorded as such so
+    /// that it becomes [`Error::UnknownVariant`](crate::Error::UnknownVariant)
+    /// (`ERROR` code 4) by its type, not by the wording of a message.
+    UnknownVariant {
+        /// The name received.
+        name: String,
+        /// The names the target type knows.
+        expected: &'static [&'static str],
+    },
 }
 
 impl fmt::Display for DeError {
@@ -63,6 +73,25 @@ impl fmt::Display for DeError {
             Self::Syntax(o) => write!(f, "invalid CBOR at byte {o}"),
             Self::Custom(m) => f.write_str(m),
             Self::TooDeep => f.write_str("nesting too deep"),
+            // serde's own wording, as its default `unknown_variant` has it.
+            Self::UnknownVariant { name, expected } => {
+                write!(f, "unknown variant `{name}`, ")?;
+                match expected {
+                    [] => f.write_str("there are no variants"),
+                    [a] => write!(f, "expected `{a}`"),
+                    [a, b] => write!(f, "expected `{a}` or `{b}`"),
+                    names => {
+                        f.write_str("expected one of ")?;
+                        for (i, n) in names.iter().enumerate() {
+                            if i > 0 {
+                                f.write_str(", ")?;
+                            }
+                            write!(f, "`{n}`")?;
+                        }
+                        Ok(())
+                    }
+                }
+            }
         }
     }
 }
@@ -72,6 +101,14 @@ impl core::error::Error for DeError {}
 impl de::Error for DeError {
     fn custom<T: fmt::Display>(msg: T) -> Self {
         Self::Custom(msg.to_string())
+    }
+
+    #[cold]
+    fn unknown_variant(variant: &str, expected: &'static [&'static str]) -> Self {
+        Self::UnknownVariant {
+            name: variant.into(),
+            expected,
+        }
     }
 
     // serde's defaults format the `Unexpected` value, and its `Display`
@@ -1257,6 +1294,22 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_variant_is_typed_and_worded_as_serde_words_it() {
+        use serde::de::Error as _;
+        const NAMES: [&str; 3] = ["rev", "info", "off"];
+        for n in 0..=NAMES.len() {
+            let expected: &'static [&'static str] = &NAMES[..n];
+            let ours = DeError::unknown_variant("su`m\n", expected);
+            assert!(matches!(&ours, DeError::UnknownVariant { name, .. } if name == "su`m\n"));
+            let serdes = serde::de::value::Error::unknown_variant("su`m\n", expected);
+            assert_eq!(ours.to_string(), serdes.to_string());
+        }
+        // A message that merely reads like one is not one.
+        let custom = DeError::custom("unknown variant `sum`");
+        assert!(matches!(custom, DeError::Custom(_)));
+    }
+
+    #[test]
     fn strings_borrow_and_tags_are_skipped() {
         assert_eq!(de::<&str>(b"\x63abc"), Ok("abc"));
         assert_eq!(de::<&str>(b"\xd8\x20\x63abc"), Ok("abc"));
@@ -1404,7 +1457,7 @@ mod tests {
         v.extend(core::iter::repeat_n(0x81, 200));
         v.push(0x80);
         assert!(
-            matches!(de::<Chain>(&v), Err(DeError::Custom(m)) if m.starts_with("unknown variant"))
+            matches!(de::<Chain>(&v), Err(DeError::UnknownVariant { name, .. }) if name == "z")
         );
     }
 

@@ -54,7 +54,12 @@ pub enum Error {
         offset: usize,
     },
     /// The body is well-formed CBOR naming a message variant this side does
-    /// not know (a newer peer, or garbage that happens to parse).
+    /// not know (a newer peer, or garbage that happens to parse). The text
+    /// is serde's: the name received and the names known. The decoder
+    /// reports it as its own case (serde's `unknown_variant`), so a
+    /// receiver answers it with `ERROR` code 4
+    /// ([`ProtocolErrorCode::UnknownVariant`](crate::frame::ProtocolErrorCode::UnknownVariant)),
+    /// whatever the wording of other errors.
     #[error("unknown message variant: {0}")]
     UnknownVariant(String),
     /// The body is well-formed CBOR but does not have the shape of the

@@ -216,7 +216,7 @@ pub(crate) fn classify(e: DeError, body_len: usize) -> Error {
     match e {
         DeError::Eof => Error::InvalidCbor { offset: body_len },
         DeError::Syntax(offset) => Error::InvalidCbor { offset },
-        DeError::Custom(msg) if msg.starts_with("unknown variant") => Error::UnknownVariant(msg),
+        e @ DeError::UnknownVariant { .. } => Error::UnknownVariant(e.to_string()),
         DeError::Custom(msg) => Error::Malformed(msg),
         DeError::TooDeep => Error::Malformed("nesting too deep".into()),
     }

@@ -245,6 +245,37 @@ fn unknown_variant() {
 }
 
 #[test]
+fn unknown_variant_is_told_by_its_type_not_its_wording() {
+    // Nested: an unknown `ServiceError` inside `Response::Err`, with
+    // serde's full wording.
+    let e = frame::decode_body::<Response>(b"\xa1\x63err\x63bad").unwrap_err();
+    assert_eq!(
+        e,
+        Error::UnknownVariant(
+            "unknown variant `bad`, expected one of `payload_too_large`, `out_of_memory`, \
+             `unsupported`, `internal`"
+                .into()
+        )
+    );
+    // A type whose own error merely reads like one is malformed (code 3).
+    struct Lookalike;
+    impl<'de> serde::Deserialize<'de> for Lookalike {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let _ = <u8 as serde::Deserialize>::deserialize(d)?;
+            Err(serde::de::Error::custom("unknown variant `sum`"))
+        }
+    }
+    let e = frame::decode_body::<Lookalike>(b"\x01")
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e, Error::Malformed(_)), "{e:?}");
+    assert_eq!(
+        ProtocolError::from_error(&e).map(|p| p.code),
+        Some(ProtocolErrorCode::BadMessage)
+    );
+}
+
+#[test]
 fn malformed_shape() {
     for body in [
         &b"\x01"[..],                  // an integer, not a message
