@@ -114,8 +114,8 @@ pub fn encode_item<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<
 /// to `out`. Fails with [`Error::TooLargeToSend`] if the body would exceed
 /// `max` (or the fixed limit of the kind), leaving `out` unchanged.
 ///
-/// `REQUEST` and `RESPONSE` bodies are `[id, message]`: write them with
-/// [`crate::envelope`].
+/// The body is `msg` itself, as for [`encode`]: `REQUEST` and `RESPONSE`
+/// bodies are `[id, message]`, so write them with [`crate::envelope`].
 pub fn encode_into<T: Serialize + ?Sized>(
     kind: FrameKind,
     msg: &T,
@@ -152,19 +152,26 @@ pub fn encode_into<T: Serialize + ?Sized>(
     Ok(())
 }
 
-/// One complete frame of `kind` holding `msg`, checked against `max`.
+/// One complete frame of `kind` whose whole body is `msg`, checked
+/// against `max`.
+///
+/// The body is `msg` itself, which is right for `HELLO`, `ERROR` and
+/// `CANCEL` frames. A `REQUEST` or `RESPONSE` body is `[id, message]`
+/// (`WIRE.md` §3) and a version 2 peer refuses a bare message: write those
+/// with [`crate::envelope::encode_request_into`] and
+/// [`crate::envelope::encode_response_into`] (or a protocol's own
+/// [`crate::Protocol::encode_request`]).
 ///
 /// ```
-/// use svmc_comm::frame::{self, FrameKind, DEFAULT_MAX_BODY};
-/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-/// enum Request {
-///     #[serde(rename = "info")]
-///     Info,
-/// }
-/// let f = frame::encode(FrameKind::Request, &Request::Info, DEFAULT_MAX_BODY).unwrap();
-/// assert_eq!(f, [0x02, 0, 0, 0, 5, 0x64, b'i', b'n', b'f', b'o']);
-/// let back: Request = frame::decode(&f, FrameKind::Request, DEFAULT_MAX_BODY).unwrap();
-/// assert_eq!(back, Request::Info);
+/// use svmc_comm::frame::{self, ERROR_MAX_BODY, FrameKind, ProtocolError, ProtocolErrorCode};
+///
+/// let busy = ProtocolError::new(ProtocolErrorCode::Busy, true, "busy");
+/// let f = frame::encode(FrameKind::Error, &busy, ERROR_MAX_BODY)?;
+/// // `{"code": 7, "fatal": true, "detail": "busy"}`
+/// assert_eq!(&f[..6], [0x04, 0, 0, 0, 26, 0xa3]);
+/// let back: ProtocolError = frame::decode(&f, FrameKind::Error, ERROR_MAX_BODY)?;
+/// assert_eq!(back, busy);
+/// # Ok::<(), svmc_comm::Error>(())
 /// ```
 pub fn encode<T: Serialize + ?Sized>(kind: FrameKind, msg: &T, max: u32) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -223,7 +230,9 @@ pub(crate) fn classify(e: DeError, body_len: usize) -> Error {
 }
 
 /// Decodes one complete frame held in `frame` (header and body, nothing
-/// else), expecting kind `expected`.
+/// else), expecting kind `expected`. Its whole body is a `T`: for a
+/// `REQUEST` or `RESPONSE` that is the `[id, message]` pair (or decode the
+/// body with [`crate::envelope::decode`]).
 ///
 /// A frame of kind [`FrameKind::Error`] decodes to [`Error::Remote`].
 pub fn decode<T: DeserializeOwned>(frame: &[u8], expected: FrameKind, max: u32) -> Result<T> {
