@@ -223,7 +223,7 @@ pub(crate) fn classify(e: DeError, body_len: usize) -> Error {
     match e {
         DeError::Eof => Error::InvalidCbor { offset: body_len },
         DeError::Syntax(offset) => Error::InvalidCbor { offset },
-        e @ DeError::UnknownVariant { .. } => Error::UnknownVariant(e.to_string()),
+        DeError::UnknownVariant(msg) => Error::UnknownVariant(msg.into()),
         DeError::Custom(msg) => Error::Malformed(msg),
         DeError::TooDeep => Error::Malformed("nesting too deep".into()),
     }

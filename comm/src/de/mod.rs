@@ -101,7 +101,6 @@ impl<'de> Deserializer<'de> {
     }
 
     /// The next header and its encoded length, without consuming it.
-    #[inline]
     fn peek(&self) -> Result<(Header, usize)> {
         head::pull(self.buf, self.pos).map_err(|e| match e {
             HeadError::Eof => DeError::Eof,
