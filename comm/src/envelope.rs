@@ -4,7 +4,7 @@
 //! A client gives every request a [`RequestId`]; the server's `RESPONSE`
 //! (and a non-fatal `ERROR` about that request) carries the same id, so an
 //! answer can never be taken for the answer to another request. The
-//! envelope belongs to the frame layer, not to a [`Protocol`]: every
+//! envelope belongs to the frame layer, not to a [`Protocol`](crate::Protocol): every
 //! protocol carried by these frames gets ids.
 //!
 //! Encoding writes the envelope straight into the caller's buffer (no
@@ -39,37 +39,15 @@
 //! counts as the first of the [`crate::frame::RECURSION_LIMIT`] levels.
 
 use alloc::vec::Vec;
-use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
 use crate::de::Deserializer;
+pub use crate::defs::RequestId;
+// The building blocks of a protocol's direct codec, at their old home.
 use crate::error::{Error, Result};
 use crate::frame::{self, FrameKind};
-#[allow(unused_imports)] // Named in the docs.
-use crate::handshake::Protocol;
-
-/// The id a client gives a request; its answer carries the same id.
-///
-/// Chosen by the client; on the wire `uint .size 4`. A client does not
-/// reuse an id while a request with that id is in flight or abandoned and
-/// still unanswered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct RequestId(pub u32);
-
-impl RequestId {
-    /// The id after this one (wrapping after `u32::MAX`).
-    pub fn next(self) -> Self {
-        Self(self.0.wrapping_add(1))
-    }
-}
-
-impl fmt::Display for RequestId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
+pub use crate::head::{push_head, read_head};
 
 /// Appends a `REQUEST` frame with body `[id, request]` to `out`.
 ///
@@ -87,7 +65,7 @@ pub fn encode_request_into<T: Serialize + ?Sized>(
 /// Appends a `RESPONSE` frame with body `[id, response]` to `out`.
 ///
 /// Fails with [`Error::TooLargeToSend`] if the body would exceed `max` (the
-/// client's `max_body`), leaving `out` unchanged; [`Protocol`] implementors
+/// client's `max_body`), leaving `out` unchanged; [`Protocol`](crate::Protocol) implementors
 /// say what to answer instead (`Protocol::response_too_large`).
 pub fn encode_response_into<T: Serialize + ?Sized>(
     id: RequestId,
@@ -122,54 +100,6 @@ pub fn decode<'a, T: Deserialize<'a>>(body: &'a [u8]) -> (Option<RequestId>, Res
         Ok(v) => Ok(v),
     };
     (id.map(RequestId), msg)
-}
-
-/// Appends the shortest CBOR head of major type `major` (0 to 7) with
-/// argument `arg`: what ciborium's encoder writes for a uint, a string's
-/// or an array's length. One of the building blocks of a protocol's own
-/// direct codec (`Protocol::encode_request` and its siblings), with
-/// [`read_head`] and [`push_frame_head`].
-pub fn push_head(out: &mut Vec<u8>, major: u8, arg: u64) {
-    let m = major << 5;
-    if arg < 24 {
-        out.push(m | arg as u8);
-    } else if arg <= 0xff {
-        out.extend_from_slice(&[m | 24, arg as u8]);
-    } else if arg <= 0xffff {
-        let b = (arg as u16).to_be_bytes();
-        out.extend_from_slice(&[m | 25, b[0], b[1]]);
-    } else if arg <= 0xffff_ffff {
-        let b = (arg as u32).to_be_bytes();
-        out.extend_from_slice(&[m | 26, b[0], b[1], b[2], b[3]]);
-    } else {
-        out.push(m | 27);
-        out.extend_from_slice(&arg.to_be_bytes());
-    }
-}
-
-/// Reads a definite CBOR head at `body[*pos..]` (any width, as the generic
-/// decoder accepts): its major type and argument, and moves `pos` past it.
-/// `None` for an indefinite length, a reserved width or the end of `body`.
-pub fn read_head(body: &[u8], pos: &mut usize) -> Option<(u8, u64)> {
-    let first = *body.get(*pos)?;
-    let info = first & 0x1f;
-    let width = match info {
-        0..=23 => 0,
-        24 => 1,
-        25 => 2,
-        26 => 4,
-        27 => 8,
-        _ => return None,
-    };
-    let start = *pos + 1;
-    let arg = if width == 0 {
-        u64::from(info)
-    } else {
-        let bytes = body.get(start..start + width)?;
-        bytes.iter().fold(0, |a, &b| (a << 8) | u64::from(b))
-    };
-    *pos = start + width;
-    Some((first >> 5, arg))
 }
 
 /// Writes the frame header of `kind` and the body head `[id, ` (then

@@ -3,7 +3,7 @@
 use alloc::string::String;
 use core::fmt;
 
-use crate::frame::FrameKind;
+use crate::defs::{FrameKind, ProtocolError, RequestId};
 
 /// Everything that can be wrong with a frame, a message or a handshake.
 ///
@@ -54,7 +54,12 @@ pub enum Error {
         offset: usize,
     },
     /// The body is well-formed CBOR naming a message variant this side does
-    /// not know (a newer peer, or garbage that happens to parse).
+    /// not know (a newer peer, or garbage that happens to parse). The text
+    /// is serde's: the name received and the names known. The decoder
+    /// reports it as its own case (serde's `unknown_variant`), so a
+    /// receiver answers it with `ERROR` code 4
+    /// ([`ProtocolErrorCode::UnknownVariant`](crate::frame::ProtocolErrorCode::UnknownVariant)),
+    /// whatever the wording of other errors.
     #[error("unknown message variant: {0}")]
     UnknownVariant(String),
     /// The body is well-formed CBOR but does not have the shape of the
@@ -90,7 +95,7 @@ pub enum Error {
     /// The peer reported a protocol-level error (an `ERROR` frame) and will
     /// close the connection if the error is fatal.
     #[error("peer reported a protocol error: {0}")]
-    Remote(crate::frame::ProtocolError),
+    Remote(ProtocolError),
     /// A message could not be encoded (a `Serialize` impl failed). Nothing
     /// was sent.
     #[error("could not encode message: {0}")]
@@ -125,7 +130,7 @@ pub enum Error {
     /// flight: one the client never sent, or one already answered. The
     /// stream is out of step (fatal).
     #[error("answer with request id {0} that has no request in flight")]
-    UnexpectedId(crate::envelope::RequestId),
+    UnexpectedId(RequestId),
 }
 
 impl Error {

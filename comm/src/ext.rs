@@ -60,9 +60,10 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 
 use crate::de::Deserializer;
-use crate::envelope::{RequestId, read_head};
+use crate::envelope::RequestId;
 use crate::error::{Error, Result};
 use crate::frame::{self, HEADER_LEN};
+use crate::head::{push_head, read_head};
 
 /// The extension that adds the meta item to request and response bodies.
 pub const META: &str = "meta";
@@ -71,15 +72,7 @@ pub const CANCEL: &str = "cancel";
 /// The extension that adds request streams (`CHUNK` frames).
 pub const STREAM: &str = "stream";
 
-/// Most data bytes in one `CHUNK`.
-pub const CHUNK_MAX_DATA: usize = 64 * 1024;
-
-/// Largest `CHUNK` body: [`CHUNK_MAX_DATA`] and its envelope
-/// (`[id, bytes]`: 1 + 5 + 5 bytes of heads).
-pub const CHUNK_MAX_BODY: u32 = CHUNK_MAX_DATA as u32 + 16;
-
-/// Largest `CANCEL` body (`{"id": uint .size 4}` takes at most 9 bytes).
-pub const CANCEL_MAX_BODY: u32 = 64;
+pub use crate::defs::{CANCEL_MAX_BODY, CHUNK_MAX_BODY, CHUNK_MAX_DATA};
 
 /// Longest `traceparent` a receiver keeps (W3C Trace Context version 00 is
 /// 55 characters; later versions may append fields).
@@ -280,6 +273,8 @@ pub fn insert_meta<M: Serialize + ?Sized>(
 /// [`insert_meta`] for a request's meta, with a fast path for the meta the
 /// clients send by default, `{"deadline_ms": N}` alone (written directly:
 /// the same bytes as serde's).
+// Pays (`fast_paths` bench, against `insert_meta`, x86_64, a loaded
+// 2-core host): 50 ns against 93 ns.
 pub fn insert_request_meta(
     out: &mut Vec<u8>,
     frame_start: usize,
@@ -298,7 +293,7 @@ pub fn insert_request_meta(
         } => {
             let mut item = Vec::with_capacity(18);
             item.extend_from_slice(b"\xa1\x6bdeadline_ms");
-            crate::envelope::push_head(&mut item, 0, u64::from(*ms));
+            push_head(&mut item, 0, u64::from(*ms));
             item
         }
         _ => {
@@ -312,6 +307,7 @@ pub fn insert_request_meta(
 
 /// [`insert_meta`] for a response's meta, with a fast path for timings
 /// alone (written directly: the same bytes as serde's).
+// Pays (`fast_paths` bench, against `insert_meta`): 68 ns against 157 ns.
 pub fn insert_response_meta(
     out: &mut Vec<u8>,
     frame_start: usize,
@@ -345,9 +341,9 @@ fn response_meta_item(meta: &ResponseMeta) -> Result<Vec<u8>> {
             stats: None,
         } => {
             item.extend_from_slice(b"\xa2\x69queued_us");
-            crate::envelope::push_head(&mut item, 0, *q);
+            push_head(&mut item, 0, *q);
             item.extend_from_slice(b"\x6ahandled_us");
-            crate::envelope::push_head(&mut item, 0, *h);
+            push_head(&mut item, 0, *h);
         }
         _ => frame::encode_item(meta, &mut item)?,
     }
@@ -459,6 +455,8 @@ pub fn split_meta<M: for<'de> Deserialize<'de>>(
 /// one integer read: decoding it through serde was most of what the
 /// extensions cost a 16-byte round trip). Anything else goes through
 /// [`split_meta`]; the results are the same.
+// Pays (`fast_paths` bench, against `split_meta::<RequestMeta>`): 18 ns
+// against 111 ns.
 #[allow(clippy::type_complexity)]
 pub fn split_request_meta(
     body: &mut [u8],
@@ -522,10 +520,10 @@ pub fn encode_chunk_into(id: RequestId, data: Option<&[u8]>, out: &mut Vec<u8>) 
     let start = out.len();
     out.extend_from_slice(&[0; HEADER_LEN]);
     out.push(0x82);
-    crate::envelope::push_head(out, 0, u64::from(id.0));
+    push_head(out, 0, u64::from(id.0));
     match data {
         Some(d) => {
-            crate::envelope::push_head(out, 2, d.len() as u64);
+            push_head(out, 2, d.len() as u64);
             out.extend_from_slice(d);
         }
         None => out.push(0xf6),

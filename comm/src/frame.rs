@@ -13,64 +13,17 @@
 //! ([`Error::Truncated`]) from a complete frame. The full grammar and
 //! annotated examples are in `WIRE.md` at the root of this crate.
 
-use alloc::string::{String, ToString};
+use alloc::string::ToString;
 use alloc::vec::Vec;
-use core::fmt;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::de::{DeError, Deserializer};
-use crate::envelope::RequestId;
+pub use crate::defs::{
+    DEFAULT_MAX_BODY, ERROR_MAX_BODY, ERROR_MAX_DETAIL, FrameKind, HEADER_LEN, HELLO_MAX_BODY,
+    ProtocolError, ProtocolErrorCode, RECURSION_LIMIT,
+};
 use crate::error::{Error, Result};
-
-/// Length of the frame header: one kind byte and a big-endian `u32` length.
-pub const HEADER_LEN: usize = 5;
-
-/// Default maximum body length a receiver accepts: 16 MiB plus room for the
-/// message envelope, so a 16 MiB payload fits.
-pub const DEFAULT_MAX_BODY: u32 = 16 * 1024 * 1024 + 64;
-
-/// Maximum body length of a [`FrameKind::Hello`] frame. It is fixed because
-/// it is read before the peer's own maximum is known.
-pub const HELLO_MAX_BODY: u32 = 256;
-
-/// Deepest nesting of arrays, maps and enums a receiver accepts in a body;
-/// deeper bodies are [`Error::Malformed`]. Bounds stack use on the guest.
-pub const RECURSION_LIMIT: usize = crate::de::RECURSION_LIMIT;
-
-/// Maximum body length of a [`FrameKind::Error`] frame.
-pub const ERROR_MAX_BODY: u32 = 1024;
-
-/// Longest [`ProtocolError::detail`] a sender writes, in bytes (`WIRE.md`
-/// R-ERR-7): [`ProtocolError::new`] cuts a longer one at a character
-/// boundary, so an `ERROR` always fits [`ERROR_MAX_BODY`].
-pub const ERROR_MAX_DETAIL: usize = 512;
-
-/// The kind of a frame: the first byte of its header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum FrameKind {
-    /// Sent by both sides first on every connection: protocol name, version,
-    /// maximum body length ([`crate::Hello`]).
-    Hello = 0x01,
-    /// A request, client to server.
-    Request = 0x02,
-    /// A response, server to client: exactly one per request, in order.
-    Response = 0x03,
-    /// A protocol-level error ([`ProtocolError`]): the frame before it could
-    /// not be processed at all. Distinct from a service's own error response.
-    Error = 0x04,
-    /// The client ends the connection. Body length is 0.
-    Goodbye = 0x05,
-    /// The client no longer wants a request's answer
-    /// ([`crate::ext::Cancel`]); only where the `cancel` extension is on
-    /// (`WIRE.md` §10), an unknown kind anywhere else.
-    Cancel = 0x06,
-    /// A piece of a request's data ([`crate::ext::encode_chunk_into`]);
-    /// only where the `stream` extension is on (`WIRE.md` §10), an unknown
-    /// kind anywhere else.
-    Chunk = 0x07,
-}
 
 impl FrameKind {
     /// The kind with header byte `b`.
@@ -84,38 +37,6 @@ impl FrameKind {
             0x06 => Self::Cancel,
             0x07 => Self::Chunk,
             other => return Err(Error::UnknownFrameKind(other)),
-        })
-    }
-
-    /// Whether frames of this kind carry a CBOR body.
-    pub fn has_body(self) -> bool {
-        !matches!(self, Self::Goodbye)
-    }
-
-    /// The largest body this kind may have, given the receiver's maximum for
-    /// requests and responses.
-    pub fn max_body(self, max: u32) -> u32 {
-        match self {
-            Self::Hello => HELLO_MAX_BODY,
-            Self::Error => ERROR_MAX_BODY,
-            Self::Goodbye => 0,
-            Self::Cancel => crate::ext::CANCEL_MAX_BODY,
-            Self::Chunk => crate::ext::CHUNK_MAX_BODY,
-            Self::Request | Self::Response => max,
-        }
-    }
-}
-
-impl fmt::Display for FrameKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Hello => "HELLO",
-            Self::Request => "REQUEST",
-            Self::Response => "RESPONSE",
-            Self::Error => "ERROR",
-            Self::Goodbye => "GOODBYE",
-            Self::Cancel => "CANCEL",
-            Self::Chunk => "CHUNK",
         })
     }
 }
@@ -193,8 +114,8 @@ pub fn encode_item<T: Serialize + ?Sized>(msg: &T, out: &mut Vec<u8>) -> Result<
 /// to `out`. Fails with [`Error::TooLargeToSend`] if the body would exceed
 /// `max` (or the fixed limit of the kind), leaving `out` unchanged.
 ///
-/// `REQUEST` and `RESPONSE` bodies are `[id, message]`: write them with
-/// [`crate::envelope`].
+/// The body is `msg` itself, as for [`encode`]: `REQUEST` and `RESPONSE`
+/// bodies are `[id, message]`, so write them with [`crate::envelope`].
 pub fn encode_into<T: Serialize + ?Sized>(
     kind: FrameKind,
     msg: &T,
@@ -231,19 +152,26 @@ pub fn encode_into<T: Serialize + ?Sized>(
     Ok(())
 }
 
-/// One complete frame of `kind` holding `msg`, checked against `max`.
+/// One complete frame of `kind` whose whole body is `msg`, checked
+/// against `max`.
+///
+/// The body is `msg` itself, which is right for `HELLO`, `ERROR` and
+/// `CANCEL` frames. A `REQUEST` or `RESPONSE` body is `[id, message]`
+/// (`WIRE.md` §3) and a version 2 peer refuses a bare message: write those
+/// with [`crate::envelope::encode_request_into`] and
+/// [`crate::envelope::encode_response_into`] (or a protocol's own
+/// [`crate::Protocol::encode_request`]).
 ///
 /// ```
-/// use svmc_comm::frame::{self, FrameKind, DEFAULT_MAX_BODY};
-/// #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-/// enum Request {
-///     #[serde(rename = "info")]
-///     Info,
-/// }
-/// let f = frame::encode(FrameKind::Request, &Request::Info, DEFAULT_MAX_BODY).unwrap();
-/// assert_eq!(f, [0x02, 0, 0, 0, 5, 0x64, b'i', b'n', b'f', b'o']);
-/// let back: Request = frame::decode(&f, FrameKind::Request, DEFAULT_MAX_BODY).unwrap();
-/// assert_eq!(back, Request::Info);
+/// use svmc_comm::frame::{self, ERROR_MAX_BODY, FrameKind, ProtocolError, ProtocolErrorCode};
+///
+/// let busy = ProtocolError::new(ProtocolErrorCode::Busy, true, "busy");
+/// let f = frame::encode(FrameKind::Error, &busy, ERROR_MAX_BODY)?;
+/// // `{"code": 7, "fatal": true, "detail": "busy"}`
+/// assert_eq!(&f[..6], [0x04, 0, 0, 0, 26, 0xa3]);
+/// let back: ProtocolError = frame::decode(&f, FrameKind::Error, ERROR_MAX_BODY)?;
+/// assert_eq!(back, busy);
+/// # Ok::<(), svmc_comm::Error>(())
 /// ```
 pub fn encode<T: Serialize + ?Sized>(kind: FrameKind, msg: &T, max: u32) -> Result<Vec<u8>> {
     let mut out = Vec::new();
@@ -295,14 +223,16 @@ pub(crate) fn classify(e: DeError, body_len: usize) -> Error {
     match e {
         DeError::Eof => Error::InvalidCbor { offset: body_len },
         DeError::Syntax(offset) => Error::InvalidCbor { offset },
-        DeError::Custom(msg) if msg.starts_with("unknown variant") => Error::UnknownVariant(msg),
+        DeError::UnknownVariant(msg) => Error::UnknownVariant(msg.into()),
         DeError::Custom(msg) => Error::Malformed(msg),
         DeError::TooDeep => Error::Malformed("nesting too deep".into()),
     }
 }
 
 /// Decodes one complete frame held in `frame` (header and body, nothing
-/// else), expecting kind `expected`.
+/// else), expecting kind `expected`. Its whole body is a `T`: for a
+/// `REQUEST` or `RESPONSE` that is the `[id, message]` pair (or decode the
+/// body with [`crate::envelope::decode`]).
 ///
 /// A frame of kind [`FrameKind::Error`] decodes to [`Error::Remote`].
 pub fn decode<T: DeserializeOwned>(frame: &[u8], expected: FrameKind, max: u32) -> Result<T> {
@@ -352,61 +282,7 @@ pub fn check_kind(got: FrameKind, expected: FrameKind, body: &[u8]) -> Result<()
     Err(Error::UnexpectedFrame { expected, got })
 }
 
-/// Why a peer could not process a frame at all. The body of an `ERROR` frame.
-///
-/// After an error with [`ProtocolError::fatal`] set, the sender closes the
-/// connection; otherwise the connection stays usable (the bad frame's
-/// boundaries were intact, only its content was wrong).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProtocolError {
-    /// What went wrong.
-    pub code: ProtocolErrorCode,
-    /// Whether the sender closes the connection after this frame.
-    pub fatal: bool,
-    /// A human-readable explanation, at most [`ERROR_MAX_DETAIL`] bytes
-    /// when sent ([`ProtocolError::new`] cuts a longer one); a received one
-    /// may be longer, within the frame's limit.
-    pub detail: String,
-    /// The id of the `REQUEST` this error is about, when the sender could
-    /// read it (protocol version 2; omitted on the wire when `None`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<RequestId>,
-}
-
-impl fmt::Display for ProtocolError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.code, self.detail)?;
-        if let Some(id) = self.id {
-            write!(f, " (request {id})")?;
-        }
-        if self.fatal {
-            f.write_str(" (connection closed)")?;
-        }
-        Ok(())
-    }
-}
-
 impl ProtocolError {
-    /// An error about no request in particular. A `detail` over
-    /// [`ERROR_MAX_DETAIL`] bytes is cut to that length (at a character
-    /// boundary).
-    pub fn new(code: ProtocolErrorCode, fatal: bool, detail: impl Into<String>) -> Self {
-        let mut detail = detail.into();
-        truncate_utf8(&mut detail, ERROR_MAX_DETAIL);
-        Self {
-            code,
-            fatal,
-            detail,
-            id: None,
-        }
-    }
-
-    /// The same error about the request `id`.
-    pub fn with_id(mut self, id: Option<RequestId>) -> Self {
-        self.id = id;
-        self
-    }
-
     /// The error frame a receiver sends back for a local decoding error, or
     /// `None` if the error is not about a frame the peer sent.
     pub fn from_error(e: &Error) -> Option<Self> {
@@ -431,98 +307,5 @@ impl ProtocolError {
             | Error::InvalidName { .. } => return None,
         };
         Some(Self::new(code, fatal, e.to_string()))
-    }
-}
-
-fn truncate_utf8(s: &mut String, max: usize) {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-    }
-}
-
-/// The reason code of a [`ProtocolError`]. Unknown codes from newer peers are
-/// kept as [`ProtocolErrorCode::Other`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(from = "u32", into = "u32")]
-#[non_exhaustive]
-pub enum ProtocolErrorCode {
-    /// The frame header was invalid (unknown kind) or the frame was cut short.
-    BadFrame,
-    /// The frame body exceeded the receiver's maximum.
-    TooLarge,
-    /// The body was empty, not CBOR, malformed, or had trailing bytes.
-    BadMessage,
-    /// The body named a message variant the receiver does not know.
-    UnknownVariant,
-    /// A frame of the wrong kind for this point of the conversation.
-    UnexpectedFrame,
-    /// The protocol name or version in the peer's `HELLO` did not match.
-    VersionMismatch,
-    /// The server is at its connection limit: sent instead of its `HELLO`,
-    /// then the server closes (always fatal).
-    Busy,
-    /// The request's deadline passed before the server started it (the
-    /// `meta` extension): not carried out. Not fatal; carries the id.
-    DeadlineExceeded,
-    /// The client cancelled the request before its answer was queued (the
-    /// `cancel` extension): not carried out, or stopped. Not fatal;
-    /// carries the id.
-    Cancelled,
-    /// A code this version does not know.
-    Other(u32),
-}
-
-impl From<u32> for ProtocolErrorCode {
-    fn from(v: u32) -> Self {
-        match v {
-            1 => Self::BadFrame,
-            2 => Self::TooLarge,
-            3 => Self::BadMessage,
-            4 => Self::UnknownVariant,
-            5 => Self::UnexpectedFrame,
-            6 => Self::VersionMismatch,
-            7 => Self::Busy,
-            8 => Self::DeadlineExceeded,
-            9 => Self::Cancelled,
-            other => Self::Other(other),
-        }
-    }
-}
-
-impl From<ProtocolErrorCode> for u32 {
-    fn from(c: ProtocolErrorCode) -> u32 {
-        match c {
-            ProtocolErrorCode::BadFrame => 1,
-            ProtocolErrorCode::TooLarge => 2,
-            ProtocolErrorCode::BadMessage => 3,
-            ProtocolErrorCode::UnknownVariant => 4,
-            ProtocolErrorCode::UnexpectedFrame => 5,
-            ProtocolErrorCode::VersionMismatch => 6,
-            ProtocolErrorCode::Busy => 7,
-            ProtocolErrorCode::DeadlineExceeded => 8,
-            ProtocolErrorCode::Cancelled => 9,
-            ProtocolErrorCode::Other(v) => v,
-        }
-    }
-}
-
-impl fmt::Display for ProtocolErrorCode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::BadFrame => f.write_str("bad frame"),
-            Self::TooLarge => f.write_str("frame too large"),
-            Self::BadMessage => f.write_str("bad message"),
-            Self::UnknownVariant => f.write_str("unknown message variant"),
-            Self::UnexpectedFrame => f.write_str("unexpected frame"),
-            Self::VersionMismatch => f.write_str("protocol or version mismatch"),
-            Self::Busy => f.write_str("server busy: at its connection limit"),
-            Self::DeadlineExceeded => f.write_str("deadline passed before the request started"),
-            Self::Cancelled => f.write_str("request cancelled"),
-            Self::Other(v) => write!(f, "error code {v}"),
-        }
     }
 }

@@ -58,12 +58,17 @@ struct ReadmeDoctests;
 
 extern crate alloc;
 
+// Layers, bottom up: `defs` (the shared types and limits) and `head` (CBOR
+// heads), which import nothing of this crate, then `error`, `de`, `frame`, `envelope`, `ext`, `handshake`.
+// A module imports only from the layers below it.
 mod de;
+mod defs;
 pub mod envelope;
 pub mod error;
 pub mod ext;
 pub mod frame;
 pub mod handshake;
+pub mod head;
 
 pub use envelope::RequestId;
 pub use error::{Error, Result};

