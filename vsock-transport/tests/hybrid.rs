@@ -608,7 +608,7 @@ fn many_small_frames_do_not_reset_the_socket_timeout_each_time() {
 }
 
 // ---------------------------------------------------------------------------
-// Request ids (issue 11, item 1): a late answer is never handed to the next
+// Request ids: a late answer is never handed to the next
 // call.
 
 /// Reverses bytes like the guest, but takes `delay` over a request whose

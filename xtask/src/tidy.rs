@@ -184,15 +184,6 @@ fn points_at_an_issue(line: &str) -> bool {
     })
 }
 
-/// Files that still point at issue numbers, in code being rewritten by
-/// other changes; an entry goes once its file is clean (not checked here,
-/// so that those changes need not touch this file).
-const STILL_POINTING: &[&str] = &[
-    "comm/benches/codec.rs",
-    "vsock-transport/tests/hybrid.rs",
-    "xtask/src/bench.rs",
-];
-
 #[test]
 fn no_comment_points_at_an_issue_number() {
     let root = crate::util::root();
@@ -234,13 +225,9 @@ fn no_comment_points_at_an_issue_number() {
             }
         }
     }
-    let new: Vec<_> = pointing
-        .iter()
-        .filter(|(f, _)| !STILL_POINTING.contains(&f.as_str()))
-        .collect();
     assert!(
-        new.is_empty(),
-        "say what the issue stood for instead of its number: {new:#?}"
+        pointing.is_empty(),
+        "say what the issue stood for instead of its number: {pointing:#?}"
     );
 }
 
