@@ -44,10 +44,30 @@ impl fmt::Display for DeError {
 
 impl DeError {
     /// serde's wording of an unknown variant, as its default
-    /// `unknown_variant` has it (without `core::fmt`: a few pushes).
+    /// `unknown_variant` has it, except that the peer's name is escaped
+    /// (a backtick, a backslash and every character outside printable
+    /// ASCII, as the crate quotes the peer's strings elsewhere): it goes into logs and
+    /// `ERROR` details, where a newline of the peer's must not start a
+    /// line of its own.
     fn unknown_variant_message(name: &str, expected: &[&str]) -> String {
         let mut m = String::from("unknown variant `");
-        m.push_str(name);
+        for c in name.chars() {
+            match c {
+                '`' | '\\' => {
+                    m.push('\\');
+                    m.push(c);
+                }
+                ' '..='~' => m.push(c),
+                '\n' => m.push_str("\\n"),
+                '\r' => m.push_str("\\r"),
+                '\t' => m.push_str("\\t"),
+                '\0' => m.push_str("\\0"),
+                _ => {
+                    use fmt::Write;
+                    let _ = write!(m, "\\u{{{:x}}}", u32::from(c));
+                }
+            }
+        }
         m.push_str("`, ");
         if expected.is_empty() {
             m.push_str("there are no variants");
