@@ -117,7 +117,6 @@ pub use server::{
 
 use alloc::vec::Vec;
 
-use svmc_comm::frame::{self, FrameKind};
 use svmc_comm::{Hello, Protocol};
 
 use crate::framed::{recv_frame_as, send_frame};
@@ -150,13 +149,8 @@ pub(crate) fn hello<P: Protocol, C: Connection + ?Sized>(
     ext: svmc_comm::ext::Extensions,
     buf: &mut Vec<u8>,
 ) -> Result<Hello> {
-    svmc_comm::handshake::check_name::<P>()?;
-    buf.clear();
-    let ours = Hello::new::<P>(max_body).with_ext(ext);
-    frame::encode_into(FrameKind::Hello, &ours, max_body, buf)?;
+    client::sans_io::hello_frame::<P>(max_body, ext, max_body, buf)?;
     send_frame(conn, buf).map_err(closed_before_hello)?;
     let header = recv_frame_as(conn, max_body, buf, Step::Hello).map_err(closed_before_hello)?;
-    frame::check_kind(header.kind, FrameKind::Hello, buf)?;
-    // Name and version first, whatever the other fields hold.
-    Ok(Hello::decode_checked::<P>(buf)?)
+    client::sans_io::peer_hello::<P>(header.kind, buf)
 }

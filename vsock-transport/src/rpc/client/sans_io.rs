@@ -152,7 +152,6 @@ pub(crate) fn hello_frame<P: Protocol>(
 
 /// The server's `HELLO`, checked: protocol name and version first,
 /// whatever the other fields hold.
-#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async client's
 pub(crate) fn peer_hello<P: Protocol>(kind: FrameKind, body: &[u8]) -> Result<Hello> {
     frame::check_kind(kind, FrameKind::Hello, body)?;
     Ok(Hello::decode_checked::<P>(body)?)
