@@ -15,7 +15,7 @@ use tokio::task::AbortHandle;
 
 use super::{AsyncStream, within};
 use crate::rpc::client::frames::FrameReader;
-use crate::rpc::client::sans_io::{self, ClientCore, Codec, Ended, Event, StrayFrames};
+use crate::rpc::client::sans_io::{self, ClientCore, Codec, Ended, Event};
 use crate::{Error, Result, Step, Timeouts};
 
 /// Frames queued for the writer task at most; a call waits for room.
@@ -216,7 +216,7 @@ where
         })
         .await?;
         // No answer streams are read here: a `CHUNK` ends the connection.
-        let core = ClientCore::new(max_body, ours, &peer, StrayFrames::Fail, false);
+        let core = ClientCore::new(max_body, ours, &peer, false);
         let codec = core.codec();
 
         let shared = Arc::new(Shared {

@@ -17,7 +17,7 @@ use svmc_comm::frame::{self, FrameKind, Header};
 use svmc_comm::{Protocol, RequestId};
 
 use self::frames::FrameReader;
-use self::sans_io::{ClientCore, Event, StrayFrames, deadline_meta};
+use self::sans_io::{ClientCore, Event, deadline_meta};
 use super::hello;
 #[cfg(feature = "std")]
 use super::trace;
@@ -58,7 +58,9 @@ pub const MAX_ABANDONED: usize = 64;
 ///   already answered) is [`svmc_comm::Error::UnexpectedId`], fatal.
 /// - After any fatal error ([`Error::is_fatal`]: a deadline that passed
 ///   inside a frame, a close, a truncated or oversized frame, a fatal
-///   `ERROR`...) the stream may be out of step: the client is *poisoned*.
+///   `ERROR`...), or a frame a server never sends in answer (a `REQUEST`,
+///   a `HELLO`..., [`svmc_comm::Error::UnexpectedFrame`]), the stream may
+///   be out of step: the client is *poisoned*.
 ///   The call that met the error gets it; every later call fails at once
 ///   with [`Error::Poisoned`], whose source is that first error, without
 ///   touching the stream.
@@ -120,7 +122,7 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         let peer = hello::<P, C>(&mut conn, max_body, ext, &mut buf)?;
         Ok(Self {
             conn,
-            core: ClientCore::new(max_body, ext, &peer, StrayFrames::AnswerOldest, true),
+            core: ClientCore::new(max_body, ext, &peer, true),
             buf,
             deadline: None,
             last_meta: None,

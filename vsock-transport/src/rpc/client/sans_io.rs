@@ -58,20 +58,6 @@ macro_rules! log_discard {
     }};
 }
 
-/// What a frame that is neither an answer nor (where streams are taken)
-/// a `CHUNK` means: the two clients have always differed here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum StrayFrames {
-    /// It answers the oldest request with
-    /// [`svmc_comm::Error::UnexpectedFrame`] (not fatal): the blocking
-    /// client.
-    AnswerOldest,
-    /// It is an error of the connection: the async client, which ends the
-    /// connection on any error its reader meets.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async client's
-    Fail,
-}
-
 /// Why a connection ended; the error every later use gets
 /// ([`Ended::error`]).
 #[derive(Debug, Clone)]
@@ -173,7 +159,7 @@ pub(crate) enum Decoded<'b, P: Protocol> {
 }
 
 /// What encoding and decoding frames need of a connection: the server's
-/// maximum, the extensions on, how the client takes stray frames and
+/// maximum, the extensions on, whether the client takes
 /// `CHUNK`s. Fixed after `HELLO`, so a copy encodes requests and decodes
 /// answers without holding whatever guards the [`ClientCore`] (the async
 /// client's lock: other calls go on while a large payload is copied or
@@ -181,7 +167,6 @@ pub(crate) enum Decoded<'b, P: Protocol> {
 pub(crate) struct Codec<P: Protocol> {
     peer_max_body: u32,
     ext: Extensions,
-    stray: StrayFrames,
     /// Whether `CHUNK`s of answer streams are taken (`stream` is on and
     /// the caller reads streams); else a `CHUNK` is a stray frame.
     chunks: bool,
@@ -201,7 +186,6 @@ impl<P: Protocol> core::fmt::Debug for Codec<P> {
         f.debug_struct("Codec")
             .field("peer_max_body", &self.peer_max_body)
             .field("ext", &self.ext)
-            .field("stray", &self.stray)
             .field("chunks", &self.chunks)
             .finish()
     }
@@ -289,10 +273,9 @@ impl<P: Protocol> Codec<P> {
                     expected: FrameKind::Response,
                     got,
                 };
-                match self.stray {
-                    StrayFrames::AnswerOldest => (None, Err(e.into())),
-                    StrayFrames::Fail => return Err(e.into()),
-                }
+                // The server broke the protocol: the stream may be out of
+                // step, so the connection ends (`ClientCore::receive`).
+                return Err(e.into());
             }
         };
         Ok(Decoded::Answer { id, answer, meta })
@@ -313,20 +296,13 @@ impl<P: Protocol> ClientCore<P> {
     /// After the `HELLO` exchange: we accept bodies up to `max_body` and
     /// offered `offered`; the server sent `peer`. `chunks`: whether the
     /// caller reads answer streams (where `stream` is on).
-    pub(crate) fn new(
-        max_body: u32,
-        offered: Extensions,
-        peer: &Hello,
-        stray: StrayFrames,
-        chunks: bool,
-    ) -> Self {
+    pub(crate) fn new(max_body: u32, offered: Extensions, peer: &Hello, chunks: bool) -> Self {
         let ext = offered.both(peer.extensions());
         Self {
             max_body,
             codec: Codec {
                 peer_max_body: peer.max_body,
                 ext,
-                stray,
                 chunks: chunks && ext.stream,
                 _protocol: PhantomData,
             },
@@ -404,7 +380,6 @@ impl<P: Protocol> ClientCore<P> {
 
     /// Ends the connection (the first reason wins); no answer will come,
     /// so nothing stays in flight.
-    #[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async client's
     pub(crate) fn end(&mut self, why: Ended) {
         if self.ended.is_none() {
             self.ended = Some(why);
@@ -474,6 +449,14 @@ impl<P: Protocol> ClientCore<P> {
     ) -> Result<Event<'b, P>> {
         match self.codec.decode(kind, body) {
             Ok(d) => self.resolve(d),
+            // A frame a server never sends here is not fatal as a
+            // request's error would be, but the server broke the protocol
+            // and the stream may be out of step: it ends the connection,
+            // as a fatal error does.
+            Err(e @ Error::Protocol(svmc_comm::Error::UnexpectedFrame { .. })) => {
+                self.end(Ended::Poisoned(Arc::new(e.duplicate())));
+                Err(e)
+            }
             Err(e) => Err(self.fail(e)),
         }
     }

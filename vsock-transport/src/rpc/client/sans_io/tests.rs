@@ -13,13 +13,13 @@ use crate::rpc::test_protocol::{Request, Response, TestVm};
 const MAX: u32 = 1024;
 
 /// A core after a `HELLO` from a server with `ext` on and `MAX` bodies.
-fn core_with(ext: Extensions, stray: StrayFrames) -> ClientCore<TestVm> {
+fn core_with(ext: Extensions) -> ClientCore<TestVm> {
     let peer = Hello::new::<TestVm>(MAX).with_ext(ext);
-    ClientCore::new(MAX, Extensions::ALL, &peer, stray, true)
+    ClientCore::new(MAX, Extensions::ALL, &peer, true)
 }
 
 fn core() -> ClientCore<TestVm> {
-    core_with(Extensions::ALL, StrayFrames::AnswerOldest)
+    core_with(Extensions::ALL)
 }
 
 /// Encodes and "writes" a request; its id.
@@ -154,21 +154,25 @@ fn errors_without_id_answer_the_oldest_and_fatal_ones_poison() {
 }
 
 #[test]
-fn stray_frames_answer_the_oldest_or_fail_as_the_client_wants() {
+fn a_stray_frame_ends_the_connection() {
     let goodbye = || (FrameKind::Goodbye, Vec::new());
     let mut c = core();
-    let id = send(&mut c, &RequestMeta::default());
-    let (got, answer, _) = receive(&mut c, goodbye()).unwrap();
-    assert_eq!(got, id);
-    assert!(matches!(
-        answer,
-        Err(Error::Protocol(svmc_comm::Error::UnexpectedFrame { .. }))
-    ));
-
-    let mut c = core_with(Extensions::ALL, StrayFrames::Fail);
     send(&mut c, &RequestMeta::default());
-    assert!(receive(&mut c, goodbye()).is_err());
-    assert_eq!(c.live(), 1, "nothing answered");
+    send(&mut c, &RequestMeta::default());
+    let e = receive(&mut c, goodbye()).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::Protocol(svmc_comm::Error::UnexpectedFrame {
+                expected: FrameKind::Response,
+                got: FrameKind::Goodbye
+            })
+        ),
+        "{e:?}"
+    );
+    assert!(c.poison().is_some(), "the connection ended");
+    assert_eq!(c.live(), 0, "no answer will come");
+    assert!(c.check_usable().is_err());
 }
 
 #[test]
@@ -188,7 +192,7 @@ fn cancel_frames_only_for_requests_written_and_unanswered() {
     assert!(c.encode_cancel(id, &mut out).unwrap());
     assert!(!c.encode_cancel(RequestId(99), &mut out).unwrap());
     // Without the extension: never.
-    let mut c = core_with(Extensions::NONE, StrayFrames::AnswerOldest);
+    let mut c = core_with(Extensions::NONE);
     let id = send(&mut c, &RequestMeta::default());
     assert!(!c.encode_cancel(id, &mut out).unwrap());
 }
@@ -243,7 +247,7 @@ fn the_meta_goes_where_it_fits_and_is_dropped_where_it_would_not() {
         "{e:?}"
     );
     // Where the extension is off, no meta at all.
-    let c = core_with(Extensions::NONE, StrayFrames::AnswerOldest);
+    let c = core_with(Extensions::NONE);
     c.encode_request(RequestId(5), &Request::Info, &meta, &mut out)
         .unwrap();
     c.encode_request(
@@ -304,7 +308,7 @@ fn chunks_go_to_live_streams_and_abandoned_ones_are_dropped() {
 
     // A client that reads no answer streams: a stray frame.
     let peer = Hello::new::<TestVm>(MAX).with_ext(Extensions::ALL);
-    let mut c = ClientCore::<TestVm>::new(MAX, Extensions::ALL, &peer, StrayFrames::Fail, false);
+    let mut c = ClientCore::<TestVm>::new(MAX, Extensions::ALL, &peer, false);
     let a = send(&mut c, &RequestMeta::default());
     let (kind, mut body) = chunk(a, Some(b"data"));
     assert!(c.receive(kind, &mut body).is_err());
