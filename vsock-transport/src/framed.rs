@@ -2,46 +2,12 @@
 
 use alloc::vec::Vec;
 
-use svmc_comm::frame::{HEADER_LEN, Header};
+use svmc_comm::frame::Header;
+
+mod reader;
+pub(crate) use reader::FrameReader;
 
 use crate::{Connection, Error, Result, Step};
-
-/// Reads exactly `buf.len()` bytes. `already` is how many bytes of the current
-/// frame came before `buf`, to report truncation precisely.
-fn recv_exact<C: Connection + ?Sized>(
-    conn: &mut C,
-    buf: &mut [u8],
-    already: usize,
-    frame_len: usize,
-) -> Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let n = match conn.recv(&mut buf[filled..]) {
-            Ok(n) => n,
-            // Part of the frame is in: the rest may still come, so the
-            // stream is out of step.
-            Err(Error::Timeout(step)) if already + filled > 0 => {
-                return Err(Error::TimeoutInFrame {
-                    step,
-                    got: already + filled,
-                });
-            }
-            Err(e) => return Err(e),
-        };
-        if n == 0 {
-            if already + filled == 0 {
-                return Err(Error::Closed);
-            }
-            return Err(svmc_comm::Error::Truncated {
-                expected: frame_len,
-                got: already + filled,
-            }
-            .into());
-        }
-        filled += n;
-    }
-    Ok(())
-}
 
 /// Reads one frame into `body` (replacing its contents; after an error
 /// they are unspecified) and returns its header. The header is checked against `max` before `body` grows, so at
@@ -64,16 +30,18 @@ pub fn recv_frame_as<C: Connection + ?Sized>(
     step: Step,
 ) -> Result<Header> {
     conn.begin(step);
-    let mut h = [0u8; HEADER_LEN];
-    recv_exact(conn, &mut h, 0, HEADER_LEN)?;
-    let header = Header::parse(h, max)?;
-    // Every byte of `body` is overwritten below, so keep what it holds
-    // (typically the previous frame) and zero-fill only the growth: no
-    // needless pass over a large body (a memset of megabytes is
-    // milliseconds under emulation).
-    body.resize(header.len as usize, 0);
-    recv_exact(conn, body, HEADER_LEN, header.frame_len())?;
-    Ok(header)
+    let mut reader = FrameReader::new(max);
+    loop {
+        let n = match conn.recv(reader.want(body)) {
+            Ok(0) => return Err(reader.closed()),
+            Ok(n) => n,
+            Err(Error::Timeout(step)) => return Err(reader.timed_out(step)),
+            Err(e) => return Err(e),
+        };
+        if let Some(header) = reader.filled(n, body)? {
+            return Ok(header);
+        }
+    }
 }
 
 /// Writes one already-encoded frame.

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 
 use super::{AsyncStream, within};
-use crate::rpc::client::frames::FrameReader;
+use crate::framed::FrameReader;
 use crate::rpc::client::sans_io::{self, ClientCore, Codec, Ended, Event};
 use crate::{Error, Result, Step, Timeouts};
 

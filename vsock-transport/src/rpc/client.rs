@@ -1,7 +1,6 @@
 //! The client side: `HELLO`, then requests, each tied to its answer by a
 //! request id (see [`Client`]).
 
-pub(crate) mod frames;
 pub(crate) mod sans_io;
 #[cfg(feature = "std")]
 mod stream;
@@ -16,11 +15,11 @@ use svmc_comm::ext::{Extensions, RequestMeta, ResponseMeta};
 use svmc_comm::frame::{self, FrameKind, Header};
 use svmc_comm::{Protocol, RequestId};
 
-use self::frames::FrameReader;
 use self::sans_io::{ClientCore, Event, deadline_meta};
 use super::hello;
 #[cfg(feature = "std")]
 use super::trace;
+use crate::framed::FrameReader;
 use crate::framed::send_frame;
 use crate::{Connection, Error, Result, Step};
 

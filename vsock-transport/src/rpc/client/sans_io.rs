@@ -8,7 +8,7 @@
 //! connection ended and why (poisoning), and the extensions on for it
 //! (`WIRE.md` §10). It encodes frames into a buffer the caller writes out
 //! (a request with its meta, a `CANCEL`) and turns each frame the caller
-//! read ([`FrameReader`](super::frames::FrameReader)) into an [`Event`]:
+//! read ([`FrameReader`](crate::framed::FrameReader)) into an [`Event`]:
 //! the answer to live request N with its meta, a piece of N's answer
 //! stream, or a late answer discarded. Its callers only move bytes and
 //! wait: a thread on a [`Connection`](crate::Connection), or tokio tasks.

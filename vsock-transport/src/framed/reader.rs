@@ -1,6 +1,7 @@
 //! Assembling one received frame from the bytes as they come, without I/O:
-//! what both clients' readers share (the blocking one reads from a
-//! [`Connection`](crate::Connection), the async one from a tokio stream).
+//! what every reader of frames shares ([`recv_frame`](super::recv_frame)
+//! on a [`Connection`](crate::Connection), the blocking client, the async
+//! client on a tokio stream).
 //!
 //! A frame is a 5-byte header (kind, body length; `svmc_comm::frame`) and
 //! its body. The reader asks for exactly the bytes of the current part
