@@ -173,62 +173,41 @@ pub trait Connection {
     }
 }
 
-impl<C: Connection + ?Sized> Connection for &mut C {
-    fn send(&mut self, buf: &[u8]) -> Result<()> {
-        (**self).send(buf)
-    }
-    fn send_vectored(&mut self, bufs: &[&[u8]]) -> Result<()> {
-        (**self).send_vectored(bufs)
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
-        (**self).recv(buf)
-    }
-    fn shutdown(&mut self) -> Result<()> {
-        (**self).shutdown()
-    }
-    fn begin(&mut self, step: Step) {
-        (**self).begin(step)
-    }
-    fn read_timeout(&self) -> Option<core::time::Duration> {
-        (**self).read_timeout()
-    }
-    fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
-        (**self).try_recv(buf)
-    }
-    fn try_send(&mut self, buf: &[u8]) -> Result<Option<usize>> {
-        (**self).try_send(buf)
-    }
-    fn wait(&mut self, read: bool) -> Result<()> {
-        (**self).wait(read)
-    }
+/// `Connection` for a pointer to one: every method, the defaults too,
+/// goes to the connection pointed at (so a backend's `try_recv` is not
+/// replaced by the default behind a `&mut` or a `Box`).
+macro_rules! forward_connection {
+    ($($ty:ty),*) => {$(
+        impl<C: Connection + ?Sized> Connection for $ty {
+            fn send(&mut self, buf: &[u8]) -> Result<()> {
+                (**self).send(buf)
+            }
+            fn send_vectored(&mut self, bufs: &[&[u8]]) -> Result<()> {
+                (**self).send_vectored(bufs)
+            }
+            fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
+                (**self).recv(buf)
+            }
+            fn shutdown(&mut self) -> Result<()> {
+                (**self).shutdown()
+            }
+            fn begin(&mut self, step: Step) {
+                (**self).begin(step)
+            }
+            fn read_timeout(&self) -> Option<core::time::Duration> {
+                (**self).read_timeout()
+            }
+            fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
+                (**self).try_recv(buf)
+            }
+            fn try_send(&mut self, buf: &[u8]) -> Result<Option<usize>> {
+                (**self).try_send(buf)
+            }
+            fn wait(&mut self, read: bool) -> Result<()> {
+                (**self).wait(read)
+            }
+        }
+    )*};
 }
 
-impl<C: Connection + ?Sized> Connection for alloc::boxed::Box<C> {
-    fn send(&mut self, buf: &[u8]) -> Result<()> {
-        (**self).send(buf)
-    }
-    fn send_vectored(&mut self, bufs: &[&[u8]]) -> Result<()> {
-        (**self).send_vectored(bufs)
-    }
-    fn recv(&mut self, buf: &mut [u8]) -> Result<usize> {
-        (**self).recv(buf)
-    }
-    fn shutdown(&mut self) -> Result<()> {
-        (**self).shutdown()
-    }
-    fn begin(&mut self, step: Step) {
-        (**self).begin(step)
-    }
-    fn read_timeout(&self) -> Option<core::time::Duration> {
-        (**self).read_timeout()
-    }
-    fn try_recv(&mut self, buf: &mut [u8]) -> Result<Option<usize>> {
-        (**self).try_recv(buf)
-    }
-    fn try_send(&mut self, buf: &[u8]) -> Result<Option<usize>> {
-        (**self).try_send(buf)
-    }
-    fn wait(&mut self, read: bool) -> Result<()> {
-        (**self).wait(read)
-    }
-}
+forward_connection!(&mut C, alloc::boxed::Box<C>);
