@@ -53,10 +53,14 @@ struct Out {
 }
 
 impl Out {
-    /// Paid for by the connection's own allowance, not the budget: counted
-    /// in [`Output`]'s `loose`.
+    /// Paid for by the connection's own allowance (or room borrowed for
+    /// it), not by a reservation of its own: counted in [`Output`]'s
+    /// `loose`. An answer to a small request is, copied or in place: an
+    /// in-place answer of 16-64 KiB holds its request's receive buffer
+    /// while it waits, and a client that sent many and read none made the
+    /// queue grow without bound when it was not counted.
     fn is_loose(&self) -> bool {
-        self.reserved == 0 && self.body.is_none()
+        self.reserved == 0
     }
 
     fn len(&self) -> usize {
@@ -139,10 +143,13 @@ impl Output {
     /// then refused). A 1-byte request is refused only when the server is
     /// short of memory, not because many small answers wait.
     pub(super) fn room_for_small_answer(&mut self, len: usize, budget: &Budget) -> bool {
-        if self.loose <= OUTPUT_HIGH_WATER + self.borrowed {
+        let want = len + ANSWER_SLACK;
+        // Room for the whole answer, not just its start: an answer in
+        // place of up to 64 KiB that overshot the allowance unpaid would
+        // stop the reading (`reads_on`) before any refusal.
+        if self.loose + want <= OUTPUT_HIGH_WATER + self.borrowed {
             return true;
         }
-        let want = len + ANSWER_SLACK;
         if budget.take(want) {
             self.borrowed += want;
             true
@@ -283,6 +290,7 @@ impl Output {
 
 #[cfg(test)]
 mod tests {
+    const HEADER_LEN_FOR_TEST: usize = svmc_comm::frame::HEADER_LEN;
     use alloc::vec;
 
     use super::*;
@@ -382,6 +390,44 @@ mod tests {
         assert_eq!(budget.free(), 1000 - 100 - ANSWER_SLACK);
         assert!(o.sent(200, &budget).is_none());
         assert_eq!(budget.free(), 1000);
+    }
+
+    #[test]
+    fn answers_in_place_to_small_requests_count_against_the_allowance() {
+        let budget = Budget::new(0);
+        let mut o = Output::default();
+        let n = COALESCE_BYTES + 100;
+        let mut pushed = 0;
+        while o.room_for_small_answer(n, &budget) {
+            assert!(
+                o.push_in_place(vec![0; HEADER_LEN_FOR_TEST], vec![1; n], 0..n, 0)
+                    .is_none()
+            );
+            pushed += 1;
+            assert!(pushed < 100, "never out of room");
+        }
+        // As many as the allowance holds, whole.
+        assert!(pushed >= 1 && o.bytes() <= OUTPUT_HIGH_WATER, "{pushed}");
+        assert!(o.bytes() + n + ANSWER_SLACK > OUTPUT_HIGH_WATER, "{pushed}");
+        // Reading goes on for the refusals, then stops.
+        while o.reads_on() {
+            o.push(vec![0; 64], 0);
+        }
+        assert!(o.bytes() <= OUTPUT_HIGH_WATER + REFUSAL_ROOM + 64);
+    }
+
+    #[test]
+    fn answers_in_place_beyond_the_allowance_borrow_and_reading_goes_on() {
+        let budget = Budget::new(1 << 20);
+        let mut o = Output::default();
+        let n = 48 * 1024;
+        for i in 0..10 {
+            assert!(o.room_for_small_answer(n, &budget), "answer {i}");
+            o.push_in_place(vec![0; HEADER_LEN_FOR_TEST], vec![1; n], 0..n, 0);
+            assert!(o.reads_on(), "after answer {i}");
+        }
+        drain(&mut o, &budget, usize::MAX);
+        assert_eq!(budget.free(), 1 << 20, "repaid once sent");
     }
 
     #[test]
