@@ -16,7 +16,7 @@ pub(crate) enum DeError {
     Syntax(usize),
     /// Well-formed CBOR with the wrong shape for the target type.
     Custom(String),
-    /// Nested deeper than [`RECURSION_LIMIT`].
+    /// Nested deeper than [`RECURSION_LIMIT`](crate::defs::RECURSION_LIMIT).
     TooDeep,
     /// An enum's variant name that the target type does not know: serde's
     /// [`unknown_variant`](de::Error::unknown_variant), recorded as such so
@@ -135,7 +135,14 @@ impl fmt::Display for Short<'_> {
             U::Unsigned(i) => write!(f, "integer `{i}`"),
             U::Signed(i) => write!(f, "integer `{i}`"),
             U::Float(_) => f.write_str("floating point"),
-            U::Char(c) => write!(f, "character `{c}`"),
+            U::Char(c) => {
+                let mut b = [0; 4];
+                write!(
+                    f,
+                    "character {}",
+                    crate::error::Quoted(c.encode_utf8(&mut b))
+                )
+            }
             U::Str(s) => write!(f, "string {}", crate::error::Quoted(s)),
             U::Bytes(_) => f.write_str("byte array"),
             U::Unit => f.write_str("unit value"),
