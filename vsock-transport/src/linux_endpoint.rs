@@ -49,6 +49,10 @@ use crate::endpoint::{Endpoint, Recv};
 use crate::host_vsock::{CID_ANY, CID_HOST};
 use crate::{Error, Result};
 
+/// Reads of 4 KiB a closing connection gets per [`Endpoint::tick`], at
+/// most (what its peer still sends is dropped).
+const TICK_READS: usize = 16;
+
 /// How long a connection closed with [`Endpoint::close`] waits for the peer
 /// to close its side too (so that our last answer, e.g. to a power-off
 /// request, is out of the VM) before it is dropped.
@@ -300,8 +304,9 @@ impl Endpoint for LinuxEndpoint {
                 return false;
             }
             // Drop what the peer still sends; its end of the stream (or an
-            // error) means it is done.
-            loop {
+            // error) means it is done. A few reads per tick at most: a
+            // peer that keeps sending must not hold the event loop here.
+            for _ in 0..TICK_READS {
                 match stream.read(&mut sink) {
                     Ok(0) => return false,
                     Ok(_) => {}
@@ -310,6 +315,7 @@ impl Endpoint for LinuxEndpoint {
                     Err(_) => return false,
                 }
             }
+            true
         });
     }
 
