@@ -538,67 +538,15 @@ fn sigkill_of_a_host_whose_worker_launched_the_vm(f: &Faults) -> R {
 
 // ---- the Ctrl-C cleanup and pid reuse -------------------------------------------
 
-/// The process that holds a pid once QEMU has released it: our own
-/// child if we could make one get that pid, or else whatever took the
-/// pid first (on a busy machine another process, or a thread, may win
-/// the race), named by its start time so that a new holder is told apart.
-enum Impostor {
-    Ours(Child),
-    Other { pid: u32, started: u64 },
-}
-
-impl Impostor {
-    /// Still the same process, and alive.
-    fn alive(&mut self) -> Result<bool, String> {
-        match self {
-            Impostor::Ours(c) => Ok(c.try_wait().map_err(|e| e.to_string())?.is_none()),
-            Impostor::Other { pid, started } => {
-                Ok(procs::alive(*pid) && start_time(*pid) == Some(*started))
-            }
-        }
-    }
-}
-
-impl Drop for Impostor {
-    fn drop(&mut self) {
-        if let Impostor::Ours(c) = self {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Field 22 of `/proc/<pid>/stat`: when the process started, in clock ticks.
-fn start_time(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name is in parentheses and may contain anything; the
-    // fields after it start with the state (field 3).
-    s[s.rfind(')')? + 2..].split(' ').nth(19)?.parse().ok()
-}
-
-/// How long ago a process started at `started` (clock ticks after boot).
-fn age_secs(started: u64) -> Option<f64> {
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
-        .ok()?
-        .split(' ')
-        .next()?
-        .parse()
-        .ok()?;
-    let tick = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
-    Some(uptime - started as f64 / tick as f64)
-}
-
-/// A process that holds `pid`: a new `sleep` of ours made to get it
-/// (through `ns_last_pid`), or whatever took it first.
-fn spawn_with_pid(pid: u32) -> Result<Impostor, String> {
+/// A new `sleep` of ours that holds `pid` (through `ns_last_pid`), or
+/// `None` if another process holds it now and does not let it go (on a
+/// busy machine another process, or a thread, may take a freed pid
+/// first).
+fn spawn_with_pid(pid: u32) -> Result<Option<Child>, String> {
     for _ in 0..200 {
-        if let Some(started) = start_time(pid).filter(|_| procs::alive(pid)) {
-            // One that has run for a while will not end by itself during
-            // the check; a young one may: let it go and try again.
-            if age_secs(started).is_some_and(|a| a >= 2.0) {
-                return Ok(Impostor::Other { pid, started });
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if procs::alive(pid) {
+            // Taken: wait a little for a short-lived holder to end.
+            std::thread::sleep(Duration::from_millis(20));
             continue;
         }
         std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).map_err(|e| {
@@ -609,49 +557,55 @@ fn spawn_with_pid(pid: u32) -> Result<Impostor, String> {
             .spawn()
             .map_err(|e| format!("sleep: {e}"))?;
         if c.id() == pid {
-            return Ok(Impostor::Ours(c));
+            return Ok(Some(c));
         }
         let _ = c.kill();
         let _ = c.wait();
     }
-    Err(format!("could not get pid {pid} for a new process"))
+    Ok(None)
 }
 
 /// QEMU has exited and been reaped while its `Vm` is still alive, and an
 /// unrelated process now has QEMU's old pid: the Ctrl-C cleanup
-/// (`launcher::kill_all`, what the handler runs) must not kill it.
+/// (`launcher::kill_all`, what the handler runs) must not kill it. The
+/// unrelated process is always one of ours; if another process takes the
+/// pid first, the case starts over with a new VM (a few times).
 fn ctrl_c_cleanup_never_kills_a_reused_pid(f: &Faults) -> R {
     f.checked(|| {
-        let mut s = Session::open(&f.session_config(f.config(), Duration::from_secs(30)))
-            .map_err(|e| e.to_string())?;
-        let qemu = s.vm().ok_or("no vm")?.pids().0.ok_or("no QEMU pid")?;
-        // The guest powers off; QEMU exits and is reaped, the Vm stays.
-        s.call(&svmc::Request::PowerOff)
-            .map_err(|e| e.to_string())?;
-        let status = s
-            .vm()
-            .ok_or("no vm")?
-            .wait_exit(Duration::from_secs(20))
-            .map_err(|e| e.to_string())?;
-        ensure(!procs::alive(qemu), || format!("QEMU {qemu} still runs"))?;
-        let mut impostor = spawn_with_pid(qemu)?;
-        ensure(impostor.alive()?, || {
-            format!("the process holding pid {qemu} ended before the check")
-        })?;
-        svmc_host::launcher::kill_all();
-        // A SIGKILL sent by kill_all is delivered before it returns; the
-        // pause lets the kernel finish the kill before we look.
-        std::thread::sleep(Duration::from_millis(200));
-        let alive = impostor.alive()?;
-        drop(impostor);
-        ensure(alive, || {
-            format!(
-                "kill_all killed pid {qemu}, reused by an unrelated process after QEMU \
-                 ({status}) was reaped"
-            )
-        })?;
-        drop(s);
-        Ok(())
+        for _ in 0..3 {
+            let mut s = Session::open(&f.session_config(f.config(), Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            let qemu = s.vm().ok_or("no vm")?.pids().0.ok_or("no QEMU pid")?;
+            // The guest powers off; QEMU exits and is reaped, the Vm stays.
+            s.call(&svmc::Request::PowerOff)
+                .map_err(|e| e.to_string())?;
+            let status = s
+                .vm()
+                .ok_or("no vm")?
+                .wait_exit(Duration::from_secs(20))
+                .map_err(|e| e.to_string())?;
+            ensure(!procs::alive(qemu), || format!("QEMU {qemu} still runs"))?;
+            let Some(mut impostor) = spawn_with_pid(qemu)? else {
+                eprintln!("  pid {qemu} was taken by another process: again with a new VM");
+                continue;
+            };
+            svmc_host::launcher::kill_all();
+            // A SIGKILL sent by kill_all is delivered before it returns;
+            // the pause lets the kernel finish the kill before we look.
+            std::thread::sleep(Duration::from_millis(200));
+            let alive = impostor.try_wait().map_err(|e| e.to_string())?.is_none();
+            let _ = impostor.kill();
+            let _ = impostor.wait();
+            ensure(alive, || {
+                format!(
+                    "kill_all killed pid {qemu}, reused by an unrelated process after QEMU \
+                     ({status}) was reaped"
+                )
+            })?;
+            drop(s);
+            return Ok(());
+        }
+        Err("QEMU's old pid was taken by another process three times".into())
     })
 }
 
