@@ -35,9 +35,10 @@
 //!
 //! The crate-private `sys` module at the end (socket creation, connect and
 //! accept with deadlines, `sockaddr` construction) is shared by the backends.
-//! Its system calls go through `nix`; the two `unsafe` blocks left (a
-//! socket option `nix` does not know, and borrowing the socket's
-//! descriptor for `poll(2)`) say why next to them.
+//! Its system calls go through `nix`; its one `unsafe` block (a socket
+//! option `nix` does not know) says why next to it, as does the one in
+//! [`HostStream`]'s `wait` (borrowing the socket's descriptor for
+//! `poll(2)`).
 
 use std::fmt;
 use std::io::{self, Read};

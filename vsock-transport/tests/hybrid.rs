@@ -358,6 +358,20 @@ fn version_mismatch_is_detected_on_both_sides() {
     );
 }
 
+/// R-HELLO-6: a client may accept bodies of 0 bytes; its `HELLO` and the
+/// server's still go (they have a limit of their own), and an answer too
+/// large for it is refused by the server, not a failed connection.
+#[test]
+fn a_client_that_takes_no_body_still_says_hello() {
+    let (_dir, uds) = uds();
+    let dev = serving_device(&uds, 7001);
+    let mut c = Client::<_, svmc::ServiceVm>::hello(connect(&uds).unwrap(), 0).expect("HELLO");
+    let err = c.call(&Request::Info).expect_err("no answer fits 0 bytes");
+    assert!(!err.is_fatal(), "{err:?}");
+    c.close().unwrap();
+    dev.join().unwrap();
+}
+
 #[test]
 fn oversized_request_is_refused_locally() {
     let (_dir, uds) = uds();

@@ -193,7 +193,7 @@ fn is_short_head(h: u8) -> bool {
 /// floats of any width by value (bit for bit as an `f64`), arrays item by
 /// item, maps entry by entry in the order written. Both items were read
 /// by the deserializer already, so they are well-formed and nested at
-/// most [`RECURSION_LIMIT`] deep.
+/// most [`RECURSION_LIMIT`](crate::defs::RECURSION_LIMIT) deep.
 fn cmp_keys(buf: &[u8], a: usize, b: usize) -> Ordering {
     let mut x = Cursor(Deserializer::new(buf));
     x.0.pos = a;

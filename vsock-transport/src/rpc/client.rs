@@ -187,7 +187,8 @@ impl<C: Connection, P: Protocol> Client<C, P> {
         self.core.discarded()
     }
 
-    /// Whether an earlier fatal error poisoned this client.
+    /// Whether an earlier fatal error, or a frame a server never sends in
+    /// answer, poisoned this client (see [the type's docs](Client)).
     pub fn is_poisoned(&self) -> bool {
         self.core.ended().is_some()
     }

@@ -122,7 +122,6 @@ pub(crate) fn deadline_meta(deadline: Option<Duration>) -> RequestMeta {
 /// Our `HELLO` frame, offering `ext`, into `out` (replacing its contents).
 /// A [`Protocol::NAME`] no `HELLO` can carry fails first, with
 /// [`svmc_comm::Error::InvalidName`].
-#[cfg_attr(not(feature = "tokio"), allow(dead_code))] // the async client's
 pub(crate) fn hello_frame<P: Protocol>(
     max_body: u32,
     ext: Extensions,
