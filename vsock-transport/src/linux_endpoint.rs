@@ -112,7 +112,13 @@ pub struct LinuxEndpoint {
     closing: BTreeMap<ConnId, (VsockStream, Instant)>,
     next: u32,
     start: Instant,
+    /// Connections refused for their CID: the first few are logged, then
+    /// one in [`REFUSED_LOG_EVERY`] (a peer may open them in a loop).
+    refused: u64,
 }
+
+/// See [`LinuxEndpoint`]'s `refused`.
+const REFUSED_LOG_EVERY: u64 = 1000;
 
 fn io_err(what: &str, e: io::Error) -> Error {
     Error::io(what.to_string(), e)
@@ -142,6 +148,7 @@ impl LinuxEndpoint {
             closing: BTreeMap::new(),
             next: 0,
             start: Instant::now(),
+            refused: 0,
         })
     }
 
@@ -241,7 +248,16 @@ impl Endpoint for LinuxEndpoint {
                         Err(e) => tracing::warn!("accepting: {e}"),
                     }
                 }
-                Ok((_, addr)) => tracing::warn!("refused a connection from CID {}", addr.cid()),
+                Ok((_, addr)) => {
+                    self.refused += 1;
+                    if self.refused <= 10 || self.refused.is_multiple_of(REFUSED_LOG_EVERY) {
+                        tracing::warn!(
+                            "refused a connection from CID {} ({} refused so far)",
+                            addr.cid(),
+                            self.refused
+                        );
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
