@@ -134,3 +134,20 @@ pub(crate) fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let r = f();
     (r, start.elapsed())
 }
+
+/// The guest's end of a Unix stream, as a [`Connection`].
+pub(crate) fn guest_conn(
+    s: std::os::unix::net::UnixStream,
+) -> vsock_transport::host_stream::HostStream<std::os::unix::net::UnixStream> {
+    use vsock_transport::host_stream::{HostStream, Peer};
+    HostStream::new(s, Peer::Other("test guest".into()), timeouts())
+}
+
+/// Two connected [`guest_conn`]s.
+pub(crate) fn pair() -> (
+    vsock_transport::host_stream::HostStream<std::os::unix::net::UnixStream>,
+    vsock_transport::host_stream::HostStream<std::os::unix::net::UnixStream>,
+) {
+    let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+    (guest_conn(a), guest_conn(b))
+}
