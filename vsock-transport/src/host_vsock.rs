@@ -20,7 +20,8 @@
 //!
 //! ```no_run
 //! use vsock_transport::comm::frame::DEFAULT_MAX_BODY;
-//! use svmc::{HOST_PORT, Request, SERVICE_PORT, ServiceVm};
+//! use svmc::{Request, ServiceVm};
+//! use svmc_comm::{HOST_PORT, SERVICE_PORT};
 //! use vsock_transport::host_vsock::{self, Listener};
 //! use vsock_transport::rpc::Client;
 //! use vsock_transport::Timeouts;

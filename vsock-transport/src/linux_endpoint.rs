@@ -2,23 +2,37 @@
 //! [`Endpoint`], so that [`serve_many`] serves them in one event loop, as
 //! it serves the bare-metal guest's device (`guest::GuestVsock`).
 //!
+//! With svmc's handler (`svmc::server::Service`; a protocol of your own
+//! takes your [`Handler`](crate::rpc::Handler), written as in the
+//! [`rpc` module's example](crate::rpc#example)), and the boot connection
+//! to the host as the readiness signal:
+//!
 //! ```no_run
 //! use svmc::server::Service;
-//! use svmc::{GuestInfo, SERVICE_PORT, ServiceVm};
+//! use svmc::{GuestInfo, ServiceVm};
+//! use svmc_comm::{HOST_PORT, SERVICE_PORT};
+//! use vsock_transport::host_vsock::{self, CID_HOST};
 //! use vsock_transport::linux_endpoint::LinuxEndpoint;
 //! use vsock_transport::rpc::many::{self, ManyConfig};
 //! use vsock_transport::rpc::{Budget, ServeConfig};
+//! use vsock_transport::Timeouts;
 //!
 //! # fn info() -> GuestInfo { unimplemented!() }
+//! // Listen first: the host may connect as soon as it sees us.
 //! let mut endpoint = LinuxEndpoint::bind(SERVICE_PORT)?;
+//! let to_host = host_vsock::connect(CID_HOST, HOST_PORT, &Timeouts::default())?;
+//! let boot = endpoint.add(to_host.into_inner())?;
 //! let config = ManyConfig {
 //!     serve: ServeConfig::default(),
+//!     // What the firmware uses: 8 connections, idle ones give way after
+//!     // 5 s when the table is full, a heap budget for large requests
+//!     // shared by all (here a fixed 64 MiB; size it from the VM's memory).
 //!     max_conns: 8,
 //!     idle_timeout_us: 5_000_000,
 //!     budget: Budget::new(64 << 20),
 //! };
 //! let mut service = Service::new(info);
-//! many::serve_many::<ServiceVm, _, _>(&mut endpoint, None, &mut service, &config, |_| {})?;
+//! many::serve_many::<ServiceVm, _, _>(&mut endpoint, Some(boot), &mut service, &config, |_| {})?;
 //! # Ok::<(), vsock_transport::Error>(())
 //! ```
 //!
@@ -161,8 +175,9 @@ impl LinuxEndpoint {
     }
 
     /// Serves `stream` too (e.g. a connection this VM made to the host, its
-    /// readiness signal, passed to `serve_many` as the boot connection).
-    /// It is made non-blocking.
+    /// readiness signal, passed to `serve_many` as the boot connection:
+    /// `host_vsock::connect(CID_HOST, HOST_PORT, ..)?.into_inner()`, as in
+    /// the [module's example](self)). It is made non-blocking.
     pub fn add(&mut self, stream: VsockStream) -> Result<ConnId> {
         stream
             .set_nonblocking(true)

@@ -107,7 +107,12 @@ const EVENTS_PER_PASS: usize = 32;
 /// for the device.
 const READ_AT: usize = 64 * 1024;
 
-/// Settings of [`serve_many`].
+/// Settings of [`serve_many`]. There is no default: the budget depends on
+/// the VM's memory. The firmware serves 8 connections with a 5 s idle
+/// timeout, and sizes its budget from the heap left once the connections'
+/// own share is set aside (`svmc-runtime`'s `serve`); the Linux service
+/// sizes it from `MemAvailable`. [`Budget::unlimited`] suits a host
+/// process only, whose allocator reports failure.
 #[derive(Debug, Clone)]
 pub struct ManyConfig {
     /// Per-connection settings.

@@ -217,7 +217,9 @@ pub enum Ended {
     Busy,
 }
 
-/// Server-side limits and settings.
+/// Server-side limits and settings. The default: requests up to
+/// [`frame::DEFAULT_MAX_BODY`] (16 MiB + 64 B), every extension, and the
+/// clock described at [`ServeConfig::now_us`].
 #[derive(Debug, Clone, Copy)]
 pub struct ServeConfig {
     /// Largest request body accepted (advertised in our `HELLO`).
