@@ -10,14 +10,25 @@
 //! ```no_run
 //! use svmc::server::Service;
 //! use svmc::{GuestInfo, ServiceVm};
-//! use svmc_comm::{HOST_PORT, SERVICE_PORT};
+//! use svmc_comm::{HOST_PORT, Protocol, SERVICE_PORT};
 //! use vsock_transport::host_vsock::{self, CID_HOST};
 //! use vsock_transport::linux_endpoint::LinuxEndpoint;
 //! use vsock_transport::rpc::many::{self, ManyConfig};
 //! use vsock_transport::rpc::{Budget, ServeConfig};
 //! use vsock_transport::Timeouts;
 //!
-//! # fn info() -> GuestInfo { unimplemented!() }
+//! /// What `info` answers.
+//! fn info() -> GuestInfo {
+//!     GuestInfo {
+//!         firmware: "my-linux-service".into(),
+//!         firmware_version: env!("CARGO_PKG_VERSION").into(),
+//!         protocol_version: ServiceVm::VERSION,
+//!         arch: std::env::consts::ARCH.into(),
+//!         max_body: svmc_comm::frame::DEFAULT_MAX_BODY,
+//!         heap: None,
+//!     }
+//! }
+//!
 //! // Listen first: the host may connect as soon as it sees us.
 //! let mut endpoint = LinuxEndpoint::bind(SERVICE_PORT)?;
 //! let to_host = host_vsock::connect(CID_HOST, HOST_PORT, &Timeouts::default())?;
